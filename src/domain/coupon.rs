@@ -1,0 +1,275 @@
+//! Coupon campaigns (first come, first served) and their discounts.
+
+use crate::domain::ids::{CouponId, UserId};
+use crate::domain::limits::Limits;
+use crate::domain::money::Krw;
+use crate::domain::rejection::{Decision, Rejection};
+use crate::domain::time::Timestamp;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::collections::HashSet;
+
+/// What a coupon takes off an order.
+///
+/// JSON: `{"kind":"fixed","amount":N}` or `{"kind":"percent","percent":N}`.
+/// bincode (which cannot read internally tagged enums) gets a plain enum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Discount {
+    Fixed { amount: Krw },
+    Percent { percent: u8 },
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+enum DiscountJson {
+    Fixed { amount: u64 },
+    Percent { percent: u8 },
+}
+
+#[derive(Serialize, Deserialize)]
+enum DiscountBin {
+    Fixed(u64),
+    Percent(u8),
+}
+
+impl Serialize for Discount {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match (*self, s.is_human_readable()) {
+            (Discount::Fixed { amount }, true) => {
+                DiscountJson::Fixed { amount: amount.0 }.serialize(s)
+            }
+            (Discount::Percent { percent }, true) => DiscountJson::Percent { percent }.serialize(s),
+            (Discount::Fixed { amount }, false) => DiscountBin::Fixed(amount.0).serialize(s),
+            (Discount::Percent { percent }, false) => DiscountBin::Percent(percent).serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Discount {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(if d.is_human_readable() {
+            match DiscountJson::deserialize(d)? {
+                DiscountJson::Fixed { amount } => Discount::Fixed {
+                    amount: Krw(amount),
+                },
+                DiscountJson::Percent { percent } => Discount::Percent { percent },
+            }
+        } else {
+            match DiscountBin::deserialize(d)? {
+                DiscountBin::Fixed(amount) => Discount::Fixed {
+                    amount: Krw(amount),
+                },
+                DiscountBin::Percent(percent) => Discount::Percent { percent },
+            }
+        })
+    }
+}
+
+impl Discount {
+    /// Checks the limits of a discount given by a client.
+    pub fn validate(self, limits: &Limits) -> Decision<Discount> {
+        match self {
+            Discount::Fixed { amount }
+                if amount.0 >= 1 && amount <= limits.discount_fixed_krw_max =>
+            {
+                Ok(self)
+            }
+            Discount::Percent { percent }
+                if (1..=limits.discount_percent_max).contains(&percent) =>
+            {
+                Ok(self)
+            }
+            Discount::Fixed { .. } => Err(Rejection::InvalidRequest(format!(
+                "discount.amount must be between 1 and {}",
+                limits.discount_fixed_krw_max.0
+            ))),
+            Discount::Percent { .. } => Err(Rejection::InvalidRequest(format!(
+                "discount.percent must be between 1 and {}",
+                limits.discount_percent_max
+            ))),
+        }
+    }
+
+    /// The amount taken off `total`: percent rounds down, never above the total.
+    pub fn amount_off(self, total: Krw) -> Krw {
+        match self {
+            Discount::Fixed { amount } => amount.min(total),
+            Discount::Percent { percent } => total.percent_floor(percent.min(100)),
+        }
+    }
+}
+
+/// A campaign: a limited number of coupons, at most one per user.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Campaign {
+    pub id: CouponId,
+    pub name: String,
+    pub discount: Discount,
+    pub quantity: u64,
+    pub expires_at: Option<Timestamp>,
+    /// Users whose coupon is durable.
+    pub issued: HashSet<UserId>,
+    /// Users whose coupon is decided but not yet durable (a hold).
+    #[serde(skip)]
+    pub pending: HashSet<UserId>,
+}
+
+impl Campaign {
+    pub fn new(
+        id: CouponId,
+        name: String,
+        discount: Discount,
+        quantity: u64,
+        expires_at: Option<Timestamp>,
+    ) -> Campaign {
+        Campaign {
+            id,
+            name,
+            discount,
+            quantity,
+            expires_at,
+            issued: HashSet::new(),
+            pending: HashSet::new(),
+        }
+    }
+
+    pub fn is_expired(&self, now: Timestamp) -> bool {
+        self.expires_at.is_some_and(|at| now >= at)
+    }
+
+    /// Coupons left to issue, counting holds as issued.
+    pub fn remaining(&self) -> u64 {
+        self.quantity
+            .saturating_sub((self.issued.len() + self.pending.len()) as u64)
+    }
+
+    /// Rules of issuing: not expired, one per user, never more than `quantity`.
+    pub fn decide_issue(&self, user_id: UserId, now: Timestamp) -> Decision<()> {
+        if self.is_expired(now) {
+            return Err(Rejection::CouponExpired(self.id));
+        }
+        if self.issued.contains(&user_id) || self.pending.contains(&user_id) {
+            return Err(Rejection::CouponAlreadyIssued(self.id));
+        }
+        if self.remaining() == 0 {
+            return Err(Rejection::CouponSoldOut(self.id));
+        }
+        Ok(())
+    }
+
+    pub fn hold(&mut self, user_id: UserId) {
+        self.pending.insert(user_id);
+    }
+
+    pub fn drop_hold(&mut self, user_id: UserId) {
+        self.pending.remove(&user_id);
+    }
+
+    /// Applies `CouponIssued`.
+    pub fn apply_issued(&mut self, user_id: UserId) {
+        self.pending.remove(&user_id);
+        self.issued.insert(user_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn campaign(quantity: u64) -> Campaign {
+        let discount = Discount::Fixed { amount: Krw(1000) };
+        Campaign::new(
+            CouponId(1),
+            "c".into(),
+            discount,
+            quantity,
+            Some(Timestamp(1000)),
+        )
+    }
+
+    #[test]
+    fn issue_is_refused_once_quantity_is_reached_counting_holds() {
+        // given a campaign of 2 with one issued and one held
+        let mut c = campaign(2);
+        c.apply_issued(UserId(1));
+        c.hold(UserId(2));
+        // when a third user asks, then it is sold out
+        assert_eq!(
+            c.decide_issue(UserId(3), Timestamp(0)),
+            Err(Rejection::CouponSoldOut(CouponId(1)))
+        );
+        // and when the hold is dropped, then it can be issued again
+        c.drop_hold(UserId(2));
+        assert_eq!(c.decide_issue(UserId(3), Timestamp(0)), Ok(()));
+    }
+
+    #[test]
+    fn one_coupon_per_user_per_campaign() {
+        let mut c = campaign(10);
+        c.hold(UserId(1));
+        assert_eq!(
+            c.decide_issue(UserId(1), Timestamp(0)),
+            Err(Rejection::CouponAlreadyIssued(CouponId(1)))
+        );
+        c.apply_issued(UserId(1));
+        assert_eq!(
+            c.decide_issue(UserId(1), Timestamp(0)),
+            Err(Rejection::CouponAlreadyIssued(CouponId(1)))
+        );
+    }
+
+    #[test]
+    fn issue_is_refused_from_the_expiry_instant_on() {
+        let c = campaign(10);
+        assert_eq!(c.decide_issue(UserId(1), Timestamp(999)), Ok(()));
+        assert_eq!(
+            c.decide_issue(UserId(1), Timestamp(1000)),
+            Err(Rejection::CouponExpired(CouponId(1)))
+        );
+    }
+
+    #[test]
+    fn percent_discount_rounds_down_and_fixed_is_capped_at_the_total() {
+        assert_eq!(
+            Discount::Percent { percent: 15 }.amount_off(Krw(999)),
+            Krw(149)
+        );
+        assert_eq!(
+            Discount::Fixed { amount: Krw(5000) }.amount_off(Krw(3000)),
+            Krw(3000)
+        );
+        assert_eq!(
+            Discount::Percent { percent: 100 }.amount_off(Krw(3000)),
+            Krw(3000)
+        );
+    }
+
+    #[test]
+    fn discount_limits_are_validated() {
+        let l = Limits::API;
+        assert!(Discount::Fixed { amount: Krw(0) }.validate(&l).is_err());
+        assert!(Discount::Fixed {
+            amount: Krw(100_000_000)
+        }
+        .validate(&l)
+        .is_ok());
+        assert!(Discount::Fixed {
+            amount: Krw(100_000_001)
+        }
+        .validate(&l)
+        .is_err());
+        assert!(Discount::Percent { percent: 0 }.validate(&l).is_err());
+        assert!(Discount::Percent { percent: 100 }.validate(&l).is_ok());
+        assert!(Discount::Percent { percent: 101 }.validate(&l).is_err());
+    }
+
+    #[test]
+    fn discount_json_is_internally_tagged() {
+        let d = Discount::Percent { percent: 10 };
+        assert_eq!(
+            serde_json::to_string(&d).unwrap(),
+            r#"{"kind":"percent","percent":10}"#
+        );
+        let back: Discount = serde_json::from_str(r#"{"kind":"fixed","amount":5}"#).unwrap();
+        assert_eq!(back, Discount::Fixed { amount: Krw(5) });
+    }
+}

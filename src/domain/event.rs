@@ -1,0 +1,110 @@
+//! Events: the durable facts, named in the past tense. One record holds
+//! every effect of one decision, however many entities it touches, so a
+//! placed order (stock on several products, a coupon, the order) is atomic.
+
+use crate::domain::coupon::Discount;
+use crate::domain::ids::{CouponId, OrderId, ProductId, UserCouponId, UserId};
+use crate::domain::money::Krw;
+use crate::domain::order::Order;
+use crate::domain::time::Timestamp;
+use crate::domain::views::Reply;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    UserRegistered {
+        user_id: UserId,
+        name: String,
+    },
+    BalanceCharged {
+        user_id: UserId,
+        amount: Krw,
+    },
+    ProductCreated {
+        product_id: ProductId,
+        name: String,
+        price: Krw,
+        stock: u64,
+    },
+    ProductRestocked {
+        product_id: ProductId,
+        quantity: u64,
+    },
+    CampaignCreated {
+        coupon_id: CouponId,
+        name: String,
+        discount: Discount,
+        quantity: u64,
+        expires_at: Option<Timestamp>,
+    },
+    CouponIssued {
+        coupon_id: CouponId,
+        user_id: UserId,
+        user_coupon_id: UserCouponId,
+    },
+    CartLineSet {
+        user_id: UserId,
+        product_id: ProductId,
+        name: String,
+        price: Krw,
+        quantity: u64,
+    },
+    CartLineRemoved {
+        user_id: UserId,
+        product_id: ProductId,
+    },
+    /// Stock of every line reserved, the coupon used, cart lines removed when `from_cart`.
+    OrderPlaced {
+        order: Box<Order>,
+        from_cart: bool,
+    },
+    /// Balance debited, reserved units sold, the sale counted, the order in the outbox.
+    OrderPaid {
+        order_id: OrderId,
+        user_id: UserId,
+        amount: Krw,
+    },
+    /// Payment refused for want of balance: stock and coupon return.
+    OrderPaymentFailed {
+        order_id: OrderId,
+    },
+    OrderCancelled {
+        order_id: OrderId,
+    },
+    OrderExpired {
+        order_id: OrderId,
+    },
+    /// The data platform accepted these paid orders. `sink_len` is the
+    /// length of the JSON-lines file after them, when that is the sink.
+    OutboxDelivered {
+        order_ids: Vec<OrderId>,
+        sink_len: Option<u64>,
+    },
+}
+
+/// An idempotency key stored in the same record as the effect it guards.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyEntry {
+    pub key: String,
+    /// Hash of what the request asked (route and body): another body is a reuse.
+    pub fingerprint: u64,
+    pub reply: Reply,
+}
+
+/// One journal record: when it was decided, what happened, and the key that guards it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub at: Timestamp,
+    pub event: Event,
+    pub idempotency: Option<IdempotencyEntry>,
+}
+
+impl Record {
+    pub fn new(at: Timestamp, event: Event) -> Record {
+        Record {
+            at,
+            event,
+            idempotency: None,
+        }
+    }
+}

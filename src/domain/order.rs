@@ -1,0 +1,260 @@
+//! Orders: pricing, and the status machine pending → paid | failed | cancelled | expired.
+
+use crate::domain::coupon::Discount;
+use crate::domain::ids::{OrderId, ProductId, UserCouponId, UserId};
+use crate::domain::limits::Limits;
+use crate::domain::money::Krw;
+use crate::domain::rejection::{Decision, Rejection};
+use crate::domain::time::Timestamp;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OrderStatus {
+    Pending,
+    Paid,
+    Failed,
+    Cancelled,
+    Expired,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderLine {
+    pub product_id: ProductId,
+    pub name: String,
+    pub unit_price: Krw,
+    pub quantity: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Order {
+    pub id: OrderId,
+    pub user_id: UserId,
+    pub status: OrderStatus,
+    pub items: Vec<OrderLine>,
+    pub total_amount: Krw,
+    pub discount_amount: Krw,
+    pub pay_amount: Krw,
+    pub user_coupon_id: Option<UserCouponId>,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub paid_at: Option<Timestamp>,
+}
+
+/// A requested line before prices are known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineRequest {
+    pub product_id: ProductId,
+    pub quantity: u64,
+}
+
+/// Shape rules of an order request: 1..=50 lines, each product once, quantities in range.
+pub fn validate_lines(lines: &[LineRequest], limits: &Limits) -> Decision<()> {
+    if lines.is_empty() || lines.len() > limits.order_lines_max {
+        return Err(Rejection::InvalidRequest(format!(
+            "items must hold between 1 and {} lines",
+            limits.order_lines_max
+        )));
+    }
+    for (i, line) in lines.iter().enumerate() {
+        if line.quantity == 0 || line.quantity > limits.line_quantity_max {
+            return Err(Rejection::InvalidRequest(format!(
+                "items[{i}].quantity must be between 1 and {}",
+                limits.line_quantity_max
+            )));
+        }
+        if lines[..i].iter().any(|l| l.product_id == line.product_id) {
+            return Err(Rejection::InvalidRequest(format!(
+                "items[{i}].product_id {} appears more than once",
+                line.product_id
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Totals of an order: a discount never exceeds the total, percent rounds down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Amounts {
+    pub total: Krw,
+    pub discount: Krw,
+    pub pay: Krw,
+}
+
+pub fn price(lines: &[OrderLine], discount: Option<Discount>) -> Decision<Amounts> {
+    let mut total = Krw::ZERO;
+    for line in lines {
+        total = line
+            .unit_price
+            .checked_mul(line.quantity)
+            .and_then(|sub| total.checked_add(sub))
+            .ok_or_else(|| Rejection::InvalidRequest("order total is too large".into()))?;
+    }
+    let off = discount.map_or(Krw::ZERO, |d| d.amount_off(total));
+    let pay = total
+        .checked_sub(off)
+        .expect("a discount never exceeds the total");
+    Ok(Amounts {
+        total,
+        discount: off,
+        pay,
+    })
+}
+
+/// What a payment request may do with an order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PayDecision {
+    /// Pending and within its time: take the money.
+    Charge,
+    /// Pending but its time is up: expire it first, then refuse.
+    ExpireThenRefuse,
+}
+
+impl Order {
+    pub fn is_due_to_expire(&self, now: Timestamp) -> bool {
+        self.status == OrderStatus::Pending && now >= self.expires_at
+    }
+
+    pub fn decide_pay(&self, now: Timestamp) -> Decision<PayDecision> {
+        match self.status {
+            OrderStatus::Pending if now >= self.expires_at => Ok(PayDecision::ExpireThenRefuse),
+            OrderStatus::Pending => Ok(PayDecision::Charge),
+            _ => Err(Rejection::OrderNotPayable(self.id)),
+        }
+    }
+
+    pub fn decide_cancel(&self) -> Decision<()> {
+        match self.status {
+            OrderStatus::Pending => Ok(()),
+            _ => Err(Rejection::OrderNotCancellable(self.id)),
+        }
+    }
+
+    /// Applies the end of a pending order (paid, failed, cancelled, expired).
+    pub fn apply_settled(&mut self, status: OrderStatus, at: Timestamp) {
+        debug_assert_eq!(self.status, OrderStatus::Pending);
+        self.status = status;
+        if status == OrderStatus::Paid {
+            self.paid_at = Some(at);
+        }
+    }
+
+    /// (product, quantity) of every line.
+    pub fn quantities(&self) -> impl Iterator<Item = (ProductId, u64)> + '_ {
+        self.items.iter().map(|l| (l.product_id, l.quantity))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(product: u64, price: u64, quantity: u64) -> OrderLine {
+        OrderLine {
+            product_id: ProductId(product),
+            name: "p".into(),
+            unit_price: Krw(price),
+            quantity,
+        }
+    }
+
+    fn order(status: OrderStatus) -> Order {
+        Order {
+            id: OrderId(1),
+            user_id: UserId(1),
+            status,
+            items: vec![line(1, 100, 1)],
+            total_amount: Krw(100),
+            discount_amount: Krw(0),
+            pay_amount: Krw(100),
+            user_coupon_id: None,
+            created_at: Timestamp(0),
+            expires_at: Timestamp(1000),
+            paid_at: None,
+        }
+    }
+
+    #[test]
+    fn price_sums_lines_and_subtracts_the_discount() {
+        let a = price(
+            &[line(1, 1000, 3), line(2, 999, 1)],
+            Some(Discount::Percent { percent: 10 }),
+        )
+        .unwrap();
+        assert_eq!(
+            a,
+            Amounts {
+                total: Krw(3999),
+                discount: Krw(399),
+                pay: Krw(3600)
+            }
+        );
+    }
+
+    #[test]
+    fn a_fixed_discount_larger_than_the_total_pays_nothing() {
+        let a = price(
+            &[line(1, 500, 1)],
+            Some(Discount::Fixed { amount: Krw(800) }),
+        )
+        .unwrap();
+        assert_eq!(
+            a,
+            Amounts {
+                total: Krw(500),
+                discount: Krw(500),
+                pay: Krw(0)
+            }
+        );
+    }
+
+    #[test]
+    fn order_shape_is_validated() {
+        let l = Limits::API;
+        let req = |p, q| LineRequest {
+            product_id: ProductId(p),
+            quantity: q,
+        };
+        assert!(validate_lines(&[], &l).is_err());
+        assert!(validate_lines(&[req(1, 1)], &l).is_ok());
+        assert!(validate_lines(&[req(1, 0)], &l).is_err());
+        assert!(validate_lines(&[req(1, 1000)], &l).is_ok());
+        assert!(validate_lines(&[req(1, 1001)], &l).is_err());
+        assert!(validate_lines(&[req(1, 1), req(1, 2)], &l).is_err());
+        let fifty: Vec<_> = (1..=50).map(|p| req(p, 1)).collect();
+        assert!(validate_lines(&fifty, &l).is_ok());
+        let fifty_one: Vec<_> = (1..=51).map(|p| req(p, 1)).collect();
+        assert!(validate_lines(&fifty_one, &l).is_err());
+    }
+
+    #[test]
+    fn only_a_pending_order_can_be_cancelled_or_paid() {
+        assert!(order(OrderStatus::Pending).decide_cancel().is_ok());
+        for s in [
+            OrderStatus::Paid,
+            OrderStatus::Failed,
+            OrderStatus::Cancelled,
+            OrderStatus::Expired,
+        ] {
+            assert_eq!(
+                order(s).decide_cancel(),
+                Err(Rejection::OrderNotCancellable(OrderId(1)))
+            );
+            assert_eq!(
+                order(s).decide_pay(Timestamp(0)),
+                Err(Rejection::OrderNotPayable(OrderId(1)))
+            );
+        }
+    }
+
+    #[test]
+    fn a_pending_order_past_its_expiry_is_expired_not_paid() {
+        let o = order(OrderStatus::Pending);
+        assert_eq!(o.decide_pay(Timestamp(999)), Ok(PayDecision::Charge));
+        assert_eq!(
+            o.decide_pay(Timestamp(1000)),
+            Ok(PayDecision::ExpireThenRefuse)
+        );
+        assert!(o.is_due_to_expire(Timestamp(1000)));
+    }
+}

@@ -1,0 +1,167 @@
+//! Products and their stock.
+//!
+//! `stock` is what can be ordered; `reserved` is held by pending orders;
+//! `sold` is paid. Invariant: `stock + reserved + sold == stocked_total`.
+//! `held` counts reservations decided but not yet durable: they are not yet
+//! moved out of `stock`, but nobody else may take them.
+
+use crate::domain::ids::ProductId;
+use crate::domain::limits::Limits;
+use crate::domain::money::Krw;
+use crate::domain::rejection::{Decision, Rejection};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Product {
+    pub id: ProductId,
+    pub name: String,
+    pub price: Krw,
+    pub stock: u64,
+    pub reserved: u64,
+    pub sold: u64,
+    /// Everything ever stocked: created stock plus restocks.
+    pub stocked_total: u64,
+    #[serde(skip)]
+    pub held: u64,
+}
+
+impl Product {
+    pub fn new(id: ProductId, name: String, price: Krw, stock: u64) -> Product {
+        Product {
+            id,
+            name,
+            price,
+            stock,
+            reserved: 0,
+            sold: 0,
+            stocked_total: stock,
+            held: 0,
+        }
+    }
+
+    /// What can still be ordered now.
+    pub fn available(&self) -> u64 {
+        self.stock.saturating_sub(self.held)
+    }
+
+    pub fn decide_reserve(&self, quantity: u64) -> Decision<()> {
+        if quantity <= self.available() {
+            Ok(())
+        } else {
+            Err(Rejection::OutOfStock {
+                product_id: self.id,
+                available: self.available(),
+                requested: quantity,
+            })
+        }
+    }
+
+    pub fn hold(&mut self, quantity: u64) {
+        self.held += quantity;
+    }
+
+    pub fn drop_hold(&mut self, quantity: u64) {
+        self.held = self.held.saturating_sub(quantity);
+    }
+
+    pub fn decide_restock(&self, quantity: u64, limits: &Limits) -> Decision<()> {
+        let room = limits.stock_count_max.saturating_sub(self.stock);
+        if quantity == 0 || quantity > limits.restock_count_max.min(room) {
+            return Err(Rejection::InvalidRequest(format!(
+                "quantity must be between 1 and {} (stock may hold at most {})",
+                limits.restock_count_max.min(room).max(1),
+                limits.stock_count_max
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn apply_restocked(&mut self, quantity: u64) {
+        self.stock += quantity;
+        self.stocked_total += quantity;
+    }
+
+    /// A pending order took `quantity` (its hold, if any, becomes durable).
+    pub fn apply_reserved(&mut self, quantity: u64) {
+        self.stock -= quantity;
+        self.reserved += quantity;
+    }
+
+    /// A pending order gave `quantity` back (cancelled, failed or expired).
+    pub fn apply_released(&mut self, quantity: u64) {
+        self.reserved -= quantity;
+        self.stock += quantity;
+    }
+
+    /// A paid order keeps `quantity` for good.
+    pub fn apply_sold(&mut self, quantity: u64) {
+        self.reserved -= quantity;
+        self.sold += quantity;
+    }
+
+    pub fn is_conserved(&self) -> bool {
+        self.stock
+            .checked_add(self.reserved)
+            .and_then(|s| s.checked_add(self.sold))
+            == Some(self.stocked_total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn product(stock: u64) -> Product {
+        Product::new(ProductId(7), "p".into(), Krw(100), stock)
+    }
+
+    #[test]
+    fn reserve_rejects_when_stock_is_short() {
+        let p = product(2);
+        assert!(p.decide_reserve(2).is_ok());
+        assert_eq!(
+            p.decide_reserve(3),
+            Err(Rejection::OutOfStock {
+                product_id: ProductId(7),
+                available: 2,
+                requested: 3
+            })
+        );
+    }
+
+    #[test]
+    fn holds_count_against_what_can_be_reserved() {
+        let mut p = product(5);
+        p.hold(4);
+        assert!(p.decide_reserve(2).is_err());
+        assert!(p.decide_reserve(1).is_ok());
+        p.drop_hold(4);
+        assert!(p.decide_reserve(5).is_ok());
+    }
+
+    #[test]
+    fn reserve_release_and_sell_conserve_stock() {
+        let mut p = product(10);
+        p.apply_reserved(4);
+        p.apply_released(1);
+        p.apply_sold(2);
+        p.apply_restocked(5);
+        assert_eq!(
+            (p.stock, p.reserved, p.sold, p.stocked_total),
+            (12, 1, 2, 15)
+        );
+        assert!(p.is_conserved());
+    }
+
+    #[test]
+    fn restock_is_bounded() {
+        let p = product(10);
+        assert!(p.decide_restock(0, &Limits::API).is_err());
+        assert!(p
+            .decide_restock(Limits::API.stock_count_max - 10, &Limits::API)
+            .is_ok());
+        assert!(p
+            .decide_restock(Limits::API.stock_count_max - 9, &Limits::API)
+            .is_err());
+    }
+}

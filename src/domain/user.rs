@@ -1,0 +1,468 @@
+//! Users: a wallet (balance and its history), coupons held, a cart.
+//!
+//! The wallet keeps pending credits and debits (holds) apart from the
+//! durable balance, as a ledger does: a decision counts every hold against
+//! the user (debits lower what can be paid, credits raise what counts
+//! toward the limit), so any durable record stays valid whatever happens to
+//! the holds decided before it.
+
+use crate::domain::coupon::Discount;
+use crate::domain::ids::{CouponId, OrderId, ProductId, UserCouponId, UserId};
+use crate::domain::limits::Limits;
+use crate::domain::money::Krw;
+use crate::domain::rejection::{Decision, Rejection};
+use crate::domain::time::Timestamp;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    Charge,
+    Payment,
+    Refund,
+}
+
+/// One line of balance history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalanceEntry {
+    pub seq: u64,
+    pub kind: EntryKind,
+    pub amount: Krw,
+    pub balance_after: Krw,
+    pub order_id: Option<OrderId>,
+    pub at: Timestamp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CouponUse {
+    Available,
+    /// Taken by an order being placed (a hold, not yet durable).
+    Held,
+    Used(OrderId),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserCoupon {
+    pub id: UserCouponId,
+    pub coupon_id: CouponId,
+    pub name: String,
+    pub discount: Discount,
+    pub expires_at: Option<Timestamp>,
+    pub state: CouponUse,
+}
+
+impl UserCoupon {
+    pub fn is_expired(&self, now: Timestamp) -> bool {
+        self.expires_at.is_some_and(|at| now >= at)
+    }
+}
+
+/// A cart line. Names and prices never change, so the line keeps them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CartLine {
+    pub product_id: ProductId,
+    pub name: String,
+    pub price: Krw,
+    pub quantity: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub id: UserId,
+    pub name: String,
+    pub balance: Krw,
+    pub history: Vec<BalanceEntry>,
+    pub coupons: Vec<UserCoupon>,
+    pub cart: Vec<CartLine>,
+    /// Sum of charges decided but not yet durable.
+    #[serde(skip)]
+    pub credits_pending: Krw,
+    /// Sum of payments decided but not yet durable.
+    #[serde(skip)]
+    pub debits_pending: Krw,
+}
+
+impl User {
+    pub fn new(id: UserId, name: String) -> User {
+        User {
+            id,
+            name,
+            balance: Krw::ZERO,
+            history: Vec::new(),
+            coupons: Vec::new(),
+            cart: Vec::new(),
+            credits_pending: Krw::ZERO,
+            debits_pending: Krw::ZERO,
+        }
+    }
+
+    // ---- wallet ----
+
+    pub fn decide_charge(&self, amount: Krw, limits: &Limits) -> Decision<()> {
+        if amount < limits.charge_krw_min || amount > limits.charge_krw_max {
+            return Err(Rejection::InvalidAmount {
+                min: limits.charge_krw_min.0,
+                max: limits.charge_krw_max.0,
+            });
+        }
+        let ceiling = self
+            .balance
+            .checked_add(self.credits_pending)
+            .and_then(|b| b.checked_add(amount));
+        match ceiling {
+            Some(b) if b <= limits.balance_krw_max => Ok(()),
+            _ => Err(Rejection::BalanceLimitExceeded {
+                max: limits.balance_krw_max.0,
+            }),
+        }
+    }
+
+    pub fn hold_credit(&mut self, amount: Krw) {
+        self.credits_pending = self
+            .credits_pending
+            .checked_add(amount)
+            .expect("credit holds are bounded by the balance limit");
+    }
+
+    pub fn drop_credit(&mut self, amount: Krw) {
+        self.credits_pending = self
+            .credits_pending
+            .checked_sub(amount)
+            .expect("credit hold was placed");
+    }
+
+    /// What can be spent now: the balance less every pending debit.
+    pub fn spendable(&self) -> Krw {
+        self.balance
+            .checked_sub(self.debits_pending)
+            .unwrap_or(Krw::ZERO)
+    }
+
+    pub fn decide_debit(&self, due: Krw) -> Decision<()> {
+        if due <= self.spendable() {
+            Ok(())
+        } else {
+            Err(Rejection::InsufficientBalance {
+                balance: self.spendable().0,
+                due: due.0,
+            })
+        }
+    }
+
+    pub fn hold_debit(&mut self, due: Krw) {
+        self.debits_pending = self
+            .debits_pending
+            .checked_add(due)
+            .expect("debit holds never exceed the balance");
+    }
+
+    pub fn drop_debit(&mut self, due: Krw) {
+        self.debits_pending = self
+            .debits_pending
+            .checked_sub(due)
+            .expect("debit hold was placed");
+    }
+
+    fn push_entry(
+        &mut self,
+        kind: EntryKind,
+        amount: Krw,
+        order_id: Option<OrderId>,
+        at: Timestamp,
+    ) {
+        let seq = self.history.len() as u64 + 1;
+        self.history.push(BalanceEntry {
+            seq,
+            kind,
+            amount,
+            balance_after: self.balance,
+            order_id,
+            at,
+        });
+    }
+
+    /// Applies `BalanceCharged`.
+    pub fn apply_charged(&mut self, amount: Krw, at: Timestamp) {
+        self.balance = self
+            .balance
+            .checked_add(amount)
+            .expect("charge was decided under the limit");
+        self.push_entry(EntryKind::Charge, amount, None, at);
+    }
+
+    /// Applies `OrderPaid` to the wallet.
+    pub fn apply_paid(&mut self, order_id: OrderId, amount: Krw, at: Timestamp) {
+        self.balance = self
+            .balance
+            .checked_sub(amount)
+            .expect("payment was decided within the balance");
+        self.push_entry(EntryKind::Payment, amount, Some(order_id), at);
+    }
+
+    // ---- coupons ----
+
+    pub fn coupon(&self, id: UserCouponId) -> Option<&UserCoupon> {
+        self.coupons.iter().find(|c| c.id == id)
+    }
+
+    fn coupon_mut(&mut self, id: UserCouponId) -> Option<&mut UserCoupon> {
+        self.coupons.iter_mut().find(|c| c.id == id)
+    }
+
+    pub fn holds_campaign(&self, coupon_id: CouponId) -> bool {
+        self.coupons.iter().any(|c| c.coupon_id == coupon_id)
+    }
+
+    /// A coupon can pay toward an order: it is this user's, available and not expired.
+    pub fn decide_use_coupon(&self, id: UserCouponId, now: Timestamp) -> Decision<Discount> {
+        let coupon = self.coupon(id).ok_or_else(|| {
+            Rejection::InvalidCoupon(format!("user {} holds no coupon {id}", self.id))
+        })?;
+        if coupon.state != CouponUse::Available {
+            return Err(Rejection::InvalidCoupon(format!(
+                "coupon {id} is already used"
+            )));
+        }
+        if coupon.is_expired(now) {
+            return Err(Rejection::InvalidCoupon(format!("coupon {id} has expired")));
+        }
+        Ok(coupon.discount)
+    }
+
+    pub fn hold_coupon(&mut self, id: UserCouponId) {
+        if let Some(c) = self.coupon_mut(id) {
+            c.state = CouponUse::Held;
+        }
+    }
+
+    pub fn drop_coupon_hold(&mut self, id: UserCouponId) {
+        if let Some(c) = self.coupon_mut(id) {
+            if c.state == CouponUse::Held {
+                c.state = CouponUse::Available;
+            }
+        }
+    }
+
+    /// Applies `CouponIssued` to the holder.
+    pub fn apply_coupon_issued(&mut self, coupon: UserCoupon) {
+        self.coupons.push(coupon);
+    }
+
+    /// The coupon is used by a placed order.
+    pub fn apply_coupon_used(&mut self, id: UserCouponId, order_id: OrderId) {
+        if let Some(c) = self.coupon_mut(id) {
+            c.state = CouponUse::Used(order_id);
+        }
+    }
+
+    /// The order that used the coupon gave it back.
+    pub fn apply_coupon_restored(&mut self, id: UserCouponId) {
+        if let Some(c) = self.coupon_mut(id) {
+            c.state = CouponUse::Available;
+        }
+    }
+
+    // ---- cart ----
+
+    pub fn decide_set_cart_line(
+        &self,
+        product_id: ProductId,
+        quantity: u64,
+        limits: &Limits,
+    ) -> Decision<()> {
+        if quantity == 0 || quantity > limits.line_quantity_max {
+            return Err(Rejection::InvalidRequest(format!(
+                "quantity must be between 1 and {}",
+                limits.line_quantity_max
+            )));
+        }
+        let is_new = !self.cart.iter().any(|l| l.product_id == product_id);
+        if is_new && self.cart.len() >= limits.cart_lines_max {
+            return Err(Rejection::InvalidRequest(format!(
+                "a cart holds at most {} lines",
+                limits.cart_lines_max
+            )));
+        }
+        Ok(())
+    }
+
+    /// Applies `CartLineSet`: adding a product already in the cart sets its quantity.
+    pub fn apply_cart_line_set(&mut self, line: CartLine) {
+        match self
+            .cart
+            .iter_mut()
+            .find(|l| l.product_id == line.product_id)
+        {
+            Some(existing) => existing.quantity = line.quantity,
+            None => self.cart.push(line),
+        }
+    }
+
+    /// Applies `CartLineRemoved`.
+    pub fn apply_cart_line_removed(&mut self, product_id: ProductId) {
+        self.cart.retain(|l| l.product_id != product_id);
+    }
+
+    /// An order placed from the cart empties the cart of its lines.
+    pub fn apply_cart_ordered(&mut self, ordered: impl Iterator<Item = ProductId>) {
+        for product_id in ordered {
+            self.apply_cart_line_removed(product_id);
+        }
+    }
+
+    /// Charges minus payments plus refunds, from the history: must equal the balance.
+    pub fn is_conserved(&self) -> bool {
+        let mut sum: i128 = 0;
+        for e in &self.history {
+            match e.kind {
+                EntryKind::Charge | EntryKind::Refund => sum += i128::from(e.amount.0),
+                EntryKind::Payment => sum -= i128::from(e.amount.0),
+            }
+        }
+        sum == i128::from(self.balance.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user() -> User {
+        User::new(UserId(1), "kim".into())
+    }
+
+    #[test]
+    fn charge_amount_must_be_within_the_per_request_limits() {
+        let u = user();
+        let l = Limits::API;
+        assert!(matches!(
+            u.decide_charge(Krw(0), &l),
+            Err(Rejection::InvalidAmount { .. })
+        ));
+        assert_eq!(u.decide_charge(Krw(1), &l), Ok(()));
+        assert_eq!(u.decide_charge(Krw(10_000_000), &l), Ok(()));
+        assert!(matches!(
+            u.decide_charge(Krw(10_000_001), &l),
+            Err(Rejection::InvalidAmount { .. })
+        ));
+    }
+
+    #[test]
+    fn charge_is_refused_when_balance_plus_pending_credits_would_pass_the_limit() {
+        // given a balance of 995,000,000 and a pending charge of 4,000,000
+        let mut u = user();
+        u.balance = Krw(995_000_000);
+        u.hold_credit(Krw(4_000_000));
+        // when 1,000,000 more is charged, then it fits exactly
+        assert_eq!(u.decide_charge(Krw(1_000_000), &Limits::API), Ok(()));
+        // when 1,000,001 is charged, then the limit is exceeded
+        assert!(matches!(
+            u.decide_charge(Krw(1_000_001), &Limits::API),
+            Err(Rejection::BalanceLimitExceeded { .. })
+        ));
+    }
+
+    #[test]
+    fn debit_counts_pending_debits() {
+        let mut u = user();
+        u.apply_charged(Krw(100), Timestamp(1));
+        u.hold_debit(Krw(60));
+        assert_eq!(u.decide_debit(Krw(40)), Ok(()));
+        assert!(matches!(
+            u.decide_debit(Krw(41)),
+            Err(Rejection::InsufficientBalance {
+                balance: 40,
+                due: 41
+            })
+        ));
+    }
+
+    #[test]
+    fn history_records_balance_after_each_entry_and_conserves() {
+        let mut u = user();
+        u.apply_charged(Krw(100), Timestamp(1));
+        u.apply_paid(OrderId(9), Krw(30), Timestamp(2));
+        assert_eq!(u.history[1].balance_after, Krw(70));
+        assert_eq!(u.history[1].order_id, Some(OrderId(9)));
+        assert_eq!(u.history[1].seq, 2);
+        assert!(u.is_conserved());
+    }
+
+    fn with_coupon(expires_at: Option<Timestamp>) -> User {
+        let mut u = user();
+        u.apply_coupon_issued(UserCoupon {
+            id: UserCouponId(3),
+            coupon_id: CouponId(1),
+            name: "c".into(),
+            discount: Discount::Fixed { amount: Krw(10) },
+            expires_at,
+            state: CouponUse::Available,
+        });
+        u
+    }
+
+    #[test]
+    fn a_used_or_held_coupon_cannot_be_used_again() {
+        let mut u = with_coupon(None);
+        assert!(u.decide_use_coupon(UserCouponId(3), Timestamp(0)).is_ok());
+        u.hold_coupon(UserCouponId(3));
+        assert!(matches!(
+            u.decide_use_coupon(UserCouponId(3), Timestamp(0)),
+            Err(Rejection::InvalidCoupon(_))
+        ));
+        u.apply_coupon_used(UserCouponId(3), OrderId(1));
+        assert!(matches!(
+            u.decide_use_coupon(UserCouponId(3), Timestamp(0)),
+            Err(Rejection::InvalidCoupon(_))
+        ));
+        u.apply_coupon_restored(UserCouponId(3));
+        assert!(u.decide_use_coupon(UserCouponId(3), Timestamp(0)).is_ok());
+    }
+
+    #[test]
+    fn an_expired_or_foreign_coupon_is_invalid() {
+        let u = with_coupon(Some(Timestamp(50)));
+        assert!(u.decide_use_coupon(UserCouponId(3), Timestamp(49)).is_ok());
+        assert!(matches!(
+            u.decide_use_coupon(UserCouponId(3), Timestamp(50)),
+            Err(Rejection::InvalidCoupon(_))
+        ));
+        assert!(matches!(
+            u.decide_use_coupon(UserCouponId(4), Timestamp(0)),
+            Err(Rejection::InvalidCoupon(_))
+        ));
+    }
+
+    #[test]
+    fn adding_a_product_already_in_the_cart_sets_its_quantity() {
+        let mut u = user();
+        let line = |q| CartLine {
+            product_id: ProductId(1),
+            name: "p".into(),
+            price: Krw(5),
+            quantity: q,
+        };
+        u.apply_cart_line_set(line(2));
+        u.apply_cart_line_set(line(7));
+        assert_eq!(u.cart.len(), 1);
+        assert_eq!(u.cart[0].quantity, 7);
+    }
+
+    #[test]
+    fn cart_lines_and_quantities_are_bounded() {
+        let mut u = user();
+        let l = Limits::API;
+        assert!(u.decide_set_cart_line(ProductId(1), 0, &l).is_err());
+        assert!(u.decide_set_cart_line(ProductId(1), 1001, &l).is_err());
+        for i in 0..l.cart_lines_max as u64 {
+            u.apply_cart_line_set(CartLine {
+                product_id: ProductId(i + 1),
+                name: "p".into(),
+                price: Krw(1),
+                quantity: 1,
+            });
+        }
+        assert!(u.decide_set_cart_line(ProductId(999), 1, &l).is_err());
+        assert!(u.decide_set_cart_line(ProductId(1), 5, &l).is_ok());
+    }
+}

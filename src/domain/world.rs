@@ -1,0 +1,478 @@
+//! The durable state of everything, as the journal says it is.
+//!
+//! `World` applies records in journal order. Recovery builds one from
+//! snapshots and the journal, `verify` checks one, the journal writer keeps
+//! one as its materialised view (to write incremental snapshots without
+//! asking any actor), and the engine starts its actors from one.
+
+use crate::domain::coupon::Campaign;
+use crate::domain::event::{Event, Record};
+use crate::domain::ids::{CouponId, OrderId, ProductId, UserCouponId, UserId};
+use crate::domain::order::{Order, OrderStatus};
+use crate::domain::product::Product;
+use crate::domain::stats::SalesWindow;
+use crate::domain::time::Timestamp;
+use crate::domain::user::{CartLine, CouponUse, User, UserCoupon};
+use crate::domain::views::Reply;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+/// How long an idempotency key is kept at least.
+pub const IDEMPOTENCY_TTL_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// A stored idempotency key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredKey {
+    pub fingerprint: u64,
+    pub reply: Reply,
+    pub at: Timestamp,
+}
+
+/// Counters and small global state, snapshotted as one value.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    pub user_count: u64,
+    pub product_count: u64,
+    pub campaign_count: u64,
+    pub user_coupon_count: u64,
+    pub order_id_max: u64,
+    /// Paid orders not yet accepted by the data platform.
+    pub outbox: BTreeSet<OrderId>,
+    /// Length of the JSON-lines sink after the last delivery recorded.
+    pub sink_len: u64,
+    pub sales: SalesWindow,
+}
+
+/// Which entities changed since the last snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Dirty {
+    pub users: HashSet<UserId>,
+    pub products: HashSet<ProductId>,
+    pub campaigns: HashSet<CouponId>,
+    pub orders: HashSet<OrderId>,
+    pub keys: HashSet<String>,
+    pub meta: bool,
+}
+
+impl Dirty {
+    pub fn is_empty(&self) -> bool {
+        !self.meta
+            && self.users.is_empty()
+            && self.products.is_empty()
+            && self.campaigns.is_empty()
+            && self.orders.is_empty()
+            && self.keys.is_empty()
+    }
+}
+
+/// A record that does not fit the state it is applied to.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("record {seq} cannot be applied: {reason}")]
+pub struct ApplyError {
+    pub seq: u64,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct World {
+    pub users: Vec<User>,
+    pub products: Vec<Product>,
+    pub campaigns: Vec<Campaign>,
+    pub orders: BTreeMap<OrderId, Order>,
+    pub keys: HashMap<String, StoredKey>,
+    pub meta: Meta,
+    /// The last journal sequence applied.
+    pub seq: u64,
+    pub dirty: Dirty,
+}
+
+fn miss(seq: u64, what: impl std::fmt::Display) -> ApplyError {
+    ApplyError {
+        seq,
+        reason: format!("{what} does not exist"),
+    }
+}
+
+impl World {
+    pub fn user_mut(&mut self, seq: u64, id: UserId) -> Result<&mut User, ApplyError> {
+        self.dirty.users.insert(id);
+        self.users
+            .get_mut(id.index())
+            .ok_or_else(|| miss(seq, format!("user {id}")))
+    }
+
+    pub fn product_mut(&mut self, seq: u64, id: ProductId) -> Result<&mut Product, ApplyError> {
+        self.dirty.products.insert(id);
+        self.products
+            .get_mut(id.index())
+            .ok_or_else(|| miss(seq, format!("product {id}")))
+    }
+
+    fn order_mut(&mut self, seq: u64, id: OrderId) -> Result<&mut Order, ApplyError> {
+        self.dirty.orders.insert(id);
+        self.orders
+            .get_mut(&id)
+            .ok_or_else(|| miss(seq, format!("order {id}")))
+    }
+
+    /// Applies one journal record. Never panics on a record that does not fit:
+    /// it says so, and recovery refuses to start on it.
+    pub fn apply(&mut self, seq: u64, record: &Record) -> Result<(), ApplyError> {
+        if seq <= self.seq && self.seq != 0 {
+            return Err(ApplyError {
+                seq,
+                reason: format!("sequence after {} expected", self.seq),
+            });
+        }
+        self.apply_event(seq, record.at, &record.event)?;
+        if let Some(entry) = &record.idempotency {
+            self.keys.insert(
+                entry.key.clone(),
+                StoredKey {
+                    fingerprint: entry.fingerprint,
+                    reply: entry.reply.clone(),
+                    at: record.at,
+                },
+            );
+            self.dirty.keys.insert(entry.key.clone());
+        }
+        self.seq = seq;
+        Ok(())
+    }
+
+    fn apply_event(&mut self, seq: u64, at: Timestamp, event: &Event) -> Result<(), ApplyError> {
+        match event {
+            Event::UserRegistered { user_id, name } => {
+                self.expect_next(seq, user_id.0, self.users.len())?;
+                self.users.push(User::new(*user_id, name.clone()));
+                self.dirty.users.insert(*user_id);
+                self.meta.user_count = self.users.len() as u64;
+                self.dirty.meta = true;
+            }
+            Event::BalanceCharged { user_id, amount } => {
+                self.user_mut(seq, *user_id)?.apply_charged(*amount, at);
+            }
+            Event::ProductCreated {
+                product_id,
+                name,
+                price,
+                stock,
+            } => {
+                self.expect_next(seq, product_id.0, self.products.len())?;
+                self.products
+                    .push(Product::new(*product_id, name.clone(), *price, *stock));
+                self.dirty.products.insert(*product_id);
+                self.meta.product_count = self.products.len() as u64;
+                self.dirty.meta = true;
+            }
+            Event::ProductRestocked {
+                product_id,
+                quantity,
+            } => {
+                self.product_mut(seq, *product_id)?
+                    .apply_restocked(*quantity);
+            }
+            Event::CampaignCreated {
+                coupon_id,
+                name,
+                discount,
+                quantity,
+                expires_at,
+            } => {
+                self.expect_next(seq, coupon_id.0, self.campaigns.len())?;
+                let c = Campaign::new(*coupon_id, name.clone(), *discount, *quantity, *expires_at);
+                self.campaigns.push(c);
+                self.dirty.campaigns.insert(*coupon_id);
+                self.meta.campaign_count = self.campaigns.len() as u64;
+                self.dirty.meta = true;
+            }
+            Event::CouponIssued {
+                coupon_id,
+                user_id,
+                user_coupon_id,
+            } => {
+                self.apply_coupon_issued(seq, *coupon_id, *user_id, *user_coupon_id)?;
+            }
+            Event::CartLineSet {
+                user_id,
+                product_id,
+                name,
+                price,
+                quantity,
+            } => {
+                let line = CartLine {
+                    product_id: *product_id,
+                    name: name.clone(),
+                    price: *price,
+                    quantity: *quantity,
+                };
+                self.user_mut(seq, *user_id)?.apply_cart_line_set(line);
+            }
+            Event::CartLineRemoved {
+                user_id,
+                product_id,
+            } => {
+                self.user_mut(seq, *user_id)?
+                    .apply_cart_line_removed(*product_id);
+            }
+            Event::OrderPlaced { order, from_cart } => self.apply_placed(seq, order, *from_cart)?,
+            Event::OrderPaid {
+                order_id,
+                user_id,
+                amount,
+            } => {
+                let order = self.order_mut(seq, *order_id)?;
+                order.apply_settled(OrderStatus::Paid, at);
+                let order = order.clone();
+                for line in &order.items {
+                    self.product_mut(seq, line.product_id)?
+                        .apply_sold(line.quantity);
+                    self.meta.sales.record(
+                        at,
+                        line.product_id,
+                        &line.name,
+                        line.unit_price,
+                        line.quantity,
+                    );
+                }
+                self.user_mut(seq, *user_id)?
+                    .apply_paid(*order_id, *amount, at);
+                self.meta.outbox.insert(*order_id);
+                self.dirty.meta = true;
+            }
+            Event::OrderPaymentFailed { order_id } => {
+                self.apply_returned(seq, *order_id, OrderStatus::Failed, at)?
+            }
+            Event::OrderCancelled { order_id } => {
+                self.apply_returned(seq, *order_id, OrderStatus::Cancelled, at)?
+            }
+            Event::OrderExpired { order_id } => {
+                self.apply_returned(seq, *order_id, OrderStatus::Expired, at)?
+            }
+            Event::OutboxDelivered {
+                order_ids,
+                sink_len,
+            } => {
+                for id in order_ids {
+                    self.meta.outbox.remove(id);
+                }
+                if let Some(len) = sink_len {
+                    self.meta.sink_len = *len;
+                }
+                self.dirty.meta = true;
+            }
+        }
+        Ok(())
+    }
+
+    fn expect_next(&self, seq: u64, id: u64, len: usize) -> Result<(), ApplyError> {
+        if id == len as u64 + 1 {
+            Ok(())
+        } else {
+            Err(ApplyError {
+                seq,
+                reason: format!("id {id} created out of order (expected {})", len + 1),
+            })
+        }
+    }
+
+    fn apply_coupon_issued(
+        &mut self,
+        seq: u64,
+        coupon_id: CouponId,
+        user_id: UserId,
+        user_coupon_id: UserCouponId,
+    ) -> Result<(), ApplyError> {
+        let campaign = self
+            .campaigns
+            .get_mut(coupon_id.index())
+            .ok_or_else(|| miss(seq, format!("coupon {coupon_id}")))?;
+        campaign.apply_issued(user_id);
+        let coupon = UserCoupon {
+            id: user_coupon_id,
+            coupon_id,
+            name: campaign.name.clone(),
+            discount: campaign.discount,
+            expires_at: campaign.expires_at,
+            state: CouponUse::Available,
+        };
+        self.dirty.campaigns.insert(coupon_id);
+        self.user_mut(seq, user_id)?.apply_coupon_issued(coupon);
+        self.meta.user_coupon_count = self.meta.user_coupon_count.max(user_coupon_id.0);
+        self.dirty.meta = true;
+        Ok(())
+    }
+
+    fn apply_placed(&mut self, seq: u64, order: &Order, from_cart: bool) -> Result<(), ApplyError> {
+        for line in &order.items {
+            let product = self.product_mut(seq, line.product_id)?;
+            if product.stock < line.quantity {
+                return Err(ApplyError {
+                    seq,
+                    reason: format!("product {} stock would go negative", line.product_id),
+                });
+            }
+            product.apply_reserved(line.quantity);
+        }
+        let user = self.user_mut(seq, order.user_id)?;
+        if let Some(coupon) = order.user_coupon_id {
+            user.apply_coupon_used(coupon, order.id);
+        }
+        if from_cart {
+            user.apply_cart_ordered(order.items.iter().map(|l| l.product_id));
+        }
+        self.meta.order_id_max = self.meta.order_id_max.max(order.id.0);
+        self.dirty.meta = true;
+        self.dirty.orders.insert(order.id);
+        self.orders.insert(order.id, order.clone());
+        Ok(())
+    }
+
+    /// A pending order ends without payment: stock returns and the coupon is available again.
+    fn apply_returned(
+        &mut self,
+        seq: u64,
+        order_id: OrderId,
+        status: OrderStatus,
+        at: Timestamp,
+    ) -> Result<(), ApplyError> {
+        let order = self.order_mut(seq, order_id)?;
+        if order.status != OrderStatus::Pending {
+            return Err(ApplyError {
+                seq,
+                reason: format!("order {order_id} is not pending"),
+            });
+        }
+        order.apply_settled(status, at);
+        let order = order.clone();
+        for (product_id, quantity) in order.quantities() {
+            self.product_mut(seq, product_id)?.apply_released(quantity);
+        }
+        if let Some(coupon) = order.user_coupon_id {
+            self.user_mut(seq, order.user_id)?
+                .apply_coupon_restored(coupon);
+        }
+        Ok(())
+    }
+
+    /// Drops idempotency keys older than the TTL and sales outside the window.
+    pub fn prune(&mut self, now: Timestamp) {
+        let horizon = Timestamp(now.0.saturating_sub(IDEMPOTENCY_TTL_MS));
+        let dirty = &mut self.dirty;
+        self.keys.retain(|k, v| {
+            let keep = v.at >= horizon;
+            if !keep {
+                dirty.keys.insert(k.clone());
+            }
+            keep
+        });
+        self.meta.sales.prune(now);
+        self.dirty.meta = true;
+    }
+
+    /// Every order of a user, oldest first.
+    pub fn orders_by_user(&self) -> HashMap<UserId, Vec<OrderId>> {
+        let mut by_user: HashMap<UserId, Vec<OrderId>> = HashMap::new();
+        for order in self.orders.values() {
+            by_user.entry(order.user_id).or_default().push(order.id);
+        }
+        by_user
+    }
+
+    /// Checks every invariant of DESIGN.md; returns what is violated.
+    pub fn violations(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut reserved: HashMap<ProductId, u64> = HashMap::new();
+        let mut sold: HashMap<ProductId, u64> = HashMap::new();
+        let mut coupon_users: HashMap<UserCouponId, (UserId, OrderId)> = HashMap::new();
+        for order in self.orders.values() {
+            let tally = match order.status {
+                OrderStatus::Pending => Some(&mut reserved),
+                OrderStatus::Paid => Some(&mut sold),
+                _ => None,
+            };
+            if let Some(tally) = tally {
+                for (p, q) in order.quantities() {
+                    *tally.entry(p).or_default() += q;
+                }
+                if let Some(c) = order.user_coupon_id {
+                    if coupon_users.insert(c, (order.user_id, order.id)).is_some() {
+                        out.push(format!("user coupon {c} used by two live orders"));
+                    }
+                }
+            }
+        }
+        for p in &self.products {
+            if !p.is_conserved() {
+                out.push(format!(
+                    "product {}: stock {} + reserved {} + sold {} != stocked {}",
+                    p.id, p.stock, p.reserved, p.sold, p.stocked_total
+                ));
+            }
+            let (r, s) = (
+                reserved.get(&p.id).copied().unwrap_or(0),
+                sold.get(&p.id).copied().unwrap_or(0),
+            );
+            if p.reserved != r || p.sold != s {
+                out.push(format!(
+                    "product {}: reserved {} sold {} but orders say {r} and {s}",
+                    p.id, p.reserved, p.sold
+                ));
+            }
+        }
+        for u in &self.users {
+            if !u.is_conserved() {
+                out.push(format!(
+                    "user {}: balance {} does not match its history",
+                    u.id, u.balance.0
+                ));
+            }
+            if u.balance > crate::domain::limits::Limits::API.balance_krw_max {
+                out.push(format!(
+                    "user {}: balance {} above the limit",
+                    u.id, u.balance.0
+                ));
+            }
+            for c in &u.coupons {
+                let live = coupon_users.get(&c.id);
+                match (c.state, live) {
+                    (CouponUse::Used(o), Some((_, lo))) if o == *lo => {}
+                    (CouponUse::Available, None) => {}
+                    (state, live) => out.push(format!(
+                        "user coupon {}: state {state:?} but live order {live:?}",
+                        c.id
+                    )),
+                }
+            }
+        }
+        for c in &self.campaigns {
+            if c.issued.len() as u64 > c.quantity {
+                out.push(format!(
+                    "coupon {}: {} issued of {}",
+                    c.id,
+                    c.issued.len(),
+                    c.quantity
+                ));
+            }
+            for user in &c.issued {
+                let held = self.users.get(user.index()).map_or(0, |u| {
+                    u.coupons.iter().filter(|k| k.coupon_id == c.id).count()
+                });
+                if held != 1 {
+                    out.push(format!(
+                        "coupon {}: user {user} holds {held} coupons of it",
+                        c.id
+                    ));
+                }
+            }
+        }
+        let held_total: usize = self.users.iter().map(|u| u.coupons.len()).sum();
+        let issued_total: usize = self.campaigns.iter().map(|c| c.issued.len()).sum();
+        if held_total != issued_total {
+            out.push(format!(
+                "{held_total} coupons held but {issued_total} issued"
+            ));
+        }
+        out
+    }
+}
