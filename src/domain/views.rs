@@ -179,3 +179,45 @@ pub enum Reply {
     /// want of balance marks the order failed): the retry gets the same error.
     Rejected(Rejection),
 }
+
+/// A view that can be kept as the first answer of an idempotent request.
+pub trait Replied: Sized {
+    fn to_reply(&self) -> Reply;
+    fn from_reply(reply: Reply) -> Option<Self>;
+}
+
+macro_rules! replied {
+    ($ty:ty, $variant:ident) => {
+        impl Replied for $ty {
+            fn to_reply(&self) -> Reply {
+                Reply::$variant(self.clone())
+            }
+            fn from_reply(reply: Reply) -> Option<Self> {
+                match reply {
+                    Reply::$variant(v) => Some(v),
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+replied!(UserView, User);
+replied!(BalanceView, Balance);
+replied!(ProductView, Product);
+replied!(CouponView, Coupon);
+replied!(UserCouponView, UserCoupon);
+replied!(CartView, Cart);
+replied!(TopProducts, Top);
+
+impl Replied for Order {
+    fn to_reply(&self) -> Reply {
+        Reply::Order(Box::new(self.clone()))
+    }
+    fn from_reply(reply: Reply) -> Option<Self> {
+        match reply {
+            Reply::Order(v) => Some(*v),
+            _ => None,
+        }
+    }
+}

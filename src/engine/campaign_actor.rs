@@ -1,0 +1,143 @@
+//! One actor per coupon campaign: who got a coupon, how many are left.
+
+use crate::domain::coupon::Campaign;
+use crate::domain::event::{Event, IdempotencyEntry, Record};
+use crate::domain::ids::{UserCouponId, UserId};
+use crate::domain::time::Timestamp;
+use crate::domain::user::{CouponUse, UserCoupon};
+use crate::domain::views::{Reply, UserCouponView};
+use crate::engine::actor::{acked, ready, reply_channel, submit, Journaled, Read};
+use crate::engine::commit::CommitQueue;
+use crate::engine::error::Result;
+use crate::engine::idempotency::Tag;
+use crate::engine::user_actor::{OrderNews, UserActor};
+use crate::store::writer::{Ack, JournalHandle};
+use actix::prelude::*;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+pub struct CampaignActor {
+    campaign: Campaign,
+    journal: JournalHandle,
+    queue: CommitQueue<IssueOp>,
+    /// Global user-coupon id counter, shared by every campaign.
+    user_coupon_ids: Arc<AtomicU64>,
+}
+
+pub struct IssueOp {
+    user_id: UserId,
+    user: Addr<UserActor>,
+    coupon: UserCoupon,
+    view: UserCouponView,
+    reply: oneshot::Sender<Result<UserCouponView>>,
+}
+
+impl CampaignActor {
+    pub fn new(
+        campaign: Campaign,
+        journal: JournalHandle,
+        user_coupon_ids: Arc<AtomicU64>,
+    ) -> CampaignActor {
+        CampaignActor {
+            campaign,
+            journal,
+            queue: CommitQueue::default(),
+            user_coupon_ids,
+        }
+    }
+}
+
+impl Actor for CampaignActor {
+    type Context = Context<Self>;
+}
+
+impl Journaled for CampaignActor {
+    type Op = IssueOp;
+
+    fn queue(&mut self) -> &mut CommitQueue<IssueOp> {
+        &mut self.queue
+    }
+
+    fn journal(&self) -> &JournalHandle {
+        &self.journal
+    }
+
+    fn finish(&mut self, op: IssueOp, ack: Ack, _: &mut Context<Self>) {
+        let ok = acked(&ack);
+        if ok.is_ok() {
+            self.campaign.apply_issued(op.user_id);
+            // Sent before the reply: a read of the user's coupons after it sees the coupon.
+            op.user.do_send(OrderNews::CouponIssued(op.coupon));
+        } else {
+            self.campaign.drop_hold(op.user_id);
+        }
+        let _ = op.reply.send(ok.map(|()| op.view));
+    }
+}
+
+impl<R: 'static> Handler<Read<Campaign, R>> for CampaignActor {
+    type Result = MessageResult<Read<Campaign, R>>;
+
+    fn handle(&mut self, msg: Read<Campaign, R>, _: &mut Context<Self>) -> Self::Result {
+        MessageResult((msg.0)(&self.campaign))
+    }
+}
+
+/// Issues one coupon to a user, first come first served.
+#[derive(Message)]
+#[rtype(result = "Result<UserCouponView>")]
+pub struct Issue {
+    pub user_id: UserId,
+    pub user: Addr<UserActor>,
+    pub at: Timestamp,
+    pub tag: Option<Tag>,
+}
+
+impl Handler<Issue> for CampaignActor {
+    type Result = ResponseFuture<Result<UserCouponView>>;
+
+    fn handle(&mut self, msg: Issue, ctx: &mut Context<Self>) -> Self::Result {
+        if let Err(r) = self.campaign.decide_issue(msg.user_id, msg.at) {
+            return ready(Err(r.into()));
+        }
+        let id = UserCouponId(self.user_coupon_ids.fetch_add(1, Ordering::Relaxed) + 1);
+        let c = &self.campaign;
+        let coupon = UserCoupon {
+            id,
+            coupon_id: c.id,
+            name: c.name.clone(),
+            discount: c.discount,
+            expires_at: c.expires_at,
+            state: CouponUse::Available,
+        };
+        let view = UserCouponView::new(msg.user_id, &coupon, msg.at);
+        let record = Record {
+            at: msg.at,
+            event: Event::CouponIssued {
+                coupon_id: c.id,
+                user_id: msg.user_id,
+                user_coupon_id: id,
+            },
+            idempotency: msg.tag.map(|t| IdempotencyEntry {
+                key: t.key,
+                fingerprint: t.fingerprint,
+                reply: Reply::UserCoupon(view.clone()),
+            }),
+        };
+        self.campaign.hold(msg.user_id);
+        let (reply, response) = reply_channel();
+        let op = IssueOp {
+            user_id: msg.user_id,
+            user: msg.user,
+            coupon,
+            view,
+            reply,
+        };
+        if let Err((_, e)) = submit(self, ctx, record, op) {
+            self.campaign.drop_hold(msg.user_id);
+            return ready(Err(e));
+        }
+        response
+    }
+}

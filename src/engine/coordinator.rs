@@ -1,0 +1,723 @@
+//! The order coordinator: place, pay, cancel and expire as sagas.
+//!
+//! Placing: hold stock on every product and the coupon on the user (each
+//! decided inside its own actor), price the order, journal `OrderPlaced`
+//! (one record for everything), and only then turn the holds into
+//! reservations. Any refusal, or a journal failure, drops every hold taken:
+//! nothing durable happened, so nothing needs compensating.
+//!
+//! Paying: the user actor decides the debit and journals `OrderPaid`
+//! itself (the balance is its state). If the balance is short, the order is
+//! journaled `failed` and its stock and coupon come back. Cancel and expiry
+//! journal first and give back after, so no one can take returned stock
+//! before the return is durable.
+//!
+//! Crash recovery needs no saga log: holds live only in memory, so a saga
+//! caught half-way leaves either nothing (no record) or its whole record.
+//! While an order is being paid or returned it is `busy`, and a concurrent
+//! pay or cancel is refused as not payable / not cancellable.
+
+use crate::domain::event::{Event, IdempotencyEntry, Record};
+use crate::domain::ids::{OrderId, UserCouponId, UserId};
+use crate::domain::limits::Limits;
+use crate::domain::order::{
+    price, validate_lines, LineRequest, Order, OrderLine, OrderStatus, PayDecision,
+};
+use crate::domain::rejection::Rejection;
+use crate::domain::time::Timestamp;
+use crate::domain::user::User;
+use crate::domain::views::Reply;
+use crate::engine::actor::{acked, submit, Journaled, Read};
+use crate::engine::clock::Clock;
+use crate::engine::commit::CommitQueue;
+use crate::engine::error::{Error, Result};
+use crate::engine::idempotency::Tag;
+use crate::engine::product_actor::{ProductActor, Reserve, StockNews};
+use crate::engine::registry::Registry;
+use crate::engine::stats_actor::{Sold, StatsActor};
+use crate::engine::user_actor::{Debit, HoldCoupon, OrderNews, UserActor};
+use crate::store::writer::{Ack, JournalHandle};
+use actix::prelude::*;
+use futures_util::future::join_all;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// Every order, by id and by user, and the pending ones by expiry.
+#[derive(Default)]
+pub struct OrderBook {
+    pub orders: HashMap<OrderId, Order>,
+    /// Ids of each user's orders, ascending.
+    pub by_user: HashMap<UserId, Vec<OrderId>>,
+    pub due: BTreeSet<(Timestamp, OrderId)>,
+}
+
+impl OrderBook {
+    pub fn from_orders(orders: impl IntoIterator<Item = Order>) -> OrderBook {
+        let mut book = OrderBook::default();
+        for order in orders {
+            book.insert(order);
+        }
+        for ids in book.by_user.values_mut() {
+            ids.sort_unstable();
+        }
+        book
+    }
+
+    fn insert(&mut self, order: Order) {
+        if order.status == OrderStatus::Pending {
+            self.due.insert((order.expires_at, order.id));
+        }
+        let ids = self.by_user.entry(order.user_id).or_default();
+        if ids.last().is_none_or(|last| *last < order.id) {
+            ids.push(order.id);
+        } else if let Err(pos) = ids.binary_search(&order.id) {
+            ids.insert(pos, order.id);
+        }
+        self.orders.insert(order.id, order);
+    }
+}
+
+pub struct Coordinator {
+    book: OrderBook,
+    busy: HashSet<OrderId>,
+    order_id_max: u64,
+    registry: Arc<Registry>,
+    journal: JournalHandle,
+    clock: Arc<dyn Clock>,
+    limits: Arc<Limits>,
+    order_ttl_ms: u64,
+    sweep_interval_ms: u64,
+    stats: Addr<StatsActor>,
+    queue: CommitQueue<CoordOp>,
+}
+
+pub enum CoordOp {
+    Placed {
+        order: Box<Order>,
+        holds: Vec<(Addr<ProductActor>, u64)>,
+        user: Addr<UserActor>,
+        from_cart: bool,
+        reply: oneshot::Sender<Result<Order>>,
+    },
+    Returned {
+        order_id: OrderId,
+        status: OrderStatus,
+        at: Timestamp,
+        /// A failed payment answers its refusal once the failure is durable.
+        refusal: Option<Error>,
+        reply: oneshot::Sender<Result<Order>>,
+    },
+}
+
+pub struct CoordinatorSetup {
+    pub registry: Arc<Registry>,
+    pub journal: JournalHandle,
+    pub clock: Arc<dyn Clock>,
+    pub limits: Arc<Limits>,
+    pub order_ttl_ms: u64,
+    pub sweep_interval_ms: u64,
+    pub stats: Addr<StatsActor>,
+}
+
+impl Coordinator {
+    pub fn new(book: OrderBook, order_id_max: u64, s: CoordinatorSetup) -> Coordinator {
+        Coordinator {
+            book,
+            busy: HashSet::new(),
+            order_id_max,
+            registry: s.registry,
+            journal: s.journal,
+            clock: s.clock,
+            limits: s.limits,
+            order_ttl_ms: s.order_ttl_ms,
+            sweep_interval_ms: s.sweep_interval_ms,
+            stats: s.stats,
+            queue: CommitQueue::default(),
+        }
+    }
+
+    fn products_of(&self, order: &Order) -> Vec<(Addr<ProductActor>, u64)> {
+        order
+            .quantities()
+            .filter_map(|(p, q)| self.registry.products.get(p.0).map(|a| (a, q)))
+            .collect()
+    }
+
+    /// Journals the end of a pending order without payment; stock and
+    /// coupon come back once that is durable.
+    fn settle_unpaid(
+        &mut self,
+        ctx: &mut Context<Self>,
+        order_id: OrderId,
+        status: OrderStatus,
+        at: Timestamp,
+        tag: Option<Tag>,
+        refusal: Option<Error>,
+    ) -> Result<oneshot::Receiver<Result<Order>>> {
+        let event = match status {
+            OrderStatus::Cancelled => Event::OrderCancelled { order_id },
+            OrderStatus::Expired => Event::OrderExpired { order_id },
+            _ => Event::OrderPaymentFailed { order_id },
+        };
+        let reply_of = |order: &Order| match &refusal {
+            Some(Error::Rejected(r)) => Reply::Rejected(r.clone()),
+            _ => {
+                let mut settled = order.clone();
+                settled.apply_settled(status, at);
+                Reply::Order(Box::new(settled))
+            }
+        };
+        let order = self
+            .book
+            .orders
+            .get(&order_id)
+            .ok_or(Rejection::OrderNotFound(order_id))?;
+        let idempotency = tag.map(|t| IdempotencyEntry {
+            key: t.key,
+            fingerprint: t.fingerprint,
+            reply: reply_of(order),
+        });
+        let record = Record {
+            at,
+            event,
+            idempotency,
+        };
+        let (reply, rx) = oneshot::channel();
+        self.busy.insert(order_id);
+        let op = CoordOp::Returned {
+            order_id,
+            status,
+            at,
+            refusal,
+            reply,
+        };
+        if let Err((_, e)) = submit(self, ctx, record, op) {
+            self.busy.remove(&order_id);
+            return Err(e);
+        }
+        Ok(rx)
+    }
+
+    fn expire_due(&mut self, ctx: &mut Context<Self>) -> Vec<oneshot::Receiver<Result<Order>>> {
+        let now = self.clock.now();
+        let due: Vec<OrderId> = self
+            .book
+            .due
+            .range(..=(now, OrderId(u64::MAX)))
+            .map(|(_, id)| *id)
+            .filter(|id| !self.busy.contains(id))
+            .take(4096)
+            .collect();
+        due.into_iter()
+            .filter_map(|id| {
+                self.settle_unpaid(ctx, id, OrderStatus::Expired, now, None, None)
+                    .ok()
+            })
+            .collect()
+    }
+}
+
+impl Actor for Coordinator {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_interval(
+            Duration::from_millis(self.sweep_interval_ms.max(1)),
+            |act, ctx| {
+                act.expire_due(ctx);
+            },
+        );
+    }
+}
+
+impl Journaled for Coordinator {
+    type Op = CoordOp;
+
+    fn queue(&mut self) -> &mut CommitQueue<CoordOp> {
+        &mut self.queue
+    }
+
+    fn journal(&self) -> &JournalHandle {
+        &self.journal
+    }
+
+    fn finish(&mut self, op: CoordOp, ack: Ack, _: &mut Context<Self>) {
+        let ok = acked(&ack);
+        match op {
+            CoordOp::Placed {
+                order,
+                holds,
+                user,
+                from_cart,
+                reply,
+            } => {
+                let durable = ok.is_ok();
+                for (product, quantity) in holds {
+                    product.do_send(if durable {
+                        StockNews::Reserved(quantity)
+                    } else {
+                        StockNews::Abandoned(quantity)
+                    });
+                }
+                if durable {
+                    let cart_products = if from_cart {
+                        order.items.iter().map(|l| l.product_id).collect()
+                    } else {
+                        Vec::new()
+                    };
+                    user.do_send(OrderNews::Placed {
+                        order_id: order.id,
+                        coupon: order.user_coupon_id,
+                        cart_products,
+                    });
+                    self.book.insert((*order).clone());
+                } else if let Some(coupon) = order.user_coupon_id {
+                    user.do_send(OrderNews::Abandoned { coupon });
+                }
+                let _ = reply.send(ok.map(|()| *order));
+            }
+            CoordOp::Returned {
+                order_id,
+                status,
+                at,
+                refusal,
+                reply,
+            } => {
+                self.busy.remove(&order_id);
+                let result = ok.and_then(|()| {
+                    let order = self
+                        .book
+                        .orders
+                        .get_mut(&order_id)
+                        .ok_or(Rejection::OrderNotFound(order_id))?;
+                    self.book.due.remove(&(order.expires_at, order_id));
+                    order.apply_settled(status, at);
+                    let order = order.clone();
+                    for (product, quantity) in self.products_of(&order) {
+                        product.do_send(StockNews::Released(quantity));
+                    }
+                    if let (Some(coupon), Some(user)) = (
+                        order.user_coupon_id,
+                        self.registry.users.get(order.user_id.0),
+                    ) {
+                        user.do_send(OrderNews::Returned { coupon });
+                    }
+                    match refusal {
+                        Some(e) => Err(e),
+                        None => Ok(order),
+                    }
+                });
+                let _ = reply.send(result);
+            }
+        }
+    }
+}
+
+impl<R: 'static> Handler<Read<OrderBook, R>> for Coordinator {
+    type Result = MessageResult<Read<OrderBook, R>>;
+
+    fn handle(&mut self, msg: Read<OrderBook, R>, _: &mut Context<Self>) -> Self::Result {
+        MessageResult((msg.0)(&self.book))
+    }
+}
+
+/// Where the lines of a new order come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OrderSource {
+    Items(Vec<LineRequest>),
+    Cart,
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<Order>")]
+pub struct Place {
+    pub user_id: UserId,
+    pub source: OrderSource,
+    pub coupon: Option<UserCouponId>,
+    pub tag: Option<Tag>,
+}
+
+/// Holds taken for an order being placed.
+struct Held {
+    user: Addr<UserActor>,
+    items: Vec<OrderLine>,
+    holds: Vec<(Addr<ProductActor>, u64)>,
+    coupon: Option<(UserCouponId, crate::domain::coupon::Discount)>,
+    from_cart: bool,
+}
+
+impl Held {
+    fn abandon(self) {
+        for (product, quantity) in self.holds {
+            product.do_send(StockNews::Abandoned(quantity));
+        }
+        if let Some((coupon, _)) = self.coupon {
+            self.user.do_send(OrderNews::Abandoned { coupon });
+        }
+    }
+}
+
+/// Takes every hold an order needs, or none.
+async fn hold_all(
+    registry: Arc<Registry>,
+    limits: Arc<Limits>,
+    user: Addr<UserActor>,
+    source: OrderSource,
+    coupon: Option<UserCouponId>,
+    at: Timestamp,
+) -> Result<Held> {
+    let (lines, from_cart) = match source {
+        OrderSource::Items(lines) => (lines, false),
+        OrderSource::Cart => {
+            let read = Read::new(|u: &User| {
+                u.cart
+                    .iter()
+                    .map(|l| LineRequest {
+                        product_id: l.product_id,
+                        quantity: l.quantity,
+                    })
+                    .collect::<Vec<_>>()
+            });
+            let lines = user.send(read).await?;
+            if lines.is_empty() {
+                return Err(Error::invalid("from_cart: the cart is empty"));
+            }
+            (lines, true)
+        }
+    };
+    validate_lines(&lines, &limits)?;
+    let addrs = lines
+        .iter()
+        .map(|l| {
+            registry
+                .products
+                .get(l.product_id.0)
+                .ok_or(Rejection::ProductNotFound(l.product_id))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let replies = join_all(addrs.iter().zip(&lines).map(|(a, l)| {
+        a.send(Reserve {
+            quantity: l.quantity,
+        })
+    }))
+    .await;
+    let mut held = Held {
+        user,
+        items: Vec::with_capacity(lines.len()),
+        holds: Vec::new(),
+        coupon: None,
+        from_cart,
+    };
+    let mut refusal: Option<Error> = None;
+    for ((addr, line), reply) in addrs.into_iter().zip(&lines).zip(replies) {
+        match reply.map_err(Error::from).and_then(|r| r) {
+            Ok((name, unit_price)) => {
+                held.holds.push((addr, line.quantity));
+                held.items.push(OrderLine {
+                    product_id: line.product_id,
+                    name,
+                    unit_price,
+                    quantity: line.quantity,
+                });
+            }
+            Err(e) => {
+                refusal.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = refusal {
+        held.abandon();
+        return Err(e);
+    }
+    if let Some(id) = coupon {
+        match held
+            .user
+            .send(HoldCoupon { id, at })
+            .await
+            .map_err(Error::from)
+            .and_then(|r| r)
+        {
+            Ok(discount) => held.coupon = Some((id, discount)),
+            Err(e) => {
+                held.abandon();
+                return Err(e);
+            }
+        }
+    }
+    Ok(held)
+}
+
+impl Coordinator {
+    /// Prices the held order, journals it, and answers once it is durable.
+    fn place_held(
+        &mut self,
+        ctx: &mut Context<Self>,
+        held: Held,
+        user_id: UserId,
+        at: Timestamp,
+        tag: Option<Tag>,
+    ) -> Result<oneshot::Receiver<Result<Order>>> {
+        let amounts = match price(&held.items, held.coupon.map(|c| c.1)) {
+            Ok(a) => a,
+            Err(r) => {
+                held.abandon();
+                return Err(r.into());
+            }
+        };
+        self.order_id_max += 1;
+        let order = Order {
+            id: OrderId(self.order_id_max),
+            user_id,
+            status: OrderStatus::Pending,
+            items: held.items,
+            total_amount: amounts.total,
+            discount_amount: amounts.discount,
+            pay_amount: amounts.pay,
+            user_coupon_id: held.coupon.map(|c| c.0),
+            created_at: at,
+            expires_at: at.plus_ms(self.order_ttl_ms),
+            paid_at: None,
+        };
+        let record = Record {
+            at,
+            event: Event::OrderPlaced {
+                order: Box::new(order.clone()),
+                from_cart: held.from_cart,
+            },
+            idempotency: tag.map(|t| IdempotencyEntry {
+                key: t.key,
+                fingerprint: t.fingerprint,
+                reply: Reply::Order(Box::new(order.clone())),
+            }),
+        };
+        let (reply, rx) = oneshot::channel();
+        let op = CoordOp::Placed {
+            order: Box::new(order),
+            holds: held.holds,
+            user: held.user,
+            from_cart: held.from_cart,
+            reply,
+        };
+        match submit(self, ctx, record, op) {
+            Ok(()) => Ok(rx),
+            Err((
+                CoordOp::Placed {
+                    order,
+                    holds,
+                    user,
+                    from_cart,
+                    ..
+                },
+                e,
+            )) => {
+                let coupon = order.user_coupon_id.map(|id| {
+                    (
+                        id,
+                        crate::domain::coupon::Discount::Fixed {
+                            amount: Default::default(),
+                        },
+                    )
+                });
+                Held {
+                    user,
+                    items: Vec::new(),
+                    holds,
+                    coupon,
+                    from_cart,
+                }
+                .abandon();
+                Err(e)
+            }
+            Err((_, e)) => Err(e),
+        }
+    }
+}
+
+/// Turns a synchronous step's receiver into the handler's final answer.
+fn answer<A: Actor>(
+    step: Result<oneshot::Receiver<Result<Order>>>,
+) -> impl ActorFuture<A, Output = Result<Order>> {
+    fut::wrap_future(async move {
+        match step {
+            Ok(rx) => rx.await.unwrap_or(Err(Error::ShuttingDown)),
+            Err(e) => Err(e),
+        }
+    })
+}
+
+impl Handler<Place> for Coordinator {
+    type Result = ResponseActFuture<Self, Result<Order>>;
+
+    fn handle(&mut self, msg: Place, _: &mut Context<Self>) -> Self::Result {
+        let Some(user) = self.registry.users.get(msg.user_id.0) else {
+            return Box::pin(fut::ready(Err(Rejection::UserNotFound(msg.user_id).into())));
+        };
+        let at = self.clock.now();
+        let holds = hold_all(
+            self.registry.clone(),
+            self.limits.clone(),
+            user,
+            msg.source,
+            msg.coupon,
+            at,
+        );
+        let (user_id, tag) = (msg.user_id, msg.tag);
+        Box::pin(holds.into_actor(self).then(move |held, act, ctx| {
+            let step = held.and_then(|held| act.place_held(ctx, held, user_id, at, tag));
+            answer(step)
+        }))
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<Order>")]
+pub struct Pay {
+    pub order_id: OrderId,
+    pub tag: Option<Tag>,
+}
+
+impl Handler<Pay> for Coordinator {
+    type Result = ResponseActFuture<Self, Result<Order>>;
+
+    fn handle(&mut self, msg: Pay, ctx: &mut Context<Self>) -> Self::Result {
+        let now = self.clock.now();
+        let order_id = msg.order_id;
+        let decision = match self.book.orders.get(&order_id) {
+            None => Err(Rejection::OrderNotFound(order_id)),
+            Some(_) if self.busy.contains(&order_id) => Err(Rejection::OrderNotPayable(order_id)),
+            Some(order) => order.decide_pay(now),
+        };
+        match decision {
+            Err(r) => Box::pin(fut::ready(Err(r.into()))),
+            Ok(PayDecision::ExpireThenRefuse) => {
+                let step = self.settle_unpaid(ctx, order_id, OrderStatus::Expired, now, None, None);
+                Box::pin(
+                    answer(step).map(move |r, _, _| {
+                        r.and(Err(Rejection::OrderNotPayable(order_id).into()))
+                    }),
+                )
+            }
+            Ok(PayDecision::Charge) => {
+                let order = &self.book.orders[&order_id];
+                let Some(user) = self.registry.users.get(order.user_id.0) else {
+                    return Box::pin(fut::ready(Err(
+                        Rejection::UserNotFound(order.user_id).into()
+                    )));
+                };
+                let mut paid = order.clone();
+                paid.apply_settled(OrderStatus::Paid, now);
+                self.busy.insert(order_id);
+                let debit = user.send(Debit {
+                    paid: Box::new(paid.clone()),
+                    tag: msg.tag.clone(),
+                });
+                Box::pin(
+                    fut::wrap_future::<_, Self>(debit).then(move |res, act, ctx| {
+                        match res.map_err(Error::from).and_then(|r| r) {
+                            Ok(()) => {
+                                act.busy.remove(&order_id);
+                                act.paid(&paid);
+                                fut::ready(Ok(paid)).boxed_local()
+                            }
+                            Err(e @ Error::Rejected(Rejection::InsufficientBalance { .. })) => {
+                                let step = act.settle_unpaid(
+                                    ctx,
+                                    order_id,
+                                    OrderStatus::Failed,
+                                    now,
+                                    msg.tag,
+                                    Some(e),
+                                );
+                                answer(step).boxed_local()
+                            }
+                            Err(e) => {
+                                act.busy.remove(&order_id);
+                                fut::ready(Err(e)).boxed_local()
+                            }
+                        }
+                    }),
+                )
+            }
+        }
+    }
+}
+
+impl Coordinator {
+    /// A payment is durable: the order is paid, its stock sold, the sale counted.
+    fn paid(&mut self, paid: &Order) {
+        if let Some(order) = self.book.orders.get_mut(&paid.id) {
+            self.book.due.remove(&(order.expires_at, order.id));
+            *order = paid.clone();
+        }
+        for (product, quantity) in self.products_of(paid) {
+            product.do_send(StockNews::Sold(quantity));
+        }
+        let lines = paid
+            .items
+            .iter()
+            .map(|l| (l.product_id, l.name.clone(), l.unit_price, l.quantity))
+            .collect();
+        // Sent before the reply: a refresh asked for after it counts this sale.
+        self.stats.do_send(Sold {
+            at: paid.paid_at.unwrap_or_default(),
+            lines,
+        });
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<Order>")]
+pub struct Cancel {
+    pub order_id: OrderId,
+    pub tag: Option<Tag>,
+}
+
+impl Handler<Cancel> for Coordinator {
+    type Result = ResponseActFuture<Self, Result<Order>>;
+
+    fn handle(&mut self, msg: Cancel, ctx: &mut Context<Self>) -> Self::Result {
+        let order_id = msg.order_id;
+        let decision = match self.book.orders.get(&order_id) {
+            None => Err(Rejection::OrderNotFound(order_id)),
+            Some(_) if self.busy.contains(&order_id) => {
+                Err(Rejection::OrderNotCancellable(order_id))
+            }
+            Some(order) => order.decide_cancel(),
+        };
+        let step = decision.map_err(Error::from).and_then(|()| {
+            self.settle_unpaid(
+                ctx,
+                order_id,
+                OrderStatus::Cancelled,
+                self.clock.now(),
+                msg.tag,
+                None,
+            )
+        });
+        Box::pin(answer(step))
+    }
+}
+
+/// Expires every pending order past its time now; answers how many.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct ExpireDue;
+
+impl Handler<ExpireDue> for Coordinator {
+    type Result = ResponseFuture<usize>;
+
+    fn handle(&mut self, _: ExpireDue, ctx: &mut Context<Self>) -> Self::Result {
+        let receivers = self.expire_due(ctx);
+        Box::pin(async move {
+            let mut expired = 0;
+            for rx in receivers {
+                if matches!(rx.await, Ok(Ok(_))) {
+                    expired += 1;
+                }
+            }
+            expired
+        })
+    }
+}

@@ -1,0 +1,933 @@
+//! [`Engine`]: the async facade, one method per use case of `API.md`.
+//!
+//! It runs its own actix `System` on its own threads (one Arbiter per
+//! core), so it can be called from any tokio runtime, or from several.
+//! Methods validate what the domain does not own (names, shapes), resolve
+//! actor addresses, send one message, and map the reply. Idempotency keys
+//! are handled here so HTTP and embedded callers share them.
+
+use crate::domain::coupon::Campaign;
+use crate::domain::coupon::Discount;
+use crate::domain::ids::{CouponId, OrderId, ProductId, UserCouponId, UserId};
+use crate::domain::limits::Limits;
+use crate::domain::money::Krw;
+use crate::domain::order::Order;
+use crate::domain::product::Product;
+use crate::domain::rejection::Rejection;
+use crate::domain::stats::TopProducts;
+use crate::domain::time::Timestamp;
+use crate::domain::user::{BalanceEntry, CartLine, User};
+use crate::domain::views::{
+    BalanceView, CartView, CouponView, Page, ProductView, Replied, Reply, UserCouponView, UserView,
+};
+use crate::domain::world::{StoredKey, World};
+use crate::engine::actor::Read;
+use crate::engine::campaign_actor::{CampaignActor, Issue};
+use crate::engine::clock::Clock;
+use crate::engine::config::EngineConfig;
+use crate::engine::coordinator::{
+    Cancel, Coordinator, CoordinatorSetup, ExpireDue, OrderBook, OrderSource, Pay, Place,
+};
+use crate::engine::delivery::{Delivery, DeliverySetup};
+use crate::engine::directory::{CreateCampaign, CreateProduct, CreateUser, Directory};
+use crate::engine::error::{Error, Result};
+use crate::engine::idempotency::{fingerprint, Begin, IdempotencyKey, IdempotencyStore, Tag};
+use crate::engine::product_actor::{ProductActor, Restock};
+use crate::engine::registry::Registry;
+use crate::engine::stats_actor::{Refresh, StatsActor, Top};
+use crate::engine::user_actor::{CartChange, ChangeCart, Charge, UserActor};
+use crate::store::outbox::PendingOutbox;
+use crate::store::recovery::{recover_store, RecoveryError, RecoveryReport};
+use crate::store::writer::{JournalHandle, JournalStats, JournalWriter};
+use crate::store::Store;
+use actix::prelude::*;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// A page request: `limit` in 1..=100, `after` the cursor of the previous page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageRequest {
+    pub limit: usize,
+    pub after: Option<u64>,
+}
+
+impl PageRequest {
+    pub fn first(limit: usize) -> PageRequest {
+        PageRequest { limit, after: None }
+    }
+
+    /// Validates `?limit=` and `?after=` as given by a client.
+    pub fn parse(limit: Option<&str>, after: Option<&str>, limits: &Limits) -> Result<PageRequest> {
+        let limit = match limit {
+            None => limits.page_size_default,
+            Some(s) => match s.parse::<usize>() {
+                Ok(n) if (1..=limits.page_size_max).contains(&n) => n,
+                _ => {
+                    return Err(Error::invalid(format!(
+                        "limit must be between 1 and {}",
+                        limits.page_size_max
+                    )))
+                }
+            },
+        };
+        let after = match after {
+            None => None,
+            Some(s) => Some(
+                s.parse::<u64>()
+                    .map_err(|_| Error::invalid("after must be a cursor from a previous page"))?,
+            ),
+        };
+        Ok(PageRequest { limit, after })
+    }
+}
+
+/// A new coupon campaign.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewCoupon {
+    pub name: String,
+    pub discount: Discount,
+    pub quantity: u64,
+    pub expires_at: Option<Timestamp>,
+}
+
+/// A new order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlaceOrder {
+    pub user_id: UserId,
+    pub source: OrderSource,
+    pub user_coupon_id: Option<UserCouponId>,
+}
+
+/// Gauges for `/metrics` and reports.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EngineMetrics {
+    pub users: u64,
+    pub products: u64,
+    pub campaigns: u64,
+    pub actors: u64,
+    pub journal_records: u64,
+    pub journal_batches: u64,
+    pub journal_last_batch_records: u64,
+    pub journal_last_flush_us: u64,
+    pub journal_queued: u64,
+    pub snapshots: u64,
+    pub outbox_pending: u64,
+    pub idempotency_keys: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Recovery(#[from] RecoveryError),
+    #[error("actor system did not start: {0}")]
+    Runtime(String),
+}
+
+struct Running {
+    system: System,
+    thread: std::thread::JoinHandle<()>,
+    writer: JournalWriter,
+    delivery: Option<Delivery>,
+}
+
+struct Inner {
+    registry: Arc<Registry>,
+    directory: Addr<Directory>,
+    coordinator: Addr<Coordinator>,
+    stats: Addr<StatsActor>,
+    journal: JournalHandle,
+    journal_stats: Arc<JournalStats>,
+    clock: Arc<dyn Clock>,
+    limits: Arc<Limits>,
+    keys: IdempotencyStore,
+    outbox: Arc<PendingOutbox>,
+    running: Mutex<Option<Running>>,
+}
+
+/// The commerce engine. Cheap to clone; every clone is the same engine.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Actors {
+    registry: Arc<Registry>,
+    directory: Addr<Directory>,
+    coordinator: Addr<Coordinator>,
+    stats: Addr<StatsActor>,
+}
+
+fn start_actors(
+    world: World,
+    config: &EngineConfig,
+    journal: JournalHandle,
+    clock: Arc<dyn Clock>,
+    limits: Arc<Limits>,
+) -> Actors {
+    let mut arbiters = vec![Arbiter::current()];
+    for _ in 1..config.arbiter_count.max(1) {
+        arbiters.push(Arbiter::new().handle());
+    }
+    let at = |id: u64| arbiters[(id as usize) % arbiters.len()].clone();
+    let World {
+        users,
+        products,
+        campaigns,
+        orders,
+        meta,
+        ..
+    } = world;
+    let user_coupon_ids = Arc::new(AtomicU64::new(meta.user_coupon_count));
+    let users = users
+        .into_iter()
+        .map(|u: User| {
+            let (j, l) = (journal.clone(), limits.clone());
+            UserActor::start_in_arbiter(&at(u.id.0), move |_| UserActor::new(u, j, l))
+        })
+        .collect();
+    let products = products
+        .into_iter()
+        .map(|p: Product| {
+            let (j, l) = (journal.clone(), limits.clone());
+            ProductActor::start_in_arbiter(&at(p.id.0), move |_| ProductActor::new(p, j, l))
+        })
+        .collect();
+    let campaigns = campaigns
+        .into_iter()
+        .map(|c: Campaign| {
+            let (j, ids) = (journal.clone(), user_coupon_ids.clone());
+            CampaignActor::start_in_arbiter(&at(c.id.0), move |_| CampaignActor::new(c, j, ids))
+        })
+        .collect();
+    let registry = Arc::new(Registry::new(arbiters.clone(), users, products, campaigns));
+    let (sales, interval) = (meta.sales.clone(), config.stats_interval_ms);
+    let stats_clock = clock.clone();
+    let stats = StatsActor::start_in_arbiter(&at(1), move |_| {
+        StatsActor::new(sales, stats_clock, interval)
+    });
+    let setup = CoordinatorSetup {
+        registry: registry.clone(),
+        journal: journal.clone(),
+        clock,
+        limits: limits.clone(),
+        order_ttl_ms: config.order_ttl_ms,
+        sweep_interval_ms: config.expiry_sweep_interval_ms,
+        stats: stats.clone(),
+    };
+    let book = OrderBook::from_orders(orders.into_values());
+    let order_id_max = meta.order_id_max;
+    let coordinator =
+        Coordinator::start_in_arbiter(&at(0), move |_| Coordinator::new(book, order_id_max, setup));
+    let dir_registry = registry.clone();
+    let directory = Directory::start_in_arbiter(&at(0), move |_| {
+        Directory::new(dir_registry, journal, limits, user_coupon_ids)
+    });
+    Actors {
+        registry,
+        directory,
+        coordinator,
+        stats,
+    }
+}
+
+fn check_name(field: &str, name: &str, limits: &Limits) -> Result<String> {
+    let chars = name.chars().count();
+    if chars == 0 || chars > limits.name_chars_max || name.trim().is_empty() {
+        return Err(Error::invalid(format!(
+            "{field} must be 1 to {} characters",
+            limits.name_chars_max
+        )));
+    }
+    Ok(name.to_owned())
+}
+
+impl Engine {
+    /// Recovers `store` (snapshots, journal, invariants) and starts the engine on it.
+    pub fn start(
+        config: EngineConfig,
+        store: Box<dyn Store>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Engine, StartError> {
+        let (world, report) = recover_store(&*store)?;
+        Self::start_recovered(config, store, clock, world, report)
+    }
+
+    fn start_recovered(
+        config: EngineConfig,
+        store: Box<dyn Store>,
+        clock: Arc<dyn Clock>,
+        world: World,
+        report: RecoveryReport,
+    ) -> Result<Engine, StartError> {
+        tracing::info!(
+            ?report,
+            users = world.users.len(),
+            products = world.products.len(),
+            orders = world.orders.len(),
+            "recovered"
+        );
+        let outbox = Arc::new(PendingOutbox::default());
+        for id in &world.meta.outbox {
+            if let Some(order) = world.orders.get(id) {
+                outbox.add(order.clone());
+            }
+        }
+        let keys = IdempotencyStore::new(world.keys.clone(), config.idempotency_keys_max);
+        let sink_len = world.meta.sink_len;
+        let writer =
+            JournalWriter::start(store, world.clone(), config.journal.clone(), outbox.clone());
+        let journal = writer.handle();
+        let limits = Arc::new(config.limits.clone());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (j, c, l, cfg) = (
+            journal.clone(),
+            clock.clone(),
+            limits.clone(),
+            config.clone(),
+        );
+        let thread = std::thread::Builder::new()
+            .name("actors-0".into())
+            .spawn(move || {
+                let system = System::new();
+                system.block_on(async move {
+                    let actors = start_actors(world, &cfg, j, c, l);
+                    let _ = tx.send((System::current(), actors));
+                });
+                let _ = system.run();
+            })
+            .map_err(|e| StartError::Runtime(e.to_string()))?;
+        let (system, actors) = rx.recv().map_err(|e| StartError::Runtime(e.to_string()))?;
+        let delivery = Delivery::start(DeliverySetup {
+            platform: config.data_platform.clone(),
+            outbox: outbox.clone(),
+            journal: journal.clone(),
+            clock: clock.clone(),
+            sink_len,
+            backoff_ms_min: config.delivery_backoff_ms_min,
+            backoff_ms_max: config.delivery_backoff_ms_max,
+        });
+        let journal_stats = journal.stats.clone();
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                registry: actors.registry,
+                directory: actors.directory,
+                coordinator: actors.coordinator,
+                stats: actors.stats,
+                journal,
+                journal_stats,
+                clock,
+                limits,
+                keys,
+                outbox,
+                running: Mutex::new(Some(Running {
+                    system,
+                    thread,
+                    writer,
+                    delivery,
+                })),
+            }),
+        })
+    }
+
+    /// Stops delivery and the actors, then lets the journal writer finish
+    /// (it writes a last snapshot). Safe to call more than once. Blocking:
+    /// from async code, call it in `spawn_blocking`.
+    pub fn shutdown(&self) {
+        let running = self
+            .inner
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(r) = running {
+            if let Some(d) = r.delivery {
+                d.stop();
+            }
+            r.system.stop();
+            let _ = r.thread.join();
+            r.writer.join();
+        }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    pub fn now(&self) -> Timestamp {
+        self.inner.clock.now()
+    }
+
+    /// Runs `op` under an idempotency key: the first answer is stored with
+    /// its record; a retry with the same request gets it back; another
+    /// request with the same key is refused.
+    async fn keyed<T, F, Fut>(
+        &self,
+        key: Option<IdempotencyKey>,
+        request: String,
+        op: F,
+    ) -> Result<T>
+    where
+        T: Replied,
+        F: FnOnce(Option<Tag>) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let Some(key) = key else {
+            return op(None).await;
+        };
+        let fp = fingerprint(&request);
+        let tag = loop {
+            match self.inner.keys.begin(&key, fp, self.now())? {
+                Begin::Proceed(tag) => break tag,
+                Begin::Wait(rx) => {
+                    let _ = rx.await;
+                }
+                Begin::Replay(Reply::Rejected(r)) => return Err(r.into()),
+                Begin::Replay(reply) => {
+                    return T::from_reply(reply).ok_or(Error::IdempotencyKeyReused)
+                }
+            }
+        };
+        let result = op(Some(tag.clone())).await;
+        let stored = match &result {
+            Ok(v) => Some(v.to_reply()),
+            // A refused payment still failed the order: its answer is kept.
+            Err(Error::Rejected(r @ Rejection::InsufficientBalance { .. })) => {
+                Some(Reply::Rejected(r.clone()))
+            }
+            Err(_) => None,
+        };
+        self.inner.keys.finish(
+            &tag,
+            stored.map(|reply| StoredKey {
+                fingerprint: fp,
+                reply,
+                at: self.now(),
+            }),
+        );
+        result
+    }
+
+    fn user_addr(&self, id: UserId) -> Result<Addr<UserActor>> {
+        self.inner
+            .registry
+            .users
+            .get(id.0)
+            .ok_or_else(|| Rejection::UserNotFound(id).into())
+    }
+
+    fn product_addr(&self, id: ProductId) -> Result<Addr<ProductActor>> {
+        self.inner
+            .registry
+            .products
+            .get(id.0)
+            .ok_or_else(|| Rejection::ProductNotFound(id).into())
+    }
+
+    fn campaign_addr(&self, id: CouponId) -> Result<Addr<CampaignActor>> {
+        self.inner
+            .registry
+            .campaigns
+            .get(id.0)
+            .ok_or_else(|| Rejection::CouponNotFound(id).into())
+    }
+
+    async fn read_user<R: Send + 'static>(
+        &self,
+        id: UserId,
+        f: impl FnOnce(&User) -> R + Send + 'static,
+    ) -> Result<R> {
+        Ok(self.user_addr(id)?.send(Read::new(f)).await?)
+    }
+
+    // ---- users and balance ----
+
+    pub async fn create_user(&self, name: &str, key: Option<IdempotencyKey>) -> Result<UserView> {
+        let name = check_name("name", name, &self.inner.limits)?;
+        let request = format!("create_user|{name:?}");
+        self.keyed(key, request, |tag| async move {
+            Ok(self
+                .inner
+                .directory
+                .send(CreateUser {
+                    name,
+                    at: self.now(),
+                    tag,
+                })
+                .await??)
+        })
+        .await
+    }
+
+    pub async fn user(&self, id: UserId) -> Result<UserView> {
+        self.read_user(id, |u| UserView::from(u)).await
+    }
+
+    pub async fn balance(&self, id: UserId) -> Result<BalanceView> {
+        self.read_user(id, |u| BalanceView {
+            user_id: u.id,
+            balance: u.balance,
+        })
+        .await
+    }
+
+    pub async fn charge(
+        &self,
+        id: UserId,
+        amount: Krw,
+        key: Option<IdempotencyKey>,
+    ) -> Result<BalanceView> {
+        let addr = self.user_addr(id)?;
+        let request = format!("charge|{id}|{}", amount.0);
+        self.keyed(key, request, |tag| async move {
+            Ok(addr
+                .send(Charge {
+                    amount,
+                    at: self.now(),
+                    tag,
+                })
+                .await??)
+        })
+        .await
+    }
+
+    /// Balance history, newest first; the cursor is an entry's `seq`.
+    pub async fn history(&self, id: UserId, page: PageRequest) -> Result<Page<BalanceEntry>> {
+        self.read_user(id, move |u| {
+            let upto = page.after.map_or(u.history.len(), |a| {
+                (a.saturating_sub(1) as usize).min(u.history.len())
+            });
+            let items: Vec<BalanceEntry> = u.history[..upto]
+                .iter()
+                .rev()
+                .take(page.limit)
+                .cloned()
+                .collect();
+            let next = match items.last() {
+                Some(last) if last.seq > 1 && items.len() == page.limit => {
+                    Some(last.seq.to_string())
+                }
+                _ => None,
+            };
+            Page { items, next }
+        })
+        .await
+    }
+
+    // ---- products ----
+
+    pub async fn create_product(
+        &self,
+        name: &str,
+        price: Krw,
+        stock: u64,
+        key: Option<IdempotencyKey>,
+    ) -> Result<ProductView> {
+        let limits = &self.inner.limits;
+        let name = check_name("name", name, limits)?;
+        if price < limits.price_krw_min || price > limits.price_krw_max {
+            return Err(Error::invalid(format!(
+                "price must be between {} and {}",
+                limits.price_krw_min.0, limits.price_krw_max.0
+            )));
+        }
+        if stock > limits.stock_count_max {
+            return Err(Error::invalid(format!(
+                "stock must be between 0 and {}",
+                limits.stock_count_max
+            )));
+        }
+        let request = format!("create_product|{name:?}|{}|{stock}", price.0);
+        self.keyed(key, request, |tag| async move {
+            Ok(self
+                .inner
+                .directory
+                .send(CreateProduct {
+                    name,
+                    price,
+                    stock,
+                    at: self.now(),
+                    tag,
+                })
+                .await??)
+        })
+        .await
+    }
+
+    pub async fn product(&self, id: ProductId) -> Result<ProductView> {
+        Ok(self
+            .product_addr(id)?
+            .send(Read::new(|p: &Product| ProductView::from(p)))
+            .await?)
+    }
+
+    /// Products by id; the cursor is the last id of the page.
+    pub async fn products(&self, page: PageRequest) -> Result<Page<ProductView>> {
+        let first = page.after.map_or(1, |a| a.saturating_add(1));
+        let addrs = self.inner.registry.products.range(first, page.limit + 1);
+        let more = addrs.len() > page.limit;
+        let reads = addrs
+            .into_iter()
+            .take(page.limit)
+            .map(|(_, a)| a.send(Read::new(|p: &Product| ProductView::from(p))));
+        let items = futures_util::future::join_all(reads)
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = if more {
+            items.last().map(|p| p.id.to_string())
+        } else {
+            None
+        };
+        Ok(Page { items, next })
+    }
+
+    pub async fn restock(
+        &self,
+        id: ProductId,
+        quantity: u64,
+        key: Option<IdempotencyKey>,
+    ) -> Result<ProductView> {
+        let addr = self.product_addr(id)?;
+        let request = format!("restock|{id}|{quantity}");
+        self.keyed(key, request, |tag| async move {
+            Ok(addr
+                .send(Restock {
+                    quantity,
+                    at: self.now(),
+                    tag,
+                })
+                .await??)
+        })
+        .await
+    }
+
+    /// The ranking as of the last refresh.
+    pub async fn top_products(&self) -> Result<TopProducts> {
+        Ok(self.inner.stats.send(Top).await?)
+    }
+
+    /// Recomputes the ranking now.
+    pub async fn refresh_stats(&self) -> Result<TopProducts> {
+        Ok(self.inner.stats.send(Refresh).await?)
+    }
+
+    // ---- coupons ----
+
+    pub async fn create_coupon(
+        &self,
+        new: NewCoupon,
+        key: Option<IdempotencyKey>,
+    ) -> Result<CouponView> {
+        let limits = &self.inner.limits;
+        let name = check_name("name", &new.name, limits)?;
+        let discount = new.discount.validate(limits)?;
+        if new.quantity == 0 || new.quantity > limits.coupon_quantity_max {
+            return Err(Error::invalid(format!(
+                "quantity must be between 1 and {}",
+                limits.coupon_quantity_max
+            )));
+        }
+        let request = format!(
+            "create_coupon|{name:?}|{discount:?}|{}|{:?}",
+            new.quantity, new.expires_at
+        );
+        self.keyed(key, request, |tag| async move {
+            let msg = CreateCampaign {
+                name,
+                discount,
+                quantity: new.quantity,
+                expires_at: new.expires_at,
+                at: self.now(),
+                tag,
+            };
+            Ok(self.inner.directory.send(msg).await??)
+        })
+        .await
+    }
+
+    pub async fn coupon(&self, id: CouponId) -> Result<CouponView> {
+        Ok(self
+            .campaign_addr(id)?
+            .send(Read::new(|c: &Campaign| CouponView::from(c)))
+            .await?)
+    }
+
+    pub async fn issue_coupon(
+        &self,
+        coupon_id: CouponId,
+        user_id: UserId,
+        key: Option<IdempotencyKey>,
+    ) -> Result<UserCouponView> {
+        let campaign = self.campaign_addr(coupon_id)?;
+        let user = self.user_addr(user_id)?;
+        let request = format!("issue_coupon|{coupon_id}|{user_id}");
+        self.keyed(key, request, |tag| async move {
+            Ok(campaign
+                .send(Issue {
+                    user_id,
+                    user,
+                    at: self.now(),
+                    tag,
+                })
+                .await??)
+        })
+        .await
+    }
+
+    /// A user's coupons by id; the cursor is the last id of the page.
+    pub async fn user_coupons(
+        &self,
+        user_id: UserId,
+        page: PageRequest,
+    ) -> Result<Page<UserCouponView>> {
+        let now = self.now();
+        self.read_user(user_id, move |u| {
+            let mut coupons: Vec<&crate::domain::user::UserCoupon> = u
+                .coupons
+                .iter()
+                .filter(|c| page.after.is_none_or(|a| c.id.0 > a))
+                .collect();
+            coupons.sort_unstable_by_key(|c| c.id);
+            let more = coupons.len() > page.limit;
+            let items: Vec<UserCouponView> = coupons
+                .into_iter()
+                .take(page.limit)
+                .map(|c| UserCouponView::new(u.id, c, now))
+                .collect();
+            let next = if more {
+                items.last().map(|c| c.id.to_string())
+            } else {
+                None
+            };
+            Page { items, next }
+        })
+        .await
+    }
+
+    // ---- cart ----
+
+    pub async fn cart(&self, user_id: UserId) -> Result<CartView> {
+        self.read_user(user_id, |u| CartView::from(u)).await
+    }
+
+    /// Adds a line, or sets the quantity of a product already in the cart.
+    /// Refused when the product's stock is below `quantity`; reserves nothing.
+    pub async fn set_cart_item(
+        &self,
+        user_id: UserId,
+        product_id: ProductId,
+        quantity: u64,
+        key: Option<IdempotencyKey>,
+    ) -> Result<CartView> {
+        let user = self.user_addr(user_id)?;
+        let product = self.product_addr(product_id)?;
+        let limits = &self.inner.limits;
+        if quantity == 0 || quantity > limits.line_quantity_max {
+            return Err(Error::invalid(format!(
+                "quantity must be between 1 and {}",
+                limits.line_quantity_max
+            )));
+        }
+        let request = format!("set_cart_item|{user_id}|{product_id}|{quantity}");
+        self.keyed(key, request, |tag| async move {
+            let (name, price, available) = product
+                .send(Read::new(|p: &Product| {
+                    (p.name.clone(), p.price, p.available())
+                }))
+                .await?;
+            if available < quantity {
+                return Err(Rejection::OutOfStock {
+                    product_id,
+                    available,
+                    requested: quantity,
+                }
+                .into());
+            }
+            let line = CartLine {
+                product_id,
+                name,
+                price,
+                quantity,
+            };
+            Ok(user
+                .send(ChangeCart {
+                    change: CartChange::Set(line),
+                    at: self.now(),
+                    tag,
+                })
+                .await??)
+        })
+        .await
+    }
+
+    pub async fn remove_cart_item(
+        &self,
+        user_id: UserId,
+        product_id: ProductId,
+    ) -> Result<CartView> {
+        let user = self.user_addr(user_id)?;
+        let in_cart = user
+            .send(Read::new(move |u: &User| {
+                u.cart.iter().any(|l| l.product_id == product_id)
+            }))
+            .await?;
+        if !in_cart {
+            // Nothing to remove: answer the cart as it is (DELETE is idempotent).
+            self.product_addr(product_id)?;
+            return self.cart(user_id).await;
+        }
+        Ok(user
+            .send(ChangeCart {
+                change: CartChange::Remove(product_id),
+                at: self.now(),
+                tag: None,
+            })
+            .await??)
+    }
+
+    // ---- orders ----
+
+    pub async fn place_order(
+        &self,
+        order: PlaceOrder,
+        key: Option<IdempotencyKey>,
+    ) -> Result<Order> {
+        let request = format!("place_order|{order:?}");
+        self.keyed(key, request, |tag| async move {
+            let msg = Place {
+                user_id: order.user_id,
+                source: order.source,
+                coupon: order.user_coupon_id,
+                tag,
+            };
+            Ok(self.inner.coordinator.send(msg).await??)
+        })
+        .await
+    }
+
+    pub async fn order(&self, id: OrderId) -> Result<Order> {
+        let found = self
+            .inner
+            .coordinator
+            .send(Read::new(move |b: &OrderBook| b.orders.get(&id).cloned()))
+            .await?;
+        found.ok_or_else(|| Rejection::OrderNotFound(id).into())
+    }
+
+    /// A user's orders, newest first; the cursor is the last id of the page.
+    pub async fn user_orders(&self, user_id: UserId, page: PageRequest) -> Result<Page<Order>> {
+        self.user_addr(user_id)?;
+        Ok(self
+            .inner
+            .coordinator
+            .send(Read::new(move |b: &OrderBook| {
+                let ids = b.by_user.get(&user_id).map(Vec::as_slice).unwrap_or(&[]);
+                let upto = page
+                    .after
+                    .map_or(ids.len(), |a| ids.partition_point(|id| id.0 < a));
+                let items: Vec<Order> = ids[..upto]
+                    .iter()
+                    .rev()
+                    .take(page.limit)
+                    .filter_map(|id| b.orders.get(id).cloned())
+                    .collect();
+                let more = upto > page.limit;
+                let next = if more {
+                    items.last().map(|o| o.id.to_string())
+                } else {
+                    None
+                };
+                Page { items, next }
+            }))
+            .await?)
+    }
+
+    pub async fn cancel_order(&self, id: OrderId, key: Option<IdempotencyKey>) -> Result<Order> {
+        let request = format!("cancel_order|{id}");
+        self.keyed(key, request, |tag| async move {
+            Ok(self
+                .inner
+                .coordinator
+                .send(Cancel { order_id: id, tag })
+                .await??)
+        })
+        .await
+    }
+
+    pub async fn pay_order(&self, id: OrderId, key: Option<IdempotencyKey>) -> Result<Order> {
+        let request = format!("pay_order|{id}");
+        self.keyed(key, request, |tag| async move {
+            Ok(self
+                .inner
+                .coordinator
+                .send(Pay { order_id: id, tag })
+                .await??)
+        })
+        .await
+    }
+
+    /// Expires every pending order whose time is up now (also runs on a timer).
+    pub async fn expire_due_orders(&self) -> Result<usize> {
+        Ok(self.inner.coordinator.send(ExpireDue).await?)
+    }
+
+    // ---- operations ----
+
+    /// Writes a snapshot of everything durable now; answers the sequence it covers.
+    pub async fn snapshot(&self) -> Result<u64> {
+        Ok(self.inner.journal.snapshot().await?)
+    }
+
+    /// Paid orders not yet accepted by the data platform.
+    pub fn outbox_pending(&self) -> usize {
+        self.inner.outbox.len()
+    }
+
+    pub fn metrics(&self) -> EngineMetrics {
+        let r = &self.inner.registry;
+        let j = &self.inner.journal_stats;
+        let (users, products, campaigns) = (
+            r.users.len() as u64,
+            r.products.len() as u64,
+            r.campaigns.len() as u64,
+        );
+        EngineMetrics {
+            users,
+            products,
+            campaigns,
+            actors: users + products + campaigns + 3,
+            journal_records: j.records.load(Ordering::Relaxed),
+            journal_batches: j.batches.load(Ordering::Relaxed),
+            journal_last_batch_records: j.last_batch_records.load(Ordering::Relaxed),
+            journal_last_flush_us: j.last_flush_us.load(Ordering::Relaxed),
+            journal_queued: j.queued.load(Ordering::Relaxed),
+            snapshots: j.snapshots.load(Ordering::Relaxed),
+            outbox_pending: self.inner.outbox.len() as u64,
+            idempotency_keys: self.inner.keys.len() as u64,
+        }
+    }
+
+    /// True once storage has failed: the engine refuses every write until restarted.
+    pub fn is_degraded(&self) -> bool {
+        self.inner.journal.is_poisoned()
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(r) = self
+            .running
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            if let Some(d) = r.delivery {
+                d.stop();
+            }
+            r.system.stop();
+            let _ = r.thread.join();
+            r.writer.join();
+        }
+    }
+}

@@ -1,0 +1,22 @@
+pub mod actor;
+pub mod campaign_actor;
+pub mod clock;
+pub mod commit;
+pub mod config;
+pub mod coordinator;
+pub mod delivery;
+pub mod directory;
+pub mod error;
+pub mod facade;
+pub mod idempotency;
+pub mod product_actor;
+pub mod registry;
+pub mod stats_actor;
+pub mod user_actor;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::{DataPlatform, EngineConfig};
+pub use coordinator::OrderSource;
+pub use error::{Error, Result};
+pub use facade::{Engine, EngineMetrics, NewCoupon, PageRequest, PlaceOrder, StartError};
+pub use idempotency::IdempotencyKey;

@@ -1,0 +1,98 @@
+//! Durability: the journal, snapshots and recovery.
+//!
+//! - [`Store`] is the storage backend: append a batch durably, write
+//!   snapshot entries and trim, load everything back. [`SledStore`] is the
+//!   real one, [`MemoryStore`] keeps the same bytes in memory (tests, and
+//!   engines that need no durability), [`FaultyStore`] makes writes fail.
+//! - [`codec`] turns records and snapshots into checksummed frames.
+//! - [`writer`] is the journal writer: one thread that group-commits the
+//!   records of every actor and acknowledges each once its batch is flushed.
+//! - [`recovery`] rebuilds a [`World`](crate::domain::world::World) from
+//!   snapshots and the journal and checks its invariants.
+
+pub mod codec;
+pub mod fault;
+pub mod memory;
+pub mod outbox;
+pub mod recovery;
+pub mod sled_store;
+pub mod writer;
+
+pub use fault::{FaultPlan, FaultyStore};
+pub use memory::MemoryStore;
+pub use sled_store::SledStore;
+
+/// A storage operation failed. Once it has, the journal acknowledges nothing more.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StorageError {
+    #[error("storage I/O failed: {0}")]
+    Io(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("the journal stopped after an earlier failure")]
+    Poisoned,
+    #[error("the journal is closed")]
+    Closed,
+}
+
+/// A snapshot key: one entity, a stored idempotency key, or the meta value.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SnapshotKey {
+    User(u64),
+    Product(u64),
+    Campaign(u64),
+    Order(u64),
+    Key(String),
+    Meta,
+}
+
+/// What a store holds, as read back for recovery.
+#[derive(Clone, Debug, Default)]
+pub struct Loaded {
+    /// The journal sequence every snapshot entry includes.
+    pub snapshot_seq: u64,
+    pub snapshots: Vec<(SnapshotKey, Vec<u8>)>,
+    /// Journal batches after `snapshot_seq`: (first sequence, frames), in order.
+    pub batches: Vec<(u64, Vec<u8>)>,
+}
+
+/// A storage backend. Calls come from the journal writer thread only.
+pub trait Store: Send + 'static {
+    /// Durably appends `frames` (records `first_seq..`), flushed before it returns.
+    fn append(&mut self, first_seq: u64, frames: &[u8]) -> Result<(), StorageError>;
+
+    /// Durably writes snapshot entries (`None` deletes), records that they
+    /// include everything up to `seq`, and trims journal batches wholly at or below it.
+    fn snapshot(
+        &mut self,
+        seq: u64,
+        entries: Vec<(SnapshotKey, Option<Vec<u8>>)>,
+    ) -> Result<(), StorageError>;
+
+    /// Reads everything back.
+    fn load(&self) -> Result<Loaded, StorageError>;
+
+    /// Bytes the store uses on disk, when it knows.
+    fn size_on_disk(&self) -> Option<u64> {
+        None
+    }
+}
+
+impl Store for Box<dyn Store> {
+    fn append(&mut self, first_seq: u64, frames: &[u8]) -> Result<(), StorageError> {
+        (**self).append(first_seq, frames)
+    }
+    fn snapshot(
+        &mut self,
+        seq: u64,
+        entries: Vec<(SnapshotKey, Option<Vec<u8>>)>,
+    ) -> Result<(), StorageError> {
+        (**self).snapshot(seq, entries)
+    }
+    fn load(&self) -> Result<Loaded, StorageError> {
+        (**self).load()
+    }
+    fn size_on_disk(&self) -> Option<u64> {
+        (**self).size_on_disk()
+    }
+}

@@ -1,0 +1,341 @@
+//! The journal writer: group commit on one thread, off the actors' threads.
+//!
+//! Actors `submit` records without blocking (a bounded queue: when it is
+//! full the caller is told `Overloaded`). The writer takes everything queued
+//! (up to a batch limit), encodes it, appends the batch with one write and
+//! one flush, and then acknowledges every record in it. Records are
+//! acknowledged in the order they were queued, so an acknowledged record
+//! implies that every record queued before it is durable too.
+//!
+//! The writer also keeps the durable [`World`] by applying each flushed
+//! batch: incremental snapshots are written from it (no actor is asked),
+//! and paid orders go from it to the outbox.
+//!
+//! After a failed append the journal is poisoned: that batch and every later
+//! submission are refused, so nothing is acknowledged that could depend on
+//! a record that was not written. The engine answers errors until restarted.
+
+use crate::domain::event::{Event, Record};
+use crate::domain::time::Timestamp;
+use crate::domain::world::World;
+use crate::store::codec::{self, Kind};
+use crate::store::outbox::PendingOutbox;
+use crate::store::recovery::dirty_snapshot;
+use crate::store::{StorageError, Store};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// Limits and intervals of the journal, units in the names.
+#[derive(Clone, Debug)]
+pub struct JournalConfig {
+    /// Records waiting for the writer at most; past it, `Overloaded`.
+    pub queue_records_max: usize,
+    pub batch_records_max: usize,
+    pub batch_bytes_max: usize,
+    /// Write a snapshot after this many records...
+    pub snapshot_every_records: u64,
+    /// ...or after this long with changes, whichever comes first.
+    pub snapshot_every_ms: u64,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        JournalConfig {
+            queue_records_max: 65_536,
+            batch_records_max: 8_192,
+            batch_bytes_max: 8 * 1024 * 1024,
+            snapshot_every_records: 200_000,
+            snapshot_every_ms: 30_000,
+        }
+    }
+}
+
+/// What a submission gets back: the record's sequence once durable.
+pub type Ack = Result<u64, StorageError>;
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    #[error("the journal queue is full")]
+    Overloaded,
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+enum Command {
+    Append(Record, oneshot::Sender<Ack>),
+    /// Write a snapshot now (tests, shutdown); answers with the sequence it covers.
+    Snapshot(oneshot::Sender<Ack>),
+    /// Prune keys and sales past their window at this time.
+    Prune(Timestamp),
+    /// Commit what is queued, write a last snapshot, and stop.
+    Shutdown,
+}
+
+/// Counters the engine exports as metrics.
+#[derive(Default, Debug)]
+pub struct JournalStats {
+    pub records: AtomicU64,
+    pub batches: AtomicU64,
+    pub last_batch_records: AtomicU64,
+    pub last_flush_us: AtomicU64,
+    pub snapshots: AtomicU64,
+    pub queued: AtomicU64,
+}
+
+#[derive(Clone)]
+pub struct JournalHandle {
+    tx: SyncSender<Command>,
+    poisoned: Arc<AtomicBool>,
+    pub stats: Arc<JournalStats>,
+}
+
+impl JournalHandle {
+    /// Queues a record; the receiver resolves once it is durable (or failed).
+    pub fn submit(&self, record: Record) -> Result<oneshot::Receiver<Ack>, SubmitError> {
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(SubmitError::Storage(StorageError::Poisoned));
+        }
+        let (ack, rx) = oneshot::channel();
+        match self.tx.try_send(Command::Append(record, ack)) {
+            Ok(()) => {
+                self.stats.queued.fetch_add(1, Ordering::Relaxed);
+                Ok(rx)
+            }
+            Err(TrySendError::Full(_)) => Err(SubmitError::Overloaded),
+            Err(TrySendError::Disconnected(_)) => Err(SubmitError::Storage(StorageError::Closed)),
+        }
+    }
+
+    /// Forces a snapshot of everything durable so far.
+    pub async fn snapshot(&self) -> Ack {
+        let (ack, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Snapshot(ack))
+            .map_err(|_| StorageError::Closed)?;
+        rx.await.map_err(|_| StorageError::Closed)?
+    }
+
+    pub fn prune(&self, now: Timestamp) {
+        let _ = self.tx.try_send(Command::Prune(now));
+    }
+
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::Acquire)
+    }
+}
+
+pub struct JournalWriter {
+    handle: JournalHandle,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl JournalWriter {
+    /// Starts the writer thread on `store`, whose durable state is `world`.
+    pub fn start(
+        store: Box<dyn Store>,
+        world: World,
+        config: JournalConfig,
+        outbox: Arc<PendingOutbox>,
+    ) -> JournalWriter {
+        let (tx, rx) = mpsc::sync_channel(config.queue_records_max);
+        let poisoned = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(JournalStats::default());
+        let handle = JournalHandle {
+            tx,
+            poisoned: poisoned.clone(),
+            stats: stats.clone(),
+        };
+        let mut worker = Worker {
+            store,
+            world,
+            config,
+            outbox,
+            poisoned,
+            stats,
+            since_snapshot: 0,
+            last_snapshot: Instant::now(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("journal-writer".into())
+            .spawn(move || worker.run(rx))
+            .expect("spawn the journal writer");
+        JournalWriter {
+            handle,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn handle(&self) -> JournalHandle {
+        self.handle.clone()
+    }
+
+    /// Commits everything queued before this call, writes a last snapshot,
+    /// and waits for the writer to stop. Later submissions answer `Closed`.
+    pub fn join(mut self) {
+        let _ = self.handle.tx.send(Command::Shutdown);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Worker {
+    store: Box<dyn Store>,
+    world: World,
+    config: JournalConfig,
+    outbox: Arc<PendingOutbox>,
+    poisoned: Arc<AtomicBool>,
+    stats: Arc<JournalStats>,
+    since_snapshot: u64,
+    last_snapshot: Instant,
+}
+
+impl Worker {
+    fn run(&mut self, rx: Receiver<Command>) {
+        let mut records: Vec<Record> = Vec::with_capacity(self.config.batch_records_max);
+        let mut acks: Vec<oneshot::Sender<Ack>> = Vec::with_capacity(self.config.batch_records_max);
+        let mut frames: Vec<u8> = Vec::with_capacity(1 << 20);
+        let tick = Duration::from_millis(self.config.snapshot_every_ms.clamp(10, 1000));
+        loop {
+            let first = match rx.recv_timeout(tick) {
+                Ok(c) => c,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.maybe_snapshot(false);
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let mut next = Some(first);
+            let mut stopping = false;
+            while let Some(cmd) = next.take() {
+                match cmd {
+                    Command::Shutdown => stopping = true,
+                    Command::Append(record, ack) => {
+                        if let Err(e) = codec::encode_into(Kind::Record, &record, &mut frames) {
+                            let _ = ack.send(Err(StorageError::Corrupt(e.to_string())));
+                        } else {
+                            records.push(record);
+                            acks.push(ack);
+                        }
+                    }
+                    Command::Snapshot(ack) => {
+                        self.commit(&mut records, &mut acks, &mut frames);
+                        let _ = ack.send(self.snapshot());
+                    }
+                    Command::Prune(now) => self.world.prune(now),
+                }
+                if !stopping
+                    && records.len() < self.config.batch_records_max
+                    && frames.len() < self.config.batch_bytes_max
+                {
+                    next = rx.try_recv().ok();
+                }
+            }
+            self.commit(&mut records, &mut acks, &mut frames);
+            if stopping {
+                break;
+            }
+            self.maybe_snapshot(false);
+        }
+        self.commit(&mut records, &mut acks, &mut frames);
+        self.maybe_snapshot(true);
+    }
+
+    fn commit(
+        &mut self,
+        records: &mut Vec<Record>,
+        acks: &mut Vec<oneshot::Sender<Ack>>,
+        frames: &mut Vec<u8>,
+    ) {
+        if records.is_empty() {
+            return;
+        }
+        let count = records.len() as u64;
+        self.stats.queued.fetch_sub(count, Ordering::Relaxed);
+        let first_seq = self.world.seq + 1;
+        let result = if self.poisoned.load(Ordering::Acquire) {
+            Err(StorageError::Poisoned)
+        } else {
+            let started = Instant::now();
+            let r = self.store.append(first_seq, frames);
+            let flush_us = started.elapsed().as_micros() as u64;
+            self.stats.last_flush_us.store(flush_us, Ordering::Relaxed);
+            metrics::histogram!("journal_flush_seconds").record(flush_us as f64 / 1e6);
+            metrics::histogram!("journal_batch_records").record(count as f64);
+            r
+        };
+        match result {
+            Ok(()) => {
+                for (i, record) in records.iter().enumerate() {
+                    let seq = first_seq + i as u64;
+                    if let Err(e) = self.world.apply(seq, record) {
+                        // A record the durable state cannot take is a bug: stop acknowledging.
+                        tracing::error!(error = %e, "journal record does not apply; poisoning the journal");
+                        self.poisoned.store(true, Ordering::Release);
+                    }
+                    if let Event::OrderPaid { order_id, .. } = &record.event {
+                        if let Some(order) = self.world.orders.get(order_id) {
+                            self.outbox.add(order.clone());
+                        }
+                    }
+                }
+                self.world.seq = first_seq + count - 1;
+                for (i, ack) in acks.drain(..).enumerate() {
+                    let _ = ack.send(Ok(first_seq + i as u64));
+                }
+                self.stats.records.fetch_add(count, Ordering::Relaxed);
+                self.stats.batches.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .last_batch_records
+                    .store(count, Ordering::Relaxed);
+                self.since_snapshot += count;
+            }
+            Err(e) => {
+                if e != StorageError::Poisoned {
+                    tracing::error!(error = %e, "journal append failed; acknowledging nothing more");
+                }
+                self.poisoned.store(true, Ordering::Release);
+                for ack in acks.drain(..) {
+                    let _ = ack.send(Err(e.clone()));
+                }
+            }
+        }
+        records.clear();
+        frames.clear();
+    }
+
+    fn maybe_snapshot(&mut self, force: bool) {
+        let due = self.since_snapshot >= self.config.snapshot_every_records
+            || (self.since_snapshot > 0
+                && self.last_snapshot.elapsed()
+                    >= Duration::from_millis(self.config.snapshot_every_ms));
+        if (force && self.since_snapshot > 0) || due {
+            if let Err(e) = self.snapshot() {
+                tracing::warn!(error = %e, "snapshot failed; the journal keeps everything since the last one");
+            }
+        }
+    }
+
+    fn snapshot(&mut self) -> Ack {
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(StorageError::Poisoned);
+        }
+        let seq = self.world.seq;
+        let dirty = self.world.dirty.clone();
+        let entries =
+            dirty_snapshot(&mut self.world).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+        if let Err(e) = self.store.snapshot(seq, entries) {
+            // Keep the marks so the next snapshot writes these entities again.
+            self.world.dirty = dirty;
+            return Err(e);
+        }
+        self.since_snapshot = 0;
+        self.last_snapshot = Instant::now();
+        self.stats.snapshots.fetch_add(1, Ordering::Relaxed);
+        Ok(seq)
+    }
+}
