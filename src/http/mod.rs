@@ -1,0 +1,3 @@
+//! The HTTP API of `API.md` (axum).
+
+pub mod serve;
