@@ -101,11 +101,15 @@ pub fn price(lines: &[OrderLine], discount: Option<Discount>) -> Decision<Amount
     })
 }
 
-/// What a payment request may do with an order.
+/// What a payment or a cancellation may do with a pending order.
+///
+/// An order whose time is up is expired, whether or not the expiry sweep
+/// has reached it yet: paying or cancelling it expires it and is refused,
+/// so the answer never depends on when the sweep ran.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PayDecision {
-    /// Pending and within its time: take the money.
-    Charge,
+pub enum Settle {
+    /// Pending and within its time: go ahead.
+    Proceed,
     /// Pending but its time is up: expire it first, then refuse.
     ExpireThenRefuse,
 }
@@ -115,17 +119,18 @@ impl Order {
         self.status == OrderStatus::Pending && now >= self.expires_at
     }
 
-    pub fn decide_pay(&self, now: Timestamp) -> Decision<PayDecision> {
+    pub fn decide_pay(&self, now: Timestamp) -> Decision<Settle> {
         match self.status {
-            OrderStatus::Pending if now >= self.expires_at => Ok(PayDecision::ExpireThenRefuse),
-            OrderStatus::Pending => Ok(PayDecision::Charge),
+            OrderStatus::Pending if now >= self.expires_at => Ok(Settle::ExpireThenRefuse),
+            OrderStatus::Pending => Ok(Settle::Proceed),
             _ => Err(Rejection::OrderNotPayable(self.id)),
         }
     }
 
-    pub fn decide_cancel(&self) -> Decision<()> {
+    pub fn decide_cancel(&self, now: Timestamp) -> Decision<Settle> {
         match self.status {
-            OrderStatus::Pending => Ok(()),
+            OrderStatus::Pending if now >= self.expires_at => Ok(Settle::ExpireThenRefuse),
+            OrderStatus::Pending => Ok(Settle::Proceed),
             _ => Err(Rejection::OrderNotCancellable(self.id)),
         }
     }
@@ -229,7 +234,9 @@ mod tests {
 
     #[test]
     fn only_a_pending_order_can_be_cancelled_or_paid() {
-        assert!(order(OrderStatus::Pending).decide_cancel().is_ok());
+        assert!(order(OrderStatus::Pending)
+            .decide_cancel(Timestamp(0))
+            .is_ok());
         for s in [
             OrderStatus::Paid,
             OrderStatus::Failed,
@@ -237,7 +244,7 @@ mod tests {
             OrderStatus::Expired,
         ] {
             assert_eq!(
-                order(s).decide_cancel(),
+                order(s).decide_cancel(Timestamp(0)),
                 Err(Rejection::OrderNotCancellable(OrderId(1)))
             );
             assert_eq!(
@@ -248,12 +255,14 @@ mod tests {
     }
 
     #[test]
-    fn a_pending_order_past_its_expiry_is_expired_not_paid() {
+    fn a_pending_order_past_its_expiry_is_expired_not_paid_nor_cancelled() {
         let o = order(OrderStatus::Pending);
-        assert_eq!(o.decide_pay(Timestamp(999)), Ok(PayDecision::Charge));
+        assert_eq!(o.decide_pay(Timestamp(999)), Ok(Settle::Proceed));
+        assert_eq!(o.decide_pay(Timestamp(1000)), Ok(Settle::ExpireThenRefuse));
+        assert_eq!(o.decide_cancel(Timestamp(999)), Ok(Settle::Proceed));
         assert_eq!(
-            o.decide_pay(Timestamp(1000)),
-            Ok(PayDecision::ExpireThenRefuse)
+            o.decide_cancel(Timestamp(1000)),
+            Ok(Settle::ExpireThenRefuse)
         );
         assert!(o.is_due_to_expire(Timestamp(1000)));
     }

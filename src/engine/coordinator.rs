@@ -17,11 +17,12 @@
 //! While an order is being paid or returned it is `busy`, and a concurrent
 //! pay or cancel is refused as not payable / not cancellable.
 
+use crate::domain::coupon::Discount;
 use crate::domain::event::{Event, IdempotencyEntry, Record};
 use crate::domain::ids::{OrderId, UserCouponId, UserId};
 use crate::domain::limits::Limits;
 use crate::domain::order::{
-    price, validate_lines, LineRequest, Order, OrderLine, OrderStatus, PayDecision,
+    price, validate_lines, LineRequest, Order, OrderLine, OrderStatus, Settle,
 };
 use crate::domain::rejection::Rejection;
 use crate::domain::time::Timestamp;
@@ -344,7 +345,8 @@ struct Held {
     user: Addr<UserActor>,
     items: Vec<OrderLine>,
     holds: Vec<(Addr<ProductActor>, u64)>,
-    coupon: Option<(UserCouponId, crate::domain::coupon::Discount)>,
+    coupon: Option<UserCouponId>,
+    discount: Option<Discount>,
     from_cart: bool,
 }
 
@@ -353,7 +355,7 @@ impl Held {
         for (product, quantity) in self.holds {
             product.do_send(StockNews::Abandoned(quantity));
         }
-        if let Some((coupon, _)) = self.coupon {
+        if let Some(coupon) = self.coupon {
             self.user.do_send(OrderNews::Abandoned { coupon });
         }
     }
@@ -408,6 +410,7 @@ async fn hold_all(
         items: Vec::with_capacity(lines.len()),
         holds: Vec::new(),
         coupon: None,
+        discount: None,
         from_cart,
     };
     let mut refusal: Option<Error> = None;
@@ -439,7 +442,10 @@ async fn hold_all(
             .map_err(Error::from)
             .and_then(|r| r)
         {
-            Ok(discount) => held.coupon = Some((id, discount)),
+            Ok(discount) => {
+                held.coupon = Some(id);
+                held.discount = Some(discount);
+            }
             Err(e) => {
                 held.abandon();
                 return Err(e);
@@ -459,7 +465,7 @@ impl Coordinator {
         at: Timestamp,
         tag: Option<Tag>,
     ) -> Result<oneshot::Receiver<Result<Order>>> {
-        let amounts = match price(&held.items, held.coupon.map(|c| c.1)) {
+        let amounts = match price(&held.items, held.discount) {
             Ok(a) => a,
             Err(r) => {
                 held.abandon();
@@ -475,7 +481,7 @@ impl Coordinator {
             total_amount: amounts.total,
             discount_amount: amounts.discount,
             pay_amount: amounts.pay,
-            user_coupon_id: held.coupon.map(|c| c.0),
+            user_coupon_id: held.coupon,
             created_at: at,
             expires_at: at.plus_ms(self.order_ttl_ms),
             paid_at: None,
@@ -512,19 +518,12 @@ impl Coordinator {
                 },
                 e,
             )) => {
-                let coupon = order.user_coupon_id.map(|id| {
-                    (
-                        id,
-                        crate::domain::coupon::Discount::Fixed {
-                            amount: Default::default(),
-                        },
-                    )
-                });
                 Held {
                     user,
                     items: Vec::new(),
                     holds,
-                    coupon,
+                    coupon: order.user_coupon_id,
+                    discount: None,
                     from_cart,
                 }
                 .abandon();
@@ -591,7 +590,7 @@ impl Handler<Pay> for Coordinator {
         };
         match decision {
             Err(r) => Box::pin(fut::ready(Err(r.into()))),
-            Ok(PayDecision::ExpireThenRefuse) => {
+            Ok(Settle::ExpireThenRefuse) => {
                 let step = self.settle_unpaid(ctx, order_id, OrderStatus::Expired, now, None, None);
                 Box::pin(
                     answer(step).map(move |r, _, _| {
@@ -599,7 +598,7 @@ impl Handler<Pay> for Coordinator {
                     }),
                 )
             }
-            Ok(PayDecision::Charge) => {
+            Ok(Settle::Proceed) => {
                 let order = &self.book.orders[&order_id];
                 let Some(user) = self.registry.users.get(order.user_id.0) else {
                     return Box::pin(fut::ready(Err(
@@ -679,24 +678,27 @@ impl Handler<Cancel> for Coordinator {
 
     fn handle(&mut self, msg: Cancel, ctx: &mut Context<Self>) -> Self::Result {
         let order_id = msg.order_id;
+        let now = self.clock.now();
         let decision = match self.book.orders.get(&order_id) {
             None => Err(Rejection::OrderNotFound(order_id)),
             Some(_) if self.busy.contains(&order_id) => {
                 Err(Rejection::OrderNotCancellable(order_id))
             }
-            Some(order) => order.decide_cancel(),
+            Some(order) => order.decide_cancel(now),
         };
-        let step = decision.map_err(Error::from).and_then(|()| {
-            self.settle_unpaid(
-                ctx,
-                order_id,
-                OrderStatus::Cancelled,
-                self.clock.now(),
-                msg.tag,
-                None,
-            )
-        });
-        Box::pin(answer(step))
+        match decision {
+            Err(r) => Box::pin(fut::ready(Err(r.into()))),
+            Ok(Settle::ExpireThenRefuse) => {
+                let step = self.settle_unpaid(ctx, order_id, OrderStatus::Expired, now, None, None);
+                let refusal = Rejection::OrderNotCancellable(order_id);
+                Box::pin(answer(step).map(move |r, _, _| r.and(Err(refusal.into()))))
+            }
+            Ok(Settle::Proceed) => {
+                let step =
+                    self.settle_unpaid(ctx, order_id, OrderStatus::Cancelled, now, msg.tag, None);
+                Box::pin(answer(step))
+            }
+        }
     }
 }
 
