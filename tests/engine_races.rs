@@ -1,0 +1,377 @@
+//! Races against one hot coupon, product or wallet, with exact counts, then
+//! a mixed storm with conservation checks, live and after recovery.
+
+mod engine_support;
+
+use commerce_engine::domain::coupon::Discount;
+use commerce_engine::domain::ids::{CouponId, OrderId, ProductId, UserId};
+use commerce_engine::domain::money::Krw;
+use commerce_engine::domain::order::OrderStatus;
+use commerce_engine::engine::{Engine, Error, NewCoupon, OrderSource, PageRequest, PlaceOrder};
+use engine_support::*;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+async fn users(engine: &Engine, count: usize) -> Vec<UserId> {
+    let mut ids = Vec::with_capacity(count);
+    for i in 0..count {
+        ids.push(
+            engine
+                .create_user(&format!("user-{i}"), None)
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    ids
+}
+
+async fn campaign(engine: &Engine, quantity: u64) -> CouponId {
+    let new = NewCoupon {
+        name: "flash".into(),
+        discount: Discount::Percent { percent: 10 },
+        quantity,
+        expires_at: None,
+    };
+    engine.create_coupon(new, None).await.unwrap().id
+}
+
+fn code(r: &Result<impl Sized, Error>) -> &'static str {
+    match r {
+        Ok(_) => "OK",
+        Err(e) => e.code(),
+    }
+}
+
+fn tally<T>(results: &[Result<T, Error>]) -> HashMap<&'static str, usize> {
+    let mut t = HashMap::new();
+    for r in results {
+        *t.entry(code(r)).or_default() += 1;
+    }
+    t
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_users_racing_for_fifty_coupons_get_exactly_fifty() {
+    // proves: a campaign never issues more than its quantity, whatever the concurrency
+    let (engine, store) = engine();
+    let ids = users(&engine, 200).await;
+    let coupon = campaign(&engine, 50).await;
+    let tasks: Vec<_> = ids
+        .iter()
+        .map(|&u| {
+            let e = engine.clone();
+            tokio::spawn(async move { e.issue_coupon(coupon, u, None).await })
+        })
+        .collect();
+    let results: Vec<_> = futures_util::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let t = tally(&results);
+    assert_eq!(t.get("OK"), Some(&50), "{t:?}");
+    assert_eq!(t.get("COUPON_SOLD_OUT"), Some(&150), "{t:?}");
+    assert_eq!(engine.coupon(coupon).await.unwrap().remaining, 0);
+    let mut held = 0;
+    for &u in &ids {
+        held += engine
+            .user_coupons(u, PageRequest::first(10))
+            .await
+            .unwrap()
+            .items
+            .len();
+    }
+    assert_eq!(held, 50);
+    let world = stop_and_recover(engine, &store).await;
+    assert_eq!(world.campaigns[0].issued.len(), 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_user_asking_fifty_times_at_once_gets_exactly_one_coupon() {
+    // proves: one coupon per user per campaign under concurrency
+    let (engine, store) = engine();
+    let user = users(&engine, 1).await[0];
+    let coupon = campaign(&engine, 100).await;
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let e = engine.clone();
+            tokio::spawn(async move { e.issue_coupon(coupon, user, None).await })
+        })
+        .collect();
+    let results: Vec<_> = futures_util::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let t = tally(&results);
+    assert_eq!(t.get("OK"), Some(&1), "{t:?}");
+    assert_eq!(t.get("COUPON_ALREADY_ISSUED"), Some(&49), "{t:?}");
+    assert_eq!(engine.coupon(coupon).await.unwrap().remaining, 99);
+    assert_eq!(
+        engine
+            .user_coupons(user, PageRequest::first(10))
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+    stop_and_recover(engine, &store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hundred_orders_on_stock_of_one_hundred_place_exactly_one_hundred() {
+    // proves: stock is never oversold and never negative under a race on one product
+    let (engine, store) = engine();
+    let ids = users(&engine, 300).await;
+    let product = engine
+        .create_product("hot", Krw(1000), 100, None)
+        .await
+        .unwrap()
+        .id;
+    let tasks: Vec<_> = ids
+        .iter()
+        .map(|&u| {
+            let e = engine.clone();
+            tokio::spawn(async move { e.place_order(order_of(u, &[(product, 1)]), None).await })
+        })
+        .collect();
+    let results: Vec<_> = futures_util::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let t = tally(&results);
+    assert_eq!(t.get("OK"), Some(&100), "{t:?}");
+    assert_eq!(t.get("OUT_OF_STOCK"), Some(&200), "{t:?}");
+    assert_eq!(engine.product(product).await.unwrap().stock, 0);
+    let world = stop_and_recover(engine, &store).await;
+    let p = &world.products[0];
+    assert_eq!((p.stock, p.reserved, p.sold), (0, 100, 0));
+    assert_eq!(world.orders.len(), 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_hundred_payments_on_a_balance_for_ten_pay_exactly_ten() {
+    // proves: a balance never goes negative; refused payments fail their order and return stock
+    let (engine, store) = engine();
+    let user = users(&engine, 1).await[0];
+    let product = engine
+        .create_product("item", Krw(1000), 1000, None)
+        .await
+        .unwrap()
+        .id;
+    engine.charge(user, Krw(10_000), None).await.unwrap();
+    let mut orders = Vec::new();
+    for _ in 0..100 {
+        orders.push(
+            engine
+                .place_order(order_of(user, &[(product, 1)]), None)
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    let tasks: Vec<_> = orders
+        .iter()
+        .map(|&o| {
+            let e = engine.clone();
+            tokio::spawn(async move { e.pay_order(o, None).await })
+        })
+        .collect();
+    let results: Vec<_> = futures_util::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let t = tally(&results);
+    assert_eq!(t.get("OK"), Some(&10), "{t:?}");
+    assert_eq!(t.get("INSUFFICIENT_BALANCE"), Some(&90), "{t:?}");
+    assert_eq!(engine.balance(user).await.unwrap().balance, Krw(0));
+    assert_eq!(engine.product(product).await.unwrap().stock, 990);
+    let mut failed = 0;
+    for &o in &orders {
+        if engine.order(o).await.unwrap().status == OrderStatus::Failed {
+            failed += 1;
+        }
+    }
+    assert_eq!(failed, 90);
+    let world = stop_and_recover(engine, &store).await;
+    let p = &world.products[0];
+    assert_eq!((p.stock, p.reserved, p.sold), (990, 0, 10));
+    assert_eq!(world.users[0].balance, Krw(0));
+}
+
+/// What the storm's clients saw acknowledged.
+#[derive(Default)]
+struct Acked {
+    charged: Vec<AtomicU64>,
+    restocked: Vec<AtomicU64>,
+    issued: AtomicU64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_storm_conserves_stock_money_and_coupons() {
+    // proves: under seconds of concurrent charges, orders, payments, cancels, restocks and
+    // coupon issues over 50 users and 10 products, every conservation law holds exactly
+    const USERS: usize = 50;
+    const PRODUCTS: usize = 10;
+    const STOCK: u64 = 200;
+    let (engine, store) = engine();
+    let users = users(&engine, USERS).await;
+    let mut products = Vec::new();
+    for i in 0..PRODUCTS {
+        products.push(
+            engine
+                .create_product(&format!("p{i}"), Krw(100 + i as u64 * 37), STOCK, None)
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    let coupon = campaign(&engine, 30).await;
+    let acked = Arc::new(Acked {
+        charged: (0..USERS).map(|_| AtomicU64::new(0)).collect(),
+        restocked: (0..PRODUCTS).map(|_| AtomicU64::new(0)).collect(),
+        issued: AtomicU64::new(0),
+    });
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut tasks = Vec::new();
+    for worker in 0..32u64 {
+        let (engine, users, products, acked) = (
+            engine.clone(),
+            users.clone(),
+            products.clone(),
+            acked.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut rng = Rng(worker * 7919 + 1);
+            let mut mine: Vec<OrderId> = Vec::new();
+            while Instant::now() < deadline {
+                let u = rng.below(USERS as u64) as usize;
+                match rng.below(100) {
+                    0..=14 => {
+                        let amount = 1 + rng.below(20_000);
+                        if engine.charge(users[u], Krw(amount), None).await.is_ok() {
+                            acked.charged[u].fetch_add(amount, Ordering::SeqCst);
+                        }
+                    }
+                    15..=49 => {
+                        let lines: Vec<(ProductId, u64)> = {
+                            let first = rng.below(PRODUCTS as u64) as usize;
+                            let count = 1 + rng.below(3) as usize;
+                            (0..count)
+                                .map(|k| (products[(first + k) % PRODUCTS], 1 + rng.below(4)))
+                                .collect()
+                        };
+                        let source = OrderSource::Items(
+                            lines
+                                .iter()
+                                .map(|&(product_id, quantity)| {
+                                    commerce_engine::domain::order::LineRequest {
+                                        product_id,
+                                        quantity,
+                                    }
+                                })
+                                .collect(),
+                        );
+                        if let Ok(o) = engine
+                            .place_order(
+                                PlaceOrder {
+                                    user_id: users[u],
+                                    source,
+                                    user_coupon_id: None,
+                                },
+                                None,
+                            )
+                            .await
+                        {
+                            mine.push(o.id);
+                        }
+                    }
+                    50..=79 => {
+                        if let Some(o) = mine.pop() {
+                            let _ = engine.pay_order(o, None).await;
+                        }
+                    }
+                    80..=89 => {
+                        if let Some(o) = mine.pop() {
+                            let _ = engine.cancel_order(o, None).await;
+                        }
+                    }
+                    90..=94 => {
+                        if engine.issue_coupon(coupon, users[u], None).await.is_ok() {
+                            acked.issued.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                    _ => {
+                        let p = rng.below(PRODUCTS as u64) as usize;
+                        let q = 1 + rng.below(10);
+                        if engine.restock(products[p], q, None).await.is_ok() {
+                            acked.restocked[p].fetch_add(q, Ordering::SeqCst);
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // Live: for each user, charges acknowledged = balance + payments (from the history).
+    for (i, &u) in users.iter().enumerate() {
+        let balance = engine.balance(u).await.unwrap().balance.0;
+        let mut payments = 0;
+        let mut page = PageRequest::first(100);
+        loop {
+            let h = engine.history(u, page).await.unwrap();
+            payments += h
+                .items
+                .iter()
+                .filter(|e| e.order_id.is_some())
+                .map(|e| e.amount.0)
+                .sum::<u64>();
+            match h.next {
+                Some(n) => page.after = Some(n.parse().unwrap()),
+                None => break,
+            }
+        }
+        assert_eq!(
+            acked.charged[i].load(Ordering::SeqCst),
+            balance + payments,
+            "user {u}"
+        );
+    }
+    let issued = acked.issued.load(Ordering::SeqCst);
+    assert!(issued <= 30);
+    assert_eq!(engine.coupon(coupon).await.unwrap().remaining, 30 - issued);
+    // Recovered: stock + reserved + sold = stocked + restocks, per product.
+    let world = stop_and_recover(engine, &store).await;
+    for (i, p) in world.products.iter().enumerate() {
+        let restocks = acked.restocked[i].load(Ordering::SeqCst);
+        assert_eq!(
+            p.stock + p.reserved + p.sold,
+            STOCK + restocks,
+            "product {}",
+            p.id
+        );
+    }
+    for (i, u) in world.users.iter().enumerate() {
+        let payments: u64 = u
+            .history
+            .iter()
+            .filter(|e| e.order_id.is_some())
+            .map(|e| e.amount.0)
+            .sum();
+        assert_eq!(
+            acked.charged[i].load(Ordering::SeqCst),
+            u.balance.0 + payments
+        );
+    }
+    let held: usize = world.users.iter().map(|u| u.coupons.len()).sum();
+    assert_eq!(held as u64, issued);
+    assert_eq!(world.campaigns[0].issued.len() as u64, issued);
+}

@@ -1,0 +1,74 @@
+//! Shared helpers of the engine-level tests.
+#![allow(dead_code)]
+
+use commerce_engine::domain::ids::{ProductId, UserId};
+use commerce_engine::domain::order::LineRequest;
+use commerce_engine::domain::world::World;
+use commerce_engine::engine::{Clock, Engine, EngineConfig, OrderSource, PlaceOrder};
+use commerce_engine::store::recovery::recover_store;
+use commerce_engine::store::MemoryStore;
+use std::sync::Arc;
+
+/// An engine on a fresh in-memory store (the same bytes a disk would hold).
+pub fn engine_with(config: EngineConfig, clock: Arc<dyn Clock>) -> (Engine, MemoryStore) {
+    let store = MemoryStore::new();
+    let engine = Engine::start(config, Box::new(store.clone()), clock).expect("engine starts");
+    (engine, store)
+}
+
+pub fn engine() -> (Engine, MemoryStore) {
+    engine_with(
+        EngineConfig::default(),
+        Arc::new(commerce_engine::engine::SystemClock),
+    )
+}
+
+/// Stops the engine and recovers what it wrote; asserts the recovered state has no violation.
+pub async fn stop_and_recover(engine: Engine, store: &MemoryStore) -> World {
+    tokio::task::spawn_blocking(move || engine.shutdown())
+        .await
+        .expect("shutdown");
+    let (world, _) = recover_store(store).expect("the store recovers with every invariant holding");
+    assert!(world.violations().is_empty(), "{:?}", world.violations());
+    world
+}
+
+pub fn items(lines: &[(ProductId, u64)]) -> PlaceOrder {
+    PlaceOrder {
+        user_id: UserId(0),
+        source: OrderSource::Items(
+            lines
+                .iter()
+                .map(|&(product_id, quantity)| LineRequest {
+                    product_id,
+                    quantity,
+                })
+                .collect(),
+        ),
+        user_coupon_id: None,
+    }
+}
+
+pub fn order_of(user_id: UserId, lines: &[(ProductId, u64)]) -> PlaceOrder {
+    PlaceOrder {
+        user_id,
+        ..items(lines)
+    }
+}
+
+/// A tiny seeded generator (SplitMix64): deterministic workloads without a crate.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
