@@ -1,0 +1,346 @@
+//! Restarts: what an engine shows before a restart, it shows after it, on
+//! the in-memory store and on sled, with and without snapshots, and from a
+//! journal that holds records past its last snapshot (a crash image).
+
+mod durability_support;
+
+use commerce_engine::domain::coupon::Discount;
+use commerce_engine::domain::ids::{ProductId, UserId};
+use commerce_engine::domain::money::Krw;
+use commerce_engine::domain::order::OrderStatus;
+use commerce_engine::domain::rejection::Rejection;
+use commerce_engine::domain::views::UserCouponStatus;
+use commerce_engine::engine::{Engine, EngineConfig, Error, NewCoupon, PageRequest};
+use commerce_engine::store::recovery::{recover, recover_store};
+use commerce_engine::store::{Loaded, MemoryStore, SledStore, Store};
+use durability_support::*;
+
+/// Keyed retries after a restart: the same request gets its first answer
+/// and changes nothing; another request with the same key is refused.
+async fn assert_keys_answer_as_before(engine: &Engine, tag: &str, p: &Populated) {
+    let (charge_key, amount, user) = &p.charge_key;
+    let before = engine.balance(*user).await.unwrap();
+    let replay = engine
+        .charge(*user, Krw(*amount), key(charge_key))
+        .await
+        .unwrap();
+    // The first answer: the balance right after that charge, not now.
+    assert_eq!(replay.balance, Krw(*amount));
+    assert_ne!(replay.balance, before.balance);
+    assert_eq!(engine.balance(*user).await.unwrap(), before);
+    assert_eq!(
+        engine.charge(*user, Krw(amount + 1), key(charge_key)).await,
+        Err(Error::IdempotencyKeyReused)
+    );
+    // A keyed order placement answers the same order, and places no other.
+    let placed = engine
+        .place_order(
+            place(1, &[(1, 3), (2, 2)], Some(1)),
+            key(&format!("{tag}-place-1")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(placed.id, p.paid[0]);
+    assert_eq!(
+        placed.status,
+        OrderStatus::Pending,
+        "the first answer, as it was"
+    );
+    // A refused payment that failed the order answers the same refusal.
+    let refused = engine
+        .pay_order(p.failed, key(&format!("{tag}-pay-failed")))
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(Error::Rejected(Rejection::InsufficientBalance { .. }))
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(
+        engine
+            .pay_order(p.paid[1], key(&format!("{tag}-pay-failed")))
+            .await,
+        Err(Error::IdempotencyKeyReused)
+    );
+}
+
+fn run_restart_round_trip(config: EngineConfig, store: impl Store + Clone) {
+    let rt = runtime();
+    let clock = manual_clock();
+    let engine = start(config.clone(), store.clone(), clock.clone());
+    let (before, populated) = rt.block_on(async {
+        let p = populate(&engine, "r").await;
+        (observe(&engine).await, p)
+    });
+    assert_populated(&before, &populated);
+    engine.shutdown();
+    drop(engine);
+
+    let engine = start(config, store, clock);
+    let after = rt.block_on(observe(&engine));
+    assert_eq!(before, after);
+    rt.block_on(assert_keys_answer_as_before(&engine, "r", &populated));
+    // The retries changed nothing.
+    assert_eq!(before, rt.block_on(observe(&engine)));
+    engine.shutdown();
+}
+
+/// A clean restart on the in-memory store shows the same users, balances,
+/// histories, coupons, carts, orders, stock, ranking and keys.
+#[test]
+fn memory_store_restart_shows_identical_state() {
+    run_restart_round_trip(config(), MemoryStore::new());
+}
+
+/// Same on sled, reopened from its directory.
+#[test]
+fn sled_restart_shows_identical_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config();
+    let rt = runtime();
+    let clock = manual_clock();
+    let (before, populated) = {
+        let engine = start(
+            config.clone(),
+            SledStore::open(dir.path()).unwrap(),
+            clock.clone(),
+        );
+        let out = rt.block_on(async {
+            let p = populate(&engine, "s").await;
+            (observe(&engine).await, p)
+        });
+        engine.shutdown();
+        out
+    };
+    assert_populated(&before, &populated);
+    let engine = start(config, SledStore::open(dir.path()).unwrap(), clock);
+    assert_eq!(before, rt.block_on(observe(&engine)));
+    rt.block_on(assert_keys_answer_as_before(&engine, "s", &populated));
+    assert_eq!(before, rt.block_on(observe(&engine)));
+    engine.shutdown();
+}
+
+fn snapshotting_config() -> EngineConfig {
+    let mut c = config();
+    c.journal.snapshot_every_records = 3;
+    c
+}
+
+/// With a snapshot every few records, the journal is trimmed as it goes and
+/// a restart (snapshots plus the short journal tail) still shows the same state.
+#[test]
+fn frequent_snapshots_trim_the_journal_and_restart_identically() {
+    let store = MemoryStore::new();
+    let rt = runtime();
+    let clock = manual_clock();
+    let engine = start(snapshotting_config(), store.clone(), clock.clone());
+    let (before, p) = rt.block_on(async {
+        let p = populate(&engine, "t").await;
+        (observe(&engine).await, p)
+    });
+    let m = engine.metrics();
+    assert!(m.snapshots >= 5, "snapshots were written: {m:?}");
+    assert!(
+        store.batch_count() < m.journal_batches as usize / 2,
+        "the journal was trimmed: {} batches kept of {}",
+        store.batch_count(),
+        m.journal_batches
+    );
+    engine.shutdown();
+    drop(engine);
+    let engine = start(snapshotting_config(), store.clone(), clock);
+    assert_eq!(before, rt.block_on(observe(&engine)));
+    rt.block_on(assert_keys_answer_as_before(&engine, "t", &p));
+    engine.shutdown();
+}
+
+/// Same on sled: snapshots and trimming are one atomic sled batch each, and
+/// the reopened directory holds only the journal tail.
+#[test]
+fn sled_snapshots_trim_the_journal_and_restart_identically() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let clock = manual_clock();
+    let (before, p, batches_written) = {
+        let engine = start(
+            snapshotting_config(),
+            SledStore::open(dir.path()).unwrap(),
+            clock.clone(),
+        );
+        let out = rt.block_on(async {
+            let p = populate(&engine, "u").await;
+            (observe(&engine).await, p)
+        });
+        let written = engine.metrics().journal_batches;
+        engine.shutdown();
+        (out.0, out.1, written)
+    };
+    {
+        let loaded = SledStore::open(dir.path()).unwrap().load().unwrap();
+        assert!(loaded.snapshot_seq > 0);
+        assert!(
+            loaded.batches.len() <= 1,
+            "after the last snapshot at most the final batch stays: {} of {batches_written}",
+            loaded.batches.len()
+        );
+    }
+    let engine = start(
+        snapshotting_config(),
+        SledStore::open(dir.path()).unwrap(),
+        clock,
+    );
+    assert_eq!(before, rt.block_on(observe(&engine)));
+    rt.block_on(assert_keys_answer_as_before(&engine, "u", &p));
+    engine.shutdown();
+}
+
+/// Copies a store's contents into a fresh in-memory store.
+fn memory_store_from(loaded: &Loaded) -> MemoryStore {
+    let mut store = MemoryStore::new();
+    store
+        .snapshot(
+            loaded.snapshot_seq,
+            loaded
+                .snapshots
+                .iter()
+                .map(|(k, v)| (k.clone(), Some(v.clone())))
+                .collect(),
+        )
+        .unwrap();
+    for (first, frames) in &loaded.batches {
+        store.append(*first, frames).unwrap();
+    }
+    store
+}
+
+/// A crash image (snapshots from a while ago plus journal records after
+/// them, no shutdown snapshot) recovers to exactly what was acknowledged.
+#[test]
+fn recovery_replays_journal_records_written_after_the_last_snapshot() {
+    let store = MemoryStore::new();
+    let rt = runtime();
+    let clock = manual_clock();
+    let engine = start(config(), store.clone(), clock.clone());
+    let before = rt.block_on(async {
+        let p = populate(&engine, "c").await;
+        engine.snapshot().await.unwrap();
+        // Work after the snapshot lives only in the journal.
+        engine
+            .charge(UserId(4), Krw(7_777), key("after-snapshot"))
+            .await
+            .unwrap();
+        engine.restock(ProductId(1), 3, None).await.unwrap();
+        let o = engine
+            .place_order(place(3, &[(2, 2)], None), None)
+            .await
+            .unwrap();
+        engine.pay_order(o.id, None).await.unwrap();
+        engine.cancel_order(p.pending[1], None).await.unwrap();
+        observe(&engine).await
+    });
+    // Everything above was acknowledged, so it is in the store now: copy it
+    // as a kill -9 would leave it, before shutdown writes a last snapshot.
+    let image = store.load().unwrap();
+    engine.shutdown();
+    drop(engine);
+
+    let (_, report) = recover(image.clone()).unwrap();
+    assert!(report.snapshot_seq > 0, "{report:?}");
+    assert!(report.records_replayed >= 4, "{report:?}");
+    assert_eq!(
+        report.last_seq,
+        report.snapshot_seq + report.records_replayed
+    );
+
+    let engine = start(config(), memory_store_from(&image), clock);
+    assert_eq!(before, rt.block_on(observe(&engine)));
+    let replay = rt
+        .block_on(engine.charge(UserId(4), Krw(7_777), key("after-snapshot")))
+        .unwrap();
+    assert_eq!(replay.balance, Krw(7_777));
+    engine.shutdown();
+    // And the clean shutdown's own image recovers to the same durable world.
+    let clean = recover_store(&store).unwrap().0;
+    let crashed = recover(image).unwrap().0;
+    assert_eq!(clean.users, crashed.users);
+    assert_eq!(clean.products, crashed.products);
+    assert_eq!(clean.orders, crashed.orders);
+    assert_eq!(clean.keys, crashed.keys);
+    assert_eq!(clean.meta, crashed.meta);
+}
+
+/// A pending order keeps its expiry across a restart: it is not expired a
+/// millisecond early, then expires on time, and its stock and coupon return.
+#[test]
+fn pending_orders_keep_their_expiry_across_a_restart() {
+    let store = MemoryStore::new();
+    let rt = runtime();
+    let clock = manual_clock();
+    let mut cfg = config();
+    cfg.order_ttl_ms = 60_000;
+    let engine = start(cfg.clone(), store.clone(), clock.clone());
+    let (order, stock_before) = rt.block_on(async {
+        engine.create_user("buyer", None).await.unwrap();
+        engine
+            .create_product("mug", Krw(3_000), 10, None)
+            .await
+            .unwrap();
+        let campaign = engine
+            .create_coupon(
+                NewCoupon {
+                    name: "five hundred off".into(),
+                    discount: Discount::Fixed { amount: Krw(500) },
+                    quantity: 1,
+                    expires_at: None,
+                },
+                None,
+            )
+            .await
+            .unwrap();
+        let stock_before = engine.product(ProductId(1)).await.unwrap().stock;
+        let c = engine
+            .issue_coupon(campaign.id, UserId(1), None)
+            .await
+            .unwrap();
+        let order = engine
+            .place_order(place(1, &[(1, 5)], Some(c.id.0)), None)
+            .await
+            .unwrap();
+        (order, stock_before)
+    });
+    assert_eq!(order.expires_at, T0.plus_ms(60_000));
+    engine.shutdown();
+    drop(engine);
+
+    clock.advance_ms(59_999);
+    let engine = start(cfg, store, clock.clone());
+    rt.block_on(async {
+        let o = engine.order(order.id).await.unwrap();
+        assert_eq!(o, order, "the order comes back as it was, expiry included");
+        assert_eq!(
+            engine.product(ProductId(1)).await.unwrap().stock,
+            stock_before - 5
+        );
+        assert_eq!(engine.expire_due_orders().await.unwrap(), 0);
+        clock.advance_ms(1);
+        assert_eq!(engine.expire_due_orders().await.unwrap(), 1);
+        let o = engine.order(order.id).await.unwrap();
+        assert_eq!(o.status, OrderStatus::Expired);
+        assert_eq!(
+            engine.product(ProductId(1)).await.unwrap().stock,
+            stock_before
+        );
+        let coupons = engine
+            .user_coupons(UserId(1), PageRequest::first(100))
+            .await
+            .unwrap();
+        let c = coupons
+            .items
+            .iter()
+            .find(|c| Some(c.id) == order.user_coupon_id)
+            .unwrap();
+        assert_eq!(c.status, UserCouponStatus::Available);
+    });
+    engine.shutdown();
+}
