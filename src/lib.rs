@@ -1,9 +1,63 @@
+//! # commerce-engine
+//!
+//! A commerce engine for a shop's hot path: wallets, stock, first-come
+//! coupons, carts, orders, payment, cancellation, expiry, a best-seller
+//! ranking and delivery of paid orders to a data platform, where
+//! correctness under concurrency is the whole point.
+//!
+//! ## A tour of the layout
+//!
+//! - [`domain`]: the business rules, pure. Each entity (user, product,
+//!   campaign, order) is a state machine: `decide_*` checks a command and
+//!   returns `Ok` or a [`Rejection`](domain::rejection::Rejection) without
+//!   changing anything; `hold*` marks what a decision takes until its record
+//!   is durable; `apply_*` applies a durable event and cannot fail.
+//!   [`World`](domain::world::World) replays journal records over every
+//!   entity and checks the invariants. No actors, I/O or clock in here.
+//! - [`engine`]: one actix actor per user, product and coupon campaign,
+//!   an order coordinator running sagas, a stats actor, all thin shells
+//!   over the domain; and [`Engine`](engine::Engine), the async facade with
+//!   one method per use case. Idempotency keys live here.
+//! - [`store`]: durability. The codec (checksummed frames; bincode 1.3.3
+//!   pinned inside it), the [`Store`](store::Store) trait with sled, memory
+//!   and fault-injecting backends, the group-commit journal writer, and
+//!   recovery from snapshots and the journal.
+//! - [`http`]: the axum API of `API.md`, with one error type mapped to the
+//!   documented codes.
+//! - [`bench`], [`simulate`], [`verify`]: the other subcommands of the binary.
+//!
+//! ## Why it is shaped this way
+//!
+//! Actors own their state, so no lock guards any domain state: per entity,
+//! commands run one at a time in arrival order. A decision is made
+//! synchronously inside one handler, never across an await. Restrictive
+//! effects (stock reserved, a debit, a coupon issued or used) are *held*
+//! at once; credits and returns are applied only once durable. Every
+//! durable record is therefore valid when replayed in journal order, and a
+//! crash loses only holds, which were never acknowledged.
+//!
+//! ```
+//! use commerce_engine::domain::money::Krw;
+//! use commerce_engine::engine::{Engine, EngineConfig, SystemClock};
+//! use commerce_engine::store::MemoryStore;
+//! use std::sync::Arc;
+//!
+//! let rt = tokio::runtime::Runtime::new().unwrap();
+//! let engine = Engine::start(EngineConfig::default(), Box::new(MemoryStore::new()), Arc::new(SystemClock)).unwrap();
+//! rt.block_on(async {
+//!     let user = engine.create_user("kim", None).await.unwrap();
+//!     let balance = engine.charge(user.id, Krw(10_000), None).await.unwrap();
+//!     assert_eq!(balance.balance, Krw(10_000));
+//! });
+//! engine.shutdown();
+//! ```
+
+pub mod bench;
 pub mod domain;
 pub mod engine;
-pub mod store;
 pub mod http;
-pub mod bench;
 pub mod simulate;
+pub mod store;
 pub mod verify;
 
 /// What a command of the binary fails with (`anyhow` stays in `main.rs`).
