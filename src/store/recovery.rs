@@ -74,7 +74,10 @@ pub fn recover(loaded: Loaded) -> Result<(World, RecoveryReport), RecoveryError>
             }
         }
     }
-    world.dirty = Default::default();
+    // Keep the snapshot marks of what replay changed: those entities are on
+    // disk only as journal records, and the next snapshot, which trims the
+    // journal up to its sequence, must write them (loading snapshots marks
+    // nothing, so only replayed changes are marked here).
     report.last_seq = world.seq;
     let violations = world.violations();
     if !violations.is_empty() {
