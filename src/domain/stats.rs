@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 pub const WINDOW_DAYS: u64 = 3;
 pub const TOP_COUNT: usize = 5;
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TopItem {
     pub rank: u32,
     pub product_id: ProductId,
@@ -21,7 +21,7 @@ pub struct TopItem {
     pub sold_quantity: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TopProducts {
     pub items: Vec<TopItem>,
     pub window_days: u64,

@@ -14,7 +14,7 @@ use crate::domain::rejection::{Decision, Rejection};
 use crate::domain::time::Timestamp;
 use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum EntryKind {
     Charge,
@@ -23,7 +23,7 @@ pub enum EntryKind {
 }
 
 /// One line of balance history.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BalanceEntry {
     pub seq: u64,
     pub kind: EntryKind,

@@ -12,7 +12,7 @@ use crate::domain::time::Timestamp;
 use crate::domain::user::{CouponUse, User, UserCoupon};
 use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UserView {
     pub id: UserId,
     pub name: String,
@@ -29,13 +29,13 @@ impl From<&User> for UserView {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BalanceView {
     pub user_id: UserId,
     pub balance: Krw,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProductView {
     pub id: ProductId,
     pub name: String,
@@ -55,7 +55,7 @@ impl From<&Product> for ProductView {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CouponView {
     pub id: CouponId,
     pub name: String,
@@ -78,7 +78,7 @@ impl From<&Campaign> for CouponView {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum UserCouponStatus {
     Available,
@@ -86,7 +86,7 @@ pub enum UserCouponStatus {
     Expired,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UserCouponView {
     pub id: UserCouponId,
     pub coupon_id: CouponId,
@@ -116,7 +116,7 @@ impl UserCouponView {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CartItemView {
     pub product_id: ProductId,
     pub name: String,
@@ -125,7 +125,7 @@ pub struct CartItemView {
     pub subtotal: Krw,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CartView {
     pub user_id: UserId,
     pub items: Vec<CartItemView>,
@@ -158,7 +158,7 @@ impl From<&User> for CartView {
 }
 
 /// A page of a list: `next` is the cursor to pass as `after`, or null at the end.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Page<T> {
     pub items: Vec<T>,
     pub next: Option<String>,

@@ -1,3 +1,28 @@
-//! The HTTP API of `API.md` (axum).
+//! The HTTP API of `API.md` (axum): routes that parse, validate, call one
+//! [`Engine`](crate::engine::Engine) method, and map errors to the codes of
+//! `API.md` in one place.
+//!
+//! - [`error`]: [`ApiError`](error::ApiError), the one error type and its
+//!   status mapping.
+//! - [`extract`]: extractors that answer malformed input with 400/413 JSON.
+//! - [`routes`]: one module per resource, each with its `router()`; the
+//!   OpenAPI document is generated from their `#[utoipa::path]`s.
+//! - [`server`]: the edge layers (admission control, limits, panics,
+//!   metrics) and [`serve`](server::serve), which runs until a shutdown
+//!   future completes, so tests run the real server with their own signal.
+//! - [`serve`]: the `serve` command (flags, data dir, demo seed, signals).
+//! - [`demo`]: the embedded demo catalogue.
+//! - [`metrics`]: `/metrics` in Prometheus text.
+//! - [`schema`]: OpenAPI schemas of the hand-serialized domain types.
 
+pub mod demo;
+pub mod error;
+pub mod extract;
+pub mod metrics;
+pub mod routes;
+pub mod schema;
 pub mod serve;
+pub mod server;
+
+pub use error::ApiError;
+pub use server::{openapi, router, serve as serve_api, AppState, HttpSettings};

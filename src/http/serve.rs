@@ -1,14 +1,164 @@
-//! `commerce-engine serve`. PLACEHOLDER: being built (HTTP issue).
+//! `commerce-engine serve` (also what a bare `commerce-engine` runs): opens
+//! the sled data dir, recovers the engine, seeds a new data dir with the
+//! demo catalogue unless `--empty`, and serves the API until SIGINT or
+//! SIGTERM; then stops accepting, finishes what is in flight, shuts the
+//! engine down (last flush and snapshot) and exits 0.
 
+use crate::engine::{DataPlatform, Engine, EngineConfig, SystemClock};
+use crate::http::demo;
+use crate::http::server::{serve, HttpSettings};
+use crate::store::sled_store::SledStore;
+use std::io::{Read, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeArgs {
     /// Where the HTTP API listens.
     #[arg(long, env = "COMMERCE_ADDR", default_value = "127.0.0.1:8080")]
     pub addr: String,
+    /// The sled database: journal, snapshots, outbox.
+    #[arg(long, env = "COMMERCE_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Bearer token of the admin endpoints; generated and printed once if not given.
+    #[arg(long, env = "COMMERCE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Start without the demo catalogue (otherwise a new data dir is seeded).
+    #[arg(long, env = "COMMERCE_EMPTY")]
+    pub empty: bool,
+    /// How long a pending order holds its stock.
+    #[arg(long, env = "COMMERCE_ORDER_TTL_SECS", default_value_t = 600,
+          value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
+    pub order_ttl_secs: u64,
+    /// How often the top-products ranking is refreshed.
+    #[arg(long, env = "COMMERCE_STATS_INTERVAL_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub stats_interval_secs: u64,
+    /// POST each paid order as JSON here; without it, paid orders are
+    /// appended as JSON lines to <data-dir>/data-platform.jsonl.
+    #[arg(long, env = "COMMERCE_DATA_PLATFORM_URL")]
+    pub data_platform_url: Option<String>,
+    /// Log as JSON lines (to stderr).
+    #[arg(long, env = "COMMERCE_LOG_JSON")]
+    pub log_json: bool,
 }
 
-pub fn run(_args: ServeArgs) -> Result<ExitCode, crate::CliError> {
-    Err("serve is not built yet".into())
+fn init_logs(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // try_init: a subscriber set earlier (a test, an embedding) is kept.
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// 128 random bits as hex, from the OS; std's per-process random hash keys
+/// if `/dev/urandom` cannot be read.
+fn generate_token() -> String {
+    let mut bytes = [0u8; 16];
+    let from_os = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .is_ok();
+    if !from_os {
+        use std::hash::{BuildHasher, Hasher};
+        for (i, chunk) in bytes.chunks_mut(8).enumerate() {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_usize(i);
+            h.write_u128(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos()),
+            );
+            chunk.copy_from_slice(&h.finish().to_le_bytes());
+        }
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn engine_config(args: &ServeArgs) -> EngineConfig {
+    let data_platform = match &args.data_platform_url {
+        Some(url) => DataPlatform::Http(url.clone()),
+        None => DataPlatform::File(args.data_dir.join("data-platform.jsonl")),
+    };
+    EngineConfig {
+        order_ttl_ms: args.order_ttl_secs.saturating_mul(1_000),
+        stats_interval_ms: args.stats_interval_secs.saturating_mul(1_000),
+        data_platform,
+        ..EngineConfig::default()
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutdown signal received: finishing in-flight requests");
+}
+
+pub fn run(args: ServeArgs) -> Result<ExitCode, crate::CliError> {
+    init_logs(args.log_json);
+    // Before the engine starts, so the journal writer's first flushes count.
+    crate::http::metrics::install();
+    let admin_token = match &args.admin_token {
+        Some(t) if !t.trim().is_empty() => t.trim().to_owned(),
+        Some(_) => return Err("--admin-token must not be empty".into()),
+        None => {
+            let t = generate_token();
+            println!("admin token: {t}");
+            let _ = std::io::stdout().flush();
+            t
+        }
+    };
+    std::fs::create_dir_all(&args.data_dir)
+        .map_err(|e| format!("cannot create {}: {e}", args.data_dir.display()))?;
+    let store = SledStore::open(&args.data_dir)
+        .map_err(|e| format!("cannot open {}: {e}", args.data_dir.display()))?;
+    let engine = Engine::start(engine_config(&args), Box::new(store), Arc::new(SystemClock))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("http")
+        .build()?;
+    let settings = HttpSettings::new(admin_token);
+    let served = runtime.block_on(async {
+        if !args.empty && demo::is_new(&engine) {
+            let seeded = demo::seed(&engine).await?;
+            tracing::info!(?seeded, "new data dir seeded with the demo catalogue");
+        }
+        let listener = tokio::net::TcpListener::bind(&args.addr)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", args.addr))?;
+        tracing::info!(addr = %listener.local_addr()?, data_dir = %args.data_dir.display(), "listening");
+        serve(engine.clone(), listener, settings, shutdown_signal()).await?;
+        Ok::<(), crate::CliError>(())
+    });
+    // Connections still open past the grace period are dropped here.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    engine.shutdown();
+    served?;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,131 @@
+//! Coupon campaigns, first come first served: `/api/v1/coupons/...` and
+//! `/api/v1/users/{user_id}/coupons`.
+
+use crate::domain::coupon::Discount;
+use crate::domain::ids::{CouponId, UserId};
+use crate::domain::time::Timestamp;
+use crate::domain::views::{CouponView, Page, UserCouponView};
+use crate::engine::NewCoupon;
+use crate::http::error::{ApiError, ErrorBody};
+use crate::http::extract::{positive_id, Admin, ApiJson, Id, IdemKey, PageParams, Paging};
+use crate::http::routes::{detached, IdempotencyHeader};
+use crate::http::server::AppState;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_coupon))
+        .routes(routes!(get_coupon))
+        .routes(routes!(issue_coupon))
+        .routes(routes!(user_coupons))
+}
+
+/// A new coupon campaign.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct NewCouponRequest {
+    /// 1..=200 characters.
+    pub name: String,
+    pub discount: Discount,
+    /// Coupons to issue at most, 1..=10,000,000.
+    #[schema(minimum = 1, maximum = 10_000_000)]
+    pub quantity: u64,
+    /// When the campaign's coupons stop being usable (RFC 3339); none: never.
+    #[serde(default)]
+    pub expires_at: Option<Timestamp>,
+}
+
+/// Who gets a coupon.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct IssueRequest {
+    #[schema(minimum = 1)]
+    pub user_id: u64,
+}
+
+/// Create a coupon campaign (admin).
+#[utoipa::path(post, path = "/api/v1/coupons", tag = "coupons",
+    security(("admin_token" = [])),
+    params(IdempotencyHeader),
+    request_body = NewCouponRequest,
+    responses(
+        (status = 201, description = "The new campaign", body = CouponView),
+        (status = 400, description = "INVALID_REQUEST", body = ErrorBody),
+        (status = 401, description = "UNAUTHORIZED", body = ErrorBody),
+        (status = 422, description = "IDEMPOTENCY_KEY_REUSED", body = ErrorBody),
+    ))]
+async fn create_coupon(
+    _: Admin,
+    State(s): State<AppState>,
+    IdemKey(key): IdemKey,
+    ApiJson(body): ApiJson<NewCouponRequest>,
+) -> Result<(StatusCode, Json<CouponView>), ApiError> {
+    let new = NewCoupon {
+        name: body.name,
+        discount: body.discount,
+        quantity: body.quantity,
+        expires_at: body.expires_at,
+    };
+    let engine = s.engine.clone();
+    let coupon = detached(async move { engine.create_coupon(new, key).await }).await?;
+    Ok((StatusCode::CREATED, Json(coupon)))
+}
+
+/// A coupon campaign and how many coupons remain.
+#[utoipa::path(get, path = "/api/v1/coupons/{coupon_id}", tag = "coupons",
+    params(("coupon_id" = u64, Path, description = "Coupon campaign id", minimum = 1)),
+    responses(
+        (status = 200, description = "The campaign", body = CouponView),
+        (status = 400, description = "INVALID_REQUEST", body = ErrorBody),
+        (status = 404, description = "COUPON_NOT_FOUND", body = ErrorBody),
+    ))]
+async fn get_coupon(
+    State(s): State<AppState>,
+    Id(id): Id<CouponId>,
+) -> Result<Json<CouponView>, ApiError> {
+    Ok(Json(s.engine.coupon(id).await?))
+}
+
+/// Issue one coupon of the campaign to a user: never more than its
+/// quantity, at most one per user.
+#[utoipa::path(post, path = "/api/v1/coupons/{coupon_id}/issue", tag = "coupons",
+    params(("coupon_id" = u64, Path, description = "Coupon campaign id", minimum = 1), IdempotencyHeader),
+    request_body = IssueRequest,
+    responses(
+        (status = 201, description = "The user's coupon", body = UserCouponView),
+        (status = 400, description = "INVALID_REQUEST", body = ErrorBody),
+        (status = 404, description = "USER_NOT_FOUND or COUPON_NOT_FOUND", body = ErrorBody),
+        (status = 409, description = "COUPON_SOLD_OUT, COUPON_ALREADY_ISSUED or COUPON_EXPIRED", body = ErrorBody),
+        (status = 422, description = "IDEMPOTENCY_KEY_REUSED", body = ErrorBody),
+    ))]
+async fn issue_coupon(
+    State(s): State<AppState>,
+    Id(coupon_id): Id<CouponId>,
+    IdemKey(key): IdemKey,
+    ApiJson(body): ApiJson<IssueRequest>,
+) -> Result<(StatusCode, Json<UserCouponView>), ApiError> {
+    let user_id = UserId(positive_id("user_id", body.user_id)?);
+    let engine = s.engine.clone();
+    let coupon =
+        detached(async move { engine.issue_coupon(coupon_id, user_id, key).await }).await?;
+    Ok((StatusCode::CREATED, Json(coupon)))
+}
+
+/// A user's coupons, by id.
+#[utoipa::path(get, path = "/api/v1/users/{user_id}/coupons", tag = "coupons",
+    params(("user_id" = u64, Path, description = "User id", minimum = 1), PageParams),
+    responses(
+        (status = 200, description = "A page of the user's coupons", body = Page<UserCouponView>),
+        (status = 400, description = "INVALID_REQUEST", body = ErrorBody),
+        (status = 404, description = "USER_NOT_FOUND", body = ErrorBody),
+    ))]
+async fn user_coupons(
+    State(s): State<AppState>,
+    Id(id): Id<UserId>,
+    Paging(page): Paging,
+) -> Result<Json<Page<UserCouponView>>, ApiError> {
+    Ok(Json(s.engine.user_coupons(id, page).await?))
+}

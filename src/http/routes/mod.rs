@@ -1,0 +1,94 @@
+//! One module per resource of `API.md`, each with its own `router()`, and
+//! the OpenAPI document they add up to.
+
+pub mod cart;
+pub mod coupons;
+pub mod ops;
+pub mod orders;
+pub mod products;
+pub mod users;
+
+use crate::engine::Error;
+use crate::http::error::ApiError;
+use crate::http::server::AppState;
+use std::future::Future;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::OpenApi as OpenApiDoc;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "commerce-engine",
+        description = "Wallets, stock, first-come-first-served coupons, carts, orders and payment. \
+Every error is {\"code\",\"message\"}; a 2xx answer to a state-changing request is durable. \
+Any POST accepts an Idempotency-Key.",
+    ),
+    modifiers(&AdminToken),
+    tags(
+        (name = "users", description = "Users and balance"),
+        (name = "products", description = "Products, stock and the top-products ranking"),
+        (name = "coupons", description = "Coupon campaigns, first come first served"),
+        (name = "cart", description = "A user's cart"),
+        (name = "orders", description = "Orders and payment"),
+        (name = "operations", description = "Health and metrics"),
+    )
+)]
+struct ApiDoc;
+
+/// Declares the bearer token of the admin endpoints.
+struct AdminToken;
+
+impl utoipa::Modify for AdminToken {
+    fn modify(&self, openapi: &mut OpenApiDoc) {
+        if let Some(components) = openapi.components.as_mut() {
+            components.add_security_scheme(
+                "admin_token",
+                SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+            );
+        }
+    }
+}
+
+/// Every route of the API, with its OpenAPI document.
+pub fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(users::router())
+        .merge(products::router())
+        .merge(coupons::router())
+        .merge(cart::router())
+        .merge(orders::router())
+        .merge(ops::router())
+}
+
+/// The `Idempotency-Key` header, as documented on every POST.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // describes a header; read by `IdemKey`
+pub struct IdempotencyHeader {
+    /// 1..=128 printable characters. A retry with the same key and body gets
+    /// the first answer and changes nothing; another body gets 422
+    /// `IDEMPOTENCY_KEY_REUSED`. Kept at least 24 hours.
+    #[serde(rename = "Idempotency-Key")]
+    idempotency_key: Option<String>,
+}
+
+/// Runs an engine call on its own task, so it finishes even if the client
+/// goes away or the request times out: a state change, once started, runs
+/// to its end and its idempotency key is released (the engine's key store
+/// holds a key as "running" until the call that took it finishes).
+pub async fn detached<T, F>(call: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: Future<Output = Result<T, Error>> + Send + 'static,
+{
+    match tokio::spawn(call).await {
+        Ok(result) => Ok(result?),
+        Err(e) if e.is_panic() => {
+            tracing::error!(error = %e, "engine call panicked");
+            Err(ApiError::internal())
+        }
+        Err(_) => Err(ApiError::from(Error::ShuttingDown)),
+    }
+}
