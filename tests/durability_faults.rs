@@ -88,13 +88,15 @@ fn concurrent_writes_across_a_fault_recover_to_exactly_the_acknowledged_ones() {
             .await
             .unwrap();
     });
-    // A few more group-commit batches succeed, then every flush fails. The
-    // writes come in waves (each needs at least one batch of its own), so
-    // the fault surely falls inside the run.
-    plan.appends_before_failure.store(3, Ordering::SeqCst);
+    // Two waves of writes succeed, then two more batches, then every flush
+    // fails. Each wave needs at least one batch of its own, so the fault
+    // surely falls inside the run.
     let (charges, orders) = rt.block_on(async {
         let mut results = Vec::new();
         for wave in 0..8u64 {
+            if wave == 2 {
+                plan.appends_before_failure.store(2, Ordering::SeqCst);
+            }
             let mut tasks = Vec::new();
             for n in wave * 50..(wave + 1) * 50 {
                 tasks.push(tokio::spawn(write(engine.clone(), n)));
