@@ -56,7 +56,11 @@ enum Sink {
     },
     File {
         path: PathBuf,
+        /// Length after the last lines written.
         len: u64,
+        /// Length recorded with the last durable delivery: lines past it
+        /// are written again (over what is there) until they are recorded.
+        recorded_len: u64,
     },
 }
 
@@ -79,13 +83,36 @@ impl Sink {
                 }
                 (orders.len(), None, None)
             }
-            Sink::File { path, len } => match append_lines(path, *len, orders) {
+            Sink::File { path, len, .. } => match append_lines(path, *len, orders) {
                 Ok(new_len) => {
                     *len = new_len;
                     (orders.len(), Some(new_len), None)
                 }
                 Err(e) => (0, None, Some(e.to_string())),
             },
+        }
+    }
+}
+
+impl Sink {
+    /// The delivery just made is durable: the file is good up to here.
+    fn recorded(&mut self) {
+        if let Sink::File {
+            len, recorded_len, ..
+        } = self
+        {
+            *recorded_len = *len;
+        }
+    }
+
+    /// The delivery just made could not be journaled: its orders stay
+    /// pending, so the next try writes them again over the same lines.
+    fn not_recorded(&mut self) {
+        if let Sink::File {
+            len, recorded_len, ..
+        } = self
+        {
+            *len = *recorded_len;
         }
     }
 }
@@ -141,6 +168,7 @@ impl Delivery {
             DataPlatform::File(path) => Sink::File {
                 path: path.clone(),
                 len: s.sink_len,
+                recorded_len: s.sink_len,
             },
         };
         let stop = Arc::new(AtomicBool::new(false));
@@ -180,7 +208,7 @@ async fn run(mut sink: Sink, s: DeliverySetup, stop: Arc<AtomicBool>) {
                 tokio::time::timeout(Duration::from_millis(500), s.outbox.notify.notified()).await;
             continue;
         }
-        let (accepted, sink_len, error) = sink.deliver(&batch).await;
+        let (accepted, sink_len, mut error) = sink.deliver(&batch).await;
         if accepted > 0 {
             let ids: Vec<OrderId> = batch[..accepted].iter().map(|o| o.id).collect();
             let record = Record::new(
@@ -190,15 +218,20 @@ async fn run(mut sink: Sink, s: DeliverySetup, stop: Arc<AtomicBool>) {
                     sink_len,
                 },
             );
-            match s.journal.submit(record) {
-                Ok(rx) => {
-                    if matches!(rx.await, Ok(Ok(_))) {
-                        s.outbox.remove(&ids);
-                        metrics::counter!("data_platform_delivered_total")
-                            .increment(ids.len() as u64);
-                    }
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(backoff_ms)).await,
+            let recorded = match s.journal.submit(record) {
+                Ok(rx) => matches!(rx.await, Ok(Ok(_))),
+                Err(_) => false,
+            };
+            if recorded {
+                sink.recorded();
+                s.outbox.remove(&ids);
+                metrics::counter!("data_platform_delivered_total").increment(ids.len() as u64);
+            } else {
+                // Not recorded: the orders stay pending and go again, after
+                // a backoff, and the file sink rewrites the same lines
+                // rather than appending them a second time.
+                sink.not_recorded();
+                error.get_or_insert_with(|| "the delivery could not be journaled".into());
             }
         }
         match error {
