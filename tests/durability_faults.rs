@@ -110,7 +110,7 @@ fn concurrent_writes_across_a_fault_recover_to_exactly_the_acknowledged_ones() {
         let mut refused = 0;
         for (n, user, r) in results {
             match r {
-                Ok(v) if n % 2 == 0 => {
+                Ok(v) if n.is_multiple_of(2) => {
                     charges.entry(user).or_default().insert(v);
                 }
                 Ok(id) => {
@@ -159,7 +159,7 @@ fn concurrent_writes_across_a_fault_recover_to_exactly_the_acknowledged_ones() {
 /// odd one orders `n` units; answers the amount or the order id.
 async fn write(engine: Engine, n: u64) -> (u64, UserId, Result<u64, Error>) {
     let user = UserId(n % 4 + 1);
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         let amount = 1_000 + n;
         let r = engine.charge(user, Krw(amount), None).await;
         (n, user, r.map(|_| amount))

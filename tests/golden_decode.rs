@@ -349,12 +349,12 @@ fn meta() -> Meta {
     }
 }
 
+/// Decodes a frame's bytes and compares them with the value it holds.
+type Check = Box<dyn Fn(&[u8])>;
+
 /// Every golden snapshot frame, as recovery reads them.
-fn golden_snapshots() -> Vec<(&'static str, Kind, Box<dyn Fn(&[u8])>)> {
-    fn check<T: DeserializeOwned + PartialEq + Debug + 'static>(
-        kind: Kind,
-        expected: T,
-    ) -> Box<dyn Fn(&[u8])> {
+fn golden_snapshots() -> Vec<(&'static str, Kind, Check)> {
+    fn check<T: DeserializeOwned + PartialEq + Debug + 'static>(kind: Kind, expected: T) -> Check {
         Box::new(move |bytes| {
             let got: T = codec::decode(kind, bytes)
                 .unwrap_or_else(|e| panic!("{kind:?} snapshot does not decode: {e}"));
@@ -457,7 +457,7 @@ fn assert_golden_header(name: &str, bytes: &[u8], kind: Kind) {
         bytes[2], GOLDEN_VERSION,
         "{name}: written with format version 1"
     );
-    assert!(FORMAT_VERSION >= GOLDEN_VERSION);
+    const { assert!(FORMAT_VERSION >= GOLDEN_VERSION) };
     assert_eq!(bytes[3], kind as u8, "{name}: kind");
 }
 

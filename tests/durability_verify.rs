@@ -1,0 +1,151 @@
+//! `commerce-engine verify`, run as the binary: a summary of a good data
+//! dir, a non-zero exit on a violation or on unreadable data, and not one
+//! byte of the data dir changed.
+
+mod durability_support;
+
+use commerce_engine::domain::event::{Event, Record};
+use commerce_engine::domain::ids::UserId;
+use commerce_engine::domain::money::Krw;
+use commerce_engine::store::codec::{self, Kind};
+use commerce_engine::store::{SledStore, Store};
+use durability_support::*;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn verify(dir: &Path, json: bool) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_commerce-engine"));
+    cmd.arg("verify").arg("--data-dir").arg(dir);
+    if json {
+        cmd.arg("--json");
+    }
+    cmd.output().expect("run the binary")
+}
+
+/// Every file under `dir` with its bytes.
+fn contents(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.insert(e.path(), std::fs::read(e.path()).unwrap());
+            }
+        }
+    }
+    out
+}
+
+fn populated_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let engine = start(
+        config(),
+        SledStore::open(dir.path()).unwrap(),
+        manual_clock(),
+    );
+    rt.block_on(populate(&engine, "v"));
+    engine.shutdown();
+    dir
+}
+
+/// A good data dir: exit 0 and a summary that counts what is there, with
+/// the data dir left byte for byte as it was.
+#[test]
+fn verify_summarises_a_good_data_dir_and_writes_nothing() {
+    let dir = populated_dir();
+    let before = contents(dir.path());
+    let out = verify(dir.path(), true);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["users"], 4);
+    assert_eq!(s["products"], 3);
+    assert_eq!(s["coupons"], 2);
+    assert_eq!(s["coupons_issued"], 3);
+    assert_eq!(s["orders"], 6);
+    assert_eq!(s["orders_by_status"]["paid"], 2);
+    assert_eq!(s["orders_by_status"]["pending"], 2);
+    assert_eq!(s["orders_by_status"]["cancelled"], 1);
+    assert_eq!(s["orders_by_status"]["failed"], 1);
+    // 100,000 + 3,000 + 250,000 + 1,234 charged; 7,200 + 80,500 paid.
+    assert_eq!(s["balances_total_krw"], 266_534);
+    assert_eq!(s["outbox_pending"], 2);
+    assert!(s["violations"].as_array().unwrap().is_empty());
+    assert_eq!(
+        s["stock"]["available"].as_u64().unwrap()
+            + s["stock"]["reserved"].as_u64().unwrap()
+            + s["stock"]["sold"].as_u64().unwrap(),
+        s["stock"]["stocked_total"].as_u64().unwrap()
+    );
+    let text = verify(dir.path(), false);
+    assert!(text.status.success());
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(text.contains("invariants        ok"), "{text}");
+    assert_eq!(before, contents(dir.path()), "verify changed the data dir");
+}
+
+/// A flipped byte in the journal: exit 2, and still nothing written.
+#[test]
+fn verify_fails_on_corrupt_data() {
+    let dir = populated_dir();
+    {
+        let db = sled::open(dir.path().join("sled")).unwrap();
+        let tree = db.open_tree("commerce").unwrap();
+        let (k, v) = tree.scan_prefix(b"j").next().unwrap().unwrap();
+        let mut v = v.to_vec();
+        v[20] ^= 0xff;
+        tree.insert(k, v).unwrap();
+        db.flush().unwrap();
+    }
+    let before = contents(dir.path());
+    let out = verify(dir.path(), false);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be read"));
+    assert_eq!(before, contents(dir.path()));
+}
+
+/// Records that decode and replay but break an invariant (a balance above
+/// the limit): exit 1, naming the violation.
+#[test]
+fn verify_fails_on_a_violated_invariant() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut store = SledStore::open(dir.path()).unwrap();
+        let mut frames = Vec::new();
+        for event in [
+            Event::UserRegistered {
+                user_id: UserId(1),
+                name: "rich".into(),
+            },
+            Event::BalanceCharged {
+                user_id: UserId(1),
+                amount: Krw(2_000_000_000),
+            },
+        ] {
+            codec::encode_into(Kind::Record, &Record::new(T0, event), &mut frames).unwrap();
+        }
+        store.append(1, &frames).unwrap();
+    }
+    let out = verify(dir.path(), false);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("above the limit"), "{err}");
+}
+
+/// No data dir: exit 2, and none is created.
+#[test]
+fn verify_fails_on_a_missing_data_dir_without_creating_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nothing-here");
+    let out = verify(&missing, false);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!missing.exists());
+}
