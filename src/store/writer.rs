@@ -69,8 +69,6 @@ enum Command {
     Append(Record, oneshot::Sender<Ack>),
     /// Write a snapshot now (tests, shutdown); answers with the sequence it covers.
     Snapshot(oneshot::Sender<Ack>),
-    /// Prune keys and sales past their window at this time.
-    Prune(Timestamp),
     /// Commit what is queued, write a last snapshot, and stop.
     Shutdown,
 }
@@ -119,10 +117,6 @@ impl JournalHandle {
         rx.await.map_err(|_| StorageError::Closed)?
     }
 
-    pub fn prune(&self, now: Timestamp) {
-        let _ = self.tx.try_send(Command::Prune(now));
-    }
-
     pub fn is_poisoned(&self) -> bool {
         self.poisoned.load(Ordering::Acquire)
     }
@@ -158,6 +152,7 @@ impl JournalWriter {
             stats,
             since_snapshot: 0,
             last_snapshot: Instant::now(),
+            latest_at: Timestamp(0),
         };
         let thread = std::thread::Builder::new()
             .name("journal-writer".into())
@@ -192,6 +187,8 @@ struct Worker {
     stats: Arc<JournalStats>,
     since_snapshot: u64,
     last_snapshot: Instant,
+    /// Time of the newest record applied: the engine's clock, as recorded.
+    latest_at: Timestamp,
 }
 
 impl Worker {
@@ -226,7 +223,6 @@ impl Worker {
                         self.commit(&mut records, &mut acks, &mut frames);
                         let _ = ack.send(self.snapshot());
                     }
-                    Command::Prune(now) => self.world.prune(now),
                 }
                 if !stopping
                     && records.len() < self.config.batch_records_max
@@ -272,6 +268,7 @@ impl Worker {
             Ok(()) => {
                 for (i, record) in records.iter().enumerate() {
                     let seq = first_seq + i as u64;
+                    self.latest_at = self.latest_at.max(record.at);
                     if let Err(e) = self.world.apply(seq, record) {
                         // A record the durable state cannot take is a bug: stop acknowledging.
                         tracing::error!(error = %e, "journal record does not apply; poisoning the journal");
@@ -325,6 +322,8 @@ impl Worker {
             return Err(StorageError::Poisoned);
         }
         let seq = self.world.seq;
+        // Keys older than their TTL and sales outside the window leave the snapshot.
+        self.world.prune(self.latest_at);
         let dirty = self.world.dirty.clone();
         let entries =
             dirty_snapshot(&mut self.world).map_err(|e| StorageError::Corrupt(e.to_string()))?;
