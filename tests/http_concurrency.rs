@@ -1,0 +1,154 @@
+//! Races over HTTP with many client connections: exact counts whatever the
+//! interleaving; and admission control answering 503 `OVERLOADED`.
+
+mod common_http;
+
+use commerce_engine::engine::SystemClock;
+use commerce_engine::http::HttpSettings;
+use commerce_engine::store::memory::MemoryStore;
+use common_http::{assert_error, TestServer, TOKEN};
+use futures_util::future::join_all;
+use reqwest::StatusCode;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// `n` users, created concurrently.
+async fn users(s: &TestServer, n: usize) -> Vec<u64> {
+    let made =
+        join_all((0..n).map(|i| s.post("/api/v1/users", json!({"name": format!("u{i}")})))).await;
+    made.into_iter()
+        .map(|(st, u)| {
+            assert_eq!(st, StatusCode::CREATED, "{u}");
+            u["id"].as_u64().expect("id")
+        })
+        .collect()
+}
+
+fn tally(answers: &[(StatusCode, serde_json::Value)]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for (st, body) in answers {
+        let key = format!("{} {}", st.as_u16(), body["code"].as_str().unwrap_or(""));
+        *counts.entry(key).or_default() += 1;
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_users_racing_for_fifty_coupons_get_exactly_fifty() {
+    // proves 50 × 201 and 150 × 409 COUPON_SOLD_OUT when 200 clients issue at once
+    let s = TestServer::start().await;
+    let ids = users(&s, 200).await;
+    let coupon = s.coupon(json!({"kind": "fixed", "amount": 1000}), 50).await;
+    let path = format!("/api/v1/coupons/{coupon}/issue");
+    let answers = join_all(ids.iter().map(|u| s.post(&path, json!({"user_id": u})))).await;
+    let counts = tally(&answers);
+    assert_eq!(counts.get("201 ").copied(), Some(50), "{counts:?}");
+    assert_eq!(
+        counts.get("409 COUPON_SOLD_OUT").copied(),
+        Some(150),
+        "{counts:?}"
+    );
+    assert_eq!(counts.len(), 2, "{counts:?}");
+
+    let (_, c) = s.get(&format!("/api/v1/coupons/{coupon}")).await;
+    assert_eq!(c["remaining"], 0);
+    let paths: Vec<String> = ids
+        .iter()
+        .map(|u| format!("/api/v1/users/{u}/coupons"))
+        .collect();
+    let held = join_all(paths.iter().map(|p| s.get(p))).await;
+    let holders = held
+        .iter()
+        .filter(|(_, page)| page["items"].as_array().is_some_and(|i| i.len() == 1))
+        .count();
+    assert_eq!(holders, 50);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hundred_orders_on_a_stock_of_one_hundred_place_exactly_one_hundred() {
+    // proves 100 × 201 and 200 × 409 OUT_OF_STOCK for 300 one-unit orders at once; stock ends at 0
+    let s = TestServer::start().await;
+    let ids = users(&s, 300).await;
+    let p = s.product("한정판 운동화", 129_000, 100).await;
+    let answers = join_all(ids.iter().map(|u| {
+        s.post(
+            "/api/v1/orders",
+            json!({"user_id": u, "items": [{"product_id": p, "quantity": 1}]}),
+        )
+    }))
+    .await;
+    let counts = tally(&answers);
+    assert_eq!(counts.get("201 ").copied(), Some(100), "{counts:?}");
+    assert_eq!(
+        counts.get("409 OUT_OF_STOCK").copied(),
+        Some(200),
+        "{counts:?}"
+    );
+    assert_eq!(counts.len(), 2, "{counts:?}");
+    assert_eq!(s.get(&format!("/api/v1/products/{p}")).await.1["stock"], 0);
+    s.stop().await;
+}
+
+/// Opens a connection and sends a request whose body never completes, so
+/// its handler holds an admission slot until the connection closes.
+async fn stuck_request(base: &str) -> tokio::net::TcpStream {
+    let addr = base.trim_start_matches("http://");
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "POST /api/v1/users HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"name\""
+    );
+    tcp.write_all(head.as_bytes()).await.expect("write");
+    tcp
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_past_the_in_flight_limit_are_shed_with_503_overloaded() {
+    // proves admission control: a full server answers 503 OVERLOADED + Retry-After at once, then recovers
+    let engine = common_http::start_engine(Box::new(MemoryStore::new()), Arc::new(SystemClock));
+    let settings = HttpSettings {
+        requests_in_flight_max: 2,
+        ..HttpSettings::new(TOKEN)
+    };
+    let s = TestServer::start_with(engine, settings).await;
+    let held = vec![stuck_request(&s.base).await, stuck_request(&s.base).await];
+
+    // The stuck requests reach the handlers shortly after their headers arrive.
+    let mut shed = None;
+    for _ in 0..100 {
+        let resp = s.client.get(s.url("/health")).send().await.expect("sent");
+        if resp.status() == StatusCode::SERVICE_UNAVAILABLE {
+            shed = Some(resp);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let resp = shed.expect("a request is shed while two are in flight");
+    assert_eq!(resp.headers()["retry-after"], "1");
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    assert_error(&common_http::read(resp).await, 503, "OVERLOADED");
+
+    for mut tcp in held {
+        let _ = tcp.shutdown().await;
+        let mut rest = Vec::new();
+        let _ = tcp.read_to_end(&mut rest).await;
+    }
+    let mut recovered = false;
+    for _ in 0..100 {
+        if s.get("/health").await.0 == StatusCode::OK {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(recovered, "slots come back when the stuck requests end");
+    assert_eq!(
+        s.engine.metrics().users,
+        0,
+        "the stuck requests created nothing"
+    );
+    s.stop().await;
+}
