@@ -1,1 +1,251 @@
-fn main() {} // placeholder: being built
+//! Journal benchmarks.
+//!
+//! - `journal_durable`: records per second acknowledged durable by the
+//!   group-commit [`JournalWriter`] on a [`SledStore`] in a temp dir, with
+//!   64 or 512 records in flight (each acknowledgement immediately replaced
+//!   by a new submission, as many concurrent callers would), at a few batch
+//!   limits. Every acknowledged record has been flushed.
+//! - `journal_replay`: records per second that [`recover`] replays from a
+//!   `Loaded` of about a million records in memory (decode, checksum, apply
+//!   to the `World`, invariants at the end), as at start-up.
+//!
+//! `cargo bench --bench journal -- --warm-up-time 1 --measurement-time 5`
+
+use commerce_engine::domain::event::{Event, Record};
+use commerce_engine::domain::ids::{OrderId, ProductId, UserId};
+use commerce_engine::domain::money::Krw;
+use commerce_engine::domain::order::{Order, OrderLine, OrderStatus};
+use commerce_engine::domain::time::Timestamp;
+use commerce_engine::domain::world::World;
+use commerce_engine::store::codec::{self, Kind};
+use commerce_engine::store::outbox::PendingOutbox;
+use commerce_engine::store::recovery::recover;
+use commerce_engine::store::writer::{JournalConfig, JournalHandle, JournalWriter};
+use commerce_engine::store::{Loaded, SledStore};
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const T: Timestamp = Timestamp(1_795_132_800_000);
+const USERS: u64 = 1_000;
+
+fn registered(users: u64) -> Vec<Record> {
+    let mut out: Vec<Record> = (1..=users)
+        .map(|u| {
+            Record::new(
+                T,
+                Event::UserRegistered {
+                    user_id: UserId(u),
+                    name: format!("user {u}"),
+                },
+            )
+        })
+        .collect();
+    out.push(Record::new(
+        T,
+        Event::ProductCreated {
+            product_id: ProductId(1),
+            name: "mug".into(),
+            price: Krw(100),
+            stock: 1_000_000_000,
+        },
+    ));
+    out
+}
+
+/// A small record that leaves the durable state bounded however many are
+/// written (a cart line set again and again).
+fn cart_record(n: u64) -> Record {
+    Record::new(
+        T,
+        Event::CartLineSet {
+            user_id: UserId(n % USERS + 1),
+            product_id: ProductId(1),
+            name: "mug".into(),
+            price: Krw(100),
+            quantity: n % 100 + 1,
+        },
+    )
+}
+
+/// Submits `count` records keeping `in_flight` unacknowledged; answers the
+/// time until the last acknowledgement.
+async fn run_durable(
+    handle: &JournalHandle,
+    count: u64,
+    in_flight: usize,
+    next: &mut u64,
+) -> Duration {
+    let started = Instant::now();
+    let mut pending = FuturesUnordered::new();
+    let mut submitted = 0;
+    while submitted < count || !pending.is_empty() {
+        while submitted < count && pending.len() < in_flight {
+            let rx = handle
+                .submit(cart_record(*next))
+                .expect("the queue has room");
+            *next += 1;
+            submitted += 1;
+            pending.push(rx);
+        }
+        if let Some(ack) = pending.next().await {
+            ack.expect("the writer answers")
+                .expect("the batch is durable");
+        }
+    }
+    started.elapsed()
+}
+
+fn journal_durable(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("journal_durable");
+    group.throughput(Throughput::Elements(1));
+    group.sample_size(10);
+    for batch_records_max in [64, 1_024, 8_192] {
+        for in_flight in [64, 512] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = SledStore::open(dir.path()).unwrap();
+            let mut world = World::default();
+            for (i, r) in registered(USERS).iter().enumerate() {
+                world.apply(i as u64 + 1, r).unwrap();
+            }
+            let config = JournalConfig {
+                batch_records_max,
+                ..JournalConfig::default()
+            };
+            let writer = JournalWriter::start(
+                Box::new(store),
+                world,
+                config,
+                Arc::new(PendingOutbox::default()),
+            );
+            let handle = writer.handle();
+            let mut next = 0;
+            group.bench_function(
+                BenchmarkId::new(
+                    format!("batch_{batch_records_max}"),
+                    format!("in_flight_{in_flight}"),
+                ),
+                |b| {
+                    b.iter_custom(|iters| {
+                        rt.block_on(run_durable(&handle, iters, in_flight, &mut next))
+                    })
+                },
+            );
+            let batches = handle
+                .stats
+                .batches
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let records = handle
+                .stats
+                .records
+                .load(std::sync::atomic::Ordering::Relaxed);
+            eprintln!(
+                "  batch_{batch_records_max}/in_flight_{in_flight}: {records} records in {batches} flushes, {:.1} records per flush",
+                records as f64 / batches.max(1) as f64
+            );
+            writer.join();
+        }
+    }
+    group.finish();
+}
+
+/// About a million records in batches of 1,000, replayable from empty:
+/// users and a product, then charge, order, pay and a cart line, over and over.
+fn replay_input(records: u64) -> Loaded {
+    let mut all = registered(USERS);
+    let mut order_id = 0;
+    let mut n = 0u64;
+    while (all.len() as u64) < records {
+        let user = UserId(n % USERS + 1);
+        order_id += 1;
+        let order = Order {
+            id: OrderId(order_id),
+            user_id: user,
+            status: OrderStatus::Pending,
+            items: vec![OrderLine {
+                product_id: ProductId(1),
+                name: "mug".into(),
+                unit_price: Krw(100),
+                quantity: 1,
+            }],
+            total_amount: Krw(100),
+            discount_amount: Krw(0),
+            pay_amount: Krw(100),
+            user_coupon_id: None,
+            created_at: T,
+            expires_at: T.plus_ms(600_000),
+            paid_at: None,
+        };
+        all.push(Record::new(
+            T,
+            Event::BalanceCharged {
+                user_id: user,
+                amount: Krw(100),
+            },
+        ));
+        all.push(Record::new(
+            T,
+            Event::OrderPlaced {
+                order: Box::new(order),
+                from_cart: false,
+            },
+        ));
+        all.push(Record::new(
+            T,
+            Event::OrderPaid {
+                order_id: OrderId(order_id),
+                user_id: user,
+                amount: Krw(100),
+            },
+        ));
+        all.push(cart_record(n));
+        n += 1;
+    }
+    let mut batches = Vec::new();
+    for (i, chunk) in all.chunks(1_000).enumerate() {
+        let mut frames = Vec::new();
+        for r in chunk {
+            codec::encode_into(Kind::Record, r, &mut frames).unwrap();
+        }
+        batches.push((i as u64 * 1_000 + 1, frames));
+    }
+    Loaded {
+        snapshot_seq: 0,
+        snapshots: Vec::new(),
+        batches,
+    }
+}
+
+fn journal_replay(c: &mut Criterion) {
+    let loaded = replay_input(1_000_000);
+    let records: usize = loaded
+        .batches
+        .iter()
+        .map(|(_, f)| codec::decode_all::<Record>(Kind::Record, f).unwrap().len())
+        .sum();
+    let bytes: usize = loaded.batches.iter().map(|(_, f)| f.len()).sum();
+    eprintln!("  replay input: {records} records, {bytes} bytes");
+    let mut group = c.benchmark_group("journal_replay");
+    group.throughput(Throughput::Elements(records as u64));
+    group.sample_size(10);
+    group.bench_function("recover_1m", |b| {
+        b.iter_batched(
+            || loaded.clone(),
+            |l| {
+                let (world, report) = recover(l).unwrap();
+                assert_eq!(report.records_replayed, records as u64);
+                world
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, journal_durable, journal_replay);
+criterion_main!(benches);
