@@ -1,0 +1,179 @@
+//! The invariant check after a run.
+//!
+//! Embedded: the engine is shut down, the store recovered from disk
+//! (`recover_store`), and the recovered [`World`] must satisfy every
+//! invariant (`World::violations`) *and* hold every effect the run saw
+//! acknowledged. Over HTTP only what the API shows can be checked: stock,
+//! balances and coupons left, against the same tallies.
+//!
+//! With no unknown outcome the tallies are exact (`==`); otherwise an
+//! operation may have happened without its answer arriving, so only
+//! "every acknowledgement is there" (`>=`) is demanded.
+
+use crate::bench::target::Target;
+use crate::bench::workload::{Fixture, Tally, STOCK};
+use crate::domain::ids::OrderId;
+use crate::domain::order::OrderStatus;
+use crate::domain::world::World;
+use futures_util::stream::{self, StreamExt};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+fn get(v: &[AtomicU64], i: usize) -> u64 {
+    v[i].load(Ordering::Relaxed)
+}
+
+/// Checks a recovered world against the run's tallies.
+pub fn check_world(
+    world: &World,
+    fixture: &Fixture,
+    tally: &Tally,
+    paid_orders: &[OrderId],
+) -> Vec<String> {
+    let mut out = world.violations();
+    let exact = tally.unknown.load(Ordering::Relaxed) == 0;
+    for (i, id) in fixture.users.iter().enumerate() {
+        let Some(u) = world.users.get(id.index()) else {
+            out.push(format!("user {id} was acknowledged but is not recovered"));
+            continue;
+        };
+        let (charged, paid) = (get(&tally.charged, i), get(&tally.paid, i));
+        let expected = charged.checked_sub(paid);
+        if expected.is_none() {
+            out.push(format!("user {id}: paid {paid} but only {charged} charged"));
+        }
+        if exact && Some(u.balance.0) != expected {
+            out.push(format!(
+                "user {id}: balance {} but charges {charged} - payments {paid} acknowledged",
+                u.balance.0
+            ));
+        }
+    }
+    for (i, id) in fixture.products.iter().enumerate() {
+        let Some(p) = world.products.get(id.index()) else {
+            out.push(format!(
+                "product {id} was acknowledged but is not recovered"
+            ));
+            continue;
+        };
+        let (placed, returned, sold) = (
+            get(&tally.placed_units, i),
+            get(&tally.returned_units, i),
+            get(&tally.sold_units, i),
+        );
+        let reserved = placed.saturating_sub(returned + sold);
+        let pending_ok = if exact {
+            p.sold == sold && p.reserved == reserved && p.stock == STOCK - placed + returned
+        } else {
+            p.sold >= sold
+        };
+        if !pending_ok {
+            out.push(format!(
+                "product {id}: stock {} reserved {} sold {}, but acknowledged: placed {placed}, returned {returned}, sold {sold}",
+                p.stock, p.reserved, p.sold
+            ));
+        }
+    }
+    for id in paid_orders {
+        match world.orders.get(id).map(|o| o.status) {
+            Some(OrderStatus::Paid) => {}
+            other => out.push(format!(
+                "order {id}: payment acknowledged but recovered as {other:?}"
+            )),
+        }
+    }
+    if let Some((coupon, quantity)) = fixture.coupon {
+        let issued_ok = tally.issued.load(Ordering::Relaxed);
+        match world.campaigns.get(coupon.index()) {
+            None => out.push(format!("coupon {coupon} is not recovered")),
+            Some(c) => {
+                let issued = c.issued.len() as u64;
+                if (exact && issued != issued_ok) || issued < issued_ok || issued > quantity {
+                    out.push(format!(
+                        "coupon {coupon}: {issued} issued of {quantity}, {issued_ok} acknowledged"
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// How many paid orders a check over HTTP reads back at most.
+const PAID_SAMPLE_MAX: usize = 2_000;
+const CHECK_IN_FLIGHT: usize = 64;
+
+/// Checks a server through its API against the run's tallies.
+pub async fn check_remote(
+    target: &Target,
+    fixture: &Fixture,
+    tally: &Tally,
+    paid_orders: &[OrderId],
+) -> Vec<String> {
+    let exact = tally.unknown.load(Ordering::Relaxed) == 0;
+    let mut out: Vec<String> = stream::iter(fixture.products.iter().enumerate())
+        .map(|(i, id)| async move {
+            let (placed, returned) = (get(&tally.placed_units, i), get(&tally.returned_units, i));
+            let expected = STOCK - placed + returned;
+            match target.product_stock(*id).await {
+                Ok(s) if s == expected || (!exact && s <= expected) => None,
+                Ok(s) => Some(format!(
+                    "product {id}: stock {s}, expected {expected} (placed {placed}, returned {returned})"
+                )),
+                Err(e) => Some(format!("product {id}: cannot read stock: {e}")),
+            }
+        })
+        .buffer_unordered(CHECK_IN_FLIGHT)
+        .filter_map(|v| async move { v })
+        .collect()
+        .await;
+    let balances: Vec<String> = stream::iter(fixture.users.iter().enumerate())
+        .map(|(i, id)| async move {
+            let expected = get(&tally.charged, i).checked_sub(get(&tally.paid, i));
+            match target.balance(*id).await {
+                // A negative balance cannot even be read as a u64.
+                Ok(b) if !exact || Some(b.0) == expected => None,
+                Ok(b) => Some(format!("user {id}: balance {}, expected {expected:?}", b.0)),
+                Err(e) => Some(format!("user {id}: cannot read balance: {e}")),
+            }
+        })
+        .buffer_unordered(CHECK_IN_FLIGHT)
+        .filter_map(|v| async move { v })
+        .collect()
+        .await;
+    out.extend(balances);
+    if let Some((coupon, quantity)) = fixture.coupon {
+        let issued_ok = tally.issued.load(Ordering::Relaxed);
+        match target.coupon_remaining(coupon).await {
+            Ok(left) => {
+                let issued = quantity.checked_sub(left);
+                let fine = match issued {
+                    Some(n) if exact => n == issued_ok,
+                    Some(n) => n >= issued_ok,
+                    None => false,
+                };
+                if !fine {
+                    out.push(format!(
+                        "coupon {coupon}: {left} left of {quantity}, {issued_ok} acknowledged"
+                    ));
+                }
+            }
+            Err(e) => out.push(format!("coupon {coupon}: cannot read: {e}")),
+        }
+    }
+    let step = (paid_orders.len() / PAID_SAMPLE_MAX).max(1);
+    let sample: Vec<OrderId> = paid_orders.iter().step_by(step).copied().collect();
+    let orders: Vec<String> = stream::iter(sample)
+        .map(|id| async move {
+            match target.order_status(id).await {
+                Ok(s) if s == "paid" => None,
+                Ok(s) => Some(format!("order {id}: payment acknowledged but status {s}")),
+                Err(e) => Some(format!("order {id}: cannot read: {e}")),
+            }
+        })
+        .buffer_unordered(CHECK_IN_FLIGHT)
+        .filter_map(|v| async move { v })
+        .collect()
+        .await;
+    out.extend(orders);
+    out
+}

@@ -1,0 +1,638 @@
+//! `commerce-engine bench`: load the embedded engine or a running server,
+//! report throughput and latency, then check the invariants.
+//!
+//! A run has three phases. *Setup* makes users, products and a coupon
+//! campaign (and charges users that will pay); it is not measured. *Warm-up*
+//! runs the workload without recording. *Measurement* records each
+//! operation's latency in a per-worker hdrhistogram and counts outcomes by
+//! error code. Afterwards the invariants are checked (see [`check`]), and a
+//! violation makes the command exit non-zero.
+//!
+//! Load is closed-loop by default: `--concurrency` workers, each sending its
+//! next request when the previous one is answered. With `--rate` it is open
+//! loop: requests are due at fixed intervals whatever the answers, workers
+//! (at most `--concurrency` in flight) send each as soon as it is due, and
+//! latency is measured from when it was *due*, so queueing delay behind a
+//! slow server is counted instead of hidden (coordinated omission). Timers
+//! have about 1 ms of slack, which such latencies include.
+//!
+//! Layout: [`workload`] (setup and one operation), [`target`] (embedded
+//! engine or HTTP client), [`check`] (invariants), [`report`] (table, JSON),
+//! [`rng`] (a seeded PRNG shared with `simulate`).
+
+pub mod check;
+pub mod report;
+pub mod rng;
+pub mod target;
+pub mod workload;
+
+use crate::bench::report::{merge, BenchReport, InvariantReport, JournalReport, KindReport};
+use crate::bench::rng::Rng;
+use crate::bench::target::{HttpTarget, OpError, Target};
+use crate::bench::workload::{pick, setup, Fixture, OpKind, Outcome, Tally, Workload};
+use crate::domain::ids::OrderId;
+use crate::engine::{DataPlatform, Engine, EngineConfig, EngineMetrics, SystemClock};
+use crate::store::recovery::{recover_store, RecoveryError};
+use crate::store::{MemoryStore, SledStore, Store};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Where the embedded engine keeps its data.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreChoice {
+    /// sled on disk, every acknowledgement flushed (the real thing).
+    Sled,
+    /// The same bytes kept in memory: no disk, to see what sled costs.
+    Memory,
+}
+
+/// Where the embedded engine delivers paid orders.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SinkChoice {
+    /// JSON lines in `<data-dir>/data-platform.jsonl`, as `serve` does by default.
+    File,
+    /// Nowhere: paid orders stay in the outbox.
+    Off,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// What to run.
+    #[arg(long, value_enum, default_value = "order_pay")]
+    pub workload: Workload,
+    /// A running server (`http://127.0.0.1:8080`); without it, the embedded engine.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Bearer token for the admin calls of the setup (with --url).
+    #[arg(long, env = "COMMERCE_ADMIN_TOKEN")]
+    pub admin_token: Option<String>,
+    /// Embedded engine's data dir (default: a temporary dir, removed afterwards).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "sled")]
+    pub store: StoreChoice,
+    #[arg(long, value_enum, default_value = "file")]
+    pub data_platform: SinkChoice,
+    /// Actor threads of the embedded engine (default: one per core).
+    #[arg(long)]
+    pub arbiters: Option<usize>,
+    /// Requests in flight at most (closed loop: workers).
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    #[arg(long, default_value_t = 10.0)]
+    pub duration_secs: f64,
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup_secs: f64,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Fixed arrival rate in operations per second (open loop).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Users to create (default: 10,000; 300,000 for coupon_flash, one issue each).
+    #[arg(long)]
+    pub users: Option<usize>,
+    /// Products to create (default: 1,000; 1 for hot_product).
+    #[arg(long)]
+    pub products: Option<usize>,
+    /// Coupons in the campaign (default: one per user).
+    #[arg(long)]
+    pub coupon_quantity: Option<u64>,
+    /// Threads of the load generator (default: 1 embedded, 2 over HTTP).
+    #[arg(long)]
+    pub client_threads: Option<usize>,
+    /// Print the report as JSON (and no progress bar).
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl BenchArgs {
+    /// Defaults for a workload, as the command line would give them.
+    pub fn new(workload: Workload) -> BenchArgs {
+        BenchArgs {
+            workload,
+            url: None,
+            admin_token: None,
+            data_dir: None,
+            store: StoreChoice::Sled,
+            data_platform: SinkChoice::File,
+            arbiters: None,
+            concurrency: 64,
+            duration_secs: 10.0,
+            warmup_secs: 2.0,
+            seed: 1,
+            rate: None,
+            users: None,
+            products: None,
+            coupon_quantity: None,
+            client_threads: None,
+            json: false,
+        }
+    }
+}
+
+pub fn run(args: BenchArgs) -> Result<ExitCode, crate::CliError> {
+    let report = execute(&args)?;
+    let text = if args.json {
+        serde_json::to_string_pretty(&report)? + "\n"
+    } else {
+        report.table()
+    };
+    // A closed pipe (`| head`) is not a failure of the run.
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
+    Ok(if report.invariants.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// An embedded engine and where its data lives.
+struct Embedded {
+    engine: Engine,
+    dir: PathBuf,
+    remove_dir: bool,
+    memory: Option<MemoryStore>,
+}
+
+/// A fresh directory under the system temp dir (no extra crate needed).
+pub fn temp_dir(prefix: &str) -> std::io::Result<PathBuf> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+impl Embedded {
+    fn start(args: &BenchArgs) -> Result<Embedded, crate::CliError> {
+        let (dir, remove_dir) = match &args.data_dir {
+            Some(d) => {
+                std::fs::create_dir_all(d)?;
+                (d.clone(), false)
+            }
+            None => (temp_dir("commerce-bench")?, true),
+        };
+        let mut config = EngineConfig::default();
+        if let Some(n) = args.arbiters {
+            config.arbiter_count = n.max(1);
+        }
+        config.data_platform = match args.data_platform {
+            SinkChoice::File => DataPlatform::File(dir.join("data-platform.jsonl")),
+            SinkChoice::Off => DataPlatform::Off,
+        };
+        let (store, memory): (Box<dyn Store>, _) = match args.store {
+            StoreChoice::Sled => (Box::new(SledStore::open(&dir)?), None),
+            StoreChoice::Memory => {
+                let m = MemoryStore::new();
+                (Box::new(m.clone()), Some(m))
+            }
+        };
+        let engine = Engine::start(config, store, Arc::new(SystemClock))?;
+        Ok(Embedded {
+            engine,
+            dir,
+            remove_dir,
+            memory,
+        })
+    }
+
+    /// Shuts the engine down, recovers its store, and checks the result.
+    fn finish(self, fixture: &Fixture, tally: &Tally, paid: &[OrderId]) -> InvariantReport {
+        self.engine.shutdown();
+        drop(self.engine);
+        let recovered = match &self.memory {
+            Some(m) => recover_store(m),
+            None => match SledStore::open(&self.dir) {
+                Ok(s) => recover_store(&s),
+                Err(e) => Err(RecoveryError::Storage(e)),
+            },
+        };
+        let report = match recovered {
+            Ok((world, r)) => InvariantReport {
+                checked: true,
+                violations: check::check_world(&world, fixture, tally, paid),
+                summary: format!(
+                    "recovered {} records after snapshot {}; every invariant and every acknowledged effect checked ({} paid orders)",
+                    r.records_replayed, r.snapshot_seq, paid.len()
+                ),
+            },
+            Err(RecoveryError::Invariants(v)) => InvariantReport {
+                checked: true,
+                violations: v,
+                summary: "recovery found the state inconsistent".into(),
+            },
+            Err(e) => InvariantReport {
+                checked: true,
+                violations: vec![format!("recovery failed: {e}")],
+                summary: "the store could not be recovered".into(),
+            },
+        };
+        if self.remove_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+        report
+    }
+}
+
+/// One worker's measurements.
+struct WorkerOut {
+    hists: Vec<Option<Histogram<u64>>>,
+    ok: [u64; 4],
+    errors: BTreeMap<String, u64>,
+    requests: u64,
+    paid: Vec<OrderId>,
+    last_done: Option<Instant>,
+}
+
+impl WorkerOut {
+    fn new() -> WorkerOut {
+        WorkerOut {
+            hists: (0..OpKind::ALL.len()).map(|_| None).collect(),
+            ok: [0; 4],
+            errors: BTreeMap::new(),
+            requests: 0,
+            paid: Vec::new(),
+            last_done: None,
+        }
+    }
+
+    fn record(&mut self, kind: OpKind, latency: Duration, result: &Result<(), OpError>) {
+        let h = self.hists[kind.index()]
+            .get_or_insert_with(|| Histogram::new(3).expect("3 significant digits is valid"));
+        // Auto-resizing: `record` grows the histogram (`saturating_record` would clamp).
+        let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX).max(1);
+        let _ = h.record(ns);
+        match result {
+            Ok(()) => {
+                self.ok[kind.index()] += 1;
+                self.requests += kind.requests();
+            }
+            Err(e) => {
+                *self.errors.entry(e.code.clone()).or_default() += 1;
+                // An order_pay whose payment failed still made two requests.
+                self.requests += if kind == OpKind::OrderPay && !is_place_error(e) {
+                    2
+                } else {
+                    1
+                };
+            }
+        }
+    }
+}
+
+fn is_place_error(e: &OpError) -> bool {
+    matches!(
+        e.code.as_str(),
+        "OUT_OF_STOCK" | "PRODUCT_NOT_FOUND" | "USER_NOT_FOUND" | "INVALID_REQUEST"
+    )
+}
+
+/// What every worker shares during a run.
+struct Run {
+    target: Target,
+    fixture: Fixture,
+    tally: Tally,
+    workload: Workload,
+    concurrency: u64,
+    start: Instant,
+    measure_from: Instant,
+    end: Instant,
+    /// Nanoseconds between due times (open loop).
+    interval_ns: Option<f64>,
+    completed: AtomicU64,
+    exhausted: AtomicBool,
+}
+
+async fn worker(run: Arc<Run>, index: u64, seed: u64) -> WorkerOut {
+    let mut rng = Rng::stream(seed, index);
+    let mut out = WorkerOut::new();
+    let mut sent: u64 = 0;
+    while !run.exhausted.load(Ordering::Relaxed) {
+        let due = match run.interval_ns {
+            Some(ns) => {
+                let slot = index + sent * run.concurrency;
+                run.start + Duration::from_nanos((slot as f64 * ns) as u64)
+            }
+            None => Instant::now(),
+        };
+        sent += 1;
+        if due >= run.end {
+            break;
+        }
+        if due > Instant::now() {
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let kind = pick(run.workload, &mut rng);
+        let outcome = workload::execute(
+            &run.target,
+            &run.fixture,
+            &run.tally,
+            run.workload,
+            kind,
+            &mut rng,
+        )
+        .await;
+        let Outcome::Done { kind, result, paid } = outcome else {
+            run.exhausted.store(true, Ordering::Relaxed);
+            break;
+        };
+        let done = Instant::now();
+        out.paid.extend(paid);
+        if due >= run.measure_from {
+            out.record(kind, done - due, &result);
+            out.last_done = Some(done);
+        }
+        run.completed.fetch_add(1, Ordering::Relaxed);
+    }
+    out
+}
+
+fn progress_bar(total: Duration, hidden: bool) -> ProgressBar {
+    if hidden || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(total.as_millis() as u64);
+    let style = ProgressStyle::with_template("{spinner} [{elapsed_precise}] [{bar:40}] {msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    pb.set_style(style);
+    pb
+}
+
+/// What the measured phase produced.
+struct Driven {
+    run: Arc<Run>,
+    outs: Vec<WorkerOut>,
+    setup_secs: f64,
+    measured_secs: f64,
+    journal: Option<JournalReport>,
+}
+
+fn journal_delta(a: &EngineMetrics, b: &EngineMetrics, secs: f64) -> JournalReport {
+    let records = b.journal_records.saturating_sub(a.journal_records);
+    let batches = b.journal_batches.saturating_sub(a.journal_batches);
+    JournalReport {
+        records,
+        batches,
+        records_per_batch: records as f64 / batches.max(1) as f64,
+        records_per_sec: records as f64 / secs,
+        flushes_per_sec: batches as f64 / secs,
+    }
+}
+
+async fn drive(
+    target: Target,
+    args: &BenchArgs,
+    users: usize,
+    products: usize,
+) -> Result<Driven, crate::CliError> {
+    let pb = progress_bar(Duration::from_secs(1), args.json);
+    pb.set_message(format!("setting up {users} users, {products} products"));
+    pb.enable_steady_tick(Duration::from_millis(200));
+    let setup_start = Instant::now();
+    let (fixture, tally) = setup(
+        &target,
+        args.workload,
+        users,
+        products,
+        args.coupon_quantity,
+    )
+    .await
+    .map_err(|e| format!("setup failed: {e}"))?;
+    let setup_secs = setup_start.elapsed().as_secs_f64();
+    pb.finish_and_clear();
+    let warmup = Duration::from_secs_f64(args.warmup_secs);
+    let duration = Duration::from_secs_f64(args.duration_secs);
+    let start = Instant::now();
+    let run = Arc::new(Run {
+        target,
+        fixture,
+        tally,
+        workload: args.workload,
+        concurrency: args.concurrency as u64,
+        start,
+        measure_from: start + warmup,
+        end: start + warmup + duration,
+        interval_ns: args.rate.map(|r| 1e9 / r),
+        completed: AtomicU64::new(0),
+        exhausted: AtomicBool::new(false),
+    });
+    let metrics = |run: &Run| match &run.target {
+        Target::Embedded(e) => Some(e.metrics()),
+        Target::Http(_) => None,
+    };
+    let handles: Vec<_> = (0..args.concurrency as u64)
+        .map(|i| tokio::spawn(worker(run.clone(), i, args.seed)))
+        .collect();
+    let pb = progress_bar(warmup + duration, args.json);
+    let (mut before, mut last) = (None, (Instant::now(), 0u64));
+    let mut warm = warmup.is_zero();
+    if warm {
+        before = metrics(&run);
+    }
+    while !handles.iter().all(|h| h.is_finished()) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = Instant::now();
+        if !warm && now >= run.measure_from {
+            warm = true;
+            before = metrics(&run);
+        }
+        let done = run.completed.load(Ordering::Relaxed);
+        let rate = (done - last.1) as f64 / (now - last.0).as_secs_f64();
+        last = (now, done);
+        let phase = if now < run.measure_from {
+            "warm-up"
+        } else {
+            "measuring"
+        };
+        pb.set_position((now - start).as_millis() as u64);
+        pb.set_message(format!("{phase}: {done} ops, {rate:.0} ops/s"));
+    }
+    pb.finish_and_clear();
+    let after = metrics(&run);
+    let mut outs = Vec::with_capacity(handles.len());
+    for h in handles {
+        outs.push(h.await?);
+    }
+    let measured_secs = if run.exhausted.load(Ordering::Relaxed) {
+        let last_done = outs.iter().filter_map(|o| o.last_done).max();
+        last_done.map_or(0.0, |t| {
+            t.saturating_duration_since(run.measure_from).as_secs_f64()
+        })
+    } else {
+        duration.as_secs_f64()
+    };
+    let journal = match (before, after) {
+        (Some(a), Some(b)) => Some(journal_delta(&a, &b, measured_secs.max(1e-9))),
+        _ => None,
+    };
+    Ok(Driven {
+        run,
+        outs,
+        setup_secs,
+        measured_secs,
+        journal,
+    })
+}
+
+fn validate(args: &BenchArgs, products: usize) -> Result<(), crate::CliError> {
+    if args.concurrency == 0 {
+        return Err("--concurrency must be at least 1".into());
+    }
+    if !(args.duration_secs > 0.0 && args.warmup_secs >= 0.0) {
+        return Err("--duration-secs must be positive and --warmup-secs not negative".into());
+    }
+    if args.rate.is_some_and(|r| r.is_nan() || r <= 0.0) {
+        return Err("--rate must be positive".into());
+    }
+    let needs_products = matches!(
+        args.workload,
+        Workload::OrderPay | Workload::HotProduct | Workload::Mixed
+    );
+    if needs_products && products == 0 {
+        return Err("this workload needs at least one product".into());
+    }
+    if args.users == Some(0) {
+        return Err("--users must be at least 1".into());
+    }
+    Ok(())
+}
+
+/// Runs a benchmark and checks the invariants; the report says how it went.
+pub fn execute(args: &BenchArgs) -> Result<BenchReport, crate::CliError> {
+    let users = args.users.unwrap_or(args.workload.default_users());
+    let products = args.products.unwrap_or(args.workload.default_products());
+    validate(args, products)?;
+    let (target, embedded, target_name) = match &args.url {
+        Some(url) => {
+            let http = HttpTarget::new(url, args.admin_token.clone(), args.concurrency)?;
+            (Target::Http(http), None, url.clone())
+        }
+        None => {
+            let e = Embedded::start(args)?;
+            let name = match args.store {
+                StoreChoice::Sled => format!("embedded engine (sled at {})", e.dir.display()),
+                StoreChoice::Memory => "embedded engine (memory store)".into(),
+            };
+            (Target::Embedded(e.engine.clone()), Some(e), name)
+        }
+    };
+    let threads = args
+        .client_threads
+        .unwrap_or(if embedded.is_some() { 1 } else { 2 });
+    let rt = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()?
+    };
+    let driven = rt.block_on(drive(target, args, users, products));
+    let driven = match driven {
+        Ok(d) => d,
+        Err(e) => {
+            if let Some(emb) = embedded {
+                emb.engine.shutdown();
+                if emb.remove_dir {
+                    let _ = std::fs::remove_dir_all(&emb.dir);
+                }
+            }
+            return Err(e);
+        }
+    };
+    let paid: Vec<OrderId> = driven
+        .outs
+        .iter()
+        .flat_map(|o| o.paid.iter().copied())
+        .collect();
+    let run = &driven.run;
+    let invariants = match embedded {
+        Some(emb) => emb.finish(&run.fixture, &run.tally, &paid),
+        None => {
+            let violations = rt.block_on(check::check_remote(
+                &run.target,
+                &run.fixture,
+                &run.tally,
+                &paid,
+            ));
+            InvariantReport {
+                checked: true,
+                violations,
+                summary: "through the API: stock, balances and coupons against acknowledgements; a sample of paid orders".into(),
+            }
+        }
+    };
+    Ok(build_report(
+        args,
+        target_name,
+        users,
+        products,
+        &driven,
+        invariants,
+    ))
+}
+
+fn build_report(
+    args: &BenchArgs,
+    target: String,
+    users: usize,
+    products: usize,
+    d: &Driven,
+    invariants: InvariantReport,
+) -> BenchReport {
+    let secs = d.measured_secs.max(1e-9);
+    let mut kinds = Vec::new();
+    let mut all: Vec<&Histogram<u64>> = Vec::new();
+    let mut ok_total = 0;
+    for kind in OpKind::ALL {
+        let parts: Vec<&Histogram<u64>> = d
+            .outs
+            .iter()
+            .filter_map(|o| o.hists[kind.index()].as_ref())
+            .collect();
+        if parts.is_empty() {
+            continue;
+        }
+        all.extend(parts.iter().copied());
+        let ok: u64 = d.outs.iter().map(|o| o.ok[kind.index()]).sum();
+        ok_total += ok;
+        kinds.push(KindReport::new(kind.name(), &merge(&parts), ok, secs));
+    }
+    let total = KindReport::new("total", &merge(&all), ok_total, secs);
+    let mut errors = BTreeMap::new();
+    for o in &d.outs {
+        for (code, n) in &o.errors {
+            *errors.entry(code.clone()).or_default() += n;
+        }
+    }
+    let requests: u64 = d.outs.iter().map(|o| o.requests).sum();
+    BenchReport {
+        workload: args.workload,
+        target,
+        concurrency: args.concurrency,
+        rate: args.rate,
+        seed: args.seed,
+        users,
+        products,
+        setup_secs: d.setup_secs,
+        warmup_secs: args.warmup_secs,
+        measured_secs: d.measured_secs,
+        kinds,
+        total,
+        requests_per_sec: requests as f64 / secs,
+        errors,
+        unknown_outcomes: d.run.tally.unknown.load(Ordering::Relaxed),
+        journal: d.journal.clone(),
+        invariants,
+    }
+}

@@ -1,0 +1,210 @@
+//! What a run measured: per operation kind, throughput and latency
+//! percentiles (hdrhistogram, nanoseconds, 3 significant digits), errors
+//! by code, and the invariant check. Printed as a table or as JSON.
+
+use crate::bench::workload::{OpKind, Workload};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+/// Latency percentiles in milliseconds (floats are fine here: this is time, not money).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct LatencyMs {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p99_9: f64,
+    pub max: f64,
+    pub mean: f64,
+}
+
+impl LatencyMs {
+    pub fn of(h: &Histogram<u64>) -> LatencyMs {
+        let ms = |ns: u64| ns as f64 / 1e6;
+        if h.is_empty() {
+            return LatencyMs::default();
+        }
+        LatencyMs {
+            p50: ms(h.value_at_quantile(0.50)),
+            p90: ms(h.value_at_quantile(0.90)),
+            p99: ms(h.value_at_quantile(0.99)),
+            p99_9: ms(h.value_at_quantile(0.999)),
+            max: ms(h.max()),
+            mean: h.mean() / 1e6,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct KindReport {
+    pub kind: &'static str,
+    /// Operations started in the measured window and finished.
+    pub ops: u64,
+    pub ok: u64,
+    pub ops_per_sec: f64,
+    pub ok_per_sec: f64,
+    pub latency_ms: LatencyMs,
+}
+
+impl KindReport {
+    pub fn new(kind: &'static str, h: &Histogram<u64>, ok: u64, secs: f64) -> KindReport {
+        let ops = h.len();
+        KindReport {
+            kind,
+            ops,
+            ok,
+            ops_per_sec: ops as f64 / secs,
+            ok_per_sec: ok as f64 / secs,
+            latency_ms: LatencyMs::of(h),
+        }
+    }
+}
+
+/// The journal's group commit over the measured window (embedded only).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct JournalReport {
+    pub records: u64,
+    pub batches: u64,
+    pub records_per_batch: f64,
+    pub records_per_sec: f64,
+    pub flushes_per_sec: f64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct InvariantReport {
+    pub checked: bool,
+    pub violations: Vec<String>,
+    /// What was checked, in one sentence.
+    pub summary: String,
+}
+
+impl InvariantReport {
+    pub fn ok(&self) -> bool {
+        self.checked && self.violations.is_empty()
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    pub workload: Workload,
+    pub target: String,
+    pub concurrency: usize,
+    /// The open-loop arrival rate, if any (requests per second).
+    pub rate: Option<f64>,
+    pub seed: u64,
+    pub users: usize,
+    pub products: usize,
+    pub setup_secs: f64,
+    pub warmup_secs: f64,
+    /// The measured window (shorter than asked when the work ran out).
+    pub measured_secs: f64,
+    pub kinds: Vec<KindReport>,
+    pub total: KindReport,
+    pub requests_per_sec: f64,
+    pub errors: BTreeMap<String, u64>,
+    pub unknown_outcomes: u64,
+    pub journal: Option<JournalReport>,
+    pub invariants: InvariantReport,
+}
+
+/// Merges per-worker histograms of one kind.
+pub fn merge(parts: &[&Histogram<u64>]) -> Histogram<u64> {
+    let mut h = Histogram::new(3).expect("3 significant digits is valid");
+    for p in parts {
+        h.add(*p).expect("auto-resizing histograms add");
+    }
+    h
+}
+
+pub fn kind_name(k: OpKind) -> &'static str {
+    k.name()
+}
+
+fn row(out: &mut String, r: &KindReport) {
+    let l = &r.latency_ms;
+    let _ = writeln!(
+        out,
+        "{:<13} {:>10} {:>10} {:>11.0} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3}",
+        r.kind, r.ops, r.ok, r.ok_per_sec, l.p50, l.p90, l.p99, l.p99_9, l.max
+    );
+}
+
+impl BenchReport {
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let mode = match self.rate {
+            Some(r) => format!("open loop at {r:.0}/s"),
+            None => "closed loop".into(),
+        };
+        let _ = writeln!(
+            out,
+            "workload {:?} on {} | concurrency {} | {mode} | seed {} | users {} products {}",
+            self.workload, self.target, self.concurrency, self.seed, self.users, self.products
+        );
+        let _ = writeln!(
+            out,
+            "setup {:.1} s, warm-up {:.1} s, measured {:.2} s",
+            self.setup_secs, self.warmup_secs, self.measured_secs
+        );
+        let _ = writeln!(
+            out,
+            "{:<13} {:>10} {:>10} {:>11} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            "kind", "ops", "ok", "ok/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms"
+        );
+        for k in &self.kinds {
+            row(&mut out, k);
+        }
+        if self.kinds.len() > 1 {
+            row(&mut out, &self.total);
+        }
+        if self.total.ops == 0 {
+            let _ = writeln!(
+                out,
+                "nothing was measured: the work ran out during the warm-up (give more --users)"
+            );
+        }
+        let _ = writeln!(out, "requests/s {:.0}", self.requests_per_sec);
+        if let Some(j) = &self.journal {
+            let _ = writeln!(
+                out,
+                "journal: {} records in {} batches ({:.1} per batch), {:.0} records/s, {:.0} flushes/s",
+                j.records, j.batches, j.records_per_batch, j.records_per_sec, j.flushes_per_sec
+            );
+        }
+        if self.errors.is_empty() {
+            let _ = writeln!(out, "errors: none");
+        } else {
+            let list: Vec<String> = self
+                .errors
+                .iter()
+                .map(|(c, n)| format!("{c} {n}"))
+                .collect();
+            let _ = writeln!(out, "errors: {}", list.join(", "));
+        }
+        if self.unknown_outcomes > 0 {
+            let _ = writeln!(
+                out,
+                "operations with unknown outcome: {} (exact checks relaxed)",
+                self.unknown_outcomes
+            );
+        }
+        let inv = &self.invariants;
+        if !inv.checked {
+            let _ = writeln!(out, "invariants: NOT CHECKED: {}", inv.summary);
+        } else if inv.violations.is_empty() {
+            let _ = writeln!(out, "invariants: ok ({})", inv.summary);
+        } else {
+            let _ = writeln!(
+                out,
+                "invariants: {} VIOLATION(S) ({})",
+                inv.violations.len(),
+                inv.summary
+            );
+            for v in inv.violations.iter().take(20) {
+                let _ = writeln!(out, "  - {v}");
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,383 @@
+//! What a benchmark talks to: the embedded [`Engine`] or a running server.
+//!
+//! Both offer the same few operations with the same answers, so workloads
+//! and invariant checks are written once. An enum rather than a trait
+//! object: async methods stay plain `async fn`, with no boxing per request.
+
+use crate::domain::coupon::Discount;
+use crate::domain::ids::{CouponId, OrderId, ProductId, UserId};
+use crate::domain::money::Krw;
+use crate::domain::order::LineRequest;
+use crate::engine::{Engine, Error, NewCoupon, OrderSource, PlaceOrder};
+use serde::Deserialize;
+use serde_json::json;
+use std::time::Duration;
+
+/// Why an operation did not succeed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpError {
+    /// An error code of `API.md`, or `TRANSPORT` / `HTTP_<status>` / `BAD_BODY`.
+    pub code: String,
+    /// True when the operation may or may not have happened (a timeout, a
+    /// dropped connection, an engine shutting down): exact checks relax then.
+    pub unknown_outcome: bool,
+}
+
+impl OpError {
+    fn known(code: impl Into<String>) -> OpError {
+        OpError {
+            code: code.into(),
+            unknown_outcome: false,
+        }
+    }
+
+    fn unknown(code: impl Into<String>) -> OpError {
+        OpError {
+            code: code.into(),
+            unknown_outcome: true,
+        }
+    }
+}
+
+impl From<Error> for OpError {
+    fn from(e: Error) -> Self {
+        match e {
+            // A refusal changed nothing (a failed payment is a known outcome too).
+            Error::Rejected(_) | Error::IdempotencyKeyReused | Error::Overloaded => {
+                OpError::known(e.code())
+            }
+            Error::Storage(_) | Error::ShuttingDown => OpError::unknown(e.code()),
+        }
+    }
+}
+
+impl std::fmt::Display for OpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.code)
+    }
+}
+
+impl std::error::Error for OpError {}
+
+pub type OpResult<T> = Result<T, OpError>;
+
+/// A placed order, as far as a workload needs it.
+#[derive(Clone, Copy, Debug)]
+pub struct Placed {
+    pub order_id: OrderId,
+    pub pay_amount: Krw,
+}
+
+/// A running server: base URL, admin token, one pooled client.
+#[derive(Clone)]
+pub struct HttpTarget {
+    client: reqwest::Client,
+    base: String,
+    admin_token: Option<String>,
+}
+
+#[derive(Clone)]
+pub enum Target {
+    Embedded(Engine),
+    Http(HttpTarget),
+}
+
+#[derive(Deserialize)]
+struct IdBody {
+    id: u64,
+}
+
+#[derive(Deserialize)]
+struct OrderBody {
+    id: u64,
+    pay_amount: u64,
+}
+
+#[derive(Deserialize)]
+struct StatusBody {
+    status: String,
+}
+
+#[derive(Deserialize)]
+struct ProductBody {
+    stock: u64,
+}
+
+#[derive(Deserialize)]
+struct BalanceBody {
+    balance: u64,
+}
+
+#[derive(Deserialize)]
+struct CouponBody {
+    remaining: u64,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    code: String,
+}
+
+impl HttpTarget {
+    pub fn new(
+        url: &str,
+        admin_token: Option<String>,
+        connections: usize,
+    ) -> Result<HttpTarget, String> {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(connections)
+            .tcp_nodelay(true)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(HttpTarget {
+            client,
+            base: url.trim_end_matches('/').to_owned(),
+            admin_token,
+        })
+    }
+
+    async fn call<T: for<'de> Deserialize<'de>>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+        admin: bool,
+    ) -> OpResult<T> {
+        let mut req = self
+            .client
+            .request(method, format!("{}/api/v1{path}", self.base));
+        if admin {
+            if let Some(token) = &self.admin_token {
+                req = req.bearer_auth(token);
+            }
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| OpError::unknown(transport_code(&e)))?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| OpError::unknown(transport_code(&e)))?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes).map_err(|_| OpError::known("BAD_BODY"));
+        }
+        match serde_json::from_slice::<ErrorBody>(&bytes) {
+            // 5xx other than a refusal to take work may have done something.
+            Ok(e) if status.is_server_error() && e.code != "OVERLOADED" => {
+                Err(OpError::unknown(e.code))
+            }
+            Ok(e) => Err(OpError::known(e.code)),
+            Err(_) => Err(OpError::unknown(format!("HTTP_{}", status.as_u16()))),
+        }
+    }
+}
+
+fn transport_code(e: &reqwest::Error) -> &'static str {
+    if e.is_timeout() {
+        "TIMEOUT"
+    } else {
+        "TRANSPORT"
+    }
+}
+
+use reqwest::Method;
+
+impl Target {
+    pub fn is_embedded(&self) -> bool {
+        matches!(self, Target::Embedded(_))
+    }
+
+    pub async fn create_user(&self, name: &str) -> OpResult<UserId> {
+        match self {
+            Target::Embedded(e) => Ok(e.create_user(name, None).await?.id),
+            Target::Http(h) => {
+                let b: IdBody = h
+                    .call(Method::POST, "/users", Some(json!({ "name": name })), false)
+                    .await?;
+                Ok(UserId(b.id))
+            }
+        }
+    }
+
+    pub async fn charge(&self, user: UserId, amount: Krw) -> OpResult<()> {
+        match self {
+            Target::Embedded(e) => e
+                .charge(user, amount, None)
+                .await
+                .map(drop)
+                .map_err(Into::into),
+            Target::Http(h) => {
+                let path = format!("/users/{user}/balance/charge");
+                let _: BalanceBody = h
+                    .call(
+                        Method::POST,
+                        &path,
+                        Some(json!({ "amount": amount.0 })),
+                        false,
+                    )
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+
+    pub async fn balance(&self, user: UserId) -> OpResult<Krw> {
+        match self {
+            Target::Embedded(e) => Ok(e.balance(user).await?.balance),
+            Target::Http(h) => {
+                let path = format!("/users/{user}/balance");
+                let b: BalanceBody = h.call(Method::GET, &path, None, false).await?;
+                Ok(Krw(b.balance))
+            }
+        }
+    }
+
+    pub async fn create_product(&self, name: &str, price: Krw, stock: u64) -> OpResult<ProductId> {
+        match self {
+            Target::Embedded(e) => Ok(e.create_product(name, price, stock, None).await?.id),
+            Target::Http(h) => {
+                let body = json!({ "name": name, "price": price.0, "stock": stock });
+                let b: IdBody = h.call(Method::POST, "/products", Some(body), true).await?;
+                Ok(ProductId(b.id))
+            }
+        }
+    }
+
+    /// The stock a product can still sell now.
+    pub async fn product_stock(&self, id: ProductId) -> OpResult<u64> {
+        match self {
+            Target::Embedded(e) => Ok(e.product(id).await?.stock),
+            Target::Http(h) => {
+                let b: ProductBody = h
+                    .call(Method::GET, &format!("/products/{id}"), None, false)
+                    .await?;
+                Ok(b.stock)
+            }
+        }
+    }
+
+    pub async fn create_coupon(&self, name: &str, off: Krw, quantity: u64) -> OpResult<CouponId> {
+        match self {
+            Target::Embedded(e) => {
+                let new = NewCoupon {
+                    name: name.to_owned(),
+                    discount: Discount::Fixed { amount: off },
+                    quantity,
+                    expires_at: None,
+                };
+                Ok(e.create_coupon(new, None).await?.id)
+            }
+            Target::Http(h) => {
+                let body = json!({
+                    "name": name,
+                    "discount": { "kind": "fixed", "amount": off.0 },
+                    "quantity": quantity,
+                });
+                let b: IdBody = h.call(Method::POST, "/coupons", Some(body), true).await?;
+                Ok(CouponId(b.id))
+            }
+        }
+    }
+
+    /// Coupons of a campaign still to issue.
+    pub async fn coupon_remaining(&self, id: CouponId) -> OpResult<u64> {
+        match self {
+            Target::Embedded(e) => Ok(e.coupon(id).await?.remaining),
+            Target::Http(h) => {
+                let b: CouponBody = h
+                    .call(Method::GET, &format!("/coupons/{id}"), None, false)
+                    .await?;
+                Ok(b.remaining)
+            }
+        }
+    }
+
+    pub async fn issue_coupon(&self, coupon: CouponId, user: UserId) -> OpResult<()> {
+        match self {
+            Target::Embedded(e) => e
+                .issue_coupon(coupon, user, None)
+                .await
+                .map(drop)
+                .map_err(Into::into),
+            Target::Http(h) => {
+                let path = format!("/coupons/{coupon}/issue");
+                let _: IdBody = h
+                    .call(
+                        Method::POST,
+                        &path,
+                        Some(json!({ "user_id": user.0 })),
+                        false,
+                    )
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Places a one-line order.
+    pub async fn place(&self, user: UserId, product: ProductId, quantity: u64) -> OpResult<Placed> {
+        match self {
+            Target::Embedded(e) => {
+                let order = PlaceOrder {
+                    user_id: user,
+                    source: OrderSource::Items(vec![LineRequest {
+                        product_id: product,
+                        quantity,
+                    }]),
+                    user_coupon_id: None,
+                };
+                let o = e.place_order(order, None).await?;
+                Ok(Placed {
+                    order_id: o.id,
+                    pay_amount: o.pay_amount,
+                })
+            }
+            Target::Http(h) => {
+                let body = json!({
+                    "user_id": user.0,
+                    "items": [{ "product_id": product.0, "quantity": quantity }],
+                });
+                let o: OrderBody = h.call(Method::POST, "/orders", Some(body), false).await?;
+                Ok(Placed {
+                    order_id: OrderId(o.id),
+                    pay_amount: Krw(o.pay_amount),
+                })
+            }
+        }
+    }
+
+    pub async fn pay(&self, order: OrderId) -> OpResult<()> {
+        match self {
+            Target::Embedded(e) => e.pay_order(order, None).await.map(drop).map_err(Into::into),
+            Target::Http(h) => {
+                let path = format!("/orders/{order}/payment");
+                let _: IdBody = h.call(Method::POST, &path, None, false).await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// An order's status as `API.md` spells it (`paid`, `pending`, ...).
+    pub async fn order_status(&self, order: OrderId) -> OpResult<String> {
+        match self {
+            Target::Embedded(e) => {
+                let o = e.order(order).await?;
+                let json =
+                    serde_json::to_value(o.status).map_err(|_| OpError::known("BAD_BODY"))?;
+                Ok(json.as_str().unwrap_or_default().to_owned())
+            }
+            Target::Http(h) => {
+                let b: StatusBody = h
+                    .call(Method::GET, &format!("/orders/{order}"), None, false)
+                    .await?;
+                Ok(b.status)
+            }
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! `bench` runs every workload on the embedded engine and its invariant
+//! check catches what it claims to catch. Small and short: speed lives in
+//! the benchmark itself, not here.
+
+use commerce_engine::bench::check::check_world;
+use commerce_engine::bench::workload::{Fixture, Tally, Workload, STOCK};
+use commerce_engine::bench::{execute, BenchArgs, StoreChoice};
+use commerce_engine::domain::event::{Event, Record};
+use commerce_engine::domain::ids::{OrderId, ProductId, UserId};
+use commerce_engine::domain::money::Krw;
+use commerce_engine::domain::order::{Order, OrderLine, OrderStatus};
+use commerce_engine::domain::time::Timestamp;
+use commerce_engine::domain::world::World;
+use std::sync::atomic::Ordering;
+
+fn small(workload: Workload) -> BenchArgs {
+    BenchArgs {
+        users: Some(200),
+        products: Some(if workload == Workload::HotProduct {
+            1
+        } else {
+            10
+        }),
+        concurrency: 8,
+        duration_secs: 0.3,
+        warmup_secs: 0.1,
+        ..BenchArgs::new(workload)
+    }
+}
+
+#[test]
+fn every_workload_runs_on_sled_and_passes_its_invariant_check() {
+    for workload in [
+        Workload::Charge,
+        Workload::OrderPay,
+        Workload::HotProduct,
+        Workload::CouponFlash,
+        Workload::Mixed,
+    ] {
+        let mut args = small(workload);
+        if workload == Workload::CouponFlash {
+            // 200 users ask once each: a warm-up would use them all up.
+            args.warmup_secs = 0.0;
+        }
+        let report = execute(&args).expect("the run completes");
+        assert!(
+            report.invariants.ok(),
+            "{workload:?}: {:?}",
+            report.invariants
+        );
+        assert!(report.total.ops > 0, "{workload:?} measured nothing");
+        // Only refusals the workload provokes on purpose are allowed.
+        for code in report.errors.keys() {
+            assert_eq!(
+                code, "COUPON_ALREADY_ISSUED",
+                "{workload:?}: {:?}",
+                report.errors
+            );
+        }
+    }
+}
+
+#[test]
+fn coupon_flash_stops_when_every_user_has_asked_once() {
+    let args = BenchArgs {
+        users: Some(300),
+        duration_secs: 30.0,
+        warmup_secs: 0.0,
+        ..small(Workload::CouponFlash)
+    };
+    let report = execute(&args).expect("the run completes");
+    assert!(report.invariants.ok(), "{:?}", report.invariants);
+    // Every user asked exactly once, so every issue succeeded, and no more.
+    assert_eq!(report.total.ok, 300);
+    assert_eq!(report.total.ops, 300);
+}
+
+#[test]
+fn the_memory_store_gives_the_same_checks() {
+    let args = BenchArgs {
+        store: StoreChoice::Memory,
+        ..small(Workload::OrderPay)
+    };
+    let report = execute(&args).expect("the run completes");
+    assert!(report.invariants.ok(), "{:?}", report.invariants);
+    assert!(report.total.ok > 0);
+}
+
+#[test]
+fn open_loop_sends_what_the_schedule_says() {
+    // 2,000/s over a 0.5 s window is 1,000 due operations, whatever the latency.
+    let args = BenchArgs {
+        rate: Some(2_000.0),
+        duration_secs: 0.5,
+        warmup_secs: 0.0,
+        ..small(Workload::Charge)
+    };
+    let report = execute(&args).expect("the run completes");
+    assert!(report.invariants.ok(), "{:?}", report.invariants);
+    assert!(
+        (990..=1_010).contains(&report.total.ops),
+        "{} operations",
+        report.total.ops
+    );
+}
+
+/// A world with one user (charged 10,000), one product, and one paid order.
+fn world_with_a_paid_order() -> World {
+    let at = Timestamp(1_000);
+    let order = Order {
+        id: OrderId(1),
+        user_id: UserId(1),
+        status: OrderStatus::Pending,
+        items: vec![OrderLine {
+            product_id: ProductId(1),
+            name: "p".into(),
+            unit_price: Krw(1_000),
+            quantity: 1,
+        }],
+        total_amount: Krw(1_000),
+        discount_amount: Krw(0),
+        pay_amount: Krw(1_000),
+        user_coupon_id: None,
+        created_at: at,
+        expires_at: at.plus_ms(600_000),
+        paid_at: None,
+    };
+    let events = [
+        Event::UserRegistered {
+            user_id: UserId(1),
+            name: "u".into(),
+        },
+        Event::BalanceCharged {
+            user_id: UserId(1),
+            amount: Krw(10_000),
+        },
+        Event::ProductCreated {
+            product_id: ProductId(1),
+            name: "p".into(),
+            price: Krw(1_000),
+            stock: STOCK,
+        },
+        Event::OrderPlaced {
+            order: Box::new(order),
+            from_cart: false,
+        },
+        Event::OrderPaid {
+            order_id: OrderId(1),
+            user_id: UserId(1),
+            amount: Krw(1_000),
+        },
+    ];
+    let mut world = World::default();
+    for (i, e) in events.into_iter().enumerate() {
+        world.apply(i as u64 + 1, &Record::new(at, e)).unwrap();
+    }
+    world
+}
+
+fn tally_of_that_world() -> (Fixture, Tally) {
+    let fixture = Fixture {
+        users: vec![UserId(1)],
+        products: vec![ProductId(1)],
+        coupon: None,
+    };
+    let tally = Tally::new(1, 1);
+    tally.charged[0].store(10_000, Ordering::Relaxed);
+    tally.paid[0].store(1_000, Ordering::Relaxed);
+    tally.placed_units[0].store(1, Ordering::Relaxed);
+    tally.sold_units[0].store(1, Ordering::Relaxed);
+    (fixture, tally)
+}
+
+#[test]
+fn check_accepts_a_world_that_holds_every_acknowledgement() {
+    let (fixture, tally) = tally_of_that_world();
+    let v = check_world(&world_with_a_paid_order(), &fixture, &tally, &[OrderId(1)]);
+    assert!(v.is_empty(), "{v:?}");
+}
+
+#[test]
+fn check_reports_an_acknowledged_charge_that_is_missing() {
+    let (fixture, tally) = tally_of_that_world();
+    tally.charged[0].fetch_add(100, Ordering::Relaxed);
+    let v = check_world(&world_with_a_paid_order(), &fixture, &tally, &[OrderId(1)]);
+    assert!(v.iter().any(|m| m.contains("balance")), "{v:?}");
+}
+
+#[test]
+fn check_reports_an_acknowledged_payment_that_did_not_survive() {
+    let (fixture, tally) = tally_of_that_world();
+    let v = check_world(&world_with_a_paid_order(), &fixture, &tally, &[OrderId(2)]);
+    assert!(v.iter().any(|m| m.contains("order 2")), "{v:?}");
+}
+
+#[test]
+fn check_reports_broken_stock_conservation() {
+    let (fixture, tally) = tally_of_that_world();
+    let mut world = world_with_a_paid_order();
+    world.products[0].stock += 1;
+    let v = check_world(&world, &fixture, &tally, &[OrderId(1)]);
+    assert!(v.iter().any(|m| m.contains("product 1")), "{v:?}");
+}
+
+#[test]
+fn with_unknown_outcomes_more_than_acknowledged_is_accepted_but_less_is_not() {
+    let (fixture, tally) = tally_of_that_world();
+    tally.unknown.store(1, Ordering::Relaxed);
+    tally.sold_units[0].store(0, Ordering::Relaxed);
+    let world = world_with_a_paid_order();
+    assert!(check_world(&world, &fixture, &tally, &[]).is_empty());
+    tally.sold_units[0].store(2, Ordering::Relaxed);
+    assert!(!check_world(&world, &fixture, &tally, &[]).is_empty());
+}
