@@ -1,0 +1,198 @@
+//! The real binary: `serve` seeds a new data dir with the demo catalogue,
+//! prints a generated admin token, and exits 0 within 10 seconds of SIGTERM
+//! even with clients holding keep-alive connections.
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+fn spawn(data_dir: &Path, extra: &[&str]) -> Server {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let log = std::fs::File::create(data_dir.with_extension("log")).expect("log file");
+    let child = Command::new(env!("CARGO_BIN_EXE_commerce-engine"))
+        .args(["serve", "--addr", &addr, "--data-dir"])
+        .arg(data_dir)
+        .args(extra)
+        .env_remove("COMMERCE_ADMIN_TOKEN")
+        .env_remove("COMMERCE_ADDR")
+        .env_remove("COMMERCE_DATA_DIR")
+        .env_remove("COMMERCE_EMPTY")
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .expect("binary starts");
+    let server = Server {
+        child,
+        base: format!("http://{addr}"),
+    };
+    wait_ready(&addr);
+    server
+}
+
+/// Waits until `/health` answers on `addr`.
+fn wait_ready(addr: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(mut tcp) = std::net::TcpStream::connect(addr) {
+            let _ = tcp.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+            let mut answer = String::new();
+            let _ = tcp.read_to_string(&mut answer);
+            if answer.starts_with("HTTP/1.1 200") {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("server on {addr} did not become ready");
+}
+
+fn sigterm(child: &Child) {
+    let pid = libc::pid_t::try_from(child.id()).expect("pid");
+    // SAFETY: sending a signal to our own child process by its id.
+    let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert_eq!(rc, 0, "kill(SIGTERM)");
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("did not exit within {within:?} of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+async fn get(client: &reqwest::Client, url: String) -> (StatusCode, Value) {
+    let resp = client.get(url).send().await.expect("sent");
+    let status = resp.status();
+    (status, resp.json().await.expect("json"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_keep_alive_clients_exits_zero_within_ten_seconds() {
+    // proves graceful shutdown: idle keep-alive connections do not hold the exit, code 0, data kept
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let mut s = spawn(&data, &["--empty", "--admin-token", "t0ken"]);
+    let client = reqwest::Client::new();
+    let resp = client
+        .post(format!("{}/api/v1/users", s.base))
+        .body(json!({"name": "남을 사용자"}).to_string())
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    // The client's pooled connection stays open (keep-alive); one more
+    // connection has sent a full request and waits idle.
+    let addr = s.base.trim_start_matches("http://").to_owned();
+    let mut idle = std::net::TcpStream::connect(&addr).expect("connect");
+    idle.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+        .expect("write");
+    let mut first = [0u8; 12];
+    idle.read_exact(&mut first).expect("answer");
+    assert_eq!(&first, b"HTTP/1.1 200");
+    let _silent = std::net::TcpStream::connect(&addr).expect("connect");
+
+    let started = Instant::now();
+    sigterm(&s.child);
+    let status = wait_exit(&mut s.child, Duration::from_secs(10));
+    assert!(status.success(), "exit status {status:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    drop(client);
+
+    let s = spawn(&data, &["--empty", "--admin-token", "t0ken"]);
+    let (st, user) = get(
+        &reqwest::Client::new(),
+        format!("{}/api/v1/users/1", s.base),
+    )
+    .await;
+    assert_eq!(
+        (st, user["name"].clone()),
+        (StatusCode::OK, json!("남을 사용자"))
+    );
+    let mut child = s.child;
+    sigterm(&child);
+    assert!(wait_exit(&mut child, Duration::from_secs(10)).success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_data_dir_without_empty_gets_the_demo_catalogue_once() {
+    // proves the embedded demo seed (products, coupon, user) and the printed admin token
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let mut s = spawn(&data, &[]);
+    let mut line = String::new();
+    BufReader::new(s.child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("a first line");
+    let token = line
+        .trim()
+        .strip_prefix("admin token: ")
+        .expect("the generated token is printed")
+        .to_owned();
+    assert_eq!(token.len(), 32, "{token}");
+
+    let catalogue: Value =
+        serde_json::from_str(commerce_engine::http::demo::CATALOGUE_JSON).expect("catalogue");
+    let client = reqwest::Client::new();
+    let (st, page) = get(&client, format!("{}/api/v1/products?limit=100", s.base)).await;
+    assert_eq!(st, StatusCode::OK);
+    let items = page["items"].as_array().expect("items");
+    assert_eq!(
+        items.len(),
+        catalogue["products"].as_array().map_or(0, Vec::len)
+    );
+    assert_eq!(items[0]["name"], catalogue["products"][0]["name"]);
+    assert_eq!(items[0]["price"], catalogue["products"][0]["price"]);
+    let (st, coupon) = get(&client, format!("{}/api/v1/coupons/1", s.base)).await;
+    assert_eq!(
+        (st, coupon["name"].clone()),
+        (StatusCode::OK, catalogue["coupons"][0]["name"].clone())
+    );
+    let (_, user) = get(&client, format!("{}/api/v1/users/1", s.base)).await;
+    assert_eq!(user["balance"], catalogue["users"][0]["balance"]);
+
+    let made = client
+        .post(format!("{}/api/v1/products", s.base))
+        .header("authorization", format!("Bearer {token}"))
+        .body(json!({"name": "추가 상품", "price": 1000, "stock": 1}).to_string())
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(
+        made.status(),
+        StatusCode::CREATED,
+        "the printed token is the admin token"
+    );
+    sigterm(&s.child);
+    assert!(wait_exit(&mut s.child, Duration::from_secs(10)).success());
+
+    let mut again = spawn(&data, &["--admin-token", "x"]);
+    let (_, page) = get(&client, format!("{}/api/v1/products?limit=100", again.base)).await;
+    assert_eq!(
+        page["items"].as_array().map(Vec::len),
+        Some(items.len() + 1),
+        "a data dir that holds data is not seeded again"
+    );
+    sigterm(&again.child);
+    assert!(wait_exit(&mut again.child, Duration::from_secs(10)).success());
+}
