@@ -446,15 +446,14 @@ impl Engine {
         let name = check_name("name", name, &self.inner.limits)?;
         let request = format!("create_user|{name:?}");
         self.keyed(key, request, |tag| async move {
-            Ok(self
-                .inner
+            self.inner
                 .directory
                 .send(CreateUser {
                     name,
                     at: self.now(),
                     tag,
                 })
-                .await??)
+                .await?
         })
         .await
     }
@@ -480,13 +479,12 @@ impl Engine {
         let addr = self.user_addr(id)?;
         let request = format!("charge|{id}|{}", amount.0);
         self.keyed(key, request, |tag| async move {
-            Ok(addr
-                .send(Charge {
-                    amount,
-                    at: self.now(),
-                    tag,
-                })
-                .await??)
+            addr.send(Charge {
+                amount,
+                at: self.now(),
+                tag,
+            })
+            .await?
         })
         .await
     }
@@ -539,8 +537,7 @@ impl Engine {
         }
         let request = format!("create_product|{name:?}|{}|{stock}", price.0);
         self.keyed(key, request, |tag| async move {
-            Ok(self
-                .inner
+            self.inner
                 .directory
                 .send(CreateProduct {
                     name,
@@ -549,7 +546,7 @@ impl Engine {
                     at: self.now(),
                     tag,
                 })
-                .await??)
+                .await?
         })
         .await
     }
@@ -591,13 +588,12 @@ impl Engine {
         let addr = self.product_addr(id)?;
         let request = format!("restock|{id}|{quantity}");
         self.keyed(key, request, |tag| async move {
-            Ok(addr
-                .send(Restock {
-                    quantity,
-                    at: self.now(),
-                    tag,
-                })
-                .await??)
+            addr.send(Restock {
+                quantity,
+                at: self.now(),
+                tag,
+            })
+            .await?
         })
         .await
     }
@@ -641,7 +637,7 @@ impl Engine {
                 at: self.now(),
                 tag,
             };
-            Ok(self.inner.directory.send(msg).await??)
+            self.inner.directory.send(msg).await?
         })
         .await
     }
@@ -663,14 +659,14 @@ impl Engine {
         let user = self.user_addr(user_id)?;
         let request = format!("issue_coupon|{coupon_id}|{user_id}");
         self.keyed(key, request, |tag| async move {
-            Ok(campaign
+            campaign
                 .send(Issue {
                     user_id,
                     user,
                     at: self.now(),
                     tag,
                 })
-                .await??)
+                .await?
         })
         .await
     }
@@ -750,13 +746,12 @@ impl Engine {
                 price,
                 quantity,
             };
-            Ok(user
-                .send(ChangeCart {
-                    change: CartChange::Set(line),
-                    at: self.now(),
-                    tag,
-                })
-                .await??)
+            user.send(ChangeCart {
+                change: CartChange::Set(line),
+                at: self.now(),
+                tag,
+            })
+            .await?
         })
         .await
     }
@@ -777,13 +772,12 @@ impl Engine {
             self.product_addr(product_id)?;
             return self.cart(user_id).await;
         }
-        Ok(user
-            .send(ChangeCart {
-                change: CartChange::Remove(product_id),
-                at: self.now(),
-                tag: None,
-            })
-            .await??)
+        user.send(ChangeCart {
+            change: CartChange::Remove(product_id),
+            at: self.now(),
+            tag: None,
+        })
+        .await?
     }
 
     // ---- orders ----
@@ -801,7 +795,7 @@ impl Engine {
                 coupon: order.user_coupon_id,
                 tag,
             };
-            Ok(self.inner.coordinator.send(msg).await??)
+            self.inner.coordinator.send(msg).await?
         })
         .await
     }
@@ -846,11 +840,10 @@ impl Engine {
     pub async fn cancel_order(&self, id: OrderId, key: Option<IdempotencyKey>) -> Result<Order> {
         let request = format!("cancel_order|{id}");
         self.keyed(key, request, |tag| async move {
-            Ok(self
-                .inner
+            self.inner
                 .coordinator
                 .send(Cancel { order_id: id, tag })
-                .await??)
+                .await?
         })
         .await
     }
@@ -858,11 +851,10 @@ impl Engine {
     pub async fn pay_order(&self, id: OrderId, key: Option<IdempotencyKey>) -> Result<Order> {
         let request = format!("pay_order|{id}");
         self.keyed(key, request, |tag| async move {
-            Ok(self
-                .inner
+            self.inner
                 .coordinator
                 .send(Pay { order_id: id, tag })
-                .await??)
+                .await?
         })
         .await
     }

@@ -98,9 +98,11 @@ pub fn encode<T: Serialize>(kind: Kind, value: &T) -> Result<Vec<u8>, CodecError
     Ok(out)
 }
 
+/// A frame split off a run of bytes: `((kind, payload), rest)`.
+pub type Split<'a> = ((Kind, &'a [u8]), &'a [u8]);
+
 /// Splits the first frame off `bytes`, verifying its header and checksum.
-/// Returns `((kind, payload), rest)`.
-pub fn split_frame(bytes: &[u8]) -> Result<((Kind, &[u8]), &[u8]), CodecError> {
+pub fn split_frame(bytes: &[u8]) -> Result<Split<'_>, CodecError> {
     if bytes.len() < HEADER_LEN {
         return Err(CodecError::Truncated(bytes.len(), HEADER_LEN));
     }

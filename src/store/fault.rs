@@ -1,6 +1,6 @@
 //! A storage-fault wrapper for tests: makes appends or snapshots fail on demand.
 
-use crate::store::{Loaded, SnapshotKey, StorageError, Store};
+use crate::store::{Loaded, SnapshotEntries, StorageError, Store};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -58,11 +58,7 @@ impl<S: Store> Store for FaultyStore<S> {
         self.inner.append(first_seq, frames)
     }
 
-    fn snapshot(
-        &mut self,
-        seq: u64,
-        entries: Vec<(SnapshotKey, Option<Vec<u8>>)>,
-    ) -> Result<(), StorageError> {
+    fn snapshot(&mut self, seq: u64, entries: SnapshotEntries) -> Result<(), StorageError> {
         if self.plan.fail_snapshots.load(Ordering::SeqCst) {
             return Err(StorageError::Io("injected: snapshot write failed".into()));
         }

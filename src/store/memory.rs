@@ -1,7 +1,7 @@
 //! The same bytes as on disk, kept in memory. Clones share the data, so a
 //! test can stop an engine and start another on what the first one wrote.
 
-use crate::store::{Loaded, SnapshotKey, StorageError, Store};
+use crate::store::{Loaded, SnapshotEntries, SnapshotKey, StorageError, Store};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
@@ -40,11 +40,7 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    fn snapshot(
-        &mut self,
-        seq: u64,
-        entries: Vec<(SnapshotKey, Option<Vec<u8>>)>,
-    ) -> Result<(), StorageError> {
+    fn snapshot(&mut self, seq: u64, entries: SnapshotEntries) -> Result<(), StorageError> {
         let mut inner = self.lock();
         for (key, value) in entries {
             match value {

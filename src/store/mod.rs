@@ -46,6 +46,9 @@ pub enum SnapshotKey {
     Meta,
 }
 
+/// Snapshot entries to write: `None` deletes the key.
+pub type SnapshotEntries = Vec<(SnapshotKey, Option<Vec<u8>>)>;
+
 /// What a store holds, as read back for recovery.
 #[derive(Clone, Debug, Default)]
 pub struct Loaded {
@@ -63,11 +66,7 @@ pub trait Store: Send + 'static {
 
     /// Durably writes snapshot entries (`None` deletes), records that they
     /// include everything up to `seq`, and trims journal batches wholly at or below it.
-    fn snapshot(
-        &mut self,
-        seq: u64,
-        entries: Vec<(SnapshotKey, Option<Vec<u8>>)>,
-    ) -> Result<(), StorageError>;
+    fn snapshot(&mut self, seq: u64, entries: SnapshotEntries) -> Result<(), StorageError>;
 
     /// Reads everything back.
     fn load(&self) -> Result<Loaded, StorageError>;
@@ -82,11 +81,7 @@ impl Store for Box<dyn Store> {
     fn append(&mut self, first_seq: u64, frames: &[u8]) -> Result<(), StorageError> {
         (**self).append(first_seq, frames)
     }
-    fn snapshot(
-        &mut self,
-        seq: u64,
-        entries: Vec<(SnapshotKey, Option<Vec<u8>>)>,
-    ) -> Result<(), StorageError> {
+    fn snapshot(&mut self, seq: u64, entries: SnapshotEntries) -> Result<(), StorageError> {
         (**self).snapshot(seq, entries)
     }
     fn load(&self) -> Result<Loaded, StorageError> {

@@ -7,7 +7,7 @@ use crate::domain::product::Product;
 use crate::domain::user::User;
 use crate::domain::world::{Meta, StoredKey, World};
 use crate::store::codec::{self, CodecError, Kind};
-use crate::store::{Loaded, SnapshotKey, StorageError, Store};
+use crate::store::{Loaded, SnapshotEntries, SnapshotKey, StorageError, Store};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecoveryError {
@@ -140,9 +140,7 @@ fn dense(len: usize, key: u64, id: u64, what: &str) -> Result<(), RecoveryError>
 }
 
 /// Encodes every entity that changed since the last snapshot, and clears the marks.
-pub fn dirty_snapshot(
-    world: &mut World,
-) -> Result<Vec<(SnapshotKey, Option<Vec<u8>>)>, CodecError> {
+pub fn dirty_snapshot(world: &mut World) -> Result<SnapshotEntries, CodecError> {
     let dirty = std::mem::take(&mut world.dirty);
     let mut out = Vec::new();
     for id in dirty.users {
@@ -192,7 +190,7 @@ pub fn dirty_snapshot(
 }
 
 /// Every entity of `world`, as a full snapshot (golden files, `verify`).
-pub fn full_snapshot(world: &World) -> Result<Vec<(SnapshotKey, Option<Vec<u8>>)>, CodecError> {
+pub fn full_snapshot(world: &World) -> Result<SnapshotEntries, CodecError> {
     let mut w = world.clone();
     w.dirty.users = w.users.iter().map(|u| u.id).collect();
     w.dirty.products = w.products.iter().map(|p| p.id).collect();

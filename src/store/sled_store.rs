@@ -11,7 +11,7 @@
 //! sled flushes in the background only every 500 ms, so `append` flushes
 //! before it returns: nothing is acknowledged before it is on disk.
 
-use crate::store::{Loaded, SnapshotKey, StorageError, Store};
+use crate::store::{Loaded, SnapshotEntries, SnapshotKey, StorageError, Store};
 use std::path::Path;
 
 pub struct SledStore {
@@ -96,11 +96,7 @@ impl Store for SledStore {
         Ok(())
     }
 
-    fn snapshot(
-        &mut self,
-        seq: u64,
-        entries: Vec<(SnapshotKey, Option<Vec<u8>>)>,
-    ) -> Result<(), StorageError> {
+    fn snapshot(&mut self, seq: u64, entries: SnapshotEntries) -> Result<(), StorageError> {
         let mut batch = sled::Batch::default();
         for (key, value) in entries {
             match value {
