@@ -152,3 +152,33 @@ async fn requests_past_the_in_flight_limit_are_shed_with_503_overloaded() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_idle_past_its_time_is_closed_by_the_server() {
+    // proves idle connections (silent or keep-alive) cannot hold a connection slot forever
+    let engine = common_http::start_engine(Box::new(MemoryStore::new()), Arc::new(SystemClock));
+    let settings = HttpSettings {
+        connection_idle_ms: 300,
+        ..HttpSettings::new(TOKEN)
+    };
+    let s = TestServer::start_with(engine, settings).await;
+    let addr = s.base.trim_start_matches("http://").to_owned();
+    let mut silent = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let mut kept = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    kept.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let started = std::time::Instant::now();
+    for tcp in [&mut silent, &mut kept] {
+        let mut seen = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut seen)).await;
+        assert!(read.is_ok(), "the server closes the idle connection");
+    }
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    assert_eq!(s.get("/health").await.0, StatusCode::OK);
+    s.stop().await;
+}

@@ -14,7 +14,8 @@
 //! 6. a request timeout (503 `OVERLOADED`) and the 64 KiB body limit.
 //!
 //! Connections are bounded too ([`BoundedListener`]): past
-//! `connections_max`, new ones wait in the kernel's backlog.
+//! `connections_max`, new ones wait in the kernel's backlog, and a
+//! connection idle for `connection_idle_ms` is closed.
 
 use crate::engine::Engine;
 use crate::http::error::ApiError;
@@ -53,6 +54,8 @@ pub struct HttpSettings {
     pub requests_in_flight_max: usize,
     /// Open connections at once; more wait in the kernel's accept backlog.
     pub connections_max: usize,
+    /// A connection that neither reads nor writes for this long is closed.
+    pub connection_idle_ms: u64,
     /// A request not answered within this is answered 503 `OVERLOADED`
     /// (its engine call still runs to its end).
     pub request_timeout_ms: u64,
@@ -67,6 +70,7 @@ impl HttpSettings {
             admin_token: admin_token.into(),
             requests_in_flight_max: 1024,
             connections_max: 8192,
+            connection_idle_ms: 60_000,
             request_timeout_ms: 30_000,
             shutdown_grace_ms: 5_000,
         }
@@ -170,17 +174,22 @@ fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
     ApiError::internal().into_response()
 }
 
-/// A TCP listener that holds at most `connections_max` connections open.
+/// A TCP listener that holds at most `connections_max` connections open,
+/// and closes a connection that neither reads nor writes for `idle_ms`
+/// (hyper has no idle timeout of its own without a timer): idle keep-alive
+/// clients cannot hold every slot forever.
 pub struct BoundedListener {
     inner: TcpListener,
     permits: Arc<Semaphore>,
+    idle: Duration,
 }
 
 impl BoundedListener {
-    pub fn new(inner: TcpListener, connections_max: usize) -> BoundedListener {
+    pub fn new(inner: TcpListener, connections_max: usize, idle_ms: u64) -> BoundedListener {
         BoundedListener {
             inner,
             permits: Arc::new(Semaphore::new(connections_max.max(1))),
+            idle: Duration::from_millis(idle_ms.max(1)),
         }
     }
 }
@@ -197,9 +206,12 @@ impl axum::serve::Listener for BoundedListener {
         };
         let (stream, addr) = axum::serve::Listener::accept(&mut self.inner).await;
         let _ = stream.set_nodelay(true);
+        let idle = self.idle;
         (
             CountedStream {
                 stream,
+                idle,
+                deadline: Box::pin(tokio::time::sleep(idle)),
                 _permit: permit,
             },
             addr,
@@ -211,10 +223,19 @@ impl axum::serve::Listener for BoundedListener {
     }
 }
 
-/// A connection that gives its permit back when closed.
+/// A connection that gives its permit back when closed and times out when idle.
 pub struct CountedStream {
     stream: TcpStream,
+    idle: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
     _permit: OwnedSemaphorePermit,
+}
+
+impl CountedStream {
+    fn active(&mut self) {
+        let next = tokio::time::Instant::now() + self.idle;
+        self.deadline.as_mut().reset(next);
+    }
 }
 
 impl AsyncRead for CountedStream {
@@ -223,7 +244,19 @@ impl AsyncRead for CountedStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        match Pin::new(&mut self.stream).poll_read(cx, buf) {
+            Poll::Pending => match self.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "connection idle for too long",
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+            ready => {
+                self.active();
+                ready
+            }
+        }
     }
 }
 
@@ -233,7 +266,11 @@ impl AsyncWrite for CountedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let written = Pin::new(&mut self.stream).poll_write(cx, buf);
+        if written.is_ready() {
+            self.active();
+        }
+        written
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -249,7 +286,11 @@ impl AsyncWrite for CountedStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let written = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        if written.is_ready() {
+            self.active();
+        }
+        written
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -287,7 +328,11 @@ pub async fn serve(
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let server = axum::serve(
-        BoundedListener::new(listener, settings.connections_max),
+        BoundedListener::new(
+            listener,
+            settings.connections_max,
+            settings.connection_idle_ms,
+        ),
         app,
     )
     .with_graceful_shutdown(stopped(signal_rx.clone()))
