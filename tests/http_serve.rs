@@ -183,6 +183,7 @@ async fn a_new_data_dir_without_empty_gets_the_demo_catalogue_once() {
         StatusCode::CREATED,
         "the printed token is the admin token"
     );
+    paid_order_reaches_the_data_platform_file(&client, &s.base, &data).await;
     sigterm(&s.child);
     assert!(wait_exit(&mut s.child, Duration::from_secs(10)).success());
 
@@ -195,4 +196,43 @@ async fn a_new_data_dir_without_empty_gets_the_demo_catalogue_once() {
     );
     sigterm(&again.child);
     assert!(wait_exit(&mut again.child, Duration::from_secs(10)).success());
+}
+
+/// The demo user buys the first demo product; without --data-platform-url
+/// the paid order is appended to <data-dir>/data-platform.jsonl.
+async fn paid_order_reaches_the_data_platform_file(
+    client: &reqwest::Client,
+    base: &str,
+    data: &Path,
+) {
+    let order = json!({"user_id": 1, "items": [{"product_id": 1, "quantity": 1}]});
+    let placed = client
+        .post(format!("{base}/api/v1/orders"))
+        .body(order.to_string())
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(placed.status(), StatusCode::CREATED);
+    let id = placed.json::<Value>().await.expect("order")["id"].clone();
+    let paid = client
+        .post(format!("{base}/api/v1/orders/{id}/payment"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(paid.status(), StatusCode::OK);
+    let sink = data.join("data-platform.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let lines = std::fs::read_to_string(&sink).unwrap_or_default();
+        let event = format!(r#""event_id":"order-paid-{id}""#);
+        if lines.lines().any(|l| l.contains(&event)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no paid order in {}: {lines}",
+            sink.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

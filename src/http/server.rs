@@ -355,3 +355,55 @@ pub async fn serve(
     }
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::{to_bytes, Body};
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    async fn answer(app: Router, uri: &str) -> (StatusCode, serde_json::Value) {
+        let req = axum::http::Request::get(uri)
+            .body(Body::empty())
+            .expect("request");
+        let resp = app.oneshot(req).await.expect("infallible");
+        let status = resp.status();
+        let bytes = to_bytes(resp.into_body(), 1 << 16).await.expect("body");
+        (status, serde_json::from_slice(&bytes).expect("a JSON body"))
+    }
+
+    async fn boom() -> &'static str {
+        panic!("boom")
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_internal_as_json() {
+        // proves the catch-panic layer turns a panic into {"code":"INTERNAL"} instead of a dropped connection
+        let app = Router::new()
+            .route("/boom", get(boom))
+            .layer(CatchPanicLayer::custom(panic_response));
+        let (status, body) = answer(app, "/boom").await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(body["code"], "INTERNAL");
+    }
+
+    #[tokio::test]
+    async fn error_answers_without_a_body_get_the_code_of_their_status() {
+        // proves the JSON-errors layer: a bare 405 or timeout 503 becomes {"code","message"}
+        let app = Router::new()
+            .route("/only-post", axum::routing::post(|| async { "ok" }))
+            .route("/slow", get(|| async { StatusCode::SERVICE_UNAVAILABLE }))
+            .layer(middleware::map_response(json_errors));
+        let (status, body) = answer(app.clone(), "/only-post").await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (StatusCode::METHOD_NOT_ALLOWED, Some("METHOD_NOT_ALLOWED"))
+        );
+        let (status, body) = answer(app, "/slow").await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, Some("OVERLOADED"))
+        );
+    }
+}
