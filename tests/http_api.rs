@@ -141,6 +141,13 @@ async fn products_are_created_by_admins_listed_by_id_and_restocked() {
         )
         .await;
     assert_error(&wrong, 401, "UNAUTHORIZED");
+    let challenge = s
+        .client
+        .post(s.url("/api/v1/products"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(challenge.headers()["www-authenticate"], "Bearer");
     assert_eq!(s.get("/api/v1/products/2").await.1["stock"], 15);
     s.stop().await;
 }

@@ -116,7 +116,12 @@ async fn sigterm_with_keep_alive_clients_exits_zero_within_ten_seconds() {
     sigterm(&s.child);
     let status = wait_exit(&mut s.child, Duration::from_secs(10));
     assert!(status.success(), "exit status {status:?}");
-    assert!(started.elapsed() < Duration::from_secs(10));
+    // Well under the 5 s grace period: idle connections are closed at once, not waited out.
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
     drop(client);
 
     let s = spawn(&data, &["--empty", "--admin-token", "t0ken"]);
