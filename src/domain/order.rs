@@ -35,9 +35,13 @@ pub struct Order {
     pub total_amount: Krw,
     pub discount_amount: Krw,
     pub pay_amount: Krw,
+    /// Always present; null when none.
+    #[schema(required = true)]
     pub user_coupon_id: Option<UserCouponId>,
     pub created_at: Timestamp,
     pub expires_at: Timestamp,
+    /// Always present; null when none.
+    #[schema(required = true)]
     pub paid_at: Option<Timestamp>,
 }
 

@@ -29,6 +29,8 @@ pub struct BalanceEntry {
     pub kind: EntryKind,
     pub amount: Krw,
     pub balance_after: Krw,
+    /// The order of a payment or refund; null for a charge.
+    #[schema(required = true)]
     pub order_id: Option<OrderId>,
     pub at: Timestamp,
 }

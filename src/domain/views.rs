@@ -62,6 +62,8 @@ pub struct CouponView {
     pub discount: Discount,
     pub quantity: u64,
     pub remaining: u64,
+    /// Always present; null when the coupons never expire.
+    #[schema(required = true)]
     pub expires_at: Option<Timestamp>,
 }
 
@@ -94,6 +96,8 @@ pub struct UserCouponView {
     pub name: String,
     pub discount: Discount,
     pub status: UserCouponStatus,
+    /// Always present; null when the coupons never expire.
+    #[schema(required = true)]
     pub expires_at: Option<Timestamp>,
 }
 
