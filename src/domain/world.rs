@@ -86,6 +86,10 @@ pub struct World {
     pub dirty: Dirty,
 }
 
+fn unfit(seq: u64, reason: String) -> ApplyError {
+    ApplyError { seq, reason }
+}
+
 fn miss(seq: u64, what: impl std::fmt::Display) -> ApplyError {
     ApplyError {
         seq,
@@ -150,7 +154,11 @@ impl World {
                 self.dirty.meta = true;
             }
             Event::BalanceCharged { user_id, amount } => {
-                self.user_mut(seq, *user_id)?.apply_charged(*amount, at);
+                let user = self.user_mut(seq, *user_id)?;
+                if user.balance.checked_add(*amount).is_none() {
+                    return Err(unfit(seq, format!("user {user_id} balance would overflow")));
+                }
+                user.apply_charged(*amount, at);
             }
             Event::ProductCreated {
                 product_id,
@@ -221,9 +229,16 @@ impl World {
                 user_id,
                 amount,
             } => {
-                let order = self.order_mut(seq, *order_id)?;
-                order.apply_settled(OrderStatus::Paid, at);
-                let order = order.clone();
+                let order = self.pending_order(seq, *order_id)?.clone();
+                self.check_reserved(seq, &order)?;
+                if self.user_mut(seq, *user_id)?.balance < *amount || order.user_id != *user_id {
+                    return Err(unfit(
+                        seq,
+                        format!("user {user_id} cannot pay order {order_id}"),
+                    ));
+                }
+                self.order_mut(seq, *order_id)?
+                    .apply_settled(OrderStatus::Paid, at);
                 for line in &order.items {
                     self.product_mut(seq, line.product_id)?
                         .apply_sold(line.quantity);
@@ -304,15 +319,22 @@ impl World {
     }
 
     fn apply_placed(&mut self, seq: u64, order: &Order, from_cart: bool) -> Result<(), ApplyError> {
+        // Check every line before changing any: a record applies whole or not at all.
         for line in &order.items {
-            let product = self.product_mut(seq, line.product_id)?;
-            if product.stock < line.quantity {
-                return Err(ApplyError {
+            if self.product_mut(seq, line.product_id)?.stock < line.quantity {
+                return Err(unfit(
                     seq,
-                    reason: format!("product {} stock would go negative", line.product_id),
-                });
+                    format!("product {} stock would go negative", line.product_id),
+                ));
             }
-            product.apply_reserved(line.quantity);
+        }
+        self.user_mut(seq, order.user_id)?;
+        if self.orders.contains_key(&order.id) {
+            return Err(unfit(seq, format!("order {} placed twice", order.id)));
+        }
+        for line in &order.items {
+            self.product_mut(seq, line.product_id)?
+                .apply_reserved(line.quantity);
         }
         let user = self.user_mut(seq, order.user_id)?;
         if let Some(coupon) = order.user_coupon_id {
@@ -328,6 +350,30 @@ impl World {
         Ok(())
     }
 
+    fn pending_order(&mut self, seq: u64, id: OrderId) -> Result<&Order, ApplyError> {
+        let order = self.order_mut(seq, id)?;
+        if order.status != OrderStatus::Pending {
+            return Err(unfit(seq, format!("order {id} is not pending")));
+        }
+        Ok(order)
+    }
+
+    /// Every line of a pending order is still reserved on its product.
+    fn check_reserved(&mut self, seq: u64, order: &Order) -> Result<(), ApplyError> {
+        for (product_id, quantity) in order.quantities() {
+            if self.product_mut(seq, product_id)?.reserved < quantity {
+                return Err(unfit(
+                    seq,
+                    format!(
+                        "product {product_id} holds less than order {} reserved",
+                        order.id
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// A pending order ends without payment: stock returns and the coupon is available again.
     fn apply_returned(
         &mut self,
@@ -336,15 +382,9 @@ impl World {
         status: OrderStatus,
         at: Timestamp,
     ) -> Result<(), ApplyError> {
-        let order = self.order_mut(seq, order_id)?;
-        if order.status != OrderStatus::Pending {
-            return Err(ApplyError {
-                seq,
-                reason: format!("order {order_id} is not pending"),
-            });
-        }
-        order.apply_settled(status, at);
-        let order = order.clone();
+        let order = self.pending_order(seq, order_id)?.clone();
+        self.check_reserved(seq, &order)?;
+        self.order_mut(seq, order_id)?.apply_settled(status, at);
         for (product_id, quantity) in order.quantities() {
             self.product_mut(seq, product_id)?.apply_released(quantity);
         }
@@ -474,5 +514,104 @@ impl World {
             ));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::ids::{OrderId, ProductId, UserId};
+    use crate::domain::money::Krw;
+    use crate::domain::order::OrderLine;
+
+    fn world() -> World {
+        let mut w = World::default();
+        let t = Timestamp(1);
+        let events = [
+            Event::UserRegistered {
+                user_id: UserId(1),
+                name: "kim".into(),
+            },
+            Event::ProductCreated {
+                product_id: ProductId(1),
+                name: "a".into(),
+                price: Krw(10),
+                stock: 5,
+            },
+            Event::ProductCreated {
+                product_id: ProductId(2),
+                name: "b".into(),
+                price: Krw(10),
+                stock: 1,
+            },
+        ];
+        for (i, e) in events.into_iter().enumerate() {
+            w.apply(i as u64 + 1, &Record::new(t, e)).unwrap();
+        }
+        w
+    }
+
+    fn order(lines: &[(u64, u64)]) -> Order {
+        Order {
+            id: OrderId(1),
+            user_id: UserId(1),
+            status: OrderStatus::Pending,
+            items: lines
+                .iter()
+                .map(|&(p, q)| OrderLine {
+                    product_id: ProductId(p),
+                    name: "x".into(),
+                    unit_price: Krw(10),
+                    quantity: q,
+                })
+                .collect(),
+            total_amount: Krw(0),
+            discount_amount: Krw(0),
+            pay_amount: Krw(0),
+            user_coupon_id: None,
+            created_at: Timestamp(1),
+            expires_at: Timestamp(100),
+            paid_at: None,
+        }
+    }
+
+    #[test]
+    fn a_placed_order_that_does_not_fit_changes_nothing() {
+        // given stock 5 and 1, when an order takes 3 and 2, then it is refused and no stock moved
+        let mut w = world();
+        let placed = Event::OrderPlaced {
+            order: Box::new(order(&[(1, 3), (2, 2)])),
+            from_cart: false,
+        };
+        assert!(w.apply(4, &Record::new(Timestamp(2), placed)).is_err());
+        assert_eq!((w.products[0].stock, w.products[0].reserved), (5, 0));
+        assert!(w.orders.is_empty());
+    }
+
+    #[test]
+    fn a_payment_that_does_not_fit_is_an_error_not_a_panic() {
+        // given an order placed with no balance, when a payment of 30 is replayed, then it is refused
+        let mut w = world();
+        let placed = Event::OrderPlaced {
+            order: Box::new(order(&[(1, 3)])),
+            from_cart: false,
+        };
+        w.apply(4, &Record::new(Timestamp(2), placed)).unwrap();
+        let paid = Event::OrderPaid {
+            order_id: OrderId(1),
+            user_id: UserId(1),
+            amount: Krw(30),
+        };
+        assert!(w
+            .apply(5, &Record::new(Timestamp(3), paid.clone()))
+            .is_err());
+        assert_eq!(w.orders[&OrderId(1)].status, OrderStatus::Pending);
+        let cancel = Event::OrderCancelled {
+            order_id: OrderId(1),
+        };
+        w.apply(6, &Record::new(Timestamp(3), cancel.clone()))
+            .unwrap();
+        assert!(w.apply(7, &Record::new(Timestamp(3), cancel)).is_err());
+        assert!(w.violations().is_empty());
     }
 }

@@ -256,31 +256,21 @@ impl Worker {
         let result = if self.poisoned.load(Ordering::Acquire) {
             Err(StorageError::Poisoned)
         } else {
-            let started = Instant::now();
-            let r = self.store.append(first_seq, frames);
-            let flush_us = started.elapsed().as_micros() as u64;
-            self.stats.last_flush_us.store(flush_us, Ordering::Relaxed);
-            metrics::histogram!("journal_flush_seconds").record(flush_us as f64 / 1e6);
-            metrics::histogram!("journal_batch_records").record(count as f64);
-            r
+            // Assert the batch against the durable state right before it goes
+            // to disk: a record the state cannot take is a bug, and it must
+            // not become durable (every later recovery would refuse it).
+            self.apply_batch(first_seq, records)
+                .and_then(|()| self.append(first_seq, count, frames))
         };
         match result {
             Ok(()) => {
-                for (i, record) in records.iter().enumerate() {
-                    let seq = first_seq + i as u64;
-                    self.latest_at = self.latest_at.max(record.at);
-                    if let Err(e) = self.world.apply(seq, record) {
-                        // A record the durable state cannot take is a bug: stop acknowledging.
-                        tracing::error!(error = %e, "journal record does not apply; poisoning the journal");
-                        self.poisoned.store(true, Ordering::Release);
-                    }
+                for record in records.iter() {
                     if let Event::OrderPaid { order_id, .. } = &record.event {
                         if let Some(order) = self.world.orders.get(order_id) {
                             self.outbox.add(order.clone());
                         }
                     }
                 }
-                self.world.seq = first_seq + count - 1;
                 for (i, ack) in acks.drain(..).enumerate() {
                     let _ = ack.send(Ok(first_seq + i as u64));
                 }
@@ -293,8 +283,10 @@ impl Worker {
             }
             Err(e) => {
                 if e != StorageError::Poisoned {
-                    tracing::error!(error = %e, "journal append failed; acknowledging nothing more");
+                    tracing::error!(error = %e, "journal batch failed; acknowledging nothing more");
                 }
+                // The world may now hold records that are not on disk: with
+                // the journal poisoned it is never snapshotted again.
                 self.poisoned.store(true, Ordering::Release);
                 for ack in acks.drain(..) {
                     let _ = ack.send(Err(e.clone()));
@@ -303,6 +295,28 @@ impl Worker {
         }
         records.clear();
         frames.clear();
+    }
+
+    /// Applies a batch to the durable world (before it is written).
+    fn apply_batch(&mut self, first_seq: u64, records: &[Record]) -> Result<(), StorageError> {
+        for (i, record) in records.iter().enumerate() {
+            self.latest_at = self.latest_at.max(record.at);
+            self.world
+                .apply(first_seq + i as u64, record)
+                .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Writes and flushes a batch.
+    fn append(&mut self, first_seq: u64, count: u64, frames: &[u8]) -> Result<(), StorageError> {
+        let started = Instant::now();
+        let result = self.store.append(first_seq, frames);
+        let flush_us = started.elapsed().as_micros() as u64;
+        self.stats.last_flush_us.store(flush_us, Ordering::Relaxed);
+        metrics::histogram!("journal_flush_seconds").record(flush_us as f64 / 1e6);
+        metrics::histogram!("journal_batch_records").record(count as f64);
+        result
     }
 
     fn maybe_snapshot(&mut self, force: bool) {
