@@ -446,3 +446,25 @@ async fn a_retried_key_gets_the_first_answer_and_changes_nothing() {
     assert!(IdempotencyKey::new("x".repeat(129)).is_err());
     assert!(IdempotencyKey::new("tab\tkey").is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_gives_up_does_not_leave_its_key_running() {
+    // regression: a keyed request whose caller dropped it mid-way left its key
+    // marked running forever, so every retry with that key waited forever
+    let (engine, _store, _clock) = clocked();
+    let s = shop(&engine).await;
+    let key = || Some(IdempotencyKey::new("given-up").unwrap());
+    for _ in 0..20 {
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_micros(1),
+            engine.charge(s.user, Krw(100), key()),
+        )
+        .await;
+    }
+    let retry = engine.charge(s.user, Krw(100), key());
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(30), retry)
+        .await
+        .expect("the retry answers");
+    assert_eq!(answer.unwrap().balance, Krw(100_100));
+    assert_eq!(engine.balance(s.user).await.unwrap().balance, Krw(100_100));
+}

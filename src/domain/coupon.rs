@@ -19,7 +19,7 @@ pub enum Discount {
 }
 
 #[derive(Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+#[serde(tag = "kind", rename_all = "lowercase")]
 enum DiscountJson {
     Fixed { amount: u64 },
     Percent { percent: u8 },

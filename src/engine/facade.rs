@@ -368,12 +368,12 @@ impl Engine {
         op: F,
     ) -> Result<T>
     where
-        T: Replied,
-        F: FnOnce(Option<Tag>) -> Fut,
-        Fut: Future<Output = Result<T>>,
+        T: Replied + Send + 'static,
+        F: FnOnce(Engine, Option<Tag>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T>> + Send + 'static,
     {
         let Some(key) = key else {
-            return op(None).await;
+            return op(self.clone(), None).await;
         };
         let fp = fingerprint(&request);
         let tag = loop {
@@ -388,24 +388,35 @@ impl Engine {
                 }
             }
         };
-        let result = op(Some(tag.clone())).await;
-        let stored = match &result {
-            Ok(v) => Some(v.to_reply()),
-            // A refused payment still failed the order: its answer is kept.
-            Err(Error::Rejected(r @ Rejection::InsufficientBalance { .. })) => {
-                Some(Reply::Rejected(r.clone()))
-            }
-            Err(_) => None,
+        // From here the key is running: the request runs to its end on its own
+        // task, so a caller that gives up cannot leave the key running forever
+        // (nor release it while its record may still become durable).
+        let engine = self.clone();
+        let run = async move {
+            let result = op(engine.clone(), Some(tag.clone())).await;
+            let stored = match &result {
+                Ok(v) => Some(v.to_reply()),
+                // A refused payment still failed the order: its answer is kept.
+                Err(Error::Rejected(r @ Rejection::InsufficientBalance { .. })) => {
+                    Some(Reply::Rejected(r.clone()))
+                }
+                Err(_) => None,
+            };
+            let at = engine.now();
+            engine.inner.keys.finish(
+                &tag,
+                stored.map(|reply| StoredKey {
+                    fingerprint: fp,
+                    reply,
+                    at,
+                }),
+            );
+            result
         };
-        self.inner.keys.finish(
-            &tag,
-            stored.map(|reply| StoredKey {
-                fingerprint: fp,
-                reply,
-                at: self.now(),
-            }),
-        );
-        result
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => handle.spawn(run).await.unwrap_or(Err(Error::ShuttingDown)),
+            Err(_) => run.await,
+        }
     }
 
     fn user_addr(&self, id: UserId) -> Result<Addr<UserActor>> {
@@ -445,12 +456,13 @@ impl Engine {
     pub async fn create_user(&self, name: &str, key: Option<IdempotencyKey>) -> Result<UserView> {
         let name = check_name("name", name, &self.inner.limits)?;
         let request = format!("create_user|{name:?}");
-        self.keyed(key, request, |tag| async move {
-            self.inner
+        self.keyed(key, request, move |engine, tag| async move {
+            engine
+                .inner
                 .directory
                 .send(CreateUser {
                     name,
-                    at: self.now(),
+                    at: engine.now(),
                     tag,
                 })
                 .await?
@@ -478,10 +490,10 @@ impl Engine {
     ) -> Result<BalanceView> {
         let addr = self.user_addr(id)?;
         let request = format!("charge|{id}|{}", amount.0);
-        self.keyed(key, request, |tag| async move {
+        self.keyed(key, request, move |engine, tag| async move {
             addr.send(Charge {
                 amount,
-                at: self.now(),
+                at: engine.now(),
                 tag,
             })
             .await?
@@ -536,14 +548,15 @@ impl Engine {
             )));
         }
         let request = format!("create_product|{name:?}|{}|{stock}", price.0);
-        self.keyed(key, request, |tag| async move {
-            self.inner
+        self.keyed(key, request, move |engine, tag| async move {
+            engine
+                .inner
                 .directory
                 .send(CreateProduct {
                     name,
                     price,
                     stock,
-                    at: self.now(),
+                    at: engine.now(),
                     tag,
                 })
                 .await?
@@ -587,10 +600,10 @@ impl Engine {
     ) -> Result<ProductView> {
         let addr = self.product_addr(id)?;
         let request = format!("restock|{id}|{quantity}");
-        self.keyed(key, request, |tag| async move {
+        self.keyed(key, request, move |engine, tag| async move {
             addr.send(Restock {
                 quantity,
-                at: self.now(),
+                at: engine.now(),
                 tag,
             })
             .await?
@@ -628,16 +641,16 @@ impl Engine {
             "create_coupon|{name:?}|{discount:?}|{}|{:?}",
             new.quantity, new.expires_at
         );
-        self.keyed(key, request, |tag| async move {
+        self.keyed(key, request, move |engine, tag| async move {
             let msg = CreateCampaign {
                 name,
                 discount,
                 quantity: new.quantity,
                 expires_at: new.expires_at,
-                at: self.now(),
+                at: engine.now(),
                 tag,
             };
-            self.inner.directory.send(msg).await?
+            engine.inner.directory.send(msg).await?
         })
         .await
     }
@@ -658,12 +671,12 @@ impl Engine {
         let campaign = self.campaign_addr(coupon_id)?;
         let user = self.user_addr(user_id)?;
         let request = format!("issue_coupon|{coupon_id}|{user_id}");
-        self.keyed(key, request, |tag| async move {
+        self.keyed(key, request, move |engine, tag| async move {
             campaign
                 .send(Issue {
                     user_id,
                     user,
-                    at: self.now(),
+                    at: engine.now(),
                     tag,
                 })
                 .await?
@@ -726,7 +739,7 @@ impl Engine {
             )));
         }
         let request = format!("set_cart_item|{user_id}|{product_id}|{quantity}");
-        self.keyed(key, request, |tag| async move {
+        self.keyed(key, request, move |engine, tag| async move {
             let (name, price, available) = product
                 .send(Read::new(|p: &Product| {
                     (p.name.clone(), p.price, p.available())
@@ -748,7 +761,7 @@ impl Engine {
             };
             user.send(ChangeCart {
                 change: CartChange::Set(line),
-                at: self.now(),
+                at: engine.now(),
                 tag,
             })
             .await?
@@ -788,14 +801,14 @@ impl Engine {
         key: Option<IdempotencyKey>,
     ) -> Result<Order> {
         let request = format!("place_order|{order:?}");
-        self.keyed(key, request, |tag| async move {
+        self.keyed(key, request, move |engine, tag| async move {
             let msg = Place {
                 user_id: order.user_id,
                 source: order.source,
                 coupon: order.user_coupon_id,
                 tag,
             };
-            self.inner.coordinator.send(msg).await?
+            engine.inner.coordinator.send(msg).await?
         })
         .await
     }
@@ -839,8 +852,9 @@ impl Engine {
 
     pub async fn cancel_order(&self, id: OrderId, key: Option<IdempotencyKey>) -> Result<Order> {
         let request = format!("cancel_order|{id}");
-        self.keyed(key, request, |tag| async move {
-            self.inner
+        self.keyed(key, request, move |engine, tag| async move {
+            engine
+                .inner
                 .coordinator
                 .send(Cancel { order_id: id, tag })
                 .await?
@@ -850,8 +864,9 @@ impl Engine {
 
     pub async fn pay_order(&self, id: OrderId, key: Option<IdempotencyKey>) -> Result<Order> {
         let request = format!("pay_order|{id}");
-        self.keyed(key, request, |tag| async move {
-            self.inner
+        self.keyed(key, request, move |engine, tag| async move {
+            engine
+                .inner
                 .coordinator
                 .send(Pay { order_id: id, tag })
                 .await?
