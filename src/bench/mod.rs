@@ -26,7 +26,9 @@ pub mod rng;
 pub mod target;
 pub mod workload;
 
-use crate::bench::report::{merge, BenchReport, InvariantReport, JournalReport, KindReport};
+use crate::bench::report::{
+    merge, BenchReport, InvariantReport, JournalReport, KindReport, Second,
+};
 use crate::bench::rng::Rng;
 use crate::bench::target::{HttpTarget, OpError, Target};
 use crate::bench::workload::{pick, setup, Fixture, OpKind, Outcome, Tally, Workload};
@@ -83,6 +85,9 @@ pub struct BenchArgs {
     /// Actor threads of the embedded engine (default: one per core).
     #[arg(long)]
     pub arbiters: Option<usize>,
+    /// Journal records between snapshots (default: the engine's), to see what snapshots cost.
+    #[arg(long)]
+    pub snapshot_every_records: Option<u64>,
     /// Requests in flight at most (closed loop: workers).
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
@@ -123,6 +128,7 @@ impl BenchArgs {
             store: StoreChoice::Sled,
             data_platform: SinkChoice::File,
             arbiters: None,
+            snapshot_every_records: None,
             concurrency: 64,
             duration_secs: 10.0,
             warmup_secs: 2.0,
@@ -183,6 +189,9 @@ impl Embedded {
         let mut config = EngineConfig::default();
         if let Some(n) = args.arbiters {
             config.arbiter_count = n.max(1);
+        }
+        if let Some(n) = args.snapshot_every_records {
+            config.journal.snapshot_every_records = n.max(1);
         }
         config.data_platform = match args.data_platform {
             SinkChoice::File => DataPlatform::File(dir.join("data-platform.jsonl")),
@@ -370,9 +379,17 @@ fn progress_bar(total: Duration, hidden: bool) -> ProgressBar {
 struct Driven {
     run: Arc<Run>,
     outs: Vec<WorkerOut>,
+    timeline: Vec<Second>,
     setup_secs: f64,
     measured_secs: f64,
     journal: Option<JournalReport>,
+}
+
+/// Resident memory of this process (Linux), in MiB; `None` elsewhere.
+fn rss_mib() -> Option<f64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: f64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096.0 / (1024.0 * 1024.0))
 }
 
 fn journal_delta(a: &EngineMetrics, b: &EngineMetrics, secs: f64) -> JournalReport {
@@ -437,9 +454,20 @@ async fn drive(
     if warm {
         before = metrics(&run);
     }
+    let mut timeline = Vec::new();
+    let mut second = (start, 0u64);
     while !handles.iter().all(|h| h.is_finished()) {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let now = Instant::now();
+        if now - second.0 >= Duration::from_secs(1) {
+            let done = run.completed.load(Ordering::Relaxed);
+            timeline.push(Second {
+                at_secs: (now - start).as_secs_f64(),
+                ops_per_sec: (done - second.1) as f64 / (now - second.0).as_secs_f64(),
+                rss_mib: rss_mib(),
+            });
+            second = (now, done);
+        }
         if !warm && now >= run.measure_from {
             warm = true;
             before = metrics(&run);
@@ -476,6 +504,7 @@ async fn drive(
     Ok(Driven {
         run,
         outs,
+        timeline,
         setup_secs,
         measured_secs,
         journal,
@@ -633,6 +662,7 @@ fn build_report(
         errors,
         unknown_outcomes: d.run.tally.unknown.load(Ordering::Relaxed),
         journal: d.journal.clone(),
+        timeline: d.timeline.clone(),
         invariants,
     }
 }

@@ -71,6 +71,14 @@ pub struct JournalReport {
     pub flushes_per_sec: f64,
 }
 
+/// One second of the run (warm-up included): throughput and resident memory.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Second {
+    pub at_secs: f64,
+    pub ops_per_sec: f64,
+    pub rss_mib: Option<f64>,
+}
+
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct InvariantReport {
     pub checked: bool,
@@ -105,6 +113,8 @@ pub struct BenchReport {
     pub errors: BTreeMap<String, u64>,
     pub unknown_outcomes: u64,
     pub journal: Option<JournalReport>,
+    /// Per second, for spotting decay and memory growth (JSON only).
+    pub timeline: Vec<Second>,
     pub invariants: InvariantReport,
 }
 
