@@ -248,7 +248,7 @@ fn simulate_in(args: &SimulateArgs, dir: &Path) -> Result<SimulationReport, crat
     let (coupon, top_violations) = scenario?;
     report.violations.extend(top_violations);
     report.violations.extend(delivered);
-    match SledStore::open(dir)
+    match crate::bench::open_sled_after_shutdown(dir)
         .map_err(RecoveryError::Storage)
         .and_then(|s| recover_store(&s))
     {
