@@ -1,10 +1,15 @@
 //! The order coordinator: place, pay, cancel and expire as sagas.
 //!
-//! Placing: hold stock on every product and the coupon on the user (each
-//! decided inside its own actor), price the order, journal `OrderPlaced`
-//! (one record for everything), and only then turn the holds into
-//! reservations. Any refusal, or a journal failure, drops every hold taken:
-//! nothing durable happened, so nothing needs compensating.
+//! Placing ([`Placement::place`]): hold stock on every product and the
+//! coupon on the user (each decided inside its own actor), price the order,
+//! journal `OrderPlaced` (one record for everything), and only then turn the
+//! holds into reservations. Any refusal, or a journal failure, drops every
+//! hold taken: nothing durable happened, so nothing needs compensating.
+//! Placing touches no coordinator state until it is durable, so it runs on
+//! the caller's task; the durable order then joins the book of its
+//! coordinator shard (one per Arbiter, `order id % shards`). Measured: with
+//! one coordinator doing it all, its thread ran at three times the load of
+//! the other and capped paid orders per second.
 //!
 //! Paying: the user actor decides the debit and journals `OrderPaid`
 //! itself (the balance is its state). If the balance is short, the order is
@@ -83,25 +88,15 @@ impl OrderBook {
 pub struct Coordinator {
     book: OrderBook,
     busy: HashSet<OrderId>,
-    order_id_max: u64,
     registry: Arc<Registry>,
     journal: JournalHandle,
     clock: Arc<dyn Clock>,
-    limits: Arc<Limits>,
-    order_ttl_ms: u64,
     sweep_interval_ms: u64,
     stats: Addr<StatsActor>,
     queue: CommitQueue<CoordOp>,
 }
 
 pub enum CoordOp {
-    Placed {
-        order: Box<Order>,
-        holds: Vec<(Addr<ProductActor>, u64)>,
-        user: Addr<UserActor>,
-        from_cart: bool,
-        reply: oneshot::Sender<Result<Order>>,
-    },
     Returned {
         order_id: OrderId,
         status: OrderStatus,
@@ -116,23 +111,18 @@ pub struct CoordinatorSetup {
     pub registry: Arc<Registry>,
     pub journal: JournalHandle,
     pub clock: Arc<dyn Clock>,
-    pub limits: Arc<Limits>,
-    pub order_ttl_ms: u64,
     pub sweep_interval_ms: u64,
     pub stats: Addr<StatsActor>,
 }
 
 impl Coordinator {
-    pub fn new(book: OrderBook, order_id_max: u64, s: CoordinatorSetup) -> Coordinator {
+    pub fn new(book: OrderBook, s: CoordinatorSetup) -> Coordinator {
         Coordinator {
             book,
             busy: HashSet::new(),
-            order_id_max,
             registry: s.registry,
             journal: s.journal,
             clock: s.clock,
-            limits: s.limits,
-            order_ttl_ms: s.order_ttl_ms,
             sweep_interval_ms: s.sweep_interval_ms,
             stats: s.stats,
             queue: CommitQueue::default(),
@@ -247,38 +237,6 @@ impl Journaled for Coordinator {
     fn finish(&mut self, op: CoordOp, ack: Ack, _: &mut Context<Self>) {
         let ok = acked(&ack);
         match op {
-            CoordOp::Placed {
-                order,
-                holds,
-                user,
-                from_cart,
-                reply,
-            } => {
-                let durable = ok.is_ok();
-                for (product, quantity) in holds {
-                    product.do_send(if durable {
-                        StockNews::Reserved(quantity)
-                    } else {
-                        StockNews::Abandoned(quantity)
-                    });
-                }
-                if durable {
-                    let cart_products = if from_cart {
-                        order.items.iter().map(|l| l.product_id).collect()
-                    } else {
-                        Vec::new()
-                    };
-                    user.do_send(OrderNews::Placed {
-                        order_id: order.id,
-                        coupon: order.user_coupon_id,
-                        cart_products,
-                    });
-                    self.book.insert((*order).clone());
-                } else if let Some(coupon) = order.user_coupon_id {
-                    user.do_send(OrderNews::Abandoned { coupon });
-                }
-                let _ = reply.send(ok.map(|()| *order));
-            }
             CoordOp::Returned {
                 order_id,
                 status,
@@ -331,13 +289,17 @@ pub enum OrderSource {
     Cart,
 }
 
+/// A durable order joins the book of its shard.
 #[derive(Message)]
-#[rtype(result = "Result<Order>")]
-pub struct Place {
-    pub user_id: UserId,
-    pub source: OrderSource,
-    pub coupon: Option<UserCouponId>,
-    pub tag: Option<Tag>,
+#[rtype(result = "()")]
+pub struct Adopt(pub Box<Order>);
+
+impl Handler<Adopt> for Coordinator {
+    type Result = ();
+
+    fn handle(&mut self, msg: Adopt, _: &mut Context<Self>) {
+        self.book.insert(*msg.0);
+    }
 }
 
 /// Holds taken for an order being placed.
@@ -455,16 +417,49 @@ async fn hold_all(
     Ok(held)
 }
 
-impl Coordinator {
-    /// Prices the held order, journals it, and answers once it is durable.
-    fn place_held(
-        &mut self,
-        ctx: &mut Context<Self>,
-        held: Held,
+/// The placing saga. It runs on the caller's task, not in a coordinator:
+/// until its record is durable it touches no coordinator state, only holds
+/// in the product and user actors. The durable order then joins the book
+/// of its shard (`id % shards`), which runs payment, cancel and expiry.
+pub struct Placement {
+    pub registry: Arc<Registry>,
+    pub journal: JournalHandle,
+    pub clock: Arc<dyn Clock>,
+    pub limits: Arc<Limits>,
+    pub order_ttl_ms: u64,
+    /// The highest order id handed out; ids are dense from 1.
+    pub order_ids: std::sync::atomic::AtomicU64,
+    pub shards: Vec<Addr<Coordinator>>,
+}
+
+impl Placement {
+    pub fn shard(&self, id: OrderId) -> &Addr<Coordinator> {
+        &self.shards[(id.0 as usize) % self.shards.len()]
+    }
+
+    /// Holds stock and coupon, prices, journals `OrderPlaced`, and answers once it is durable.
+    pub async fn place(
+        &self,
         user_id: UserId,
-        at: Timestamp,
+        source: OrderSource,
+        coupon: Option<UserCouponId>,
         tag: Option<Tag>,
-    ) -> Result<oneshot::Receiver<Result<Order>>> {
+    ) -> Result<Order> {
+        let user = self
+            .registry
+            .users
+            .get(user_id.0)
+            .ok_or(Rejection::UserNotFound(user_id))?;
+        let at = self.clock.now();
+        let held = hold_all(
+            self.registry.clone(),
+            self.limits.clone(),
+            user,
+            source,
+            coupon,
+            at,
+        )
+        .await?;
         let amounts = match price(&held.items, held.discount) {
             Ok(a) => a,
             Err(r) => {
@@ -472,12 +467,16 @@ impl Coordinator {
                 return Err(r.into());
             }
         };
-        self.order_id_max += 1;
+        let id = OrderId(
+            self.order_ids
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                + 1,
+        );
         let order = Order {
-            id: OrderId(self.order_id_max),
+            id,
             user_id,
             status: OrderStatus::Pending,
-            items: held.items,
+            items: held.items.clone(),
             total_amount: amounts.total,
             discount_amount: amounts.discount,
             pay_amount: amounts.pay,
@@ -498,39 +497,36 @@ impl Coordinator {
                 reply: Reply::Order(Box::new(order.clone())),
             }),
         };
-        let (reply, rx) = oneshot::channel();
-        let op = CoordOp::Placed {
-            order: Box::new(order),
-            holds: held.holds,
-            user: held.user,
-            from_cart: held.from_cart,
-            reply,
-        };
-        match submit(self, ctx, record, op) {
-            Ok(()) => Ok(rx),
-            Err((
-                CoordOp::Placed {
-                    order,
-                    holds,
-                    user,
-                    from_cart,
-                    ..
-                },
-                e,
-            )) => {
-                Held {
-                    user,
-                    items: Vec::new(),
-                    holds,
-                    coupon: order.user_coupon_id,
-                    discount: None,
-                    from_cart,
+        let ack = match self.journal.submit(record) {
+            Ok(rx) => rx.await.unwrap_or(Err(crate::store::StorageError::Closed)),
+            Err(e) => Err(match Error::from(e) {
+                Error::Storage(s) => s,
+                other => {
+                    held.abandon();
+                    return Err(other);
                 }
-                .abandon();
-                Err(e)
-            }
-            Err((_, e)) => Err(e),
+            }),
+        };
+        if let Err(e) = ack {
+            held.abandon();
+            return Err(Error::Storage(e));
         }
+        for (product, quantity) in &held.holds {
+            product.do_send(StockNews::Reserved(*quantity));
+        }
+        let cart_products = if held.from_cart {
+            order.items.iter().map(|l| l.product_id).collect()
+        } else {
+            Vec::new()
+        };
+        held.user.do_send(OrderNews::Placed {
+            order_id: id,
+            coupon: order.user_coupon_id,
+            cart_products,
+        });
+        // Sent before the answer: any request about this order reaches its shard after it.
+        self.shard(id).do_send(Adopt(Box::new(order.clone())));
+        Ok(order)
     }
 }
 
@@ -544,30 +540,6 @@ fn answer<A: Actor>(
             Err(e) => Err(e),
         }
     })
-}
-
-impl Handler<Place> for Coordinator {
-    type Result = ResponseActFuture<Self, Result<Order>>;
-
-    fn handle(&mut self, msg: Place, _: &mut Context<Self>) -> Self::Result {
-        let Some(user) = self.registry.users.get(msg.user_id.0) else {
-            return Box::pin(fut::ready(Err(Rejection::UserNotFound(msg.user_id).into())));
-        };
-        let at = self.clock.now();
-        let holds = hold_all(
-            self.registry.clone(),
-            self.limits.clone(),
-            user,
-            msg.source,
-            msg.coupon,
-            at,
-        );
-        let (user_id, tag) = (msg.user_id, msg.tag);
-        Box::pin(holds.into_actor(self).then(move |held, act, ctx| {
-            let step = held.and_then(|held| act.place_held(ctx, held, user_id, at, tag));
-            answer(step)
-        }))
-    }
 }
 
 #[derive(Message)]

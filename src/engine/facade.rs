@@ -26,7 +26,7 @@ use crate::engine::campaign_actor::{CampaignActor, Issue};
 use crate::engine::clock::Clock;
 use crate::engine::config::EngineConfig;
 use crate::engine::coordinator::{
-    Cancel, Coordinator, CoordinatorSetup, ExpireDue, OrderBook, OrderSource, Pay, Place,
+    Cancel, Coordinator, CoordinatorSetup, ExpireDue, OrderBook, OrderSource, Pay, Placement,
 };
 use crate::engine::delivery::{Delivery, DeliverySetup};
 use crate::engine::directory::{CreateCampaign, CreateProduct, CreateUser, Directory};
@@ -134,7 +134,7 @@ struct Running {
 struct Inner {
     registry: Arc<Registry>,
     directory: Addr<Directory>,
-    coordinator: Addr<Coordinator>,
+    placement: Arc<Placement>,
     stats: Addr<StatsActor>,
     journal: JournalHandle,
     journal_stats: Arc<JournalStats>,
@@ -154,7 +154,7 @@ pub struct Engine {
 struct Actors {
     registry: Arc<Registry>,
     directory: Addr<Directory>,
-    coordinator: Addr<Coordinator>,
+    placement: Arc<Placement>,
     stats: Addr<StatsActor>,
 }
 
@@ -206,19 +206,36 @@ fn start_actors(
     let stats = StatsActor::start_in_arbiter(&at(1), move |_| {
         StatsActor::new(sales, stats_clock, interval)
     });
-    let setup = CoordinatorSetup {
+    // One coordinator shard per Arbiter; an order lives in shard `id % shards`.
+    let shards = arbiters.len();
+    let mut books: Vec<Vec<Order>> = (0..shards).map(|_| Vec::new()).collect();
+    for order in orders.into_values() {
+        books[(order.id.0 as usize) % shards].push(order);
+    }
+    let coordinators: Vec<Addr<Coordinator>> = books
+        .into_iter()
+        .enumerate()
+        .map(|(shard, orders)| {
+            let setup = CoordinatorSetup {
+                registry: registry.clone(),
+                journal: journal.clone(),
+                clock: clock.clone(),
+                sweep_interval_ms: config.expiry_sweep_interval_ms,
+                stats: stats.clone(),
+            };
+            let book = OrderBook::from_orders(orders);
+            Coordinator::start_in_arbiter(&at(shard as u64), move |_| Coordinator::new(book, setup))
+        })
+        .collect();
+    let placement = Arc::new(Placement {
         registry: registry.clone(),
         journal: journal.clone(),
         clock,
         limits: limits.clone(),
         order_ttl_ms: config.order_ttl_ms,
-        sweep_interval_ms: config.expiry_sweep_interval_ms,
-        stats: stats.clone(),
-    };
-    let book = OrderBook::from_orders(orders.into_values());
-    let order_id_max = meta.order_id_max;
-    let coordinator =
-        Coordinator::start_in_arbiter(&at(0), move |_| Coordinator::new(book, order_id_max, setup));
+        order_ids: AtomicU64::new(meta.order_id_max),
+        shards: coordinators,
+    });
     let dir_registry = registry.clone();
     let directory = Directory::start_in_arbiter(&at(0), move |_| {
         Directory::new(dir_registry, journal, limits, user_coupon_ids)
@@ -226,7 +243,7 @@ fn start_actors(
     Actors {
         registry,
         directory,
-        coordinator,
+        placement,
         stats,
     }
 }
@@ -312,7 +329,7 @@ impl Engine {
             inner: Arc::new(Inner {
                 registry: actors.registry,
                 directory: actors.directory,
-                coordinator: actors.coordinator,
+                placement: actors.placement,
                 stats: actors.stats,
                 journal,
                 journal_stats,
@@ -802,13 +819,10 @@ impl Engine {
     ) -> Result<Order> {
         let request = format!("place_order|{order:?}");
         self.keyed(key, request, move |engine, tag| async move {
-            let msg = Place {
-                user_id: order.user_id,
-                source: order.source,
-                coupon: order.user_coupon_id,
-                tag,
-            };
-            engine.inner.coordinator.send(msg).await?
+            let placement = &engine.inner.placement;
+            placement
+                .place(order.user_id, order.source, order.user_coupon_id, tag)
+                .await
         })
         .await
     }
@@ -816,7 +830,8 @@ impl Engine {
     pub async fn order(&self, id: OrderId) -> Result<Order> {
         let found = self
             .inner
-            .coordinator
+            .placement
+            .shard(id)
             .send(Read::new(move |b: &OrderBook| b.orders.get(&id).cloned()))
             .await?;
         found.ok_or_else(|| Rejection::OrderNotFound(id).into())
@@ -825,29 +840,34 @@ impl Engine {
     /// A user's orders, newest first; the cursor is the last id of the page.
     pub async fn user_orders(&self, user_id: UserId, page: PageRequest) -> Result<Page<Order>> {
         self.user_addr(user_id)?;
-        Ok(self
-            .inner
-            .coordinator
-            .send(Read::new(move |b: &OrderBook| {
+        // Each shard answers its newest `limit + 1` below the cursor; the page is the newest of all.
+        let reads = self.inner.placement.shards.iter().map(|shard| {
+            shard.send(Read::new(move |b: &OrderBook| {
                 let ids = b.by_user.get(&user_id).map(Vec::as_slice).unwrap_or(&[]);
                 let upto = page
                     .after
                     .map_or(ids.len(), |a| ids.partition_point(|id| id.0 < a));
-                let items: Vec<Order> = ids[..upto]
+                ids[..upto]
                     .iter()
                     .rev()
-                    .take(page.limit)
+                    .take(page.limit + 1)
                     .filter_map(|id| b.orders.get(id).cloned())
-                    .collect();
-                let more = upto > page.limit;
-                let next = if more {
-                    items.last().map(|o| o.id.to_string())
-                } else {
-                    None
-                };
-                Page { items, next }
+                    .collect::<Vec<Order>>()
             }))
-            .await?)
+        });
+        let mut items: Vec<Order> = Vec::new();
+        for shard in futures_util::future::join_all(reads).await {
+            items.extend(shard?);
+        }
+        items.sort_unstable_by(|a, b| b.id.cmp(&a.id));
+        let more = items.len() > page.limit;
+        items.truncate(page.limit);
+        let next = if more {
+            items.last().map(|o| o.id.to_string())
+        } else {
+            None
+        };
+        Ok(Page { items, next })
     }
 
     pub async fn cancel_order(&self, id: OrderId, key: Option<IdempotencyKey>) -> Result<Order> {
@@ -855,7 +875,8 @@ impl Engine {
         self.keyed(key, request, move |engine, tag| async move {
             engine
                 .inner
-                .coordinator
+                .placement
+                .shard(id)
                 .send(Cancel { order_id: id, tag })
                 .await?
         })
@@ -867,7 +888,8 @@ impl Engine {
         self.keyed(key, request, move |engine, tag| async move {
             engine
                 .inner
-                .coordinator
+                .placement
+                .shard(id)
                 .send(Pay { order_id: id, tag })
                 .await?
         })
@@ -876,7 +898,17 @@ impl Engine {
 
     /// Expires every pending order whose time is up now (also runs on a timer).
     pub async fn expire_due_orders(&self) -> Result<usize> {
-        Ok(self.inner.coordinator.send(ExpireDue).await?)
+        let sweeps = self
+            .inner
+            .placement
+            .shards
+            .iter()
+            .map(|shard| shard.send(ExpireDue));
+        let mut expired = 0;
+        for swept in futures_util::future::join_all(sweeps).await {
+            expired += swept?;
+        }
+        Ok(expired)
     }
 
     // ---- operations ----
@@ -903,7 +935,7 @@ impl Engine {
             users,
             products,
             campaigns,
-            actors: users + products + campaigns + 3,
+            actors: users + products + campaigns + 2 + self.inner.placement.shards.len() as u64,
             journal_records: j.records.load(Ordering::Relaxed),
             journal_batches: j.batches.load(Ordering::Relaxed),
             journal_last_batch_records: j.last_batch_records.load(Ordering::Relaxed),
