@@ -55,6 +55,16 @@ pub struct Dirty {
 }
 
 impl Dirty {
+    /// Adds marks back (a snapshot that failed must be written again).
+    pub fn merge(&mut self, other: Dirty) {
+        self.users.extend(other.users);
+        self.products.extend(other.products);
+        self.campaigns.extend(other.campaigns);
+        self.orders.extend(other.orders);
+        self.keys.extend(other.keys);
+        self.meta |= other.meta;
+    }
+
     pub fn is_empty(&self) -> bool {
         !self.meta
             && self.users.is_empty()

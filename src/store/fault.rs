@@ -51,14 +51,14 @@ impl<S: Store> FaultyStore<S> {
 }
 
 impl<S: Store> Store for FaultyStore<S> {
-    fn append(&mut self, first_seq: u64, frames: &[u8]) -> Result<(), StorageError> {
+    fn append(&self, first_seq: u64, frames: &[u8]) -> Result<(), StorageError> {
         if self.plan.append_fails() {
             return Err(StorageError::Io("injected: flush failed".into()));
         }
         self.inner.append(first_seq, frames)
     }
 
-    fn snapshot(&mut self, seq: u64, entries: SnapshotEntries) -> Result<(), StorageError> {
+    fn snapshot(&self, seq: u64, entries: SnapshotEntries) -> Result<(), StorageError> {
         if self.plan.fail_snapshots.load(Ordering::SeqCst) {
             return Err(StorageError::Io("injected: snapshot write failed".into()));
         }

@@ -35,12 +35,12 @@ impl MemoryStore {
 }
 
 impl Store for MemoryStore {
-    fn append(&mut self, first_seq: u64, frames: &[u8]) -> Result<(), StorageError> {
+    fn append(&self, first_seq: u64, frames: &[u8]) -> Result<(), StorageError> {
         self.lock().batches.insert(first_seq, frames.to_vec());
         Ok(())
     }
 
-    fn snapshot(&mut self, seq: u64, entries: SnapshotEntries) -> Result<(), StorageError> {
+    fn snapshot(&self, seq: u64, entries: SnapshotEntries) -> Result<(), StorageError> {
         let mut inner = self.lock();
         for (key, value) in entries {
             match value {

@@ -59,14 +59,15 @@ pub struct Loaded {
     pub batches: Vec<(u64, Vec<u8>)>,
 }
 
-/// A storage backend. Calls come from the journal writer thread only.
-pub trait Store: Send + 'static {
+/// A storage backend. The journal writer appends; its snapshot thread
+/// writes snapshots at the same time (each call is atomic on its own).
+pub trait Store: Send + Sync + 'static {
     /// Durably appends `frames` (records `first_seq..`), flushed before it returns.
-    fn append(&mut self, first_seq: u64, frames: &[u8]) -> Result<(), StorageError>;
+    fn append(&self, first_seq: u64, frames: &[u8]) -> Result<(), StorageError>;
 
     /// Durably writes snapshot entries (`None` deletes), records that they
     /// include everything up to `seq`, and trims journal batches wholly at or below it.
-    fn snapshot(&mut self, seq: u64, entries: SnapshotEntries) -> Result<(), StorageError>;
+    fn snapshot(&self, seq: u64, entries: SnapshotEntries) -> Result<(), StorageError>;
 
     /// Reads everything back.
     fn load(&self) -> Result<Loaded, StorageError>;
@@ -78,10 +79,10 @@ pub trait Store: Send + 'static {
 }
 
 impl Store for Box<dyn Store> {
-    fn append(&mut self, first_seq: u64, frames: &[u8]) -> Result<(), StorageError> {
+    fn append(&self, first_seq: u64, frames: &[u8]) -> Result<(), StorageError> {
         (**self).append(first_seq, frames)
     }
-    fn snapshot(&mut self, seq: u64, entries: SnapshotEntries) -> Result<(), StorageError> {
+    fn snapshot(&self, seq: u64, entries: SnapshotEntries) -> Result<(), StorageError> {
         (**self).snapshot(seq, entries)
     }
     fn load(&self) -> Result<Loaded, StorageError> {

@@ -88,7 +88,7 @@ impl SledStore {
 }
 
 impl Store for SledStore {
-    fn append(&mut self, first_seq: u64, frames: &[u8]) -> Result<(), StorageError> {
+    fn append(&self, first_seq: u64, frames: &[u8]) -> Result<(), StorageError> {
         self.tree
             .insert(journal_key(first_seq), frames)
             .map_err(io)?;
@@ -96,7 +96,7 @@ impl Store for SledStore {
         Ok(())
     }
 
-    fn snapshot(&mut self, seq: u64, entries: SnapshotEntries) -> Result<(), StorageError> {
+    fn snapshot(&self, seq: u64, entries: SnapshotEntries) -> Result<(), StorageError> {
         let mut batch = sled::Batch::default();
         for (key, value) in entries {
             match value {

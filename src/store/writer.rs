@@ -17,11 +17,12 @@
 
 use crate::domain::event::{Event, Record};
 use crate::domain::time::Timestamp;
+use crate::domain::world::Dirty;
 use crate::domain::world::World;
 use crate::store::codec::{self, Kind};
 use crate::store::outbox::PendingOutbox;
 use crate::store::recovery::dirty_snapshot;
-use crate::store::{StorageError, Store};
+use crate::store::{SnapshotEntries, StorageError, Store};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
@@ -143,8 +144,14 @@ impl JournalWriter {
             poisoned: poisoned.clone(),
             stats: stats.clone(),
         };
+        let store: Arc<dyn Store> = Arc::from(store);
+        let (jobs, done, snapshotter) = start_snapshotter(store.clone(), stats.clone());
         let mut worker = Worker {
             store,
+            jobs: Some(jobs),
+            done,
+            snapshotter: Some(snapshotter),
+            snapshot_in_flight: false,
             world,
             config,
             outbox,
@@ -178,8 +185,62 @@ impl JournalWriter {
     }
 }
 
+/// A snapshot for the snapshot thread to write: everything durable up to `seq`.
+struct SnapshotJob {
+    seq: u64,
+    entries: SnapshotEntries,
+    /// The marks the entries came from: given back if the write fails.
+    marks: Dirty,
+    ack: Option<oneshot::Sender<Ack>>,
+}
+
+/// A snapshot written (or not): its marks come back when it failed.
+struct SnapshotDone {
+    failed_marks: Option<Dirty>,
+}
+
+/// The snapshot thread: writes snapshots while the writer goes on
+/// committing batches (a snapshot of many entities takes long enough to
+/// stall group commit otherwise). One job at a time, in order, so the
+/// sequence snapshots cover only ever moves forward.
+fn start_snapshotter(
+    store: Arc<dyn Store>,
+    stats: Arc<JournalStats>,
+) -> (
+    SyncSender<SnapshotJob>,
+    Receiver<SnapshotDone>,
+    JoinHandle<()>,
+) {
+    let (jobs_tx, jobs_rx) = mpsc::sync_channel::<SnapshotJob>(1);
+    let (done_tx, done_rx) = mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name("journal-snapshots".into())
+        .spawn(move || {
+            for job in jobs_rx {
+                let result = store.snapshot(job.seq, job.entries);
+                if let Err(e) = &result {
+                    tracing::warn!(error = %e, "snapshot failed; the journal keeps everything since the last one");
+                } else {
+                    stats.snapshots.fetch_add(1, Ordering::Relaxed);
+                }
+                let failed_marks = result.is_err().then_some(job.marks);
+                // Marks go back before the answer, so a caller that snapshots again sees them.
+                let _ = done_tx.send(SnapshotDone { failed_marks });
+                if let Some(ack) = job.ack {
+                    let _ = ack.send(result.map(|()| job.seq));
+                }
+            }
+        })
+        .expect("spawn the snapshot thread");
+    (jobs_tx, done_rx, thread)
+}
+
 struct Worker {
-    store: Box<dyn Store>,
+    store: Arc<dyn Store>,
+    jobs: Option<SyncSender<SnapshotJob>>,
+    done: Receiver<SnapshotDone>,
+    snapshotter: Option<JoinHandle<()>>,
+    snapshot_in_flight: bool,
     world: World,
     config: JournalConfig,
     outbox: Arc<PendingOutbox>,
@@ -221,7 +282,7 @@ impl Worker {
                     }
                     Command::Snapshot(ack) => {
                         self.commit(&mut records, &mut acks, &mut frames);
-                        let _ = ack.send(self.snapshot());
+                        self.snapshot(Some(ack));
                     }
                 }
                 if !stopping
@@ -239,6 +300,12 @@ impl Worker {
         }
         self.commit(&mut records, &mut acks, &mut frames);
         self.maybe_snapshot(true);
+        self.collect_snapshots(true);
+        // Ends the snapshot thread; the store is closed once both threads are done.
+        self.jobs = None;
+        if let Some(t) = self.snapshotter.take() {
+            let _ = t.join();
+        }
     }
 
     fn commit(
@@ -320,35 +387,80 @@ impl Worker {
     }
 
     fn maybe_snapshot(&mut self, force: bool) {
+        self.collect_snapshots(false);
         let due = self.since_snapshot >= self.config.snapshot_every_records
             || (self.since_snapshot > 0
                 && self.last_snapshot.elapsed()
                     >= Duration::from_millis(self.config.snapshot_every_ms));
-        if (force && self.since_snapshot > 0) || due {
-            if let Err(e) = self.snapshot() {
-                tracing::warn!(error = %e, "snapshot failed; the journal keeps everything since the last one");
+        if force && self.since_snapshot > 0 {
+            // The last one, at shutdown: wait until it is written.
+            let (ack, rx) = oneshot::channel();
+            self.snapshot(Some(ack));
+            let _ = rx.blocking_recv();
+        } else if due && !self.snapshot_in_flight {
+            self.snapshot(None);
+        }
+    }
+
+    /// Takes in finished snapshots; with `wait`, until none is in flight.
+    fn collect_snapshots(&mut self, wait: bool) {
+        while self.snapshot_in_flight {
+            let done = if wait {
+                self.done.recv().ok()
+            } else {
+                self.done.try_recv().ok()
+            };
+            let Some(done) = done else { break };
+            self.snapshot_in_flight = false;
+            if let Some(marks) = done.failed_marks {
+                // Written again by the next snapshot, from the entities as they are then.
+                self.world.dirty.merge(marks);
             }
         }
     }
 
-    fn snapshot(&mut self) -> Ack {
+    /// Encodes what changed since the last snapshot and hands it to the
+    /// snapshot thread; `ack` answers once it is written.
+    fn snapshot(&mut self, ack: Option<oneshot::Sender<Ack>>) {
+        self.collect_snapshots(true);
+        let refuse = |ack: Option<oneshot::Sender<Ack>>, e: StorageError| {
+            if let Some(ack) = ack {
+                let _ = ack.send(Err(e));
+            }
+        };
         if self.poisoned.load(Ordering::Acquire) {
-            return Err(StorageError::Poisoned);
+            return refuse(ack, StorageError::Poisoned);
         }
         let seq = self.world.seq;
         // Keys older than their TTL and sales outside the window leave the snapshot.
         self.world.prune(self.latest_at);
-        let dirty = self.world.dirty.clone();
-        let entries =
-            dirty_snapshot(&mut self.world).map_err(|e| StorageError::Corrupt(e.to_string()))?;
-        if let Err(e) = self.store.snapshot(seq, entries) {
-            // Keep the marks so the next snapshot writes these entities again.
-            self.world.dirty = dirty;
-            return Err(e);
+        let marks = self.world.dirty.clone();
+        let entries = match dirty_snapshot(&mut self.world) {
+            Ok(entries) => entries,
+            Err(e) => {
+                self.world.dirty = marks;
+                return refuse(ack, StorageError::Corrupt(e.to_string()));
+            }
+        };
+        let Some(jobs) = &self.jobs else {
+            self.world.dirty = marks;
+            return refuse(ack, StorageError::Closed);
+        };
+        match jobs.send(SnapshotJob {
+            seq,
+            entries,
+            marks,
+            ack,
+        }) {
+            Ok(()) => {
+                self.snapshot_in_flight = true;
+                self.since_snapshot = 0;
+                self.last_snapshot = Instant::now();
+            }
+            Err(mpsc::SendError(job)) => {
+                self.world.dirty = job.marks;
+                refuse(job.ack, StorageError::Closed);
+            }
         }
-        self.since_snapshot = 0;
-        self.last_snapshot = Instant::now();
-        self.stats.snapshots.fetch_add(1, Ordering::Relaxed);
-        Ok(seq)
     }
 }
