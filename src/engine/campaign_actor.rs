@@ -1,7 +1,7 @@
 //! One actor per coupon campaign: who got a coupon, how many are left.
 
 use crate::domain::coupon::Campaign;
-use crate::domain::event::{Event, IdempotencyEntry, Record};
+use crate::domain::event::{Event, Record};
 use crate::domain::ids::{UserCouponId, UserId};
 use crate::domain::time::Timestamp;
 use crate::domain::user::{CouponUse, UserCoupon};
@@ -119,11 +119,7 @@ impl Handler<Issue> for CampaignActor {
                 user_id: msg.user_id,
                 user_coupon_id: id,
             },
-            idempotency: msg.tag.map(|t| IdempotencyEntry {
-                key: t.key,
-                fingerprint: t.fingerprint,
-                reply: Reply::UserCoupon(view.clone()),
-            }),
+            idempotency: msg.tag.map(|t| t.entry(Reply::UserCoupon(view.clone()))),
         };
         self.campaign.hold(msg.user_id);
         let (reply, response) = reply_channel();

@@ -23,7 +23,7 @@
 //! pay or cancel is refused as not payable / not cancellable.
 
 use crate::domain::coupon::Discount;
-use crate::domain::event::{Event, IdempotencyEntry, Record};
+use crate::domain::event::{Event, Record};
 use crate::domain::ids::{OrderId, UserCouponId, UserId};
 use crate::domain::limits::Limits;
 use crate::domain::order::{
@@ -165,11 +165,7 @@ impl Coordinator {
             .orders
             .get(&order_id)
             .ok_or(Rejection::OrderNotFound(order_id))?;
-        let idempotency = tag.map(|t| IdempotencyEntry {
-            key: t.key,
-            fingerprint: t.fingerprint,
-            reply: reply_of(order),
-        });
+        let idempotency = tag.map(|t| t.entry(reply_of(order)));
         let record = Record {
             at,
             event,
@@ -491,11 +487,7 @@ impl Placement {
                 order: Box::new(order.clone()),
                 from_cart: held.from_cart,
             },
-            idempotency: tag.map(|t| IdempotencyEntry {
-                key: t.key,
-                fingerprint: t.fingerprint,
-                reply: Reply::Order(Box::new(order.clone())),
-            }),
+            idempotency: tag.map(|t| t.entry(Reply::Order(Box::new(order.clone())))),
         };
         let ack = match self.journal.submit(record) {
             Ok(rx) => rx.await.unwrap_or(Err(crate::store::StorageError::Closed)),

@@ -3,7 +3,7 @@
 //! creation is not on the hot path.
 
 use crate::domain::coupon::{Campaign, Discount};
-use crate::domain::event::{Event, IdempotencyEntry, Record};
+use crate::domain::event::{Event, Record};
 use crate::domain::ids::{CouponId, ProductId, UserId};
 use crate::domain::limits::Limits;
 use crate::domain::money::Krw;
@@ -70,11 +70,7 @@ impl Directory {
         Record {
             at,
             event,
-            idempotency: tag.map(|t| IdempotencyEntry {
-                key: t.key,
-                fingerprint: t.fingerprint,
-                reply,
-            }),
+            idempotency: tag.map(|t| t.entry(reply)),
         }
     }
 }

@@ -49,6 +49,17 @@ pub struct Tag {
     pub fingerprint: u64,
 }
 
+impl Tag {
+    /// The entry that stores this key with `reply` in the record it guards.
+    pub fn entry(self, reply: Reply) -> crate::domain::event::IdempotencyEntry {
+        crate::domain::event::IdempotencyEntry {
+            key: self.key,
+            fingerprint: self.fingerprint,
+            reply,
+        }
+    }
+}
+
 /// FNV-1a: stable across builds and restarts (std's hasher is not promised to be).
 pub fn fingerprint(request: &str) -> u64 {
     request.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {

@@ -1,6 +1,6 @@
 //! One actor per product: stock, reservations, sales.
 
-use crate::domain::event::{Event, IdempotencyEntry, Record};
+use crate::domain::event::{Event, Record};
 use crate::domain::limits::Limits;
 use crate::domain::money::Krw;
 use crate::domain::product::Product;
@@ -147,11 +147,7 @@ impl Handler<Restock> for ProductActor {
                 product_id: self.product.id,
                 quantity: msg.quantity,
             },
-            idempotency: msg.tag.map(|t| IdempotencyEntry {
-                key: t.key,
-                fingerprint: t.fingerprint,
-                reply: Reply::Product(view.clone()),
-            }),
+            idempotency: msg.tag.map(|t| t.entry(Reply::Product(view.clone()))),
         };
         self.restocks_pending += msg.quantity;
         let (reply, response) = reply_channel();

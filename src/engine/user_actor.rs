@@ -1,7 +1,7 @@
 //! One actor per user: wallet, balance history, coupons held, cart.
 
 use crate::domain::coupon::Discount;
-use crate::domain::event::{Event, IdempotencyEntry, Record};
+use crate::domain::event::{Event, Record};
 use crate::domain::ids::{OrderId, ProductId, UserCouponId};
 use crate::domain::limits::Limits;
 use crate::domain::money::Krw;
@@ -79,11 +79,7 @@ impl UserActor {
         Record {
             at,
             event,
-            idempotency: tag.map(|t| IdempotencyEntry {
-                key: t.key,
-                fingerprint: t.fingerprint,
-                reply: reply(),
-            }),
+            idempotency: tag.map(|t| t.entry(reply())),
         }
     }
 
