@@ -326,7 +326,7 @@ fn populated_memory_store() -> MemoryStore {
     let image = store.load().unwrap();
     engine.shutdown();
     let copy = MemoryStore::new();
-    let mut c = copy.clone();
+    let c = copy.clone();
     c.snapshot(
         image.snapshot_seq,
         image

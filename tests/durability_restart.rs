@@ -197,7 +197,7 @@ fn sled_snapshots_trim_the_journal_and_restart_identically() {
 
 /// Copies a store's contents into a fresh in-memory store.
 fn memory_store_from(loaded: &Loaded) -> MemoryStore {
-    let mut store = MemoryStore::new();
+    let store = MemoryStore::new();
     store
         .snapshot(
             loaded.snapshot_seq,

@@ -118,7 +118,7 @@ fn verify_fails_on_corrupt_data() {
 fn verify_fails_on_a_violated_invariant() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let mut store = SledStore::open(dir.path()).unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
         let mut frames = Vec::new();
         for event in [
             Event::UserRegistered {

@@ -859,7 +859,7 @@ impl Engine {
         for shard in futures_util::future::join_all(reads).await {
             items.extend(shard?);
         }
-        items.sort_unstable_by(|a, b| b.id.cmp(&a.id));
+        items.sort_unstable_by_key(|o| std::cmp::Reverse(o.id));
         let more = items.len() > page.limit;
         items.truncate(page.limit);
         let next = if more {

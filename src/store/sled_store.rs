@@ -183,7 +183,7 @@ mod tests {
     fn appended_batches_survive_reopen_and_snapshots_trim_them() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let mut s = SledStore::open(dir.path()).unwrap();
+            let s = SledStore::open(dir.path()).unwrap();
             s.append(1, b"a").unwrap();
             s.append(3, b"b").unwrap();
             s.append(6, b"c").unwrap();
