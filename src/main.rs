@@ -4,7 +4,12 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "commerce-engine", version, about = "An actor-based commerce engine on sled", args_conflicts_with_subcommands = true)]
+#[command(
+    name = "commerce-engine",
+    version,
+    about = "An actor-based commerce engine on sled",
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -28,10 +33,20 @@ enum Command {
 fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
-        None => Ok(commerce_engine::http::serve::run(cli.serve).map_err(anyhow::Error::from_boxed)?),
-        Some(Command::Serve(args)) => Ok(commerce_engine::http::serve::run(args).map_err(anyhow::Error::from_boxed)?),
-        Some(Command::Simulate(args)) => Ok(commerce_engine::simulate::run(args).map_err(anyhow::Error::from_boxed)?),
-        Some(Command::Bench(args)) => Ok(commerce_engine::bench::run(args).map_err(anyhow::Error::from_boxed)?),
-        Some(Command::Verify(args)) => Ok(commerce_engine::verify::run(args).map_err(anyhow::Error::from_boxed)?),
+        None => {
+            Ok(commerce_engine::http::serve::run(cli.serve).map_err(anyhow::Error::from_boxed)?)
+        }
+        Some(Command::Serve(args)) => {
+            Ok(commerce_engine::http::serve::run(args).map_err(anyhow::Error::from_boxed)?)
+        }
+        Some(Command::Simulate(args)) => {
+            Ok(commerce_engine::simulate::run(args).map_err(anyhow::Error::from_boxed)?)
+        }
+        Some(Command::Bench(args)) => {
+            Ok(commerce_engine::bench::run(args).map_err(anyhow::Error::from_boxed)?)
+        }
+        Some(Command::Verify(args)) => {
+            Ok(commerce_engine::verify::run(args).map_err(anyhow::Error::from_boxed)?)
+        }
     }
 }
