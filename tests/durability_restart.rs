@@ -139,10 +139,14 @@ fn frequent_snapshots_trim_the_journal_and_restart_identically() {
         let p = populate(&engine, "t").await;
         (observe(&engine).await, p)
     });
+    // Periodic snapshots run on their own thread and coalesce while one is in
+    // flight, so how many ran by now depends on scheduling; an explicit one
+    // waits for those and trims everything but the batch it ends on.
+    rt.block_on(engine.snapshot()).unwrap();
     let m = engine.metrics();
     assert!(m.snapshots >= 5, "snapshots were written: {m:?}");
     assert!(
-        store.batch_count() < m.journal_batches as usize / 2,
+        store.batch_count() <= 1,
         "the journal was trimmed: {} batches kept of {}",
         store.batch_count(),
         m.journal_batches
