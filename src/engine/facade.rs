@@ -472,7 +472,10 @@ impl Engine {
 
     pub async fn create_user(&self, name: &str, key: Option<IdempotencyKey>) -> Result<UserView> {
         let name = check_name("name", name, &self.inner.limits)?;
-        let request = format!("create_user|{name:?}");
+        // Only a keyed request needs its fingerprint.
+        let request = key
+            .as_ref()
+            .map_or_else(String::new, |_| format!("create_user|{name:?}"));
         self.keyed(key, request, move |engine, tag| async move {
             engine
                 .inner
@@ -506,7 +509,9 @@ impl Engine {
         key: Option<IdempotencyKey>,
     ) -> Result<BalanceView> {
         let addr = self.user_addr(id)?;
-        let request = format!("charge|{id}|{}", amount.0);
+        let request = key
+            .as_ref()
+            .map_or_else(String::new, |_| format!("charge|{id}|{}", amount.0));
         self.keyed(key, request, move |engine, tag| async move {
             addr.send(Charge {
                 amount,
@@ -564,7 +569,9 @@ impl Engine {
                 limits.stock_count_max
             )));
         }
-        let request = format!("create_product|{name:?}|{}|{stock}", price.0);
+        let request = key.as_ref().map_or_else(String::new, |_| {
+            format!("create_product|{name:?}|{}|{stock}", price.0)
+        });
         self.keyed(key, request, move |engine, tag| async move {
             engine
                 .inner
@@ -616,7 +623,9 @@ impl Engine {
         key: Option<IdempotencyKey>,
     ) -> Result<ProductView> {
         let addr = self.product_addr(id)?;
-        let request = format!("restock|{id}|{quantity}");
+        let request = key
+            .as_ref()
+            .map_or_else(String::new, |_| format!("restock|{id}|{quantity}"));
         self.keyed(key, request, move |engine, tag| async move {
             addr.send(Restock {
                 quantity,
@@ -654,10 +663,12 @@ impl Engine {
                 limits.coupon_quantity_max
             )));
         }
-        let request = format!(
-            "create_coupon|{name:?}|{discount:?}|{}|{:?}",
-            new.quantity, new.expires_at
-        );
+        let request = key.as_ref().map_or_else(String::new, |_| {
+            format!(
+                "create_coupon|{name:?}|{discount:?}|{}|{:?}",
+                new.quantity, new.expires_at
+            )
+        });
         self.keyed(key, request, move |engine, tag| async move {
             let msg = CreateCampaign {
                 name,
@@ -687,7 +698,9 @@ impl Engine {
     ) -> Result<UserCouponView> {
         let campaign = self.campaign_addr(coupon_id)?;
         let user = self.user_addr(user_id)?;
-        let request = format!("issue_coupon|{coupon_id}|{user_id}");
+        let request = key.as_ref().map_or_else(String::new, |_| {
+            format!("issue_coupon|{coupon_id}|{user_id}")
+        });
         self.keyed(key, request, move |engine, tag| async move {
             campaign
                 .send(Issue {
@@ -755,7 +768,9 @@ impl Engine {
                 limits.line_quantity_max
             )));
         }
-        let request = format!("set_cart_item|{user_id}|{product_id}|{quantity}");
+        let request = key.as_ref().map_or_else(String::new, |_| {
+            format!("set_cart_item|{user_id}|{product_id}|{quantity}")
+        });
         self.keyed(key, request, move |engine, tag| async move {
             let (name, price, available) = product
                 .send(Read::new(|p: &Product| {
@@ -817,7 +832,9 @@ impl Engine {
         order: PlaceOrder,
         key: Option<IdempotencyKey>,
     ) -> Result<Order> {
-        let request = format!("place_order|{order:?}");
+        let request = key
+            .as_ref()
+            .map_or_else(String::new, |_| format!("place_order|{order:?}"));
         self.keyed(key, request, move |engine, tag| async move {
             let placement = &engine.inner.placement;
             placement
@@ -871,7 +888,9 @@ impl Engine {
     }
 
     pub async fn cancel_order(&self, id: OrderId, key: Option<IdempotencyKey>) -> Result<Order> {
-        let request = format!("cancel_order|{id}");
+        let request = key
+            .as_ref()
+            .map_or_else(String::new, |_| format!("cancel_order|{id}"));
         self.keyed(key, request, move |engine, tag| async move {
             engine
                 .inner
@@ -884,7 +903,9 @@ impl Engine {
     }
 
     pub async fn pay_order(&self, id: OrderId, key: Option<IdempotencyKey>) -> Result<Order> {
-        let request = format!("pay_order|{id}");
+        let request = key
+            .as_ref()
+            .map_or_else(String::new, |_| format!("pay_order|{id}"));
         self.keyed(key, request, move |engine, tag| async move {
             engine
                 .inner
