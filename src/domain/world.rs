@@ -239,16 +239,23 @@ impl World {
                 user_id,
                 amount,
             } => {
-                let order = self.pending_order(seq, *order_id)?.clone();
-                self.check_reserved(seq, &order)?;
-                if self.user_mut(seq, *user_id)?.balance < *amount || order.user_id != *user_id {
-                    return Err(unfit(
-                        seq,
-                        format!("user {user_id} cannot pay order {order_id}"),
-                    ));
+                // Taken out while the products change, put back settled: no clone.
+                let mut order = self.take_pending(seq, *order_id)?;
+                let fits = self.check_reserved(seq, &order).and_then(|()| {
+                    let user = self.user_mut(seq, *user_id)?;
+                    if user.balance < *amount || order.user_id != *user_id {
+                        return Err(unfit(
+                            seq,
+                            format!("user {user_id} cannot pay order {order_id}"),
+                        ));
+                    }
+                    Ok(())
+                });
+                if let Err(e) = fits {
+                    self.orders.insert(order.id, order);
+                    return Err(e);
                 }
-                self.order_mut(seq, *order_id)?
-                    .apply_settled(OrderStatus::Paid, at);
+                order.apply_settled(OrderStatus::Paid, at);
                 for line in &order.items {
                     self.product_mut(seq, line.product_id)?
                         .apply_sold(line.quantity);
@@ -260,6 +267,7 @@ impl World {
                         line.quantity,
                     );
                 }
+                self.orders.insert(order.id, order);
                 self.user_mut(seq, *user_id)?
                     .apply_paid(*order_id, *amount, at);
                 self.meta.outbox.insert(*order_id);
@@ -360,12 +368,12 @@ impl World {
         Ok(())
     }
 
-    fn pending_order(&mut self, seq: u64, id: OrderId) -> Result<&Order, ApplyError> {
-        let order = self.order_mut(seq, id)?;
-        if order.status != OrderStatus::Pending {
+    /// Removes a pending order from the map; the caller puts it back.
+    fn take_pending(&mut self, seq: u64, id: OrderId) -> Result<Order, ApplyError> {
+        if self.order_mut(seq, id)?.status != OrderStatus::Pending {
             return Err(unfit(seq, format!("order {id} is not pending")));
         }
-        Ok(order)
+        Ok(self.orders.remove(&id).expect("the order was just found"))
     }
 
     /// Every line of a pending order is still reserved on its product.
@@ -392,15 +400,19 @@ impl World {
         status: OrderStatus,
         at: Timestamp,
     ) -> Result<(), ApplyError> {
-        let order = self.pending_order(seq, order_id)?.clone();
-        self.check_reserved(seq, &order)?;
-        self.order_mut(seq, order_id)?.apply_settled(status, at);
+        let mut order = self.take_pending(seq, order_id)?;
+        if let Err(e) = self.check_reserved(seq, &order) {
+            self.orders.insert(order.id, order);
+            return Err(e);
+        }
+        order.apply_settled(status, at);
         for (product_id, quantity) in order.quantities() {
             self.product_mut(seq, product_id)?.apply_released(quantity);
         }
-        if let Some(coupon) = order.user_coupon_id {
-            self.user_mut(seq, order.user_id)?
-                .apply_coupon_restored(coupon);
+        let (user_id, coupon) = (order.user_id, order.user_coupon_id);
+        self.orders.insert(order.id, order);
+        if let Some(coupon) = coupon {
+            self.user_mut(seq, user_id)?.apply_coupon_restored(coupon);
         }
         Ok(())
     }
