@@ -468,3 +468,38 @@ async fn a_caller_that_gives_up_does_not_leave_its_key_running() {
     assert_eq!(answer.unwrap().balance, Krw(100_100));
     assert_eq!(engine.balance(s.user).await.unwrap().balance, Krw(100_100));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_whose_caller_gives_up_still_places_or_holds_nothing() {
+    // regression: placing runs on the caller's task; a caller that dropped its
+    // future after stock was held but before the order was journaled left that
+    // stock held forever, with no order to release it
+    let (engine, store, _clock) = clocked();
+    let s = shop(&engine).await;
+    for _ in 0..40 {
+        // Polled once: the reservation is sent.
+        let mut placing = Box::pin(engine.place_order(order_of(s.user, &[(s.pen, 1)]), None));
+        let _ = futures_util::poll!(&mut placing);
+        // Let the product take its hold, then give up before the order is journaled.
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        drop(placing);
+    }
+    // Every saga runs to its end: wait (bounded) until each unit is either in stock or in an order.
+    let mut accounted = 0;
+    for _ in 0..1000 {
+        let stock = engine.product(s.pen).await.unwrap().stock;
+        let ordered = engine
+            .user_orders(s.user, PageRequest::first(100))
+            .await
+            .unwrap()
+            .items
+            .len() as u64;
+        accounted = stock + ordered;
+        if accounted == 10 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(accounted, 10, "every unit is in stock or in a placed order");
+    stop_and_recover(engine, &store).await;
+}

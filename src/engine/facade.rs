@@ -248,6 +248,18 @@ fn start_actors(
     }
 }
 
+/// Runs `work` to its end even if the caller stops waiting for it: a saga
+/// that stopped half-way would leave holds taken, a keyed request its key
+/// running. Outside a tokio runtime it simply runs inline.
+async fn to_the_end<T: Send + 'static>(
+    work: impl Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => handle.spawn(work).await.unwrap_or(Err(Error::ShuttingDown)),
+        Err(_) => work.await,
+    }
+}
+
 fn check_name(field: &str, name: &str, limits: &Limits) -> Result<String> {
     let chars = name.chars().count();
     if chars == 0 || chars > limits.name_chars_max || name.trim().is_empty() {
@@ -430,10 +442,7 @@ impl Engine {
             );
             result
         };
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => handle.spawn(run).await.unwrap_or(Err(Error::ShuttingDown)),
-            Err(_) => run.await,
-        }
+        to_the_end(run).await
     }
 
     fn user_addr(&self, id: UserId) -> Result<Addr<UserActor>> {
@@ -832,13 +841,20 @@ impl Engine {
         order: PlaceOrder,
         key: Option<IdempotencyKey>,
     ) -> Result<Order> {
+        // Only a keyed request needs its fingerprint.
         let request = key
             .as_ref()
             .map_or_else(String::new, |_| format!("place_order|{order:?}"));
-        self.keyed(key, request, move |engine, tag| async move {
-            let placement = &engine.inner.placement;
-            placement
-                .place(order.user_id, order.source, order.user_coupon_id, tag)
+        // The placing saga runs on the caller's task: it must not stop half-way.
+        let engine = self.clone();
+        to_the_end(async move {
+            engine
+                .keyed(key, request, move |engine, tag| async move {
+                    let placement = &engine.inner.placement;
+                    placement
+                        .place(order.user_id, order.source, order.user_coupon_id, tag)
+                        .await
+                })
                 .await
         })
         .await
