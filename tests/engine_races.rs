@@ -38,6 +38,29 @@ async fn campaign(engine: &Engine, quantity: u64) -> CouponId {
     engine.create_coupon(new, None).await.unwrap().id
 }
 
+/// Starts one task per input at once against `engine`, and tallies the answers by code.
+async fn race<I, T, F, Fut>(
+    engine: &Engine,
+    inputs: impl IntoIterator<Item = I>,
+    call: F,
+) -> HashMap<&'static str, usize>
+where
+    T: Send + 'static,
+    F: Fn(Engine, I) -> Fut,
+    Fut: std::future::Future<Output = Result<T, Error>> + Send + 'static,
+{
+    let tasks: Vec<_> = inputs
+        .into_iter()
+        .map(|i| tokio::spawn(call(engine.clone(), i)))
+        .collect();
+    let results: Vec<_> = futures_util::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    tally(&results)
+}
+
 fn code(r: &Result<impl Sized, Error>) -> &'static str {
     match r {
         Ok(_) => "OK",
@@ -59,19 +82,10 @@ async fn two_hundred_users_racing_for_fifty_coupons_get_exactly_fifty() {
     let (engine, store) = engine();
     let ids = users(&engine, 200).await;
     let coupon = campaign(&engine, 50).await;
-    let tasks: Vec<_> = ids
-        .iter()
-        .map(|&u| {
-            let e = engine.clone();
-            tokio::spawn(async move { e.issue_coupon(coupon, u, None).await })
-        })
-        .collect();
-    let results: Vec<_> = futures_util::future::join_all(tasks)
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
-    let t = tally(&results);
+    let t = race(&engine, ids.clone(), move |e, u| async move {
+        e.issue_coupon(coupon, u, None).await
+    })
+    .await;
     assert_eq!(t.get("OK"), Some(&50), "{t:?}");
     assert_eq!(t.get("COUPON_SOLD_OUT"), Some(&150), "{t:?}");
     assert_eq!(engine.coupon(coupon).await.unwrap().remaining, 0);
@@ -95,18 +109,10 @@ async fn one_user_asking_fifty_times_at_once_gets_exactly_one_coupon() {
     let (engine, store) = engine();
     let user = users(&engine, 1).await[0];
     let coupon = campaign(&engine, 100).await;
-    let tasks: Vec<_> = (0..50)
-        .map(|_| {
-            let e = engine.clone();
-            tokio::spawn(async move { e.issue_coupon(coupon, user, None).await })
-        })
-        .collect();
-    let results: Vec<_> = futures_util::future::join_all(tasks)
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
-    let t = tally(&results);
+    let t = race(&engine, 0..50, move |e, _| async move {
+        e.issue_coupon(coupon, user, None).await
+    })
+    .await;
     assert_eq!(t.get("OK"), Some(&1), "{t:?}");
     assert_eq!(t.get("COUPON_ALREADY_ISSUED"), Some(&49), "{t:?}");
     assert_eq!(engine.coupon(coupon).await.unwrap().remaining, 99);
@@ -132,19 +138,10 @@ async fn three_hundred_orders_on_stock_of_one_hundred_place_exactly_one_hundred(
         .await
         .unwrap()
         .id;
-    let tasks: Vec<_> = ids
-        .iter()
-        .map(|&u| {
-            let e = engine.clone();
-            tokio::spawn(async move { e.place_order(order_of(u, &[(product, 1)]), None).await })
-        })
-        .collect();
-    let results: Vec<_> = futures_util::future::join_all(tasks)
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
-    let t = tally(&results);
+    let t = race(&engine, ids.clone(), move |e, u| async move {
+        e.place_order(order_of(u, &[(product, 1)]), None).await
+    })
+    .await;
     assert_eq!(t.get("OK"), Some(&100), "{t:?}");
     assert_eq!(t.get("OUT_OF_STOCK"), Some(&200), "{t:?}");
     assert_eq!(engine.product(product).await.unwrap().stock, 0);
@@ -175,19 +172,10 @@ async fn one_hundred_payments_on_a_balance_for_ten_pay_exactly_ten() {
                 .id,
         );
     }
-    let tasks: Vec<_> = orders
-        .iter()
-        .map(|&o| {
-            let e = engine.clone();
-            tokio::spawn(async move { e.pay_order(o, None).await })
-        })
-        .collect();
-    let results: Vec<_> = futures_util::future::join_all(tasks)
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
-    let t = tally(&results);
+    let t = race(&engine, orders.clone(), move |e, o| async move {
+        e.pay_order(o, None).await
+    })
+    .await;
     assert_eq!(t.get("OK"), Some(&10), "{t:?}");
     assert_eq!(t.get("INSUFFICIENT_BALANCE"), Some(&90), "{t:?}");
     assert_eq!(engine.balance(user).await.unwrap().balance, Krw(0));
