@@ -4,7 +4,7 @@ use crate::domain::ids::{ProductId, UserId};
 use crate::domain::views::CartView;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{positive_id, ApiJson, Id, IdemKey};
-use crate::http::routes::{detached, IdempotencyHeader};
+use crate::http::routes::IdempotencyHeader;
 use crate::http::server::AppState;
 use axum::extract::State;
 use axum::Json;
@@ -62,14 +62,11 @@ async fn set_cart_item(
     ApiJson(body): ApiJson<CartItemRequest>,
 ) -> Result<Json<CartView>, ApiError> {
     let product_id = ProductId(positive_id("product_id", body.product_id)?);
-    let engine = s.engine.clone();
+    let engine = &s.engine;
     Ok(Json(
-        detached(async move {
-            engine
-                .set_cart_item(user_id, product_id, body.quantity, key)
-                .await
-        })
-        .await?,
+        engine
+            .set_cart_item(user_id, product_id, body.quantity, key)
+            .await?,
     ))
 }
 
@@ -89,8 +86,6 @@ async fn remove_cart_item(
     Id(user_id): Id<UserId>,
     Id(product_id): Id<ProductId>,
 ) -> Result<Json<CartView>, ApiError> {
-    let engine = s.engine.clone();
-    Ok(Json(
-        detached(async move { engine.remove_cart_item(user_id, product_id).await }).await?,
-    ))
+    let engine = &s.engine;
+    Ok(Json(engine.remove_cart_item(user_id, product_id).await?))
 }

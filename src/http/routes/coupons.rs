@@ -8,7 +8,7 @@ use crate::domain::views::{CouponView, Page, UserCouponView};
 use crate::engine::NewCoupon;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{positive_id, Admin, ApiJson, Id, IdemKey, PageParams, Paging};
-use crate::http::routes::{detached, IdempotencyHeader};
+use crate::http::routes::IdempotencyHeader;
 use crate::http::server::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -69,8 +69,8 @@ async fn create_coupon(
         quantity: body.quantity,
         expires_at: body.expires_at,
     };
-    let engine = s.engine.clone();
-    let coupon = detached(async move { engine.create_coupon(new, key).await }).await?;
+    let engine = &s.engine;
+    let coupon = engine.create_coupon(new, key).await?;
     Ok((StatusCode::CREATED, Json(coupon)))
 }
 
@@ -108,9 +108,8 @@ async fn issue_coupon(
     ApiJson(body): ApiJson<IssueRequest>,
 ) -> Result<(StatusCode, Json<UserCouponView>), ApiError> {
     let user_id = UserId(positive_id("user_id", body.user_id)?);
-    let engine = s.engine.clone();
-    let coupon =
-        detached(async move { engine.issue_coupon(coupon_id, user_id, key).await }).await?;
+    let engine = &s.engine;
+    let coupon = engine.issue_coupon(coupon_id, user_id, key).await?;
     Ok((StatusCode::CREATED, Json(coupon)))
 }
 

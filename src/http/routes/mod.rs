@@ -8,10 +8,7 @@ pub mod orders;
 pub mod products;
 pub mod users;
 
-use crate::engine::Error;
-use crate::http::error::ApiError;
 use crate::http::server::AppState;
-use std::future::Future;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::OpenApi as OpenApiDoc;
 use utoipa::OpenApi;
@@ -72,23 +69,4 @@ pub struct IdempotencyHeader {
     /// `IDEMPOTENCY_KEY_REUSED`. Kept at least 24 hours.
     #[serde(rename = "Idempotency-Key")]
     idempotency_key: Option<String>,
-}
-
-/// Runs an engine call on its own task, so it finishes even if the client
-/// goes away or the request times out: a state change, once started, runs
-/// to its end and its idempotency key is released (the engine's key store
-/// holds a key as "running" until the call that took it finishes).
-pub async fn detached<T, F>(call: F) -> Result<T, ApiError>
-where
-    T: Send + 'static,
-    F: Future<Output = Result<T, Error>> + Send + 'static,
-{
-    match tokio::spawn(call).await {
-        Ok(result) => Ok(result?),
-        Err(e) if e.is_panic() => {
-            tracing::error!(error = %e, "engine call panicked");
-            Err(ApiError::internal())
-        }
-        Err(_) => Err(ApiError::from(Error::ShuttingDown)),
-    }
 }

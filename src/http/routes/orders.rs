@@ -6,7 +6,7 @@ use crate::domain::views::Page;
 use crate::engine::{OrderSource, PlaceOrder};
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{positive_id, ApiJson, Id, IdemKey, PageParams, Paging};
-use crate::http::routes::{detached, IdempotencyHeader};
+use crate::http::routes::IdempotencyHeader;
 use crate::http::server::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -112,8 +112,8 @@ async fn place_order(
     ApiJson(body): ApiJson<PlaceOrderRequest>,
 ) -> Result<(StatusCode, Json<Order>), ApiError> {
     let command = body.into_command(&s)?;
-    let engine = s.engine.clone();
-    let order = detached(async move { engine.place_order(command, key).await }).await?;
+    let engine = &s.engine;
+    let order = engine.place_order(command, key).await?;
     Ok((StatusCode::CREATED, Json(order)))
 }
 
@@ -163,10 +163,8 @@ async fn cancel_order(
     Id(id): Id<OrderId>,
     IdemKey(key): IdemKey,
 ) -> Result<Json<Order>, ApiError> {
-    let engine = s.engine.clone();
-    Ok(Json(
-        detached(async move { engine.cancel_order(id, key).await }).await?,
-    ))
+    let engine = &s.engine;
+    Ok(Json(engine.cancel_order(id, key).await?))
 }
 
 /// Pay a pending order from the user's balance. With too little balance the
@@ -185,8 +183,6 @@ async fn pay_order(
     Id(id): Id<OrderId>,
     IdemKey(key): IdemKey,
 ) -> Result<Json<Order>, ApiError> {
-    let engine = s.engine.clone();
-    Ok(Json(
-        detached(async move { engine.pay_order(id, key).await }).await?,
-    ))
+    let engine = &s.engine;
+    Ok(Json(engine.pay_order(id, key).await?))
 }

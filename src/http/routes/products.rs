@@ -7,7 +7,7 @@ use crate::domain::stats::TopProducts;
 use crate::domain::views::{Page, ProductView};
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{Admin, ApiJson, Id, IdemKey, PageParams, Paging};
-use crate::http::routes::{detached, IdempotencyHeader};
+use crate::http::routes::IdempotencyHeader;
 use crate::http::server::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -63,13 +63,10 @@ async fn create_product(
     IdemKey(key): IdemKey,
     ApiJson(body): ApiJson<NewProduct>,
 ) -> Result<(StatusCode, Json<ProductView>), ApiError> {
-    let engine = s.engine.clone();
-    let product = detached(async move {
-        engine
-            .create_product(&body.name, Krw(body.price), body.stock, key)
-            .await
-    })
-    .await?;
+    let engine = &s.engine;
+    let product = engine
+        .create_product(&body.name, Krw(body.price), body.stock, key)
+        .await?;
     Ok((StatusCode::CREATED, Json(product)))
 }
 
@@ -121,10 +118,8 @@ async fn restock_product(
     IdemKey(key): IdemKey,
     ApiJson(body): ApiJson<RestockRequest>,
 ) -> Result<Json<ProductView>, ApiError> {
-    let engine = s.engine.clone();
-    Ok(Json(
-        detached(async move { engine.restock(id, body.quantity, key).await }).await?,
-    ))
+    let engine = &s.engine;
+    Ok(Json(engine.restock(id, body.quantity, key).await?))
 }
 
 /// The 5 products with the most units paid in the last 3 days, as of the
@@ -149,8 +144,6 @@ async fn refresh_stats(
     State(s): State<AppState>,
     _key: IdemKey,
 ) -> Result<Json<TopProducts>, ApiError> {
-    let engine = s.engine.clone();
-    Ok(Json(
-        detached(async move { engine.refresh_stats().await }).await?,
-    ))
+    let engine = &s.engine;
+    Ok(Json(engine.refresh_stats().await?))
 }

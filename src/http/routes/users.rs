@@ -7,7 +7,7 @@ use crate::domain::user::BalanceEntry;
 use crate::domain::views::{BalanceView, Page, UserView};
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{ApiJson, Id, IdemKey, PageParams, Paging};
-use crate::http::routes::{detached, IdempotencyHeader};
+use crate::http::routes::IdempotencyHeader;
 use crate::http::server::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -68,8 +68,8 @@ async fn create_user(
     IdemKey(key): IdemKey,
     ApiJson(body): ApiJson<NewUser>,
 ) -> Result<(StatusCode, Json<UserView>), ApiError> {
-    let engine = s.engine.clone();
-    let user = detached(async move { engine.create_user(&body.name, key).await }).await?;
+    let engine = &s.engine;
+    let user = engine.create_user(&body.name, key).await?;
     Ok((StatusCode::CREATED, Json(user)))
 }
 
@@ -119,10 +119,8 @@ async fn charge_balance(
     ApiJson(body): ApiJson<ChargeRequest>,
 ) -> Result<Json<BalanceView>, ApiError> {
     let amount = charge_amount(&body.amount, &s)?;
-    let engine = s.engine.clone();
-    Ok(Json(
-        detached(async move { engine.charge(id, amount, key).await }).await?,
-    ))
+    let engine = &s.engine;
+    Ok(Json(engine.charge(id, amount, key).await?))
 }
 
 /// A user's balance history, newest first.
