@@ -62,3 +62,24 @@ pub mod verify;
 
 /// What a command of the binary fails with (`anyhow` stays in `main.rs`).
 pub type CliError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Prints a command's report (JSON or its table) and turns its verdict into
+/// the exit code. A closed pipe (`| head`) is not a failure of the run.
+pub(crate) fn emit_report(
+    json: bool,
+    report: &impl serde::Serialize,
+    table: impl FnOnce() -> String,
+    ok: bool,
+) -> Result<std::process::ExitCode, CliError> {
+    let text = if json {
+        serde_json::to_string_pretty(report)? + "\n"
+    } else {
+        table()
+    };
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
+    Ok(if ok {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    })
+}

@@ -170,18 +170,12 @@ fn progress(args: &SimulateArgs) -> ProgressBar {
 
 pub fn run(args: SimulateArgs) -> Result<ExitCode, crate::CliError> {
     let report = execute(&args)?;
-    let text = if args.json {
-        serde_json::to_string_pretty(&report)? + "\n"
-    } else {
-        report.table()
-    };
-    // A closed pipe (`| head`) is not a failure of the run.
-    let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
-    Ok(if report.violations.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    crate::emit_report(
+        args.json,
+        &report,
+        || report.table(),
+        report.violations.is_empty(),
+    )
 }
 
 /// Runs the scenario and the check; the report lists any violation.

@@ -145,18 +145,12 @@ impl BenchArgs {
 
 pub fn run(args: BenchArgs) -> Result<ExitCode, crate::CliError> {
     let report = execute(&args)?;
-    let text = if args.json {
-        serde_json::to_string_pretty(&report)? + "\n"
-    } else {
-        report.table()
-    };
-    // A closed pipe (`| head`) is not a failure of the run.
-    let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
-    Ok(if report.invariants.ok() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    crate::emit_report(
+        args.json,
+        &report,
+        || report.table(),
+        report.invariants.ok(),
+    )
 }
 
 /// An embedded engine and where its data lives.
