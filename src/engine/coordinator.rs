@@ -573,8 +573,10 @@ impl Handler<Pay> for Coordinator {
                 paid.apply_settled(OrderStatus::Paid, now);
                 self.busy.insert(order_id);
                 let debit = user.send(Debit {
-                    paid: Box::new(paid.clone()),
-                    tag: msg.tag.clone(),
+                    order_id,
+                    amount: paid.pay_amount,
+                    at: now,
+                    keyed: msg.tag.clone().map(|tag| (tag, Box::new(paid.clone()))),
                 });
                 Box::pin(
                     fut::wrap_future::<_, Self>(debit).then(move |res, act, ctx| {

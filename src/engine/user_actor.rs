@@ -214,27 +214,32 @@ impl Handler<Charge> for UserActor {
 #[derive(Message)]
 #[rtype(result = "Result<()>")]
 pub struct Debit {
-    /// The order as it will read once paid (status paid, `paid_at` set).
-    pub paid: Box<Order>,
-    pub tag: Option<Tag>,
+    pub order_id: OrderId,
+    pub amount: Krw,
+    pub at: Timestamp,
+    /// With an idempotency key, the key and the order as it will read once
+    /// paid (its stored answer); `None` otherwise, so no order is copied.
+    pub keyed: Option<(Tag, Box<Order>)>,
 }
 
 impl Handler<Debit> for UserActor {
     type Result = ResponseFuture<Result<()>>;
 
     fn handle(&mut self, msg: Debit, ctx: &mut Context<Self>) -> Self::Result {
-        let amount = msg.paid.pay_amount;
+        let (order_id, amount, at) = (msg.order_id, msg.amount, msg.at);
         if let Err(r) = self.user.decide_debit(amount) {
             return ready(Err(r.into()));
         }
-        let at = msg.paid.paid_at.unwrap_or_default();
-        let order_id = msg.paid.id;
         let event = Event::OrderPaid {
             order_id,
             user_id: self.user.id,
             amount,
         };
-        let record = Self::record(at, event, msg.tag, || Reply::Order(msg.paid));
+        let record = Record {
+            at,
+            event,
+            idempotency: msg.keyed.map(|(tag, paid)| tag.entry(Reply::Order(paid))),
+        };
         self.user.hold_debit(amount);
         let (reply, response) = reply_channel();
         if let Err((_, e)) = submit(
