@@ -363,3 +363,60 @@ async fn a_mixed_storm_conserves_stock_money_and_coupons() {
     assert_eq!(held as u64, issued);
     assert_eq!(world.campaigns[0].issued.len() as u64, issued);
 }
+
+/// A store whose every append takes a while, so the journal queue fills up.
+#[derive(Clone)]
+struct SlowStore(commerce_engine::store::MemoryStore);
+
+impl commerce_engine::store::Store for SlowStore {
+    fn append(
+        &self,
+        first_seq: u64,
+        frames: &[u8],
+    ) -> Result<(), commerce_engine::store::StorageError> {
+        std::thread::sleep(Duration::from_millis(20));
+        self.0.append(first_seq, frames)
+    }
+    fn snapshot(
+        &self,
+        seq: u64,
+        entries: commerce_engine::store::SnapshotEntries,
+    ) -> Result<(), commerce_engine::store::StorageError> {
+        self.0.snapshot(seq, entries)
+    }
+    fn load(&self) -> Result<commerce_engine::store::Loaded, commerce_engine::store::StorageError> {
+        self.0.load()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_journal_queue_answers_overloaded_and_changes_nothing() {
+    // proves DESIGN guarantee 7 at the engine: the journal queue is bounded, and a
+    // request refused for it is OVERLOADED and leaves no trace (only acknowledged charges count)
+    let mut config = commerce_engine::engine::EngineConfig::default();
+    config.journal.queue_records_max = 4;
+    let store = SlowStore(commerce_engine::store::MemoryStore::new());
+    let clock = Arc::new(commerce_engine::engine::SystemClock);
+    let engine = Engine::start(config, Box::new(store.clone()), clock).unwrap();
+    let ids = users(&engine, 20).await;
+    let t = race(&engine, ids.clone(), |e, u| async move {
+        e.charge(u, Krw(1_000), None).await
+    })
+    .await;
+    let (ok, overloaded) = (
+        t.get("OK").copied().unwrap_or(0),
+        t.get("OVERLOADED").copied().unwrap_or(0),
+    );
+    assert!(overloaded > 0, "the bounded queue refused some: {t:?}");
+    assert_eq!(ok + overloaded, ids.len(), "{t:?}");
+    let mut charged = 0;
+    for &u in &ids {
+        charged += engine.balance(u).await.unwrap().balance.0;
+    }
+    assert_eq!(charged, ok as u64 * 1_000);
+    let world = stop_and_recover(engine, &store.0).await;
+    assert_eq!(
+        world.users.iter().map(|u| u.balance.0).sum::<u64>(),
+        ok as u64 * 1_000
+    );
+}
