@@ -75,6 +75,59 @@ impl Dirty {
     }
 }
 
+/// A snapshot being taken without stopping the world: every entity as it
+/// was at `seq`. Products, campaigns and the meta are few and change all the
+/// time, so they are copied when the cut begins. Users, orders and keys are
+/// many: they stay where they are, listed here, until they are encoded
+/// (a step at a time, between journal batches) or until a record is about
+/// to change one, which copies it first. So a cut costs no pause.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cut {
+    pub seq: u64,
+    /// Unchanged since `seq`: read them from the world.
+    pub users: Vec<UserId>,
+    pub orders: Vec<OrderId>,
+    pub keys: Vec<String>,
+    /// The same sets, to find an entity about to change (`true`: still uncaptured).
+    waiting_users: HashSet<UserId>,
+    waiting_orders: HashSet<OrderId>,
+    waiting_keys: HashSet<String>,
+    /// Copies as they were at `seq`.
+    pub captured: Vec<Captured>,
+}
+
+/// An entity as it was when a [`Cut`] began (`None`: a key that was absent).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Captured {
+    User(User),
+    Product(Product),
+    Campaign(Campaign),
+    Order(Order),
+    Key(String, Option<StoredKey>),
+    Meta(Meta),
+}
+
+impl Cut {
+    /// Whether `id` still waits in the world (and is no longer after this call).
+    pub fn take_user(&mut self, id: UserId) -> bool {
+        self.waiting_users.remove(&id)
+    }
+    pub fn take_order(&mut self, id: OrderId) -> bool {
+        self.waiting_orders.remove(&id)
+    }
+    pub fn take_key(&mut self, key: &str) -> bool {
+        self.waiting_keys.remove(key)
+    }
+
+    /// Nothing is left to encode.
+    pub fn is_done(&self) -> bool {
+        self.users.is_empty()
+            && self.orders.is_empty()
+            && self.keys.is_empty()
+            && self.captured.is_empty()
+    }
+}
+
 /// A record that does not fit the state it is applied to.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("record {seq} cannot be applied: {reason}")]
@@ -94,6 +147,8 @@ pub struct World {
     /// The last journal sequence applied.
     pub seq: u64,
     pub dirty: Dirty,
+    /// A snapshot being taken, if any.
+    pub cut: Option<Cut>,
 }
 
 fn unfit(seq: u64, reason: String) -> ApplyError {
@@ -108,7 +163,69 @@ fn miss(seq: u64, what: impl std::fmt::Display) -> ApplyError {
 }
 
 impl World {
+    /// Begins a snapshot of every entity changed since the last one, as it
+    /// is now; returns the marks it takes (to give back if writing fails).
+    pub fn begin_cut(&mut self) -> Dirty {
+        let marks = std::mem::take(&mut self.dirty);
+        let mut cut = Cut {
+            seq: self.seq,
+            ..Cut::default()
+        };
+        for id in &marks.products {
+            if let Some(p) = self.products.get(id.index()) {
+                cut.captured.push(Captured::Product(p.clone()));
+            }
+        }
+        for id in &marks.campaigns {
+            if let Some(c) = self.campaigns.get(id.index()) {
+                cut.captured.push(Captured::Campaign(c.clone()));
+            }
+        }
+        if marks.meta {
+            cut.captured.push(Captured::Meta(self.meta.clone()));
+        }
+        cut.users = marks.users.iter().copied().collect();
+        cut.orders = marks.orders.iter().copied().collect();
+        cut.keys = marks.keys.iter().cloned().collect();
+        cut.waiting_users = marks.users.clone();
+        cut.waiting_orders = marks.orders.clone();
+        cut.waiting_keys = marks.keys.clone();
+        self.cut = Some(cut);
+        marks
+    }
+
+    /// A user is about to change: if a cut still needs it as it was, copy it first.
+    fn capture_user(&mut self, id: UserId) {
+        if let Some(cut) = &mut self.cut {
+            if cut.take_user(id) {
+                if let Some(u) = self.users.get(id.index()) {
+                    cut.captured.push(Captured::User(u.clone()));
+                }
+            }
+        }
+    }
+
+    fn capture_order(&mut self, id: OrderId) {
+        if let Some(cut) = &mut self.cut {
+            if cut.take_order(id) {
+                if let Some(o) = self.orders.get(&id) {
+                    cut.captured.push(Captured::Order(o.clone()));
+                }
+            }
+        }
+    }
+
+    fn capture_key(cut: &mut Option<Cut>, keys: &HashMap<String, StoredKey>, key: &str) {
+        if let Some(cut) = cut {
+            if cut.take_key(key) {
+                cut.captured
+                    .push(Captured::Key(key.to_string(), keys.get(key).cloned()));
+            }
+        }
+    }
+
     pub fn user_mut(&mut self, seq: u64, id: UserId) -> Result<&mut User, ApplyError> {
+        self.capture_user(id);
         self.dirty.users.insert(id);
         self.users
             .get_mut(id.index())
@@ -123,6 +240,7 @@ impl World {
     }
 
     fn order_mut(&mut self, seq: u64, id: OrderId) -> Result<&mut Order, ApplyError> {
+        self.capture_order(id);
         self.dirty.orders.insert(id);
         self.orders
             .get_mut(&id)
@@ -140,6 +258,7 @@ impl World {
         }
         self.apply_event(seq, record.at, &record.event)?;
         if let Some(entry) = &record.idempotency {
+            World::capture_key(&mut self.cut, &self.keys, &entry.key);
             self.keys.insert(
                 entry.key.clone(),
                 StoredKey {
@@ -421,9 +540,15 @@ impl World {
     pub fn prune(&mut self, now: Timestamp) {
         let horizon = Timestamp(now.0.saturating_sub(IDEMPOTENCY_TTL_MS));
         let dirty = &mut self.dirty;
+        let cut = &mut self.cut;
         self.keys.retain(|k, v| {
             let keep = v.at >= horizon;
             if !keep {
+                if let Some(cut) = cut {
+                    if cut.take_key(k) {
+                        cut.captured.push(Captured::Key(k.clone(), Some(v.clone())));
+                    }
+                }
                 dirty.keys.insert(k.clone());
             }
             keep

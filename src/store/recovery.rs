@@ -5,7 +5,7 @@ use crate::domain::event::Record;
 use crate::domain::order::Order;
 use crate::domain::product::Product;
 use crate::domain::user::User;
-use crate::domain::world::{Meta, StoredKey, World};
+use crate::domain::world::{Captured, Meta, StoredKey, World};
 use crate::store::codec::{self, CodecError, Kind};
 use crate::store::{Loaded, SnapshotEntries, SnapshotKey, StorageError, Store};
 
@@ -189,6 +189,81 @@ pub fn dirty_snapshot(world: &mut World) -> Result<SnapshotEntries, CodecError> 
     Ok(out)
 }
 
+/// Encodes up to `budget` entries of the world's [`Cut`](crate::domain::world::Cut)
+/// into `out`; returns whether the cut is complete (and then ends it).
+pub fn cut_step(
+    world: &mut World,
+    out: &mut SnapshotEntries,
+    budget: usize,
+) -> Result<bool, CodecError> {
+    let Some(cut) = world.cut.as_mut() else {
+        return Ok(true);
+    };
+    let mut left = budget;
+    while left > 0 {
+        if let Some(captured) = cut.captured.pop() {
+            out.push(encode_captured(captured)?);
+        } else if let Some(id) = cut.users.pop() {
+            if !cut.take_user(id) {
+                continue; // copied when it changed: among `captured`
+            }
+            if let Some(u) = world.users.get(id.index()) {
+                out.push((SnapshotKey::User(id.0), Some(codec::encode(Kind::User, u)?)));
+            }
+        } else if let Some(id) = cut.orders.pop() {
+            if !cut.take_order(id) {
+                continue;
+            }
+            if let Some(o) = world.orders.get(&id) {
+                out.push((
+                    SnapshotKey::Order(id.0),
+                    Some(codec::encode(Kind::Order, o)?),
+                ));
+            }
+        } else if let Some(key) = cut.keys.pop() {
+            if !cut.take_key(&key) {
+                continue;
+            }
+            let value = world.keys.get(&key).cloned();
+            out.push(encode_captured(Captured::Key(key, value))?);
+        } else {
+            break;
+        }
+        left -= 1;
+    }
+    let done = cut.is_done();
+    if done {
+        world.cut = None;
+    }
+    Ok(done)
+}
+
+fn encode_captured(captured: Captured) -> Result<(SnapshotKey, Option<Vec<u8>>), CodecError> {
+    Ok(match captured {
+        Captured::User(u) => (
+            SnapshotKey::User(u.id.0),
+            Some(codec::encode(Kind::User, &u)?),
+        ),
+        Captured::Product(p) => (
+            SnapshotKey::Product(p.id.0),
+            Some(codec::encode(Kind::Product, &p)?),
+        ),
+        Captured::Campaign(c) => (
+            SnapshotKey::Campaign(c.id.0),
+            Some(codec::encode(Kind::Campaign, &c)?),
+        ),
+        Captured::Order(o) => (
+            SnapshotKey::Order(o.id.0),
+            Some(codec::encode(Kind::Order, &o)?),
+        ),
+        Captured::Key(k, v) => {
+            let value = v.map(|v| codec::encode(Kind::Key, &v)).transpose()?;
+            (SnapshotKey::Key(k), value)
+        }
+        Captured::Meta(m) => (SnapshotKey::Meta, Some(codec::encode(Kind::Meta, &m)?)),
+    })
+}
+
 /// Every entity of `world`, as a full snapshot (golden files, `verify`).
 pub fn full_snapshot(world: &World) -> Result<SnapshotEntries, CodecError> {
     let mut w = world.clone();
@@ -199,4 +274,179 @@ pub fn full_snapshot(world: &World) -> Result<SnapshotEntries, CodecError> {
     w.dirty.keys = w.keys.keys().cloned().collect();
     w.dirty.meta = true;
     dirty_snapshot(&mut w)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::coupon::Discount;
+    use crate::domain::event::{Event, IdempotencyEntry};
+    use crate::domain::ids::{CouponId, OrderId, ProductId, UserCouponId, UserId};
+    use crate::domain::money::Krw;
+    use crate::domain::order::{OrderLine, OrderStatus};
+    use crate::domain::rejection::Rejection;
+    use crate::domain::time::Timestamp;
+    use crate::domain::views::Reply;
+    use crate::domain::world::IDEMPOTENCY_TTL_MS;
+    use std::collections::BTreeMap;
+
+    fn order(id: u64, user: u64, product: u64) -> Order {
+        Order {
+            id: OrderId(id),
+            user_id: UserId(user),
+            status: OrderStatus::Pending,
+            items: vec![OrderLine {
+                product_id: ProductId(product),
+                name: "p".into(),
+                unit_price: Krw(100),
+                quantity: 1,
+            }],
+            total_amount: Krw(100),
+            discount_amount: Krw(0),
+            pay_amount: Krw(100),
+            user_coupon_id: None,
+            created_at: Timestamp(1),
+            expires_at: Timestamp(1_000),
+            paid_at: None,
+        }
+    }
+
+    fn keyed(at: u64, event: Event, key: &str) -> Record {
+        let mut r = Record::new(Timestamp(at), event);
+        r.idempotency = Some(IdempotencyEntry {
+            key: key.into(),
+            fingerprint: 7,
+            reply: Reply::Rejected(Rejection::InvalidRequest(key.into())),
+        });
+        r
+    }
+
+    fn charge(user: u64, amount: u64) -> Event {
+        Event::BalanceCharged {
+            user_id: UserId(user),
+            amount: Krw(amount),
+        }
+    }
+
+    fn as_map(entries: SnapshotEntries) -> BTreeMap<SnapshotKey, Option<Vec<u8>>> {
+        let mut map = BTreeMap::new();
+        for (k, v) in entries {
+            assert!(map.insert(k.clone(), v).is_none(), "{k:?} twice");
+        }
+        map
+    }
+
+    /// A cut is the world as it was when the cut began, whatever changes
+    /// while it is encoded a step at a time: entities changed after the cut
+    /// are copied before they change, the others are read in place.
+    #[test]
+    fn a_cut_encoded_a_step_at_a_time_is_the_world_as_it_was_at_the_cut() {
+        let mut world = World::default();
+        let mut seq = 0;
+        let mut apply = |world: &mut World, record: Record| {
+            seq += 1;
+            world.apply(seq, &record).unwrap();
+        };
+        for u in 1..=4 {
+            apply(
+                &mut world,
+                Record::new(
+                    Timestamp(1),
+                    Event::UserRegistered {
+                        user_id: UserId(u),
+                        name: format!("u{u}"),
+                    },
+                ),
+            );
+            apply(&mut world, Record::new(Timestamp(1), charge(u, 1_000)));
+        }
+        for p in 1..=2 {
+            apply(
+                &mut world,
+                Record::new(
+                    Timestamp(1),
+                    Event::ProductCreated {
+                        product_id: ProductId(p),
+                        name: "p".into(),
+                        price: Krw(100),
+                        stock: 10,
+                    },
+                ),
+            );
+        }
+        apply(
+            &mut world,
+            Record::new(
+                Timestamp(1),
+                Event::CampaignCreated {
+                    coupon_id: CouponId(1),
+                    name: "c".into(),
+                    discount: Discount::Fixed { amount: Krw(10) },
+                    quantity: 5,
+                    expires_at: Some(Timestamp(10_000)),
+                },
+            ),
+        );
+        for o in 1..=3 {
+            let placed = Event::OrderPlaced {
+                order: Box::new(order(o, o, 1 + o % 2)),
+                from_cart: false,
+            };
+            apply(&mut world, Record::new(Timestamp(2), placed));
+        }
+        apply(&mut world, keyed(2, charge(1, 5), "old"));
+        apply(&mut world, keyed(3, charge(2, 5), "young"));
+
+        let expected = dirty_snapshot(&mut world.clone()).unwrap();
+        world.begin_cut();
+        let mut entries = Vec::new();
+        let later = [
+            Record::new(Timestamp(4), charge(1, 1)),
+            Record::new(
+                Timestamp(4),
+                Event::OrderPaid {
+                    order_id: OrderId(1),
+                    user_id: UserId(1),
+                    amount: Krw(100),
+                },
+            ),
+            Record::new(
+                Timestamp(4),
+                Event::OrderCancelled {
+                    order_id: OrderId(2),
+                },
+            ),
+            Record::new(
+                Timestamp(4),
+                Event::CouponIssued {
+                    coupon_id: CouponId(1),
+                    user_id: UserId(3),
+                    user_coupon_id: UserCouponId(1),
+                },
+            ),
+            keyed(4, charge(4, 1), "young"),
+            Record::new(
+                Timestamp(4),
+                Event::OrderPlaced {
+                    order: Box::new(order(4, 4, 1)),
+                    from_cart: false,
+                },
+            ),
+        ];
+        // One entry, one change, in turn: some entities are encoded before
+        // they change, others are copied first.
+        for record in later {
+            assert!(!cut_step(&mut world, &mut entries, 1).unwrap());
+            apply(&mut world, record);
+        }
+        world.prune(Timestamp(2 + IDEMPOTENCY_TTL_MS + 1)); // drops "old"
+        while !cut_step(&mut world, &mut entries, 1).unwrap() {}
+        assert!(world.cut.is_none());
+        assert_eq!(as_map(entries), as_map(expected));
+
+        // What changed after the cut is marked for the next one.
+        let next = &world.dirty;
+        assert!(next.users.contains(&UserId(1)) && next.users.contains(&UserId(4)));
+        assert!(next.orders.contains(&OrderId(4)) && next.keys.contains("old"));
+    }
 }

@@ -21,7 +21,7 @@ use crate::domain::world::Dirty;
 use crate::domain::world::World;
 use crate::store::codec::{self, Kind};
 use crate::store::outbox::PendingOutbox;
-use crate::store::recovery::dirty_snapshot;
+use crate::store::recovery::cut_step;
 use crate::store::{SnapshotEntries, StorageError, Store};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -152,6 +152,7 @@ impl JournalWriter {
             done,
             snapshotter: Some(snapshotter),
             snapshot_in_flight: false,
+            cut: None,
             world,
             config,
             outbox,
@@ -241,6 +242,8 @@ struct Worker {
     done: Receiver<SnapshotDone>,
     snapshotter: Option<JoinHandle<()>>,
     snapshot_in_flight: bool,
+    /// A snapshot being encoded, a step at a time.
+    cut: Option<PendingCut>,
     world: World,
     config: JournalConfig,
     outbox: Arc<PendingOutbox>,
@@ -262,6 +265,8 @@ impl Worker {
             let first = match rx.recv_timeout(tick) {
                 Ok(c) => c,
                 Err(RecvTimeoutError::Timeout) => {
+                    // Idle: finish encoding the snapshot under way at once.
+                    self.advance_cut(usize::MAX);
                     self.maybe_snapshot(false);
                     continue;
                 }
@@ -282,7 +287,10 @@ impl Worker {
                     }
                     Command::Snapshot(ack) => {
                         self.commit(&mut records, &mut acks, &mut frames);
-                        self.snapshot(Some(ack));
+                        // Whatever is under way first, then everything durable now.
+                        self.advance_cut(usize::MAX);
+                        self.begin_cut(Some(ack));
+                        self.advance_cut(usize::MAX);
                     }
                 }
                 if !stopping
@@ -388,17 +396,28 @@ impl Worker {
 
     fn maybe_snapshot(&mut self, force: bool) {
         self.collect_snapshots(false);
+        if force {
+            // The last one, at shutdown: wait until it is written.
+            self.advance_cut(usize::MAX);
+            if self.since_snapshot > 0 {
+                let (ack, rx) = oneshot::channel();
+                self.begin_cut(Some(ack));
+                self.advance_cut(usize::MAX);
+                let _ = rx.blocking_recv();
+            }
+            return;
+        }
+        if self.cut.is_some() {
+            self.advance_cut(CUT_STEP_ENTRIES);
+            return;
+        }
         let due = self.since_snapshot >= self.config.snapshot_every_records
             || (self.since_snapshot > 0
                 && self.last_snapshot.elapsed()
                     >= Duration::from_millis(self.config.snapshot_every_ms));
-        if force && self.since_snapshot > 0 {
-            // The last one, at shutdown: wait until it is written.
-            let (ack, rx) = oneshot::channel();
-            self.snapshot(Some(ack));
-            let _ = rx.blocking_recv();
-        } else if due && !self.snapshot_in_flight {
-            self.snapshot(None);
+        if due && !self.snapshot_in_flight {
+            self.begin_cut(None);
+            self.advance_cut(CUT_STEP_ENTRIES);
         }
     }
 
@@ -419,48 +438,93 @@ impl Worker {
         }
     }
 
-    /// Encodes what changed since the last snapshot and hands it to the
-    /// snapshot thread; `ack` answers once it is written.
-    fn snapshot(&mut self, ack: Option<oneshot::Sender<Ack>>) {
+    /// Begins a snapshot of everything durable now: a cut of the world,
+    /// encoded a step at a time between batches (see [`advance_cut`]), so
+    /// that group commit never waits for a whole snapshot to be encoded.
+    /// `ack` answers once it is written.
+    ///
+    /// [`advance_cut`]: Worker::advance_cut
+    fn begin_cut(&mut self, ack: Option<oneshot::Sender<Ack>>) {
+        // One snapshot at a time, so the sequence they cover only moves forward.
         self.collect_snapshots(true);
-        let refuse = |ack: Option<oneshot::Sender<Ack>>, e: StorageError| {
-            if let Some(ack) = ack {
-                let _ = ack.send(Err(e));
-            }
-        };
         if self.poisoned.load(Ordering::Acquire) {
             return refuse(ack, StorageError::Poisoned);
         }
-        let seq = self.world.seq;
         // Keys older than their TTL and sales outside the window leave the snapshot.
         self.world.prune(self.latest_at);
-        let marks = self.world.dirty.clone();
-        let entries = match dirty_snapshot(&mut self.world) {
-            Ok(entries) => entries,
-            Err(e) => {
-                self.world.dirty = marks;
-                return refuse(ack, StorageError::Corrupt(e.to_string()));
-            }
-        };
-        let Some(jobs) = &self.jobs else {
-            self.world.dirty = marks;
-            return refuse(ack, StorageError::Closed);
-        };
-        match jobs.send(SnapshotJob {
-            seq,
-            entries,
+        let marks = self.world.begin_cut();
+        self.cut = Some(PendingCut {
+            seq: self.world.seq,
+            entries: Vec::new(),
             marks,
             ack,
-        }) {
-            Ok(()) => {
-                self.snapshot_in_flight = true;
-                self.since_snapshot = 0;
-                self.last_snapshot = Instant::now();
+        });
+        self.since_snapshot = 0;
+        self.last_snapshot = Instant::now();
+    }
+
+    /// Encodes up to `budget` entries of the cut under way; once it is
+    /// complete, hands it to the snapshot thread.
+    fn advance_cut(&mut self, budget: usize) {
+        let Some(pending) = self.cut.as_mut() else {
+            return;
+        };
+        let step = if self.poisoned.load(Ordering::Acquire) {
+            Err(StorageError::Poisoned)
+        } else {
+            cut_step(&mut self.world, &mut pending.entries, budget)
+                .map_err(|e| StorageError::Corrupt(e.to_string()))
+        };
+        match step {
+            Ok(false) => {}
+            Ok(true) => {
+                let PendingCut {
+                    seq,
+                    entries,
+                    marks,
+                    ack,
+                } = self.cut.take().expect("a cut under way");
+                let Some(jobs) = &self.jobs else {
+                    self.world.dirty.merge(marks);
+                    return refuse(ack, StorageError::Closed);
+                };
+                match jobs.send(SnapshotJob {
+                    seq,
+                    entries,
+                    marks,
+                    ack,
+                }) {
+                    Ok(()) => self.snapshot_in_flight = true,
+                    Err(mpsc::SendError(job)) => {
+                        self.world.dirty.merge(job.marks);
+                        refuse(job.ack, StorageError::Closed);
+                    }
+                }
             }
-            Err(mpsc::SendError(job)) => {
-                self.world.dirty = job.marks;
-                refuse(job.ack, StorageError::Closed);
+            Err(e) => {
+                // Written again by the next snapshot, from the entities as they are then.
+                self.world.cut = None;
+                let pending = self.cut.take().expect("a cut under way");
+                self.world.dirty.merge(pending.marks);
+                refuse(pending.ack, e);
             }
         }
+    }
+}
+
+/// Entries encoded per step of a cut: about a millisecond between batches.
+const CUT_STEP_ENTRIES: usize = 512;
+
+/// A snapshot being encoded.
+struct PendingCut {
+    seq: u64,
+    entries: SnapshotEntries,
+    marks: Dirty,
+    ack: Option<oneshot::Sender<Ack>>,
+}
+
+fn refuse(ack: Option<oneshot::Sender<Ack>>, e: StorageError) {
+    if let Some(ack) = ack {
+        let _ = ack.send(Err(e));
     }
 }
