@@ -283,9 +283,16 @@ impl Store for SledStore {
         let legacy = self.legacy.load(Ordering::Acquire);
         let mut doomed = Vec::new();
         for (encoded, prefix, tombstone) in &written {
-            let older = version_key(prefix, 0)..version_key(prefix, generation);
-            for k in self.tree.range(older).keys() {
-                doomed.push(k.map_err(io)?.to_vec());
+            // Each finished snapshot leaves one version per entry (and `tidy`
+            // restores that after a crash), so one look below is enough.
+            if let Some((older, _)) = self
+                .tree
+                .get_lt(version_key(prefix, generation))
+                .map_err(io)?
+            {
+                if older.starts_with(prefix) {
+                    doomed.push(older.to_vec());
+                }
             }
             if legacy {
                 doomed.push(encoded.clone());
