@@ -18,7 +18,7 @@ use commerce_engine::domain::views::{
 use commerce_engine::engine::{Engine, StartError};
 use commerce_engine::store::codec::{self, Kind};
 use commerce_engine::store::recovery::{recover, recover_store, RecoveryError};
-use commerce_engine::store::{MemoryStore, SledStore, Store};
+use commerce_engine::store::{MemoryStore, SledStore, StorageError, Store};
 use durability_support::*;
 use proptest::prelude::*;
 use std::path::Path;
@@ -443,14 +443,14 @@ fn a_corrupted_sled_journal_value_stops_recovery_and_start() {
     ));
 }
 
-/// On sled: a damaged snapshot value is refused by recovery.
+/// On sled: a damaged snapshot pack is refused by recovery (its checksum).
 #[test]
-fn a_corrupted_sled_snapshot_value_stops_recovery() {
+fn a_corrupted_sled_snapshot_pack_stops_recovery() {
     let dir = populated_sled_dir();
-    corrupt_sled_value(dir.path(), b'g');
+    corrupt_sled_value(dir.path(), b'p');
     let store = SledStore::open(dir.path()).unwrap();
     assert!(matches!(
         recover_store(&store),
-        Err(RecoveryError::Snapshot { .. })
+        Err(RecoveryError::Storage(StorageError::Corrupt(_)))
     ));
 }

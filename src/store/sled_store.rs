@@ -4,50 +4,118 @@
 //! - `j` + sequence (u64, big-endian): a journal batch, its frames concatenated.
 //!   A whole group-commit batch is one sled value, so sled does one insert
 //!   per flush rather than one per record.
-//! - `g` + key length (u16) + key + generation (u64): one version of a
-//!   snapshot entry (an entity, a stored idempotency key, or the world's
-//!   meta). An empty value is a deletion (a tombstone).
-//! - `m`: the sequence every committed snapshot includes, and its generation.
-//! - `x`: a snapshot was started and not finished (its generation).
-//! - `s…`/`k…`: snapshot entries as stores before generations wrote them;
-//!   read as generation 0 and removed as they are rewritten.
+//! - `p` + generation (u64) + index (u32): a *pack* of snapshot entries
+//!   (entities, stored idempotency keys, the world's meta), about 64 KiB,
+//!   sorted by key within a generation, checksummed.
+//! - `m`: the committed layout: the sequence every snapshot includes, the
+//!   newest generation, and the *base* generation the live ones start at.
+//! - `x`: a snapshot or a compaction was started and not finished.
+//! - `s…`/`k…`: one entry per key, as stores wrote them before packs; read
+//!   as the oldest layer until the first compaction folds them in.
 //!
-//! **Why generations.** sled 0.34's `apply_batch` takes a process-wide
-//! write lock for the whole batch, so one atomic batch of 100,000 snapshot
-//! entries stalled every journal append for about a second. A snapshot is
-//! therefore written as many small batches under a new generation, which
-//! recovery ignores until one small batch commits it by moving `m`. Only
-//! then are the versions it replaces, and the journal it covers, removed,
-//! again in small batches. A crash anywhere leaves `m` at the last
-//! committed snapshot: versions newer than it are ignored (and removed at
-//! the next open, which `x` asks for), older ones are shadowed.
+//! **Why packs and generations.** sled 0.34 costs about 7 µs per key
+//! inserted, and its `apply_batch` holds a process-wide write lock for the
+//! whole batch: one atomic batch of 100,000 snapshot entries stalled every
+//! journal append for about a second, and one key per entity kept a core
+//! busy writing snapshots. The same bytes as 64 KiB packs go about 15 times
+//! faster (`sled_store` unit tests time neither; see the README's
+//! Performance section), each insert on its own.
+//!
+//! A snapshot writes only what changed, as a new generation, invisible
+//! until one small write moves `m` to it. Recovery reads the base and every
+//! newer generation, newest entry per key winning (a deletion is an entry
+//! too). When the newer generations outgrow the base, they are merged into
+//! a new base (a streaming merge of sorted runs), committed the same way,
+//! and the old packs removed. A crash anywhere leaves `m` at a committed
+//! layout; what lies outside it is removed at the next open, which `x` asks for.
 //!
 //! sled flushes in the background only every 500 ms, so `append` flushes
 //! before it returns: nothing is acknowledged before it is on disk.
 
 use crate::store::{Loaded, SnapshotEntries, SnapshotKey, StorageError, Store};
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 
 pub struct SledStore {
     db: sled::Db,
     tree: sled::Tree,
-    /// The generation of the last committed snapshot.
-    generation: AtomicU64,
-    /// Entries written before generations exist here (`s…`, `k…`).
-    legacy: AtomicBool,
+    /// The committed layout (snapshots run one at a time; this mirrors `m`).
+    layout: Mutex<Layout>,
 }
 
 const JOURNAL: u8 = b'j';
 const SNAPSHOT: u8 = b's';
 const KEY: u8 = b'k';
-const VERSION: u8 = b'g';
+const PACK: u8 = b'p';
 const META: &[u8] = b"m";
 const UNFINISHED: &[u8] = b"x";
-/// Entries per sled batch: each holds sled's write lock briefly, so
-/// journal appends go on between them.
+/// A pack is closed once it holds this many bytes.
+const PACK_BYTES: usize = 64 * 1024;
+/// Journal keys removed per sled batch (each holds sled's write lock briefly).
 const CHUNK_ENTRIES: usize = 256;
+/// Newer generations are merged into the base once they hold more bytes
+/// than it (and at least this much), or once there are this many.
+const MERGE_BYTES_MIN: u64 = 4 * 1024 * 1024;
+const GENERATIONS_MAX: u64 = 64;
+
+/// Where the committed snapshot lives.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Layout {
+    seq: u64,
+    /// The newest committed generation.
+    generation: u64,
+    /// Generations `base..=generation` are live; with base 0, entries from
+    /// before packs (`s…`, `k…`) are the oldest layer.
+    base: u64,
+    base_bytes: u64,
+    /// Bytes of the generations after the base.
+    newer_bytes: u64,
+}
+
+impl Layout {
+    fn encode(&self) -> [u8; 40] {
+        let mut out = [0u8; 40];
+        for (i, v) in [
+            self.seq,
+            self.generation,
+            self.base,
+            self.base_bytes,
+            self.newer_bytes,
+        ]
+        .iter()
+        .enumerate()
+        {
+            out[i * 8..i * 8 + 8].copy_from_slice(&v.to_be_bytes());
+        }
+        out
+    }
+
+    /// Stores from before packs wrote the sequence alone.
+    fn decode(raw: Option<sled::IVec>) -> Result<Layout, StorageError> {
+        let word = |v: &[u8], i: usize| {
+            u64::from_be_bytes(v[i * 8..i * 8 + 8].try_into().expect("8 bytes"))
+        };
+        match raw.as_deref() {
+            None => Ok(Layout::default()),
+            Some(v) if v.len() == 8 => Ok(Layout {
+                seq: word(v, 0),
+                ..Layout::default()
+            }),
+            Some(v) if v.len() == 40 => Ok(Layout {
+                seq: word(v, 0),
+                generation: word(v, 1),
+                base: word(v, 2),
+                base_bytes: word(v, 3),
+                newer_bytes: word(v, 4),
+            }),
+            Some(v) => Err(StorageError::Corrupt(format!(
+                "snapshot layout of {} bytes",
+                v.len()
+            ))),
+        }
+    }
+}
 
 fn io(e: sled::Error) -> StorageError {
     StorageError::Io(e.to_string())
@@ -57,6 +125,28 @@ fn journal_key(seq: u64) -> [u8; 9] {
     let mut k = [JOURNAL; 9];
     k[1..].copy_from_slice(&seq.to_be_bytes());
     k
+}
+
+fn pack_prefix(generation: u64) -> [u8; 9] {
+    let mut k = [PACK; 9];
+    k[1..].copy_from_slice(&generation.to_be_bytes());
+    k
+}
+
+fn pack_key(generation: u64, index: u32) -> [u8; 13] {
+    let mut k = [0u8; 13];
+    k[..9].copy_from_slice(&pack_prefix(generation));
+    k[9..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+fn pack_generation(raw: &[u8]) -> Result<u64, StorageError> {
+    match raw {
+        [PACK, g @ ..] if g.len() == 12 => {
+            Ok(u64::from_be_bytes(g[..8].try_into().expect("8 bytes")))
+        }
+        _ => Err(StorageError::Corrupt(format!("pack key {raw:?}"))),
+    }
 }
 
 fn encode_key(key: &SnapshotKey) -> Vec<u8> {
@@ -100,53 +190,130 @@ fn decode_key(raw: &[u8]) -> Result<SnapshotKey, StorageError> {
     }
 }
 
-/// `g` + length + key: the prefix every version of `key` starts with.
-fn version_prefix(key: &[u8]) -> Result<Vec<u8>, StorageError> {
-    let len = u16::try_from(key.len())
-        .map_err(|_| StorageError::Io(format!("snapshot key of {} bytes", key.len())))?;
-    let mut out = Vec::with_capacity(key.len() + 11);
-    out.push(VERSION);
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(key);
+/// One snapshot entry: a key and its value, or its deletion.
+type Entry = (Vec<u8>, Option<Vec<u8>>);
+
+/// Writes a generation's entries, in key order, as packs:
+/// `(1 | key len u16 | key | value len u32 | value)` or `(0 | key len | key)`
+/// for a deletion, repeated, then a crc32 of all of it.
+struct PackWriter<'a> {
+    tree: &'a sled::Tree,
+    generation: u64,
+    index: u32,
+    buf: Vec<u8>,
+    bytes: u64,
+}
+
+impl<'a> PackWriter<'a> {
+    fn new(tree: &'a sled::Tree, generation: u64) -> Self {
+        PackWriter {
+            tree,
+            generation,
+            index: 0,
+            buf: Vec::with_capacity(PACK_BYTES + 4096),
+            bytes: 0,
+        }
+    }
+
+    fn push(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<(), StorageError> {
+        let too_big = || StorageError::Io(format!("snapshot entry {key:?} is too big"));
+        let key_len = u16::try_from(key.len()).map_err(|_| too_big())?;
+        self.buf.push(u8::from(value.is_some()));
+        self.buf.extend_from_slice(&key_len.to_be_bytes());
+        self.buf.extend_from_slice(key);
+        if let Some(v) = value {
+            let len = u32::try_from(v.len()).map_err(|_| too_big())?;
+            self.buf.extend_from_slice(&len.to_be_bytes());
+            self.buf.extend_from_slice(v);
+        }
+        if self.buf.len() >= PACK_BYTES {
+            self.close()?;
+        }
+        Ok(())
+    }
+
+    fn close(&mut self) -> Result<(), StorageError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let crc = crc32fast::hash(&self.buf);
+        self.buf.extend_from_slice(&crc.to_be_bytes());
+        self.bytes += self.buf.len() as u64;
+        self.tree
+            .insert(pack_key(self.generation, self.index), self.buf.as_slice())
+            .map_err(io)?;
+        self.index += 1;
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// Writes the last pack; returns the bytes written.
+    fn finish(mut self) -> Result<u64, StorageError> {
+        self.close()?;
+        Ok(self.bytes)
+    }
+}
+
+fn decode_pack(raw: &[u8]) -> Result<VecDeque<Entry>, StorageError> {
+    let bad = |what: &str| StorageError::Corrupt(format!("snapshot pack: {what}"));
+    let Some(body_len) = raw.len().checked_sub(4) else {
+        return Err(bad("too short"));
+    };
+    let (body, crc) = raw.split_at(body_len);
+    if crc32fast::hash(body) != u32::from_be_bytes(crc.try_into().expect("4 bytes")) {
+        return Err(bad("checksum mismatch"));
+    }
+    let mut out = VecDeque::new();
+    let mut rest = body;
+    let take = |n: usize, rest: &mut &[u8]| -> Result<Vec<u8>, StorageError> {
+        if rest.len() < n {
+            return Err(bad("truncated entry"));
+        }
+        let (head, tail) = rest.split_at(n);
+        *rest = tail;
+        Ok(head.to_vec())
+    };
+    while !rest.is_empty() {
+        let tag = take(1, &mut rest)?[0];
+        let key_len = u16::from_be_bytes(take(2, &mut rest)?.try_into().expect("2 bytes"));
+        let key = take(key_len as usize, &mut rest)?;
+        let value = match tag {
+            0 => None,
+            1 => {
+                let len = u32::from_be_bytes(take(4, &mut rest)?.try_into().expect("4 bytes"));
+                Some(take(len as usize, &mut rest)?)
+            }
+            _ => return Err(bad("unknown entry tag")),
+        };
+        out.push_back((key, value));
+    }
     Ok(out)
 }
 
-fn version_key(prefix: &[u8], generation: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(prefix.len() + 8);
-    out.extend_from_slice(prefix);
-    out.extend_from_slice(&generation.to_be_bytes());
-    out
+/// A sorted run of entries: one generation's packs, or the entries from before packs.
+struct Run<'a> {
+    source: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>> + 'a>,
+    /// Each sled value is one entry (from before packs) rather than a pack.
+    single: bool,
+    buf: VecDeque<Entry>,
 }
 
-/// Splits a version key into its entry key and generation.
-fn parse_version(raw: &[u8]) -> Result<(&[u8], u64), StorageError> {
-    let bad = || StorageError::Corrupt(format!("snapshot version key {raw:?}"));
-    let [VERSION, l0, l1, rest @ ..] = raw else {
-        return Err(bad());
-    };
-    let len = u16::from_be_bytes([*l0, *l1]) as usize;
-    if rest.len() != len + 8 {
-        return Err(bad());
-    }
-    let (key, generation) = rest.split_at(len);
-    Ok((
-        key,
-        u64::from_be_bytes(generation.try_into().expect("8 bytes")),
-    ))
-}
-
-/// `m`: the snapshot sequence and its generation (stores before generations
-/// wrote the sequence alone: generation 0).
-fn parse_meta(raw: Option<sled::IVec>) -> Result<(u64, u64), StorageError> {
-    let bad = || StorageError::Corrupt("snapshot sequence".into());
-    match raw.as_deref() {
-        None => Ok((0, 0)),
-        Some(v) if v.len() == 8 => Ok((u64::from_be_bytes(v.try_into().map_err(|_| bad())?), 0)),
-        Some(v) if v.len() == 16 => Ok((
-            u64::from_be_bytes(v[..8].try_into().map_err(|_| bad())?),
-            u64::from_be_bytes(v[8..].try_into().map_err(|_| bad())?),
-        )),
-        Some(_) => Err(bad()),
+impl Run<'_> {
+    fn head(&mut self) -> Result<Option<&Entry>, StorageError> {
+        while self.buf.is_empty() {
+            match self.source.next() {
+                None => return Ok(None),
+                Some(kv) => {
+                    let (k, v) = kv.map_err(io)?;
+                    if self.single {
+                        self.buf.push_back((k.to_vec(), Some(v.to_vec())));
+                    } else {
+                        self.buf = decode_pack(&v)?;
+                    }
+                }
+            }
+        }
+        Ok(self.buf.front())
     }
 }
 
@@ -158,80 +325,151 @@ impl SledStore {
             .open()
             .map_err(io)?;
         let tree = db.open_tree("commerce").map_err(io)?;
-        let (_, generation) = parse_meta(tree.get(META).map_err(io)?)?;
-        let legacy = [[SNAPSHOT], [KEY]]
-            .iter()
-            .any(|p| tree.scan_prefix(p).next().is_some());
+        let layout = Layout::decode(tree.get(META).map_err(io)?)?;
         let store = SledStore {
             db,
             tree,
-            generation: AtomicU64::new(generation),
-            legacy: AtomicBool::new(legacy),
+            layout: Mutex::new(layout),
         };
         if store.tree.contains_key(UNFINISHED).map_err(io)? {
-            store.tidy(generation)?;
+            store.tidy(&layout)?;
         }
         Ok(store)
     }
 
-    /// After a snapshot that did not finish: removes every version newer
-    /// than the committed generation and every version shadowed by a newer
-    /// committed one, then the `x` mark.
-    fn tidy(&self, committed: u64) -> Result<(), StorageError> {
+    fn layout(&self) -> Layout {
+        *self.layout.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// After a snapshot or merge that did not finish: removes every pack
+    /// outside the committed layout (and entries from before packs once a
+    /// merge folded them in), then the `x` mark.
+    fn tidy(&self, layout: &Layout) -> Result<(), StorageError> {
         let mut doomed = Vec::new();
-        // The newest committed version seen of the current key, and whether it is a tombstone.
-        let mut current: Option<(Vec<u8>, Vec<u8>, bool)> = None;
-        for kv in self.tree.scan_prefix([VERSION]) {
-            let (raw, value) = kv.map_err(io)?;
-            let (key, generation) = parse_version(&raw)?;
-            if generation > committed {
-                doomed.push(raw.to_vec());
-                continue;
+        for k in self.tree.scan_prefix([PACK]).keys() {
+            let k = k.map_err(io)?;
+            let generation = pack_generation(&k)?;
+            if generation < layout.base || generation > layout.generation {
+                doomed.push(k.to_vec());
             }
-            if let Some((k, newest, tombstone)) = current.take() {
-                if k == key {
-                    doomed.push(newest);
-                } else if tombstone {
-                    self.doom_tombstone(k, newest, &mut doomed);
-                }
-            }
-            current = Some((key.to_vec(), raw.to_vec(), value.is_empty()));
         }
-        if let Some((k, newest, true)) = current {
-            self.doom_tombstone(k, newest, &mut doomed);
+        if layout.base > 0 {
+            doomed.extend(self.before_packs_keys()?);
         }
-        self.remove_chunked(doomed.into_iter())?;
+        self.remove_chunked(doomed)?;
         self.tree.remove(UNFINISHED).map_err(io)?;
         self.tree.flush().map_err(io)?;
         Ok(())
     }
 
-    /// A committed tombstone goes after what it deletes (older versions
-    /// were doomed before it; the entry from before generations too).
-    fn doom_tombstone(&self, key: Vec<u8>, tombstone: Vec<u8>, doomed: &mut Vec<Vec<u8>>) {
-        if self.legacy.load(Ordering::Acquire) {
-            doomed.push(key);
-        }
-        doomed.push(tombstone);
-    }
-
-    fn remove_chunked(&self, keys: impl Iterator<Item = Vec<u8>>) -> Result<(), StorageError> {
-        let mut batch = sled::Batch::default();
-        let mut n = 0;
-        for key in keys {
-            batch.remove(key);
-            n += 1;
-            if n == CHUNK_ENTRIES {
-                self.tree
-                    .apply_batch(std::mem::take(&mut batch))
-                    .map_err(io)?;
-                n = 0;
+    fn before_packs_keys(&self) -> Result<Vec<Vec<u8>>, StorageError> {
+        let mut out = Vec::new();
+        for prefix in [[KEY], [SNAPSHOT]] {
+            for k in self.tree.scan_prefix(prefix).keys() {
+                out.push(k.map_err(io)?.to_vec());
             }
         }
-        if n > 0 {
+        Ok(out)
+    }
+
+    fn remove_chunked(&self, keys: Vec<Vec<u8>>) -> Result<(), StorageError> {
+        for chunk in keys.chunks(CHUNK_ENTRIES) {
+            let mut batch = sled::Batch::default();
+            for key in chunk {
+                batch.remove(key.as_slice());
+            }
             self.tree.apply_batch(batch).map_err(io)?;
         }
         Ok(())
+    }
+
+    fn commit(&self, layout: Layout) -> Result<(), StorageError> {
+        self.tree.insert(META, &layout.encode()[..]).map_err(io)?;
+        self.tree.flush().map_err(io)?;
+        *self.layout.lock().unwrap_or_else(|e| e.into_inner()) = layout;
+        Ok(())
+    }
+
+    /// Every live entry of `layout`, in key order, the newest layer winning;
+    /// deletions are applied, not passed on.
+    fn merged(
+        &self,
+        layout: &Layout,
+        mut emit: impl FnMut(Vec<u8>, Vec<u8>) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        // Oldest first: on equal keys the last run wins.
+        let mut runs: Vec<Run<'_>> = Vec::new();
+        if layout.base == 0 {
+            runs.push(Run {
+                source: Box::new(
+                    self.tree
+                        .scan_prefix([KEY])
+                        .chain(self.tree.scan_prefix([SNAPSHOT])),
+                ),
+                single: true,
+                buf: VecDeque::new(),
+            });
+        }
+        for generation in layout.base.max(1)..=layout.generation {
+            runs.push(Run {
+                source: Box::new(self.tree.scan_prefix(pack_prefix(generation))),
+                single: false,
+                buf: VecDeque::new(),
+            });
+        }
+        loop {
+            let mut least: Option<Vec<u8>> = None;
+            for run in runs.iter_mut() {
+                if let Some((k, _)) = run.head()? {
+                    if least.as_ref().is_none_or(|l| k < l) {
+                        least = Some(k.clone());
+                    }
+                }
+            }
+            let Some(least) = least else { return Ok(()) };
+            let mut winner: Option<Option<Vec<u8>>> = None;
+            for run in runs.iter_mut() {
+                if run.head()?.is_some_and(|(k, _)| *k == least) {
+                    let (_, v) = run.buf.pop_front().expect("a head");
+                    winner = Some(v);
+                }
+            }
+            if let Some(Some(value)) = winner {
+                emit(least, value)?;
+            }
+        }
+    }
+
+    /// Folds every live generation into a new base, commits it, and removes the rest.
+    fn merge(&self, layout: Layout) -> Result<(), StorageError> {
+        let generation = layout.generation + 1;
+        self.tree
+            .insert(UNFINISHED, &generation.to_be_bytes())
+            .map_err(io)?;
+        let mut writer = PackWriter::new(&self.tree, generation);
+        self.merged(&layout, |k, v| writer.push(&k, Some(&v)))?;
+        let bytes = writer.finish()?;
+        self.tree.flush().map_err(io)?;
+        let merged = Layout {
+            seq: layout.seq,
+            generation,
+            base: generation,
+            base_bytes: bytes,
+            newer_bytes: 0,
+        };
+        self.commit(merged)?;
+        let mut doomed = Vec::new();
+        for k in self
+            .tree
+            .range(pack_prefix(0)..pack_prefix(generation))
+            .keys()
+        {
+            doomed.push(k.map_err(io)?.to_vec());
+        }
+        if layout.base == 0 {
+            doomed.extend(self.before_packs_keys()?);
+        }
+        self.remove_chunked(doomed)
     }
 }
 
@@ -245,64 +483,40 @@ impl Store for SledStore {
     }
 
     fn snapshot(&self, seq: u64, entries: SnapshotEntries) -> Result<(), StorageError> {
-        let previous = self.generation.load(Ordering::Acquire);
-        let generation = previous + 1;
+        let layout = self.layout();
+        let generation = layout.generation + 1;
         self.tree
             .insert(UNFINISHED, &generation.to_be_bytes())
             .map_err(io)?;
-        self.tree.flush().map_err(io)?;
 
-        // 1. The new versions, in small batches; invisible until committed.
-        let mut written = Vec::with_capacity(entries.len());
-        let mut batch = sled::Batch::default();
-        for (i, (key, value)) in entries.into_iter().enumerate() {
-            let encoded = encode_key(&key);
-            let prefix = version_prefix(&encoded)?;
-            let tombstone = value.is_none();
-            batch.insert(version_key(&prefix, generation), value.unwrap_or_default());
-            written.push((encoded, prefix, tombstone));
-            if (i + 1) % CHUNK_ENTRIES == 0 {
-                self.tree
-                    .apply_batch(std::mem::take(&mut batch))
-                    .map_err(io)?;
+        // 1. The changed entries as a new generation, sorted (the last of
+        //    two entries for one key wins); invisible until committed.
+        let mut entries: Vec<Entry> = entries
+            .into_iter()
+            .map(|(k, v)| (encode_key(&k), v))
+            .collect();
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut writer = PackWriter::new(&self.tree, generation);
+        for (i, (key, value)) in entries.iter().enumerate() {
+            if entries.get(i + 1).is_some_and(|next| next.0 == *key) {
+                continue;
             }
+            writer.push(key, value.as_deref())?;
         }
-        self.tree.apply_batch(batch).map_err(io)?;
+        let bytes = writer.finish()?;
         self.tree.flush().map_err(io)?;
 
         // 2. Commit: one small write.
-        let mut meta = [0u8; 16];
-        meta[..8].copy_from_slice(&seq.to_be_bytes());
-        meta[8..].copy_from_slice(&generation.to_be_bytes());
-        self.tree.insert(META, &meta).map_err(io)?;
-        self.tree.flush().map_err(io)?;
-        self.generation.store(generation, Ordering::Release);
+        let layout = Layout {
+            seq,
+            generation,
+            newer_bytes: layout.newer_bytes + bytes,
+            ..layout
+        };
+        self.commit(layout)?;
 
-        // 3. Remove what the commit shadows: older versions, tombstones,
-        //    entries from before generations, and the journal it covers.
-        let legacy = self.legacy.load(Ordering::Acquire);
-        let mut doomed = Vec::new();
-        for (encoded, prefix, tombstone) in &written {
-            // Each finished snapshot leaves one version per entry (and `tidy`
-            // restores that after a crash), so one look below is enough.
-            if let Some((older, _)) = self
-                .tree
-                .get_lt(version_key(prefix, generation))
-                .map_err(io)?
-            {
-                if older.starts_with(prefix) {
-                    doomed.push(older.to_vec());
-                }
-            }
-            if legacy {
-                doomed.push(encoded.clone());
-            }
-            // Last, so that a crash part way never lets an older version show through.
-            if *tombstone {
-                doomed.push(version_key(prefix, generation));
-            }
-        }
-        // Every journal batch whose successor starts at or below seq + 1.
+        // 3. Remove the journal it covers: every batch whose successor
+        //    starts at or below seq + 1.
         let starts: Vec<u64> = self
             .tree
             .range(journal_key(0)..=journal_key(seq.saturating_add(1)))
@@ -310,43 +524,31 @@ impl Store for SledStore {
             .map(|k| k.map(|k| u64::from_be_bytes(k[1..9].try_into().expect("journal key"))))
             .collect::<Result<_, _>>()
             .map_err(io)?;
-        for pair in starts.windows(2) {
-            if pair[1] <= seq + 1 {
-                doomed.push(journal_key(pair[0]).to_vec());
-            }
+        let doomed = starts
+            .windows(2)
+            .filter(|pair| pair[1] <= seq + 1)
+            .map(|pair| journal_key(pair[0]).to_vec())
+            .collect();
+        self.remove_chunked(doomed)?;
+
+        // 4. Newer generations outgrew the base: fold them in.
+        if layout.newer_bytes > layout.base_bytes.max(MERGE_BYTES_MIN)
+            || layout.generation - layout.base >= GENERATIONS_MAX
+        {
+            self.merge(layout)?;
         }
-        self.remove_chunked(doomed.into_iter())?;
         self.tree.remove(UNFINISHED).map_err(io)?;
         self.tree.flush().map_err(io)?;
         Ok(())
     }
 
     fn load(&self) -> Result<Loaded, StorageError> {
-        let (snapshot_seq, committed) = parse_meta(self.tree.get(META).map_err(io)?)?;
-        let mut entries: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
-        for prefix in [[SNAPSHOT], [KEY]] {
-            for kv in self.tree.scan_prefix(prefix) {
-                let (k, v) = kv.map_err(io)?;
-                entries.insert(k.to_vec(), v.to_vec());
-            }
-        }
-        // Versions of one key come in ascending generations: the last committed one wins.
-        for kv in self.tree.scan_prefix([VERSION]) {
-            let (raw, value) = kv.map_err(io)?;
-            let (key, generation) = parse_version(&raw)?;
-            if generation > committed {
-                continue;
-            }
-            if value.is_empty() {
-                entries.remove(key);
-            } else {
-                entries.insert(key.to_vec(), value.to_vec());
-            }
-        }
-        let snapshots = entries
-            .into_iter()
-            .map(|(k, v)| Ok((decode_key(&k)?, v)))
-            .collect::<Result<_, StorageError>>()?;
+        let layout = Layout::decode(self.tree.get(META).map_err(io)?)?;
+        let mut snapshots = Vec::new();
+        self.merged(&layout, |k, v| {
+            snapshots.push((decode_key(&k)?, v));
+            Ok(())
+        })?;
         let mut batches = Vec::new();
         for kv in self.tree.scan_prefix([JOURNAL]) {
             let (k, v) = kv.map_err(io)?;
@@ -358,7 +560,7 @@ impl Store for SledStore {
             batches.push((seq, v.to_vec()));
         }
         Ok(Loaded {
-            snapshot_seq,
+            snapshot_seq: layout.seq,
             snapshots,
             batches,
         })
@@ -372,6 +574,7 @@ impl Store for SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::{BTreeMap, BTreeSet};
 
     #[test]
     fn snapshot_keys_round_trip() {
@@ -429,25 +632,31 @@ mod tests {
         out
     }
 
-    /// Every raw key of the tree, as (first byte, count).
-    fn raw_prefix_counts(dir: &Path) -> BTreeMap<char, usize> {
+    /// The generations that have packs, and whether `x` or entries from before packs remain.
+    fn raw(dir: &Path) -> (BTreeSet<u64>, bool, usize) {
         let s = SledStore::open(dir).unwrap();
-        let mut out = BTreeMap::new();
-        for kv in s.tree.iter() {
-            let (k, _) = kv.unwrap();
-            *out.entry(k[0] as char).or_insert(0) += 1;
-        }
-        out
+        let generations = s
+            .tree
+            .scan_prefix([PACK])
+            .keys()
+            .map(|k| pack_generation(&k.unwrap()).unwrap())
+            .collect();
+        let unfinished = s.tree.contains_key(UNFINISHED).unwrap();
+        (
+            generations,
+            unfinished,
+            s.before_packs_keys().unwrap().len(),
+        )
     }
 
     #[test]
-    fn snapshots_overwrite_and_delete_leaving_one_version_per_entry() {
+    fn snapshots_overwrite_and_delete_across_generations() {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = SledStore::open(dir.path()).unwrap();
-            // More entries than one chunk, so the write spans several batches.
+            // More than one pack, so a generation spans several sled values.
             let many: Vec<_> = (1..=600)
-                .map(|i| (SnapshotKey::Order(i), Some(format!("o{i}").into_bytes())))
+                .map(|i| (SnapshotKey::Order(i), Some(vec![b'o'; 300])))
                 .collect();
             s.snapshot(3, many).unwrap();
             s.snapshot(
@@ -464,23 +673,15 @@ mod tests {
         assert_eq!(got.len(), 600); // 599 orders and the key
         assert!(got.contains(&(SnapshotKey::Order(1), "o1-paid".into())));
         assert!(!got.iter().any(|(k, _)| *k == SnapshotKey::Order(2)));
-        assert_eq!(
-            SledStore::open(dir.path())
-                .unwrap()
-                .load()
-                .unwrap()
-                .snapshot_seq,
-            7
-        );
-        // One version per live entry: no shadowed versions, tombstones or marks are left.
-        let counts = raw_prefix_counts(dir.path());
-        assert_eq!(counts.get(&'g'), Some(&600));
-        assert_eq!(counts.get(&'x'), None);
+        let loaded = SledStore::open(dir.path()).unwrap().load().unwrap();
+        assert_eq!(loaded.snapshot_seq, 7);
+        let (generations, unfinished, _) = raw(dir.path());
+        assert_eq!(generations, BTreeSet::from([1, 2]));
+        assert!(!unfinished);
     }
 
-    /// A crash while a snapshot's versions were being written: recovery
-    /// sees the last committed snapshot only, and the next open removes the
-    /// unfinished versions.
+    /// A crash while a snapshot's packs were being written: recovery sees
+    /// the last committed snapshot only, and the next open removes the packs.
     #[test]
     fn an_unfinished_snapshot_is_invisible_and_removed_at_open() {
         let dir = tempfile::tempdir().unwrap();
@@ -490,22 +691,20 @@ mod tests {
                 .unwrap();
             // What snapshot() does before it commits, then "crashes".
             s.tree.insert(UNFINISHED, &2u64.to_be_bytes()).unwrap();
-            for (key, value) in [
-                (SnapshotKey::User(1), "u1-new"),
-                (SnapshotKey::User(2), "u2"),
-            ] {
-                let prefix = version_prefix(&encode_key(&key)).unwrap();
-                s.tree.insert(version_key(&prefix, 2), value).unwrap();
-            }
+            let mut w = PackWriter::new(&s.tree, 2);
+            w.push(&encode_key(&SnapshotKey::User(1)), Some(b"u1-new"))
+                .unwrap();
+            w.push(&encode_key(&SnapshotKey::User(2)), Some(b"u2"))
+                .unwrap();
+            w.finish().unwrap();
             s.tree.flush().unwrap();
         }
         assert_eq!(
             loaded(dir.path()),
             vec![(SnapshotKey::User(1), "u1".into())]
         );
-        let counts = raw_prefix_counts(dir.path());
-        assert_eq!(counts.get(&'g'), Some(&1));
-        assert_eq!(counts.get(&'x'), None);
+        assert_eq!(raw(dir.path()).0, BTreeSet::from([1]));
+        assert!(!raw(dir.path()).1);
         // The next snapshot reuses generation 2 cleanly.
         {
             let s = SledStore::open(dir.path()).unwrap();
@@ -521,44 +720,49 @@ mod tests {
         );
     }
 
-    /// A crash after the commit, before the shadowed versions were removed:
-    /// the newest committed version wins, and the next open tidies.
+    /// A crash after a merge was committed, before the generations it
+    /// folded in were removed: the base wins, and the next open tidies.
     #[test]
-    fn a_committed_snapshot_that_was_not_tidied_is_tidied_at_open() {
+    fn a_merge_that_was_not_tidied_is_tidied_at_open() {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = SledStore::open(dir.path()).unwrap();
+            s.snapshot(2, entries(&[(SnapshotKey::User(1), Some("u1"))]))
+                .unwrap();
             s.snapshot(
-                2,
+                3,
                 entries(&[
-                    (SnapshotKey::User(1), Some("u1")),
+                    (SnapshotKey::User(1), None),
                     (SnapshotKey::User(2), Some("u2")),
                 ]),
             )
             .unwrap();
-            // Generation 2 written and committed, nothing removed yet.
-            s.tree.insert(UNFINISHED, &2u64.to_be_bytes()).unwrap();
-            let u1 = version_prefix(&encode_key(&SnapshotKey::User(1))).unwrap();
-            let u2 = version_prefix(&encode_key(&SnapshotKey::User(2))).unwrap();
-            s.tree.insert(version_key(&u1, 2), "u1-new").unwrap();
-            s.tree.insert(version_key(&u2, 2), "").unwrap();
-            let mut meta = [0u8; 16];
-            meta[..8].copy_from_slice(&4u64.to_be_bytes());
-            meta[8..].copy_from_slice(&2u64.to_be_bytes());
-            s.tree.insert(META, &meta).unwrap();
-            s.tree.flush().unwrap();
+            // What merge() does up to its commit.
+            let layout = s.layout();
+            s.tree.insert(UNFINISHED, &3u64.to_be_bytes()).unwrap();
+            let mut w = PackWriter::new(&s.tree, 3);
+            s.merged(&layout, |k, v| w.push(&k, Some(&v))).unwrap();
+            let bytes = w.finish().unwrap();
+            s.commit(Layout {
+                generation: 3,
+                base: 3,
+                base_bytes: bytes,
+                newer_bytes: 0,
+                ..layout
+            })
+            .unwrap();
         }
+        assert_eq!(raw(dir.path()).0, BTreeSet::from([3]));
         assert_eq!(
             loaded(dir.path()),
-            vec![(SnapshotKey::User(1), "u1-new".into())]
+            vec![(SnapshotKey::User(2), "u2".into())]
         );
-        assert_eq!(raw_prefix_counts(dir.path()).get(&'g'), Some(&1));
     }
 
-    /// Stores written before generations: their entries load as
-    /// generation 0 and go as they are rewritten or deleted.
+    /// Stores written before packs: their entries load as the oldest layer
+    /// and are folded into the first merge.
     #[test]
-    fn entries_from_before_generations_load_and_are_replaced() {
+    fn entries_from_before_packs_load_and_are_merged() {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = SledStore::open(dir.path()).unwrap();
@@ -572,14 +776,12 @@ mod tests {
             s.tree.insert(META, &9u64.to_be_bytes()).unwrap();
             s.tree.flush().unwrap();
         }
-        assert_eq!(
-            loaded(dir.path()),
-            vec![
-                (SnapshotKey::User(1), "u1".into()),
-                (SnapshotKey::User(2), "u2".into()),
-                (SnapshotKey::Key("a".into()), "ka".into()),
-            ]
-        );
+        let before = vec![
+            (SnapshotKey::User(1), "u1".to_string()),
+            (SnapshotKey::User(2), "u2".into()),
+            (SnapshotKey::Key("a".into()), "ka".into()),
+        ];
+        assert_eq!(loaded(dir.path()), before);
         {
             let s = SledStore::open(dir.path()).unwrap();
             assert_eq!(s.load().unwrap().snapshot_seq, 9);
@@ -592,16 +794,61 @@ mod tests {
             )
             .unwrap();
         }
-        assert_eq!(
-            loaded(dir.path()),
-            vec![
-                (SnapshotKey::User(1), "u1-new".into()),
-                (SnapshotKey::User(2), "u2".into()),
-            ]
-        );
-        let counts = raw_prefix_counts(dir.path());
-        assert_eq!(counts.get(&'s'), Some(&1)); // user 2, never rewritten
-        assert_eq!(counts.get(&'k'), None);
-        assert_eq!(counts.get(&'g'), Some(&1));
+        let after = vec![
+            (SnapshotKey::User(1), "u1-new".to_string()),
+            (SnapshotKey::User(2), "u2".into()),
+        ];
+        assert_eq!(loaded(dir.path()), after);
+        assert_eq!(raw(dir.path()).2, 3, "not merged yet");
+        {
+            let s = SledStore::open(dir.path()).unwrap();
+            s.merge(s.layout()).unwrap();
+        }
+        assert_eq!(loaded(dir.path()), after);
+        assert_eq!(raw(dir.path()).2, 0, "folded into the base");
+    }
+
+    /// Hundreds of snapshots of random changes, reopening now and then:
+    /// what loads is always the model, and merges keep the generations few.
+    #[test]
+    fn random_snapshots_load_as_the_model_through_merges_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut model: BTreeMap<SnapshotKey, Vec<u8>> = BTreeMap::new();
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        let mut store = SledStore::open(dir.path()).unwrap();
+        for seq in 1..=300u64 {
+            let mut changes = SnapshotEntries::new();
+            for _ in 0..next(40) {
+                let key = match next(3) {
+                    0 => SnapshotKey::User(1 + next(50)),
+                    1 => SnapshotKey::Order(1 + next(200)),
+                    _ => SnapshotKey::Key(format!("key-{}", next(30))),
+                };
+                let value = (next(5) > 0).then(|| vec![seq as u8; 1 + next(3000) as usize]);
+                match &value {
+                    Some(v) => model.insert(key.clone(), v.clone()),
+                    None => model.remove(&key),
+                };
+                changes.push((key, value));
+            }
+            store.snapshot(seq, changes).unwrap();
+            if seq % 37 == 0 {
+                drop(store);
+                store = SledStore::open(dir.path()).unwrap();
+            }
+            let loaded = store.load().unwrap();
+            assert_eq!(loaded.snapshot_seq, seq);
+            let got: BTreeMap<_, _> = loaded.snapshots.into_iter().collect();
+            assert_eq!(got, model, "after snapshot {seq}");
+        }
+        let layout = store.layout();
+        assert!(layout.base > 1, "merged at least once: {layout:?}");
+        assert!(layout.generation - layout.base < GENERATIONS_MAX);
     }
 }
