@@ -85,6 +85,20 @@ pub struct User {
 }
 
 impl User {
+    /// A copy without the balance history (snapshots store it in chunks).
+    pub fn without_history(&self) -> User {
+        User {
+            id: self.id,
+            name: self.name.clone(),
+            balance: self.balance,
+            history: Vec::new(),
+            coupons: self.coupons.clone(),
+            cart: self.cart.clone(),
+            credits_pending: self.credits_pending,
+            debits_pending: self.debits_pending,
+        }
+    }
+
     pub fn new(id: UserId, name: String) -> User {
         User {
             id,

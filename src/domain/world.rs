@@ -149,6 +149,10 @@ pub struct World {
     pub dirty: Dirty,
     /// A snapshot being taken, if any.
     pub cut: Option<Cut>,
+    /// For each user (by index), how many history entries snapshots hold:
+    /// a snapshot writes a user without its history, and only the chunks
+    /// of history after this (see `store::recovery`).
+    pub history_persisted: Vec<usize>,
 }
 
 fn unfit(seq: u64, reason: String) -> ApplyError {
@@ -192,6 +196,28 @@ impl World {
         cut.waiting_keys = marks.keys.clone();
         self.cut = Some(cut);
         marks
+    }
+
+    /// History entries of `id` that snapshots already hold.
+    pub fn history_persisted(&self, id: UserId) -> usize {
+        self.history_persisted.get(id.index()).copied().unwrap_or(0)
+    }
+
+    pub fn set_history_persisted(&mut self, id: UserId, len: usize) {
+        let i = id.index();
+        if self.history_persisted.len() <= i {
+            self.history_persisted.resize(i + 1, 0);
+        }
+        self.history_persisted[i] = len;
+    }
+
+    /// A snapshot was not written: its marks come back, and the history of
+    /// its users is written whole next time (its chunks may be missing).
+    pub fn snapshot_failed(&mut self, marks: Dirty) {
+        for id in &marks.users {
+            self.set_history_persisted(*id, 0);
+        }
+        self.dirty.merge(marks);
     }
 
     /// A user is about to change: if a cut still needs it as it was, copy it first.

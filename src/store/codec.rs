@@ -26,6 +26,8 @@ pub enum Kind {
     Order = 5,
     Key = 6,
     Meta = 7,
+    /// A chunk of a user's balance history (snapshots write users without it).
+    History = 8,
 }
 
 impl Kind {
@@ -38,6 +40,7 @@ impl Kind {
             5 => Kind::Order,
             6 => Kind::Key,
             7 => Kind::Meta,
+            8 => Kind::History,
             _ => return None,
         })
     }
@@ -66,7 +69,7 @@ pub enum CodecError {
 }
 
 /// Appends one frame holding `value` to `out`.
-pub fn encode_into<T: Serialize>(
+pub fn encode_into<T: Serialize + ?Sized>(
     kind: Kind,
     value: &T,
     out: &mut Vec<u8>,
@@ -92,7 +95,7 @@ pub fn encode_into<T: Serialize>(
     Ok(())
 }
 
-pub fn encode<T: Serialize>(kind: Kind, value: &T) -> Result<Vec<u8>, CodecError> {
+pub fn encode<T: Serialize + ?Sized>(kind: Kind, value: &T) -> Result<Vec<u8>, CodecError> {
     let mut out = Vec::with_capacity(128);
     encode_into(kind, value, &mut out)?;
     Ok(out)

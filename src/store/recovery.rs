@@ -2,9 +2,10 @@
 
 use crate::domain::coupon::Campaign;
 use crate::domain::event::Record;
+use crate::domain::ids::UserId;
 use crate::domain::order::Order;
 use crate::domain::product::Product;
-use crate::domain::user::User;
+use crate::domain::user::{BalanceEntry, User};
 use crate::domain::world::{Captured, Meta, StoredKey, World};
 use crate::store::codec::{self, CodecError, Kind};
 use crate::store::{Loaded, SnapshotEntries, SnapshotKey, StorageError, Store};
@@ -101,7 +102,30 @@ fn load_snapshots(
             SnapshotKey::User(id) => {
                 let u: User = codec::decode(Kind::User, &bytes).map_err(bad)?;
                 dense(world.users.len(), *id, u.id.0, "user")?;
+                // A user with its history inline (written before history
+                // chunks) has no chunks yet: the next snapshot writes them all.
+                world.set_history_persisted(u.id, 0);
                 world.users.push(u);
+            }
+            SnapshotKey::History(id, chunk) => {
+                let entries: Vec<BalanceEntry> =
+                    codec::decode(Kind::History, &bytes).map_err(bad)?;
+                let user = world
+                    .users
+                    .get_mut(UserId(*id).index())
+                    .filter(|u| u.id.0 == *id)
+                    .ok_or_else(|| {
+                        RecoveryError::Sparse(format!("history of user {id}, who is not there"))
+                    })?;
+                if user.history.len() as u64 != chunk * HISTORY_CHUNK as u64 {
+                    return Err(RecoveryError::Sparse(format!(
+                        "history chunk {chunk} of user {id} after {} entries",
+                        user.history.len()
+                    )));
+                }
+                user.history.extend(entries);
+                let len = user.history.len();
+                world.set_history_persisted(UserId(*id), len);
             }
             SnapshotKey::Product(id) => {
                 let p: Product = codec::decode(Kind::Product, &bytes).map_err(bad)?;
@@ -145,7 +169,9 @@ pub fn dirty_snapshot(world: &mut World) -> Result<SnapshotEntries, CodecError> 
     let mut out = Vec::new();
     for id in dirty.users {
         if let Some(u) = world.users.get(id.index()) {
-            out.push((SnapshotKey::User(id.0), Some(codec::encode(Kind::User, u)?)));
+            let from = world.history_persisted(id);
+            encode_user(u, from, &mut out)?;
+            world.set_history_persisted(id, u.history.len());
         }
     }
     for id in dirty.products {
@@ -189,6 +215,31 @@ pub fn dirty_snapshot(world: &mut World) -> Result<SnapshotEntries, CodecError> 
     Ok(out)
 }
 
+/// Balance history entries per snapshot chunk.
+pub const HISTORY_CHUNK: usize = 64;
+
+/// A user as snapshot entries: the user without its history, then the
+/// chunks of history from the one holding entry `from` on. History only
+/// grows, so earlier chunks are already stored: a user with a long history
+/// costs a snapshot what changed, not all of it.
+fn encode_user(u: &User, from: usize, out: &mut SnapshotEntries) -> Result<(), CodecError> {
+    out.push((
+        SnapshotKey::User(u.id.0),
+        Some(codec::encode(Kind::User, &u.without_history())?),
+    ));
+    let len = u.history.len();
+    if from < len {
+        for chunk in from / HISTORY_CHUNK..len.div_ceil(HISTORY_CHUNK) {
+            let part = &u.history[chunk * HISTORY_CHUNK..len.min((chunk + 1) * HISTORY_CHUNK)];
+            out.push((
+                SnapshotKey::History(u.id.0, chunk as u64),
+                Some(codec::encode(Kind::History, part)?),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Encodes up to `budget` entries of the world's [`Cut`](crate::domain::world::Cut)
 /// into `out`; returns whether the cut is complete (and then ends it).
 pub fn cut_step(
@@ -202,13 +253,19 @@ pub fn cut_step(
     let mut left = budget;
     while left > 0 {
         if let Some(captured) = cut.captured.pop() {
-            out.push(encode_captured(captured)?);
+            encode_captured(captured, &mut world.history_persisted, out)?;
         } else if let Some(id) = cut.users.pop() {
             if !cut.take_user(id) {
                 continue; // copied when it changed: among `captured`
             }
             if let Some(u) = world.users.get(id.index()) {
-                out.push((SnapshotKey::User(id.0), Some(codec::encode(Kind::User, u)?)));
+                let from = world
+                    .history_persisted
+                    .get(id.index())
+                    .copied()
+                    .unwrap_or(0);
+                encode_user(u, from, out)?;
+                set_persisted(&mut world.history_persisted, id, u.history.len());
             }
         } else if let Some(id) = cut.orders.pop() {
             if !cut.take_order(id) {
@@ -225,7 +282,7 @@ pub fn cut_step(
                 continue;
             }
             let value = world.keys.get(&key).cloned();
-            out.push(encode_captured(Captured::Key(key, value))?);
+            encode_captured(Captured::Key(key, value), &mut world.history_persisted, out)?;
         } else {
             break;
         }
@@ -238,12 +295,27 @@ pub fn cut_step(
     Ok(done)
 }
 
-fn encode_captured(captured: Captured) -> Result<(SnapshotKey, Option<Vec<u8>>), CodecError> {
-    Ok(match captured {
-        Captured::User(u) => (
-            SnapshotKey::User(u.id.0),
-            Some(codec::encode(Kind::User, &u)?),
-        ),
+/// [`World::set_history_persisted`] on the field alone (the cut is borrowed).
+fn set_persisted(persisted: &mut Vec<usize>, id: UserId, len: usize) {
+    if persisted.len() <= id.index() {
+        persisted.resize(id.index() + 1, 0);
+    }
+    persisted[id.index()] = len;
+}
+
+/// An entity copied by a cut, as snapshot entries.
+fn encode_captured(
+    captured: Captured,
+    persisted: &mut Vec<usize>,
+    out: &mut SnapshotEntries,
+) -> Result<(), CodecError> {
+    let entry = match captured {
+        Captured::User(u) => {
+            let from = persisted.get(u.id.index()).copied().unwrap_or(0);
+            encode_user(&u, from, out)?;
+            set_persisted(persisted, u.id, u.history.len());
+            return Ok(());
+        }
         Captured::Product(p) => (
             SnapshotKey::Product(p.id.0),
             Some(codec::encode(Kind::Product, &p)?),
@@ -261,7 +333,9 @@ fn encode_captured(captured: Captured) -> Result<(SnapshotKey, Option<Vec<u8>>),
             (SnapshotKey::Key(k), value)
         }
         Captured::Meta(m) => (SnapshotKey::Meta, Some(codec::encode(Kind::Meta, &m)?)),
-    })
+    };
+    out.push(entry);
+    Ok(())
 }
 
 /// Every entity of `world`, as a full snapshot (golden files, `verify`).
@@ -448,5 +522,57 @@ mod tests {
         let next = &world.dirty;
         assert!(next.users.contains(&UserId(1)) && next.users.contains(&UserId(4)));
         assert!(next.orders.contains(&OrderId(4)) && next.keys.contains("old"));
+    }
+
+    /// A long history is stored in chunks, and a snapshot writes only the
+    /// chunks that changed; recovery puts the history back whole.
+    #[test]
+    fn history_is_snapshotted_in_chunks_and_only_new_chunks_are_written() {
+        use crate::store::{MemoryStore, Store};
+        let mut world = World::default();
+        let mut seq = 0;
+        let mut apply = |world: &mut World, event: Event| {
+            seq += 1;
+            world.apply(seq, &Record::new(Timestamp(1), event)).unwrap();
+            seq
+        };
+        apply(
+            &mut world,
+            Event::UserRegistered {
+                user_id: UserId(1),
+                name: "kim".into(),
+            },
+        );
+        for _ in 0..150 {
+            apply(&mut world, charge(1, 1));
+        }
+        let store = MemoryStore::new();
+        let first = dirty_snapshot(&mut world).unwrap();
+        let keys: Vec<_> = first.iter().map(|(k, _)| k.clone()).collect();
+        for chunk in 0..3 {
+            assert!(keys.contains(&SnapshotKey::History(1, chunk)), "{keys:?}");
+        }
+        store.snapshot(world.seq, first).unwrap();
+
+        let mut last = 0;
+        for _ in 0..20 {
+            last = apply(&mut world, charge(1, 1)); // 170 entries: chunk 2 grows
+        }
+        world.begin_cut();
+        let mut second = Vec::new();
+        while !cut_step(&mut world, &mut second, 1000).unwrap() {}
+        let keys: Vec<_> = second.iter().map(|(k, _)| k.clone()).collect();
+        assert_eq!(
+            keys,
+            vec![SnapshotKey::User(1), SnapshotKey::History(1, 2)],
+            "only the user and its last chunk"
+        );
+        store.snapshot(last, second).unwrap();
+
+        let (recovered, report) = recover_store(&store).unwrap();
+        assert_eq!(report.records_replayed, 0);
+        assert_eq!(recovered.users, world.users);
+        assert_eq!(recovered.users[0].history.len(), 170);
+        assert_eq!(recovered.history_persisted(UserId(1)), 170);
     }
 }

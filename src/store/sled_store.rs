@@ -160,6 +160,11 @@ fn encode_key(key: &SnapshotKey) -> Vec<u8> {
         SnapshotKey::Product(id) => entity(b'p', *id),
         SnapshotKey::Campaign(id) => entity(b'c', *id),
         SnapshotKey::Order(id) => entity(b'o', *id),
+        SnapshotKey::History(id, chunk) => {
+            let mut k = entity(b'h', *id);
+            k.extend_from_slice(&chunk.to_be_bytes());
+            k
+        }
         SnapshotKey::Meta => vec![SNAPSHOT, b'm'],
         SnapshotKey::Key(k) => {
             let mut out = vec![KEY];
@@ -176,6 +181,10 @@ fn decode_key(raw: &[u8]) -> Result<SnapshotKey, StorageError> {
             .map(SnapshotKey::Key)
             .map_err(|_| bad()),
         [SNAPSHOT, b'm'] => Ok(SnapshotKey::Meta),
+        [SNAPSHOT, b'h', rest @ ..] if rest.len() == 16 => Ok(SnapshotKey::History(
+            u64::from_be_bytes(rest[..8].try_into().expect("8 bytes")),
+            u64::from_be_bytes(rest[8..].try_into().expect("8 bytes")),
+        )),
         [SNAPSHOT, kind, id @ ..] if id.len() == 8 => {
             let id = u64::from_be_bytes(id.try_into().expect("8 bytes"));
             match kind {
@@ -583,6 +592,7 @@ mod tests {
             SnapshotKey::Product(1),
             SnapshotKey::Campaign(u64::MAX),
             SnapshotKey::Order(3),
+            SnapshotKey::History(7, 2),
             SnapshotKey::Meta,
             SnapshotKey::Key("retry-1".into()),
         ] {

@@ -433,7 +433,7 @@ impl Worker {
             self.snapshot_in_flight = false;
             if let Some(marks) = done.failed_marks {
                 // Written again by the next snapshot, from the entities as they are then.
-                self.world.dirty.merge(marks);
+                self.world.snapshot_failed(marks);
             }
         }
     }
@@ -485,7 +485,7 @@ impl Worker {
                     ack,
                 } = self.cut.take().expect("a cut under way");
                 let Some(jobs) = &self.jobs else {
-                    self.world.dirty.merge(marks);
+                    self.world.snapshot_failed(marks);
                     return refuse(ack, StorageError::Closed);
                 };
                 match jobs.send(SnapshotJob {
@@ -496,7 +496,7 @@ impl Worker {
                 }) {
                     Ok(()) => self.snapshot_in_flight = true,
                     Err(mpsc::SendError(job)) => {
-                        self.world.dirty.merge(job.marks);
+                        self.world.snapshot_failed(job.marks);
                         refuse(job.ack, StorageError::Closed);
                     }
                 }
@@ -505,7 +505,7 @@ impl Worker {
                 // Written again by the next snapshot, from the entities as they are then.
                 self.world.cut = None;
                 let pending = self.cut.take().expect("a cut under way");
-                self.world.dirty.merge(pending.marks);
+                self.world.snapshot_failed(pending.marks);
                 refuse(pending.ack, e);
             }
         }
