@@ -39,7 +39,7 @@ pub enum StorageError {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum SnapshotKey {
     User(u64),
-    /// Chunk `.1` of user `.0`'s balance history: entries `64 × .1 ..`.
+    /// Chunk `.1` of user `.0`'s balance history (`HISTORY_CHUNK` entries each, in `recovery`).
     History(u64, u64),
     Product(u64),
     Campaign(u64),

@@ -216,7 +216,7 @@ pub fn dirty_snapshot(world: &mut World) -> Result<SnapshotEntries, CodecError> 
 }
 
 /// Balance history entries per snapshot chunk.
-pub const HISTORY_CHUNK: usize = 64;
+pub const HISTORY_CHUNK: usize = 16;
 
 /// A user as snapshot entries: the user without its history, then the
 /// chunks of history from the one holding entry `from` on. History only
@@ -549,23 +549,30 @@ mod tests {
         let store = MemoryStore::new();
         let first = dirty_snapshot(&mut world).unwrap();
         let keys: Vec<_> = first.iter().map(|(k, _)| k.clone()).collect();
-        for chunk in 0..3 {
+        let chunks = 150u64.div_ceil(HISTORY_CHUNK as u64);
+        for chunk in 0..chunks {
             assert!(keys.contains(&SnapshotKey::History(1, chunk)), "{keys:?}");
         }
+        assert!(!keys.contains(&SnapshotKey::History(1, chunks)));
         store.snapshot(world.seq, first).unwrap();
 
         let mut last = 0;
         for _ in 0..20 {
-            last = apply(&mut world, charge(1, 1)); // 170 entries: chunk 2 grows
+            last = apply(&mut world, charge(1, 1)); // 170 entries
         }
         world.begin_cut();
         let mut second = Vec::new();
         while !cut_step(&mut world, &mut second, 1000).unwrap() {}
         let keys: Vec<_> = second.iter().map(|(k, _)| k.clone()).collect();
+        let from = 150 / HISTORY_CHUNK as u64; // the chunk entry 150 is in
+        let mut expected = vec![SnapshotKey::User(1)];
+        expected.extend(
+            (from..170u64.div_ceil(HISTORY_CHUNK as u64)).map(|c| SnapshotKey::History(1, c)),
+        );
+        assert!(expected.len() < 4, "a few chunks, not the whole history");
         assert_eq!(
-            keys,
-            vec![SnapshotKey::User(1), SnapshotKey::History(1, 2)],
-            "only the user and its last chunk"
+            keys, expected,
+            "only the user and the chunks from entry 150 on"
         );
         store.snapshot(last, second).unwrap();
 
