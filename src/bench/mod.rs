@@ -394,6 +394,8 @@ struct Driven {
     outs: Vec<WorkerOut>,
     timeline: Vec<Second>,
     setup_secs: f64,
+    /// This process's resident memory before and after setup (MiB).
+    setup_rss_mib: (Option<f64>, Option<f64>),
     measured_secs: f64,
     journal: Option<JournalReport>,
 }
@@ -427,6 +429,7 @@ async fn drive(
     pb.set_message(format!("setting up {users} users, {products} products"));
     pb.enable_steady_tick(Duration::from_millis(200));
     let setup_start = Instant::now();
+    let rss_before_setup = rss_mib();
     let (fixture, tally) = setup(
         &target,
         args.workload,
@@ -437,6 +440,7 @@ async fn drive(
     .await
     .map_err(|e| format!("setup failed: {e}"))?;
     let setup_secs = setup_start.elapsed().as_secs_f64();
+    let setup_rss_mib = (rss_before_setup, rss_mib());
     pb.finish_and_clear();
     let warmup = Duration::from_secs_f64(args.warmup_secs);
     let duration = Duration::from_secs_f64(args.duration_secs);
@@ -519,6 +523,7 @@ async fn drive(
         outs,
         timeline,
         setup_secs,
+        setup_rss_mib,
         measured_secs,
         journal,
     })
@@ -667,6 +672,8 @@ fn build_report(
         users,
         products,
         setup_secs: d.setup_secs,
+        rss_mib_before_setup: d.setup_rss_mib.0,
+        rss_mib_after_setup: d.setup_rss_mib.1,
         warmup_secs: args.warmup_secs,
         measured_secs: d.measured_secs,
         kinds,

@@ -104,6 +104,10 @@ pub struct BenchReport {
     pub users: usize,
     pub products: usize,
     pub setup_secs: f64,
+    /// Resident memory of this process before and after setup: embedded,
+    /// the difference over the users created is the memory per user.
+    pub rss_mib_before_setup: Option<f64>,
+    pub rss_mib_after_setup: Option<f64>,
     pub warmup_secs: f64,
     /// The measured window (shorter than asked when the work ran out).
     pub measured_secs: f64,
@@ -157,6 +161,13 @@ impl BenchReport {
             "setup {:.1} s, warm-up {:.1} s, measured {:.2} s",
             self.setup_secs, self.warmup_secs, self.measured_secs
         );
+        if let (Some(before), Some(after)) = (self.rss_mib_before_setup, self.rss_mib_after_setup) {
+            let _ = writeln!(
+                out,
+                "process RSS {before:.0} MiB before setup, {after:.0} MiB after ({:.0} bytes per user)",
+                (after - before).max(0.0) * 1024.0 * 1024.0 / self.users.max(1) as f64
+            );
+        }
         let _ = writeln!(
             out,
             "{:<13} {:>10} {:>10} {:>11} {:>8} {:>8} {:>8} {:>8} {:>8}",
