@@ -346,15 +346,17 @@ impl Worker {
                         }
                     }
                 }
-                for (i, ack) in acks.drain(..).enumerate() {
-                    let _ = ack.send(Ok(first_seq + i as u64));
-                }
+                // Counted before anyone hears back: whoever got an answer
+                // reads metrics that include its record.
                 self.stats.records.fetch_add(count, Ordering::Relaxed);
                 self.stats.batches.fetch_add(1, Ordering::Relaxed);
                 self.stats
                     .last_batch_records
                     .store(count, Ordering::Relaxed);
                 self.since_snapshot += count;
+                for (i, ack) in acks.drain(..).enumerate() {
+                    let _ = ack.send(Ok(first_seq + i as u64));
+                }
             }
             Err(e) => {
                 if e != StorageError::Poisoned {
