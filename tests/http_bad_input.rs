@@ -640,6 +640,31 @@ async fn requests_at_each_limit_are_accepted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_the_limit_is_refused_and_its_connection_is_closed() {
+    // proves a 413 says `connection: close` (its body was never read), and the
+    // same pooled client goes on working
+    let s = setup().await;
+    let body = format!(r#"{{"name":"{}"}}"#, "y".repeat(70 * 1024));
+    let resp = s
+        .client
+        .post(s.url("/api/v1/users"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        resp.headers().get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..])
+    );
+    for _ in 0..5 {
+        assert_eq!(s.get("/api/v1/users/1").await.0, StatusCode::OK);
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chunked_body_over_the_limit_is_refused_without_a_length_header() {
     // proves the 64 KiB limit also holds for a streamed body (413 PAYLOAD_TOO_LARGE, nothing created)
     let s = setup().await;
