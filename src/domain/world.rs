@@ -75,24 +75,23 @@ impl Dirty {
     }
 }
 
-/// A snapshot being taken without stopping the world: every entity as it
-/// was at `seq`. Products, campaigns and the meta are few and change all the
+/// A snapshot being taken without stopping the world: every changed entity
+/// as it was when the cut began. Products, campaigns and the meta are few and change all the
 /// time, so they are copied when the cut begins. Users, orders and keys are
 /// many: they stay where they are, listed here, until they are encoded
 /// (a step at a time, between journal batches) or until a record is about
 /// to change one, which copies it first. So a cut costs no pause.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Cut {
-    pub seq: u64,
-    /// Unchanged since `seq`: read them from the world.
+    /// Unchanged since the cut began: read them from the world.
     pub users: Vec<UserId>,
     pub orders: Vec<OrderId>,
     pub keys: Vec<String>,
-    /// The same sets, to find an entity about to change (`true`: still uncaptured).
+    /// The same ids, to look up an entity about to change: those still here are uncaptured.
     waiting_users: HashSet<UserId>,
     waiting_orders: HashSet<OrderId>,
     waiting_keys: HashSet<String>,
-    /// Copies as they were at `seq`.
+    /// Copies as they were when the cut began.
     pub captured: Vec<Captured>,
 }
 
@@ -171,10 +170,7 @@ impl World {
     /// is now; returns the marks it takes (to give back if writing fails).
     pub fn begin_cut(&mut self) -> Dirty {
         let marks = std::mem::take(&mut self.dirty);
-        let mut cut = Cut {
-            seq: self.seq,
-            ..Cut::default()
-        };
+        let mut cut = Cut::default();
         for id in &marks.products {
             if let Some(p) = self.products.get(id.index()) {
                 cut.captured.push(Captured::Product(p.clone()));

@@ -163,55 +163,13 @@ fn dense(len: usize, key: u64, id: u64, what: &str) -> Result<(), RecoveryError>
     }
 }
 
-/// Encodes every entity that changed since the last snapshot, and clears the marks.
+/// Encodes every entity that changed since the last snapshot, and clears
+/// the marks: a whole cut at once (nothing changes in between).
 pub fn dirty_snapshot(world: &mut World) -> Result<SnapshotEntries, CodecError> {
-    let dirty = std::mem::take(&mut world.dirty);
+    world.begin_cut();
     let mut out = Vec::new();
-    for id in dirty.users {
-        if let Some(u) = world.users.get(id.index()) {
-            let from = world.history_persisted(id);
-            encode_user(u, from, &mut out)?;
-            world.set_history_persisted(id, u.history.len());
-        }
-    }
-    for id in dirty.products {
-        if let Some(p) = world.products.get(id.index()) {
-            out.push((
-                SnapshotKey::Product(id.0),
-                Some(codec::encode(Kind::Product, p)?),
-            ));
-        }
-    }
-    for id in dirty.campaigns {
-        if let Some(c) = world.campaigns.get(id.index()) {
-            out.push((
-                SnapshotKey::Campaign(id.0),
-                Some(codec::encode(Kind::Campaign, c)?),
-            ));
-        }
-    }
-    for id in dirty.orders {
-        if let Some(o) = world.orders.get(&id) {
-            out.push((
-                SnapshotKey::Order(id.0),
-                Some(codec::encode(Kind::Order, o)?),
-            ));
-        }
-    }
-    for key in dirty.keys {
-        let value = world
-            .keys
-            .get(&key)
-            .map(|v| codec::encode(Kind::Key, v))
-            .transpose()?;
-        out.push((SnapshotKey::Key(key), value));
-    }
-    if dirty.meta {
-        out.push((
-            SnapshotKey::Meta,
-            Some(codec::encode(Kind::Meta, &world.meta)?),
-        ));
-    }
+    let done = cut_step(world, &mut out, usize::MAX)?;
+    debug_assert!(done, "a cut with no budget limit completes");
     Ok(out)
 }
 
@@ -219,9 +177,10 @@ pub fn dirty_snapshot(world: &mut World) -> Result<SnapshotEntries, CodecError> 
 pub const HISTORY_CHUNK: usize = 16;
 
 /// A user as snapshot entries: the user without its history, then the
-/// chunks of history from the one holding entry `from` on. History only
-/// grows, so earlier chunks are already stored: a user with a long history
-/// costs a snapshot what changed, not all of it.
+/// chunks of history from the one holding entry `from` (the first not
+/// stored yet). History only grows, so earlier chunks are already stored:
+/// a user with a long history costs a snapshot what changed, not all of it.
+/// The caller records that the history is stored up to its length now.
 fn encode_user(u: &User, from: usize, out: &mut SnapshotEntries) -> Result<(), CodecError> {
     out.push((
         SnapshotKey::User(u.id.0),
@@ -242,30 +201,27 @@ fn encode_user(u: &User, from: usize, out: &mut SnapshotEntries) -> Result<(), C
 
 /// Encodes up to `budget` entries of the world's [`Cut`](crate::domain::world::Cut)
 /// into `out`; returns whether the cut is complete (and then ends it).
+/// No record is applied during a step, so the cut is taken out meanwhile.
 pub fn cut_step(
     world: &mut World,
     out: &mut SnapshotEntries,
     budget: usize,
 ) -> Result<bool, CodecError> {
-    let Some(cut) = world.cut.as_mut() else {
+    let Some(mut cut) = world.cut.take() else {
         return Ok(true);
     };
     let mut left = budget;
     while left > 0 {
         if let Some(captured) = cut.captured.pop() {
-            encode_captured(captured, &mut world.history_persisted, out)?;
+            encode_captured(world, captured, out)?;
         } else if let Some(id) = cut.users.pop() {
             if !cut.take_user(id) {
                 continue; // copied when it changed: among `captured`
             }
             if let Some(u) = world.users.get(id.index()) {
-                let from = world
-                    .history_persisted
-                    .get(id.index())
-                    .copied()
-                    .unwrap_or(0);
-                encode_user(u, from, out)?;
-                set_persisted(&mut world.history_persisted, id, u.history.len());
+                encode_user(u, world.history_persisted(id), out)?;
+                let len = u.history.len();
+                world.set_history_persisted(id, len);
             }
         } else if let Some(id) = cut.orders.pop() {
             if !cut.take_order(id) {
@@ -282,38 +238,29 @@ pub fn cut_step(
                 continue;
             }
             let value = world.keys.get(&key).cloned();
-            encode_captured(Captured::Key(key, value), &mut world.history_persisted, out)?;
+            encode_captured(world, Captured::Key(key, value), out)?;
         } else {
             break;
         }
         left -= 1;
     }
     let done = cut.is_done();
-    if done {
-        world.cut = None;
+    if !done {
+        world.cut = Some(cut);
     }
     Ok(done)
 }
 
-/// [`World::set_history_persisted`] on the field alone (the cut is borrowed).
-fn set_persisted(persisted: &mut Vec<usize>, id: UserId, len: usize) {
-    if persisted.len() <= id.index() {
-        persisted.resize(id.index() + 1, 0);
-    }
-    persisted[id.index()] = len;
-}
-
 /// An entity copied by a cut, as snapshot entries.
 fn encode_captured(
+    world: &mut World,
     captured: Captured,
-    persisted: &mut Vec<usize>,
     out: &mut SnapshotEntries,
 ) -> Result<(), CodecError> {
     let entry = match captured {
         Captured::User(u) => {
-            let from = persisted.get(u.id.index()).copied().unwrap_or(0);
-            encode_user(&u, from, out)?;
-            set_persisted(persisted, u.id, u.history.len());
+            encode_user(&u, world.history_persisted(u.id), out)?;
+            world.set_history_persisted(u.id, u.history.len());
             return Ok(());
         }
         Captured::Product(p) => (
