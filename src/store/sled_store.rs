@@ -35,6 +35,7 @@
 use crate::store::{Loaded, SnapshotEntries, SnapshotKey, StorageError, Store};
 use std::collections::VecDeque;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 pub struct SledStore {
@@ -42,6 +43,11 @@ pub struct SledStore {
     tree: sled::Tree,
     /// The committed layout (snapshots run one at a time; this mirrors `m`).
     layout: Mutex<Layout>,
+    /// A snapshot or merge failed part way: its packs may still be there
+    /// under a generation the next one would reuse, so no more snapshots
+    /// until a restart, whose open tidies them (`x` is still set). The
+    /// journal goes on; it is only trimmed again after the restart.
+    stopped: AtomicBool,
 }
 
 const JOURNAL: u8 = b'j';
@@ -339,6 +345,7 @@ impl SledStore {
             db,
             tree,
             layout: Mutex::new(layout),
+            stopped: AtomicBool::new(false),
         };
         if store.tree.contains_key(UNFINISHED).map_err(io)? {
             store.tidy(&layout)?;
@@ -449,49 +456,8 @@ impl SledStore {
         }
     }
 
-    /// Folds every live generation into a new base, commits it, and removes the rest.
-    fn merge(&self, layout: Layout) -> Result<(), StorageError> {
-        let generation = layout.generation + 1;
-        self.tree
-            .insert(UNFINISHED, &generation.to_be_bytes())
-            .map_err(io)?;
-        let mut writer = PackWriter::new(&self.tree, generation);
-        self.merged(&layout, |k, v| writer.push(&k, Some(&v)))?;
-        let bytes = writer.finish()?;
-        self.tree.flush().map_err(io)?;
-        let merged = Layout {
-            seq: layout.seq,
-            generation,
-            base: generation,
-            base_bytes: bytes,
-            newer_bytes: 0,
-        };
-        self.commit(merged)?;
-        let mut doomed = Vec::new();
-        for k in self
-            .tree
-            .range(pack_prefix(0)..pack_prefix(generation))
-            .keys()
-        {
-            doomed.push(k.map_err(io)?.to_vec());
-        }
-        if layout.base == 0 {
-            doomed.extend(self.before_packs_keys()?);
-        }
-        self.remove_chunked(doomed)
-    }
-}
-
-impl Store for SledStore {
-    fn append(&self, first_seq: u64, frames: &[u8]) -> Result<(), StorageError> {
-        self.tree
-            .insert(journal_key(first_seq), frames)
-            .map_err(io)?;
-        self.tree.flush().map_err(io)?;
-        Ok(())
-    }
-
-    fn snapshot(&self, seq: u64, entries: SnapshotEntries) -> Result<(), StorageError> {
+    /// [`Store::snapshot`]: writes, commits, trims, and merges when due.
+    fn write_snapshot(&self, seq: u64, entries: SnapshotEntries) -> Result<(), StorageError> {
         let layout = self.layout();
         let generation = layout.generation + 1;
         self.tree
@@ -544,11 +510,71 @@ impl Store for SledStore {
         if layout.newer_bytes > layout.base_bytes.max(MERGE_BYTES_MIN)
             || layout.generation - layout.base >= GENERATIONS_MAX
         {
-            self.merge(layout)?;
+            if let Err(e) = self.merge(layout) {
+                // The snapshot itself is committed; what the merge left is tidied at the next open.
+                tracing::warn!(error = %e, "merging snapshot generations failed; snapshots stop until a restart");
+                self.stopped.store(true, Ordering::Release);
+                return Ok(());
+            }
         }
         self.tree.remove(UNFINISHED).map_err(io)?;
         self.tree.flush().map_err(io)?;
         Ok(())
+    }
+
+    /// Folds every live generation into a new base, commits it, and removes the rest.
+    fn merge(&self, layout: Layout) -> Result<(), StorageError> {
+        let generation = layout.generation + 1;
+        self.tree
+            .insert(UNFINISHED, &generation.to_be_bytes())
+            .map_err(io)?;
+        let mut writer = PackWriter::new(&self.tree, generation);
+        self.merged(&layout, |k, v| writer.push(&k, Some(&v)))?;
+        let bytes = writer.finish()?;
+        self.tree.flush().map_err(io)?;
+        let merged = Layout {
+            seq: layout.seq,
+            generation,
+            base: generation,
+            base_bytes: bytes,
+            newer_bytes: 0,
+        };
+        self.commit(merged)?;
+        let mut doomed = Vec::new();
+        for k in self
+            .tree
+            .range(pack_prefix(0)..pack_prefix(generation))
+            .keys()
+        {
+            doomed.push(k.map_err(io)?.to_vec());
+        }
+        if layout.base == 0 {
+            doomed.extend(self.before_packs_keys()?);
+        }
+        self.remove_chunked(doomed)
+    }
+}
+
+impl Store for SledStore {
+    fn append(&self, first_seq: u64, frames: &[u8]) -> Result<(), StorageError> {
+        self.tree
+            .insert(journal_key(first_seq), frames)
+            .map_err(io)?;
+        self.tree.flush().map_err(io)?;
+        Ok(())
+    }
+
+    fn snapshot(&self, seq: u64, entries: SnapshotEntries) -> Result<(), StorageError> {
+        if self.stopped.load(Ordering::Acquire) {
+            return Err(StorageError::Io(
+                "snapshots stopped after an earlier failure; they resume after a restart".into(),
+            ));
+        }
+        let result = self.write_snapshot(seq, entries);
+        if result.is_err() {
+            self.stopped.store(true, Ordering::Release);
+        }
+        result
     }
 
     fn load(&self) -> Result<Loaded, StorageError> {
@@ -860,5 +886,38 @@ mod tests {
         let layout = store.layout();
         assert!(layout.base > 1, "merged at least once: {layout:?}");
         assert!(layout.generation - layout.base < GENERATIONS_MAX);
+    }
+
+    /// After a snapshot failed part way, no snapshot reuses its generation
+    /// in this process; the next open tidies and snapshots go on.
+    #[test]
+    fn snapshots_stop_after_a_failure_until_the_store_is_opened_again() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = SledStore::open(dir.path()).unwrap();
+            s.snapshot(2, entries(&[(SnapshotKey::User(1), Some("u1"))]))
+                .unwrap();
+            // What a failure part way leaves: the mark, packs of generation 2, and the stop.
+            s.tree.insert(UNFINISHED, &2u64.to_be_bytes()).unwrap();
+            let mut w = PackWriter::new(&s.tree, 2);
+            w.push(&encode_key(&SnapshotKey::User(9)), Some(b"stale"))
+                .unwrap();
+            w.finish().unwrap();
+            s.stopped.store(true, Ordering::Release);
+            assert!(s
+                .snapshot(3, entries(&[(SnapshotKey::User(2), Some("u2"))]))
+                .is_err());
+        }
+        let s = SledStore::open(dir.path()).unwrap();
+        s.snapshot(3, entries(&[(SnapshotKey::User(2), Some("u2"))]))
+            .unwrap();
+        drop(s);
+        assert_eq!(
+            loaded(dir.path()),
+            vec![
+                (SnapshotKey::User(1), "u1".into()),
+                (SnapshotKey::User(2), "u2".into())
+            ]
+        );
     }
 }
