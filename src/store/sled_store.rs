@@ -463,6 +463,8 @@ impl SledStore {
         self.tree
             .insert(UNFINISHED, &generation.to_be_bytes())
             .map_err(io)?;
+        // Durable before any pack: packs never outlive a crash without the mark.
+        self.tree.flush().map_err(io)?;
 
         // 1. The changed entries as a new generation, sorted (the last of
         //    two entries for one key wins); invisible until committed.
@@ -528,6 +530,8 @@ impl SledStore {
         self.tree
             .insert(UNFINISHED, &generation.to_be_bytes())
             .map_err(io)?;
+        // Durable before any pack: packs never outlive a crash without the mark.
+        self.tree.flush().map_err(io)?;
         let mut writer = PackWriter::new(&self.tree, generation);
         self.merged(&layout, |k, v| writer.push(&k, Some(&v)))?;
         let bytes = writer.finish()?;
