@@ -384,6 +384,11 @@ fn golden_snapshots() -> Vec<(&'static str, Kind, Check)> {
             check(Kind::Key, stored_key()),
         ),
         ("snapshots/meta.bin", Kind::Meta, check(Kind::Meta, meta())),
+        (
+            "snapshots/history.bin",
+            Kind::History,
+            check(Kind::History, user().history),
+        ),
     ]
 }
 
@@ -542,6 +547,10 @@ fn generate_golden_files() {
     write_new("snapshots/order.bin", &encode(Kind::Order, &paid_order()));
     write_new("snapshots/key.bin", &encode(Kind::Key, &stored_key()));
     write_new("snapshots/meta.bin", &encode(Kind::Meta, &meta()));
+    write_new(
+        "snapshots/history.bin",
+        &encode(Kind::History, &user().history),
+    );
     let mut batch = Vec::new();
     for r in batch_records() {
         codec::encode_into(Kind::Record, &r, &mut batch).unwrap();
