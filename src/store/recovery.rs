@@ -163,16 +163,6 @@ fn dense(len: usize, key: u64, id: u64, what: &str) -> Result<(), RecoveryError>
     }
 }
 
-/// Encodes every entity that changed since the last snapshot, and clears
-/// the marks: a whole cut at once (nothing changes in between).
-pub fn dirty_snapshot(world: &mut World) -> Result<SnapshotEntries, CodecError> {
-    world.begin_cut();
-    let mut out = Vec::new();
-    let done = cut_step(world, &mut out, usize::MAX)?;
-    debug_assert!(done, "a cut with no budget limit completes");
-    Ok(out)
-}
-
 /// Balance history entries per snapshot chunk.
 pub const HISTORY_CHUNK: usize = 16;
 
@@ -285,18 +275,6 @@ fn encode_captured(
     Ok(())
 }
 
-/// Every entity of `world`, as a full snapshot (golden files, `verify`).
-pub fn full_snapshot(world: &World) -> Result<SnapshotEntries, CodecError> {
-    let mut w = world.clone();
-    w.dirty.users = w.users.iter().map(|u| u.id).collect();
-    w.dirty.products = w.products.iter().map(|p| p.id).collect();
-    w.dirty.campaigns = w.campaigns.iter().map(|c| c.id).collect();
-    w.dirty.orders = w.orders.keys().copied().collect();
-    w.dirty.keys = w.keys.keys().cloned().collect();
-    w.dirty.meta = true;
-    dirty_snapshot(&mut w)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,6 +288,16 @@ mod tests {
     use crate::domain::views::Reply;
     use crate::domain::world::IDEMPOTENCY_TTL_MS;
     use std::collections::BTreeMap;
+
+    /// Encodes every entity that changed since the last snapshot, and clears
+    /// the marks: a whole cut at once (nothing changes in between).
+    fn dirty_snapshot(world: &mut World) -> Result<SnapshotEntries, CodecError> {
+        world.begin_cut();
+        let mut out = Vec::new();
+        let done = cut_step(world, &mut out, usize::MAX)?;
+        debug_assert!(done, "a cut with no budget limit completes");
+        Ok(out)
+    }
 
     fn order(id: u64, user: u64, product: u64) -> Order {
         Order {
