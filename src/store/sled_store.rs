@@ -672,6 +672,20 @@ mod tests {
         out
     }
 
+    /// What a snapshot of `generation` leaves when it stops before its
+    /// commit: the `x` mark and packs of these entries.
+    fn leave_unfinished(s: &SledStore, generation: u64, pairs: &[(SnapshotKey, &str)]) {
+        s.tree
+            .insert(UNFINISHED, &generation.to_be_bytes())
+            .unwrap();
+        let mut w = PackWriter::new(&s.tree, generation);
+        for (key, value) in pairs {
+            w.push(&encode_key(key), Some(value.as_bytes())).unwrap();
+        }
+        w.finish().unwrap();
+        s.tree.flush().unwrap();
+    }
+
     /// The generations that have packs, and whether `x` or entries from before packs remain.
     fn raw(dir: &Path) -> (BTreeSet<u64>, bool, usize) {
         let s = SledStore::open(dir).unwrap();
@@ -730,14 +744,14 @@ mod tests {
             s.snapshot(2, entries(&[(SnapshotKey::User(1), Some("u1"))]))
                 .unwrap();
             // What snapshot() does before it commits, then "crashes".
-            s.tree.insert(UNFINISHED, &2u64.to_be_bytes()).unwrap();
-            let mut w = PackWriter::new(&s.tree, 2);
-            w.push(&encode_key(&SnapshotKey::User(1)), Some(b"u1-new"))
-                .unwrap();
-            w.push(&encode_key(&SnapshotKey::User(2)), Some(b"u2"))
-                .unwrap();
-            w.finish().unwrap();
-            s.tree.flush().unwrap();
+            leave_unfinished(
+                &s,
+                2,
+                &[
+                    (SnapshotKey::User(1), "u1-new"),
+                    (SnapshotKey::User(2), "u2"),
+                ],
+            );
         }
         assert_eq!(
             loaded(dir.path()),
@@ -902,11 +916,7 @@ mod tests {
             s.snapshot(2, entries(&[(SnapshotKey::User(1), Some("u1"))]))
                 .unwrap();
             // What a failure part way leaves: the mark, packs of generation 2, and the stop.
-            s.tree.insert(UNFINISHED, &2u64.to_be_bytes()).unwrap();
-            let mut w = PackWriter::new(&s.tree, 2);
-            w.push(&encode_key(&SnapshotKey::User(9)), Some(b"stale"))
-                .unwrap();
-            w.finish().unwrap();
+            leave_unfinished(&s, 2, &[(SnapshotKey::User(9), "stale")]);
             s.stopped.store(true, Ordering::Release);
             assert!(s
                 .snapshot(3, entries(&[(SnapshotKey::User(2), Some("u2"))]))
