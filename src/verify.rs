@@ -14,8 +14,8 @@
 
 use crate::domain::order::OrderStatus;
 use crate::domain::world::World;
-use crate::store::recovery::{recover, RecoveryError, RecoveryReport};
-use crate::store::{SledStore, Store};
+use crate::store::recovery::{recover_store, RecoveryError, RecoveryReport};
+use crate::store::SledStore;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -210,16 +210,13 @@ enum Failure {
 
 /// Opens the copy, loads it and recovers it.
 fn check(copy: &Path) -> Result<Summary, Failure> {
-    let loaded = {
-        let store = SledStore::open(copy).map_err(|e| Failure::Unreadable(e.to_string()))?;
-        store
-            .load()
-            .map_err(|e| Failure::Unreadable(e.to_string()))?
-    };
+    let store = SledStore::open(copy).map_err(|e| Failure::Unreadable(e.to_string()))?;
     // A journal whose records pass their checksums yet do not fit each
     // other may trip an assertion in the domain: report it as unreadable.
-    let recovered = std::panic::catch_unwind(move || recover(loaded))
-        .map_err(|_| Failure::Unreadable("replay panicked (see above)".into()))?;
+    // Recovered whole: archived orders and history are checked too.
+    let recovered =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| recover_store(&store)))
+            .map_err(|_| Failure::Unreadable("replay panicked (see above)".into()))?;
     match recovered {
         Ok((world, report)) => Ok(Summary::of(&world, &report)),
         Err(RecoveryError::Invariants(v)) => Err(Failure::Violations(v)),

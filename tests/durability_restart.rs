@@ -11,8 +11,8 @@ use commerce_engine::domain::order::OrderStatus;
 use commerce_engine::domain::rejection::Rejection;
 use commerce_engine::domain::views::UserCouponStatus;
 use commerce_engine::engine::{Engine, EngineConfig, Error, NewCoupon, PageRequest};
-use commerce_engine::store::recovery::{recover, recover_store};
-use commerce_engine::store::{Loaded, MemoryStore, SledStore, Store};
+use commerce_engine::store::recovery::recover_store;
+use commerce_engine::store::{MemoryStore, SledStore, Store};
 use durability_support::*;
 
 /// Keyed retries after a restart: the same request gets its first answer
@@ -199,25 +199,6 @@ fn sled_snapshots_trim_the_journal_and_restart_identically() {
     engine.shutdown();
 }
 
-/// Copies a store's contents into a fresh in-memory store.
-fn memory_store_from(loaded: &Loaded) -> MemoryStore {
-    let store = MemoryStore::new();
-    store
-        .snapshot(
-            loaded.snapshot_seq,
-            loaded
-                .snapshots
-                .iter()
-                .map(|(k, v)| (k.clone(), Some(v.clone())))
-                .collect(),
-        )
-        .unwrap();
-    for (first, frames) in &loaded.batches {
-        store.append(*first, frames).unwrap();
-    }
-    store
-}
-
 /// A crash image (snapshots from a while ago plus journal records after
 /// them, no shutdown snapshot) recovers to exactly what was acknowledged.
 #[test]
@@ -245,11 +226,11 @@ fn recovery_replays_journal_records_written_after_the_last_snapshot() {
     });
     // Everything above was acknowledged, so it is in the store now: copy it
     // as a kill -9 would leave it, before shutdown writes a last snapshot.
-    let image = store.load().unwrap();
+    let image = store.copy();
     engine.shutdown();
     drop(engine);
 
-    let (_, report) = recover(image.clone()).unwrap();
+    let (_, report) = recover_store(&image).unwrap();
     assert!(report.snapshot_seq > 0, "{report:?}");
     assert!(report.records_replayed >= 4, "{report:?}");
     assert_eq!(
@@ -257,7 +238,7 @@ fn recovery_replays_journal_records_written_after_the_last_snapshot() {
         report.snapshot_seq + report.records_replayed
     );
 
-    let engine = start(config(), memory_store_from(&image), clock);
+    let engine = start(config(), image.copy(), clock);
     assert_eq!(before, rt.block_on(observe(&engine)));
     let replay = rt
         .block_on(engine.charge(UserId(4), Krw(7_777), key("after-snapshot")))
@@ -266,7 +247,7 @@ fn recovery_replays_journal_records_written_after_the_last_snapshot() {
     engine.shutdown();
     // And the clean shutdown's own image recovers to the same durable world.
     let clean = recover_store(&store).unwrap().0;
-    let crashed = recover(image).unwrap().0;
+    let crashed = recover_store(&image).unwrap().0;
     assert_eq!(clean.users, crashed.users);
     assert_eq!(clean.products, crashed.products);
     assert_eq!(clean.orders, crashed.orders);
@@ -373,12 +354,12 @@ fn replayed_records_survive_the_first_snapshot_after_a_restart() {
             .unwrap();
         engine.pay_order(o.id, None).await.unwrap();
     });
-    let image = store.load().unwrap();
+    let image = store.copy();
     engine.shutdown();
     drop(engine);
 
     // Restart on the crash image; something new is written, then a snapshot.
-    let crashed = memory_store_from(&image);
+    let crashed = image;
     let engine = start(config(), crashed.clone(), clock.clone());
     let before = rt.block_on(async {
         engine.charge(UserId(4), Krw(1), None).await.unwrap();

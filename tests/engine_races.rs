@@ -387,6 +387,9 @@ impl commerce_engine::store::Store for SlowStore {
     fn load(&self) -> Result<commerce_engine::store::Loaded, commerce_engine::store::StorageError> {
         self.0.load()
     }
+    fn archive(&self) -> std::sync::Arc<dyn commerce_engine::store::Archive> {
+        self.0.archive()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -289,6 +289,7 @@ fn user() -> User {
         }],
         credits_pending: Krw(0),
         debits_pending: Krw(0),
+        history_base: 0,
     }
 }
 

@@ -18,6 +18,13 @@ pub enum OrderStatus {
     Expired,
 }
 
+impl OrderStatus {
+    /// Whether the order can still change (only a pending one can).
+    pub fn is_final(self) -> bool {
+        self != OrderStatus::Pending
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OrderLine {
     pub product_id: ProductId,

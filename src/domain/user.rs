@@ -73,6 +73,7 @@ pub struct User {
     pub id: UserId,
     pub name: String,
     pub balance: Krw,
+    /// The newest balance history entries: those after `history_base`.
     pub history: Vec<BalanceEntry>,
     pub coupons: Vec<UserCoupon>,
     pub cart: Vec<CartLine>,
@@ -82,6 +83,11 @@ pub struct User {
     /// Sum of payments decided but not yet durable.
     #[serde(skip)]
     pub debits_pending: Krw,
+    /// How many history entries come before `history`: they are archived
+    /// (in the store, in whole chunks), not in memory. Snapshots store it
+    /// as the key of the user's last history chunk, not in the user.
+    #[serde(skip)]
+    pub history_base: u64,
 }
 
 impl User {
@@ -96,6 +102,22 @@ impl User {
             cart: self.cart.clone(),
             credits_pending: self.credits_pending,
             debits_pending: self.debits_pending,
+            history_base: self.history_base,
+        }
+    }
+
+    /// Entries in the whole history, archived ones included.
+    pub fn history_len(&self) -> u64 {
+        self.history_base + self.history.len() as u64
+    }
+
+    /// Forgets the entries before `base` (they are archived); `base` is
+    /// clamped to what the history holds.
+    pub fn archive_history_before(&mut self, base: u64) {
+        let base = base.min(self.history_len());
+        if base > self.history_base {
+            self.history.drain(..(base - self.history_base) as usize);
+            self.history_base = base;
         }
     }
 
@@ -109,6 +131,7 @@ impl User {
             cart: Vec::new(),
             credits_pending: Krw::ZERO,
             debits_pending: Krw::ZERO,
+            history_base: 0,
         }
     }
 
@@ -186,7 +209,7 @@ impl User {
         order_id: Option<OrderId>,
         at: Timestamp,
     ) {
-        let seq = self.history.len() as u64 + 1;
+        let seq = self.history_len() + 1;
         self.history.push(BalanceEntry {
             seq,
             kind,
@@ -326,16 +349,32 @@ impl User {
         }
     }
 
-    /// Charges minus payments plus refunds, from the history: must equal the balance.
+    /// The history adds up to the balance: each entry moves the balance
+    /// before it by its amount to its `balance_after`, entries are numbered
+    /// without a gap, and the last leaves the balance as it is. Archived
+    /// entries are not in memory: then the chain starts at the first entry
+    /// kept, and an empty one cannot be checked here (`store::recovery`
+    /// loads the archive where the whole chain is wanted).
     pub fn is_conserved(&self) -> bool {
-        let mut sum: i128 = 0;
-        for e in &self.history {
-            match e.kind {
-                EntryKind::Charge | EntryKind::Refund => sum += i128::from(e.amount.0),
-                EntryKind::Payment => sum -= i128::from(e.amount.0),
+        let signed = |e: &BalanceEntry| match e.kind {
+            EntryKind::Charge | EntryKind::Refund => i128::from(e.amount.0),
+            EntryKind::Payment => -i128::from(e.amount.0),
+        };
+        let mut balance: i128 = match self.history.first() {
+            None => return self.history_base > 0 || self.balance == Krw::ZERO,
+            Some(first) if self.history_base > 0 => {
+                i128::from(first.balance_after.0) - signed(first)
+            }
+            Some(_) => 0,
+        };
+        for (i, e) in self.history.iter().enumerate() {
+            balance += signed(e);
+            if balance != i128::from(e.balance_after.0) || e.seq != self.history_base + i as u64 + 1
+            {
+                return false;
             }
         }
-        sum == i128::from(self.balance.0)
+        balance == i128::from(self.balance.0)
     }
 }
 
@@ -391,6 +430,33 @@ mod tests {
                 due: 41
             })
         ));
+    }
+
+    #[test]
+    fn archived_history_leaves_a_chain_that_still_adds_up() {
+        // given 5 entries, when the first 3 are archived, then numbering and the check go on
+        let mut u = user();
+        for amount in [10, 20, 30] {
+            u.apply_charged(Krw(amount), Timestamp(1));
+        }
+        u.apply_paid(OrderId(1), Krw(15), Timestamp(2));
+        u.apply_charged(Krw(5), Timestamp(3));
+        u.archive_history_before(3);
+        assert_eq!(
+            (u.history_base, u.history.len(), u.history_len()),
+            (3, 2, 5)
+        );
+        assert!(u.is_conserved());
+        u.apply_charged(Krw(1), Timestamp(4));
+        assert_eq!(u.history.last().unwrap().seq, 6);
+        assert!(u.is_conserved());
+        // a balance that does not follow from the entries kept is caught
+        u.balance = Krw(1);
+        assert!(!u.is_conserved());
+        u.balance = Krw(51);
+        u.archive_history_before(100);
+        assert_eq!((u.history_base, u.history.len()), (6, 0));
+        assert!(u.is_conserved(), "nothing left in memory to check");
     }
 
     #[test]

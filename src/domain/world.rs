@@ -43,6 +43,46 @@ pub struct Meta {
     pub sales: SalesWindow,
 }
 
+/// What the archive holds, in sums: finished orders leave memory for the
+/// store's archive once a snapshot has written them there (they never
+/// change again), and the invariants count them through this. Snapshotted
+/// with the archive entries it sums, in the same commit.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveTally {
+    pub orders: u64,
+    /// Units sold by archived paid orders, per product.
+    pub sold: BTreeMap<ProductId, u64>,
+    /// The user coupon of each archived paid order that used one.
+    pub coupons: BTreeMap<UserCouponId, (UserId, OrderId)>,
+}
+
+impl ArchiveTally {
+    /// Counts a finished order in.
+    pub fn add(&mut self, order: &Order) {
+        self.orders += 1;
+        if order.status == OrderStatus::Paid {
+            for (p, q) in order.quantities() {
+                *self.sold.entry(p).or_default() += q;
+            }
+            if let Some(c) = order.user_coupon_id {
+                self.coupons.insert(c, (order.user_id, order.id));
+            }
+        }
+    }
+}
+
+/// What a snapshot moves to the archive; the world lets go of it once the
+/// snapshot is written ([`World::archived`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Archiving {
+    /// Finished orders written to the archive.
+    pub orders: Vec<OrderId>,
+    /// Users whose history is archived up to (not including) entry `.1`.
+    pub history: Vec<(UserId, u64)>,
+    /// The tally once these orders are in.
+    pub tally: ArchiveTally,
+}
+
 /// Which entities changed since the last snapshot.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Dirty {
@@ -93,6 +133,8 @@ pub struct Cut {
     waiting_keys: HashSet<String>,
     /// Copies as they were when the cut began.
     pub captured: Vec<Captured>,
+    /// What this snapshot moves to the archive.
+    pub archiving: Archiving,
 }
 
 /// An entity as it was when a [`Cut`] began (`None`: a key that was absent).
@@ -148,10 +190,10 @@ pub struct World {
     pub dirty: Dirty,
     /// A snapshot being taken, if any.
     pub cut: Option<Cut>,
-    /// For each user (by index), how many history entries snapshots hold:
-    /// a snapshot writes a user without its history, and only the chunks
-    /// of history after this (see `store::recovery`).
-    pub history_persisted: Vec<usize>,
+    /// Finished orders in the store's archive, summed (they are not in `orders`).
+    pub archived: ArchiveTally,
+    /// Orders that snapshots hold as pending: archiving one deletes that.
+    pub orders_in_snapshots: HashSet<OrderId>,
 }
 
 fn unfit(seq: u64, reason: String) -> ApplyError {
@@ -171,6 +213,7 @@ impl World {
     pub fn begin_cut(&mut self) -> Dirty {
         let marks = std::mem::take(&mut self.dirty);
         let mut cut = Cut::default();
+        cut.archiving.tally = self.archived.clone();
         for id in &marks.products {
             if let Some(p) = self.products.get(id.index()) {
                 cut.captured.push(Captured::Product(p.clone()));
@@ -194,26 +237,25 @@ impl World {
         marks
     }
 
-    /// History entries of `id` that snapshots already hold.
-    pub fn history_persisted(&self, id: UserId) -> usize {
-        self.history_persisted.get(id.index()).copied().unwrap_or(0)
-    }
-
-    pub fn set_history_persisted(&mut self, id: UserId, len: usize) {
-        let i = id.index();
-        if self.history_persisted.len() <= i {
-            self.history_persisted.resize(i + 1, 0);
-        }
-        self.history_persisted[i] = len;
-    }
-
-    /// A snapshot was not written: its marks come back, and the history of
-    /// its users is written whole next time (its chunks may be missing).
+    /// A snapshot was not written: its marks come back, to be written by the next one.
     pub fn snapshot_failed(&mut self, marks: Dirty) {
-        for id in &marks.users {
-            self.set_history_persisted(*id, 0);
-        }
         self.dirty.merge(marks);
+    }
+
+    /// A snapshot was written, with what it archived: those orders and
+    /// history entries leave memory (finished orders never change, and
+    /// history only grows at its end, so nothing of them changed since).
+    pub fn archived(&mut self, done: Archiving) {
+        for id in &done.orders {
+            self.orders.remove(id);
+            self.orders_in_snapshots.remove(id);
+        }
+        for (id, base) in &done.history {
+            if let Some(u) = self.users.get_mut(id.index()) {
+                u.archive_history_before(*base);
+            }
+        }
+        self.archived = done.tally;
     }
 
     /// A user is about to change: if a cut still needs it as it was, copy it first.
@@ -594,6 +636,12 @@ impl World {
         let mut reserved: HashMap<ProductId, u64> = HashMap::new();
         let mut sold: HashMap<ProductId, u64> = HashMap::new();
         let mut coupon_users: HashMap<UserCouponId, (UserId, OrderId)> = HashMap::new();
+        for (p, q) in &self.archived.sold {
+            *sold.entry(*p).or_default() += q;
+        }
+        for (c, used) in &self.archived.coupons {
+            coupon_users.insert(*c, *used);
+        }
         for order in self.orders.values() {
             let tally = match order.status {
                 OrderStatus::Pending => Some(&mut reserved),

@@ -42,33 +42,66 @@ use crate::engine::product_actor::{ProductActor, Reserve, StockNews};
 use crate::engine::registry::Registry;
 use crate::engine::stats_actor::{Sold, StatsActor};
 use crate::engine::user_actor::{Debit, HoldCoupon, OrderNews, UserActor};
-use crate::store::writer::{Ack, JournalHandle};
+use crate::store::writer::{Ack, ArchiveWatch, JournalHandle};
 use actix::prelude::*;
 use futures_util::future::join_all;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
-/// Every order, by id and by user, and the pending ones by expiry.
+/// The orders of a shard: every order not yet archived by id, the ids of
+/// every order by user (archived ones too), and the pending ones by expiry.
 #[derive(Default)]
 pub struct OrderBook {
     pub orders: HashMap<OrderId, Order>,
-    /// Ids of each user's orders, ascending.
+    /// Ids of each user's orders, ascending; those not in `orders` are archived.
     pub by_user: HashMap<UserId, Vec<OrderId>>,
     pub due: BTreeSet<(Timestamp, OrderId)>,
+    /// Finished orders, oldest first, each with the archive mark taken
+    /// when it finished: it leaves `orders` once that is written.
+    settled: VecDeque<(u64, OrderId)>,
 }
 
 impl OrderBook {
-    pub fn from_orders(orders: impl IntoIterator<Item = Order>) -> OrderBook {
+    /// A book of `orders` (in memory) and `archived` (user and id of each).
+    pub fn from_orders(
+        orders: impl IntoIterator<Item = Order>,
+        archived: impl IntoIterator<Item = (UserId, OrderId)>,
+    ) -> OrderBook {
         let mut book = OrderBook::default();
         for order in orders {
+            if order.status.is_final() {
+                book.settled.push_back((0, order.id));
+            }
             book.insert(order);
+        }
+        for (user, id) in archived {
+            book.by_user.entry(user).or_default().push(id);
         }
         for ids in book.by_user.values_mut() {
             ids.sort_unstable();
+            ids.dedup();
         }
         book
+    }
+
+    /// An order finished: it goes to the archive with the next snapshot.
+    fn settled(&mut self, id: OrderId, watch: &ArchiveWatch) {
+        self.settled.push_back((watch.mark(), id));
+    }
+
+    /// Lets go of finished orders the archive holds now.
+    fn let_go(&mut self, watch: &ArchiveWatch) {
+        while let Some(&(mark, id)) = self.settled.front() {
+            if !watch.is_written(mark) {
+                break;
+            }
+            self.settled.pop_front();
+            if self.orders.get(&id).is_some_and(|o| o.status.is_final()) {
+                self.orders.remove(&id);
+            }
+        }
     }
 
     fn insert(&mut self, order: Order) {
@@ -213,6 +246,7 @@ impl Actor for Coordinator {
         ctx.run_interval(
             Duration::from_millis(self.sweep_interval_ms.max(1)),
             |act, ctx| {
+                act.book.let_go(&act.journal.archive);
                 act.expire_due(ctx);
             },
         );
@@ -250,6 +284,7 @@ impl Journaled for Coordinator {
                     self.book.due.remove(&(order.expires_at, order_id));
                     order.apply_settled(status, at);
                     let order = order.clone();
+                    self.book.settled(order_id, &self.journal.archive);
                     for (product, quantity) in self.products_of(&order) {
                         product.do_send(StockNews::Released(quantity));
                     }
@@ -274,6 +309,7 @@ impl<R: 'static> Handler<Read<OrderBook, R>> for Coordinator {
     type Result = MessageResult<Read<OrderBook, R>>;
 
     fn handle(&mut self, msg: Read<OrderBook, R>, _: &mut Context<Self>) -> Self::Result {
+        self.book.let_go(&self.journal.archive);
         MessageResult((msg.0)(&self.book))
     }
 }
@@ -295,6 +331,7 @@ impl Handler<Adopt> for Coordinator {
 
     fn handle(&mut self, msg: Adopt, _: &mut Context<Self>) {
         self.book.insert(*msg.0);
+        self.book.let_go(&self.journal.archive);
     }
 }
 
@@ -615,6 +652,7 @@ impl Coordinator {
         if let Some(order) = self.book.orders.get_mut(&paid.id) {
             self.book.due.remove(&(order.expires_at, order.id));
             *order = paid.clone();
+            self.book.settled(paid.id, &self.journal.archive);
         }
         for (product, quantity) in self.products_of(paid) {
             product.do_send(StockNews::Sold(quantity));

@@ -37,9 +37,9 @@ use crate::engine::registry::Registry;
 use crate::engine::stats_actor::{Refresh, StatsActor, Top};
 use crate::engine::user_actor::{CartChange, ChangeCart, Charge, UserActor};
 use crate::store::outbox::PendingOutbox;
-use crate::store::recovery::{recover_store, RecoveryError, RecoveryReport};
+use crate::store::recovery::{recover_for_serving, RecoveryError, RecoveryReport, HISTORY_CHUNK};
 use crate::store::writer::{JournalHandle, JournalStats, JournalWriter};
-use crate::store::Store;
+use crate::store::{ArchiveReader, StorageError, Store};
 use actix::prelude::*;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -142,6 +142,9 @@ struct Inner {
     limits: Arc<Limits>,
     keys: IdempotencyStore,
     outbox: Arc<PendingOutbox>,
+    /// Finished orders and old history, read from the store; let go at
+    /// shutdown, so the store closes with the writer.
+    archive: std::sync::RwLock<Option<ArchiveReader>>,
     running: Mutex<Option<Running>>,
 }
 
@@ -160,6 +163,7 @@ struct Actors {
 
 fn start_actors(
     world: World,
+    archived: Vec<(UserId, OrderId)>,
     config: &EngineConfig,
     journal: JournalHandle,
     clock: Arc<dyn Clock>,
@@ -208,14 +212,18 @@ fn start_actors(
     });
     // One coordinator shard per Arbiter; an order lives in shard `id % shards`.
     let shards = arbiters.len();
-    let mut books: Vec<Vec<Order>> = (0..shards).map(|_| Vec::new()).collect();
+    type Book = (Vec<Order>, Vec<(UserId, OrderId)>);
+    let mut books: Vec<Book> = (0..shards).map(|_| (Vec::new(), Vec::new())).collect();
     for order in orders.into_values() {
-        books[(order.id.0 as usize) % shards].push(order);
+        books[(order.id.0 as usize) % shards].0.push(order);
+    }
+    for (user, id) in archived {
+        books[(id.0 as usize) % shards].1.push((user, id));
     }
     let coordinators: Vec<Addr<Coordinator>> = books
         .into_iter()
         .enumerate()
-        .map(|(shard, orders)| {
+        .map(|(shard, (orders, archived))| {
             let setup = CoordinatorSetup {
                 registry: registry.clone(),
                 journal: journal.clone(),
@@ -223,7 +231,7 @@ fn start_actors(
                 sweep_interval_ms: config.expiry_sweep_interval_ms,
                 stats: stats.clone(),
             };
-            let book = OrderBook::from_orders(orders);
+            let book = OrderBook::from_orders(orders, archived);
             Coordinator::start_in_arbiter(&at(shard as u64), move |_| Coordinator::new(book, setup))
         })
         .collect();
@@ -278,7 +286,7 @@ impl Engine {
         store: Box<dyn Store>,
         clock: Arc<dyn Clock>,
     ) -> Result<Engine, StartError> {
-        let (world, report) = recover_store(&*store)?;
+        let (world, report) = recover_for_serving(&*store)?;
         Self::start_recovered(config, store, clock, world, report)
     }
 
@@ -296,12 +304,24 @@ impl Engine {
             orders = world.orders.len(),
             "recovered"
         );
+        let archive = ArchiveReader(store.archive());
+        let storage = |e: StorageError| StartError::Recovery(RecoveryError::Storage(e));
         let outbox = Arc::new(PendingOutbox::default());
         for id in &world.meta.outbox {
-            if let Some(order) = world.orders.get(id) {
-                outbox.add(order.clone());
+            match world.orders.get(id) {
+                Some(order) => outbox.add(order.clone()),
+                None => {
+                    if let Some(order) = archive.order(*id).map_err(storage)? {
+                        outbox.add(order);
+                    }
+                }
             }
         }
+        // The ids of archived orders, for each user's list of orders.
+        let mut archived = Vec::new();
+        archive
+            .each_order(|o| archived.push((o.user_id, o.id)))
+            .map_err(storage)?;
         let keys = IdempotencyStore::new(world.keys.clone(), config.idempotency_keys_max);
         let sink_len = world.meta.sink_len;
         let writer =
@@ -320,7 +340,7 @@ impl Engine {
             .spawn(move || {
                 let system = System::new();
                 system.block_on(async move {
-                    let actors = start_actors(world, &cfg, j, c, l);
+                    let actors = start_actors(world, archived, &cfg, j, c, l);
                     let _ = tx.send((System::current(), actors));
                 });
                 let _ = system.run();
@@ -349,6 +369,7 @@ impl Engine {
                 limits,
                 keys,
                 outbox,
+                archive: std::sync::RwLock::new(Some(archive)),
                 running: Mutex::new(Some(Running {
                     system,
                     thread,
@@ -377,6 +398,21 @@ impl Engine {
             let _ = r.thread.join();
             r.writer.join();
         }
+        self.inner
+            .archive
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+    }
+
+    /// The archive, until shutdown.
+    fn archive(&self) -> Result<ArchiveReader> {
+        self.inner
+            .archive
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(Error::ShuttingDown)
     }
 
     pub fn limits(&self) -> &Limits {
@@ -533,26 +569,48 @@ impl Engine {
     }
 
     /// Balance history, newest first; the cursor is an entry's `seq`.
+    /// The newest entries are in the user actor, older ones in the archive.
     pub async fn history(&self, id: UserId, page: PageRequest) -> Result<Page<BalanceEntry>> {
-        self.read_user(id, move |u| {
-            let upto = page.after.map_or(u.history.len(), |a| {
-                (a.saturating_sub(1) as usize).min(u.history.len())
-            });
-            let items: Vec<BalanceEntry> = u.history[..upto]
-                .iter()
-                .rev()
-                .take(page.limit)
-                .cloned()
-                .collect();
-            let next = match items.last() {
-                Some(last) if last.seq > 1 && items.len() == page.limit => {
-                    Some(last.seq.to_string())
-                }
-                _ => None,
-            };
-            Page { items, next }
-        })
-        .await
+        let (upto, mut items) = self
+            .read_user(id, move |u| {
+                let len = u.history_len();
+                // Entries with seq <= upto, newest first.
+                let upto = page.after.map_or(len, |a| a.saturating_sub(1).min(len));
+                let kept = upto.saturating_sub(u.history_base) as usize;
+                let items: Vec<BalanceEntry> = u.history[..kept]
+                    .iter()
+                    .rev()
+                    .take(page.limit)
+                    .cloned()
+                    .collect();
+                (upto, items)
+            })
+            .await?;
+        let mut older = upto - items.len() as u64;
+        while items.len() < page.limit && older > 0 {
+            let chunk = (older - 1) / HISTORY_CHUNK as u64;
+            let archive = self.archive()?;
+            let entries = blocking(move || archive.history_chunk(id, chunk))
+                .await?
+                .ok_or_else(|| {
+                    Error::Storage(StorageError::Corrupt(format!(
+                        "history chunk {chunk} of user {id} is not in the archive"
+                    )))
+                })?;
+            items.extend(
+                entries
+                    .into_iter()
+                    .rev()
+                    .filter(|e| e.seq <= older)
+                    .take(page.limit - items.len()),
+            );
+            older = chunk * HISTORY_CHUNK as u64;
+        }
+        let next = match items.last() {
+            Some(last) if last.seq > 1 && items.len() == page.limit => Some(last.seq.to_string()),
+            _ => None,
+        };
+        Ok(Page { items, next })
     }
 
     // ---- products ----
@@ -867,13 +925,40 @@ impl Engine {
             .shard(id)
             .send(Read::new(move |b: &OrderBook| b.orders.get(&id).cloned()))
             .await?;
-        found.ok_or_else(|| Rejection::OrderNotFound(id).into())
+        match found {
+            Some(order) => Ok(order),
+            None => self
+                .archived_order(id)
+                .await?
+                .ok_or_else(|| Rejection::OrderNotFound(id).into()),
+        }
+    }
+
+    /// A finished order from the archive.
+    async fn archived_order(&self, id: OrderId) -> Result<Option<Order>> {
+        let archive = self.archive()?;
+        blocking(move || archive.order(id)).await
+    }
+
+    /// A pay or cancel of an order the shard does not hold: an archived
+    /// order is finished, so it is refused as `finished`, not as not found.
+    async fn unless_archived(&self, result: Result<Order>, finished: Rejection) -> Result<Order> {
+        match result {
+            Err(Error::Rejected(Rejection::OrderNotFound(id))) => {
+                match self.archived_order(id).await? {
+                    Some(_) => Err(finished.into()),
+                    None => Err(Rejection::OrderNotFound(id).into()),
+                }
+            }
+            other => other,
+        }
     }
 
     /// A user's orders, newest first; the cursor is the last id of the page.
     pub async fn user_orders(&self, user_id: UserId, page: PageRequest) -> Result<Page<Order>> {
         self.user_addr(user_id)?;
-        // Each shard answers its newest `limit + 1` below the cursor; the page is the newest of all.
+        // Each shard answers its newest `limit + 1` below the cursor (archived
+        // ones by id only); the page is the newest of all.
         let reads = self.inner.placement.shards.iter().map(|shard| {
             shard.send(Read::new(move |b: &OrderBook| {
                 let ids = b.by_user.get(&user_id).map(Vec::as_slice).unwrap_or(&[]);
@@ -884,17 +969,30 @@ impl Engine {
                     .iter()
                     .rev()
                     .take(page.limit + 1)
-                    .filter_map(|id| b.orders.get(id).cloned())
-                    .collect::<Vec<Order>>()
+                    .map(|id| (*id, b.orders.get(id).cloned()))
+                    .collect::<Vec<(OrderId, Option<Order>)>>()
             }))
         });
-        let mut items: Vec<Order> = Vec::new();
+        let mut found: Vec<(OrderId, Option<Order>)> = Vec::new();
         for shard in futures_util::future::join_all(reads).await {
-            items.extend(shard?);
+            found.extend(shard?);
         }
-        items.sort_unstable_by_key(|o| std::cmp::Reverse(o.id));
-        let more = items.len() > page.limit;
-        items.truncate(page.limit);
+        found.sort_unstable_by_key(|(id, _)| std::cmp::Reverse(*id));
+        let more = found.len() > page.limit;
+        found.truncate(page.limit);
+        let archive = self.archive()?;
+        let items = blocking(move || {
+            found
+                .into_iter()
+                .map(|(id, order)| match order {
+                    Some(o) => Ok(o),
+                    None => archive.order(id)?.ok_or_else(|| {
+                        StorageError::Corrupt(format!("order {id} is not in the archive"))
+                    }),
+                })
+                .collect::<Result<Vec<Order>, StorageError>>()
+        })
+        .await?;
         let next = if more {
             items.last().map(|o| o.id.to_string())
         } else {
@@ -908,12 +1006,15 @@ impl Engine {
             .as_ref()
             .map_or_else(String::new, |_| format!("cancel_order|{id}"));
         self.keyed(key, request, move |engine, tag| async move {
-            engine
+            let result = engine
                 .inner
                 .placement
                 .shard(id)
                 .send(Cancel { order_id: id, tag })
-                .await?
+                .await?;
+            engine
+                .unless_archived(result, Rejection::OrderNotCancellable(id))
+                .await
         })
         .await
     }
@@ -923,12 +1024,15 @@ impl Engine {
             .as_ref()
             .map_or_else(String::new, |_| format!("pay_order|{id}"));
         self.keyed(key, request, move |engine, tag| async move {
-            engine
+            let result = engine
                 .inner
                 .placement
                 .shard(id)
                 .send(Pay { order_id: id, tag })
-                .await?
+                .await?;
+            engine
+                .unless_archived(result, Rejection::OrderNotPayable(id))
+                .await
         })
         .await
     }
@@ -949,6 +1053,27 @@ impl Engine {
     }
 
     // ---- operations ----
+
+    /// Orders held in memory (pending ones, and finished ones until a
+    /// snapshot archives them), over every coordinator shard.
+    pub async fn orders_in_memory(&self) -> Result<usize> {
+        let reads = self
+            .inner
+            .placement
+            .shards
+            .iter()
+            .map(|shard| shard.send(Read::new(|b: &OrderBook| b.orders.len())));
+        let mut held = 0;
+        for shard in futures_util::future::join_all(reads).await {
+            held += shard?;
+        }
+        Ok(held)
+    }
+
+    /// Balance history entries of a user held in memory (the rest is archived).
+    pub async fn history_in_memory(&self, id: UserId) -> Result<usize> {
+        self.read_user(id, |u| u.history.len()).await
+    }
 
     /// Writes a snapshot of everything durable now; answers the sequence it covers.
     pub async fn snapshot(&self) -> Result<u64> {
@@ -988,6 +1113,20 @@ impl Engine {
     pub fn is_degraded(&self) -> bool {
         self.inner.journal.is_poisoned()
     }
+}
+
+/// Runs a store read off the async threads when there are blocking threads to run it on.
+async fn blocking<T: Send + 'static>(
+    read: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T> {
+    let result = match tokio::runtime::Handle::try_current() {
+        Ok(rt) => rt
+            .spawn_blocking(read)
+            .await
+            .map_err(|_| Error::ShuttingDown)?,
+        Err(_) => read(),
+    };
+    result.map_err(Error::Storage)
 }
 
 impl Drop for Inner {

@@ -13,8 +13,10 @@ use crate::engine::actor::{acked, ready, reply_channel, submit, Journaled, Read}
 use crate::engine::commit::CommitQueue;
 use crate::engine::error::Result;
 use crate::engine::idempotency::Tag;
+use crate::store::recovery::HISTORY_CHUNK;
 use crate::store::writer::{Ack, JournalHandle};
 use actix::prelude::*;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
@@ -23,6 +25,9 @@ pub struct UserActor {
     journal: JournalHandle,
     limits: Arc<Limits>,
     queue: CommitQueue<UserOp>,
+    /// Whole chunks of history, each with the archive mark taken when it
+    /// filled: entries before `.1` leave memory once that is written.
+    filled: VecDeque<(u64, u64)>,
 }
 
 pub enum UserOp {
@@ -67,6 +72,26 @@ impl UserActor {
             journal,
             limits,
             queue: CommitQueue::default(),
+            filled: VecDeque::new(),
+        }
+    }
+
+    /// A history entry was added: note a chunk it fills.
+    fn history_grew(&mut self) {
+        let len = self.user.history_len();
+        if len.is_multiple_of(HISTORY_CHUNK as u64) {
+            self.filled.push_back((self.journal.archive.mark(), len));
+        }
+    }
+
+    /// Lets go of the history the archive holds now.
+    fn let_go(&mut self) {
+        while let Some(&(mark, upto)) = self.filled.front() {
+            if !self.journal.archive.is_written(mark) {
+                break;
+            }
+            self.filled.pop_front();
+            self.user.archive_history_before(upto);
         }
     }
 
@@ -116,6 +141,7 @@ impl Journaled for UserActor {
     }
 
     fn finish(&mut self, op: UserOp, ack: Ack, _ctx: &mut Context<Self>) {
+        self.let_go();
         let ok = acked(&ack);
         match op {
             UserOp::Charge {
@@ -127,6 +153,7 @@ impl Journaled for UserActor {
                 self.user.drop_credit(amount);
                 if ok.is_ok() {
                     self.user.apply_charged(amount, at);
+                    self.history_grew();
                 }
                 let _ = reply.send(ok.map(|()| view));
             }
@@ -139,6 +166,7 @@ impl Journaled for UserActor {
                 self.user.drop_debit(amount);
                 if ok.is_ok() {
                     self.user.apply_paid(order_id, amount, at);
+                    self.history_grew();
                 }
                 let _ = reply.send(ok);
             }
@@ -160,6 +188,7 @@ impl<R: 'static> Handler<Read<User, R>> for UserActor {
     type Result = MessageResult<Read<User, R>>;
 
     fn handle(&mut self, msg: Read<User, R>, _: &mut Context<Self>) -> Self::Result {
+        self.let_go();
         MessageResult((msg.0)(&self.user))
     }
 }

@@ -28,6 +28,8 @@ pub enum Kind {
     Meta = 7,
     /// A chunk of a user's balance history (snapshots write users without it).
     History = 8,
+    /// The sums of the archive ([`ArchiveTally`](crate::domain::world::ArchiveTally)).
+    Tally = 9,
 }
 
 impl Kind {
@@ -41,6 +43,7 @@ impl Kind {
             6 => Kind::Key,
             7 => Kind::Meta,
             8 => Kind::History,
+            9 => Kind::Tally,
             _ => return None,
         })
     }

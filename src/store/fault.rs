@@ -68,4 +68,8 @@ impl<S: Store> Store for FaultyStore<S> {
     fn load(&self) -> Result<Loaded, StorageError> {
         self.inner.load()
     }
+
+    fn archive(&self) -> std::sync::Arc<dyn crate::store::Archive> {
+        self.inner.archive()
+    }
 }

@@ -1,7 +1,9 @@
 //! The same bytes as on disk, kept in memory. Clones share the data, so a
 //! test can stop an engine and start another on what the first one wrote.
 
-use crate::store::{Loaded, SnapshotEntries, SnapshotKey, StorageError, Store};
+use crate::store::{
+    Archive, Loaded, SnapshotEntries, SnapshotKey, StorageError, Store, ORDER_BLOCK,
+};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
@@ -10,6 +12,9 @@ struct Inner {
     snapshot_seq: u64,
     snapshots: BTreeMap<SnapshotKey, Vec<u8>>,
     batches: BTreeMap<u64, Vec<u8>>,
+    /// Archived orders (one frame each, by id) and history chunks.
+    orders: BTreeMap<u64, Vec<u8>>,
+    history: BTreeMap<(u64, u64), Vec<u8>>,
 }
 
 #[derive(Clone, Default)]
@@ -32,6 +37,53 @@ impl MemoryStore {
     pub fn batch_count(&self) -> usize {
         self.lock().batches.len()
     }
+
+    /// A separate copy of everything stored now, as a `kill -9` would leave it.
+    pub fn copy(&self) -> MemoryStore {
+        let inner = self.lock();
+        MemoryStore {
+            inner: Arc::new(Mutex::new(Inner {
+                snapshot_seq: inner.snapshot_seq,
+                snapshots: inner.snapshots.clone(),
+                batches: inner.batches.clone(),
+                orders: inner.orders.clone(),
+                history: inner.history.clone(),
+            })),
+        }
+    }
+}
+
+impl Archive for MemoryStore {
+    fn order_block(&self, block: u64) -> Result<Vec<u8>, StorageError> {
+        let first = block.saturating_mul(ORDER_BLOCK);
+        let end = first.saturating_add(ORDER_BLOCK);
+        Ok(self
+            .lock()
+            .orders
+            .range(first..end)
+            .flat_map(|(_, frame)| frame.iter().copied())
+            .collect())
+    }
+
+    fn history_chunk(&self, user: u64, chunk: u64) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.lock().history.get(&(user, chunk)).cloned())
+    }
+
+    fn each_order_block(
+        &self,
+        f: &mut dyn FnMut(&[u8]) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        let blocks: Vec<u64> = {
+            let inner = self.lock();
+            let mut b: Vec<u64> = inner.orders.keys().map(|id| id / ORDER_BLOCK).collect();
+            b.dedup();
+            b
+        };
+        for block in blocks {
+            f(&self.order_block(block)?)?;
+        }
+        Ok(())
+    }
 }
 
 impl Store for MemoryStore {
@@ -43,9 +95,19 @@ impl Store for MemoryStore {
     fn snapshot(&self, seq: u64, entries: SnapshotEntries) -> Result<(), StorageError> {
         let mut inner = self.lock();
         for (key, value) in entries {
-            match value {
-                Some(v) => inner.snapshots.insert(key, v),
-                None => inner.snapshots.remove(&key),
+            match (&key, value) {
+                (SnapshotKey::ArchivedOrder(id), Some(v)) => {
+                    inner.orders.insert(*id, v);
+                    continue;
+                }
+                (SnapshotKey::ArchivedHistory(user, chunk), Some(v)) => {
+                    inner.history.insert((*user, *chunk), v);
+                    continue;
+                }
+                (_, value) => match value {
+                    Some(v) => inner.snapshots.insert(key, v),
+                    None => inner.snapshots.remove(&key),
+                },
             };
         }
         inner.snapshot_seq = seq;
@@ -59,6 +121,10 @@ impl Store for MemoryStore {
             }
         }
         Ok(())
+    }
+
+    fn archive(&self) -> Arc<dyn Archive> {
+        Arc::new(self.clone())
     }
 
     fn load(&self) -> Result<Loaded, StorageError> {

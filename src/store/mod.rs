@@ -10,6 +10,7 @@
 //! - [`recovery`] rebuilds a [`World`](crate::domain::world::World) from
 //!   snapshots and the journal and checks its invariants.
 
+pub mod archive;
 pub mod codec;
 pub mod fault;
 pub mod memory;
@@ -18,9 +19,11 @@ pub mod recovery;
 pub mod sled_store;
 pub mod writer;
 
+pub use archive::{Archive, ArchiveReader, ORDER_BLOCK};
 pub use fault::{FaultPlan, FaultyStore};
 pub use memory::MemoryStore;
 pub use sled_store::SledStore;
+use std::sync::Arc;
 
 /// A storage operation failed. Once it has, the journal acknowledges nothing more.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -46,6 +49,23 @@ pub enum SnapshotKey {
     Order(u64),
     Key(String),
     Meta,
+    /// The archive's sums, written with the archive entries they count.
+    Tally,
+    /// A finished order moved to the archive: written once, never loaded
+    /// by recovery (read it through [`Archive`]).
+    ArchivedOrder(u64),
+    /// A whole chunk of user `.0`'s history moved to the archive, likewise.
+    ArchivedHistory(u64, u64),
+}
+
+impl SnapshotKey {
+    /// Whether the entry goes to the archive rather than the snapshot.
+    pub fn is_archived(&self) -> bool {
+        matches!(
+            self,
+            SnapshotKey::ArchivedOrder(_) | SnapshotKey::ArchivedHistory(..)
+        )
+    }
 }
 
 /// Snapshot entries to write: `None` deletes the key.
@@ -78,6 +98,9 @@ pub trait Store: Send + Sync + 'static {
     fn size_on_disk(&self) -> Option<u64> {
         None
     }
+
+    /// What snapshots archived, for reads from any thread.
+    fn archive(&self) -> Arc<dyn Archive>;
 }
 
 impl Store for Box<dyn Store> {
@@ -92,5 +115,8 @@ impl Store for Box<dyn Store> {
     }
     fn size_on_disk(&self) -> Option<u64> {
         (**self).size_on_disk()
+    }
+    fn archive(&self) -> Arc<dyn Archive> {
+        (**self).archive()
     }
 }

@@ -2,13 +2,14 @@
 
 use crate::domain::coupon::Campaign;
 use crate::domain::event::Record;
-use crate::domain::ids::UserId;
+use crate::domain::ids::{OrderId, UserId};
 use crate::domain::order::Order;
 use crate::domain::product::Product;
 use crate::domain::user::{BalanceEntry, User};
-use crate::domain::world::{Captured, Meta, StoredKey, World};
+use crate::domain::world::{Archiving, Captured, Meta, StoredKey, World};
 use crate::store::codec::{self, CodecError, Kind};
-use crate::store::{Loaded, SnapshotEntries, SnapshotKey, StorageError, Store};
+use crate::store::{ArchiveReader, Loaded, SnapshotEntries, SnapshotKey, StorageError, Store};
+use std::collections::HashSet;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecoveryError {
@@ -37,9 +38,50 @@ pub struct RecoveryReport {
     pub last_seq: u64,
 }
 
-/// Loads and recovers a store.
-pub fn recover_store(store: &dyn Store) -> Result<(World, RecoveryReport), RecoveryError> {
+/// Loads and recovers a store as the engine serves it: what is archived
+/// stays in the store ([`crate::store::archive`]).
+pub fn recover_for_serving(store: &dyn Store) -> Result<(World, RecoveryReport), RecoveryError> {
     recover(store.load()?)
+}
+
+/// Loads and recovers a store whole: archived orders and history too, then
+/// checks every invariant again over all of it (the history of every user
+/// from its first entry). For checks and tools, not for serving: it holds
+/// everything ever stored in memory.
+pub fn recover_store(store: &dyn Store) -> Result<(World, RecoveryReport), RecoveryError> {
+    let (mut world, report) = recover(store.load()?)?;
+    let archive = ArchiveReader(store.archive());
+    let mut archived = Vec::new();
+    archive.each_order(|o| archived.push(o))?;
+    for o in archived {
+        if world.orders.insert(o.id, o).is_some() {
+            return Err(RecoveryError::Sparse(
+                "an order is both archived and in the snapshot".into(),
+            ));
+        }
+    }
+    world.archived = Default::default();
+    for u in &mut world.users {
+        let chunks = u.history_base / HISTORY_CHUNK as u64;
+        let mut whole = Vec::with_capacity(u.history_len() as usize);
+        for chunk in 0..chunks {
+            let entries = archive.history_chunk(u.id, chunk)?.ok_or_else(|| {
+                RecoveryError::Sparse(format!(
+                    "history chunk {chunk} of user {} is not archived",
+                    u.id
+                ))
+            })?;
+            whole.extend(entries);
+        }
+        whole.append(&mut u.history);
+        u.history = whole;
+        u.history_base = 0;
+    }
+    let violations = world.violations();
+    if !violations.is_empty() {
+        return Err(RecoveryError::Invariants(violations));
+    }
+    Ok((world, report))
 }
 
 pub fn recover(loaded: Loaded) -> Result<(World, RecoveryReport), RecoveryError> {
@@ -93,6 +135,9 @@ fn load_snapshots(
 ) -> Result<(), RecoveryError> {
     let mut entries = entries;
     entries.sort_by(|a, b| a.0.cmp(&b.0));
+    // Users whose first history chunk in the snapshot was seen: it says
+    // how many entries before it are archived.
+    let mut chunked: HashSet<u64> = HashSet::new();
     for (key, bytes) in entries {
         let bad = |error| RecoveryError::Snapshot {
             key: key.clone(),
@@ -100,11 +145,9 @@ fn load_snapshots(
         };
         match &key {
             SnapshotKey::User(id) => {
+                // A user written before history chunks has its history inline.
                 let u: User = codec::decode(Kind::User, &bytes).map_err(bad)?;
                 dense(world.users.len(), *id, u.id.0, "user")?;
-                // A user with its history inline (written before history
-                // chunks) has no chunks yet: the next snapshot writes them all.
-                world.set_history_persisted(u.id, 0);
                 world.users.push(u);
             }
             SnapshotKey::History(id, chunk) => {
@@ -117,15 +160,17 @@ fn load_snapshots(
                     .ok_or_else(|| {
                         RecoveryError::Sparse(format!("history of user {id}, who is not there"))
                     })?;
-                if user.history.len() as u64 != chunk * HISTORY_CHUNK as u64 {
+                if chunked.insert(*id) && user.history.is_empty() {
+                    // Chunks before the first one here are in the archive.
+                    user.history_base = chunk * HISTORY_CHUNK as u64;
+                }
+                if user.history_len() != chunk * HISTORY_CHUNK as u64 {
                     return Err(RecoveryError::Sparse(format!(
                         "history chunk {chunk} of user {id} after {} entries",
-                        user.history.len()
+                        user.history_len()
                     )));
                 }
                 user.history.extend(entries);
-                let len = user.history.len();
-                world.set_history_persisted(UserId(*id), len);
             }
             SnapshotKey::Product(id) => {
                 let p: Product = codec::decode(Kind::Product, &bytes).map_err(bad)?;
@@ -139,6 +184,11 @@ fn load_snapshots(
             }
             SnapshotKey::Order(_) => {
                 let o: Order = codec::decode(Kind::Order, &bytes).map_err(bad)?;
+                if o.status.is_final() {
+                    // Snapshotted before the archive: the next snapshot archives it.
+                    world.dirty.orders.insert(o.id);
+                }
+                world.orders_in_snapshots.insert(o.id);
                 world.orders.insert(o.id, o);
             }
             SnapshotKey::Key(k) => {
@@ -147,6 +197,14 @@ fn load_snapshots(
             }
             SnapshotKey::Meta => {
                 world.meta = codec::decode::<Meta>(Kind::Meta, &bytes).map_err(bad)?
+            }
+            SnapshotKey::Tally => {
+                world.archived = codec::decode(Kind::Tally, &bytes).map_err(bad)?
+            }
+            SnapshotKey::ArchivedOrder(_) | SnapshotKey::ArchivedHistory(..) => {
+                return Err(RecoveryError::Sparse(format!(
+                    "{key:?} among the snapshot entries"
+                )))
             }
         }
     }
@@ -166,92 +224,138 @@ fn dense(len: usize, key: u64, id: u64, what: &str) -> Result<(), RecoveryError>
 /// Balance history entries per snapshot chunk.
 pub const HISTORY_CHUNK: usize = 16;
 
-/// A user as snapshot entries: the user without its history, then the
-/// chunks of history from the one holding entry `from` (the first not
-/// stored yet). History only grows, so earlier chunks are already stored:
-/// a user with a long history costs a snapshot what changed, not all of it.
-/// The caller records that the history is stored up to its length now.
-fn encode_user(u: &User, from: usize, out: &mut SnapshotEntries) -> Result<(), CodecError> {
+/// A user as snapshot entries: the user without its history; each whole
+/// chunk of history still in memory, to the archive (history only grows,
+/// so a whole chunk never changes); and the last, partial chunk (maybe
+/// empty: its key says how many entries the archive holds). Keys of
+/// chunks the snapshot held as partial before are deleted.
+fn encode_user(
+    u: &User,
+    archiving: &mut Archiving,
+    out: &mut SnapshotEntries,
+) -> Result<(), CodecError> {
+    let id = u.id.0;
     out.push((
-        SnapshotKey::User(u.id.0),
+        SnapshotKey::User(id),
         Some(codec::encode(Kind::User, &u.without_history())?),
     ));
-    let len = u.history.len();
-    if from < len {
-        for chunk in from / HISTORY_CHUNK..len.div_ceil(HISTORY_CHUNK) {
-            let part = &u.history[chunk * HISTORY_CHUNK..len.min((chunk + 1) * HISTORY_CHUNK)];
-            out.push((
-                SnapshotKey::History(u.id.0, chunk as u64),
-                Some(codec::encode(Kind::History, part)?),
-            ));
+    let chunk = HISTORY_CHUNK as u64;
+    let (base, len) = (u.history_base, u.history_len());
+    let whole = len / chunk * chunk;
+    for c in base / chunk..whole / chunk {
+        let from = (c * chunk - base) as usize;
+        let part = &u.history[from..from + HISTORY_CHUNK];
+        out.push((
+            SnapshotKey::ArchivedHistory(id, c),
+            Some(codec::encode(Kind::History, part)?),
+        ));
+        out.push((SnapshotKey::History(id, c), None));
+    }
+    let tail = &u.history[(whole - base) as usize..];
+    out.push((
+        SnapshotKey::History(id, whole / chunk),
+        Some(codec::encode(Kind::History, tail)?),
+    ));
+    if whole > base {
+        archiving.history.push((u.id, whole));
+    }
+    Ok(())
+}
+
+/// An order as snapshot entries: a finished one goes to the archive (and
+/// leaves the snapshot, if it was there as pending), a pending one to the
+/// snapshot.
+fn encode_order(
+    o: &Order,
+    in_snapshots: &mut HashSet<OrderId>,
+    archiving: &mut Archiving,
+    out: &mut SnapshotEntries,
+) -> Result<(), CodecError> {
+    let value = Some(codec::encode(Kind::Order, o)?);
+    if o.status.is_final() {
+        out.push((SnapshotKey::ArchivedOrder(o.id.0), value));
+        if in_snapshots.contains(&o.id) {
+            out.push((SnapshotKey::Order(o.id.0), None));
         }
+        archiving.orders.push(o.id);
+        archiving.tally.add(o);
+    } else {
+        out.push((SnapshotKey::Order(o.id.0), value));
+        in_snapshots.insert(o.id);
     }
     Ok(())
 }
 
 /// Encodes up to `budget` entries of the world's [`Cut`](crate::domain::world::Cut)
-/// into `out`; returns whether the cut is complete (and then ends it).
+/// into `out`. Once the cut is complete it ends it and answers what it
+/// archives (to hand to [`World::archived`] once the snapshot is written).
 /// No record is applied during a step, so the cut is taken out meanwhile.
 pub fn cut_step(
     world: &mut World,
     out: &mut SnapshotEntries,
     budget: usize,
-) -> Result<bool, CodecError> {
+) -> Result<Option<Archiving>, CodecError> {
     let Some(mut cut) = world.cut.take() else {
-        return Ok(true);
+        return Ok(Some(Archiving {
+            tally: world.archived.clone(),
+            ..Archiving::default()
+        }));
     };
     let mut left = budget;
     while left > 0 {
         if let Some(captured) = cut.captured.pop() {
-            encode_captured(world, captured, out)?;
+            encode_captured(world, &mut cut.archiving, captured, out)?;
         } else if let Some(id) = cut.users.pop() {
             if !cut.take_user(id) {
                 continue; // copied when it changed: among `captured`
             }
             if let Some(u) = world.users.get(id.index()) {
-                encode_user(u, world.history_persisted(id), out)?;
-                let len = u.history.len();
-                world.set_history_persisted(id, len);
+                encode_user(u, &mut cut.archiving, out)?;
             }
         } else if let Some(id) = cut.orders.pop() {
             if !cut.take_order(id) {
                 continue;
             }
             if let Some(o) = world.orders.get(&id) {
-                out.push((
-                    SnapshotKey::Order(id.0),
-                    Some(codec::encode(Kind::Order, o)?),
-                ));
+                encode_order(o, &mut world.orders_in_snapshots, &mut cut.archiving, out)?;
             }
         } else if let Some(key) = cut.keys.pop() {
             if !cut.take_key(&key) {
                 continue;
             }
             let value = world.keys.get(&key).cloned();
-            encode_captured(world, Captured::Key(key, value), out)?;
+            encode_captured(world, &mut cut.archiving, Captured::Key(key, value), out)?;
         } else {
             break;
         }
         left -= 1;
     }
-    let done = cut.is_done();
-    if !done {
+    if !cut.is_done() {
         world.cut = Some(cut);
+        return Ok(None);
     }
-    Ok(done)
+    let archiving = cut.archiving;
+    if !archiving.orders.is_empty() {
+        // The sums commit with the orders they count.
+        out.push((
+            SnapshotKey::Tally,
+            Some(codec::encode(Kind::Tally, &archiving.tally)?),
+        ));
+    }
+    Ok(Some(archiving))
 }
 
 /// An entity copied by a cut, as snapshot entries.
 fn encode_captured(
     world: &mut World,
+    archiving: &mut Archiving,
     captured: Captured,
     out: &mut SnapshotEntries,
 ) -> Result<(), CodecError> {
     let entry = match captured {
-        Captured::User(u) => {
-            encode_user(&u, world.history_persisted(u.id), out)?;
-            world.set_history_persisted(u.id, u.history.len());
-            return Ok(());
+        Captured::User(u) => return encode_user(&u, archiving, out),
+        Captured::Order(o) => {
+            return encode_order(&o, &mut world.orders_in_snapshots, archiving, out)
         }
         Captured::Product(p) => (
             SnapshotKey::Product(p.id.0),
@@ -260,10 +364,6 @@ fn encode_captured(
         Captured::Campaign(c) => (
             SnapshotKey::Campaign(c.id.0),
             Some(codec::encode(Kind::Campaign, &c)?),
-        ),
-        Captured::Order(o) => (
-            SnapshotKey::Order(o.id.0),
-            Some(codec::encode(Kind::Order, &o)?),
         ),
         Captured::Key(k, v) => {
             let value = v.map(|v| codec::encode(Kind::Key, &v)).transpose()?;
@@ -295,7 +395,7 @@ mod tests {
         world.begin_cut();
         let mut out = Vec::new();
         let done = cut_step(world, &mut out, usize::MAX)?;
-        debug_assert!(done, "a cut with no budget limit completes");
+        debug_assert!(done.is_some(), "a cut with no budget limit completes");
         Ok(out)
     }
 
@@ -445,11 +545,11 @@ mod tests {
         // One entry, one change, in turn: some entities are encoded before
         // they change, others are copied first.
         for record in later {
-            assert!(!cut_step(&mut world, &mut entries, 1).unwrap());
+            assert!(cut_step(&mut world, &mut entries, 1).unwrap().is_none());
             apply(&mut world, record);
         }
         world.prune(Timestamp(2 + IDEMPOTENCY_TTL_MS + 1)); // drops "old"
-        while !cut_step(&mut world, &mut entries, 1).unwrap() {}
+        while cut_step(&mut world, &mut entries, 1).unwrap().is_none() {}
         assert!(world.cut.is_none());
         assert_eq!(as_map(entries), as_map(expected));
 
@@ -459,10 +559,11 @@ mod tests {
         assert!(next.orders.contains(&OrderId(4)) && next.keys.contains("old"));
     }
 
-    /// A long history is stored in chunks, and a snapshot writes only the
-    /// chunks that changed; recovery puts the history back whole.
+    /// A long history goes to the archive in whole chunks, each once; the
+    /// snapshot keeps the last, partial chunk. Recovery for serving keeps
+    /// only that in memory; a whole recovery puts the history back entire.
     #[test]
-    fn history_is_snapshotted_in_chunks_and_only_new_chunks_are_written() {
+    fn history_is_archived_in_whole_chunks_each_once() {
         use crate::store::{MemoryStore, Store};
         let mut world = World::default();
         let mut seq = 0;
@@ -478,43 +579,57 @@ mod tests {
                 name: "kim".into(),
             },
         );
-        for _ in 0..150 {
-            apply(&mut world, charge(1, 1));
-        }
-        let store = MemoryStore::new();
-        let first = dirty_snapshot(&mut world).unwrap();
-        let keys: Vec<_> = first.iter().map(|(k, _)| k.clone()).collect();
-        let chunks = 150u64.div_ceil(HISTORY_CHUNK as u64);
-        for chunk in 0..chunks {
-            assert!(keys.contains(&SnapshotKey::History(1, chunk)), "{keys:?}");
-        }
-        assert!(!keys.contains(&SnapshotKey::History(1, chunks)));
-        store.snapshot(world.seq, first).unwrap();
-
         let mut last = 0;
+        for _ in 0..150 {
+            last = apply(&mut world, charge(1, 1));
+        }
+        let full = world.users[0].clone();
+        let store = MemoryStore::new();
+        let snapshot = |world: &mut World, seq: u64| {
+            world.begin_cut();
+            let mut out = Vec::new();
+            let archiving = cut_step(world, &mut out, usize::MAX).unwrap().unwrap();
+            let keys: Vec<SnapshotKey> = out.iter().map(|(k, _)| k.clone()).collect();
+            store.snapshot(seq, out).unwrap();
+            world.archived(archiving);
+            keys
+        };
+        let first = snapshot(&mut world, last);
+        let whole = 150 / HISTORY_CHUNK as u64; // 9 whole chunks
+        for chunk in 0..whole {
+            assert!(
+                first.contains(&SnapshotKey::ArchivedHistory(1, chunk)),
+                "{first:?}"
+            );
+        }
+        assert!(first.contains(&SnapshotKey::History(1, whole)));
+        assert!(!first.contains(&SnapshotKey::ArchivedHistory(1, whole)));
+        assert_eq!(world.users[0].history_base, 144);
+        assert_eq!(world.users[0].history.len(), 6);
+        assert!(world.users[0].is_conserved());
+
         for _ in 0..20 {
             last = apply(&mut world, charge(1, 1)); // 170 entries
         }
-        world.begin_cut();
-        let mut second = Vec::new();
-        while !cut_step(&mut world, &mut second, 1000).unwrap() {}
-        let keys: Vec<_> = second.iter().map(|(k, _)| k.clone()).collect();
-        let from = 150 / HISTORY_CHUNK as u64; // the chunk entry 150 is in
-        let mut expected = vec![SnapshotKey::User(1)];
-        expected.extend(
-            (from..170u64.div_ceil(HISTORY_CHUNK as u64)).map(|c| SnapshotKey::History(1, c)),
-        );
-        assert!(expected.len() < 4, "a few chunks, not the whole history");
+        let second = snapshot(&mut world, last);
+        let archived: Vec<_> = second.iter().filter(|k| k.is_archived()).cloned().collect();
         assert_eq!(
-            keys, expected,
-            "only the user and the chunks from entry 150 on"
+            archived,
+            vec![SnapshotKey::ArchivedHistory(1, 9)],
+            "only the chunk that filled since"
         );
-        store.snapshot(last, second).unwrap();
+        assert!(second.contains(&SnapshotKey::History(1, 10)));
+        assert_eq!(world.users[0].history.len(), 10);
 
-        let (recovered, report) = recover_store(&store).unwrap();
+        let (serving, report) = recover_for_serving(&store).unwrap();
         assert_eq!(report.records_replayed, 0);
-        assert_eq!(recovered.users, world.users);
-        assert_eq!(recovered.users[0].history.len(), 170);
-        assert_eq!(recovered.history_persisted(UserId(1)), 170);
+        assert_eq!(serving.users, world.users);
+        assert_eq!(serving.users[0].history_base, 160);
+
+        let (whole_world, _) = recover_store(&store).unwrap();
+        let u = &whole_world.users[0];
+        assert_eq!((u.history_base, u.history.len()), (0, 170));
+        assert_eq!(u.history[..150], full.history[..]);
+        assert!(u.is_conserved());
     }
 }

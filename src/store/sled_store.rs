@@ -29,20 +29,32 @@
 //! and the old packs removed. A crash anywhere leaves `m` at a committed
 //! layout; what lies outside it is removed at the next open, which `x` asks for.
 //!
+//! The archive ([`crate::store::archive`]) is in the same tree:
+//! - `ao` + block (u64) + generation (u64): the finished orders of one
+//!   block of ids that the snapshot of that generation archived, as
+//!   concatenated frames. Readers see only committed generations; the `x`
+//!   mark of a snapshot lists its blocks, so an unfinished one's parts are
+//!   removed at the next open.
+//! - `ah` + user (u64) + chunk (u64): a whole chunk of history. Written
+//!   again with the same bytes if a snapshot is redone, so never tidied.
+//!
 //! sled flushes in the background only every 500 ms, so `append` flushes
 //! before it returns: nothing is acknowledged before it is on disk.
 
-use crate::store::{Loaded, SnapshotEntries, SnapshotKey, StorageError, Store};
-use std::collections::VecDeque;
+use crate::store::{
+    Archive, Loaded, SnapshotEntries, SnapshotKey, StorageError, Store, ORDER_BLOCK,
+};
+use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 pub struct SledStore {
     db: sled::Db,
     tree: sled::Tree,
+    archive: SledArchive,
     /// The committed layout (snapshots run one at a time; this mirrors `m`).
-    layout: Mutex<Layout>,
+    layout: Arc<Mutex<Layout>>,
     /// A snapshot or merge failed part way: its packs may still be there
     /// under a generation the next one would reuse, so no more snapshots
     /// until a restart, whose open tidies them (`x` is still set). The
@@ -123,6 +135,120 @@ impl Layout {
     }
 }
 
+const ARCHIVED_ORDERS: [u8; 2] = *b"ao";
+const ARCHIVED_HISTORY: [u8; 2] = *b"ah";
+
+fn archive_key(prefix: [u8; 2], a: u64, b: u64) -> [u8; 18] {
+    let mut k = [0u8; 18];
+    k[..2].copy_from_slice(&prefix);
+    k[2..10].copy_from_slice(&a.to_be_bytes());
+    k[10..].copy_from_slice(&b.to_be_bytes());
+    k
+}
+
+fn part_key(block: u64, generation: u64) -> [u8; 18] {
+    archive_key(ARCHIVED_ORDERS, block, generation)
+}
+
+fn chunk_key(user: u64, chunk: u64) -> [u8; 18] {
+    archive_key(ARCHIVED_HISTORY, user, chunk)
+}
+
+fn word_at(raw: &[u8], at: usize) -> Result<u64, StorageError> {
+    raw.get(at..at + 8)
+        .map(|w| u64::from_be_bytes(w.try_into().expect("8 bytes")))
+        .ok_or_else(|| StorageError::Corrupt(format!("key or mark {raw:?} too short")))
+}
+
+/// The archive's entries (`a…`), read from any thread.
+#[derive(Clone)]
+struct SledArchive {
+    tree: sled::Tree,
+    layout: Arc<Mutex<Layout>>,
+}
+
+impl SledArchive {
+    fn committed_generation(&self) -> u64 {
+        self.layout
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .generation
+    }
+}
+
+impl Archive for SledArchive {
+    fn order_block(&self, block: u64) -> Result<Vec<u8>, StorageError> {
+        let committed = self.committed_generation();
+        let mut out = Vec::new();
+        for kv in self
+            .tree
+            .range(part_key(block, 0)..=part_key(block, committed))
+        {
+            out.extend_from_slice(&kv.map_err(io)?.1);
+        }
+        Ok(out)
+    }
+
+    fn history_chunk(&self, user: u64, chunk: u64) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self
+            .tree
+            .get(chunk_key(user, chunk))
+            .map_err(io)?
+            .map(|v| v.to_vec()))
+    }
+
+    fn each_order_block(
+        &self,
+        f: &mut dyn FnMut(&[u8]) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        let committed = self.committed_generation();
+        let mut block: Option<(u64, Vec<u8>)> = None;
+        for kv in self.tree.scan_prefix(ARCHIVED_ORDERS) {
+            let (k, v) = kv.map_err(io)?;
+            let (b, generation) = (word_at(&k, 2)?, word_at(&k, 10)?);
+            if generation > committed {
+                continue;
+            }
+            match &mut block {
+                Some((current, frames)) if *current == b => frames.extend_from_slice(&v),
+                _ => {
+                    if let Some((_, frames)) = block.take() {
+                        f(&frames)?;
+                    }
+                    block = Some((b, v.to_vec()));
+                }
+            }
+        }
+        if let Some((_, frames)) = block {
+            f(&frames)?;
+        }
+        Ok(())
+    }
+}
+
+/// Opens sled's database. sled 0.34 lets go of its directory lock only
+/// when its flusher thread ends, a little after the last handle is dropped
+/// (spacejam/sled#1234), so an open right after a close in the same
+/// process can find it still held: that is retried for up to a second.
+/// Another process holding the lock gets the error after that second.
+fn open_db(dir: &Path) -> Result<sled::Db, StorageError> {
+    let config = sled::Config::new()
+        .path(dir.join("sled"))
+        .cache_capacity(256 * 1024 * 1024);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other.map_err(io),
+        }
+    }
+}
+
 fn io(e: sled::Error) -> StorageError {
     StorageError::Io(e.to_string())
 }
@@ -172,6 +298,14 @@ fn encode_key(key: &SnapshotKey) -> Vec<u8> {
             k
         }
         SnapshotKey::Meta => vec![SNAPSHOT, b'm'],
+        SnapshotKey::Tally => vec![SNAPSHOT, b't'],
+        // Never in a pack: `write_snapshot` sends them to the archive tree.
+        SnapshotKey::ArchivedOrder(id) => entity(b'O', *id),
+        SnapshotKey::ArchivedHistory(id, chunk) => {
+            let mut k = entity(b'H', *id);
+            k.extend_from_slice(&chunk.to_be_bytes());
+            k
+        }
         SnapshotKey::Key(k) => {
             let mut out = vec![KEY];
             out.extend_from_slice(k.as_bytes());
@@ -187,6 +321,7 @@ fn decode_key(raw: &[u8]) -> Result<SnapshotKey, StorageError> {
             .map(SnapshotKey::Key)
             .map_err(|_| bad()),
         [SNAPSHOT, b'm'] => Ok(SnapshotKey::Meta),
+        [SNAPSHOT, b't'] => Ok(SnapshotKey::Tally),
         [SNAPSHOT, b'h', rest @ ..] if rest.len() == 16 => Ok(SnapshotKey::History(
             u64::from_be_bytes(rest[..8].try_into().expect("8 bytes")),
             u64::from_be_bytes(rest[8..].try_into().expect("8 bytes")),
@@ -334,17 +469,18 @@ impl Run<'_> {
 
 impl SledStore {
     pub fn open(dir: &Path) -> Result<SledStore, StorageError> {
-        let db = sled::Config::new()
-            .path(dir.join("sled"))
-            .cache_capacity(256 * 1024 * 1024)
-            .open()
-            .map_err(io)?;
+        let db = open_db(dir)?;
         let tree = db.open_tree("commerce").map_err(io)?;
         let layout = Layout::decode(tree.get(META).map_err(io)?)?;
+        let layout_shared = Arc::new(Mutex::new(layout));
         let store = SledStore {
+            archive: SledArchive {
+                tree: tree.clone(),
+                layout: layout_shared.clone(),
+            },
             db,
             tree,
-            layout: Mutex::new(layout),
+            layout: layout_shared,
             stopped: AtomicBool::new(false),
         };
         if store.tree.contains_key(UNFINISHED).map_err(io)? {
@@ -359,8 +495,21 @@ impl SledStore {
 
     /// After a snapshot or merge that did not finish: removes every pack
     /// outside the committed layout (and entries from before packs once a
-    /// merge folded them in), then the `x` mark.
+    /// merge folded them in), the archive parts of an uncommitted snapshot
+    /// (its mark lists their blocks), then the `x` mark.
     fn tidy(&self, layout: &Layout) -> Result<(), StorageError> {
+        if let Some(mark) = self.tree.get(UNFINISHED).map_err(io)? {
+            let generation = word_at(&mark, 0)?;
+            if generation > layout.generation {
+                for at in (8..mark.len()).step_by(8) {
+                    let block = word_at(&mark, at)?;
+                    self.archive
+                        .tree
+                        .remove(part_key(block, generation))
+                        .map_err(io)?;
+                }
+            }
+        }
         let mut doomed = Vec::new();
         for k in self.tree.scan_prefix([PACK]).keys() {
             let k = k.map_err(io)?;
@@ -460,11 +609,45 @@ impl SledStore {
     fn write_snapshot(&self, seq: u64, entries: SnapshotEntries) -> Result<(), StorageError> {
         let layout = self.layout();
         let generation = layout.generation + 1;
-        self.tree
-            .insert(UNFINISHED, &generation.to_be_bytes())
-            .map_err(io)?;
+        let (archived, entries): (SnapshotEntries, SnapshotEntries) =
+            entries.into_iter().partition(|(k, _)| k.is_archived());
+        let mut parts: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+        let mut chunks = Vec::new();
+        for (key, value) in archived {
+            match (key, value) {
+                (SnapshotKey::ArchivedOrder(id), Some(frame)) => parts
+                    .entry(id / ORDER_BLOCK)
+                    .or_default()
+                    .extend_from_slice(&frame),
+                (SnapshotKey::ArchivedHistory(user, chunk), Some(frame)) => {
+                    chunks.push((chunk_key(user, chunk), frame))
+                }
+                (key, _) => {
+                    return Err(StorageError::Corrupt(format!(
+                        "archive entry {key:?} without a value"
+                    )))
+                }
+            }
+        }
+        let mut mark = generation.to_be_bytes().to_vec();
+        for block in parts.keys() {
+            mark.extend_from_slice(&block.to_be_bytes());
+        }
+        self.tree.insert(UNFINISHED, mark).map_err(io)?;
         // Durable before any pack: packs never outlive a crash without the mark.
         self.tree.flush().map_err(io)?;
+
+        // 0. The archive: parts under this generation (invisible until it
+        //    is committed), history chunks (the same bytes if redone).
+        for (block, frames) in parts {
+            self.archive
+                .tree
+                .insert(part_key(block, generation), frames)
+                .map_err(io)?;
+        }
+        for (key, frame) in chunks {
+            self.archive.tree.insert(key, frame).map_err(io)?;
+        }
 
         // 1. The changed entries as a new generation, sorted (the last of
         //    two entries for one key wins); invisible until committed.
@@ -608,6 +791,10 @@ impl Store for SledStore {
     fn size_on_disk(&self) -> Option<u64> {
         self.db.size_on_disk().ok()
     }
+
+    fn archive(&self) -> Arc<dyn Archive> {
+        Arc::new(self.archive.clone())
+    }
 }
 
 #[cfg(test)]
@@ -732,6 +919,61 @@ mod tests {
         let (generations, unfinished, _) = raw(dir.path());
         assert_eq!(generations, BTreeSet::from([1, 2]));
         assert!(!unfinished);
+    }
+
+    /// Archived orders are read by block, only from committed snapshots; an
+    /// unfinished snapshot's parts are invisible and removed at the next
+    /// open. History chunks are read back by key. Neither is loaded.
+    #[test]
+    fn archived_entries_are_read_by_block_and_an_unfinished_snapshots_parts_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let frame = |s: &str| s.as_bytes().to_vec();
+        {
+            let s = SledStore::open(dir.path()).unwrap();
+            s.snapshot(
+                4,
+                vec![
+                    (SnapshotKey::ArchivedOrder(3), Some(frame("o3"))),
+                    (SnapshotKey::ArchivedOrder(300), Some(frame("o300"))),
+                    (SnapshotKey::ArchivedHistory(1, 0), Some(frame("h10"))),
+                    (SnapshotKey::Order(9), Some(frame("pending"))),
+                ],
+            )
+            .unwrap();
+            s.snapshot(5, vec![(SnapshotKey::ArchivedOrder(5), Some(frame("o5")))])
+                .unwrap();
+            let a = s.archive();
+            assert_eq!(a.order_block(0).unwrap(), frame("o3o5"));
+            assert_eq!(a.order_block(1).unwrap(), frame("o300"));
+            assert_eq!(a.history_chunk(1, 0).unwrap(), Some(frame("h10")));
+            assert_eq!(a.history_chunk(1, 1).unwrap(), None);
+            // A crash part way through the next snapshot (generation 3, block 0).
+            let mut mark = 3u64.to_be_bytes().to_vec();
+            mark.extend_from_slice(&0u64.to_be_bytes());
+            s.tree.insert(UNFINISHED, mark).unwrap();
+            s.tree.insert(part_key(0, 3), frame("o7")).unwrap();
+            s.tree.flush().unwrap();
+            assert_eq!(a.order_block(0).unwrap(), frame("o3o5"), "not committed");
+        }
+        let s = SledStore::open(dir.path()).unwrap();
+        assert!(!s.tree.contains_key(part_key(0, 3)).unwrap(), "tidied");
+        assert!(
+            s.tree.contains_key(part_key(0, 2)).unwrap(),
+            "committed parts stay"
+        );
+        let mut blocks = Vec::new();
+        s.archive()
+            .each_order_block(&mut |frames| {
+                blocks.push(frames.to_vec());
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(blocks, vec![frame("o3o5"), frame("o300")]);
+        let loaded = s.load().unwrap();
+        assert_eq!(
+            loaded.snapshots,
+            vec![(SnapshotKey::Order(9), frame("pending"))]
+        );
     }
 
     /// A crash while a snapshot's packs were being written: recovery sees

@@ -17,8 +17,8 @@
 
 use crate::domain::event::{Event, Record};
 use crate::domain::time::Timestamp;
-use crate::domain::world::Dirty;
 use crate::domain::world::World;
+use crate::domain::world::{Archiving, Dirty};
 use crate::store::codec::{self, Kind};
 use crate::store::outbox::PendingOutbox;
 use crate::store::recovery::cut_step;
@@ -85,11 +85,37 @@ pub struct JournalStats {
     pub queued: AtomicU64,
 }
 
+/// Snapshots as the actors see them, to let go of what is archived.
+///
+/// Snapshots are numbered as they begin. A change acknowledged before
+/// snapshot `n` began is in it (or, if an earlier one failed, in a later
+/// one, which takes the failed one's marks). So an actor notes
+/// [`mark`](ArchiveWatch::mark) right after a change is acknowledged, and
+/// once [`is_written`](ArchiveWatch::is_written) says so, what that change
+/// finished (an order, a chunk of history) is in the store's archive.
+#[derive(Debug, Default)]
+pub struct ArchiveWatch {
+    begun: AtomicU64,
+    written: AtomicU64,
+}
+
+impl ArchiveWatch {
+    pub fn mark(&self) -> u64 {
+        self.begun.load(Ordering::SeqCst)
+    }
+
+    /// A snapshot begun after `mark` was taken is written.
+    pub fn is_written(&self, mark: u64) -> bool {
+        self.written.load(Ordering::SeqCst) > mark
+    }
+}
+
 #[derive(Clone)]
 pub struct JournalHandle {
     tx: SyncSender<Command>,
     poisoned: Arc<AtomicBool>,
     pub stats: Arc<JournalStats>,
+    pub archive: Arc<ArchiveWatch>,
 }
 
 impl JournalHandle {
@@ -139,13 +165,16 @@ impl JournalWriter {
         let (tx, rx) = mpsc::sync_channel(config.queue_records_max);
         let poisoned = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(JournalStats::default());
+        let watch = Arc::new(ArchiveWatch::default());
         let handle = JournalHandle {
             tx,
             poisoned: poisoned.clone(),
             stats: stats.clone(),
+            archive: watch.clone(),
         };
         let store: Arc<dyn Store> = Arc::from(store);
-        let (jobs, done, snapshotter) = start_snapshotter(store.clone(), stats.clone());
+        let (jobs, done, snapshotter) =
+            start_snapshotter(store.clone(), stats.clone(), watch.clone());
         let mut worker = Worker {
             store,
             jobs: Some(jobs),
@@ -158,6 +187,7 @@ impl JournalWriter {
             outbox,
             poisoned,
             stats,
+            watch,
             since_snapshot: 0,
             last_snapshot: Instant::now(),
             latest_at: Timestamp(0),
@@ -189,15 +219,19 @@ impl JournalWriter {
 /// A snapshot for the snapshot thread to write: everything durable up to `seq`.
 struct SnapshotJob {
     seq: u64,
+    /// The snapshot's number (see [`ArchiveWatch`]).
+    number: u64,
     entries: SnapshotEntries,
+    archiving: Archiving,
     /// The marks the entries came from: given back if the write fails.
     marks: Dirty,
     ack: Option<oneshot::Sender<Ack>>,
 }
 
-/// A snapshot written (or not): its marks come back when it failed.
-struct SnapshotDone {
-    failed_marks: Option<Dirty>,
+/// A snapshot written (what it archived) or not (its marks come back).
+enum SnapshotDone {
+    Written(Archiving),
+    Failed(Dirty),
 }
 
 /// The snapshot thread: writes snapshots while the writer goes on
@@ -207,6 +241,7 @@ struct SnapshotDone {
 fn start_snapshotter(
     store: Arc<dyn Store>,
     stats: Arc<JournalStats>,
+    watch: Arc<ArchiveWatch>,
 ) -> (
     SyncSender<SnapshotJob>,
     Receiver<SnapshotDone>,
@@ -223,10 +258,14 @@ fn start_snapshotter(
                     tracing::warn!(error = %e, "snapshot failed; the journal keeps everything since the last one");
                 } else {
                     stats.snapshots.fetch_add(1, Ordering::Relaxed);
+                    watch.written.store(job.number, Ordering::SeqCst);
                 }
-                let failed_marks = result.is_err().then_some(job.marks);
+                let done = match result {
+                    Ok(()) => SnapshotDone::Written(job.archiving),
+                    Err(_) => SnapshotDone::Failed(job.marks),
+                };
                 // Marks go back before the answer, so a caller that snapshots again sees them.
-                let _ = done_tx.send(SnapshotDone { failed_marks });
+                let _ = done_tx.send(done);
                 if let Some(ack) = job.ack {
                     let _ = ack.send(result.map(|()| job.seq));
                 }
@@ -249,6 +288,7 @@ struct Worker {
     outbox: Arc<PendingOutbox>,
     poisoned: Arc<AtomicBool>,
     stats: Arc<JournalStats>,
+    watch: Arc<ArchiveWatch>,
     since_snapshot: u64,
     last_snapshot: Instant,
     /// Time of the newest record applied: the engine's clock, as recorded.
@@ -433,9 +473,10 @@ impl Worker {
             };
             let Some(done) = done else { break };
             self.snapshot_in_flight = false;
-            if let Some(marks) = done.failed_marks {
+            match done {
+                SnapshotDone::Written(archiving) => self.world.archived(archiving),
                 // Written again by the next snapshot, from the entities as they are then.
-                self.world.snapshot_failed(marks);
+                SnapshotDone::Failed(marks) => self.world.snapshot_failed(marks),
             }
         }
     }
@@ -455,8 +496,10 @@ impl Worker {
         // Keys older than their TTL and sales outside the window leave the snapshot.
         self.world.prune(self.latest_at);
         let marks = self.world.begin_cut();
+        let number = self.watch.begun.fetch_add(1, Ordering::SeqCst) + 1;
         self.cut = Some(PendingCut {
             seq: self.world.seq,
+            number,
             entries: Vec::new(),
             marks,
             ack,
@@ -478,10 +521,11 @@ impl Worker {
                 .map_err(|e| StorageError::Corrupt(e.to_string()))
         };
         match step {
-            Ok(false) => {}
-            Ok(true) => {
+            Ok(None) => {}
+            Ok(Some(archiving)) => {
                 let PendingCut {
                     seq,
+                    number,
                     entries,
                     marks,
                     ack,
@@ -492,7 +536,9 @@ impl Worker {
                 };
                 match jobs.send(SnapshotJob {
                     seq,
+                    number,
                     entries,
+                    archiving,
                     marks,
                     ack,
                 }) {
@@ -520,6 +566,7 @@ const CUT_STEP_ENTRIES: usize = 512;
 /// A snapshot being encoded.
 struct PendingCut {
     seq: u64,
+    number: u64,
     entries: SnapshotEntries,
     marks: Dirty,
     ack: Option<oneshot::Sender<Ack>>,

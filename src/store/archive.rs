@@ -1,0 +1,80 @@
+//! The archive: what no longer changes, kept in the store rather than in memory.
+//!
+//! A finished order (paid, failed, cancelled, expired) never changes again,
+//! and a user's balance history only grows at its end. So a snapshot moves
+//! finished orders and whole chunks of history ([`HISTORY_CHUNK`] entries)
+//! to the archive, in the same commit as the rest of the snapshot, and once
+//! it is written the durable world and the actors let go of them: memory
+//! holds what can still change plus a little, whatever the number of
+//! orders served. Reads of archived things come here; recovery does not
+//! load them (the invariants count them through
+//! [`ArchiveTally`](crate::domain::world::ArchiveTally)).
+//!
+//! Stores keep finished orders by block of [`ORDER_BLOCK`] consecutive ids,
+//! so one read finds an order among a few neighbours written together.
+//!
+//! [`HISTORY_CHUNK`]: crate::store::recovery::HISTORY_CHUNK
+
+use crate::domain::ids::{OrderId, UserId};
+use crate::domain::order::Order;
+use crate::domain::user::BalanceEntry;
+use crate::store::codec::{self, Kind};
+use crate::store::StorageError;
+use std::sync::Arc;
+
+/// Consecutive order ids archived together.
+pub const ORDER_BLOCK: u64 = 256;
+
+/// What a store's archive answers, as stored frames.
+pub trait Archive: Send + Sync {
+    /// Order frames (`Kind::Order`, concatenated) of block `block`
+    /// (`id / ORDER_BLOCK`): every archived order of it, maybe twice.
+    fn order_block(&self, block: u64) -> Result<Vec<u8>, StorageError>;
+
+    /// The frame of chunk `chunk` of user `user`'s history, if archived.
+    fn history_chunk(&self, user: u64, chunk: u64) -> Result<Option<Vec<u8>>, StorageError>;
+
+    /// Calls `f` with the order frames of every block, in no set order.
+    fn each_order_block(
+        &self,
+        f: &mut dyn FnMut(&[u8]) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError>;
+}
+
+fn corrupt(e: codec::CodecError) -> StorageError {
+    StorageError::Corrupt(format!("archive: {e}"))
+}
+
+/// Typed reads of an [`Archive`].
+#[derive(Clone)]
+pub struct ArchiveReader(pub Arc<dyn Archive>);
+
+impl ArchiveReader {
+    pub fn order(&self, id: OrderId) -> Result<Option<Order>, StorageError> {
+        let frames = self.0.order_block(id.0 / ORDER_BLOCK)?;
+        let orders: Vec<Order> = codec::decode_all(Kind::Order, &frames).map_err(corrupt)?;
+        Ok(orders.into_iter().find(|o| o.id == id))
+    }
+
+    pub fn history_chunk(
+        &self,
+        user: UserId,
+        chunk: u64,
+    ) -> Result<Option<Vec<BalanceEntry>>, StorageError> {
+        self.0
+            .history_chunk(user.0, chunk)?
+            .map(|frame| codec::decode(Kind::History, &frame).map_err(corrupt))
+            .transpose()
+    }
+
+    /// Every archived order once, in no set order.
+    pub fn each_order(&self, mut f: impl FnMut(Order)) -> Result<(), StorageError> {
+        self.0.each_order_block(&mut |frames| {
+            let mut orders: Vec<Order> = codec::decode_all(Kind::Order, frames).map_err(corrupt)?;
+            orders.sort_unstable_by_key(|o| o.id);
+            orders.dedup_by_key(|o| o.id);
+            orders.into_iter().for_each(&mut f);
+            Ok(())
+        })
+    }
+}
