@@ -980,19 +980,23 @@ impl Engine {
         found.sort_unstable_by_key(|(id, _)| std::cmp::Reverse(*id));
         let more = found.len() > page.limit;
         found.truncate(page.limit);
-        let archive = self.archive()?;
-        let items = blocking(move || {
-            found
-                .into_iter()
-                .map(|(id, order)| match order {
-                    Some(o) => Ok(o),
-                    None => archive.order(id)?.ok_or_else(|| {
-                        StorageError::Corrupt(format!("order {id} is not in the archive"))
-                    }),
-                })
-                .collect::<Result<Vec<Order>, StorageError>>()
-        })
-        .await?;
+        let items = if found.iter().all(|(_, order)| order.is_some()) {
+            found.into_iter().filter_map(|(_, order)| order).collect()
+        } else {
+            let archive = self.archive()?;
+            blocking(move || {
+                found
+                    .into_iter()
+                    .map(|(id, order)| match order {
+                        Some(o) => Ok(o),
+                        None => archive.order(id)?.ok_or_else(|| {
+                            StorageError::Corrupt(format!("order {id} is not in the archive"))
+                        }),
+                    })
+                    .collect::<Result<Vec<Order>, StorageError>>()
+            })
+            .await?
+        };
         let next = if more {
             items.last().map(|o| o.id.to_string())
         } else {
