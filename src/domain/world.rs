@@ -621,15 +621,6 @@ impl World {
         self.dirty.meta = true;
     }
 
-    /// Every order of a user, oldest first.
-    pub fn orders_by_user(&self) -> HashMap<UserId, Vec<OrderId>> {
-        let mut by_user: HashMap<UserId, Vec<OrderId>> = HashMap::new();
-        for order in self.orders.values() {
-            by_user.entry(order.user_id).or_default().push(order.id);
-        }
-        by_user
-    }
-
     /// Checks every invariant of DESIGN.md; returns what is violated.
     pub fn violations(&self) -> Vec<String> {
         let mut out = Vec::new();
