@@ -242,7 +242,7 @@ fn simulate_in(args: &SimulateArgs, dir: &Path) -> Result<SimulationReport, crat
     let (coupon, top_violations) = scenario?;
     report.violations.extend(top_violations);
     report.violations.extend(delivered);
-    match crate::bench::open_sled_after_shutdown(dir)
+    match crate::store::SledStore::open(dir)
         .map_err(RecoveryError::Storage)
         .and_then(|s| recover_store(&s))
     {

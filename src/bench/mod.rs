@@ -213,7 +213,7 @@ impl Embedded {
         drop(self.engine);
         let recovered = match &self.memory {
             Some(m) => recover_store(m),
-            None => match open_sled_after_shutdown(&self.dir) {
+            None => match SledStore::open(&self.dir) {
                 Ok(s) => recover_store(&s),
                 Err(e) => Err(RecoveryError::Storage(e)),
             },
@@ -242,25 +242,6 @@ impl Embedded {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
         report
-    }
-}
-
-/// Opens a sled store an engine just shut down. `Engine::shutdown` can
-/// return while sled's background flusher still holds the directory's file
-/// lock for a moment, so a lock refusal is retried for up to 10 s.
-pub fn open_sled_after_shutdown(
-    dir: &std::path::Path,
-) -> Result<SledStore, crate::store::StorageError> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match SledStore::open(dir) {
-            Err(crate::store::StorageError::Io(m))
-                if m.contains("could not acquire lock") && Instant::now() < deadline =>
-            {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            other => return other,
-        }
     }
 }
 

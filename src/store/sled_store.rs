@@ -227,19 +227,21 @@ impl Archive for SledArchive {
 }
 
 /// Opens sled's database. sled 0.34 lets go of its directory lock only
-/// when its flusher thread ends, a little after the last handle is dropped
-/// (spacejam/sled#1234), so an open right after a close in the same
-/// process can find it still held: that is retried for up to a second.
-/// Another process holding the lock gets the error after that second.
+/// once its background I/O has ended, a while after the last handle is
+/// dropped (spacejam/sled#1234), so an open right after a close in the
+/// same process can find it still held: that is retried for up to 10 s
+/// (seen past 1 s on a loaded machine). Another process holding the lock
+/// gets the error after that.
 fn open_db(dir: &Path) -> Result<sled::Db, StorageError> {
     let config = sled::Config::new()
         .path(dir.join("sled"))
         .cache_capacity(256 * 1024 * 1024);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         match config.open() {
+            // sled reports it as `ErrorKind::Other` with this message.
             Err(sled::Error::Io(e))
-                if e.kind() == std::io::ErrorKind::WouldBlock
+                if e.to_string().contains("could not acquire lock")
                     && std::time::Instant::now() < deadline =>
             {
                 std::thread::sleep(std::time::Duration::from_millis(10));
