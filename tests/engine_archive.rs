@@ -11,7 +11,8 @@ use commerce_engine::domain::money::Krw;
 use commerce_engine::domain::order::{Order, OrderStatus};
 use commerce_engine::domain::user::BalanceEntry;
 use commerce_engine::engine::{Engine, EngineConfig, PageRequest, SystemClock};
-use commerce_engine::store::MemoryStore;
+use commerce_engine::store::recovery::recover_store;
+use commerce_engine::store::{MemoryStore, SledStore, Store};
 use engine_support::*;
 use std::sync::Arc;
 
@@ -63,20 +64,26 @@ async fn seen(engine: &Engine, user: UserId, ids: &[OrderId]) -> Seen {
     }
 }
 
-fn start(store: &MemoryStore) -> Engine {
-    Engine::start(
-        EngineConfig::default(),
-        Box::new(store.clone()),
-        Arc::new(SystemClock),
-    )
-    .expect("engine starts")
+fn start(open: &dyn Fn() -> Box<dyn Store>) -> Engine {
+    Engine::start(EngineConfig::default(), open(), Arc::new(SystemClock)).expect("engine starts")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finished_orders_and_whole_history_chunks_leave_memory_and_read_the_same() {
-    // given a user with 100 charges, 40 paid orders, 5 cancelled and 3 pending
     let store = MemoryStore::new();
-    let engine = start(&store);
+    archive_reads_the_same(&move || Box::new(store.clone())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_sled_finished_orders_and_whole_history_chunks_leave_memory_and_read_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    archive_reads_the_same(&move || Box::new(SledStore::open(&path).expect("sled opens"))).await;
+}
+
+async fn archive_reads_the_same(open: &dyn Fn() -> Box<dyn Store>) {
+    // given a user with 100 charges, 40 paid orders, 5 cancelled and 3 pending
+    let engine = start(open);
     let user = engine.create_user("kim", None).await.unwrap().id;
     let mug = engine
         .create_product("mug", Krw(1_000), 1_000, None)
@@ -116,13 +123,16 @@ async fn finished_orders_and_whole_history_chunks_leave_memory_and_read_the_same
     let before = seen(&engine, user, &ids).await;
     let held_before = engine.orders_in_memory().await.unwrap();
     assert_eq!(held_before, 48, "nothing is archived before a snapshot");
+    assert_eq!(engine.user_order_ids_in_memory().await.unwrap(), 48);
     assert_eq!(engine.history_in_memory(user).await.unwrap(), 140);
 
     // when a snapshot archives them
     engine.snapshot().await.unwrap();
 
     // then only the pending orders and the last partial chunk stay in memory
+    // (their ids are all the shards still list by user)
     assert_eq!(engine.orders_in_memory().await.unwrap(), 3);
+    assert_eq!(engine.user_order_ids_in_memory().await.unwrap(), 3);
     assert_eq!(engine.history_in_memory(user).await.unwrap(), 140 % 16);
     // and every read answers as before
     assert_eq!(seen(&engine, user, &ids).await, before);
@@ -147,6 +157,7 @@ async fn finished_orders_and_whole_history_chunks_leave_memory_and_read_the_same
     engine.pay_order(pending[0], None).await.unwrap();
     engine.snapshot().await.unwrap();
     assert_eq!(engine.orders_in_memory().await.unwrap(), 2);
+    assert_eq!(engine.user_order_ids_in_memory().await.unwrap(), 2);
     let after_pay = seen(&engine, user, &ids).await;
     for (was, is) in before.orders.iter().zip(&after_pay.orders) {
         if is.id == pending[0] {
@@ -165,10 +176,15 @@ async fn finished_orders_and_whole_history_chunks_leave_memory_and_read_the_same
     .await
     .unwrap();
     drop(engine);
-    let engine = start(&store);
+    let engine = start(open);
     assert_eq!(seen(&engine, user, &ids).await, after_pay);
     assert_eq!(engine.orders_in_memory().await.unwrap(), 2);
-    let world = stop_and_recover(engine, &store).await;
+    assert_eq!(engine.user_order_ids_in_memory().await.unwrap(), 2);
+    tokio::task::spawn_blocking(move || engine.shutdown())
+        .await
+        .unwrap();
+    let (world, _) = recover_store(&*open()).expect("the store recovers");
+    assert!(world.violations().is_empty(), "{:?}", world.violations());
     assert_eq!(world.orders.len(), 48, "a whole recovery reads the archive");
     assert_eq!(world.users[0].history.len(), 141);
     let sold: u64 = world

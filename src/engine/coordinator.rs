@@ -50,12 +50,12 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
-/// The orders of a shard: every order not yet archived by id, the ids of
-/// every order by user (archived ones too), and the pending ones by expiry.
+/// The orders of a shard not yet archived: by id, by user, and the
+/// pending ones by expiry. Archived orders are read from the archive.
 #[derive(Default)]
 pub struct OrderBook {
     pub orders: HashMap<OrderId, Order>,
-    /// Ids of each user's orders, ascending; those not in `orders` are archived.
+    /// Ids of each user's orders in `orders`, ascending.
     pub by_user: HashMap<UserId, Vec<OrderId>>,
     pub due: BTreeSet<(Timestamp, OrderId)>,
     /// Finished orders, oldest first, each with the archive mark taken
@@ -64,24 +64,14 @@ pub struct OrderBook {
 }
 
 impl OrderBook {
-    /// A book of `orders` (in memory) and `archived` (user and id of each).
-    pub fn from_orders(
-        orders: impl IntoIterator<Item = Order>,
-        archived: impl IntoIterator<Item = (UserId, OrderId)>,
-    ) -> OrderBook {
+    /// A book of the orders recovery kept in memory.
+    pub fn from_orders(orders: impl IntoIterator<Item = Order>) -> OrderBook {
         let mut book = OrderBook::default();
         for order in orders {
             if order.status.is_final() {
                 book.settled.push_back((0, order.id));
             }
             book.insert(order);
-        }
-        for (user, id) in archived {
-            book.by_user.entry(user).or_default().push(id);
-        }
-        for ids in book.by_user.values_mut() {
-            ids.sort_unstable();
-            ids.dedup();
         }
         book
     }
@@ -98,8 +88,19 @@ impl OrderBook {
                 break;
             }
             self.settled.pop_front();
-            if self.orders.get(&id).is_some_and(|o| o.status.is_final()) {
-                self.orders.remove(&id);
+            if !self.orders.get(&id).is_some_and(|o| o.status.is_final()) {
+                continue;
+            }
+            let Some(order) = self.orders.remove(&id) else {
+                continue;
+            };
+            if let Some(ids) = self.by_user.get_mut(&order.user_id) {
+                if let Ok(at) = ids.binary_search(&id) {
+                    ids.remove(at);
+                }
+                if ids.is_empty() {
+                    self.by_user.remove(&order.user_id);
+                }
             }
         }
     }

@@ -163,7 +163,6 @@ struct Actors {
 
 fn start_actors(
     world: World,
-    archived: Vec<(UserId, OrderId)>,
     config: &EngineConfig,
     journal: JournalHandle,
     clock: Arc<dyn Clock>,
@@ -212,18 +211,14 @@ fn start_actors(
     });
     // One coordinator shard per Arbiter; an order lives in shard `id % shards`.
     let shards = arbiters.len();
-    type Book = (Vec<Order>, Vec<(UserId, OrderId)>);
-    let mut books: Vec<Book> = (0..shards).map(|_| (Vec::new(), Vec::new())).collect();
+    let mut books: Vec<Vec<Order>> = (0..shards).map(|_| Vec::new()).collect();
     for order in orders.into_values() {
-        books[(order.id.0 as usize) % shards].0.push(order);
-    }
-    for (user, id) in archived {
-        books[(id.0 as usize) % shards].1.push((user, id));
+        books[(order.id.0 as usize) % shards].push(order);
     }
     let coordinators: Vec<Addr<Coordinator>> = books
         .into_iter()
         .enumerate()
-        .map(|(shard, (orders, archived))| {
+        .map(|(shard, orders)| {
             let setup = CoordinatorSetup {
                 registry: registry.clone(),
                 journal: journal.clone(),
@@ -231,7 +226,7 @@ fn start_actors(
                 sweep_interval_ms: config.expiry_sweep_interval_ms,
                 stats: stats.clone(),
             };
-            let book = OrderBook::from_orders(orders, archived);
+            let book = OrderBook::from_orders(orders);
             Coordinator::start_in_arbiter(&at(shard as u64), move |_| Coordinator::new(book, setup))
         })
         .collect();
@@ -317,11 +312,6 @@ impl Engine {
                 }
             }
         }
-        // The ids of archived orders, for each user's list of orders.
-        let mut archived = Vec::new();
-        archive
-            .each_order(|o| archived.push((o.user_id, o.id)))
-            .map_err(storage)?;
         let keys = IdempotencyStore::new(world.keys.clone(), config.idempotency_keys_max);
         let sink_len = world.meta.sink_len;
         let writer =
@@ -340,7 +330,7 @@ impl Engine {
             .spawn(move || {
                 let system = System::new();
                 system.block_on(async move {
-                    let actors = start_actors(world, archived, &cfg, j, c, l);
+                    let actors = start_actors(world, &cfg, j, c, l);
                     let _ = tx.send((System::current(), actors));
                 });
                 let _ = system.run();
@@ -957,8 +947,11 @@ impl Engine {
     /// A user's orders, newest first; the cursor is the last id of the page.
     pub async fn user_orders(&self, user_id: UserId, page: PageRequest) -> Result<Page<Order>> {
         self.user_addr(user_id)?;
-        // Each shard answers its newest `limit + 1` below the cursor (archived
-        // ones by id only); the page is the newest of all.
+        // Each shard answers its newest `limit + 1` below the cursor, then
+        // the archive its newest `limit + 1` ids: the page is the newest of
+        // all. In this order, an order archived meanwhile is in one or the
+        // other (a shard lets go of one only once the archive holds it).
+        let limit = page.limit;
         let reads = self.inner.placement.shards.iter().map(|shard| {
             shard.send(Read::new(move |b: &OrderBook| {
                 let ids = b.by_user.get(&user_id).map(Vec::as_slice).unwrap_or(&[]);
@@ -968,35 +961,38 @@ impl Engine {
                 ids[..upto]
                     .iter()
                     .rev()
-                    .take(page.limit + 1)
-                    .map(|id| (*id, b.orders.get(id).cloned()))
-                    .collect::<Vec<(OrderId, Option<Order>)>>()
+                    .take(limit + 1)
+                    .filter_map(|id| b.orders.get(id).cloned())
+                    .collect::<Vec<Order>>()
             }))
         });
         let mut found: Vec<(OrderId, Option<Order>)> = Vec::new();
         for shard in futures_util::future::join_all(reads).await {
-            found.extend(shard?);
+            found.extend(shard?.into_iter().map(|o| (o.id, Some(o))));
         }
-        found.sort_unstable_by_key(|(id, _)| std::cmp::Reverse(*id));
-        let more = found.len() > page.limit;
-        found.truncate(page.limit);
-        let items = if found.iter().all(|(_, order)| order.is_some()) {
-            found.into_iter().filter_map(|(_, order)| order).collect()
-        } else {
-            let archive = self.archive()?;
-            blocking(move || {
-                found
-                    .into_iter()
-                    .map(|(id, order)| match order {
-                        Some(o) => Ok(o),
-                        None => archive.order(id)?.ok_or_else(|| {
-                            StorageError::Corrupt(format!("order {id} is not in the archive"))
-                        }),
-                    })
-                    .collect::<Result<Vec<Order>, StorageError>>()
-            })
-            .await?
-        };
+        let archive = self.archive()?;
+        let (items, more) = blocking(move || {
+            let before = page.after.map(OrderId);
+            for id in archive.user_orders(user_id, before, limit + 1)? {
+                found.push((id, None));
+            }
+            // Newest first; of an id in both, the one from memory.
+            found.sort_unstable_by_key(|(id, order)| (std::cmp::Reverse(*id), order.is_none()));
+            found.dedup_by_key(|(id, _)| *id);
+            let more = found.len() > limit;
+            found.truncate(limit);
+            let items = found
+                .into_iter()
+                .map(|(id, order)| match order {
+                    Some(o) => Ok(o),
+                    None => archive.order(id)?.ok_or_else(|| {
+                        StorageError::Corrupt(format!("order {id} is not in the archive"))
+                    }),
+                })
+                .collect::<Result<Vec<Order>, StorageError>>()?;
+            Ok((items, more))
+        })
+        .await?;
         let next = if more {
             items.last().map(|o| o.id.to_string())
         } else {
@@ -1061,12 +1057,23 @@ impl Engine {
     /// Orders held in memory (pending ones, and finished ones until a
     /// snapshot archives them), over every coordinator shard.
     pub async fn orders_in_memory(&self) -> Result<usize> {
+        self.sum_over_shards(|b| b.orders.len()).await
+    }
+
+    /// Order ids held in memory in the shards' lists by user: those of
+    /// the orders held, no more (archived ones are listed by the archive).
+    pub async fn user_order_ids_in_memory(&self) -> Result<usize> {
+        self.sum_over_shards(|b| b.by_user.values().map(Vec::len).sum())
+            .await
+    }
+
+    async fn sum_over_shards(&self, count: fn(&OrderBook) -> usize) -> Result<usize> {
         let reads = self
             .inner
             .placement
             .shards
             .iter()
-            .map(|shard| shard.send(Read::new(|b: &OrderBook| b.orders.len())));
+            .map(|shard| shard.send(Read::new(count)));
         let mut held = 0;
         for shard in futures_util::future::join_all(reads).await {
             held += shard?;

@@ -11,7 +11,9 @@
 //! [`ArchiveTally`](crate::domain::world::ArchiveTally)).
 //!
 //! Stores keep finished orders by block of [`ORDER_BLOCK`] consecutive ids,
-//! so one read finds an order among a few neighbours written together.
+//! so one read finds an order among a few neighbours written together, and
+//! an index of each user's archived order ids, so a user's orders page
+//! reads a range of it: memory holds no list of a user's archived orders.
 //!
 //! [`HISTORY_CHUNK`]: crate::store::recovery::HISTORY_CHUNK
 
@@ -33,6 +35,12 @@ pub trait Archive: Send + Sync {
 
     /// The frame of chunk `chunk` of user `user`'s history, if archived.
     fn history_chunk(&self, user: u64, chunk: u64) -> Result<Option<Vec<u8>>, StorageError>;
+
+    /// Ids of user `user`'s archived orders below `before`, newest first,
+    /// at most `limit`. An id may show here a moment before
+    /// [`order_block`](Archive::order_block) has its order: until the
+    /// snapshot archiving it is committed, the order is still in memory.
+    fn user_orders(&self, user: u64, before: u64, limit: usize) -> Result<Vec<u64>, StorageError>;
 
     /// Calls `f` with the order frames of every block, in no set order.
     fn each_order_block(
@@ -65,6 +73,22 @@ impl ArchiveReader {
             .history_chunk(user.0, chunk)?
             .map(|frame| codec::decode(Kind::History, &frame).map_err(corrupt))
             .transpose()
+    }
+
+    /// Ids of `user`'s archived orders below `before`, newest first, at most `limit`.
+    pub fn user_orders(
+        &self,
+        user: UserId,
+        before: Option<OrderId>,
+        limit: usize,
+    ) -> Result<Vec<OrderId>, StorageError> {
+        let before = before.map_or(u64::MAX, |b| b.0);
+        Ok(self
+            .0
+            .user_orders(user.0, before, limit)?
+            .into_iter()
+            .map(OrderId)
+            .collect())
     }
 
     /// Every archived order once, in no set order.

@@ -4,7 +4,7 @@
 use crate::store::{
     Archive, Loaded, SnapshotEntries, SnapshotKey, StorageError, Store, ORDER_BLOCK,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 #[derive(Default)]
@@ -15,6 +15,8 @@ struct Inner {
     /// Archived orders (one frame each, by id) and history chunks.
     orders: BTreeMap<u64, Vec<u8>>,
     history: BTreeMap<(u64, u64), Vec<u8>>,
+    /// (user, order id) of every archived order.
+    by_user: BTreeSet<(u64, u64)>,
 }
 
 #[derive(Clone, Default)]
@@ -48,6 +50,7 @@ impl MemoryStore {
                 batches: inner.batches.clone(),
                 orders: inner.orders.clone(),
                 history: inner.history.clone(),
+                by_user: inner.by_user.clone(),
             })),
         }
     }
@@ -67,6 +70,17 @@ impl Archive for MemoryStore {
 
     fn history_chunk(&self, user: u64, chunk: u64) -> Result<Option<Vec<u8>>, StorageError> {
         Ok(self.lock().history.get(&(user, chunk)).cloned())
+    }
+
+    fn user_orders(&self, user: u64, before: u64, limit: usize) -> Result<Vec<u64>, StorageError> {
+        Ok(self
+            .lock()
+            .by_user
+            .range((user, 0)..(user, before))
+            .rev()
+            .take(limit)
+            .map(|(_, id)| *id)
+            .collect())
     }
 
     fn each_order_block(
@@ -96,8 +110,9 @@ impl Store for MemoryStore {
         let mut inner = self.lock();
         for (key, value) in entries {
             match (&key, value) {
-                (SnapshotKey::ArchivedOrder(id), Some(v)) => {
+                (SnapshotKey::ArchivedOrder { user, id }, Some(v)) => {
                     inner.orders.insert(*id, v);
+                    inner.by_user.insert((*user, *id));
                     continue;
                 }
                 (SnapshotKey::ArchivedHistory(user, chunk), Some(v)) => {

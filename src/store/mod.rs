@@ -51,9 +51,12 @@ pub enum SnapshotKey {
     Meta,
     /// The archive's sums, written with the archive entries they count.
     Tally,
-    /// A finished order moved to the archive: written once, never loaded
-    /// by recovery (read it through [`Archive`]).
-    ArchivedOrder(u64),
+    /// A finished order (of user `user`) moved to the archive: written
+    /// once, never loaded by recovery (read it through [`Archive`]).
+    ArchivedOrder {
+        user: u64,
+        id: u64,
+    },
     /// A whole chunk of user `.0`'s history moved to the archive, likewise.
     ArchivedHistory(u64, u64),
 }
@@ -63,7 +66,7 @@ impl SnapshotKey {
     pub fn is_archived(&self) -> bool {
         matches!(
             self,
-            SnapshotKey::ArchivedOrder(_) | SnapshotKey::ArchivedHistory(..)
+            SnapshotKey::ArchivedOrder { .. } | SnapshotKey::ArchivedHistory(..)
         )
     }
 }

@@ -201,7 +201,7 @@ fn load_snapshots(
             SnapshotKey::Tally => {
                 world.archived = codec::decode(Kind::Tally, &bytes).map_err(bad)?
             }
-            SnapshotKey::ArchivedOrder(_) | SnapshotKey::ArchivedHistory(..) => {
+            SnapshotKey::ArchivedOrder { .. } | SnapshotKey::ArchivedHistory(..) => {
                 return Err(RecoveryError::Sparse(format!(
                     "{key:?} among the snapshot entries"
                 )))
@@ -273,7 +273,13 @@ fn encode_order(
 ) -> Result<(), CodecError> {
     let value = Some(codec::encode(Kind::Order, o)?);
     if o.status.is_final() {
-        out.push((SnapshotKey::ArchivedOrder(o.id.0), value));
+        out.push((
+            SnapshotKey::ArchivedOrder {
+                user: o.user_id.0,
+                id: o.id.0,
+            },
+            value,
+        ));
         if in_snapshots.contains(&o.id) {
             out.push((SnapshotKey::Order(o.id.0), None));
         }

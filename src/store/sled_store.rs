@@ -37,10 +37,21 @@
 //!   removed at the next open.
 //! - `ah` + user (u64) + chunk (u64): a whole chunk of history. Written
 //!   again with the same bytes if a snapshot is redone, so never tidied.
+//! - `au` + user (u64) + largest id (u64): the ids (u64 each, ascending)
+//!   of the user's orders one snapshot archived: a user's orders page
+//!   reads these from its newest down. One key per user a snapshot
+//!   archived orders of, not per order (sled's cost is per key). Visible
+//!   at once: an id there whose order the committed archive lacks is still
+//!   in memory, and one an unfinished snapshot left is archived again by
+//!   the next (readers drop the repeat), so never tidied.
+//! - `ai`: the `au` index is complete. A store archived by a version
+//!   without it gets it built from `ao` at its next open.
 //!
 //! sled flushes in the background only every 500 ms, so `append` flushes
 //! before it returns: nothing is acknowledged before it is on disk.
 
+use crate::domain::order::Order;
+use crate::store::codec::{self, Kind};
 use crate::store::{
     Archive, Loaded, SnapshotEntries, SnapshotKey, StorageError, Store, ORDER_BLOCK,
 };
@@ -76,6 +87,8 @@ const CHUNK_ENTRIES: usize = 256;
 /// than it (and at least this much), or once there are this many.
 const MERGE_BYTES_MIN: u64 = 4 * 1024 * 1024;
 const GENERATIONS_MAX: u64 = 64;
+/// Ids per `au` part when the index is built from `ao`.
+const BY_USER_PART_IDS: usize = 256;
 
 /// Where the committed snapshot lives.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -137,6 +150,8 @@ impl Layout {
 
 const ARCHIVED_ORDERS: [u8; 2] = *b"ao";
 const ARCHIVED_HISTORY: [u8; 2] = *b"ah";
+const ARCHIVED_BY_USER: [u8; 2] = *b"au";
+const BY_USER_BUILT: &[u8] = b"ai";
 
 fn archive_key(prefix: [u8; 2], a: u64, b: u64) -> [u8; 18] {
     let mut k = [0u8; 18];
@@ -152,6 +167,14 @@ fn part_key(block: u64, generation: u64) -> [u8; 18] {
 
 fn chunk_key(user: u64, chunk: u64) -> [u8; 18] {
     archive_key(ARCHIVED_HISTORY, user, chunk)
+}
+
+fn by_user_key(user: u64, largest: u64) -> [u8; 18] {
+    archive_key(ARCHIVED_BY_USER, user, largest)
+}
+
+fn ids_value(ids: &[u64]) -> Vec<u8> {
+    ids.iter().flat_map(|id| id.to_be_bytes()).collect()
 }
 
 fn word_at(raw: &[u8], at: usize) -> Result<u64, StorageError> {
@@ -195,6 +218,40 @@ impl Archive for SledArchive {
             .get(chunk_key(user, chunk))
             .map_err(io)?
             .map(|v| v.to_vec()))
+    }
+
+    fn user_orders(&self, user: u64, before: u64, limit: usize) -> Result<Vec<u64>, StorageError> {
+        // Parts by their largest id, newest first. Parts may overlap (an
+        // order finished late), so reading stops only once a part's largest
+        // id is below the `limit` newest ids found.
+        let mut found: Vec<u64> = Vec::new();
+        let parts = self
+            .tree
+            .range(by_user_key(user, 0)..=by_user_key(user, u64::MAX))
+            .rev();
+        for kv in parts {
+            let (k, v) = kv.map_err(io)?;
+            let largest = word_at(&k, 10)?;
+            if found.len() >= limit && found.last().is_none_or(|least| largest < *least) {
+                break;
+            }
+            if v.len() % 8 != 0 {
+                return Err(StorageError::Corrupt(format!(
+                    "order ids of user {user} in {} bytes",
+                    v.len()
+                )));
+            }
+            for at in (0..v.len()).step_by(8) {
+                let id = word_at(&v, at)?;
+                if id < before {
+                    found.push(id);
+                }
+            }
+            found.sort_unstable_by(|a, b| b.cmp(a));
+            found.dedup();
+            found.truncate(limit);
+        }
+        Ok(found)
     }
 
     fn each_order_block(
@@ -302,7 +359,7 @@ fn encode_key(key: &SnapshotKey) -> Vec<u8> {
         SnapshotKey::Meta => vec![SNAPSHOT, b'm'],
         SnapshotKey::Tally => vec![SNAPSHOT, b't'],
         // Never in a pack: `write_snapshot` sends them to the archive tree.
-        SnapshotKey::ArchivedOrder(id) => entity(b'O', *id),
+        SnapshotKey::ArchivedOrder { id, .. } => entity(b'O', *id),
         SnapshotKey::ArchivedHistory(id, chunk) => {
             let mut k = entity(b'H', *id);
             k.extend_from_slice(&chunk.to_be_bytes());
@@ -488,7 +545,38 @@ impl SledStore {
         if store.tree.contains_key(UNFINISHED).map_err(io)? {
             store.tidy(&layout)?;
         }
+        if !store.tree.contains_key(BY_USER_BUILT).map_err(io)? {
+            store.build_by_user()?;
+        }
         Ok(store)
+    }
+
+    /// Indexes every archived order by user (a store archived before the
+    /// index existed; on a new store there is nothing to index), then marks
+    /// the index complete. Redone whole if interrupted: parts repeat ids.
+    fn build_by_user(&self) -> Result<(), StorageError> {
+        let mut by_user: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+        self.archive.each_order_block(&mut |frames| {
+            let orders: Vec<Order> = codec::decode_all(Kind::Order, frames)
+                .map_err(|e| StorageError::Corrupt(format!("archive: {e}")))?;
+            for o in orders {
+                by_user.entry(o.user_id.0).or_default().push(o.id.0);
+            }
+            Ok(())
+        })?;
+        for (user, mut ids) in by_user {
+            ids.sort_unstable();
+            ids.dedup();
+            for part in ids.chunks(BY_USER_PART_IDS) {
+                let largest = *part.last().expect("a chunk is not empty");
+                self.tree
+                    .insert(by_user_key(user, largest), ids_value(part))
+                    .map_err(io)?;
+            }
+        }
+        self.tree.insert(BY_USER_BUILT, &[][..]).map_err(io)?;
+        self.tree.flush().map_err(io)?;
+        Ok(())
     }
 
     fn layout(&self) -> Layout {
@@ -614,13 +702,17 @@ impl SledStore {
         let (archived, entries): (SnapshotEntries, SnapshotEntries) =
             entries.into_iter().partition(|(k, _)| k.is_archived());
         let mut parts: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+        let mut by_user: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
         let mut chunks = Vec::new();
         for (key, value) in archived {
             match (key, value) {
-                (SnapshotKey::ArchivedOrder(id), Some(frame)) => parts
-                    .entry(id / ORDER_BLOCK)
-                    .or_default()
-                    .extend_from_slice(&frame),
+                (SnapshotKey::ArchivedOrder { user, id }, Some(frame)) => {
+                    parts
+                        .entry(id / ORDER_BLOCK)
+                        .or_default()
+                        .extend_from_slice(&frame);
+                    by_user.entry(user).or_default().push(id);
+                }
                 (SnapshotKey::ArchivedHistory(user, chunk), Some(frame)) => {
                     chunks.push((chunk_key(user, chunk), frame))
                 }
@@ -649,6 +741,14 @@ impl SledStore {
         }
         for (key, frame) in chunks {
             self.archive.tree.insert(key, frame).map_err(io)?;
+        }
+        for (user, mut ids) in by_user {
+            ids.sort_unstable();
+            let largest = *ids.last().expect("a user here has an id");
+            self.archive
+                .tree
+                .insert(by_user_key(user, largest), ids_value(&ids))
+                .map_err(io)?;
         }
 
         // 1. The changed entries as a new generation, sorted (the last of
@@ -935,20 +1035,35 @@ mod tests {
             s.snapshot(
                 4,
                 vec![
-                    (SnapshotKey::ArchivedOrder(3), Some(frame("o3"))),
-                    (SnapshotKey::ArchivedOrder(300), Some(frame("o300"))),
+                    (
+                        SnapshotKey::ArchivedOrder { user: 1, id: 3 },
+                        Some(frame("o3")),
+                    ),
+                    (
+                        SnapshotKey::ArchivedOrder { user: 2, id: 300 },
+                        Some(frame("o300")),
+                    ),
                     (SnapshotKey::ArchivedHistory(1, 0), Some(frame("h10"))),
                     (SnapshotKey::Order(9), Some(frame("pending"))),
                 ],
             )
             .unwrap();
-            s.snapshot(5, vec![(SnapshotKey::ArchivedOrder(5), Some(frame("o5")))])
-                .unwrap();
+            s.snapshot(
+                5,
+                vec![(
+                    SnapshotKey::ArchivedOrder { user: 1, id: 5 },
+                    Some(frame("o5")),
+                )],
+            )
+            .unwrap();
             let a = s.archive();
             assert_eq!(a.order_block(0).unwrap(), frame("o3o5"));
             assert_eq!(a.order_block(1).unwrap(), frame("o300"));
             assert_eq!(a.history_chunk(1, 0).unwrap(), Some(frame("h10")));
             assert_eq!(a.history_chunk(1, 1).unwrap(), None);
+            assert_eq!(a.user_orders(1, u64::MAX, 10).unwrap(), vec![5, 3]);
+            assert_eq!(a.user_orders(2, u64::MAX, 10).unwrap(), vec![300]);
+            assert_eq!(a.user_orders(3, u64::MAX, 10).unwrap(), Vec::<u64>::new());
             // A crash part way through the next snapshot (generation 3, block 0).
             let mut mark = 3u64.to_be_bytes().to_vec();
             mark.extend_from_slice(&0u64.to_be_bytes());
@@ -976,6 +1091,112 @@ mod tests {
             loaded.snapshots,
             vec![(SnapshotKey::Order(9), frame("pending"))]
         );
+    }
+
+    /// A user's archived order ids come newest first below the cursor,
+    /// exactly, however the parts of successive snapshots overlap (an order
+    /// that finished late lands in a later part than newer ones).
+    #[test]
+    fn a_users_archived_orders_read_in_id_order_across_overlapping_parts() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        // Snapshot by snapshot, the ids each archived of user 7 (and of 8).
+        let snapshots: [&[u64]; 5] = [&[10, 11, 13], &[14, 15], &[12, 20, 21], &[22], &[1, 30]];
+        let mut all: Vec<u64> = Vec::new();
+        for (i, ids) in snapshots.iter().enumerate() {
+            let mut entries: SnapshotEntries = ids
+                .iter()
+                .map(|id| {
+                    (
+                        SnapshotKey::ArchivedOrder { user: 7, id: *id },
+                        Some(vec![1]),
+                    )
+                })
+                .collect();
+            entries.push((
+                SnapshotKey::ArchivedOrder {
+                    user: 8,
+                    id: 100 + i as u64,
+                },
+                Some(vec![1]),
+            ));
+            s.snapshot(i as u64 + 1, entries).unwrap();
+            all.extend_from_slice(ids);
+        }
+        all.sort_unstable_by(|a, b| b.cmp(a));
+        let a = s.archive();
+        for before in [u64::MAX, 31, 30, 22, 21, 15, 13, 12, 11, 2, 1, 0] {
+            for limit in 0..=all.len() + 1 {
+                let expected: Vec<u64> = all
+                    .iter()
+                    .copied()
+                    .filter(|id| *id < before)
+                    .take(limit)
+                    .collect();
+                assert_eq!(
+                    a.user_orders(7, before, limit).unwrap(),
+                    expected,
+                    "before {before}, limit {limit}"
+                );
+            }
+        }
+        assert_eq!(a.user_orders(8, u64::MAX, 2).unwrap(), vec![104, 103]);
+    }
+
+    /// A store archived before the index by user existed gets it built
+    /// from the archived orders at its next open.
+    #[test]
+    fn the_index_by_user_is_built_for_a_store_archived_without_it() {
+        use crate::domain::ids::{OrderId, UserId};
+        use crate::domain::money::Krw;
+        use crate::domain::order::OrderStatus;
+        use crate::domain::time::Timestamp;
+        let dir = tempfile::tempdir().unwrap();
+        let order = |id: u64, user: u64| Order {
+            id: OrderId(id),
+            user_id: UserId(user),
+            status: OrderStatus::Paid,
+            items: Vec::new(),
+            total_amount: Krw(0),
+            discount_amount: Krw(0),
+            pay_amount: Krw(0),
+            user_coupon_id: None,
+            created_at: Timestamp(1),
+            expires_at: Timestamp(2),
+            paid_at: Some(Timestamp(1)),
+        };
+        let placed = [(1, 5), (2, 6), (3, 5), (700, 5), (701, 6)];
+        {
+            let s = SledStore::open(dir.path()).unwrap();
+            let entries = placed
+                .iter()
+                .map(|(id, user)| {
+                    (
+                        SnapshotKey::ArchivedOrder {
+                            user: *user,
+                            id: *id,
+                        },
+                        Some(codec::encode(Kind::Order, &order(*id, *user)).unwrap()),
+                    )
+                })
+                .collect();
+            s.snapshot(1, entries).unwrap();
+            // As the version before the index left it.
+            for k in s.tree.scan_prefix(ARCHIVED_BY_USER).keys() {
+                s.tree.remove(k.unwrap()).unwrap();
+            }
+            s.tree.remove(BY_USER_BUILT).unwrap();
+            s.tree.flush().unwrap();
+            assert_eq!(
+                s.archive().user_orders(5, u64::MAX, 9).unwrap(),
+                Vec::<u64>::new()
+            );
+        }
+        let s = SledStore::open(dir.path()).unwrap();
+        let a = s.archive();
+        assert_eq!(a.user_orders(5, u64::MAX, 9).unwrap(), vec![700, 3, 1]);
+        assert_eq!(a.user_orders(6, u64::MAX, 9).unwrap(), vec![701, 2]);
+        assert_eq!(a.user_orders(5, 700, 1).unwrap(), vec![3]);
     }
 
     /// A crash while a snapshot's packs were being written: recovery sees
