@@ -21,11 +21,13 @@
 //! [`rng`] (a seeded PRNG shared with `simulate`).
 
 pub mod check;
+pub mod ids;
 pub mod report;
 pub mod rng;
 pub mod target;
 pub mod workload;
 
+use crate::bench::ids::IdLog;
 use crate::bench::report::{
     merge, BenchReport, InvariantReport, JournalReport, KindReport, Second,
 };
@@ -251,7 +253,7 @@ struct WorkerOut {
     ok: [u64; 4],
     errors: BTreeMap<String, u64>,
     requests: u64,
-    paid: Vec<OrderId>,
+    paid: IdLog,
     last_done: Option<Instant>,
 }
 
@@ -262,7 +264,7 @@ impl WorkerOut {
             ok: [0; 4],
             errors: BTreeMap::new(),
             requests: 0,
-            paid: Vec::new(),
+            paid: IdLog::default(),
             last_done: None,
         }
     }
@@ -348,7 +350,9 @@ async fn worker(run: Arc<Run>, index: u64, seed: u64) -> WorkerOut {
             break;
         };
         let done = Instant::now();
-        out.paid.extend(paid);
+        if let Some(id) = paid {
+            out.paid.push(id);
+        }
         if due >= run.measure_from {
             out.record(kind, done - due, &result);
             out.last_done = Some(done);
@@ -578,11 +582,7 @@ pub fn execute(args: &BenchArgs) -> Result<BenchReport, crate::CliError> {
             return Err(e);
         }
     };
-    let paid: Vec<OrderId> = driven
-        .outs
-        .iter()
-        .flat_map(|o| o.paid.iter().copied())
-        .collect();
+    let paid: Vec<OrderId> = driven.outs.iter().flat_map(|o| o.paid.iter()).collect();
     let run = &driven.run;
     let invariants = match embedded {
         Some(emb) => emb.finish(&run.fixture, &run.tally, &paid),
