@@ -88,18 +88,17 @@ impl OrderBook {
                 break;
             }
             self.settled.pop_front();
-            if !self.orders.get(&id).is_some_and(|o| o.status.is_final()) {
-                continue;
-            }
-            let Some(order) = self.orders.remove(&id) else {
-                continue;
+            let user = match self.orders.get(&id) {
+                Some(o) if o.status.is_final() => o.user_id,
+                _ => continue,
             };
-            if let Some(ids) = self.by_user.get_mut(&order.user_id) {
+            self.orders.remove(&id);
+            if let Some(ids) = self.by_user.get_mut(&user) {
                 if let Ok(at) = ids.binary_search(&id) {
                     ids.remove(at);
                 }
                 if ids.is_empty() {
-                    self.by_user.remove(&order.user_id);
+                    self.by_user.remove(&user);
                 }
             }
         }
