@@ -981,11 +981,17 @@ impl Engine {
             found.dedup_by_key(|(id, _)| *id);
             let more = found.len() > limit;
             found.truncate(limit);
+            let wanted: Vec<OrderId> = found
+                .iter()
+                .filter(|(_, order)| order.is_none())
+                .map(|(id, _)| *id)
+                .collect();
+            let mut archived = archive.orders(&wanted)?.into_iter();
             let items = found
                 .into_iter()
                 .map(|(id, order)| match order {
                     Some(o) => Ok(o),
-                    None => archive.order(id)?.ok_or_else(|| {
+                    None => archived.next().flatten().ok_or_else(|| {
                         StorageError::Corrupt(format!("order {id} is not in the archive"))
                     }),
                 })

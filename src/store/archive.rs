@@ -22,6 +22,7 @@ use crate::domain::order::Order;
 use crate::domain::user::BalanceEntry;
 use crate::store::codec::{self, Kind};
 use crate::store::StorageError;
+use std::collections::hash_map::{Entry, HashMap};
 use std::sync::Arc;
 
 /// Consecutive order ids archived together.
@@ -59,9 +60,25 @@ pub struct ArchiveReader(pub Arc<dyn Archive>);
 
 impl ArchiveReader {
     pub fn order(&self, id: OrderId) -> Result<Option<Order>, StorageError> {
-        let frames = self.0.order_block(id.0 / ORDER_BLOCK)?;
-        let orders: Vec<Order> = codec::decode_all(Kind::Order, &frames).map_err(corrupt)?;
-        Ok(orders.into_iter().find(|o| o.id == id))
+        Ok(self.orders(&[id])?.pop().flatten())
+    }
+
+    /// The archived orders of `ids`, in their order (`None` where not
+    /// archived); each block is read once however many of them it holds.
+    pub fn orders(&self, ids: &[OrderId]) -> Result<Vec<Option<Order>>, StorageError> {
+        let mut blocks: HashMap<u64, Vec<Order>> = HashMap::new();
+        ids.iter()
+            .map(|id| {
+                let orders = match blocks.entry(id.0 / ORDER_BLOCK) {
+                    Entry::Occupied(e) => e.into_mut(),
+                    Entry::Vacant(e) => {
+                        let frames = self.0.order_block(*e.key())?;
+                        e.insert(codec::decode_all(Kind::Order, &frames).map_err(corrupt)?)
+                    }
+                };
+                Ok(orders.iter().find(|o| o.id == *id).cloned())
+            })
+            .collect()
     }
 
     pub fn history_chunk(
