@@ -50,10 +50,8 @@
 //! sled flushes in the background only every 500 ms, so `append` flushes
 //! before it returns: nothing is acknowledged before it is on disk.
 
-use crate::domain::order::Order;
-use crate::store::codec::{self, Kind};
 use crate::store::{
-    Archive, Loaded, SnapshotEntries, SnapshotKey, StorageError, Store, ORDER_BLOCK,
+    Archive, ArchiveReader, Loaded, SnapshotEntries, SnapshotKey, StorageError, Store, ORDER_BLOCK,
 };
 use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
@@ -178,10 +176,6 @@ fn chunk_key(user: u64, chunk: u64) -> [u8; 18] {
 
 fn by_user_key(user: u64, largest: u64) -> [u8; 18] {
     archive_key(ARCHIVED_BY_USER, user, largest)
-}
-
-fn ids_value(ids: &[u64]) -> Vec<u8> {
-    ids.iter().flat_map(|id| id.to_be_bytes()).collect()
 }
 
 fn word_at(raw: &[u8], at: usize) -> Result<u64, StorageError> {
@@ -563,26 +557,26 @@ impl SledStore {
     /// the index complete. Redone whole if interrupted: parts repeat ids.
     fn build_by_user(&self) -> Result<(), StorageError> {
         let mut by_user: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
-        self.archive.each_order_block(&mut |frames| {
-            let orders: Vec<Order> = codec::decode_all(Kind::Order, frames)
-                .map_err(|e| StorageError::Corrupt(format!("archive: {e}")))?;
-            for o in orders {
-                by_user.entry(o.user_id.0).or_default().push(o.id.0);
-            }
-            Ok(())
-        })?;
+        ArchiveReader(Arc::new(self.archive.clone()))
+            .each_order(|o| by_user.entry(o.user_id.0).or_default().push(o.id.0))?;
         for (user, mut ids) in by_user {
             ids.sort_unstable();
-            ids.dedup();
             for part in ids.chunks(BY_USER_PART_IDS) {
-                let largest = *part.last().expect("a chunk is not empty");
-                self.tree
-                    .insert(by_user_key(user, largest), ids_value(part))
-                    .map_err(io)?;
+                self.put_user_part(user, part)?;
             }
         }
         self.tree.insert(BY_USER_BUILT, &[][..]).map_err(io)?;
         self.tree.flush().map_err(io)?;
+        Ok(())
+    }
+
+    /// One part of user `user`'s index: `ids`, ascending, not empty.
+    fn put_user_part(&self, user: u64, ids: &[u64]) -> Result<(), StorageError> {
+        let largest = *ids.last().expect("a part has an id");
+        let value: Vec<u8> = ids.iter().flat_map(|id| id.to_be_bytes()).collect();
+        self.tree
+            .insert(by_user_key(user, largest), value)
+            .map_err(io)?;
         Ok(())
     }
 
@@ -751,11 +745,7 @@ impl SledStore {
         }
         for (user, mut ids) in by_user {
             ids.sort_unstable();
-            let largest = *ids.last().expect("a user here has an id");
-            self.archive
-                .tree
-                .insert(by_user_key(user, largest), ids_value(&ids))
-                .map_err(io)?;
+            self.put_user_part(user, &ids)?;
         }
 
         // 1. The changed entries as a new generation, sorted (the last of
@@ -1156,8 +1146,9 @@ mod tests {
     fn the_index_by_user_is_built_for_a_store_archived_without_it() {
         use crate::domain::ids::{OrderId, UserId};
         use crate::domain::money::Krw;
-        use crate::domain::order::OrderStatus;
+        use crate::domain::order::{Order, OrderStatus};
         use crate::domain::time::Timestamp;
+        use crate::store::codec::{self, Kind};
         let dir = tempfile::tempdir().unwrap();
         let order = |id: u64, user: u64| Order {
             id: OrderId(id),
