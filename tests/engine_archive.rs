@@ -24,39 +24,45 @@ struct Seen {
     history: Vec<(Vec<BalanceEntry>, Option<String>)>,
 }
 
+/// Every page of a list, from the first, following each page's cursor.
+async fn all_pages<T, F, Fut>(mut page: F) -> Vec<(Vec<T>, Option<String>)>
+where
+    F: FnMut(Option<u64>) -> Fut,
+    Fut: std::future::Future<Output = (Vec<T>, Option<String>)>,
+{
+    let mut pages = Vec::new();
+    let mut after = None;
+    loop {
+        let (items, next) = page(after).await;
+        after = next.as_ref().map(|cursor| cursor.parse().unwrap());
+        pages.push((items, next));
+        if after.is_none() {
+            return pages;
+        }
+    }
+}
+
 async fn seen(engine: &Engine, user: UserId, ids: &[OrderId]) -> Seen {
     let mut orders = Vec::new();
     for id in ids {
         orders.push(engine.order(*id).await.unwrap());
     }
-    let mut pages = Vec::new();
-    let mut after = None;
-    loop {
+    let pages = all_pages(|after| async move {
         let page = engine
             .user_orders(user, PageRequest { limit: 7, after })
             .await
             .unwrap();
-        let next = page.next.clone();
-        pages.push((page.items.iter().map(|o| o.id).collect(), next.clone()));
-        match next {
-            Some(cursor) => after = Some(cursor.parse().unwrap()),
-            None => break,
-        }
-    }
-    let mut history = Vec::new();
-    let mut after = None;
-    loop {
+        (page.items.iter().map(|o| o.id).collect(), page.next)
+    })
+    .await;
+    let history = all_pages(|after| async move {
         let page = engine
             .history(user, PageRequest { limit: 7, after })
             .await
             .unwrap();
-        let next = page.next.clone();
-        history.push((page.items, next.clone()));
-        match next {
-            Some(cursor) => after = Some(cursor.parse().unwrap()),
-            None => break,
-        }
-    }
+        (page.items, page.next)
+    })
+    .await;
     Seen {
         orders,
         pages,
