@@ -37,13 +37,19 @@
 //!   removed at the next open.
 //! - `ah` + user (u64) + chunk (u64): a whole chunk of history. Written
 //!   again with the same bytes if a snapshot is redone, so never tidied.
-//! - `au` + user (u64) + largest id (u64): the ids (u64 each, ascending)
-//!   of the user's orders one snapshot archived: a user's orders page
-//!   reads these from its newest down. One key per user a snapshot
-//!   archived orders of, not per order (sled's cost is per key). Visible
-//!   at once: an id there whose order the committed archive lacks is still
-//!   in memory, and one an unfinished snapshot left is archived again by
-//!   the next (readers drop the repeat), so never tidied.
+//! - `av` + user (u64): the user's *open part*, the ids (u64 each,
+//!   ascending) of the user's archived orders not yet in a sealed part.
+//!   Each snapshot adds the ids it archived of the user; once the open
+//!   part holds [`SEALED_PART_IDS`], it is sealed:
+//! - `au` + user (u64) + largest id (u64): a sealed part, written before
+//!   the open part is removed, so a reader that finds the open part gone
+//!   finds the part. A user's orders page reads the open part, then the
+//!   sealed parts from the largest id down. So sled holds about one key
+//!   per [`SEALED_PART_IDS`] orders (sled keeps some 40 bytes in memory
+//!   per live key: a key per user per snapshot made RSS creep). Visible at
+//!   once: an id there whose order the committed archive lacks is still in
+//!   memory, and one an unfinished snapshot left is archived again by the
+//!   next (readers drop the repeat), so never tidied.
 //! - `ai`: the `au` index is complete. A store archived by a version
 //!   without it gets it built from `ao` at its next open.
 //!
@@ -92,8 +98,11 @@ const GENERATIONS_MAX: u64 = 64;
 /// 60 s to 0.95 GB; at 64 MiB from 0.51 GB to 0.60 GB (0.71 at most), at
 /// the same throughput (README, Performance).
 const CACHE_BYTES: u64 = 64 * 1024 * 1024;
-/// Ids per `au` part when the index is built from `ao`.
-const BY_USER_PART_IDS: usize = 256;
+/// A user's open part of the index by user is sealed once it holds this
+/// many ids (and the index built from `ao` is written in parts this big).
+/// Each snapshot rewrites the open part of every user it archived orders
+/// of: at most this many ids, 8 bytes each.
+const SEALED_PART_IDS: usize = 128;
 
 /// Where the committed snapshot lives.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -156,6 +165,7 @@ impl Layout {
 const ARCHIVED_ORDERS: [u8; 2] = *b"ao";
 const ARCHIVED_HISTORY: [u8; 2] = *b"ah";
 const ARCHIVED_BY_USER: [u8; 2] = *b"au";
+const OPEN_BY_USER: [u8; 2] = *b"av";
 const BY_USER_BUILT: &[u8] = b"ai";
 
 fn archive_key(prefix: [u8; 2], a: u64, b: u64) -> [u8; 18] {
@@ -176,6 +186,31 @@ fn chunk_key(user: u64, chunk: u64) -> [u8; 18] {
 
 fn by_user_key(user: u64, largest: u64) -> [u8; 18] {
     archive_key(ARCHIVED_BY_USER, user, largest)
+}
+
+fn open_part_key(user: u64) -> [u8; 10] {
+    let mut k = [0u8; 10];
+    k[..2].copy_from_slice(&OPEN_BY_USER);
+    k[2..].copy_from_slice(&user.to_be_bytes());
+    k
+}
+
+/// A part of user `user`'s index: ids, u64 each.
+fn decode_ids(user: u64, raw: &[u8]) -> Result<Vec<u64>, StorageError> {
+    if !raw.len().is_multiple_of(8) {
+        return Err(StorageError::Corrupt(format!(
+            "order ids of user {user} in {} bytes",
+            raw.len()
+        )));
+    }
+    Ok(raw
+        .chunks_exact(8)
+        .map(|w| u64::from_be_bytes(w.try_into().expect("8 bytes")))
+        .collect())
+}
+
+fn encode_ids(ids: &[u64]) -> Vec<u8> {
+    ids.iter().flat_map(|id| id.to_be_bytes()).collect()
 }
 
 fn word_at(raw: &[u8], at: usize) -> Result<u64, StorageError> {
@@ -222,10 +257,21 @@ impl Archive for SledArchive {
     }
 
     fn user_orders(&self, user: u64, before: u64, limit: usize) -> Result<Vec<u64>, StorageError> {
-        // Parts by their largest id, newest first. Parts may overlap (an
-        // order finished late), so reading stops only once a part's largest
-        // id is below the `limit` newest ids found.
+        // The open part whole, then the sealed parts by their largest id,
+        // newest first. Parts may overlap (an order finished late), so
+        // reading stops only once a part's largest id is below the `limit`
+        // newest ids found.
         let mut found: Vec<u64> = Vec::new();
+        let take = |found: &mut Vec<u64>, raw: &[u8]| -> Result<(), StorageError> {
+            found.extend(decode_ids(user, raw)?.into_iter().filter(|id| *id < before));
+            found.sort_unstable_by(|a, b| b.cmp(a));
+            found.dedup();
+            found.truncate(limit);
+            Ok(())
+        };
+        if let Some(open) = self.tree.get(open_part_key(user)).map_err(io)? {
+            take(&mut found, &open)?;
+        }
         let parts = self
             .tree
             .range(by_user_key(user, 0)..=by_user_key(user, u64::MAX))
@@ -236,21 +282,7 @@ impl Archive for SledArchive {
             if found.len() >= limit && found.last().is_none_or(|least| largest < *least) {
                 break;
             }
-            if v.len() % 8 != 0 {
-                return Err(StorageError::Corrupt(format!(
-                    "order ids of user {user} in {} bytes",
-                    v.len()
-                )));
-            }
-            for at in (0..v.len()).step_by(8) {
-                let id = word_at(&v, at)?;
-                if id < before {
-                    found.push(id);
-                }
-            }
-            found.sort_unstable_by(|a, b| b.cmp(a));
-            found.dedup();
-            found.truncate(limit);
+            take(&mut found, &v)?;
         }
         Ok(found)
     }
@@ -561,7 +593,7 @@ impl SledStore {
             .each_order(|o| by_user.entry(o.user_id.0).or_default().push(o.id.0))?;
         for (user, mut ids) in by_user {
             ids.sort_unstable();
-            for part in ids.chunks(BY_USER_PART_IDS) {
+            for part in ids.chunks(SEALED_PART_IDS) {
                 self.put_user_part(user, part)?;
             }
         }
@@ -570,13 +602,33 @@ impl SledStore {
         Ok(())
     }
 
-    /// One part of user `user`'s index: `ids`, ascending, not empty.
+    /// One sealed part of user `user`'s index: `ids`, ascending, not empty.
     fn put_user_part(&self, user: u64, ids: &[u64]) -> Result<(), StorageError> {
         let largest = *ids.last().expect("a part has an id");
-        let value: Vec<u8> = ids.iter().flat_map(|id| id.to_be_bytes()).collect();
         self.tree
-            .insert(by_user_key(user, largest), value)
+            .insert(by_user_key(user, largest), encode_ids(ids))
             .map_err(io)?;
+        Ok(())
+    }
+
+    /// Adds `ids` (archived orders of user `user`) to the user's open part,
+    /// sealing it once it is full: the sealed part is written before the
+    /// open one is removed, so a concurrent reader never misses its ids.
+    fn add_user_ids(&self, user: u64, ids: &[u64]) -> Result<(), StorageError> {
+        let key = open_part_key(user);
+        let mut open = match self.tree.get(key).map_err(io)? {
+            Some(raw) => decode_ids(user, &raw)?,
+            None => Vec::new(),
+        };
+        open.extend_from_slice(ids);
+        open.sort_unstable();
+        open.dedup();
+        if open.len() >= SEALED_PART_IDS {
+            self.put_user_part(user, &open)?;
+            self.tree.remove(key).map_err(io)?;
+        } else {
+            self.tree.insert(key, encode_ids(&open)).map_err(io)?;
+        }
         Ok(())
     }
 
@@ -743,9 +795,8 @@ impl SledStore {
         for (key, frame) in chunks {
             self.archive.tree.insert(key, frame).map_err(io)?;
         }
-        for (user, mut ids) in by_user {
-            ids.sort_unstable();
-            self.put_user_part(user, &ids)?;
+        for (user, ids) in by_user {
+            self.add_user_ids(user, &ids)?;
         }
 
         // 1. The changed entries as a new generation, sorted (the last of
@@ -1140,6 +1191,89 @@ mod tests {
         assert_eq!(a.user_orders(8, u64::MAX, 2).unwrap(), vec![104, 103]);
     }
 
+    /// Many snapshots archive a user's orders, some finished late (an id
+    /// below ids already archived), one archived twice (an unfinished
+    /// snapshot redone): the open part is sealed every [`SEALED_PART_IDS`]
+    /// ids, so sled holds one key per part rather than per snapshot, and
+    /// every page still reads exactly, newest first.
+    #[test]
+    fn the_index_by_user_seals_full_parts_and_pages_read_exactly_across_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        let mut all = BTreeSet::new();
+        let mut late: Vec<u64> = Vec::new();
+        let mut next = 1u64;
+        let mut snapshots = 0u64;
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        // Until some ids are in sealed parts, and the newest only in the open one.
+        while all.len() < 5 * SEALED_PART_IDS + 17
+            || !s.tree.contains_key(open_part_key(7)).unwrap()
+        {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let mut ids: Vec<u64> = Vec::new();
+            for _ in 0..(state >> 59) + 1 {
+                // Every third order finishes a few snapshots later.
+                if next.is_multiple_of(3) {
+                    late.push(next);
+                } else {
+                    ids.push(next);
+                }
+                next += 1;
+            }
+            if snapshots % 4 == 3 {
+                ids.append(&mut late);
+            }
+            if let Some(again) = all.iter().next_back() {
+                ids.push(*again);
+            }
+            snapshots += 1;
+            let entries = ids
+                .iter()
+                .map(|id| {
+                    (
+                        SnapshotKey::ArchivedOrder { user: 7, id: *id },
+                        Some(vec![1]),
+                    )
+                })
+                .collect();
+            s.snapshot(snapshots, entries).unwrap();
+            all.extend(ids);
+        }
+        let sealed = s.tree.scan_prefix(&by_user_key(7, 0)[..10]).count();
+        let open = decode_ids(
+            7,
+            &s.tree.get(open_part_key(7)).unwrap().unwrap_or_default(),
+        )
+        .unwrap()
+        .len();
+        // A sealed part holds at least SEALED_PART_IDS ids.
+        assert!(
+            (4..=all.len() / SEALED_PART_IDS).contains(&sealed),
+            "{sealed} sealed parts for {} ids in {snapshots} snapshots",
+            all.len()
+        );
+        assert!((1..SEALED_PART_IDS).contains(&open), "{open} ids open");
+        let all: Vec<u64> = all.into_iter().rev().collect();
+        let a = s.archive();
+        for before in (0..=next + 1).step_by(7).chain([u64::MAX]) {
+            for limit in [0, 1, 2, 20, 127, 128, 129, 300, all.len() + 1] {
+                let expected: Vec<u64> = all
+                    .iter()
+                    .copied()
+                    .filter(|id| *id < before)
+                    .take(limit)
+                    .collect();
+                assert_eq!(
+                    a.user_orders(7, before, limit).unwrap(),
+                    expected,
+                    "before {before}, limit {limit}"
+                );
+            }
+        }
+    }
+
     /// A store archived before the index by user existed gets it built
     /// from the archived orders at its next open.
     #[test]
@@ -1180,8 +1314,10 @@ mod tests {
                 .collect();
             s.snapshot(1, entries).unwrap();
             // As the version before the index left it.
-            for k in s.tree.scan_prefix(ARCHIVED_BY_USER).keys() {
-                s.tree.remove(k.unwrap()).unwrap();
+            for prefix in [ARCHIVED_BY_USER, OPEN_BY_USER] {
+                for k in s.tree.scan_prefix(prefix).keys() {
+                    s.tree.remove(k.unwrap()).unwrap();
+                }
             }
             s.tree.remove(BY_USER_BUILT).unwrap();
             s.tree.flush().unwrap();
