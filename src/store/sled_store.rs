@@ -35,8 +35,14 @@
 //!   concatenated frames. Readers see only committed generations; the `x`
 //!   mark of a snapshot lists its blocks, so an unfinished one's parts are
 //!   removed at the next open.
-//! - `ah` + user (u64) + chunk (u64): a whole chunk of history. Written
-//!   again with the same bytes if a snapshot is redone, so never tidied.
+//! - `ag` + user (u64) + group (u64): the whole chunks of history
+//!   `group * HISTORY_GROUP_CHUNKS..` of a user archived so far, as
+//!   `(chunk u64 | length u32 | frame)`, by chunk. A snapshot that archives
+//!   a chunk rewrites its group with it (the same bytes again if a
+//!   snapshot is redone, so never tidied): one key per
+//!   [`HISTORY_GROUP_CHUNKS`] chunks rather than per chunk.
+//! - `ah` + user (u64) + chunk (u64): a whole chunk of history, as stores
+//!   wrote them before groups; read when a group lacks the chunk.
 //! - `av` + user (u64): the user's *open part*, the ids (u64 each,
 //!   ascending) of the user's archived orders not yet in a sealed part.
 //!   Each snapshot adds the ids it archived of the user; once the open
@@ -103,6 +109,9 @@ const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 /// Each snapshot rewrites the open part of every user it archived orders
 /// of: at most this many ids, 8 bytes each.
 const SEALED_PART_IDS: usize = 128;
+/// Whole history chunks of a user per `ag` key. Archiving a chunk rewrites
+/// its group: on average about (this + 1) / 2 chunks' bytes per chunk.
+const HISTORY_GROUP_CHUNKS: u64 = 4;
 
 /// Where the committed snapshot lives.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -164,6 +173,7 @@ impl Layout {
 
 const ARCHIVED_ORDERS: [u8; 2] = *b"ao";
 const ARCHIVED_HISTORY: [u8; 2] = *b"ah";
+const ARCHIVED_HISTORY_GROUP: [u8; 2] = *b"ag";
 const ARCHIVED_BY_USER: [u8; 2] = *b"au";
 const OPEN_BY_USER: [u8; 2] = *b"av";
 const BY_USER_BUILT: &[u8] = b"ai";
@@ -182,6 +192,39 @@ fn part_key(block: u64, generation: u64) -> [u8; 18] {
 
 fn chunk_key(user: u64, chunk: u64) -> [u8; 18] {
     archive_key(ARCHIVED_HISTORY, user, chunk)
+}
+
+fn group_key(user: u64, chunk: u64) -> [u8; 18] {
+    archive_key(ARCHIVED_HISTORY_GROUP, user, chunk / HISTORY_GROUP_CHUNKS)
+}
+
+/// The chunks of a history group, by chunk.
+fn decode_group(raw: &[u8]) -> Result<BTreeMap<u64, &[u8]>, StorageError> {
+    let bad = || StorageError::Corrupt(format!("history group of {} bytes", raw.len()));
+    let mut chunks = BTreeMap::new();
+    let mut rest = raw;
+    while !rest.is_empty() {
+        let (head, tail) = rest.split_at_checked(12).ok_or_else(bad)?;
+        let chunk = u64::from_be_bytes(head[..8].try_into().expect("8 bytes"));
+        let len = u32::from_be_bytes(head[8..].try_into().expect("4 bytes")) as usize;
+        let (frame, tail) = tail.split_at_checked(len).ok_or_else(bad)?;
+        chunks.insert(chunk, frame);
+        rest = tail;
+    }
+    Ok(chunks)
+}
+
+fn encode_group(chunks: &BTreeMap<u64, &[u8]>) -> Result<Vec<u8>, StorageError> {
+    let mut out = Vec::with_capacity(chunks.values().map(|f| 12 + f.len()).sum());
+    for (chunk, frame) in chunks {
+        let len = u32::try_from(frame.len()).map_err(|_| {
+            StorageError::Corrupt(format!("history chunk of {} bytes", frame.len()))
+        })?;
+        out.extend_from_slice(&chunk.to_be_bytes());
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(frame);
+    }
+    Ok(out)
 }
 
 fn by_user_key(user: u64, largest: u64) -> [u8; 18] {
@@ -249,6 +292,11 @@ impl Archive for SledArchive {
     }
 
     fn history_chunk(&self, user: u64, chunk: u64) -> Result<Option<Vec<u8>>, StorageError> {
+        if let Some(group) = self.tree.get(group_key(user, chunk)).map_err(io)? {
+            if let Some(frame) = decode_group(&group)?.get(&chunk) {
+                return Ok(Some(frame.to_vec()));
+            }
+        }
         Ok(self
             .tree
             .get(chunk_key(user, chunk))
@@ -611,6 +659,25 @@ impl SledStore {
         Ok(())
     }
 
+    /// Rewrites the history group under `key` with `chunks` added (or
+    /// replaced, when a snapshot is redone).
+    fn add_history_chunks(
+        &self,
+        key: [u8; 18],
+        chunks: &[(u64, Vec<u8>)],
+    ) -> Result<(), StorageError> {
+        let old = self.tree.get(key).map_err(io)?;
+        let mut group = match &old {
+            Some(raw) => decode_group(raw)?,
+            None => BTreeMap::new(),
+        };
+        for (chunk, frame) in chunks {
+            group.insert(*chunk, frame.as_slice());
+        }
+        self.tree.insert(key, encode_group(&group)?).map_err(io)?;
+        Ok(())
+    }
+
     /// Adds `ids` (archived orders of user `user`) to the user's open part,
     /// sealing it once it is full: the sealed part is written before the
     /// open one is removed, so a concurrent reader never misses its ids.
@@ -756,7 +823,7 @@ impl SledStore {
             entries.into_iter().partition(|(k, _)| k.is_archived());
         let mut parts: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
         let mut by_user: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
-        let mut chunks = Vec::new();
+        let mut groups: BTreeMap<[u8; 18], Vec<(u64, Vec<u8>)>> = BTreeMap::new();
         for (key, value) in archived {
             match (key, value) {
                 (SnapshotKey::ArchivedOrder { user, id }, Some(frame)) => {
@@ -767,7 +834,10 @@ impl SledStore {
                     by_user.entry(user).or_default().push(id);
                 }
                 (SnapshotKey::ArchivedHistory(user, chunk), Some(frame)) => {
-                    chunks.push((chunk_key(user, chunk), frame))
+                    groups
+                        .entry(group_key(user, chunk))
+                        .or_default()
+                        .push((chunk, frame));
                 }
                 (key, _) => {
                     return Err(StorageError::Corrupt(format!(
@@ -792,8 +862,8 @@ impl SledStore {
                 .insert(part_key(block, generation), frames)
                 .map_err(io)?;
         }
-        for (key, frame) in chunks {
-            self.archive.tree.insert(key, frame).map_err(io)?;
+        for (key, chunks) in groups {
+            self.add_history_chunks(key, &chunks)?;
         }
         for (user, ids) in by_user {
             self.add_user_ids(user, &ids)?;
@@ -1272,6 +1342,70 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// History chunks are archived in groups of [`HISTORY_GROUP_CHUNKS`]
+    /// per key, across snapshots and group boundaries, a redone chunk
+    /// replaced by the same bytes; a chunk a store wrote before groups
+    /// (one key per chunk) still reads.
+    #[test]
+    fn history_chunks_are_archived_in_groups_and_old_single_chunks_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        let frame = |user: u64, chunk: u64| format!("history {user}/{chunk}").into_bytes();
+        let snapshots: [&[(u64, u64)]; 3] = [
+            &[(5, 0), (5, 1), (5, 2), (6, 0)],
+            &[(5, 2), (5, 3), (5, 4), (6, 1)],
+            &[(5, 5), (5, 9), (6, 1)],
+        ];
+        for (i, chunks) in snapshots.iter().enumerate() {
+            let entries = chunks
+                .iter()
+                .map(|&(user, chunk)| {
+                    (
+                        SnapshotKey::ArchivedHistory(user, chunk),
+                        Some(frame(user, chunk)),
+                    )
+                })
+                .collect();
+            s.snapshot(i as u64 + 1, entries).unwrap();
+        }
+        // As a store from before groups wrote it.
+        s.tree.insert(chunk_key(5, 12), frame(5, 12)).unwrap();
+        let a = s.archive();
+        for (user, chunk) in [
+            (5, 0),
+            (5, 1),
+            (5, 2),
+            (5, 3),
+            (5, 4),
+            (5, 5),
+            (5, 9),
+            (6, 0),
+            (6, 1),
+            (5, 12),
+        ] {
+            assert_eq!(
+                a.history_chunk(user, chunk).unwrap(),
+                Some(frame(user, chunk)),
+                "user {user}, chunk {chunk}"
+            );
+        }
+        for (user, chunk) in [(5, 6), (5, 8), (5, 10), (6, 2), (7, 0)] {
+            assert_eq!(
+                a.history_chunk(user, chunk).unwrap(),
+                None,
+                "user {user}, chunk {chunk}"
+            );
+        }
+        // Chunks 0-3, 4-7 and 8-11 of user 5, 0-3 of user 6.
+        assert_eq!(s.tree.scan_prefix(ARCHIVED_HISTORY_GROUP).count(), 4);
+        let group = s.tree.get(group_key(5, 2)).unwrap().unwrap();
+        assert_eq!(decode_group(&group).unwrap().len(), 4);
+        assert!(matches!(
+            decode_group(&group[..group.len() - 1]),
+            Err(StorageError::Corrupt(_))
+        ));
     }
 
     /// A store archived before the index by user existed gets it built
