@@ -1243,21 +1243,8 @@ mod tests {
         }
         all.sort_unstable_by(|a, b| b.cmp(a));
         let a = s.archive();
-        for before in [u64::MAX, 31, 30, 22, 21, 15, 13, 12, 11, 2, 1, 0] {
-            for limit in 0..=all.len() + 1 {
-                let expected: Vec<u64> = all
-                    .iter()
-                    .copied()
-                    .filter(|id| *id < before)
-                    .take(limit)
-                    .collect();
-                assert_eq!(
-                    a.user_orders(7, before, limit).unwrap(),
-                    expected,
-                    "before {before}, limit {limit}"
-                );
-            }
-        }
+        let befores = [u64::MAX, 31, 30, 22, 21, 15, 13, 12, 11, 2, 1, 0];
+        assert_pages(&*a, 7, &all, &befores, &Vec::from_iter(0..=all.len() + 1));
         assert_eq!(a.user_orders(8, u64::MAX, 2).unwrap(), vec![104, 103]);
     }
 
@@ -1326,17 +1313,30 @@ mod tests {
         );
         assert!((1..SEALED_PART_IDS).contains(&open), "{open} ids open");
         let all: Vec<u64> = all.into_iter().rev().collect();
-        let a = s.archive();
-        for before in (0..=next + 1).step_by(7).chain([u64::MAX]) {
-            for limit in [0, 1, 2, 20, 127, 128, 129, 300, all.len() + 1] {
-                let expected: Vec<u64> = all
+        let befores: Vec<u64> = (0..=next + 1).step_by(7).chain([u64::MAX]).collect();
+        let limits = [0, 1, 2, 20, 127, 128, 129, 300, all.len() + 1];
+        assert_pages(&*s.archive(), 7, &all, &befores, &limits);
+    }
+
+    /// Every page of user `user`'s archived orders, for each cursor and
+    /// limit, is the model's: `newest_first` below the cursor, `limit` of them.
+    fn assert_pages(
+        a: &dyn Archive,
+        user: u64,
+        newest_first: &[u64],
+        befores: &[u64],
+        limits: &[usize],
+    ) {
+        for &before in befores {
+            for &limit in limits {
+                let expected: Vec<u64> = newest_first
                     .iter()
                     .copied()
                     .filter(|id| *id < before)
                     .take(limit)
                     .collect();
                 assert_eq!(
-                    a.user_orders(7, before, limit).unwrap(),
+                    a.user_orders(user, before, limit).unwrap(),
                     expected,
                     "before {before}, limit {limit}"
                 );
