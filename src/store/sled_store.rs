@@ -1318,6 +1318,50 @@ mod tests {
         assert_pages(&*s.archive(), 7, &all, &befores, &limits);
     }
 
+    /// A reader racing snapshots that seal open parts never misses an id
+    /// archived before its read began: the sealed part is written before
+    /// the open part is removed.
+    #[test]
+    fn a_reader_racing_sealing_snapshots_sees_every_id_archived_before_it() {
+        use std::sync::atomic::AtomicU64;
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(SledStore::open(dir.path()).unwrap());
+        let archived = Arc::new(AtomicU64::new(0));
+        let per_snapshot = SEALED_PART_IDS as u64 / 2 + 1;
+        let snapshots = 120u64;
+        let writer = {
+            let (s, archived) = (s.clone(), archived.clone());
+            std::thread::spawn(move || {
+                for n in 0..snapshots {
+                    let ids = n * per_snapshot + 1..=(n + 1) * per_snapshot;
+                    let entries = ids
+                        .clone()
+                        .map(|id| (SnapshotKey::ArchivedOrder { user: 7, id }, Some(vec![1])))
+                        .collect();
+                    s.snapshot(n + 1, entries).unwrap();
+                    archived.store(*ids.end(), Ordering::SeqCst);
+                }
+            })
+        };
+        let a = s.archive();
+        let mut reads = 0;
+        loop {
+            let done = writer.is_finished();
+            let before = archived.load(Ordering::SeqCst);
+            let ids = a.user_orders(7, u64::MAX, usize::MAX).unwrap();
+            let mut seen: Vec<u64> = ids.into_iter().filter(|id| *id <= before).collect();
+            seen.reverse();
+            assert_eq!(seen, Vec::from_iter(1..=before), "read {reads}");
+            reads += 1;
+            if done {
+                break;
+            }
+        }
+        writer.join().unwrap();
+        assert_eq!(archived.load(Ordering::SeqCst), snapshots * per_snapshot);
+        assert!(reads > snapshots, "{reads} reads");
+    }
+
     /// Every page of user `user`'s archived orders, for each cursor and
     /// limit, is the model's: `newest_first` below the cursor, `limit` of them.
     fn assert_pages(
