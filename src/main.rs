@@ -37,6 +37,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<ExitCode> {
+    disable_transparent_huge_pages();
     let cli = Cli::parse();
     match cli.command {
         None => {
@@ -53,6 +54,27 @@ fn main() -> anyhow::Result<ExitCode> {
         }
         Some(Command::Verify(args)) => {
             Ok(commerce_engine::verify::run(args).map_err(anyhow::Error::from_boxed)?)
+        }
+    }
+}
+
+/// mimalloc asks for transparent huge pages on its arenas (`MADV_HUGEPAGE`),
+/// so the kernel backs each 2 MiB range whole, zeroed, as soon as any of it
+/// is touched, and keeps it whole. Off for the process, the resident set
+/// follows what is in use: 27 instead of 69 MiB before `bench` sets anything
+/// up, and in 5-minute mixed runs about 70 MiB lower, growing about half as
+/// fast, with more requests served (README, Performance).
+fn disable_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: PR_SET_THP_DISABLE takes plain integers and touches no memory
+        // of ours; a kernel without it answers EINVAL, which changes nothing.
+        let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+        if rc != 0 {
+            eprintln!(
+                "note: transparent huge pages stay on: {}",
+                std::io::Error::last_os_error()
+            );
         }
     }
 }
