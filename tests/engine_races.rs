@@ -423,3 +423,76 @@ async fn a_full_journal_queue_answers_overloaded_and_changes_nothing() {
         ok as u64 * 1_000
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_product_read_right_after_an_answer_sees_exactly_what_it_changed() {
+    // proves: product reads (served from the actor's published shelf) see every
+    // change an earlier answer made, including stock given back by news the
+    // coordinator sends to the product after the fact (cancel, a refused
+    // payment, an abandoned hold), while eight products are busy at once
+    let (engine, store) = engine();
+    let empty = engine
+        .create_product("sold out", Krw(10), 0, None)
+        .await
+        .unwrap()
+        .id;
+    let mut tasks = Vec::new();
+    for t in 0..8u64 {
+        let e = engine.clone();
+        let rich = e.create_user(&format!("rich-{t}"), None).await.unwrap().id;
+        let poor = e.create_user(&format!("poor-{t}"), None).await.unwrap().id;
+        e.charge(rich, Krw(10_000_000), None).await.unwrap();
+        let mut stock = 100_000;
+        let product = e
+            .create_product(&format!("p{t}"), Krw(100), stock, None)
+            .await
+            .unwrap()
+            .id;
+        tasks.push(tokio::spawn(async move {
+            let read = |e: Engine| async move { e.product(product).await.unwrap().stock };
+            for i in 0..60u64 {
+                let q = 1 + (i + t) % 3;
+                let placed = e.place_order(order_of(rich, &[(product, q)]), None).await;
+                let order = placed.unwrap().id;
+                assert_eq!(read(e.clone()).await, stock - q, "after placing");
+                e.cancel_order(order, None).await.unwrap();
+                assert_eq!(read(e.clone()).await, stock, "after cancelling");
+
+                let both = order_of(rich, &[(product, q), (empty, 1)]);
+                let refused = e.place_order(both, None).await;
+                assert_eq!(code(&refused), "OUT_OF_STOCK");
+                assert_eq!(read(e.clone()).await, stock, "after an abandoned hold");
+
+                let placed = e.place_order(order_of(poor, &[(product, q)]), None).await;
+                let unpaid = e.pay_order(placed.unwrap().id, None).await;
+                assert_eq!(code(&unpaid), "INSUFFICIENT_BALANCE");
+                assert_eq!(read(e.clone()).await, stock, "after a refused payment");
+
+                let placed = e.place_order(order_of(rich, &[(product, q)]), None).await;
+                e.pay_order(placed.unwrap().id, None).await.unwrap();
+                stock -= q;
+                assert_eq!(read(e.clone()).await, stock, "after paying");
+            }
+            (product, stock)
+        }));
+    }
+    let mut expected = HashMap::new();
+    for task in tasks {
+        let (product, stock) = task.await.unwrap();
+        expected.insert(product, stock);
+    }
+    let page = engine
+        .products(PageRequest {
+            after: None,
+            limit: 20,
+        })
+        .await
+        .unwrap();
+    for p in page.items.iter().filter(|p| p.id != empty) {
+        assert_eq!(p.stock, expected[&p.id], "listing {}", p.id);
+    }
+    let world = stop_and_recover(engine, &store).await;
+    for p in world.products.iter().filter(|p| p.id != empty) {
+        assert_eq!((p.stock, p.reserved), (expected[&p.id], 0), "{}", p.id);
+    }
+}

@@ -38,7 +38,7 @@ use crate::engine::clock::Clock;
 use crate::engine::commit::CommitQueue;
 use crate::engine::error::{Error, Result};
 use crate::engine::idempotency::Tag;
-use crate::engine::product_actor::{ProductActor, Reserve, StockNews};
+use crate::engine::product_actor::{ProductRef, Reserve, StockNews};
 use crate::engine::registry::Registry;
 use crate::engine::stats_actor::{Sold, StatsActor};
 use crate::engine::user_actor::{Debit, HoldCoupon, OrderNews, UserActor};
@@ -162,7 +162,7 @@ impl Coordinator {
         }
     }
 
-    fn products_of(&self, order: &Order) -> Vec<(Addr<ProductActor>, u64)> {
+    fn products_of(&self, order: &Order) -> Vec<(ProductRef, u64)> {
         order
             .quantities()
             .filter_map(|(p, q)| self.registry.products.get(p.0).map(|a| (a, q)))
@@ -286,7 +286,7 @@ impl Journaled for Coordinator {
                     let order = order.clone();
                     self.book.settled(order_id, &self.journal.archive);
                     for (product, quantity) in self.products_of(&order) {
-                        product.do_send(StockNews::Released(quantity));
+                        product.tell(StockNews::Released(quantity));
                     }
                     if let (Some(coupon), Some(user)) = (
                         order.user_coupon_id,
@@ -339,7 +339,7 @@ impl Handler<Adopt> for Coordinator {
 struct Held {
     user: Addr<UserActor>,
     items: Vec<OrderLine>,
-    holds: Vec<(Addr<ProductActor>, u64)>,
+    holds: Vec<(ProductRef, u64)>,
     coupon: Option<UserCouponId>,
     discount: Option<Discount>,
     from_cart: bool,
@@ -348,7 +348,7 @@ struct Held {
 impl Held {
     fn abandon(self) {
         for (product, quantity) in self.holds {
-            product.do_send(StockNews::Abandoned(quantity));
+            product.tell(StockNews::Abandoned(quantity));
         }
         if let Some(coupon) = self.coupon {
             self.user.do_send(OrderNews::Abandoned { coupon });
@@ -395,7 +395,7 @@ async fn hold_all(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let replies = join_all(addrs.iter().zip(&lines).map(|(a, l)| {
-        a.send(Reserve {
+        a.addr.send(Reserve {
             quantity: l.quantity,
         })
     }))
@@ -541,7 +541,7 @@ impl Placement {
             return Err(Error::Storage(e));
         }
         for (product, quantity) in &held.holds {
-            product.do_send(StockNews::Reserved(*quantity));
+            product.tell(StockNews::Reserved(*quantity));
         }
         let cart_products = if held.from_cart {
             order.items.iter().map(|l| l.product_id).collect()
@@ -655,7 +655,7 @@ impl Coordinator {
             self.book.settled(paid.id, &self.journal.archive);
         }
         for (product, quantity) in self.products_of(paid) {
-            product.do_send(StockNews::Sold(quantity));
+            product.tell(StockNews::Sold(quantity));
         }
         let lines = paid
             .items

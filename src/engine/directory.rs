@@ -107,10 +107,9 @@ impl Journaled for Directory {
             Created::Product(product, reply) => {
                 let _ = reply.send(ok.map(|()| {
                     let (id, view) = (product.id.0, ProductView::from(&product));
-                    let addr = ProductActor::start_in_arbiter(reg.arbiter_for(id), move |_| {
-                        ProductActor::new(product, journal, limits)
-                    });
-                    reg.products.push(id, addr);
+                    let product =
+                        ProductActor::launch(product, reg.arbiter_for(id), journal, limits);
+                    reg.products.push(id, product);
                     view
                 }));
             }

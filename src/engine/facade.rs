@@ -3,7 +3,9 @@
 //! It runs its own actix `System` on its own threads (one Arbiter per
 //! core), so it can be called from any tokio runtime, or from several.
 //! Methods validate what the domain does not own (names, shapes), resolve
-//! actor addresses, send one message, and map the reply. Idempotency keys
+//! actor addresses, send one message, and map the reply. Product reads need
+//! no message: they read what the product's actor publishes (see
+//! `product_actor`). Idempotency keys
 //! are handled here so HTTP and embedded callers share them.
 
 use crate::domain::coupon::Campaign;
@@ -32,7 +34,7 @@ use crate::engine::delivery::{Delivery, DeliverySetup};
 use crate::engine::directory::{CreateCampaign, CreateProduct, CreateUser, Directory};
 use crate::engine::error::{Error, Result};
 use crate::engine::idempotency::{fingerprint, Begin, IdempotencyKey, IdempotencyStore, Tag};
-use crate::engine::product_actor::{ProductActor, Restock};
+use crate::engine::product_actor::{ProductActor, ProductRef, Restock};
 use crate::engine::registry::Registry;
 use crate::engine::stats_actor::{Refresh, StatsActor, Top};
 use crate::engine::user_actor::{CartChange, ChangeCart, Charge, UserActor};
@@ -192,8 +194,8 @@ fn start_actors(
     let products = products
         .into_iter()
         .map(|p: Product| {
-            let (j, l) = (journal.clone(), limits.clone());
-            ProductActor::start_in_arbiter(&at(p.id.0), move |_| ProductActor::new(p, j, l))
+            let arbiter = at(p.id.0);
+            ProductActor::launch(p, &arbiter, journal.clone(), limits.clone())
         })
         .collect();
     let campaigns = campaigns
@@ -479,7 +481,7 @@ impl Engine {
             .ok_or_else(|| Rejection::UserNotFound(id).into())
     }
 
-    fn product_addr(&self, id: ProductId) -> Result<Addr<ProductActor>> {
+    fn product_ref(&self, id: ProductId) -> Result<ProductRef> {
         self.inner
             .registry
             .products
@@ -646,21 +648,18 @@ impl Engine {
     }
 
     pub async fn product(&self, id: ProductId) -> Result<ProductView> {
-        Ok(self
-            .product_addr(id)?
-            .send(Read::new(|p: &Product| ProductView::from(p)))
-            .await?)
+        Ok(self.product_ref(id)?.view().await?)
     }
 
     /// Products by id; the cursor is the last id of the page.
     pub async fn products(&self, page: PageRequest) -> Result<Page<ProductView>> {
         let first = page.after.map_or(1, |a| a.saturating_add(1));
-        let addrs = self.inner.registry.products.range(first, page.limit + 1);
-        let more = addrs.len() > page.limit;
-        let reads = addrs
-            .into_iter()
+        let products = self.inner.registry.products.range(first, page.limit + 1);
+        let more = products.len() > page.limit;
+        let reads = products
+            .iter()
             .take(page.limit)
-            .map(|(_, a)| a.send(Read::new(|p: &Product| ProductView::from(p))));
+            .map(|(_, product)| product.view());
         let items = futures_util::future::join_all(reads)
             .await
             .into_iter()
@@ -679,7 +678,7 @@ impl Engine {
         quantity: u64,
         key: Option<IdempotencyKey>,
     ) -> Result<ProductView> {
-        let addr = self.product_addr(id)?;
+        let addr = self.product_ref(id)?.addr;
         let request = key
             .as_ref()
             .map_or_else(String::new, |_| format!("restock|{id}|{quantity}"));
@@ -817,7 +816,7 @@ impl Engine {
         key: Option<IdempotencyKey>,
     ) -> Result<CartView> {
         let user = self.user_addr(user_id)?;
-        let product = self.product_addr(product_id)?;
+        let product = self.product_ref(product_id)?.addr;
         let limits = &self.inner.limits;
         if quantity == 0 || quantity > limits.line_quantity_max {
             return Err(Error::invalid(format!(
@@ -871,7 +870,7 @@ impl Engine {
             .await?;
         if !in_cart {
             // Nothing to remove: answer the cart as it is (DELETE is idempotent).
-            self.product_addr(product_id)?;
+            self.product_ref(product_id)?;
             return self.cart(user_id).await;
         }
         user.send(ChangeCart {

@@ -2,33 +2,34 @@
 //!
 //! Ids are dense from 1, so each kind is a vector indexed by `id - 1`. The
 //! directory actor is the only writer; every request reads. The lock guards
-//! addresses, never domain state (that stays inside the actors).
+//! addresses (and, for products, the reference to the shelf each product's
+//! actor publishes), never domain state (that stays inside the actors).
 
 use crate::engine::campaign_actor::CampaignActor;
-use crate::engine::product_actor::ProductActor;
+use crate::engine::product_actor::ProductRef;
 use crate::engine::user_actor::UserActor;
-use actix::{Actor, Addr, ArbiterHandle};
+use actix::{Addr, ArbiterHandle};
 use std::sync::RwLock;
 
 pub struct Registry {
-    pub users: Slots<UserActor>,
-    pub products: Slots<ProductActor>,
-    pub campaigns: Slots<CampaignActor>,
+    pub users: Slots<Addr<UserActor>>,
+    pub products: Slots<ProductRef>,
+    pub campaigns: Slots<Addr<CampaignActor>>,
     arbiters: Vec<ArbiterHandle>,
 }
 
-pub struct Slots<A: Actor> {
-    addrs: RwLock<Vec<Addr<A>>>,
+pub struct Slots<A: Clone> {
+    addrs: RwLock<Vec<A>>,
 }
 
-impl<A: Actor> Slots<A> {
-    fn new(addrs: Vec<Addr<A>>) -> Self {
+impl<A: Clone> Slots<A> {
+    fn new(addrs: Vec<A>) -> Self {
         Slots {
             addrs: RwLock::new(addrs),
         }
     }
 
-    pub fn get(&self, id: u64) -> Option<Addr<A>> {
+    pub fn get(&self, id: u64) -> Option<A> {
         let addrs = self.addrs.read().unwrap_or_else(|e| e.into_inner());
         addrs.get((id as usize).wrapping_sub(1)).cloned()
     }
@@ -42,7 +43,7 @@ impl<A: Actor> Slots<A> {
     }
 
     /// Addresses of ids `first..first + count` that exist.
-    pub fn range(&self, first: u64, count: usize) -> Vec<(u64, Addr<A>)> {
+    pub fn range(&self, first: u64, count: usize) -> Vec<(u64, A)> {
         let addrs = self.addrs.read().unwrap_or_else(|e| e.into_inner());
         let start = (first.max(1) - 1) as usize;
         addrs
@@ -55,7 +56,7 @@ impl<A: Actor> Slots<A> {
     }
 
     /// Registers the actor of id `len + 1`.
-    pub fn push(&self, id: u64, addr: Addr<A>) {
+    pub fn push(&self, id: u64, addr: A) {
         let mut addrs = self.addrs.write().unwrap_or_else(|e| e.into_inner());
         assert_eq!(
             addrs.len() as u64 + 1,
@@ -70,7 +71,7 @@ impl Registry {
     pub fn new(
         arbiters: Vec<ArbiterHandle>,
         users: Vec<Addr<UserActor>>,
-        products: Vec<Addr<ProductActor>>,
+        products: Vec<ProductRef>,
         campaigns: Vec<Addr<CampaignActor>>,
     ) -> Registry {
         Registry {
