@@ -648,7 +648,13 @@ impl Engine {
     }
 
     pub async fn product(&self, id: ProductId) -> Result<ProductView> {
-        Ok(self.product_ref(id)?.view().await?)
+        let products = &self.inner.registry.products;
+        match products.with(id.0, ProductRef::published) {
+            None => Err(Rejection::ProductNotFound(id).into()),
+            Some(Some(view)) => Ok(view),
+            // News in flight: ask the actor, behind it.
+            Some(None) => Ok(self.product_ref(id)?.view().await?),
+        }
     }
 
     /// Products by id; the cursor is the last id of the page.

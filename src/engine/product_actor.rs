@@ -123,10 +123,16 @@ pub struct ProductRef {
 }
 
 impl ProductRef {
+    /// The product as published, or `None` while news is in flight to the
+    /// actor.
+    pub fn published(&self) -> Option<ProductView> {
+        self.shelf.view()
+    }
+
     /// The product as of now: from the shelf, or from the actor while news
     /// is in flight to it.
     pub async fn view(&self) -> std::result::Result<ProductView, MailboxError> {
-        match self.shelf.view() {
+        match self.published() {
             Some(view) => Ok(view),
             None => {
                 self.addr

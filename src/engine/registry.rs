@@ -30,8 +30,13 @@ impl<A: Clone> Slots<A> {
     }
 
     pub fn get(&self, id: u64) -> Option<A> {
+        self.with(id, A::clone)
+    }
+
+    /// `f` of the entry of `id`, without cloning it.
+    pub fn with<R>(&self, id: u64, f: impl FnOnce(&A) -> R) -> Option<R> {
         let addrs = self.addrs.read().unwrap_or_else(|e| e.into_inner());
-        addrs.get((id as usize).wrapping_sub(1)).cloned()
+        addrs.get((id as usize).wrapping_sub(1)).map(f)
     }
 
     pub fn len(&self) -> usize {
