@@ -3,10 +3,10 @@
 //! It runs its own actix `System` on its own threads (one Arbiter per
 //! core), so it can be called from any tokio runtime, or from several.
 //! Methods validate what the domain does not own (names, shapes), resolve
-//! actor addresses, send one message, and map the reply. Product reads need
-//! no message: they read what the product's actor publishes (see
-//! `product_actor`). Idempotency keys
-//! are handled here so HTTP and embedded callers share them.
+//! actor addresses, send one message, and map the reply; product reads need
+//! no message, they read what the product's actor publishes (see
+//! `product_actor`). Idempotency keys are handled here so HTTP and embedded
+//! callers share them.
 
 use crate::domain::coupon::Campaign;
 use crate::domain::coupon::Discount;
@@ -822,7 +822,7 @@ impl Engine {
         key: Option<IdempotencyKey>,
     ) -> Result<CartView> {
         let user = self.user_addr(user_id)?;
-        let product = self.product_ref(product_id)?.addr;
+        let product = self.product_ref(product_id)?;
         let limits = &self.inner.limits;
         if quantity == 0 || quantity > limits.line_quantity_max {
             return Err(Error::invalid(format!(
@@ -834,11 +834,12 @@ impl Engine {
             format!("set_cart_item|{user_id}|{product_id}|{quantity}")
         });
         self.keyed(key, request, move |engine, tag| async move {
-            let (name, price, available) = product
-                .send(Read::new(|p: &Product| {
-                    (p.name.clone(), p.price, p.available())
-                }))
-                .await?;
+            let ProductView {
+                name,
+                price,
+                stock: available,
+                ..
+            } = product.view().await?;
             if available < quantity {
                 return Err(Rejection::OutOfStock {
                     product_id,

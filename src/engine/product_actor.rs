@@ -83,8 +83,9 @@ impl ProductActor {
 
 /// What a product read answers, published by the product's actor.
 ///
-/// Name and price never change after creation; `available` is stored by
-/// the actor after each change. `unheard` counts news sent to the actor and
+/// Name and price never change after creation (`view` keeps them; its
+/// `stock` is replaced on every read); `available` is stored by the actor
+/// after each change. `unheard` counts news sent to the actor and
 /// not taken yet.
 pub struct Shelf {
     view: ProductView,
