@@ -11,12 +11,11 @@
 //! records `journal_flush_seconds` and `journal_batch_records` itself.
 
 use crate::engine::{Engine, EngineMetrics};
-use axum::extract::{MatchedPath, Request};
-use axum::middleware::Next;
-use axum::response::Response;
+use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::collections::HashMap;
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::sync::{PoisonError, RwLock};
 
 /// Bucket bounds of every `*_seconds` histogram: 50 µs to 10 s.
 const SECONDS_BUCKETS: [f64; 16] = [
@@ -60,28 +59,76 @@ pub fn install() -> Option<PrometheusHandle> {
         .clone()
 }
 
-/// Records count and latency of every routed request under its route template.
-pub async fn track(req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    // Known methods only: a label per made-up method would grow without bound.
-    let method = match req.method().as_str() {
-        m @ ("GET" | "POST" | "PUT" | "DELETE" | "PATCH" | "HEAD" | "OPTIONS") => m.to_owned(),
-        _ => "OTHER".to_owned(),
-    };
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let response = next.run(req).await;
-    let labels = [
-        ("method", method),
-        ("route", route),
-        ("status", response.status().as_u16().to_string()),
-    ];
-    metrics::counter!("http_requests_total", &labels).increment(1);
-    metrics::histogram!("http_request_duration_seconds", &labels)
-        .record(started.elapsed().as_secs_f64());
-    response
+/// The labels of a request's metrics: known methods only (a label per
+/// made-up method would grow without bound) and the route template.
+pub fn method_label(method: &axum::http::Method) -> &'static str {
+    match method.as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "PATCH" => "PATCH",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
+/// `http_requests_total` and `http_request_duration_seconds` per method,
+/// route template and status, with each label set's handles registered
+/// once and then reused: recording is two atomic updates, with no label
+/// strings built or hashed into the recorder per request.
+///
+/// Label sets are bounded: route templates (or `unmatched`), the known
+/// methods, and the statuses the API answers.
+#[derive(Default)]
+pub struct RequestMetrics {
+    by_route: RwLock<HashMap<String, Vec<Handles>>>,
+}
+
+struct Handles {
+    method: &'static str,
+    status: u16,
+    count: Counter,
+    seconds: Histogram,
+}
+
+impl RequestMetrics {
+    pub fn record(&self, method: &'static str, route: &str, status: u16, seconds: f64) {
+        let read = self.by_route.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some(h) = read.get(route).and_then(|all| {
+            all.iter()
+                .find(|h| h.method == method && h.status == status)
+        }) {
+            h.count.increment(1);
+            h.seconds.record(seconds);
+            return;
+        }
+        drop(read);
+        let labels = [
+            ("method", method.to_owned()),
+            ("route", route.to_owned()),
+            ("status", status.to_string()),
+        ];
+        let h = Handles {
+            method,
+            status,
+            count: metrics::counter!("http_requests_total", &labels),
+            seconds: metrics::histogram!("http_request_duration_seconds", &labels),
+        };
+        h.count.increment(1);
+        h.seconds.record(seconds);
+        let mut write = self
+            .by_route
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let all = write.entry(route.to_owned()).or_default();
+        // Another request may have registered the same set meanwhile: the
+        // handles are the recorder's either way, so keep one.
+        if !all.iter().any(|x| x.method == method && x.status == status) {
+            all.push(h);
+        }
+    }
 }
 
 /// The engine's gauges, in Prometheus text format (written by hand so they

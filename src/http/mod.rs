@@ -7,8 +7,9 @@
 //! - [`extract`]: extractors that answer malformed input with 400/413 JSON.
 //! - [`routes`]: one module per resource, each with its `router()`; the
 //!   OpenAPI document is generated from their `#[utoipa::path]`s.
-//! - [`server`]: the edge layers (admission control, limits, panics,
-//!   metrics) and [`serve`](server::serve), which runs until a shutdown
+//! - [`edge`]: the one layer every route sits behind (tracing, JSON
+//!   errors, metrics, panics, admission control, timeout, body limit).
+//! - [`server`]: the router, the bounded listener and [`serve`](server::serve), which runs until a shutdown
 //!   future completes, so tests run the real server with their own signal.
 //! - [`serve`]: the `serve` command (flags, data dir, demo seed, signals).
 //! - [`demo`]: the embedded demo catalogue.
@@ -16,6 +17,7 @@
 //! - [`schema`]: OpenAPI schemas of the hand-serialized domain types.
 
 pub mod demo;
+pub mod edge;
 pub mod error;
 pub mod extract;
 pub mod metrics;

@@ -1,30 +1,19 @@
 //! The server: [`router`] puts the routes behind the edge layers, [`serve`]
 //! runs it on a listener until a shutdown future completes.
 //!
-//! Edge layers, outermost first (each route gets them; the concurrency
-//! semaphore is shared by all routes):
-//! 1. catch-panic: a panic becomes 500 `INTERNAL`, never a dropped connection;
-//! 2. trace: one span per request;
-//! 3. JSON errors: any error answer some layer produced without a JSON body
-//!    (axum's 405, a timeout) gets `{"code","message"}`;
-//! 4. request metrics per route template and status;
-//! 5. admission: at most `requests_in_flight_max` requests in the handlers;
-//!    one more is shed at once with 503 `OVERLOADED` + `Retry-After`, so
-//!    waiting work never piles up in memory;
-//! 6. a request timeout (503 `OVERLOADED`) and the 64 KiB body limit.
+//! Every route sits behind the [`Edge`](crate::http::edge::Edge): tracing,
+//! JSON errors, request metrics, catch-panic, admission control (503
+//! `OVERLOADED` + `Retry-After` past `requests_in_flight_max`), a request
+//! timeout and the body limit, in one layer.
 //!
 //! Connections are bounded too ([`BoundedListener`]): past
 //! `connections_max`, new ones wait in the kernel's backlog, and a
 //! connection idle for `connection_idle_ms` is closed.
 
 use crate::engine::Engine;
+use crate::http::edge::Edge;
 use crate::http::error::ApiError;
 use crate::http::routes;
-use axum::error_handling::HandleErrorLayer;
-use axum::extract::{DefaultBodyLimit, Request};
-use axum::http::{header, StatusCode};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::future::{Future, IntoFuture};
@@ -37,12 +26,6 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tower::limit::GlobalConcurrencyLimitLayer;
-use tower::load_shed::LoadShedLayer;
-use tower::{BoxError, ServiceBuilder};
-use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::TraceLayer;
 use utoipa_swagger_ui::SwaggerUi;
 
 /// How the HTTP layer is set up. Units are in the names.
@@ -99,79 +82,14 @@ pub fn router(engine: Engine, settings: &HttpSettings) -> Router {
         metrics: crate::http::metrics::install(),
     };
     let (api, openapi) = routes::api().split_for_parts();
-    let admission = ServiceBuilder::new()
-        .layer(HandleErrorLayer::new(shed))
-        .layer(LoadShedLayer::new())
-        .layer(GlobalConcurrencyLimitLayer::new(
-            settings.requests_in_flight_max.max(1),
-        ));
     api.merge(SwaggerUi::new("/docs").url("/api/v1/openapi.json", openapi))
         .fallback(|| async { ApiError::not_found() })
         .with_state(state)
-        .layer(DefaultBodyLimit::max(body_bytes_max))
-        .layer(middleware::from_fn(move |req, next| {
-            refuse_large_bodies(req, next, body_bytes_max)
-        }))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
+        .layer(Edge::new(
+            settings.requests_in_flight_max,
             Duration::from_millis(settings.request_timeout_ms),
+            body_bytes_max,
         ))
-        .layer(admission)
-        .layer(middleware::from_fn(crate::http::metrics::track))
-        .layer(middleware::map_response(json_errors))
-        .layer(TraceLayer::new_for_http())
-        .layer(CatchPanicLayer::custom(panic_response))
-}
-
-async fn shed(_: BoxError) -> ApiError {
-    metrics::counter!("http_overloaded_total").increment(1);
-    ApiError::overloaded()
-}
-
-/// 413 at once when the declared length is over the limit, before reading
-/// anything (a streamed body is cut at the limit by `DefaultBodyLimit`).
-async fn refuse_large_bodies(req: Request, next: Next, bytes_max: usize) -> Response {
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    match declared {
-        Some(n) if n > bytes_max as u64 => ApiError::payload_too_large(bytes_max).into_response(),
-        _ => next.run(req).await,
-    }
-}
-
-/// Gives every error answer without a JSON body the `{"code","message"}` of its status.
-async fn json_errors(response: Response) -> Response {
-    let status = response.status();
-    if !(status.is_client_error() || status.is_server_error()) {
-        return response;
-    }
-    let is_json = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if is_json {
-        return response;
-    }
-    let (mut parts, _) = response.into_parts();
-    let mut fresh = ApiError::for_status(status).into_response();
-    *fresh.status_mut() = status;
-    if let Some(allow) = parts.headers.remove(header::ALLOW) {
-        fresh.headers_mut().insert(header::ALLOW, allow);
-    }
-    fresh
-}
-
-fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
-    let what = panic
-        .downcast_ref::<String>()
-        .map(String::as_str)
-        .or_else(|| panic.downcast_ref::<&str>().copied())
-        .unwrap_or("a panic");
-    tracing::error!(panic = what, "a request handler panicked");
-    ApiError::internal().into_response()
 }
 
 /// A TCP listener that holds at most `connections_max` connections open,
@@ -354,56 +272,4 @@ pub async fn serve(
         u.abort();
     }
     result
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use axum::body::{to_bytes, Body};
-    use axum::routing::get;
-    use tower::ServiceExt;
-
-    async fn answer(app: Router, uri: &str) -> (StatusCode, serde_json::Value) {
-        let req = axum::http::Request::get(uri)
-            .body(Body::empty())
-            .expect("request");
-        let resp = app.oneshot(req).await.expect("infallible");
-        let status = resp.status();
-        let bytes = to_bytes(resp.into_body(), 1 << 16).await.expect("body");
-        (status, serde_json::from_slice(&bytes).expect("a JSON body"))
-    }
-
-    async fn boom() -> &'static str {
-        panic!("boom")
-    }
-
-    #[tokio::test]
-    async fn a_panicking_handler_answers_500_internal_as_json() {
-        // proves the catch-panic layer turns a panic into {"code":"INTERNAL"} instead of a dropped connection
-        let app = Router::new()
-            .route("/boom", get(boom))
-            .layer(CatchPanicLayer::custom(panic_response));
-        let (status, body) = answer(app, "/boom").await;
-        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
-        assert_eq!(body["code"], "INTERNAL");
-    }
-
-    #[tokio::test]
-    async fn error_answers_without_a_body_get_the_code_of_their_status() {
-        // proves the JSON-errors layer: a bare 405 or timeout 503 becomes {"code","message"}
-        let app = Router::new()
-            .route("/only-post", axum::routing::post(|| async { "ok" }))
-            .route("/slow", get(|| async { StatusCode::SERVICE_UNAVAILABLE }))
-            .layer(middleware::map_response(json_errors));
-        let (status, body) = answer(app.clone(), "/only-post").await;
-        assert_eq!(
-            (status, body["code"].as_str()),
-            (StatusCode::METHOD_NOT_ALLOWED, Some("METHOD_NOT_ALLOWED"))
-        );
-        let (status, body) = answer(app, "/slow").await;
-        assert_eq!(
-            (status, body["code"].as_str()),
-            (StatusCode::SERVICE_UNAVAILABLE, Some("OVERLOADED"))
-        );
-    }
 }
