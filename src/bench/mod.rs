@@ -21,6 +21,7 @@
 //! [`rng`] (a seeded PRNG shared with `simulate`).
 
 pub mod check;
+pub mod http_client;
 pub mod ids;
 pub mod report;
 pub mod rng;
@@ -544,7 +545,7 @@ pub fn execute(args: &BenchArgs) -> Result<BenchReport, crate::CliError> {
     validate(args, products)?;
     let (target, embedded, target_name) = match &args.url {
         Some(url) => {
-            let http = HttpTarget::new(url, args.admin_token.clone(), args.concurrency)?;
+            let http = HttpTarget::new(url, args.admin_token.clone())?;
             (Target::Http(http), None, url.clone())
         }
         None => {

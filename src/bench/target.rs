@@ -4,13 +4,16 @@
 //! and invariant checks are written once. An enum rather than a trait
 //! object: async methods stay plain `async fn`, with no boxing per request.
 
+use crate::bench::http_client::{ExchangeError, HttpClient};
 use crate::domain::coupon::Discount;
 use crate::domain::ids::{CouponId, OrderId, ProductId, UserId};
 use crate::domain::money::Krw;
 use crate::domain::order::LineRequest;
 use crate::engine::{Engine, Error, NewCoupon, OrderSource, PlaceOrder};
+use axum::http::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Why an operation did not succeed.
@@ -68,11 +71,11 @@ pub struct Placed {
     pub pay_amount: Krw,
 }
 
-/// A running server: base URL, admin token, one pooled client.
+/// A running server: its keep-alive connections, the API's path prefix and the admin token.
 #[derive(Clone)]
 pub struct HttpTarget {
-    client: reqwest::Client,
-    base: String,
+    client: Arc<HttpClient>,
+    prefix: String,
     admin_token: Option<String>,
 }
 
@@ -119,51 +122,52 @@ struct ErrorBody {
 }
 
 impl HttpTarget {
-    pub fn new(
-        url: &str,
-        admin_token: Option<String>,
-        connections: usize,
-    ) -> Result<HttpTarget, String> {
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(connections)
-            .tcp_nodelay(true)
-            .timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| e.to_string())?;
+    pub fn new(url: &str, admin_token: Option<String>) -> Result<HttpTarget, String> {
+        let url = url.trim_end_matches('/');
+        let client = HttpClient::new(url, Duration::from_secs(30))?;
+        // Whatever path the URL has goes before `/api/v1`.
+        let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+        let prefix = after_scheme
+            .find('/')
+            .map_or(String::new(), |at| after_scheme[at..].to_owned());
         Ok(HttpTarget {
-            client,
-            base: url.trim_end_matches('/').to_owned(),
+            client: Arc::new(client),
+            prefix,
             admin_token,
         })
     }
 
     async fn call<T: for<'de> Deserialize<'de>>(
         &self,
-        method: reqwest::Method,
+        method: Method,
         path: &str,
         body: Option<serde_json::Value>,
         admin: bool,
     ) -> OpResult<T> {
-        let mut req = self
+        let body = body.map(|b| b.to_string().into_bytes());
+        let bearer = if admin {
+            self.admin_token.as_deref()
+        } else {
+            None
+        };
+        let answer = self
             .client
-            .request(method, format!("{}/api/v1{path}", self.base));
-        if admin {
-            if let Some(token) = &self.admin_token {
-                req = req.bearer_auth(token);
-            }
-        }
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        let resp = req
-            .send()
+            .send(
+                &method,
+                &format!("{}/api/v1{path}", self.prefix),
+                bearer,
+                body.as_deref(),
+            )
             .await
-            .map_err(|e| OpError::unknown(transport_code(&e)))?;
-        let status = resp.status();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| OpError::unknown(transport_code(&e)))?;
+            .map_err(|e| {
+                OpError::unknown(match e {
+                    ExchangeError::Timeout => "TIMEOUT",
+                    ExchangeError::Transport(_) => "TRANSPORT",
+                })
+            })?;
+        let status =
+            StatusCode::from_u16(answer.status).map_err(|_| OpError::unknown("BAD_STATUS"))?;
+        let bytes = answer.body;
         if status.is_success() {
             return serde_json::from_slice(&bytes).map_err(|_| OpError::known("BAD_BODY"));
         }
@@ -177,16 +181,6 @@ impl HttpTarget {
         }
     }
 }
-
-fn transport_code(e: &reqwest::Error) -> &'static str {
-    if e.is_timeout() {
-        "TIMEOUT"
-    } else {
-        "TRANSPORT"
-    }
-}
-
-use reqwest::Method;
 
 impl Target {
     pub fn is_embedded(&self) -> bool {
