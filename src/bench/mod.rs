@@ -444,6 +444,7 @@ async fn drive(
         completed: AtomicU64::new(0),
         exhausted: AtomicBool::new(false),
     });
+    run.target.time_requests_from(run.measure_from);
     let metrics = |run: &Run| match &run.target {
         Target::Embedded(e) => Some(e.metrics()),
         Target::Http(_) => None,
@@ -492,6 +493,8 @@ async fn drive(
     for h in handles {
         outs.push(h.await?);
     }
+    // What follows (the invariant check) is not the workload's.
+    run.target.stop_timing_requests();
     let measured_secs = if run.exhausted.load(Ordering::Relaxed) {
         let last_done = outs.iter().filter_map(|o| o.last_done).max();
         last_done.map_or(0.0, |t| {
@@ -661,6 +664,11 @@ fn build_report(
         kinds,
         total,
         requests_per_sec: requests as f64 / secs,
+        http_requests: d
+            .run
+            .target
+            .request_latencies()
+            .map(|(h, ok)| KindReport::new("http request", &h, ok, secs)),
         errors,
         unknown_outcomes: d.run.tally.unknown.load(Ordering::Relaxed),
         journal: d.journal.clone(),

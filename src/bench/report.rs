@@ -114,6 +114,9 @@ pub struct BenchReport {
     pub kinds: Vec<KindReport>,
     pub total: KindReport,
     pub requests_per_sec: f64,
+    /// Over HTTP: each request on its own (an operation may be two), from
+    /// writing it to having read its whole response; `ok` counts 2xx.
+    pub http_requests: Option<KindReport>,
     pub errors: BTreeMap<String, u64>,
     pub unknown_outcomes: u64,
     pub journal: Option<JournalReport>,
@@ -178,6 +181,9 @@ impl BenchReport {
         }
         if self.kinds.len() > 1 {
             row(&mut out, &self.total);
+        }
+        if let Some(r) = &self.http_requests {
+            row(&mut out, r);
         }
         if self.total.ops == 0 {
             let _ = writeln!(

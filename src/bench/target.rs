@@ -11,10 +11,12 @@ use crate::domain::money::Krw;
 use crate::domain::order::LineRequest;
 use crate::engine::{Engine, Error, NewCoupon, OrderSource, PlaceOrder};
 use axum::http::{Method, StatusCode};
+use hdrhistogram::Histogram;
 use serde::Deserialize;
 use serde_json::json;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
 /// Why an operation did not succeed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,6 +79,19 @@ pub struct HttpTarget {
     client: Arc<HttpClient>,
     prefix: String,
     admin_token: Option<String>,
+    requests: Arc<RequestLatencies>,
+}
+
+/// The latency of each HTTP request on its own, from writing it to having
+/// read the whole response (an operation such as place + pay is two
+/// requests; workloads time operations). Only the workers' requests sent
+/// once the measured window is open are recorded: not setup's, not the
+/// warm-up's, not the invariant check's.
+struct RequestLatencies {
+    from: OnceLock<Instant>,
+    stopped: AtomicBool,
+    answered: Mutex<Histogram<u64>>,
+    ok: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -134,6 +149,14 @@ impl HttpTarget {
             client: Arc::new(client),
             prefix,
             admin_token,
+            requests: Arc::new(RequestLatencies {
+                from: OnceLock::new(),
+                stopped: AtomicBool::new(false),
+                answered: Mutex::new(
+                    Histogram::new(3).map_err(|e| format!("latency histogram: {e}"))?,
+                ),
+                ok: AtomicU64::new(0),
+            }),
         })
     }
 
@@ -150,6 +173,7 @@ impl HttpTarget {
         } else {
             None
         };
+        let started = Instant::now();
         let answer = self
             .client
             .send(
@@ -165,6 +189,7 @@ impl HttpTarget {
                     ExchangeError::Transport(_) => "TRANSPORT",
                 })
             })?;
+        self.requests.record(started, answer.status);
         let status =
             StatusCode::from_u16(answer.status).map_err(|_| OpError::unknown("BAD_STATUS"))?;
         let bytes = answer.body;
@@ -182,7 +207,57 @@ impl HttpTarget {
     }
 }
 
+impl RequestLatencies {
+    fn record(&self, started: Instant, status: u16) {
+        if self.from.get().is_none_or(|from| started < *from)
+            || self.stopped.load(Ordering::Relaxed)
+        {
+            return;
+        }
+        let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        // Auto-resizing: `record` grows the histogram rather than clamping.
+        let _ = self
+            .answered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .record(ns.max(1));
+        if (200..300).contains(&status) {
+            self.ok.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 impl Target {
+    /// Over HTTP, starts timing each request on its own from `from` on.
+    pub fn time_requests_from(&self, from: Instant) {
+        if let Target::Http(h) = self {
+            let _ = h.requests.from.set(from);
+        }
+    }
+
+    /// Over HTTP, stops timing requests (the workers are done).
+    pub fn stop_timing_requests(&self) {
+        if let Target::Http(h) = self {
+            h.requests.stopped.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Over HTTP: the latency of every answered request in the measured
+    /// window, and how many of them succeeded (2xx).
+    pub fn request_latencies(&self) -> Option<(Histogram<u64>, u64)> {
+        match self {
+            Target::Embedded(_) => None,
+            Target::Http(h) => Some((
+                h.requests
+                    .answered
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone(),
+                h.requests.ok.load(Ordering::Relaxed),
+            )),
+        }
+    }
+
     pub fn is_embedded(&self) -> bool {
         matches!(self, Target::Embedded(_))
     }

@@ -1,0 +1,64 @@
+//! `bench --url` drives a real server with its own HTTP client: every
+//! request is answered and timed on its own, and the invariant check
+//! through the API passes. Small and short: speed lives in the benchmark.
+
+mod common_http;
+
+use commerce_engine::bench::workload::Workload;
+use commerce_engine::bench::{execute, BenchArgs};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_over_http_times_each_request_and_passes_its_invariant_check() {
+    // proves the bench's HTTP client against the real server: ops succeed, each request is timed, invariants hold
+    let server = common_http::TestServer::start().await;
+    for workload in [Workload::OrderPay, Workload::Mixed] {
+        let args = BenchArgs {
+            url: Some(server.base.clone()),
+            admin_token: Some(common_http::TOKEN.into()),
+            users: Some(100),
+            products: Some(10),
+            concurrency: 8,
+            duration_secs: 0.5,
+            warmup_secs: 0.1,
+            ..BenchArgs::new(workload)
+        };
+        let report = tokio::task::spawn_blocking(move || execute(&args))
+            .await
+            .expect("the bench thread")
+            .expect("the run completes");
+        assert!(
+            report.invariants.ok(),
+            "{workload:?}: {:?}",
+            report.invariants
+        );
+        assert!(report.total.ok > 0, "{workload:?} measured nothing");
+        for code in report.errors.keys() {
+            assert_eq!(
+                code, "COUPON_ALREADY_ISSUED",
+                "{workload:?}: {:?}",
+                report.errors
+            );
+        }
+        let requests = report.http_requests.expect("requests are timed over HTTP");
+        // Every request of a measured operation starts inside the window, so
+        // at least the requests of the successful operations were timed.
+        let of_ok_ops = (report.requests_per_sec * report.measured_secs).round() as u64;
+        assert!(
+            requests.ops >= of_ok_ops && requests.ok <= requests.ops,
+            "{workload:?}: {} timed, {} ok, {of_ok_ops} requests of ok operations",
+            requests.ops,
+            requests.ok
+        );
+        if workload == Workload::OrderPay {
+            // place + pay: two requests per operation, all 2xx; a few more
+            // from operations begun in the warm-up and ended in the window.
+            let both = 2 * report.total.ok;
+            assert!(
+                (both..=both + 8).contains(&requests.ok),
+                "{} ok requests for {} paid orders",
+                requests.ok,
+                report.total.ok
+            );
+        }
+    }
+}
