@@ -36,10 +36,26 @@ fn tally(answers: &[(StatusCode, serde_json::Value)]) -> BTreeMap<String, usize>
     counts
 }
 
+/// A server over a fresh in-memory engine, on a tokio runtime of its own
+/// (`serve_api`) or on the engine's threads (what `serve` runs).
+async fn server(on_engine_threads: bool, settings: HttpSettings) -> TestServer {
+    let engine = common_http::start_engine(Box::new(MemoryStore::new()), Arc::new(SystemClock));
+    if on_engine_threads {
+        TestServer::start_on_engine_threads(engine, settings).await
+    } else {
+        TestServer::start_with(engine, settings).await
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_users_racing_for_fifty_coupons_get_exactly_fifty() {
-    // proves 50 × 201 and 150 × 409 COUPON_SOLD_OUT when 200 clients issue at once
-    let s = TestServer::start().await;
+    // proves 50 × 201 and 150 × 409 COUPON_SOLD_OUT when 200 clients issue at once, served either way
+    for on_engine_threads in [false, true] {
+        coupon_race(server(on_engine_threads, HttpSettings::new(TOKEN)).await).await;
+    }
+}
+
+async fn coupon_race(s: TestServer) {
     let ids = users(&s, 200).await;
     let coupon = s.coupon(json!({"kind": "fixed", "amount": 1000}), 50).await;
     let path = format!("/api/v1/coupons/{coupon}/issue");
@@ -70,8 +86,13 @@ async fn two_hundred_users_racing_for_fifty_coupons_get_exactly_fifty() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hundred_orders_on_a_stock_of_one_hundred_place_exactly_one_hundred() {
-    // proves 100 × 201 and 200 × 409 OUT_OF_STOCK for 300 one-unit orders at once; stock ends at 0
-    let s = TestServer::start().await;
+    // proves 100 × 201 and 200 × 409 OUT_OF_STOCK for 300 one-unit orders at once; stock ends at 0; served either way
+    for on_engine_threads in [false, true] {
+        order_race(server(on_engine_threads, HttpSettings::new(TOKEN)).await).await;
+    }
+}
+
+async fn order_race(s: TestServer) {
     let ids = users(&s, 300).await;
     let p = s.product("한정판 운동화", 129_000, 100).await;
     let answers = join_all(ids.iter().map(|u| {
@@ -107,13 +128,18 @@ async fn stuck_request(base: &str) -> tokio::net::TcpStream {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_past_the_in_flight_limit_are_shed_with_503_overloaded() {
-    // proves admission control: a full server answers 503 OVERLOADED + Retry-After at once, then recovers
-    let engine = common_http::start_engine(Box::new(MemoryStore::new()), Arc::new(SystemClock));
-    let settings = HttpSettings {
-        requests_in_flight_max: 2,
-        ..HttpSettings::new(TOKEN)
-    };
-    let s = TestServer::start_with(engine, settings).await;
+    // proves admission control: a full server answers 503 OVERLOADED + Retry-After at once, then recovers;
+    // on the engine's threads the limit is one for all of them
+    for on_engine_threads in [false, true] {
+        let settings = HttpSettings {
+            requests_in_flight_max: 2,
+            ..HttpSettings::new(TOKEN)
+        };
+        shed_past_the_limit(server(on_engine_threads, settings).await).await;
+    }
+}
+
+async fn shed_past_the_limit(s: TestServer) {
     let held = vec![stuck_request(&s.base).await, stuck_request(&s.base).await];
 
     // The stuck requests reach the handlers shortly after their headers

@@ -277,6 +277,30 @@ fn check_name(field: &str, name: &str, limits: &Limits) -> Result<String> {
 }
 
 impl Engine {
+    /// Runs a future made by `make(i)` on each of the engine's threads (one
+    /// per actor thread, `i` from 0), for work that talks to the actors a
+    /// lot, such as serving HTTP: a message to an actor on the same thread,
+    /// and its answer, need no wake-up of another thread. The futures must
+    /// never block (a blocked thread stalls its actors). Refused once the
+    /// engine is shutting down.
+    pub fn spawn_on_engine_threads<F, Fut>(&self, make: F) -> Result<()>
+    where
+        F: Fn(usize) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        for (i, arbiter) in self.inner.registry.arbiters().iter().enumerate() {
+            if !arbiter.spawn(make(i)) {
+                return Err(Error::ShuttingDown);
+            }
+        }
+        Ok(())
+    }
+
+    /// How many threads [`spawn_on_engine_threads`](Engine::spawn_on_engine_threads) runs on.
+    pub fn engine_threads(&self) -> usize {
+        self.inner.registry.arbiters().len()
+    }
+
     /// Recovers `store` (snapshots, journal, invariants) and starts the engine on it.
     pub fn start(
         config: EngineConfig,

@@ -1,12 +1,12 @@
 //! `commerce-engine serve` (also what a bare `commerce-engine` runs): opens
 //! the sled data dir, recovers the engine, seeds a new data dir with the
-//! demo catalogue unless `--empty`, and serves the API until SIGINT or
-//! SIGTERM; then stops accepting, finishes what is in flight, shuts the
-//! engine down (last flush and snapshot) and exits 0.
+//! demo catalogue unless `--empty`, and serves the API on the engine's own
+//! threads until SIGINT or SIGTERM; then stops accepting, finishes what is
+//! in flight, shuts the engine down (last flush and snapshot) and exits 0.
 
 use crate::engine::{DataPlatform, Engine, EngineConfig, SystemClock};
 use crate::http::demo;
-use crate::http::server::{serve, HttpSettings};
+use crate::http::server::{serve_on_engine_threads, HttpSettings};
 use crate::store::sled_store::SledStore;
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -138,9 +138,10 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, crate::CliError> {
     let store = SledStore::open(&args.data_dir)
         .map_err(|e| format!("cannot open {}: {e}", args.data_dir.display()))?;
     let engine = Engine::start(engine_config(&args), Box::new(store), Arc::new(SystemClock))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // This runtime only seeds the demo, waits for the signal and keeps the
+    // metrics: connections are served on the engine's own threads.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .thread_name("http")
         .build()?;
     let settings = HttpSettings::new(admin_token);
     let served = runtime.block_on(async {
@@ -152,11 +153,18 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, crate::CliError> {
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", args.addr))?;
         tracing::info!(addr = %listener.local_addr()?, data_dir = %args.data_dir.display(), "listening");
-        serve(engine.clone(), listener, settings, shutdown_signal()).await?;
+        serve_on_engine_threads(
+            engine.clone(),
+            listener.into_std()?,
+            settings,
+            shutdown_signal(),
+        )
+        .await?;
         Ok::<(), crate::CliError>(())
     });
-    // Connections still open past the grace period are dropped here.
     runtime.shutdown_timeout(Duration::from_secs(1));
+    // Connections still open past the grace period live on the engine's
+    // threads: they are dropped as it stops.
     engine.shutdown();
     served?;
     tracing::info!("stopped");

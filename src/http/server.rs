@@ -25,7 +25,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use utoipa_swagger_ui::SwaggerUi;
 
 /// How the HTTP layer is set up. Units are in the names.
@@ -123,21 +123,55 @@ impl axum::serve::Listener for BoundedListener {
             Err(_) => unreachable!("the connection semaphore is never closed"),
         };
         let (stream, addr) = axum::serve::Listener::accept(&mut self.inner).await;
-        let _ = stream.set_nodelay(true);
-        let idle = self.idle;
-        (
-            CountedStream {
-                stream,
-                idle,
-                deadline: Box::pin(tokio::time::sleep(idle)),
-                _permit: permit,
-            },
-            addr,
-        )
+        (CountedStream::new(stream, self.idle, permit), addr)
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
         self.inner.local_addr()
+    }
+}
+
+/// Connections accepted elsewhere and handed to this thread
+/// ([`serve_on_engine_threads`]): each is registered with the reactor of the
+/// thread that serves it.
+struct HandedListener {
+    connections: tokio::sync::mpsc::UnboundedReceiver<Handed>,
+    idle: Duration,
+    local: SocketAddr,
+}
+
+/// An accepted connection, its permit taken, on its way to a thread.
+struct Handed {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+}
+
+impl axum::serve::Listener for HandedListener {
+    type Io = CountedStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (CountedStream, SocketAddr) {
+        loop {
+            let Some(handed) = self.connections.recv().await else {
+                // The acceptor has stopped: nothing more comes (the server
+                // is being shut down gracefully meanwhile).
+                return std::future::pending().await;
+            };
+            match TcpStream::from_std(handed.stream) {
+                Ok(stream) => {
+                    return (
+                        CountedStream::new(stream, self.idle, handed.permit),
+                        handed.peer,
+                    )
+                }
+                Err(e) => tracing::warn!(error = %e, "a handed connection could not be registered"),
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.local)
     }
 }
 
@@ -150,6 +184,16 @@ pub struct CountedStream {
 }
 
 impl CountedStream {
+    fn new(stream: TcpStream, idle: Duration, permit: OwnedSemaphorePermit) -> CountedStream {
+        let _ = stream.set_nodelay(true);
+        CountedStream {
+            stream,
+            idle,
+            deadline: Box::pin(tokio::time::sleep(idle)),
+            _permit: permit,
+        }
+    }
+
     fn active(&mut self) {
         let next = tokio::time::Instant::now() + self.idle;
         self.deadline.as_mut().reset(next);
@@ -227,7 +271,187 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let app = router(engine, &settings);
-    let upkeep = crate::http::metrics::install().map(|handle| {
+    let upkeep = metrics_upkeep();
+    let (signal_tx, signal_rx) = watch::channel(false);
+    let signal_task = tokio::spawn(async move {
+        shutdown.await;
+        let _ = signal_tx.send(true);
+    });
+    let listener = BoundedListener::new(
+        listener,
+        settings.connections_max,
+        settings.connection_idle_ms,
+    );
+    let result = serve_until(
+        app,
+        listener,
+        signal_rx,
+        Duration::from_millis(settings.shutdown_grace_ms),
+    )
+    .await;
+    signal_task.abort();
+    if let Some(u) = upkeep {
+        u.abort();
+    }
+    result
+}
+
+/// Like [`serve`], but the connections are served on the engine's own
+/// threads ([`Engine::spawn_on_engine_threads`]): a request's messages to
+/// actors on the thread that serves it, and their answers, then wake no
+/// other thread, and the process runs no HTTP threads of its own. The
+/// caller's runtime accepts connections (a permit first, so connections
+/// past `connections_max` wait in the kernel's backlog) and hands them to
+/// the threads in turn, so each serves as many; it also waits for
+/// `shutdown` and keeps the metrics. The request limits are shared.
+pub async fn serve_on_engine_threads(
+    engine: Engine,
+    listener: std::net::TcpListener,
+    settings: HttpSettings,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let listener = TcpListener::from_std(listener)?;
+    let local = listener.local_addr()?;
+    let app = router(engine.clone(), &settings);
+    let upkeep = metrics_upkeep();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let permits = Arc::new(Semaphore::new(settings.connections_max.max(1)));
+    let grace = Duration::from_millis(settings.shutdown_grace_ms);
+    let idle = Duration::from_millis(settings.connection_idle_ms.max(1));
+    let threads = engine.engine_threads().max(1);
+    let mut to_threads = Vec::with_capacity(threads);
+    let mut from_acceptor = Vec::with_capacity(threads);
+    for _ in 0..threads {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Handed>();
+        to_threads.push(tx);
+        from_acceptor.push(Some(rx));
+    }
+    let from_acceptor = std::sync::Mutex::new(from_acceptor);
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<io::Result<()>>();
+    engine
+        .spawn_on_engine_threads(|i| {
+            let connections = from_acceptor
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get_mut(i)
+                .and_then(Option::take);
+            let (app, stop, done) = (app.clone(), stop_rx.clone(), done_tx.clone());
+            async move {
+                let result = match connections {
+                    Some(connections) => {
+                        let listener = HandedListener {
+                            connections,
+                            idle,
+                            local,
+                        };
+                        serve_until(app, listener, stop, grace).await
+                    }
+                    None => Err(io::Error::other("no connections for this thread")),
+                };
+                let _ = done.send(result);
+            }
+        })
+        .map_err(|_| io::Error::other("the engine is shutting down"))?;
+    drop(done_tx);
+    // Accept until the signal, or until a thread's server ends on its own
+    // (an error): then all of them stop; each ends within the grace period.
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut next = 0;
+    let mut failed = None;
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            () = &mut shutdown, if !stopping => {
+                stopping = true;
+                let _ = stop_tx.send(true);
+                to_threads.clear();
+            }
+            handed = accept_one(&listener, &permits), if !stopping => match handed {
+                Ok(handed) => {
+                    if let Some(thread) = to_threads.get(next % to_threads.len()) {
+                        let _ = thread.send(handed);
+                    }
+                    next += 1;
+                }
+                // One failed accept (the peer gone, out of descriptors for a
+                // moment) must not end the server.
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+            done = done_rx.recv() => match done {
+                Some(result) => {
+                    if let Err(e) = result {
+                        tracing::error!(error = %e, "an HTTP server thread failed; stopping all of them");
+                        failed.get_or_insert(e);
+                    }
+                    stopping = true;
+                    let _ = stop_tx.send(true);
+                    to_threads.clear();
+                }
+                // Every thread's server is done (or was dropped with the engine).
+                None => break,
+            }
+        }
+    }
+    if let Some(u) = upkeep {
+        u.abort();
+    }
+    failed.map_or(Ok(()), Err)
+}
+
+/// Takes a connection permit, then accepts one connection.
+async fn accept_one(listener: &TcpListener, permits: &Arc<Semaphore>) -> io::Result<Handed> {
+    // The semaphore is never closed, so acquiring only waits.
+    let Ok(permit) = permits.clone().acquire_owned().await else {
+        return Err(io::Error::other("the connection semaphore is closed"));
+    };
+    let (stream, peer) = listener.accept().await?;
+    Ok(Handed {
+        stream: stream.into_std()?,
+        peer,
+        permit,
+    })
+}
+
+/// Serves `app` on `listener` until `stop` turns true (or its sender is
+/// gone), then stops accepting, lets in-flight requests finish (idle
+/// keep-alive connections are closed at once) and returns, at the latest
+/// `grace` after the signal.
+async fn serve_until<L>(
+    app: Router,
+    listener: L,
+    stop: watch::Receiver<bool>,
+    grace: Duration,
+) -> io::Result<()>
+where
+    L: axum::serve::Listener<Io = CountedStream, Addr = SocketAddr>,
+{
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        // An Err means the sender is gone: treat it as the signal.
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let server = axum::serve(listener, app)
+        .with_graceful_shutdown(stopped(stop.clone()))
+        .into_future();
+    let deadline = async {
+        stopped(stop).await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        result = server => result,
+        () = deadline => {
+            tracing::warn!(grace_ms = grace.as_millis() as u64, "grace period over; dropping the connections still open");
+            Ok(())
+        }
+    }
+}
+
+/// Prometheus histograms need upkeep; `None` if another recorder is installed.
+fn metrics_upkeep() -> Option<tokio::task::JoinHandle<()>> {
+    crate::http::metrics::install().map(|handle| {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(5));
             loop {
@@ -235,41 +459,5 @@ pub async fn serve(
                 handle.run_upkeep();
             }
         })
-    });
-    let (signal_tx, signal_rx) = tokio::sync::watch::channel(false);
-    let signal_task = tokio::spawn(async move {
-        shutdown.await;
-        let _ = signal_tx.send(true);
-    });
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        // An Err means the sender is gone: treat it as the signal.
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
-    let server = axum::serve(
-        BoundedListener::new(
-            listener,
-            settings.connections_max,
-            settings.connection_idle_ms,
-        ),
-        app,
-    )
-    .with_graceful_shutdown(stopped(signal_rx.clone()))
-    .into_future();
-    let grace = Duration::from_millis(settings.shutdown_grace_ms);
-    let deadline = async {
-        stopped(signal_rx).await;
-        tokio::time::sleep(grace).await;
-    };
-    let result = tokio::select! {
-        result = server => result,
-        () = deadline => {
-            tracing::warn!(grace_ms = settings.shutdown_grace_ms, "grace period over; dropping the connections still open");
-            Ok(())
-        }
-    };
-    signal_task.abort();
-    if let Some(u) = upkeep {
-        u.abort();
-    }
-    result
+    })
 }

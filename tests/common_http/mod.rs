@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test crate uses its own subset
 
 use commerce_engine::engine::{Clock, DataPlatform, Engine, EngineConfig, SystemClock};
+use commerce_engine::http::server::serve_on_engine_threads as serve_api_on_engine_threads;
 use commerce_engine::http::{serve_api, HttpSettings};
 use commerce_engine::store::memory::MemoryStore;
 use commerce_engine::store::Store;
@@ -50,6 +51,33 @@ impl TestServer {
         let task = tokio::spawn(serve_api(engine.clone(), listener, settings, async move {
             let _ = rx.await;
         }));
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(512)
+            .build()
+            .expect("client");
+        TestServer {
+            base: format!("http://{addr}"),
+            engine,
+            client,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// The same server with its connections served on the engine's own
+    /// threads, as the `serve` command runs it.
+    pub async fn start_on_engine_threads(engine: Engine, settings: HttpSettings) -> TestServer {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(serve_api_on_engine_threads(
+            engine.clone(),
+            listener,
+            settings,
+            async move {
+                let _ = rx.await;
+            },
+        ));
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(512)
             .build()
