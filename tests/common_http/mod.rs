@@ -47,21 +47,11 @@ impl TestServer {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve_api(engine.clone(), listener, settings, async move {
-            let _ = rx.await;
-        }));
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(512)
-            .build()
-            .expect("client");
-        TestServer {
-            base: format!("http://{addr}"),
-            engine,
-            client,
-            stop: Some(tx),
-            task: Some(task),
-        }
+        TestServer::running(engine, addr, |engine, stop| {
+            tokio::spawn(serve_api(engine, listener, settings, async move {
+                let _ = stop.await;
+            }))
+        })
     }
 
     /// The same server with its connections served on the engine's own
@@ -69,15 +59,24 @@ impl TestServer {
     pub async fn start_on_engine_threads(engine: Engine, settings: HttpSettings) -> TestServer {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
+        TestServer::running(engine, addr, |engine, stop| {
+            let stopped = async move {
+                let _ = stop.await;
+            };
+            tokio::spawn(serve_api_on_engine_threads(
+                engine, listener, settings, stopped,
+            ))
+        })
+    }
+
+    /// The server `spawn` starts, given the engine and what tells it to stop.
+    fn running(
+        engine: Engine,
+        addr: std::net::SocketAddr,
+        spawn: impl FnOnce(Engine, oneshot::Receiver<()>) -> JoinHandle<std::io::Result<()>>,
+    ) -> TestServer {
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve_api_on_engine_threads(
-            engine.clone(),
-            listener,
-            settings,
-            async move {
-                let _ = rx.await;
-            },
-        ));
+        let task = spawn(engine.clone(), rx);
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(512)
             .build()
