@@ -187,13 +187,17 @@ async fn shed_past_the_limit(s: TestServer) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_idle_past_its_time_is_closed_by_the_server() {
-    // proves idle connections (silent or keep-alive) cannot hold a connection slot forever
-    let engine = common_http::start_engine(Box::new(MemoryStore::new()), Arc::new(SystemClock));
-    let settings = HttpSettings {
-        connection_idle_ms: 300,
-        ..HttpSettings::new(TOKEN)
-    };
-    let s = TestServer::start_with(engine, settings).await;
+    // proves idle connections (silent or keep-alive) cannot hold a connection slot forever, served either way
+    for on_engine_threads in [false, true] {
+        let settings = HttpSettings {
+            connection_idle_ms: 300,
+            ..HttpSettings::new(TOKEN)
+        };
+        idle_connections_close(server(on_engine_threads, settings).await).await;
+    }
+}
+
+async fn idle_connections_close(s: TestServer) {
     let addr = s.base.trim_start_matches("http://").to_owned();
     let mut silent = tokio::net::TcpStream::connect(&addr)
         .await
