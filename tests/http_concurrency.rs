@@ -218,3 +218,53 @@ async fn idle_connections_close(s: TestServer) {
     assert_eq!(s.get("/health").await.0, StatusCode::OK);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_past_the_limit_waits_until_one_closes() {
+    // proves connections_max: a third connection is not served while two are open, and is once one closes; served either way
+    for on_engine_threads in [false, true] {
+        let settings = HttpSettings {
+            connections_max: 2,
+            ..HttpSettings::new(TOKEN)
+        };
+        let s = server(on_engine_threads, settings).await;
+        let addr = s.base.trim_start_matches("http://").to_owned();
+        let mut open = Vec::new();
+        for _ in 0..2 {
+            let mut tcp = tokio::net::TcpStream::connect(&addr)
+                .await
+                .expect("connect");
+            assert!(health(&mut tcp, Duration::from_secs(5)).await, "served");
+            open.push(tcp);
+        }
+        // The kernel completes the handshake; the server does not take it.
+        let mut third = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        assert!(
+            !health(&mut third, Duration::from_millis(300)).await,
+            "no answer while two connections are open"
+        );
+        drop(open.pop());
+        let mut buf = vec![0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf))
+            .await
+            .expect("answered once a connection closed")
+            .expect("read");
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+        drop((open, third));
+        s.stop().await;
+    }
+}
+
+/// Asks `/health` on a keep-alive connection; true if answered 200 within `wait`.
+async fn health(tcp: &mut tokio::net::TcpStream, wait: Duration) -> bool {
+    tcp.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = vec![0u8; 1024];
+    match tokio::time::timeout(wait, tcp.read(&mut buf)).await {
+        Ok(Ok(n)) => buf[..n].starts_with(b"HTTP/1.1 200"),
+        _ => false,
+    }
+}
