@@ -34,6 +34,8 @@ pub enum ExchangeError {
 pub struct HttpClient {
     /// `host:port` to connect to.
     authority: String,
+    /// The base URL's path, put before every request's path ("" for none).
+    base_path: String,
     timeout: Duration,
     idle: Mutex<Vec<Connection>>,
 }
@@ -50,8 +52,8 @@ pub struct Answer {
 }
 
 impl HttpClient {
-    /// `base` is `http://host[:port]` (a path, if any, is the caller's to
-    /// prefix); only plain HTTP is spoken.
+    /// `base` is `http://host[:port][/path]`: requests go to its path
+    /// followed by theirs. Only plain HTTP is spoken.
     pub fn new(base: &str, timeout: Duration) -> Result<HttpClient, String> {
         let uri: Uri = base
             .parse()
@@ -65,12 +67,14 @@ impl HttpClient {
         let port = uri.port_u16().unwrap_or(80);
         Ok(HttpClient {
             authority: format!("{host}:{port}"),
+            base_path: uri.path().trim_end_matches('/').to_owned(),
             timeout,
             idle: Mutex::new(Vec::new()),
         })
     }
 
-    /// Sends one request and reads its response, on an idle connection or a
+    /// Sends one request (`path_and_query` below the base URL's path) and
+    /// reads its response, on an idle connection or a
     /// new one; the connection is kept for the next request unless the
     /// server asked to close it or anything went wrong.
     pub async fn send(
@@ -83,6 +87,7 @@ impl HttpClient {
         let mut request = Vec::with_capacity(160 + json_body.map_or(0, <[u8]>::len));
         request.extend_from_slice(method.as_str().as_bytes());
         request.push(b' ');
+        request.extend_from_slice(self.base_path.as_bytes());
         request.extend_from_slice(path_and_query.as_bytes());
         request.extend_from_slice(b" HTTP/1.1\r\nHost: ");
         request.extend_from_slice(self.authority.as_bytes());
@@ -256,6 +261,23 @@ mod tests {
         assert!(String::from_utf8(seen[1].clone())
             .expect("utf8")
             .starts_with("GET /api/v1/users/7 HTTP/1.1\r\n"));
+    }
+
+    #[tokio::test]
+    async fn a_base_url_with_a_path_goes_before_every_request_path() {
+        // proves `--url http://host:port/shop/` sends `GET /shop/...`
+        let (base, server) = canned(vec![b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"]).await;
+        let client =
+            HttpClient::new(&format!("{base}/shop/"), Duration::from_secs(5)).expect("client");
+        let a = client
+            .send(&Method::GET, "/api/v1/health", None, None)
+            .await
+            .expect("answer");
+        assert_eq!(a.status, 200);
+        let seen = server.await.expect("server");
+        assert!(String::from_utf8(seen[0].clone())
+            .expect("utf8")
+            .starts_with("GET /shop/api/v1/health HTTP/1.1\r\n"));
     }
 
     #[tokio::test]

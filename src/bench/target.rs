@@ -73,11 +73,10 @@ pub struct Placed {
     pub pay_amount: Krw,
 }
 
-/// A running server: its keep-alive connections, the API's path prefix and the admin token.
+/// A running server: its keep-alive connections and the admin token.
 #[derive(Clone)]
 pub struct HttpTarget {
     client: Arc<HttpClient>,
-    prefix: String,
     admin_token: Option<String>,
     requests: Arc<RequestLatencies>,
 }
@@ -138,16 +137,10 @@ struct ErrorBody {
 
 impl HttpTarget {
     pub fn new(url: &str, admin_token: Option<String>) -> Result<HttpTarget, String> {
-        let url = url.trim_end_matches('/');
-        let client = HttpClient::new(url, Duration::from_secs(30))?;
         // Whatever path the URL has goes before `/api/v1`.
-        let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
-        let prefix = after_scheme
-            .find('/')
-            .map_or(String::new(), |at| after_scheme[at..].to_owned());
+        let client = HttpClient::new(url, Duration::from_secs(30))?;
         Ok(HttpTarget {
             client: Arc::new(client),
-            prefix,
             admin_token,
             requests: Arc::new(RequestLatencies {
                 from: OnceLock::new(),
@@ -176,12 +169,7 @@ impl HttpTarget {
         let started = Instant::now();
         let answer = self
             .client
-            .send(
-                &method,
-                &format!("{}/api/v1{path}", self.prefix),
-                bearer,
-                body.as_deref(),
-            )
+            .send(&method, &format!("/api/v1{path}"), bearer, body.as_deref())
             .await
             .map_err(|e| {
                 OpError::unknown(match e {

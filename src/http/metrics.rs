@@ -203,3 +203,36 @@ pub fn render(engine: &Engine, handle: Option<&PrometheusHandle>) -> String {
     }
     page
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_metrics_count_each_method_route_and_status_apart() {
+        // proves the cached handles: each record lands in its own label set's exported series, exactly
+        let handle = install().expect("no other recorder in this test process");
+        let m = RequestMetrics::default();
+        for _ in 0..3 {
+            m.record("GET", "/test/cached/{id}", 200, 0.001);
+        }
+        m.record("POST", "/test/cached/{id}", 409, 0.002);
+        let text = handle.render();
+        let count = |labels: &str| {
+            text.lines()
+                .find(|l| l.starts_with(&format!("http_requests_total{{{labels}}}")))
+                .and_then(|l| l.rsplit(' ').next())
+                .map(str::to_owned)
+        };
+        assert_eq!(
+            count(r#"method="GET",route="/test/cached/{id}",status="200""#).as_deref(),
+            Some("3"),
+            "{text}"
+        );
+        assert_eq!(
+            count(r#"method="POST",route="/test/cached/{id}",status="409""#).as_deref(),
+            Some("1"),
+            "{text}"
+        );
+    }
+}
