@@ -49,6 +49,24 @@ fn every_workload_runs_on_sled_and_passes_its_invariant_check() {
             report.invariants
         );
         assert!(report.total.ops > 0, "{workload:?} measured nothing");
+        // Records were written in the window, so the writer spent time
+        // writing them, and it is one thread: at most the whole window,
+        // give or take the steps that straddle its ends.
+        let journal = report
+            .journal
+            .as_ref()
+            .expect("embedded runs report the journal");
+        assert!(journal.batches > 0, "{workload:?}: {journal:?}");
+        let w = &journal.writer_percent;
+        assert!(w.writing > 0.0, "{workload:?}: {journal:?}");
+        let steps = [
+            w.waiting,
+            w.preparing,
+            w.writing,
+            w.acknowledging,
+            w.snapshotting,
+        ];
+        assert!(steps.iter().all(|p| *p >= 0.0), "{workload:?}: {journal:?}");
         // Only refusals the workload provokes on purpose are allowed.
         for code in report.errors.keys() {
             assert_eq!(

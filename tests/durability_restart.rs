@@ -167,6 +167,7 @@ fn sled_snapshots_trim_the_journal_and_restart_identically() {
     let rt = runtime();
     let clock = manual_clock();
     let (before, p, batches_written) = {
+        let started = std::time::Instant::now();
         let engine = start(
             snapshotting_config(),
             SledStore::open(dir.path()).unwrap(),
@@ -176,7 +177,16 @@ fn sled_snapshots_trim_the_journal_and_restart_identically() {
             let p = populate(&engine, "u").await;
             (observe(&engine).await, p)
         });
-        let written = engine.metrics().journal_batches;
+        let m = engine.metrics();
+        let written = m.journal_batches;
+        // The writer's time by step: one thread, so the steps add up to at
+        // most the time since it started (measured here from before it did),
+        // and batches written on sled took time to write.
+        let lived_us = started.elapsed().as_micros() as u64;
+        let steps = m.journal_steps;
+        let total: u64 = steps.named().iter().map(|(_, us)| us).sum();
+        assert!(total <= lived_us, "{steps:?} in {lived_us} µs");
+        assert!(steps.writing_us > 0, "{steps:?}");
         engine.shutdown();
         (out.0, out.1, written)
     };

@@ -545,6 +545,8 @@ async fn operations_endpoints_answer_health_metrics_openapi_and_docs() {
         "engine_actors ",
         "engine_journal_last_batch_records ",
         "engine_journal_last_flush_microseconds ",
+        r#"engine_journal_writer_seconds_total{step="writing"} "#,
+        r#"engine_journal_writer_seconds_total{step="waiting"} "#,
         "engine_outbox_pending ",
         "engine_idempotency_keys ",
         r#"http_requests_total{method="POST",route="/api/v1/users",status="201"}"#,

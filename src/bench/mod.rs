@@ -30,7 +30,7 @@ pub mod workload;
 
 use crate::bench::ids::IdLog;
 use crate::bench::report::{
-    merge, BenchReport, InvariantReport, JournalReport, KindReport, Second,
+    merge, BenchReport, InvariantReport, JournalReport, KindReport, Second, WriterShare,
 };
 use crate::bench::rng::Rng;
 use crate::bench::target::{HttpTarget, OpError, Target};
@@ -396,12 +396,22 @@ fn rss_mib() -> Option<f64> {
 fn journal_delta(a: &EngineMetrics, b: &EngineMetrics, secs: f64) -> JournalReport {
     let records = b.journal_records.saturating_sub(a.journal_records);
     let batches = b.journal_batches.saturating_sub(a.journal_batches);
+    let steps = b.journal_steps.since(&a.journal_steps);
+    let percent = |us: u64| us as f64 / 1e4 / secs;
     JournalReport {
         records,
         batches,
         records_per_batch: records as f64 / batches.max(1) as f64,
         records_per_sec: records as f64 / secs,
         flushes_per_sec: batches as f64 / secs,
+        writer_percent: WriterShare {
+            waiting: percent(steps.waiting_us),
+            preparing: percent(steps.preparing_us),
+            writing: percent(steps.writing_us),
+            acknowledging: percent(steps.acknowledging_us),
+            snapshotting: percent(steps.snapshotting_us),
+        },
+        write_us_per_batch: steps.writing_us as f64 / batches.max(1) as f64,
     }
 }
 

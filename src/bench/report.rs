@@ -69,6 +69,20 @@ pub struct JournalReport {
     pub records_per_batch: f64,
     pub records_per_sec: f64,
     pub flushes_per_sec: f64,
+    /// The writer thread's time in the window, by step, in % of the window.
+    pub writer_percent: WriterShare,
+    /// Writing and flushing, per batch (µs).
+    pub write_us_per_batch: f64,
+}
+
+/// Shares of the journal writer's time (see `WriterTime`), in %.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct WriterShare {
+    pub waiting: f64,
+    pub preparing: f64,
+    pub writing: f64,
+    pub acknowledging: f64,
+    pub snapshotting: f64,
 }
 
 /// One second of the run (warm-up included): throughput and resident memory.
@@ -197,6 +211,13 @@ impl BenchReport {
                 out,
                 "journal: {} records in {} batches ({:.1} per batch), {:.0} records/s, {:.0} flushes/s",
                 j.records, j.batches, j.records_per_batch, j.records_per_sec, j.flushes_per_sec
+            );
+            let w = &j.writer_percent;
+            let _ = writeln!(
+                out,
+                "journal writer: {:.0}% writing and flushing ({:.0} µs per batch), {:.0}% preparing, \
+                 {:.0}% acknowledging, {:.0}% snapshotting, {:.0}% waiting for records",
+                w.writing, j.write_us_per_batch, w.preparing, w.acknowledging, w.snapshotting, w.waiting
             );
         }
         if self.errors.is_empty() {

@@ -40,7 +40,7 @@ use crate::engine::stats_actor::{Refresh, StatsActor, Top};
 use crate::engine::user_actor::{CartChange, ChangeCart, Charge, UserActor};
 use crate::store::outbox::PendingOutbox;
 use crate::store::recovery::{recover_for_serving, RecoveryError, RecoveryReport, HISTORY_CHUNK};
-use crate::store::writer::{JournalHandle, JournalStats, JournalWriter};
+use crate::store::writer::{JournalHandle, JournalStats, JournalWriter, WriterSteps};
 use crate::store::{ArchiveReader, StorageError, Store};
 use actix::prelude::*;
 use std::future::Future;
@@ -113,6 +113,8 @@ pub struct EngineMetrics {
     pub journal_last_batch_records: u64,
     pub journal_last_flush_us: u64,
     pub journal_queued: u64,
+    /// Where the journal writer's time went since start, by step.
+    pub journal_steps: WriterSteps,
     pub snapshots: u64,
     pub outbox_pending: u64,
     pub idempotency_keys: u64,
@@ -1150,6 +1152,7 @@ impl Engine {
             journal_last_batch_records: j.last_batch_records.load(Ordering::Relaxed),
             journal_last_flush_us: j.last_flush_us.load(Ordering::Relaxed),
             journal_queued: j.queued.load(Ordering::Relaxed),
+            journal_steps: j.time.load(),
             snapshots: j.snapshots.load(Ordering::Relaxed),
             outbox_pending: self.inner.outbox.len() as u64,
             idempotency_keys: self.inner.keys.len() as u64,

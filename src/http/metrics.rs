@@ -190,6 +190,15 @@ fn engine_gauges(m: &EngineMetrics) -> String {
             "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
         ));
     }
+    let name = "engine_journal_writer_seconds_total";
+    out.push_str(&format!(
+        "# HELP {name} The journal writer's time since start by step: waiting for records, \
+         preparing a batch, writing and flushing it, acknowledging it, snapshotting.\n\
+         # TYPE {name} counter\n"
+    ));
+    for (step, us) in m.journal_steps.named() {
+        out.push_str(&format!("{name}{{step=\"{step}\"}} {}\n", us as f64 / 1e6));
+    }
     out
 }
 

@@ -83,6 +83,85 @@ pub struct JournalStats {
     pub last_flush_us: AtomicU64,
     pub snapshots: AtomicU64,
     pub queued: AtomicU64,
+    pub time: WriterTime,
+}
+
+/// Where the writer thread's time went since start, by step (µs). The
+/// steps of a batch run one after another on one thread, so these say
+/// what bounds group commit: with little `waiting`, the writer is the
+/// bottleneck, and the largest step is what to make cheaper.
+#[derive(Default, Debug)]
+pub struct WriterTime {
+    /// Waiting for records (idle).
+    pub waiting_us: AtomicU64,
+    /// Taking records off the queue and encoding them, then applying the
+    /// batch to the durable world.
+    pub preparing_us: AtomicU64,
+    /// Writing the batch to the store and flushing it.
+    pub writing_us: AtomicU64,
+    /// Handing paid orders to the outbox and acknowledging every record.
+    pub acknowledging_us: AtomicU64,
+    /// Encoding snapshot cuts between batches and taking in written snapshots.
+    pub snapshotting_us: AtomicU64,
+}
+
+impl WriterTime {
+    pub fn load(&self) -> WriterSteps {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        WriterSteps {
+            waiting_us: get(&self.waiting_us),
+            preparing_us: get(&self.preparing_us),
+            writing_us: get(&self.writing_us),
+            acknowledging_us: get(&self.acknowledging_us),
+            snapshotting_us: get(&self.snapshotting_us),
+        }
+    }
+}
+
+/// [`WriterTime`] read at one moment (µs since start, by step).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriterSteps {
+    pub waiting_us: u64,
+    pub preparing_us: u64,
+    pub writing_us: u64,
+    pub acknowledging_us: u64,
+    pub snapshotting_us: u64,
+}
+
+impl WriterSteps {
+    /// Each step by name, in the order a batch goes through them.
+    pub fn named(&self) -> [(&'static str, u64); 5] {
+        [
+            ("waiting", self.waiting_us),
+            ("preparing", self.preparing_us),
+            ("writing", self.writing_us),
+            ("acknowledging", self.acknowledging_us),
+            ("snapshotting", self.snapshotting_us),
+        ]
+    }
+
+    /// The time spent in each step between `earlier` and `self`.
+    pub fn since(&self, earlier: &WriterSteps) -> WriterSteps {
+        WriterSteps {
+            waiting_us: self.waiting_us.saturating_sub(earlier.waiting_us),
+            preparing_us: self.preparing_us.saturating_sub(earlier.preparing_us),
+            writing_us: self.writing_us.saturating_sub(earlier.writing_us),
+            acknowledging_us: self
+                .acknowledging_us
+                .saturating_sub(earlier.acknowledging_us),
+            snapshotting_us: self.snapshotting_us.saturating_sub(earlier.snapshotting_us),
+        }
+    }
+}
+
+/// Adds the time since `since` to `step` and returns now, where the next step starts.
+fn account(step: &AtomicU64, since: Instant) -> Instant {
+    let now = Instant::now();
+    step.fetch_add(
+        now.saturating_duration_since(since).as_micros() as u64,
+        Ordering::Relaxed,
+    );
+    now
 }
 
 /// Snapshots as the actors see them, to let go of what is archived.
@@ -301,13 +380,17 @@ impl Worker {
         let mut acks: Vec<oneshot::Sender<Ack>> = Vec::with_capacity(self.config.batch_records_max);
         let mut frames: Vec<u8> = Vec::with_capacity(1 << 20);
         let tick = Duration::from_millis(self.config.snapshot_every_ms.clamp(10, 1000));
+        let mut since = Instant::now();
         loop {
-            let first = match rx.recv_timeout(tick) {
+            let received = rx.recv_timeout(tick);
+            since = account(&self.stats.time.waiting_us, since);
+            let first = match received {
                 Ok(c) => c,
                 Err(RecvTimeoutError::Timeout) => {
                     // Idle: finish encoding the snapshot under way at once.
                     self.advance_cut(usize::MAX);
                     self.maybe_snapshot(false);
+                    since = account(&self.stats.time.snapshotting_us, since);
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -326,11 +409,13 @@ impl Worker {
                         }
                     }
                     Command::Snapshot(ack) => {
-                        self.commit(&mut records, &mut acks, &mut frames);
+                        since = account(&self.stats.time.preparing_us, since);
+                        since = self.commit(&mut records, &mut acks, &mut frames, since);
                         // Whatever is under way first, then everything durable now.
                         self.advance_cut(usize::MAX);
                         self.begin_cut(Some(ack));
                         self.advance_cut(usize::MAX);
+                        since = account(&self.stats.time.snapshotting_us, since);
                     }
                 }
                 if !stopping
@@ -340,13 +425,15 @@ impl Worker {
                     next = rx.try_recv().ok();
                 }
             }
-            self.commit(&mut records, &mut acks, &mut frames);
+            since = account(&self.stats.time.preparing_us, since);
+            since = self.commit(&mut records, &mut acks, &mut frames, since);
             if stopping {
                 break;
             }
             self.maybe_snapshot(false);
+            since = account(&self.stats.time.snapshotting_us, since);
         }
-        self.commit(&mut records, &mut acks, &mut frames);
+        self.commit(&mut records, &mut acks, &mut frames, Instant::now());
         self.maybe_snapshot(true);
         self.collect_snapshots(true);
         // Ends the snapshot thread; the store is closed once both threads are done.
@@ -356,14 +443,17 @@ impl Worker {
         }
     }
 
+    /// Applies, writes and acknowledges the batch; its steps' time since
+    /// `since` goes to [`WriterTime`]. Returns when it finished.
     fn commit(
         &mut self,
         records: &mut Vec<Record>,
         acks: &mut Vec<oneshot::Sender<Ack>>,
         frames: &mut Vec<u8>,
-    ) {
+        mut since: Instant,
+    ) -> Instant {
         if records.is_empty() {
-            return;
+            return since;
         }
         let count = records.len() as u64;
         self.stats.queued.fetch_sub(count, Ordering::Relaxed);
@@ -374,9 +464,11 @@ impl Worker {
             // Assert the batch against the durable state right before it goes
             // to disk: a record the state cannot take is a bug, and it must
             // not become durable (every later recovery would refuse it).
-            self.apply_batch(first_seq, records)
-                .and_then(|()| self.append(first_seq, count, frames))
+            let applied = self.apply_batch(first_seq, records);
+            since = account(&self.stats.time.preparing_us, since);
+            applied.and_then(|()| self.append(first_seq, count, frames))
         };
+        since = account(&self.stats.time.writing_us, since);
         match result {
             Ok(()) => {
                 for record in records.iter() {
@@ -412,6 +504,7 @@ impl Worker {
         }
         records.clear();
         frames.clear();
+        account(&self.stats.time.acknowledging_us, since)
     }
 
     /// Applies a batch to the durable world (before it is written).
