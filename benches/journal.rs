@@ -8,6 +8,12 @@
 //! - `journal_replay`: records per second that [`recover`] replays from a
 //!   `Loaded` of about a million records in memory (decode, checksum, apply
 //!   to the `World`, invariants at the end), as at start-up.
+//! - `flush`: one durable append of a 2.5 KB batch (a group-commit batch of
+//!   about 25 records), one after another on one thread: through
+//!   [`SledStore`] (a sled insert and flush, what the journal writer does
+//!   per batch), and, for the floor under it, the same bytes written to a
+//!   plain file with `pwrite` and then `sync_file_range` (what sled itself
+//!   calls) or `fdatasync`.
 //!
 //! `cargo bench --bench journal -- --warm-up-time 1 --measurement-time 5`
 
@@ -21,7 +27,7 @@ use commerce_engine::store::codec::{self, Kind};
 use commerce_engine::store::outbox::PendingOutbox;
 use commerce_engine::store::recovery::recover;
 use commerce_engine::store::writer::{JournalConfig, JournalHandle, JournalWriter};
-use commerce_engine::store::{Loaded, SledStore};
+use commerce_engine::store::{Loaded, SledStore, Store};
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::sync::Arc;
@@ -247,5 +253,53 @@ fn journal_replay(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, journal_durable, journal_replay);
+/// What one flushed append costs through sled, against a plain file.
+fn flush(c: &mut Criterion) {
+    use std::os::unix::fs::FileExt;
+    use std::os::unix::io::AsRawFd;
+    let batch = vec![0x5a_u8; 2_500];
+    let mut group = c.benchmark_group("flush");
+    group.sample_size(20);
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let mut seq = 1;
+    group.bench_function("sled_insert_and_flush", |b| {
+        b.iter(|| {
+            store.append(seq, &batch).unwrap();
+            seq += 1;
+        })
+    });
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(dir.path().join("plain"))
+        .unwrap();
+    let mut at = 0u64;
+    group.bench_function("file_pwrite_and_sync_file_range", |b| {
+        b.iter(|| {
+            file.write_all_at(&batch, at).unwrap();
+            let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                | libc::SYNC_FILE_RANGE_WRITE
+                | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+            // SAFETY: a valid open descriptor and a range inside the file.
+            let r = unsafe {
+                libc::sync_file_range(file.as_raw_fd(), at as i64, batch.len() as i64, flags)
+            };
+            assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+            at += batch.len() as u64;
+        })
+    });
+    group.bench_function("file_pwrite_and_fdatasync", |b| {
+        b.iter(|| {
+            file.write_all_at(&batch, at).unwrap();
+            file.sync_data().unwrap();
+            at += batch.len() as u64;
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, journal_durable, journal_replay, flush);
 criterion_main!(benches);
