@@ -30,7 +30,7 @@ pub mod workload;
 
 use crate::bench::ids::IdLog;
 use crate::bench::report::{
-    merge, BenchReport, InvariantReport, JournalReport, KindReport, Second, WriterShare,
+    merge, BenchReport, InvariantReport, JournalReport, KindReport, Second,
 };
 use crate::bench::rng::Rng;
 use crate::bench::target::{HttpTarget, OpError, Target};
@@ -38,6 +38,7 @@ use crate::bench::workload::{pick, setup, Fixture, OpKind, Outcome, Tally, Workl
 use crate::domain::ids::OrderId;
 use crate::engine::{DataPlatform, Engine, EngineConfig, EngineMetrics, SystemClock};
 use crate::store::recovery::{recover_store, RecoveryError};
+use crate::store::writer::Step;
 use crate::store::{MemoryStore, SledStore, Store};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -397,21 +398,17 @@ fn journal_delta(a: &EngineMetrics, b: &EngineMetrics, secs: f64) -> JournalRepo
     let records = b.journal_records.saturating_sub(a.journal_records);
     let batches = b.journal_batches.saturating_sub(a.journal_batches);
     let steps = b.journal_steps.since(&a.journal_steps);
-    let percent = |us: u64| us as f64 / 1e4 / secs;
     JournalReport {
         records,
         batches,
         records_per_batch: records as f64 / batches.max(1) as f64,
         records_per_sec: records as f64 / secs,
         flushes_per_sec: batches as f64 / secs,
-        writer_percent: WriterShare {
-            waiting: percent(steps.waiting_us),
-            preparing: percent(steps.preparing_us),
-            writing: percent(steps.writing_us),
-            acknowledging: percent(steps.acknowledging_us),
-            snapshotting: percent(steps.snapshotting_us),
-        },
-        write_us_per_batch: steps.writing_us as f64 / batches.max(1) as f64,
+        writer_percent: steps
+            .named()
+            .map(|(step, us)| (step, us as f64 / 1e4 / secs))
+            .collect(),
+        write_us_per_batch: steps.get(Step::Writing) as f64 / batches.max(1) as f64,
     }
 }
 

@@ -3,6 +3,7 @@
 //! by code, and the invariant check. Printed as a table or as JSON.
 
 use crate::bench::workload::{OpKind, Workload};
+use crate::store::writer::Step;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -69,20 +70,10 @@ pub struct JournalReport {
     pub records_per_batch: f64,
     pub records_per_sec: f64,
     pub flushes_per_sec: f64,
-    /// The writer thread's time in the window, by step, in % of the window.
-    pub writer_percent: WriterShare,
+    /// The writer thread's time in the window by step (`Step::name`), in % of the window.
+    pub writer_percent: BTreeMap<&'static str, f64>,
     /// Writing and flushing, per batch (µs).
     pub write_us_per_batch: f64,
-}
-
-/// Shares of the journal writer's time (see `WriterTime`), in %.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct WriterShare {
-    pub waiting: f64,
-    pub preparing: f64,
-    pub writing: f64,
-    pub acknowledging: f64,
-    pub snapshotting: f64,
 }
 
 /// One second of the run (warm-up included): throughput and resident memory.
@@ -212,12 +203,17 @@ impl BenchReport {
                 "journal: {} records in {} batches ({:.1} per batch), {:.0} records/s, {:.0} flushes/s",
                 j.records, j.batches, j.records_per_batch, j.records_per_sec, j.flushes_per_sec
             );
-            let w = &j.writer_percent;
+            let w = |step: Step| j.writer_percent.get(step.name()).copied().unwrap_or(0.0);
             let _ = writeln!(
                 out,
                 "journal writer: {:.0}% writing and flushing ({:.0} µs per batch), {:.0}% preparing, \
                  {:.0}% acknowledging, {:.0}% snapshotting, {:.0}% waiting for records",
-                w.writing, j.write_us_per_batch, w.preparing, w.acknowledging, w.snapshotting, w.waiting
+                w(Step::Writing),
+                j.write_us_per_batch,
+                w(Step::Preparing),
+                w(Step::Acknowledging),
+                w(Step::Snapshotting),
+                w(Step::Waiting)
             );
         }
         if self.errors.is_empty() {

@@ -86,82 +86,86 @@ pub struct JournalStats {
     pub time: WriterTime,
 }
 
-/// Where the writer thread's time went since start, by step (µs). The
-/// steps of a batch run one after another on one thread, so these say
-/// what bounds group commit: with little `waiting`, the writer is the
-/// bottleneck, and the largest step is what to make cheaper.
-#[derive(Default, Debug)]
-pub struct WriterTime {
+/// A step of the writer's cycle. The steps of a batch run one after
+/// another on one thread, so the time in each says what bounds group
+/// commit: with little waiting, the writer is the bottleneck, and the
+/// largest step is what to make cheaper.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
     /// Waiting for records (idle).
-    pub waiting_us: AtomicU64,
+    Waiting,
     /// Taking records off the queue and encoding them, then applying the
     /// batch to the durable world.
-    pub preparing_us: AtomicU64,
+    Preparing,
     /// Writing the batch to the store and flushing it.
-    pub writing_us: AtomicU64,
+    Writing,
     /// Handing paid orders to the outbox and acknowledging every record.
-    pub acknowledging_us: AtomicU64,
+    Acknowledging,
     /// Encoding snapshot cuts between batches and taking in written snapshots.
-    pub snapshotting_us: AtomicU64,
+    Snapshotting,
 }
 
-impl WriterTime {
-    pub fn load(&self) -> WriterSteps {
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        WriterSteps {
-            waiting_us: get(&self.waiting_us),
-            preparing_us: get(&self.preparing_us),
-            writing_us: get(&self.writing_us),
-            acknowledging_us: get(&self.acknowledging_us),
-            snapshotting_us: get(&self.snapshotting_us),
+impl Step {
+    /// Every step, in the order a batch goes through them.
+    pub const ALL: [Step; 5] = [
+        Step::Waiting,
+        Step::Preparing,
+        Step::Writing,
+        Step::Acknowledging,
+        Step::Snapshotting,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Waiting => "waiting",
+            Step::Preparing => "preparing",
+            Step::Writing => "writing",
+            Step::Acknowledging => "acknowledging",
+            Step::Snapshotting => "snapshotting",
         }
     }
 }
 
-/// [`WriterTime`] read at one moment (µs since start, by step).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct WriterSteps {
-    pub waiting_us: u64,
-    pub preparing_us: u64,
-    pub writing_us: u64,
-    pub acknowledging_us: u64,
-    pub snapshotting_us: u64,
+/// The writer thread's time since start, by [`Step`] (µs).
+#[derive(Default, Debug)]
+pub struct WriterTime {
+    us: [AtomicU64; Step::ALL.len()],
 }
 
+impl WriterTime {
+    /// Adds the time since `since` to `step` and returns now, where the next step starts.
+    fn add(&self, step: Step, since: Instant) -> Instant {
+        let now = Instant::now();
+        let us = now.saturating_duration_since(since).as_micros() as u64;
+        self.us[step as usize].fetch_add(us, Ordering::Relaxed);
+        now
+    }
+
+    pub fn load(&self) -> WriterSteps {
+        WriterSteps(self.us.each_ref().map(|us| us.load(Ordering::Relaxed)))
+    }
+}
+
+/// [`WriterTime`] read at one moment: µs since start, by [`Step`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriterSteps([u64; Step::ALL.len()]);
+
 impl WriterSteps {
-    /// Each step by name, in the order a batch goes through them.
-    pub fn named(&self) -> [(&'static str, u64); 5] {
-        [
-            ("waiting", self.waiting_us),
-            ("preparing", self.preparing_us),
-            ("writing", self.writing_us),
-            ("acknowledging", self.acknowledging_us),
-            ("snapshotting", self.snapshotting_us),
-        ]
+    pub fn get(&self, step: Step) -> u64 {
+        self.0[step as usize]
     }
 
     /// The time spent in each step between `earlier` and `self`.
     pub fn since(&self, earlier: &WriterSteps) -> WriterSteps {
-        WriterSteps {
-            waiting_us: self.waiting_us.saturating_sub(earlier.waiting_us),
-            preparing_us: self.preparing_us.saturating_sub(earlier.preparing_us),
-            writing_us: self.writing_us.saturating_sub(earlier.writing_us),
-            acknowledging_us: self
-                .acknowledging_us
-                .saturating_sub(earlier.acknowledging_us),
-            snapshotting_us: self.snapshotting_us.saturating_sub(earlier.snapshotting_us),
-        }
+        WriterSteps(Step::ALL.map(|step| self.get(step).saturating_sub(earlier.get(step))))
     }
-}
 
-/// Adds the time since `since` to `step` and returns now, where the next step starts.
-fn account(step: &AtomicU64, since: Instant) -> Instant {
-    let now = Instant::now();
-    step.fetch_add(
-        now.saturating_duration_since(since).as_micros() as u64,
-        Ordering::Relaxed,
-    );
-    now
+    /// Every step's name and time, in the order a batch goes through them.
+    pub fn named(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        Step::ALL
+            .into_iter()
+            .map(|step| (step.name(), self.get(step)))
+    }
 }
 
 /// Snapshots as the actors see them, to let go of what is archived.
@@ -383,14 +387,14 @@ impl Worker {
         let mut since = Instant::now();
         loop {
             let received = rx.recv_timeout(tick);
-            since = account(&self.stats.time.waiting_us, since);
+            since = self.stats.time.add(Step::Waiting, since);
             let first = match received {
                 Ok(c) => c,
                 Err(RecvTimeoutError::Timeout) => {
                     // Idle: finish encoding the snapshot under way at once.
                     self.advance_cut(usize::MAX);
                     self.maybe_snapshot(false);
-                    since = account(&self.stats.time.snapshotting_us, since);
+                    since = self.stats.time.add(Step::Snapshotting, since);
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -409,13 +413,13 @@ impl Worker {
                         }
                     }
                     Command::Snapshot(ack) => {
-                        since = account(&self.stats.time.preparing_us, since);
+                        since = self.stats.time.add(Step::Preparing, since);
                         since = self.commit(&mut records, &mut acks, &mut frames, since);
                         // Whatever is under way first, then everything durable now.
                         self.advance_cut(usize::MAX);
                         self.begin_cut(Some(ack));
                         self.advance_cut(usize::MAX);
-                        since = account(&self.stats.time.snapshotting_us, since);
+                        since = self.stats.time.add(Step::Snapshotting, since);
                     }
                 }
                 if !stopping
@@ -425,13 +429,13 @@ impl Worker {
                     next = rx.try_recv().ok();
                 }
             }
-            since = account(&self.stats.time.preparing_us, since);
+            since = self.stats.time.add(Step::Preparing, since);
             since = self.commit(&mut records, &mut acks, &mut frames, since);
             if stopping {
                 break;
             }
             self.maybe_snapshot(false);
-            since = account(&self.stats.time.snapshotting_us, since);
+            since = self.stats.time.add(Step::Snapshotting, since);
         }
         self.commit(&mut records, &mut acks, &mut frames, Instant::now());
         self.maybe_snapshot(true);
@@ -465,10 +469,10 @@ impl Worker {
             // to disk: a record the state cannot take is a bug, and it must
             // not become durable (every later recovery would refuse it).
             let applied = self.apply_batch(first_seq, records);
-            since = account(&self.stats.time.preparing_us, since);
+            since = self.stats.time.add(Step::Preparing, since);
             applied.and_then(|()| self.append(first_seq, count, frames))
         };
-        since = account(&self.stats.time.writing_us, since);
+        since = self.stats.time.add(Step::Writing, since);
         match result {
             Ok(()) => {
                 for record in records.iter() {
@@ -504,7 +508,7 @@ impl Worker {
         }
         records.clear();
         frames.clear();
-        account(&self.stats.time.acknowledging_us, since)
+        self.stats.time.add(Step::Acknowledging, since)
     }
 
     /// Applies a batch to the durable world (before it is written).
