@@ -135,10 +135,15 @@ pub struct WriterTime {
 impl WriterTime {
     /// Adds the time since `since` to `step` and returns now, where the next step starts.
     fn add(&self, step: Step, since: Instant) -> Instant {
+        self.add_timed(step, since).0
+    }
+
+    /// [`add`](WriterTime::add), also returning the step's time (µs).
+    fn add_timed(&self, step: Step, since: Instant) -> (Instant, u64) {
         let now = Instant::now();
         let us = now.saturating_duration_since(since).as_micros() as u64;
         self.us[step as usize].fetch_add(us, Ordering::Relaxed);
-        now
+        (now, us)
     }
 
     pub fn load(&self) -> WriterSteps {
@@ -468,11 +473,18 @@ impl Worker {
             // Assert the batch against the durable state right before it goes
             // to disk: a record the state cannot take is a bug, and it must
             // not become durable (every later recovery would refuse it).
-            let applied = self.apply_batch(first_seq, records);
-            since = self.stats.time.add(Step::Preparing, since);
-            applied.and_then(|()| self.append(first_seq, count, frames))
+            self.apply_batch(first_seq, records)
         };
-        since = self.stats.time.add(Step::Writing, since);
+        since = self.stats.time.add(Step::Preparing, since);
+        let result = result.and_then(|()| {
+            let written = self.store.append(first_seq, frames);
+            let (now, flush_us) = self.stats.time.add_timed(Step::Writing, since);
+            since = now;
+            self.stats.last_flush_us.store(flush_us, Ordering::Relaxed);
+            metrics::histogram!("journal_flush_seconds").record(flush_us as f64 / 1e6);
+            metrics::histogram!("journal_batch_records").record(count as f64);
+            written
+        });
         match result {
             Ok(()) => {
                 for record in records.iter() {
@@ -520,17 +532,6 @@ impl Worker {
                 .map_err(|e| StorageError::Corrupt(e.to_string()))?;
         }
         Ok(())
-    }
-
-    /// Writes and flushes a batch.
-    fn append(&mut self, first_seq: u64, count: u64, frames: &[u8]) -> Result<(), StorageError> {
-        let started = Instant::now();
-        let result = self.store.append(first_seq, frames);
-        let flush_us = started.elapsed().as_micros() as u64;
-        self.stats.last_flush_us.store(flush_us, Ordering::Relaxed);
-        metrics::histogram!("journal_flush_seconds").record(flush_us as f64 / 1e6);
-        metrics::histogram!("journal_batch_records").record(count as f64);
-        result
     }
 
     fn maybe_snapshot(&mut self, force: bool) {
