@@ -102,8 +102,10 @@ const GENERATIONS_MAX: u64 = 64;
 /// several times this in memory (spacejam/sled#986), and it fills as the
 /// tree grows: at 256 MiB a 5-minute mixed run's RSS rose from 0.68 GB at
 /// 60 s to 0.95 GB; at 64 MiB from 0.51 GB to 0.60 GB (0.71 at most), at
-/// the same throughput (README, Performance).
-const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+/// the same throughput. At 16 MiB the server's RSS under mixed HTTP load
+/// is about 50 MiB lower again, with throughput unchanged in alternating
+/// runs at 64 and 512 in flight (README, Performance).
+const CACHE_BYTES: u64 = 16 * 1024 * 1024;
 /// A user's open part of the index by user is sealed once it holds this
 /// many ids (and the index built from `ao` is written in parts this big).
 /// Each snapshot rewrites the open part of every user it archived orders
