@@ -56,6 +56,7 @@ pub mod bench;
 pub mod domain;
 pub mod engine;
 pub mod http;
+pub mod process;
 pub mod simulate;
 pub mod store;
 pub mod verify;

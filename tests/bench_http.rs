@@ -9,7 +9,7 @@ use commerce_engine::bench::{execute, BenchArgs};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_over_http_times_each_request_and_passes_its_invariant_check() {
-    // proves the bench's HTTP client against the real server: ops succeed, each request is timed, invariants hold
+    // proves the bench's HTTP client against the real server: ops succeed, each request is timed, the server's RSS is sampled, invariants hold
     let server = common_http::TestServer::start().await;
     for workload in [Workload::OrderPay, Workload::Mixed] {
         let args = BenchArgs {
@@ -18,7 +18,8 @@ async fn bench_over_http_times_each_request_and_passes_its_invariant_check() {
             users: Some(100),
             products: Some(10),
             concurrency: 8,
-            duration_secs: 0.5,
+            // over a second, so the timeline has a sample of the server's RSS
+            duration_secs: 1.2,
             warmup_secs: 0.1,
             ..BenchArgs::new(workload)
         };
@@ -49,6 +50,17 @@ async fn bench_over_http_times_each_request_and_passes_its_invariant_check() {
             requests.ops,
             requests.ok
         );
+        if cfg!(target_os = "linux") {
+            assert!(
+                report
+                    .timeline
+                    .iter()
+                    .any(|s| s.server_rss_mib.is_some_and(|mib| mib > 0.0)),
+                "{workload:?}: the server's RSS is sampled from /metrics: {:?}",
+                report.timeline
+            );
+        }
+        assert_eq!(report.rss_drift, None, "a short run has no drift");
         if workload == Workload::OrderPay {
             // place + pay: two requests per operation, all 2xx; a few more
             // from operations begun in the warm-up and ended in the window.

@@ -522,7 +522,7 @@ async fn an_idempotency_key_replays_the_first_answer_and_refuses_another_body() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operations_endpoints_answer_health_metrics_openapi_and_docs() {
-    // proves /health, /metrics (requests per route, engine gauges), openapi.json, /docs
+    // proves /health, /metrics (requests per route, engine gauges, process RSS), openapi.json, /docs
     let s = TestServer::start().await;
     assert_eq!(
         s.get("/health").await,
@@ -553,6 +553,13 @@ async fn operations_endpoints_answer_health_metrics_openapi_and_docs() {
         "http_request_duration_seconds_bucket",
     ] {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+    if cfg!(target_os = "linux") {
+        let rss = text
+            .lines()
+            .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
+            .and_then(|v| v.parse::<u64>().ok());
+        assert!(rss.is_some_and(|b| b > 0), "no process RSS in\n{text}");
     }
     let (st, doc) = s.get("/api/v1/openapi.json").await;
     assert_eq!(st, StatusCode::OK);

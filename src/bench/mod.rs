@@ -30,7 +30,7 @@ pub mod workload;
 
 use crate::bench::ids::IdLog;
 use crate::bench::report::{
-    merge, BenchReport, InvariantReport, JournalReport, KindReport, Second,
+    merge, BenchReport, InvariantReport, JournalReport, KindReport, RssDrift, Second,
 };
 use crate::bench::rng::Rng;
 use crate::bench::target::{HttpTarget, OpError, Target};
@@ -389,9 +389,7 @@ struct Driven {
 
 /// Resident memory of this process (Linux), in MiB; `None` elsewhere.
 fn rss_mib() -> Option<f64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: f64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096.0 / (1024.0 * 1024.0))
+    crate::process::resident_bytes().map(|b| b as f64 / (1024.0 * 1024.0))
 }
 
 fn journal_delta(a: &EngineMetrics, b: &EngineMetrics, secs: f64) -> JournalReport {
@@ -476,6 +474,7 @@ async fn drive(
                 at_secs: (now - start).as_secs_f64(),
                 ops_per_sec: (done - second.1) as f64 / (now - second.0).as_secs_f64(),
                 rss_mib: rss_mib(),
+                server_rss_mib: run.target.server_rss_mib().await,
             });
             second = (now, done);
         }
@@ -679,6 +678,7 @@ fn build_report(
         errors,
         unknown_outcomes: d.run.tally.unknown.load(Ordering::Relaxed),
         journal: d.journal.clone(),
+        rss_drift: RssDrift::over(&d.timeline, args.warmup_secs, d.measured_secs),
         timeline: d.timeline.clone(),
         invariants,
     }

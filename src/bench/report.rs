@@ -79,9 +79,62 @@ pub struct JournalReport {
 /// One second of the run (warm-up included): throughput and resident memory.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Second {
+    /// Since the warm-up began.
     pub at_secs: f64,
     pub ops_per_sec: f64,
+    /// This process's resident memory.
     pub rss_mib: Option<f64>,
+    /// With `--url`: the server's, from its `/metrics`
+    /// (`process_resident_memory_bytes`), when it says.
+    pub server_rss_mib: Option<f64>,
+}
+
+/// Whether resident memory stayed flat over a long run: the lowest RSS
+/// of the measured window's seconds 60–90 against the lowest of its last
+/// 30 s. Lowest, because snapshots add short-lived teeth; from 60 s on,
+/// because caches and pools fill first. The server's RSS over HTTP, this
+/// process's embedded.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RssDrift {
+    /// `server` or `bench` (this process, engine included when embedded).
+    pub of: &'static str,
+    pub early_lowest_mib: f64,
+    pub late_lowest_mib: f64,
+    /// `late / early - 1`, in percent.
+    pub change_percent: f64,
+}
+
+impl RssDrift {
+    /// Measured windows shorter than this have no drift reported.
+    pub const MIN_MEASURED_SECS: f64 = 120.0;
+
+    /// From a run's timeline; `None` if the run was too short or memory
+    /// was not known in both windows.
+    pub fn over(timeline: &[Second], warmup_secs: f64, measured_secs: f64) -> Option<RssDrift> {
+        if measured_secs < Self::MIN_MEASURED_SECS {
+            return None;
+        }
+        let server = timeline.iter().any(|s| s.server_rss_mib.is_some());
+        let of = if server { "server" } else { "bench" };
+        let lowest = |from: f64, to: f64| {
+            timeline
+                .iter()
+                .filter(|s| (from..to).contains(&(s.at_secs - warmup_secs)))
+                .filter_map(|s| if server { s.server_rss_mib } else { s.rss_mib })
+                .min_by(f64::total_cmp)
+        };
+        let early = lowest(60.0, 90.0)?;
+        let late = lowest(measured_secs - 30.0, measured_secs + 0.5)?;
+        if early <= 0.0 {
+            return None;
+        }
+        Some(RssDrift {
+            of,
+            early_lowest_mib: early,
+            late_lowest_mib: late,
+            change_percent: (late / early - 1.0) * 100.0,
+        })
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -125,6 +178,8 @@ pub struct BenchReport {
     pub errors: BTreeMap<String, u64>,
     pub unknown_outcomes: u64,
     pub journal: Option<JournalReport>,
+    /// Runs of 120 s or more: did resident memory stay flat?
+    pub rss_drift: Option<RssDrift>,
     /// Per second, for spotting decay and memory growth (JSON only).
     pub timeline: Vec<Second>,
     pub invariants: InvariantReport,
@@ -216,6 +271,13 @@ impl BenchReport {
                 w(Step::Waiting)
             );
         }
+        if let Some(d) = &self.rss_drift {
+            let _ = writeln!(
+                out,
+                "RSS ({}): lowest {:.0} MiB at 60–90 s, {:.0} MiB in the last 30 s ({:+.1}%)",
+                d.of, d.early_lowest_mib, d.late_lowest_mib, d.change_percent
+            );
+        }
         if self.errors.is_empty() {
             let _ = writeln!(out, "errors: none");
         } else {
@@ -250,5 +312,58 @@ impl BenchReport {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A second-by-second timeline after a 2 s warm-up: `f(t)` MiB at
+    /// measured second `t`, with a 50 MiB tooth every 5 s.
+    fn timeline(measured: u32, f: impl Fn(f64) -> f64, server: bool) -> Vec<Second> {
+        (0..measured + 2)
+            .map(|i| {
+                let t = f64::from(i) - 2.0;
+                let tooth = if i % 5 == 0 { 50.0 } else { 0.0 };
+                let mib = Some(f(t) + tooth);
+                Second {
+                    at_secs: f64::from(i),
+                    ops_per_sec: 1.0,
+                    rss_mib: if server { Some(1.0) } else { mib },
+                    server_rss_mib: if server { mib } else { None },
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn drift_compares_the_lowest_of_seconds_60_to_90_with_the_last_30() {
+        // 200 MiB, growing 0.1 MiB a second: lowest early at 60 s (206),
+        // lowest late at 270 s of 300 (227)
+        let grows = timeline(300, |t| 200.0 + 0.1 * t, false);
+        let d = RssDrift::over(&grows, 2.0, 300.0).expect("long enough");
+        assert_eq!(d.of, "bench");
+        assert!((d.early_lowest_mib - 206.0).abs() < 0.2, "{d:?}");
+        assert!((d.late_lowest_mib - 227.0).abs() < 0.2, "{d:?}");
+        assert!((d.change_percent - (227.0 / 206.0 - 1.0) * 100.0).abs() < 0.2);
+
+        // teeth do not count, only the level under them
+        let flat = timeline(300, |_| 250.0, true);
+        let d = RssDrift::over(&flat, 2.0, 300.0).expect("long enough");
+        assert_eq!(d.of, "server");
+        assert_eq!((d.early_lowest_mib, d.late_lowest_mib), (250.0, 250.0));
+        assert_eq!(d.change_percent, 0.0);
+    }
+
+    #[test]
+    fn no_drift_for_short_runs_or_unknown_memory() {
+        let short = timeline(119, |_| 100.0, false);
+        assert_eq!(RssDrift::over(&short, 2.0, 119.0), None);
+        let mut unknown = timeline(300, |_| 100.0, false);
+        for s in &mut unknown {
+            s.rss_mib = None;
+        }
+        assert_eq!(RssDrift::over(&unknown, 2.0, 300.0), None);
     }
 }

@@ -195,6 +195,15 @@ impl HttpTarget {
     }
 }
 
+/// `process_resident_memory_bytes` of a Prometheus text page, in MiB.
+fn resident_mib(page: &str) -> Option<f64> {
+    let line = page
+        .lines()
+        .find(|l| l.starts_with("process_resident_memory_bytes "))?;
+    let bytes: f64 = line.rsplit(' ').next()?.parse().ok()?;
+    (bytes.is_finite() && bytes >= 0.0).then(|| bytes / (1024.0 * 1024.0))
+}
+
 impl RequestLatencies {
     fn record(&self, started: Instant, status: u16) {
         if self.from.get().is_none_or(|from| started < *from)
@@ -243,6 +252,26 @@ impl Target {
                     .clone(),
                 h.requests.ok.load(Ordering::Relaxed),
             )),
+        }
+    }
+
+    /// With `--url`: the server's resident memory (MiB), from its
+    /// `/metrics`; `None` embedded, or when the server does not say. Not
+    /// counted among the workers' requests.
+    pub async fn server_rss_mib(&self) -> Option<f64> {
+        match self {
+            Target::Embedded(_) => None,
+            Target::Http(h) => {
+                let answer = h
+                    .client
+                    .send(&Method::GET, "/metrics", None, None)
+                    .await
+                    .ok()?;
+                if answer.status != 200 {
+                    return None;
+                }
+                resident_mib(std::str::from_utf8(&answer.body).ok()?)
+            }
         }
     }
 
@@ -436,5 +465,22 @@ impl Target {
                 Ok(b.status)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_servers_rss_is_read_from_its_metrics_page() {
+        let page = "# HELP process_resident_memory_bytes x\n\
+                    # TYPE process_resident_memory_bytes gauge\n\
+                    process_resident_memory_bytes 3145728\n\
+                    engine_users 10\n";
+        assert_eq!(resident_mib(page), Some(3.0));
+        assert_eq!(resident_mib("engine_users 10\n"), None);
+        assert_eq!(resident_mib("process_resident_memory_bytes NaN\n"), None);
+        assert_eq!(resident_mib("process_resident_memory_bytes -1\n"), None);
     }
 }

@@ -190,6 +190,12 @@ fn engine_gauges(m: &EngineMetrics) -> String {
             "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
         ));
     }
+    if let Some(bytes) = crate::process::resident_bytes() {
+        let name = "process_resident_memory_bytes";
+        out.push_str(&format!(
+            "# HELP {name} Resident memory of the server process.\n# TYPE {name} gauge\n{name} {bytes}\n"
+        ));
+    }
     let name = "engine_journal_writer_seconds_total";
     out.push_str(&format!(
         "# HELP {name} The journal writer's time since start by step: waiting for records, \
