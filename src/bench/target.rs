@@ -257,15 +257,16 @@ impl Target {
 
     /// With `--url`: the server's resident memory (MiB), from its
     /// `/metrics`; `None` embedded, or when the server does not say. Not
-    /// counted among the workers' requests.
+    /// counted among the workers' requests. Gives up after half a second,
+    /// so a slow server does not hold up the run's once-a-second timeline.
     pub async fn server_rss_mib(&self) -> Option<f64> {
         match self {
             Target::Embedded(_) => None,
             Target::Http(h) => {
-                let answer = h
-                    .client
-                    .send(&Method::GET, "/metrics", None, None)
+                let scrape = h.client.send(&Method::GET, "/metrics", None, None);
+                let answer = tokio::time::timeout(Duration::from_millis(500), scrape)
                     .await
+                    .ok()?
                     .ok()?;
                 if answer.status != 200 {
                     return None;
