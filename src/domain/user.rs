@@ -14,6 +14,16 @@ use crate::domain::rejection::{Decision, Rejection};
 use crate::domain::time::Timestamp;
 use serde::{Deserialize, Serialize};
 
+/// Balance history entries per archived chunk: history leaves memory a
+/// whole chunk at a time, once a snapshot has written it.
+pub const HISTORY_CHUNK: usize = 16;
+
+/// The capacity a history of `len` entries keeps once some were archived:
+/// its entries rounded up to whole chunks, plus one chunk to grow into.
+fn history_room(len: usize) -> usize {
+    len.div_ceil(HISTORY_CHUNK) * HISTORY_CHUNK + HISTORY_CHUNK
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum EntryKind {
@@ -112,12 +122,17 @@ impl User {
     }
 
     /// Forgets the entries before `base` (they are archived); `base` is
-    /// clamped to what the history holds.
+    /// clamped to what the history holds. Room left by a burst is given
+    /// back, so memory follows the entries kept, not the most ever kept.
     pub fn archive_history_before(&mut self, base: u64) {
         let base = base.min(self.history_len());
         if base > self.history_base {
             self.history.drain(..(base - self.history_base) as usize);
             self.history_base = base;
+            let room = history_room(self.history.len());
+            if self.history.capacity() > room {
+                self.history.shrink_to(room);
+            }
         }
     }
 
@@ -210,6 +225,11 @@ impl User {
         at: Timestamp,
     ) {
         let seq = self.history_len() + 1;
+        if self.history.len() == self.history.capacity() {
+            // A chunk at a time, not doubling: a user's history is archived
+            // in chunks, and a doubled Vec would keep up to twice its entries.
+            self.history.reserve_exact(HISTORY_CHUNK);
+        }
         self.history.push(BalanceEntry {
             seq,
             kind,
@@ -457,6 +477,24 @@ mod tests {
         u.archive_history_before(100);
         assert_eq!((u.history_base, u.history.len()), (6, 0));
         assert!(u.is_conserved(), "nothing left in memory to check");
+    }
+
+    #[test]
+    fn history_grows_a_chunk_at_a_time_and_gives_back_room_once_archived() {
+        // given a burst of 5 chunks of entries
+        let mut u = user();
+        for i in 0..5 * HISTORY_CHUNK as u64 {
+            u.apply_charged(Krw(1), Timestamp(i));
+            assert!(u.history.capacity() <= u.history.len() + HISTORY_CHUNK);
+        }
+        // when all but the last 3 entries are archived
+        u.archive_history_before(5 * HISTORY_CHUNK as u64 - 3);
+        // then room for 3 entries and one chunk more is kept, not the burst's
+        assert_eq!(u.history.len(), 3);
+        assert!(u.history.capacity() <= 2 * HISTORY_CHUNK);
+        assert!(u.history.capacity() >= HISTORY_CHUNK);
+        assert_eq!(u.history[0].seq, 5 * HISTORY_CHUNK as u64 - 2);
+        assert!(u.is_conserved());
     }
 
     #[test]

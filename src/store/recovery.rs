@@ -222,7 +222,7 @@ fn dense(len: usize, key: u64, id: u64, what: &str) -> Result<(), RecoveryError>
 }
 
 /// Balance history entries per snapshot chunk.
-pub const HISTORY_CHUNK: usize = 16;
+pub use crate::domain::user::HISTORY_CHUNK;
 
 /// A user as snapshot entries: the user without its history; each whole
 /// chunk of history still in memory, to the archive (history only grows,
