@@ -45,16 +45,22 @@ use crate::engine::user_actor::{Debit, HoldCoupon, OrderNews, UserActor};
 use crate::store::writer::{Ack, ArchiveWatch, JournalHandle};
 use actix::prelude::*;
 use futures_util::future::join_all;
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// The orders of a shard not yet archived: by id, by user, and the
 /// pending ones by expiry. Archived orders are read from the archive.
+///
+/// `orders` is a B-tree, not a hash map: ids only grow, so new orders go
+/// in at one end and archived ones leave from the other, and its memory
+/// follows the orders held. A hash map keeps the capacity of the most
+/// orders it ever held (a slow snapshot's peak), and grows it by copying
+/// the whole table at once.
 #[derive(Default)]
 pub struct OrderBook {
-    pub orders: HashMap<OrderId, Order>,
+    pub orders: BTreeMap<OrderId, Order>,
     /// Ids of each user's orders in `orders`, ascending.
     pub by_user: HashMap<UserId, Vec<OrderId>>,
     pub due: BTreeSet<(Timestamp, OrderId)>,
