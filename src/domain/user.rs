@@ -18,6 +18,18 @@ use serde::{Deserialize, Serialize};
 /// whole chunk at a time, once a snapshot has written it.
 pub const HISTORY_CHUNK: usize = 16;
 
+/// The capacity a full history of `capacity` entries grows to: doubling
+/// up to one chunk (most users hold a few entries), then a chunk at a
+/// time, since history leaves memory in chunks and a doubled Vec would
+/// keep room for up to twice its entries.
+fn history_grown(capacity: usize) -> usize {
+    if capacity < HISTORY_CHUNK {
+        (capacity * 2).clamp(4, HISTORY_CHUNK)
+    } else {
+        capacity + HISTORY_CHUNK
+    }
+}
+
 /// The capacity a history of `len` entries keeps once some were archived:
 /// its entries rounded up to whole chunks, plus one chunk to grow into.
 fn history_room(len: usize) -> usize {
@@ -225,10 +237,10 @@ impl User {
         at: Timestamp,
     ) {
         let seq = self.history_len() + 1;
-        if self.history.len() == self.history.capacity() {
-            // A chunk at a time, not doubling: a user's history is archived
-            // in chunks, and a doubled Vec would keep up to twice its entries.
-            self.history.reserve_exact(HISTORY_CHUNK);
+        let capacity = self.history.capacity();
+        if self.history.len() == capacity {
+            self.history
+                .reserve_exact(history_grown(capacity) - capacity);
         }
         self.history.push(BalanceEntry {
             seq,
@@ -483,7 +495,9 @@ mod tests {
     fn history_grows_a_chunk_at_a_time_and_gives_back_room_once_archived() {
         // given a burst of 5 chunks of entries
         let mut u = user();
-        for i in 0..5 * HISTORY_CHUNK as u64 {
+        u.apply_charged(Krw(1), Timestamp(0));
+        assert!(u.history.capacity() <= 4, "one entry takes no whole chunk");
+        for i in 1..5 * HISTORY_CHUNK as u64 {
             u.apply_charged(Krw(1), Timestamp(i));
             assert!(u.history.capacity() <= u.history.len() + HISTORY_CHUNK);
         }
