@@ -18,6 +18,7 @@ use crate::domain::product::Product;
 use crate::domain::rejection::Rejection;
 use crate::domain::stats::TopProducts;
 use crate::domain::time::Timestamp;
+use crate::domain::user::HISTORY_CHUNK;
 use crate::domain::user::{BalanceEntry, CartLine, User};
 use crate::domain::views::{
     BalanceView, CartView, CouponView, Page, ProductView, Replied, Reply, UserCouponView, UserView,
@@ -39,7 +40,7 @@ use crate::engine::registry::Registry;
 use crate::engine::stats_actor::{Refresh, StatsActor, Top};
 use crate::engine::user_actor::{CartChange, ChangeCart, Charge, UserActor};
 use crate::store::outbox::PendingOutbox;
-use crate::store::recovery::{recover_for_serving, RecoveryError, RecoveryReport, HISTORY_CHUNK};
+use crate::store::recovery::{recover_for_serving, RecoveryError, RecoveryReport};
 use crate::store::writer::{JournalHandle, JournalStats, JournalWriter, WriterSteps};
 use crate::store::{ArchiveReader, StorageError, Store};
 use actix::prelude::*;

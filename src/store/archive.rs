@@ -15,7 +15,7 @@
 //! an index of each user's archived order ids, so a user's orders page
 //! reads a range of it: memory holds no list of a user's archived orders.
 //!
-//! [`HISTORY_CHUNK`]: crate::store::recovery::HISTORY_CHUNK
+//! [`HISTORY_CHUNK`]: crate::domain::user::HISTORY_CHUNK
 
 use crate::domain::ids::{OrderId, UserId};
 use crate::domain::order::Order;

@@ -5,7 +5,7 @@ use crate::domain::event::Record;
 use crate::domain::ids::{OrderId, UserId};
 use crate::domain::order::Order;
 use crate::domain::product::Product;
-use crate::domain::user::{BalanceEntry, User};
+use crate::domain::user::{BalanceEntry, User, HISTORY_CHUNK};
 use crate::domain::world::{Archiving, Captured, Meta, StoredKey, World};
 use crate::store::codec::{self, CodecError, Kind};
 use crate::store::{ArchiveReader, Loaded, SnapshotEntries, SnapshotKey, StorageError, Store};
@@ -220,9 +220,6 @@ fn dense(len: usize, key: u64, id: u64, what: &str) -> Result<(), RecoveryError>
         )))
     }
 }
-
-/// Balance history entries per snapshot chunk.
-pub use crate::domain::user::HISTORY_CHUNK;
 
 /// A user as snapshot entries: the user without its history; each whole
 /// chunk of history still in memory, to the archive (history only grows,
