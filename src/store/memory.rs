@@ -108,22 +108,22 @@ impl Store for MemoryStore {
 
     fn snapshot(&self, seq: u64, entries: SnapshotEntries) -> Result<(), StorageError> {
         let mut inner = self.lock();
-        for (key, value) in entries {
-            match (&key, value) {
+        for (key, value) in entries.iter() {
+            match (key, value) {
                 (SnapshotKey::ArchivedOrder { user, id }, Some(v)) => {
-                    inner.orders.insert(*id, v);
+                    inner.orders.insert(*id, v.to_vec());
                     inner.by_user.insert((*user, *id));
-                    continue;
                 }
                 (SnapshotKey::ArchivedHistory(user, chunk), Some(v)) => {
-                    inner.history.insert((*user, *chunk), v);
-                    continue;
+                    inner.history.insert((*user, *chunk), v.to_vec());
                 }
-                (_, value) => match value {
-                    Some(v) => inner.snapshots.insert(key, v),
-                    None => inner.snapshots.remove(&key),
-                },
-            };
+                (key, Some(v)) => {
+                    inner.snapshots.insert(key.clone(), v.to_vec());
+                }
+                (key, None) => {
+                    inner.snapshots.remove(key);
+                }
+            }
         }
         inner.snapshot_seq = seq;
         // A batch is trimmed when the next batch starts at or below seq + 1,

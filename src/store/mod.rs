@@ -12,6 +12,7 @@
 
 pub mod archive;
 pub mod codec;
+pub mod entries;
 pub mod fault;
 pub mod memory;
 pub mod outbox;
@@ -20,6 +21,7 @@ pub mod sled_store;
 pub mod writer;
 
 pub use archive::{Archive, ArchiveReader, ORDER_BLOCK};
+pub use entries::SnapshotEntries;
 pub use fault::{FaultPlan, FaultyStore};
 pub use memory::MemoryStore;
 pub use sled_store::SledStore;
@@ -70,9 +72,6 @@ impl SnapshotKey {
         )
     }
 }
-
-/// Snapshot entries to write: `None` deletes the key.
-pub type SnapshotEntries = Vec<(SnapshotKey, Option<Vec<u8>>)>;
 
 /// What a store holds, as read back for recovery.
 #[derive(Clone, Debug, Default)]

@@ -232,27 +232,18 @@ fn encode_user(
     out: &mut SnapshotEntries,
 ) -> Result<(), CodecError> {
     let id = u.id.0;
-    out.push((
-        SnapshotKey::User(id),
-        Some(codec::encode(Kind::User, &u.without_history())?),
-    ));
+    out.push_frame(SnapshotKey::User(id), Kind::User, &u.without_history())?;
     let chunk = HISTORY_CHUNK as u64;
     let (base, len) = (u.history_base, u.history_len());
     let whole = len / chunk * chunk;
     for c in base / chunk..whole / chunk {
         let from = (c * chunk - base) as usize;
         let part = &u.history[from..from + HISTORY_CHUNK];
-        out.push((
-            SnapshotKey::ArchivedHistory(id, c),
-            Some(codec::encode(Kind::History, part)?),
-        ));
-        out.push((SnapshotKey::History(id, c), None));
+        out.push_frame(SnapshotKey::ArchivedHistory(id, c), Kind::History, part)?;
+        out.delete(SnapshotKey::History(id, c));
     }
     let tail = &u.history[(whole - base) as usize..];
-    out.push((
-        SnapshotKey::History(id, whole / chunk),
-        Some(codec::encode(Kind::History, tail)?),
-    ));
+    out.push_frame(SnapshotKey::History(id, whole / chunk), Kind::History, tail)?;
     if whole > base {
         archiving.history.push((u.id, whole));
     }
@@ -268,22 +259,19 @@ fn encode_order(
     archiving: &mut Archiving,
     out: &mut SnapshotEntries,
 ) -> Result<(), CodecError> {
-    let value = Some(codec::encode(Kind::Order, o)?);
     if o.status.is_final() {
-        out.push((
-            SnapshotKey::ArchivedOrder {
-                user: o.user_id.0,
-                id: o.id.0,
-            },
-            value,
-        ));
+        let key = SnapshotKey::ArchivedOrder {
+            user: o.user_id.0,
+            id: o.id.0,
+        };
+        out.push_frame(key, Kind::Order, o)?;
         if in_snapshots.contains(&o.id) {
-            out.push((SnapshotKey::Order(o.id.0), None));
+            out.delete(SnapshotKey::Order(o.id.0));
         }
         archiving.orders.push(o.id);
         archiving.tally.add(o);
     } else {
-        out.push((SnapshotKey::Order(o.id.0), value));
+        out.push_frame(SnapshotKey::Order(o.id.0), Kind::Order, o)?;
         in_snapshots.insert(o.id);
     }
     Ok(())
@@ -340,10 +328,7 @@ pub fn cut_step(
     let archiving = cut.archiving;
     if !archiving.orders.is_empty() {
         // The sums commit with the orders they count.
-        out.push((
-            SnapshotKey::Tally,
-            Some(codec::encode(Kind::Tally, &archiving.tally)?),
-        ));
+        out.push_frame(SnapshotKey::Tally, Kind::Tally, &archiving.tally)?;
     }
     Ok(Some(archiving))
 }
@@ -355,27 +340,18 @@ fn encode_captured(
     captured: Captured,
     out: &mut SnapshotEntries,
 ) -> Result<(), CodecError> {
-    let entry = match captured {
-        Captured::User(u) => return encode_user(&u, archiving, out),
-        Captured::Order(o) => {
-            return encode_order(&o, &mut world.orders_in_snapshots, archiving, out)
+    match captured {
+        Captured::User(u) => encode_user(&u, archiving, out),
+        Captured::Order(o) => encode_order(&o, &mut world.orders_in_snapshots, archiving, out),
+        Captured::Product(p) => out.push_frame(SnapshotKey::Product(p.id.0), Kind::Product, &p),
+        Captured::Campaign(c) => out.push_frame(SnapshotKey::Campaign(c.id.0), Kind::Campaign, &c),
+        Captured::Key(k, Some(v)) => out.push_frame(SnapshotKey::Key(k), Kind::Key, &v),
+        Captured::Key(k, None) => {
+            out.delete(SnapshotKey::Key(k));
+            Ok(())
         }
-        Captured::Product(p) => (
-            SnapshotKey::Product(p.id.0),
-            Some(codec::encode(Kind::Product, &p)?),
-        ),
-        Captured::Campaign(c) => (
-            SnapshotKey::Campaign(c.id.0),
-            Some(codec::encode(Kind::Campaign, &c)?),
-        ),
-        Captured::Key(k, v) => {
-            let value = v.map(|v| codec::encode(Kind::Key, &v)).transpose()?;
-            (SnapshotKey::Key(k), value)
-        }
-        Captured::Meta(m) => (SnapshotKey::Meta, Some(codec::encode(Kind::Meta, &m)?)),
-    };
-    out.push(entry);
-    Ok(())
+        Captured::Meta(m) => out.push_frame(SnapshotKey::Meta, Kind::Meta, &m),
+    }
 }
 
 #[cfg(test)]
@@ -396,7 +372,7 @@ mod tests {
     /// the marks: a whole cut at once (nothing changes in between).
     fn dirty_snapshot(world: &mut World) -> Result<SnapshotEntries, CodecError> {
         world.begin_cut();
-        let mut out = Vec::new();
+        let mut out = SnapshotEntries::new();
         let done = cut_step(world, &mut out, usize::MAX)?;
         debug_assert!(done.is_some(), "a cut with no budget limit completes");
         Ok(out)
@@ -442,8 +418,11 @@ mod tests {
 
     fn as_map(entries: SnapshotEntries) -> BTreeMap<SnapshotKey, Option<Vec<u8>>> {
         let mut map = BTreeMap::new();
-        for (k, v) in entries {
-            assert!(map.insert(k.clone(), v).is_none(), "{k:?} twice");
+        for (k, v) in entries.iter() {
+            assert!(
+                map.insert(k.clone(), v.map(<[u8]>::to_vec)).is_none(),
+                "{k:?} twice"
+            );
         }
         map
     }
@@ -511,7 +490,7 @@ mod tests {
 
         let expected = dirty_snapshot(&mut world.clone()).unwrap();
         world.begin_cut();
-        let mut entries = Vec::new();
+        let mut entries = SnapshotEntries::new();
         let later = [
             Record::new(Timestamp(4), charge(1, 1)),
             Record::new(
@@ -590,7 +569,7 @@ mod tests {
         let store = MemoryStore::new();
         let snapshot = |world: &mut World, seq: u64| {
             world.begin_cut();
-            let mut out = Vec::new();
+            let mut out = SnapshotEntries::new();
             let archiving = cut_step(world, &mut out, usize::MAX).unwrap().unwrap();
             let keys: Vec<SnapshotKey> = out.iter().map(|(k, _)| k.clone()).collect();
             store.snapshot(seq, out).unwrap();

@@ -66,6 +66,7 @@ use crate::store::{
     Archive, ArchiveReader, Loaded, SnapshotEntries, SnapshotKey, StorageError, Store, ORDER_BLOCK,
 };
 use std::collections::{BTreeMap, VecDeque};
+use std::ops::Range;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -423,11 +424,18 @@ fn pack_generation(raw: &[u8]) -> Result<u64, StorageError> {
     }
 }
 
+#[cfg(test)]
 fn encode_key(key: &SnapshotKey) -> Vec<u8> {
-    let entity = |kind: u8, id: u64| {
-        let mut k = vec![SNAPSHOT, kind];
-        k.extend_from_slice(&id.to_be_bytes());
-        k
+    let mut out = Vec::new();
+    encode_key_into(key, &mut out);
+    out
+}
+
+/// Appends `key` as it is stored.
+fn encode_key_into(key: &SnapshotKey, out: &mut Vec<u8>) {
+    let mut entity = |kind: u8, id: u64| {
+        out.extend_from_slice(&[SNAPSHOT, kind]);
+        out.extend_from_slice(&id.to_be_bytes());
     };
     match key {
         SnapshotKey::User(id) => entity(b'u', *id),
@@ -435,23 +443,20 @@ fn encode_key(key: &SnapshotKey) -> Vec<u8> {
         SnapshotKey::Campaign(id) => entity(b'c', *id),
         SnapshotKey::Order(id) => entity(b'o', *id),
         SnapshotKey::History(id, chunk) => {
-            let mut k = entity(b'h', *id);
-            k.extend_from_slice(&chunk.to_be_bytes());
-            k
+            entity(b'h', *id);
+            out.extend_from_slice(&chunk.to_be_bytes());
         }
-        SnapshotKey::Meta => vec![SNAPSHOT, b'm'],
-        SnapshotKey::Tally => vec![SNAPSHOT, b't'],
+        SnapshotKey::Meta => out.extend_from_slice(&[SNAPSHOT, b'm']),
+        SnapshotKey::Tally => out.extend_from_slice(&[SNAPSHOT, b't']),
         // Never in a pack: `write_snapshot` sends them to the archive tree.
         SnapshotKey::ArchivedOrder { id, .. } => entity(b'O', *id),
         SnapshotKey::ArchivedHistory(id, chunk) => {
-            let mut k = entity(b'H', *id);
-            k.extend_from_slice(&chunk.to_be_bytes());
-            k
+            entity(b'H', *id);
+            out.extend_from_slice(&chunk.to_be_bytes());
         }
         SnapshotKey::Key(k) => {
-            let mut out = vec![KEY];
+            out.push(KEY);
             out.extend_from_slice(k.as_bytes());
-            out
         }
     }
 }
@@ -481,9 +486,6 @@ fn decode_key(raw: &[u8]) -> Result<SnapshotKey, StorageError> {
         _ => Err(bad()),
     }
 }
-
-/// One snapshot entry: a key and its value, or its deletion.
-type Entry = (Vec<u8>, Option<Vec<u8>>);
 
 /// Writes a generation's entries, in key order, as packs:
 /// `(1 | key len u16 | key | value len u32 | value)` or `(0 | key len | key)`
@@ -546,7 +548,12 @@ impl<'a> PackWriter<'a> {
     }
 }
 
-fn decode_pack(raw: &[u8]) -> Result<VecDeque<Entry>, StorageError> {
+/// Where one entry of a pack lies in it: its key, and its value unless deleted.
+type PackEntry = (Range<usize>, Option<Range<usize>>);
+
+/// Checks a pack and finds its entries (read in place: a merge reads every
+/// live entry, and copying each cost two allocations).
+fn decode_pack(raw: &[u8]) -> Result<VecDeque<PackEntry>, StorageError> {
     let bad = |what: &str| StorageError::Corrupt(format!("snapshot pack: {what}"));
     let Some(body_len) = raw.len().checked_sub(4) else {
         return Err(bad("too short"));
@@ -556,24 +563,25 @@ fn decode_pack(raw: &[u8]) -> Result<VecDeque<Entry>, StorageError> {
         return Err(bad("checksum mismatch"));
     }
     let mut out = VecDeque::new();
-    let mut rest = body;
-    let take = |n: usize, rest: &mut &[u8]| -> Result<Vec<u8>, StorageError> {
-        if rest.len() < n {
+    let take = |n: usize, at: &mut usize| -> Result<Range<usize>, StorageError> {
+        if body.len() - *at < n {
             return Err(bad("truncated entry"));
         }
-        let (head, tail) = rest.split_at(n);
-        *rest = tail;
-        Ok(head.to_vec())
+        *at += n;
+        Ok(*at - n..*at)
     };
-    while !rest.is_empty() {
-        let tag = take(1, &mut rest)?[0];
-        let key_len = u16::from_be_bytes(take(2, &mut rest)?.try_into().expect("2 bytes"));
-        let key = take(key_len as usize, &mut rest)?;
+    let word =
+        |r: Range<usize>| -> u64 { r.map(|i| body[i]).fold(0, |w, b| w << 8 | u64::from(b)) };
+    let mut at = 0;
+    while at < body.len() {
+        let tag = body[take(1, &mut at)?.start];
+        let key_len = word(take(2, &mut at)?) as usize;
+        let key = take(key_len, &mut at)?;
         let value = match tag {
             0 => None,
             1 => {
-                let len = u32::from_be_bytes(take(4, &mut rest)?.try_into().expect("4 bytes"));
-                Some(take(len as usize, &mut rest)?)
+                let len = word(take(4, &mut at)?) as usize;
+                Some(take(len, &mut at)?)
             }
             _ => return Err(bad("unknown entry tag")),
         };
@@ -587,25 +595,62 @@ struct Run<'a> {
     source: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>> + 'a>,
     /// Each sled value is one entry (from before packs) rather than a pack.
     single: bool,
-    buf: VecDeque<Entry>,
+    /// The entries still to come, read in place: a pack and its entries,
+    /// or (from before packs) one key and its value.
+    held: Held,
+}
+
+enum Held {
+    Pack(sled::IVec, VecDeque<PackEntry>),
+    Single(Option<(sled::IVec, sled::IVec)>),
 }
 
 impl Run<'_> {
-    fn head(&mut self) -> Result<Option<&Entry>, StorageError> {
-        while self.buf.is_empty() {
-            match self.source.next() {
-                None => return Ok(None),
-                Some(kv) => {
-                    let (k, v) = kv.map_err(io)?;
-                    if self.single {
-                        self.buf.push_back((k.to_vec(), Some(v.to_vec())));
-                    } else {
-                        self.buf = decode_pack(&v)?;
-                    }
-                }
-            }
+    fn new<'a>(
+        source: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>> + 'a,
+        single: bool,
+    ) -> Run<'a> {
+        Run {
+            source: Box::new(source),
+            single,
+            held: Held::Single(None),
         }
-        Ok(self.buf.front())
+    }
+
+    /// Reads on until an entry is held, or the run is over.
+    fn fill(&mut self) -> Result<(), StorageError> {
+        while self.peek().is_none() {
+            let Some(kv) = self.source.next() else {
+                return Ok(());
+            };
+            let (k, v) = kv.map_err(io)?;
+            self.held = if self.single {
+                Held::Single(Some((k, v)))
+            } else {
+                let entries = decode_pack(&v)?;
+                Held::Pack(v, entries)
+            };
+        }
+        Ok(())
+    }
+
+    /// The entry held: its key, and its value unless deleted.
+    fn peek(&self) -> Option<(&[u8], Option<&[u8]>)> {
+        match &self.held {
+            Held::Pack(pack, entries) => entries
+                .front()
+                .map(|(k, v)| (&pack[k.clone()], v.clone().map(|v| &pack[v]))),
+            Held::Single(kv) => kv.as_ref().map(|(k, v)| (&k[..], Some(&v[..]))),
+        }
+    }
+
+    fn advance(&mut self) {
+        match &mut self.held {
+            Held::Pack(_, entries) => {
+                entries.pop_front();
+            }
+            Held::Single(kv) => *kv = None,
+        }
     }
 }
 
@@ -666,7 +711,7 @@ impl SledStore {
     fn add_history_chunks(
         &self,
         key: [u8; 18],
-        chunks: &[(u64, Vec<u8>)],
+        chunks: &[(u64, &[u8])],
     ) -> Result<(), StorageError> {
         let old = self.tree.get(key).map_err(io)?;
         let mut group = match &old {
@@ -674,7 +719,7 @@ impl SledStore {
             None => BTreeMap::new(),
         };
         for (chunk, frame) in chunks {
-            group.insert(*chunk, frame.as_slice());
+            group.insert(*chunk, *frame);
         }
         self.tree.insert(key, encode_group(&group)?).map_err(io)?;
         Ok(())
@@ -772,47 +817,49 @@ impl SledStore {
     fn merged(
         &self,
         layout: &Layout,
-        mut emit: impl FnMut(Vec<u8>, Vec<u8>) -> Result<(), StorageError>,
+        mut emit: impl FnMut(&[u8], &[u8]) -> Result<(), StorageError>,
     ) -> Result<(), StorageError> {
         // Oldest first: on equal keys the last run wins.
         let mut runs: Vec<Run<'_>> = Vec::new();
         if layout.base == 0 {
-            runs.push(Run {
-                source: Box::new(
-                    self.tree
-                        .scan_prefix([KEY])
-                        .chain(self.tree.scan_prefix([SNAPSHOT])),
-                ),
-                single: true,
-                buf: VecDeque::new(),
-            });
+            let before_packs = self
+                .tree
+                .scan_prefix([KEY])
+                .chain(self.tree.scan_prefix([SNAPSHOT]));
+            runs.push(Run::new(before_packs, true));
         }
         for generation in layout.base.max(1)..=layout.generation {
-            runs.push(Run {
-                source: Box::new(self.tree.scan_prefix(pack_prefix(generation))),
-                single: false,
-                buf: VecDeque::new(),
-            });
+            runs.push(Run::new(
+                self.tree.scan_prefix(pack_prefix(generation)),
+                false,
+            ));
         }
+        let mut heads: Vec<usize> = Vec::with_capacity(runs.len());
         loop {
-            let mut least: Option<Vec<u8>> = None;
             for run in runs.iter_mut() {
-                if let Some((k, _)) = run.head()? {
-                    if least.as_ref().is_none_or(|l| k < l) {
-                        least = Some(k.clone());
-                    }
+                run.fill()?;
+            }
+            // The runs whose entry has the least key; the last of them wins.
+            heads.clear();
+            let mut least: Option<&[u8]> = None;
+            for (i, run) in runs.iter().enumerate() {
+                let Some((k, _)) = run.peek() else { continue };
+                if least.is_none_or(|l| k < l) {
+                    least = Some(k);
+                    heads.clear();
+                }
+                if least == Some(k) {
+                    heads.push(i);
                 }
             }
-            let Some(least) = least else { return Ok(()) };
-            let mut winner: Option<Option<Vec<u8>>> = None;
-            for run in runs.iter_mut() {
-                if run.head()?.is_some_and(|(k, _)| *k == least) {
-                    let (_, v) = run.buf.pop_front().expect("a head");
-                    winner = Some(v);
-                }
+            let Some(&last) = heads.last() else {
+                return Ok(());
+            };
+            if let Some((k, Some(v))) = runs[last].peek() {
+                emit(k, v)?;
             }
-            if let Some(Some(value)) = winner {
-                emit(least, value)?;
+            for &i in &heads {
+                runs[i].advance();
             }
         }
     }
@@ -821,30 +868,36 @@ impl SledStore {
     fn write_snapshot(&self, seq: u64, entries: SnapshotEntries) -> Result<(), StorageError> {
         let layout = self.layout();
         let generation = layout.generation + 1;
-        let (archived, entries): (SnapshotEntries, SnapshotEntries) =
-            entries.into_iter().partition(|(k, _)| k.is_archived());
         let mut parts: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
-        let mut by_user: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
-        let mut groups: BTreeMap<[u8; 18], Vec<(u64, Vec<u8>)>> = BTreeMap::new();
-        for (key, value) in archived {
+        // Flat lists, sorted below, rather than a small `Vec` per user or
+        // group: a snapshot archives tens of thousands of them.
+        let mut by_user: Vec<(u64, u64)> = Vec::new();
+        let mut chunks: Vec<([u8; 18], u64, &[u8])> = Vec::new();
+        // The snapshot's own entries: their keys encoded one after another
+        // in `keys`, each entry its key's range there and its value.
+        let mut keys: Vec<u8> = Vec::new();
+        let mut live: Vec<(usize, usize, Option<&[u8]>)> = Vec::with_capacity(entries.len());
+        for (key, value) in entries.iter() {
             match (key, value) {
                 (SnapshotKey::ArchivedOrder { user, id }, Some(frame)) => {
                     parts
                         .entry(id / ORDER_BLOCK)
                         .or_default()
-                        .extend_from_slice(&frame);
-                    by_user.entry(user).or_default().push(id);
+                        .extend_from_slice(frame);
+                    by_user.push((*user, *id));
                 }
                 (SnapshotKey::ArchivedHistory(user, chunk), Some(frame)) => {
-                    groups
-                        .entry(group_key(user, chunk))
-                        .or_default()
-                        .push((chunk, frame));
+                    chunks.push((group_key(*user, *chunk), *chunk, frame));
                 }
-                (key, _) => {
+                (key, _) if key.is_archived() => {
                     return Err(StorageError::Corrupt(format!(
                         "archive entry {key:?} without a value"
                     )))
+                }
+                (key, value) => {
+                    let start = keys.len();
+                    encode_key_into(key, &mut keys);
+                    live.push((start, keys.len(), value));
                 }
             }
         }
@@ -864,26 +917,33 @@ impl SledStore {
                 .insert(part_key(block, generation), frames)
                 .map_err(io)?;
         }
-        for (key, chunks) in groups {
-            self.add_history_chunks(key, &chunks)?;
+        // Stable: of two frames for one chunk, the one pushed last wins.
+        chunks.sort_by_key(|c| c.0);
+        let mut group = Vec::new();
+        for run in chunks.chunk_by(|a, b| a.0 == b.0) {
+            group.clear();
+            group.extend(run.iter().map(|&(_, chunk, frame)| (chunk, frame)));
+            self.add_history_chunks(run[0].0, &group)?;
         }
-        for (user, ids) in by_user {
-            self.add_user_ids(user, &ids)?;
+        by_user.sort_unstable();
+        let mut ids = Vec::new();
+        for run in by_user.chunk_by(|a, b| a.0 == b.0) {
+            ids.clear();
+            ids.extend(run.iter().map(|&(_, id)| id));
+            self.add_user_ids(run[0].0, &ids)?;
         }
 
         // 1. The changed entries as a new generation, sorted (the last of
         //    two entries for one key wins); invisible until committed.
-        let mut entries: Vec<Entry> = entries
-            .into_iter()
-            .map(|(k, v)| (encode_key(&k), v))
-            .collect();
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        let key = |(start, end, _): &(usize, usize, Option<&[u8]>)| &keys[*start..*end];
+        // Stable: of two entries for one key, the one pushed last stays last.
+        live.sort_by(|a, b| key(a).cmp(key(b)));
         let mut writer = PackWriter::new(&self.tree, generation);
-        for (i, (key, value)) in entries.iter().enumerate() {
-            if entries.get(i + 1).is_some_and(|next| next.0 == *key) {
+        for (i, entry) in live.iter().enumerate() {
+            if live.get(i + 1).is_some_and(|next| key(next) == key(entry)) {
                 continue;
             }
-            writer.push(key, value.as_deref())?;
+            writer.push(key(entry), entry.2)?;
         }
         let bytes = writer.finish()?;
         self.tree.flush().map_err(io)?;
@@ -938,7 +998,7 @@ impl SledStore {
         // Durable before any pack: packs never outlive a crash without the mark.
         self.tree.flush().map_err(io)?;
         let mut writer = PackWriter::new(&self.tree, generation);
-        self.merged(&layout, |k, v| writer.push(&k, Some(&v)))?;
+        self.merged(&layout, |k, v| writer.push(k, Some(v)))?;
         let bytes = writer.finish()?;
         self.tree.flush().map_err(io)?;
         let merged = Layout {
@@ -990,7 +1050,7 @@ impl Store for SledStore {
         let layout = Layout::decode(self.tree.get(META).map_err(io)?)?;
         let mut snapshots = Vec::new();
         self.merged(&layout, |k, v| {
-            snapshots.push((decode_key(&k)?, v));
+            snapshots.push((decode_key(k)?, v.to_vec()));
             Ok(())
         })?;
         let mut batches = Vec::new();
@@ -1039,6 +1099,50 @@ mod tests {
         }
     }
 
+    /// A pack is read in place: each entry's key and value are found where
+    /// they lie, and a pack that is cut short, altered or unknown is refused.
+    #[test]
+    fn packs_are_read_in_place_and_damaged_ones_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        let entries: [(&[u8], Option<&[u8]>); 4] = [
+            (b"a", Some(b"one")),
+            (b"bb", None),
+            (b"c", Some(b"")),
+            (&[7; 300], Some(&[9; 70_000])),
+        ];
+        let mut w = PackWriter::new(&s.tree, 9);
+        for (k, v) in entries {
+            w.push(k, v).unwrap();
+        }
+        w.finish().unwrap();
+        let packs: Vec<sled::IVec> = s
+            .tree
+            .scan_prefix(pack_prefix(9))
+            .values()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(packs.len(), 1, "the last entry closes the one pack");
+        let raw = &packs[0];
+        let read: Vec<(&[u8], Option<&[u8]>)> = decode_pack(raw)
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| (&raw[k], v.map(|v| &raw[v])))
+            .collect();
+        assert_eq!(read, entries);
+
+        let refused = |bytes: &[u8]| decode_pack(bytes).unwrap_err().to_string();
+        let sealed = |body: &[u8]| [body, &crc32fast::hash(body).to_be_bytes()].concat();
+        let mut altered = raw.to_vec();
+        altered[5] ^= 1;
+        assert!(refused(&altered).contains("checksum"));
+        assert!(refused(&raw[..3]).contains("too short"));
+        let body = &raw[..raw.len() - 4];
+        assert!(refused(&sealed(&body[..body.len() - 1])).contains("truncated"));
+        assert!(refused(&sealed(&[2, 0, 1, b'k'])).contains("unknown entry tag"));
+        assert!(decode_pack(&sealed(&[])).unwrap().is_empty());
+    }
+
     #[test]
     fn appended_batches_survive_reopen_and_snapshots_trim_them() {
         let dir = tempfile::tempdir().unwrap();
@@ -1047,7 +1151,7 @@ mod tests {
             s.append(1, b"a").unwrap();
             s.append(3, b"b").unwrap();
             s.append(6, b"c").unwrap();
-            s.snapshot(5, vec![(SnapshotKey::User(1), Some(b"u".to_vec()))])
+            s.snapshot(5, vec![(SnapshotKey::User(1), Some(b"u".to_vec()))].into())
                 .unwrap();
         }
         let s = SledStore::open(dir.path()).unwrap();
@@ -1121,7 +1225,7 @@ mod tests {
             let many: Vec<_> = (1..=600)
                 .map(|i| (SnapshotKey::Order(i), Some(vec![b'o'; 300])))
                 .collect();
-            s.snapshot(3, many).unwrap();
+            s.snapshot(3, many.into()).unwrap();
             s.snapshot(
                 7,
                 entries(&[
@@ -1165,7 +1269,8 @@ mod tests {
                     ),
                     (SnapshotKey::ArchivedHistory(1, 0), Some(frame("h10"))),
                     (SnapshotKey::Order(9), Some(frame("pending"))),
-                ],
+                ]
+                .into(),
             )
             .unwrap();
             s.snapshot(
@@ -1173,7 +1278,8 @@ mod tests {
                 vec![(
                     SnapshotKey::ArchivedOrder { user: 1, id: 5 },
                     Some(frame("o5")),
-                )],
+                )]
+                .into(),
             )
             .unwrap();
             let a = s.archive();
@@ -1233,13 +1339,13 @@ mod tests {
                     )
                 })
                 .collect();
-            entries.push((
+            entries.push(
                 SnapshotKey::ArchivedOrder {
                     user: 8,
                     id: 100 + i as u64,
                 },
-                Some(vec![1]),
-            ));
+                Some(&[1]),
+            );
             s.snapshot(i as u64 + 1, entries).unwrap();
             all.extend_from_slice(ids);
         }
@@ -1574,7 +1680,7 @@ mod tests {
             let layout = s.layout();
             s.tree.insert(UNFINISHED, &3u64.to_be_bytes()).unwrap();
             let mut w = PackWriter::new(&s.tree, 3);
-            s.merged(&layout, |k, v| w.push(&k, Some(&v))).unwrap();
+            s.merged(&layout, |k, v| w.push(k, Some(v))).unwrap();
             let bytes = w.finish().unwrap();
             s.commit(Layout {
                 generation: 3,
@@ -1668,7 +1774,7 @@ mod tests {
                     Some(v) => model.insert(key.clone(), v.clone()),
                     None => model.remove(&key),
                 };
-                changes.push((key, value));
+                changes.push(key, value.as_deref());
             }
             store.snapshot(seq, changes).unwrap();
             if seq % 37 == 0 {

@@ -598,7 +598,7 @@ impl Worker {
         self.cut = Some(PendingCut {
             seq: self.world.seq,
             number,
-            entries: Vec::new(),
+            entries: SnapshotEntries::new(),
             marks,
             ack,
         });
