@@ -14,6 +14,11 @@
 //!   per batch), and, for the floor under it, the same bytes written to a
 //!   plain file with `pwrite` and then `sync_file_range` (what sled itself
 //!   calls) or `fdatasync`.
+//! - `snapshot`: a snapshot of 100k users (each with a paid order and 18
+//!   history entries, so a whole history chunk and the order go to the
+//!   archive): encoding its cut (what the journal writer does between
+//!   batches), and writing it to a fresh [`SledStore`] (what the snapshot
+//!   thread does: the archive, packs, and the merge into a first base).
 //!
 //! `cargo bench --bench journal -- --warm-up-time 1 --measurement-time 5`
 
@@ -25,13 +30,17 @@ use commerce_engine::domain::time::Timestamp;
 use commerce_engine::domain::world::World;
 use commerce_engine::store::codec::{self, Kind};
 use commerce_engine::store::outbox::PendingOutbox;
-use commerce_engine::store::recovery::recover;
+use commerce_engine::store::recovery::{cut_step, recover};
 use commerce_engine::store::writer::{JournalConfig, JournalHandle, JournalWriter};
-use commerce_engine::store::{Loaded, SledStore, Store};
+use commerce_engine::store::{Loaded, SledStore, SnapshotEntries, Store};
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// The allocator the binary uses, so allocation costs are the binary's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const T: Timestamp = Timestamp(1_795_132_800_000);
 const USERS: u64 = 1_000;
@@ -301,5 +310,102 @@ fn flush(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, journal_durable, journal_replay, flush);
+/// A world of `users` users, each charged 18 times and with one paid
+/// order, every one of them changed since the last snapshot.
+fn snapshot_world(users: u64) -> World {
+    let mut all = registered(users);
+    for u in 1..=users {
+        let user = UserId(u);
+        for _ in 0..18 {
+            all.push(Record::new(
+                T,
+                Event::BalanceCharged {
+                    user_id: user,
+                    amount: Krw(100),
+                },
+            ));
+        }
+        let order = Order {
+            id: OrderId(u),
+            user_id: user,
+            status: OrderStatus::Pending,
+            items: vec![OrderLine {
+                product_id: ProductId(1),
+                name: "mug".into(),
+                unit_price: Krw(100),
+                quantity: 1,
+            }],
+            total_amount: Krw(100),
+            discount_amount: Krw(0),
+            pay_amount: Krw(100),
+            user_coupon_id: None,
+            created_at: T,
+            expires_at: T.plus_ms(600_000),
+            paid_at: None,
+        };
+        all.push(Record::new(
+            T,
+            Event::OrderPlaced {
+                order: Box::new(order),
+                from_cart: false,
+            },
+        ));
+        all.push(Record::new(
+            T,
+            Event::OrderPaid {
+                order_id: OrderId(u),
+                user_id: user,
+                amount: Krw(100),
+            },
+        ));
+    }
+    let mut world = World::default();
+    for (i, r) in all.iter().enumerate() {
+        world.apply(i as u64 + 1, r).unwrap();
+    }
+    world
+}
+
+/// Encodes a whole cut of `world`.
+fn encoded_cut(world: &mut World) -> SnapshotEntries {
+    world.begin_cut();
+    let mut out = SnapshotEntries::default();
+    while cut_step(world, &mut out, usize::MAX).unwrap().is_none() {}
+    out
+}
+
+fn snapshot(c: &mut Criterion) {
+    const USERS: u64 = 100_000;
+    let world = snapshot_world(USERS);
+    let entries = encoded_cut(&mut world.clone()).len();
+    eprintln!("  snapshot: {USERS} users, {entries} entries");
+    assert!(entries as u64 > 3 * USERS);
+    let mut group = c.benchmark_group("snapshot");
+    group.throughput(Throughput::Elements(entries as u64));
+    group.sample_size(10);
+    group.bench_function("encode_cut_100k_users", |b| {
+        b.iter_batched(
+            || world.clone(),
+            |mut w| encoded_cut(&mut w),
+            BatchSize::PerIteration,
+        )
+    });
+    group.bench_function("write_100k_users", |b| {
+        b.iter_batched(
+            || {
+                let dir = tempfile::tempdir().unwrap();
+                let store = SledStore::open(dir.path()).unwrap();
+                (dir, store, encoded_cut(&mut world.clone()))
+            },
+            |(dir, store, entries)| {
+                store.snapshot(1, entries).unwrap();
+                (dir, store)
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, journal_durable, journal_replay, flush, snapshot);
 criterion_main!(benches);
