@@ -169,6 +169,45 @@ fn journal_durable(c: &mut Criterion) {
     group.finish();
 }
 
+/// An order of one mug (100 KRW) by `user`, placed and paid.
+fn placed_and_paid(id: OrderId, user: UserId) -> [Record; 2] {
+    let order = Order {
+        id,
+        user_id: user,
+        status: OrderStatus::Pending,
+        items: vec![OrderLine {
+            product_id: ProductId(1),
+            name: "mug".into(),
+            unit_price: Krw(100),
+            quantity: 1,
+        }],
+        total_amount: Krw(100),
+        discount_amount: Krw(0),
+        pay_amount: Krw(100),
+        user_coupon_id: None,
+        created_at: T,
+        expires_at: T.plus_ms(600_000),
+        paid_at: None,
+    };
+    [
+        Record::new(
+            T,
+            Event::OrderPlaced {
+                order: Box::new(order),
+                from_cart: false,
+            },
+        ),
+        Record::new(
+            T,
+            Event::OrderPaid {
+                order_id: id,
+                user_id: user,
+                amount: Krw(100),
+            },
+        ),
+    ]
+}
+
 /// About a million records in batches of 1,000, replayable from empty:
 /// users and a product, then charge, order, pay and a cart line, over and over.
 fn replay_input(records: u64) -> Loaded {
@@ -178,24 +217,6 @@ fn replay_input(records: u64) -> Loaded {
     while (all.len() as u64) < records {
         let user = UserId(n % USERS + 1);
         order_id += 1;
-        let order = Order {
-            id: OrderId(order_id),
-            user_id: user,
-            status: OrderStatus::Pending,
-            items: vec![OrderLine {
-                product_id: ProductId(1),
-                name: "mug".into(),
-                unit_price: Krw(100),
-                quantity: 1,
-            }],
-            total_amount: Krw(100),
-            discount_amount: Krw(0),
-            pay_amount: Krw(100),
-            user_coupon_id: None,
-            created_at: T,
-            expires_at: T.plus_ms(600_000),
-            paid_at: None,
-        };
         all.push(Record::new(
             T,
             Event::BalanceCharged {
@@ -203,21 +224,7 @@ fn replay_input(records: u64) -> Loaded {
                 amount: Krw(100),
             },
         ));
-        all.push(Record::new(
-            T,
-            Event::OrderPlaced {
-                order: Box::new(order),
-                from_cart: false,
-            },
-        ));
-        all.push(Record::new(
-            T,
-            Event::OrderPaid {
-                order_id: OrderId(order_id),
-                user_id: user,
-                amount: Krw(100),
-            },
-        ));
+        all.extend(placed_and_paid(OrderId(order_id), user));
         all.push(cart_record(n));
         n += 1;
     }
@@ -325,39 +332,7 @@ fn snapshot_world(users: u64) -> World {
                 },
             ));
         }
-        let order = Order {
-            id: OrderId(u),
-            user_id: user,
-            status: OrderStatus::Pending,
-            items: vec![OrderLine {
-                product_id: ProductId(1),
-                name: "mug".into(),
-                unit_price: Krw(100),
-                quantity: 1,
-            }],
-            total_amount: Krw(100),
-            discount_amount: Krw(0),
-            pay_amount: Krw(100),
-            user_coupon_id: None,
-            created_at: T,
-            expires_at: T.plus_ms(600_000),
-            paid_at: None,
-        };
-        all.push(Record::new(
-            T,
-            Event::OrderPlaced {
-                order: Box::new(order),
-                from_cart: false,
-            },
-        ));
-        all.push(Record::new(
-            T,
-            Event::OrderPaid {
-                order_id: OrderId(u),
-                user_id: user,
-                amount: Krw(100),
-            },
-        ));
+        all.extend(placed_and_paid(OrderId(u), user));
     }
     let mut world = World::default();
     for (i, r) in all.iter().enumerate() {
