@@ -33,7 +33,6 @@ struct Span {
 pub struct SnapshotEntries {
     entries: Vec<(SnapshotKey, Option<Span>)>,
     blocks: Vec<Vec<u8>>,
-    bytes: usize,
 }
 
 impl SnapshotEntries {
@@ -61,7 +60,6 @@ impl SnapshotEntries {
         let start = buf.len();
         codec::encode_into(kind, value, buf)?;
         let len = buf.len() - start;
-        self.bytes += len;
         self.entries.push((key, Some(span(block, start, len))));
         Ok(())
     }
@@ -73,7 +71,6 @@ impl SnapshotEntries {
             let buf = &mut self.blocks[block];
             let start = buf.len();
             buf.extend_from_slice(v);
-            self.bytes += v.len();
             span(block, start, v.len())
         });
         self.entries.push((key, span));
@@ -100,7 +97,9 @@ impl SnapshotEntries {
         match self.blocks.last() {
             Some(b) if b.capacity() - b.len() >= need => self.blocks.len() - 1,
             _ => {
-                let room = self.bytes.clamp(BLOCK_FIRST, BLOCK_MAX).max(need);
+                // As big as what is written so far, within bounds: a few dozen blocks at most.
+                let written: usize = self.blocks.iter().map(Vec::len).sum();
+                let room = written.clamp(BLOCK_FIRST, BLOCK_MAX).max(need);
                 self.blocks.push(Vec::with_capacity(room));
                 self.blocks.len() - 1
             }

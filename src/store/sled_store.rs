@@ -593,10 +593,9 @@ fn decode_pack(raw: &[u8]) -> Result<VecDeque<PackEntry>, StorageError> {
 /// A sorted run of entries: one generation's packs, or the entries from before packs.
 struct Run<'a> {
     source: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>> + 'a>,
-    /// Each sled value is one entry (from before packs) rather than a pack.
-    single: bool,
     /// The entries still to come, read in place: a pack and its entries,
-    /// or (from before packs) one key and its value.
+    /// or (from before packs, where each sled value is one entry) one key
+    /// and its value. The variant says which the run reads.
     held: Held,
 }
 
@@ -606,13 +605,22 @@ enum Held {
 }
 
 impl Run<'_> {
-    fn new<'a>(
+    /// A run of packs.
+    fn packs<'a>(
         source: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>> + 'a,
-        single: bool,
     ) -> Run<'a> {
         Run {
             source: Box::new(source),
-            single,
+            held: Held::Pack(sled::IVec::default(), VecDeque::new()),
+        }
+    }
+
+    /// A run of entries from before packs, one per sled value.
+    fn singles<'a>(
+        source: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>> + 'a,
+    ) -> Run<'a> {
+        Run {
+            source: Box::new(source),
             held: Held::Single(None),
         }
     }
@@ -624,12 +632,13 @@ impl Run<'_> {
                 return Ok(());
             };
             let (k, v) = kv.map_err(io)?;
-            self.held = if self.single {
-                Held::Single(Some((k, v)))
-            } else {
-                let entries = decode_pack(&v)?;
-                Held::Pack(v, entries)
-            };
+            match &mut self.held {
+                Held::Single(kv) => *kv = Some((k, v)),
+                Held::Pack(pack, entries) => {
+                    *entries = decode_pack(&v)?;
+                    *pack = v;
+                }
+            }
         }
         Ok(())
     }
@@ -826,13 +835,10 @@ impl SledStore {
                 .tree
                 .scan_prefix([KEY])
                 .chain(self.tree.scan_prefix([SNAPSHOT]));
-            runs.push(Run::new(before_packs, true));
+            runs.push(Run::singles(before_packs));
         }
         for generation in layout.base.max(1)..=layout.generation {
-            runs.push(Run::new(
-                self.tree.scan_prefix(pack_prefix(generation)),
-                false,
-            ));
+            runs.push(Run::packs(self.tree.scan_prefix(pack_prefix(generation))));
         }
         let mut heads: Vec<usize> = Vec::with_capacity(runs.len());
         loop {
