@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 
 /// The allocator the binary uses, so allocation costs are the binary's.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 const T: Timestamp = Timestamp(1_795_132_800_000);
 const USERS: u64 = 1_000;
