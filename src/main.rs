@@ -3,7 +3,7 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
-/// jemalloc, with its background thread, rather than glibc's malloc or
+/// jemalloc, with its background threads, rather than glibc's malloc or
 /// mimalloc. The hot path allocates small messages and futures on one
 /// thread and frees them on another: glibc's arenas spent about 17% of the
 /// CPU on that (perf, order_pay), and mimalloc, as fast, kept ever more of
