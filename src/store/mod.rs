@@ -17,6 +17,7 @@ pub mod fault;
 pub mod memory;
 pub mod outbox;
 pub mod recovery;
+mod sled_blobs;
 pub mod sled_store;
 pub mod writer;
 

@@ -62,6 +62,7 @@
 //! sled flushes in the background only every 500 ms, so `append` flushes
 //! before it returns: nothing is acknowledged before it is on disk.
 
+use crate::store::sled_blobs::{file_clock, BlobSync};
 use crate::store::{
     Archive, ArchiveReader, Loaded, SnapshotEntries, SnapshotKey, StorageError, Store, ORDER_BLOCK,
 };
@@ -74,6 +75,8 @@ use std::sync::{Arc, Mutex};
 pub struct SledStore {
     db: sled::Db,
     tree: sled::Tree,
+    /// sled leaves its blob files unsynced: synced before each flush.
+    blobs: BlobSync,
     archive: SledArchive,
     /// The committed layout (snapshots run one at a time; this mirrors `m`).
     layout: Arc<Mutex<Layout>>,
@@ -375,7 +378,7 @@ impl Archive for SledArchive {
 /// gets the error after that.
 fn open_db(dir: &Path) -> Result<sled::Db, StorageError> {
     let config = sled::Config::new()
-        .path(dir.join("sled"))
+        .path(db_dir(dir))
         .cache_capacity(CACHE_BYTES);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
@@ -390,6 +393,11 @@ fn open_db(dir: &Path) -> Result<sled::Db, StorageError> {
             other => return other.map_err(io),
         }
     }
+}
+
+/// sled's own directory inside the data directory.
+fn db_dir(dir: &Path) -> std::path::PathBuf {
+    dir.join("sled")
 }
 
 fn io(e: sled::Error) -> StorageError {
@@ -667,6 +675,7 @@ impl SledStore {
     pub fn open(dir: &Path) -> Result<SledStore, StorageError> {
         let db = open_db(dir)?;
         let tree = db.open_tree("commerce").map_err(io)?;
+        let blobs = BlobSync::adopt(&db_dir(dir))?;
         let layout = Layout::decode(tree.get(META).map_err(io)?)?;
         let layout_shared = Arc::new(Mutex::new(layout));
         let store = SledStore {
@@ -676,6 +685,7 @@ impl SledStore {
             },
             db,
             tree,
+            blobs,
             layout: layout_shared,
             stopped: AtomicBool::new(false),
         };
@@ -702,7 +712,7 @@ impl SledStore {
             }
         }
         self.tree.insert(BY_USER_BUILT, &[][..]).map_err(io)?;
-        self.tree.flush().map_err(io)?;
+        self.flush()?;
         Ok(())
     }
 
@@ -759,6 +769,15 @@ impl SledStore {
         *self.layout.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Makes everything inserted so far durable: the blob files sled wrote
+    /// for it (which its flush leaves to the kernel, see
+    /// [`crate::store::sled_blobs`]), then sled's log.
+    fn flush(&self) -> Result<(), StorageError> {
+        self.blobs.sync_new()?;
+        self.tree.flush().map_err(io)?;
+        Ok(())
+    }
+
     /// After a snapshot or merge that did not finish: removes every pack
     /// outside the committed layout (and entries from before packs once a
     /// merge folded them in), the archive parts of an uncommitted snapshot
@@ -789,7 +808,7 @@ impl SledStore {
         }
         self.remove_chunked(doomed)?;
         self.tree.remove(UNFINISHED).map_err(io)?;
-        self.tree.flush().map_err(io)?;
+        self.flush()?;
         Ok(())
     }
 
@@ -816,7 +835,7 @@ impl SledStore {
 
     fn commit(&self, layout: Layout) -> Result<(), StorageError> {
         self.tree.insert(META, &layout.encode()[..]).map_err(io)?;
-        self.tree.flush().map_err(io)?;
+        self.flush()?;
         *self.layout.lock().unwrap_or_else(|e| e.into_inner()) = layout;
         Ok(())
     }
@@ -913,7 +932,7 @@ impl SledStore {
         }
         self.tree.insert(UNFINISHED, mark).map_err(io)?;
         // Durable before any pack: packs never outlive a crash without the mark.
-        self.tree.flush().map_err(io)?;
+        self.flush()?;
 
         // 0. The archive: parts under this generation (invisible until it
         //    is committed), history chunks (the same bytes if redone).
@@ -952,7 +971,7 @@ impl SledStore {
             writer.push(key(entry), entry.2)?;
         }
         let bytes = writer.finish()?;
-        self.tree.flush().map_err(io)?;
+        self.flush()?;
 
         // 2. Commit: one small write.
         let layout = Layout {
@@ -991,7 +1010,7 @@ impl SledStore {
             }
         }
         self.tree.remove(UNFINISHED).map_err(io)?;
-        self.tree.flush().map_err(io)?;
+        self.flush()?;
         Ok(())
     }
 
@@ -1002,11 +1021,11 @@ impl SledStore {
             .insert(UNFINISHED, &generation.to_be_bytes())
             .map_err(io)?;
         // Durable before any pack: packs never outlive a crash without the mark.
-        self.tree.flush().map_err(io)?;
+        self.flush()?;
         let mut writer = PackWriter::new(&self.tree, generation);
         self.merged(&layout, |k, v| writer.push(k, Some(v)))?;
         let bytes = writer.finish()?;
-        self.tree.flush().map_err(io)?;
+        self.flush()?;
         let merged = Layout {
             seq: layout.seq,
             generation,
@@ -1032,9 +1051,13 @@ impl SledStore {
 
 impl Store for SledStore {
     fn append(&self, first_seq: u64, frames: &[u8]) -> Result<(), StorageError> {
+        let since = file_clock();
         self.tree
             .insert(journal_key(first_seq), frames)
             .map_err(io)?;
+        // On the hot path: only a blob file written during this insert is
+        // synced here; the snapshot thread syncs the rest before it flushes.
+        self.blobs.sync_if_changed_since(since)?;
         self.tree.flush().map_err(io)?;
         Ok(())
     }
@@ -1103,6 +1126,31 @@ mod tests {
         ] {
             assert_eq!(decode_key(&encode_key(&key)).unwrap(), key);
         }
+    }
+
+    /// sled writes a value over 128 KiB to a blob file of its own and does
+    /// not sync it; `append` syncs it before it returns. Were sled's blob
+    /// layout not the one `sled_blobs` checks, the file would count as
+    /// incomplete here, and the batch is read back whole.
+    #[test]
+    fn a_batch_sled_keeps_in_a_blob_file_is_synced_before_append_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        let batch = vec![7u8; 300 * 1024];
+        s.append(1, &batch).unwrap();
+        let files = std::fs::read_dir(db_dir(dir.path()).join("blobs"))
+            .unwrap()
+            .count();
+        assert!(files >= 1, "sled kept the batch in a blob file");
+        assert_eq!(
+            s.blobs.sync_new().unwrap(),
+            crate::store::sled_blobs::Synced::default(),
+            "every blob file was synced whole by append"
+        );
+        drop(s);
+        let s = SledStore::open(dir.path()).unwrap();
+        let loaded = s.load().unwrap();
+        assert_eq!(loaded.batches, vec![(1, batch)]);
     }
 
     /// A pack is read in place: each entry's key and value are found where
