@@ -17,8 +17,8 @@ pub mod fault;
 pub mod memory;
 pub mod outbox;
 pub mod recovery;
-mod sled_blobs;
 pub mod sled_store;
+mod sled_sync;
 pub mod writer;
 
 pub use archive::{Archive, ArchiveReader, ORDER_BLOCK};

@@ -62,7 +62,7 @@
 //! sled flushes in the background only every 500 ms, so `append` flushes
 //! before it returns: nothing is acknowledged before it is on disk.
 
-use crate::store::sled_blobs::{file_clock, BlobSync};
+use crate::store::sled_sync::{file_clock, BlobSync, LogGrowth};
 use crate::store::{
     Archive, ArchiveReader, Loaded, SnapshotEntries, SnapshotKey, StorageError, Store, ORDER_BLOCK,
 };
@@ -77,6 +77,8 @@ pub struct SledStore {
     tree: sled::Tree,
     /// sled leaves its blob files unsynced: synced before each flush.
     blobs: BlobSync,
+    /// ...and its log file's new length: synced after a flush that grew it.
+    log: LogGrowth,
     archive: SledArchive,
     /// The committed layout (snapshots run one at a time; this mirrors `m`).
     layout: Arc<Mutex<Layout>>,
@@ -676,6 +678,7 @@ impl SledStore {
         let db = open_db(dir)?;
         let tree = db.open_tree("commerce").map_err(io)?;
         let blobs = BlobSync::adopt(&db_dir(dir))?;
+        let log = LogGrowth::open(&db_dir(dir))?;
         let layout = Layout::decode(tree.get(META).map_err(io)?)?;
         let layout_shared = Arc::new(Mutex::new(layout));
         let store = SledStore {
@@ -686,6 +689,7 @@ impl SledStore {
             db,
             tree,
             blobs,
+            log,
             layout: layout_shared,
             stopped: AtomicBool::new(false),
         };
@@ -770,11 +774,12 @@ impl SledStore {
     }
 
     /// Makes everything inserted so far durable: the blob files sled wrote
-    /// for it (which its flush leaves to the kernel, see
-    /// [`crate::store::sled_blobs`]), then sled's log.
+    /// for it, sled's log, and the log's new length if it grew (what sled's
+    /// flush leaves out, see [`crate::store::sled_sync`]).
     fn flush(&self) -> Result<(), StorageError> {
         self.blobs.sync_new()?;
         self.tree.flush().map_err(io)?;
+        self.log.sync_if_grown()?;
         Ok(())
     }
 
@@ -1059,6 +1064,7 @@ impl Store for SledStore {
         // synced here; the snapshot thread syncs the rest before it flushes.
         self.blobs.sync_if_changed_since(since)?;
         self.tree.flush().map_err(io)?;
+        self.log.sync_if_grown()?;
         Ok(())
     }
 
@@ -1130,7 +1136,7 @@ mod tests {
 
     /// sled writes a value over 128 KiB to a blob file of its own and does
     /// not sync it; `append` syncs it before it returns. Were sled's blob
-    /// layout not the one `sled_blobs` checks, the file would count as
+    /// layout not the one `sled_sync` checks, the file would count as
     /// incomplete here, and the batch is read back whole.
     #[test]
     fn a_batch_sled_keeps_in_a_blob_file_is_synced_before_append_returns() {
@@ -1144,13 +1150,32 @@ mod tests {
         assert!(files >= 1, "sled kept the batch in a blob file");
         assert_eq!(
             s.blobs.sync_new().unwrap(),
-            crate::store::sled_blobs::Synced::default(),
+            crate::store::sled_sync::Synced::default(),
             "every blob file was synced whole by append"
         );
         drop(s);
         let s = SledStore::open(dir.path()).unwrap();
         let loaded = s.load().unwrap();
         assert_eq!(loaded.batches, vec![(1, batch)]);
+    }
+
+    /// The log grows a segment at a time; `append` syncs its new length
+    /// (sled's flush does not) before it returns.
+    #[test]
+    fn append_syncs_the_logs_new_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        let len = || {
+            std::fs::metadata(db_dir(dir.path()).join("db"))
+                .unwrap()
+                .len()
+        };
+        let before = len();
+        for seq in 0..64 {
+            s.append(seq * 10 + 1, &[seq as u8; 16 * 1024]).unwrap();
+        }
+        assert!(len() > before, "the log grew");
+        assert!(!s.log.sync_if_grown().unwrap(), "append synced it");
     }
 
     /// A pack is read in place: each entry's key and value are found where

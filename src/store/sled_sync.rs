@@ -1,35 +1,42 @@
-//! Syncs the files sled 0.34.7 writes beside its log, which it never syncs.
+//! What sled 0.34.7's flush leaves unsynced, synced by the store.
 //!
-//! sled keeps any message larger than a quarter of a segment (128 KiB with
-//! the default 512 KiB segments) in a file of its own under `blobs/`: a
-//! large value, or a tree node it rewrites whole. Here that is a node of
-//! snapshot packs (sixteen 64 KiB packs), and under load a node of large
-//! journal batches. It writes the file with plain `write` calls, and its
-//! `flush` syncs only the log, whose entry names the file; the node's
-//! older fragments in the log then count as dead. So until the kernel
-//! writes the file back (up to half a minute by default), a power loss
-//! could lose a node that the log says is durable. A process crash cannot:
-//! the page cache outlives the process. (Seen with `strace`: 49 blob files
-//! created in 5 s of `bench --workload order_pay`, all by the snapshot
-//! thread; at 512 in flight the journal writer creates them too.)
+//! sled's flush writes its log out with `sync_file_range` and waits for
+//! it: the data, but neither the drive's cache nor the file's metadata
+//! (spacejam/sled#1452). Two things it writes are therefore not durable
+//! when `flush` returns, and this module syncs both before the store
+//! relies on a flush:
+//!
+//! - **Blob files.** sled keeps any message larger than a quarter of a
+//!   segment (128 KiB with the default 512 KiB segments) in a file of its
+//!   own under `blobs/`: a large value, or a tree node it rewrites whole.
+//!   Here that is a node of snapshot packs (sixteen 64 KiB packs) or of
+//!   archived orders, and under load the journal's last node. It writes
+//!   the file with plain `write` calls and never syncs it, and once the
+//!   log entry naming the file is flushed, the node's older copies in the
+//!   log count as dead. So until the kernel writes the file back (up to
+//!   half a minute by default), a power cut could lose a node the log says
+//!   is durable. (Seen with `strace`: 85 blob files created in 5 s of
+//!   `bench --workload order_pay`, all by the snapshot thread; at 512 in
+//!   flight the journal writer creates them too.) [`BlobSync`] gives each
+//!   new file `fdatasync`, then the directory `fsync` for the new names.
+//! - **The log file's growth.** The log grows a segment at a time, and
+//!   `sync_file_range` does not make the new length durable: until the
+//!   filesystem commits its metadata (ext4: every 5 s), a power cut could
+//!   cut the file back. [`LogGrowth`] gives the file `fdatasync` once it has
+//!   grown since the last one: a few times a second under full load.
 //!
 //! [`BlobSync::sync_new`] runs before each of the snapshot thread's
-//! flushes: every blob file not synced yet is written out the way sled's
-//! flush writes out its log, with `sync_file_range` (the data, waited for;
-//! not the file's metadata nor the drive's cache, spacejam/sled#1452).
-//! So a blob file is as durable as the log entry that names it. It costs
-//! one `stat` of the directory when nothing changed there, the usual case.
-//! (`fdatasync` and an `fsync` of the directory instead, about 0.3 ms per
-//! file here, raised order_pay's p99 at 64 in flight from about 7 to 9.5
-//! ms: each also flushes the drive's cache, which the journal's own
-//! writes then wait behind.)
-//! The journal writer, on the hot path, calls
-//! [`BlobSync::sync_if_changed_since`] with the time before its insert: it
-//! lists the directory only when a file came or went during the insert,
-//! and writes out only files written since. So the insert that wrote a
-//! blob file (a large batch, or the journal's last node rewritten) pays
-//! for it, the others one `stat`, and the snapshot thread's files wait for
-//! the snapshot thread.
+//! flushes. It costs one `stat` of the directory when nothing changed
+//! there, the usual case, and about 0.3 ms per new file. The journal
+//! writer, on the hot path, calls [`BlobSync::sync_if_changed_since`] with
+//! the time before its insert: it lists the directory only when a file
+//! came or went during the insert, and syncs only files written since. So
+//! the insert that wrote a blob file (a large batch, or the journal's last
+//! node rewritten) pays for it, the others one `stat`, and the snapshot
+//! thread's files wait for the snapshot thread.
+//!
+//! What is left is the drive's volatile cache, if it has one: sled's
+//! flush does not empty it, though each `fdatasync` here does.
 //!
 //! Two threads write to sled (the journal writer and the snapshot thread),
 //! so a file may still be being written when the other one lists it. A file
@@ -42,6 +49,7 @@ use std::collections::HashSet;
 use std::fs::File;
 use std::io::{ErrorKind, Read};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
@@ -100,7 +108,7 @@ impl BlobSync {
     }
 
     /// For the sled database in `db_dir`, just opened: the files already
-    /// there are written out without being read (a store run for a while
+    /// there are synced without being read (a store run for a while
     /// holds hundreds of MB of them, nearly all long written back). Once
     /// sled is open, each is whole: one cut short by a crash is named only
     /// by a log entry that never became durable, and sled's recovery has
@@ -127,10 +135,11 @@ impl BlobSync {
         }
         state.settled = (mtime < started).then_some(mtime);
         drop(state);
+        sync.sync_dir()?;
         Ok(sync)
     }
 
-    /// Writes out the blob files written at or after `since` (read from
+    /// Syncs the blob files written at or after `since` (read from
     /// [`file_clock`]), if a file came or went in the directory since then;
     /// older ones are left to [`sync_new`](BlobSync::sync_new).
     pub fn sync_if_changed_since(&self, since: SystemTime) -> Result<Synced, StorageError> {
@@ -140,7 +149,7 @@ impl BlobSync {
         }
     }
 
-    /// Writes out every blob file not written out whole yet.
+    /// Syncs every blob file not synced whole yet, then the directory.
     pub fn sync_new(&self) -> Result<Synced, StorageError> {
         self.sync(None)
     }
@@ -193,6 +202,9 @@ impl BlobSync {
                 Err(e) => return Err(io(e)),
             }
         }
+        if done.complete + done.incomplete > 0 {
+            self.sync_dir()?;
+        }
         let mut state = self.lock();
         state.synced.extend(whole);
         // Forget files sled removed (a file listed after this listing
@@ -200,6 +212,11 @@ impl BlobSync {
         state.synced.retain(|lsn| present.contains(lsn));
         state.settled = (!skipped && done.incomplete == 0 && mtime < started).then_some(mtime);
         Ok(done)
+    }
+
+    /// `fsync` of the directory: the names of new files.
+    fn sync_dir(&self) -> Result<(), StorageError> {
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io)
     }
 
     fn mtime(&self) -> Result<Option<SystemTime>, StorageError> {
@@ -215,12 +232,43 @@ impl BlobSync {
     }
 }
 
+/// sled's log file (`db`), synced whenever it has grown.
+pub struct LogGrowth {
+    file: File,
+    /// The length at the last `fdatasync`.
+    synced_len: AtomicU64,
+}
+
+impl LogGrowth {
+    /// For the sled database in `db_dir`, just opened; syncs the file once.
+    pub fn open(db_dir: &Path) -> Result<LogGrowth, StorageError> {
+        let file = File::open(db_dir.join("db")).map_err(io)?;
+        file.sync_data().map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        Ok(LogGrowth {
+            file,
+            synced_len: AtomicU64::new(len),
+        })
+    }
+
+    /// `fdatasync` if the file grew since the last one; says whether it did.
+    pub fn sync_if_grown(&self) -> Result<bool, StorageError> {
+        let len = self.file.metadata().map_err(io)?.len();
+        if len <= self.synced_len.load(Ordering::Acquire) {
+            return Ok(false);
+        }
+        self.file.sync_data().map_err(io)?;
+        self.synced_len.fetch_max(len, Ordering::AcqRel);
+        Ok(true)
+    }
+}
+
 /// sled names each file by its LSN and ignores any other name.
 fn lsn_of(entry: &std::fs::DirEntry) -> Option<u64> {
     entry.file_name().to_str()?.parse().ok()
 }
 
-/// Writes out the file at `path`; says whether it held a whole blob.
+/// Syncs the file at `path`; says whether it held a whole blob.
 fn sync_file(path: &Path) -> std::io::Result<bool> {
     let mut file = File::open(path)?;
     let mut bytes = Vec::new();
@@ -229,32 +277,8 @@ fn sync_file(path: &Path) -> std::io::Result<bool> {
     Ok(is_whole(&bytes))
 }
 
-/// What sled 0.34.7's flush does to its log file (`iobuf.rs`): on Linux,
-/// `sync_file_range` over the whole file, waiting for the writes; where
-/// that is missing, `fdatasync`.
+/// `fdatasync`: the data and what reading it back needs (length, extents).
 fn write_out(file: &File) -> std::io::Result<()> {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::unix::io::AsRawFd;
-        // SAFETY: a valid open descriptor; offset 0 and length 0 mean the whole file.
-        let rc = unsafe {
-            libc::sync_file_range(
-                file.as_raw_fd(),
-                0,
-                0,
-                libc::SYNC_FILE_RANGE_WAIT_BEFORE
-                    | libc::SYNC_FILE_RANGE_WRITE
-                    | libc::SYNC_FILE_RANGE_WAIT_AFTER,
-            )
-        };
-        if rc == 0 {
-            return Ok(());
-        }
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::ENOSYS) {
-            return Err(e);
-        }
-    }
     file.sync_data()
 }
 
@@ -427,6 +451,21 @@ mod tests {
         assert_eq!(sync.sync_new().unwrap(), Synced::default());
         std::fs::write(blobs.join("3"), blob(1, b"c")).unwrap();
         assert_eq!(sync.sync_new().unwrap().complete, 1);
+    }
+
+    #[test]
+    fn the_log_file_is_synced_when_it_has_grown() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("db"), [0u8; 100]).unwrap();
+        let log = LogGrowth::open(dir.path()).unwrap();
+        assert!(!log.sync_if_grown().unwrap(), "synced at open");
+        let mut f = File::options()
+            .append(true)
+            .open(dir.path().join("db"))
+            .unwrap();
+        std::io::Write::write_all(&mut f, &[1u8; 100]).unwrap();
+        assert!(log.sync_if_grown().unwrap());
+        assert!(!log.sync_if_grown().unwrap());
     }
 
     #[test]
