@@ -60,7 +60,9 @@
 //!   without it gets it built from `ao` at its next open.
 //!
 //! sled flushes in the background only every 500 ms, so `append` flushes
-//! before it returns: nothing is acknowledged before it is on disk.
+//! before it returns: nothing is acknowledged before it is on disk. Every
+//! flush here also syncs what sled's own leaves out, its blob files and
+//! its log's growth ([`crate::store::sled_sync`]).
 
 use crate::store::sled_sync::{file_clock, BlobSync, LogGrowth};
 use crate::store::{
