@@ -125,7 +125,7 @@ impl BlobSync {
             let Some(lsn) = lsn_of(&entry) else {
                 continue;
             };
-            match File::open(entry.path()).and_then(|f| write_out(&f)) {
+            match File::open(entry.path()).and_then(|f| f.sync_data()) {
                 Ok(()) => {
                     state.synced.insert(lsn);
                 }
@@ -273,13 +273,9 @@ fn sync_file(path: &Path) -> std::io::Result<bool> {
     let mut file = File::open(path)?;
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes)?;
-    write_out(&file)?;
+    // `fdatasync`: the data and what reading it back needs (length, extents).
+    file.sync_data()?;
     Ok(is_whole(&bytes))
-}
-
-/// `fdatasync`: the data and what reading it back needs (length, extents).
-fn write_out(file: &File) -> std::io::Result<()> {
-    file.sync_data()
 }
 
 /// sled's blob layout: CRC32 (LE) of the rest, a kind byte, the data.
