@@ -259,12 +259,20 @@ fn start_actors(
 /// Runs `work` to its end even if the caller stops waiting for it: a saga
 /// that stopped half-way would leave holds taken, a keyed request its key
 /// running. Outside a tokio runtime it simply runs inline.
-async fn to_the_end<T: Send + 'static>(
+///
+/// `work` goes to the heap as soon as this is called, so the future returned
+/// (and every future that awaits it) holds a pointer, not the saga: placing
+/// an order is a future of about 5 KiB, which was otherwise copied whole
+/// into each enclosing future and again into the spawned task.
+fn to_the_end<T: Send + 'static>(
     work: impl Future<Output = Result<T>> + Send + 'static,
-) -> Result<T> {
-    match tokio::runtime::Handle::try_current() {
-        Ok(handle) => handle.spawn(work).await.unwrap_or(Err(Error::ShuttingDown)),
-        Err(_) => work.await,
+) -> impl Future<Output = Result<T>> + Send {
+    let work = Box::pin(work);
+    async move {
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => handle.spawn(work).await.unwrap_or(Err(Error::ShuttingDown)),
+            Err(_) => work.await,
+        }
     }
 }
 
