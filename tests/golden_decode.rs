@@ -30,7 +30,7 @@ use commerce_engine::store::recovery::recover;
 use commerce_engine::store::Loaded;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::fmt::Debug;
 use std::path::PathBuf;
 
@@ -313,8 +313,8 @@ fn campaign() -> Campaign {
         discount: Discount::Percent { percent: 10 },
         quantity: 500,
         expires_at: Some(T.plus_ms(86_400_000)),
-        issued: HashSet::from([UserId(1), UserId(4), UserId(9)]),
-        pending: HashSet::new(),
+        issued: [UserId(1), UserId(4), UserId(9)].into_iter().collect(),
+        pending: Default::default(),
     }
 }
 

@@ -1,12 +1,11 @@
 //! Coupon campaigns (first come, first served) and their discounts.
 
-use crate::domain::ids::{CouponId, UserId};
+use crate::domain::ids::{CouponId, IdSet, UserId};
 use crate::domain::limits::Limits;
 use crate::domain::money::Krw;
 use crate::domain::rejection::{Decision, Rejection};
 use crate::domain::time::Timestamp;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use std::collections::HashSet;
 
 /// What a coupon takes off an order.
 ///
@@ -107,10 +106,10 @@ pub struct Campaign {
     pub quantity: u64,
     pub expires_at: Option<Timestamp>,
     /// Users whose coupon is durable.
-    pub issued: HashSet<UserId>,
+    pub issued: IdSet<UserId>,
     /// Users whose coupon is decided but not yet durable (a hold).
     #[serde(skip)]
-    pub pending: HashSet<UserId>,
+    pub pending: IdSet<UserId>,
 }
 
 impl Campaign {
@@ -127,8 +126,8 @@ impl Campaign {
             discount,
             quantity,
             expires_at,
-            issued: HashSet::new(),
-            pending: HashSet::new(),
+            issued: IdSet::default(),
+            pending: IdSet::default(),
         }
     }
 

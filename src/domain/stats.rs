@@ -3,7 +3,7 @@
 //! The window is the current UTC day and the `WINDOW_DAYS - 1` days before
 //! it; older days are dropped, so memory is bounded by days × products sold.
 
-use crate::domain::ids::ProductId;
+use crate::domain::ids::{IdMap, ProductId};
 use crate::domain::money::Krw;
 use crate::domain::time::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -31,9 +31,9 @@ pub struct TopProducts {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SalesWindow {
     /// day → product → units paid that day.
-    days: BTreeMap<u64, HashMap<ProductId, u64>>,
+    days: BTreeMap<u64, IdMap<ProductId, u64>>,
     /// Names and prices of products that appear in `days` (they never change).
-    catalogue: HashMap<ProductId, (String, Krw)>,
+    catalogue: IdMap<ProductId, (String, Krw)>,
 }
 
 impl SalesWindow {

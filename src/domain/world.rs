@@ -7,7 +7,7 @@
 
 use crate::domain::coupon::Campaign;
 use crate::domain::event::{Event, Record};
-use crate::domain::ids::{CouponId, OrderId, ProductId, UserCouponId, UserId};
+use crate::domain::ids::{CouponId, IdSet, OrderId, ProductId, UserCouponId, UserId};
 use crate::domain::order::{Order, OrderStatus};
 use crate::domain::product::Product;
 use crate::domain::stats::SalesWindow;
@@ -86,10 +86,10 @@ pub struct Archiving {
 /// Which entities changed since the last snapshot.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Dirty {
-    pub users: HashSet<UserId>,
-    pub products: HashSet<ProductId>,
-    pub campaigns: HashSet<CouponId>,
-    pub orders: HashSet<OrderId>,
+    pub users: IdSet<UserId>,
+    pub products: IdSet<ProductId>,
+    pub campaigns: IdSet<CouponId>,
+    pub orders: IdSet<OrderId>,
     pub keys: HashSet<String>,
     pub meta: bool,
 }
@@ -128,8 +128,8 @@ pub struct Cut {
     pub orders: Vec<OrderId>,
     pub keys: Vec<String>,
     /// The same ids, to look up an entity about to change: those still here are uncaptured.
-    waiting_users: HashSet<UserId>,
-    waiting_orders: HashSet<OrderId>,
+    waiting_users: IdSet<UserId>,
+    waiting_orders: IdSet<OrderId>,
     waiting_keys: HashSet<String>,
     /// Copies as they were when the cut began.
     pub captured: Vec<Captured>,
@@ -193,7 +193,7 @@ pub struct World {
     /// Finished orders in the store's archive, summed (they are not in `orders`).
     pub archived: ArchiveTally,
     /// Orders that snapshots hold as pending: archiving one deletes that.
-    pub orders_in_snapshots: HashSet<OrderId>,
+    pub orders_in_snapshots: IdSet<OrderId>,
 }
 
 fn unfit(seq: u64, reason: String) -> ApplyError {

@@ -24,7 +24,7 @@
 
 use crate::domain::coupon::Discount;
 use crate::domain::event::{Event, Record};
-use crate::domain::ids::{OrderId, UserCouponId, UserId};
+use crate::domain::ids::{IdMap, IdSet, OrderId, UserCouponId, UserId};
 use crate::domain::limits::Limits;
 use crate::domain::order::{
     price, validate_lines, LineRequest, Order, OrderLine, OrderStatus, Settle,
@@ -45,7 +45,7 @@ use crate::engine::user_actor::{Debit, HoldCoupon, OrderNews, UserActor};
 use crate::store::writer::{Ack, ArchiveWatch, JournalHandle};
 use actix::prelude::*;
 use futures_util::future::join_all;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -62,7 +62,7 @@ use tokio::sync::oneshot;
 pub struct OrderBook {
     pub orders: BTreeMap<OrderId, Order>,
     /// Ids of each user's orders in `orders`, ascending.
-    pub by_user: HashMap<UserId, Vec<OrderId>>,
+    pub by_user: IdMap<UserId, Vec<OrderId>>,
     pub due: BTreeSet<(Timestamp, OrderId)>,
     /// Finished orders, oldest first, each with the archive mark taken
     /// when it finished: it leaves `orders` once that is written.
@@ -126,7 +126,7 @@ impl OrderBook {
 
 pub struct Coordinator {
     book: OrderBook,
-    busy: HashSet<OrderId>,
+    busy: IdSet<OrderId>,
     registry: Arc<Registry>,
     journal: JournalHandle,
     clock: Arc<dyn Clock>,
@@ -158,7 +158,7 @@ impl Coordinator {
     pub fn new(book: OrderBook, s: CoordinatorSetup) -> Coordinator {
         Coordinator {
             book,
-            busy: HashSet::new(),
+            busy: IdSet::default(),
             registry: s.registry,
             journal: s.journal,
             clock: s.clock,

@@ -2,7 +2,7 @@
 
 use crate::domain::coupon::Campaign;
 use crate::domain::event::Record;
-use crate::domain::ids::{OrderId, UserId};
+use crate::domain::ids::{IdSet, OrderId, UserId};
 use crate::domain::order::Order;
 use crate::domain::product::Product;
 use crate::domain::user::{BalanceEntry, User, HISTORY_CHUNK};
@@ -255,7 +255,7 @@ fn encode_user(
 /// snapshot.
 fn encode_order(
     o: &Order,
-    in_snapshots: &mut HashSet<OrderId>,
+    in_snapshots: &mut IdSet<OrderId>,
     archiving: &mut Archiving,
     out: &mut SnapshotEntries,
 ) -> Result<(), CodecError> {
