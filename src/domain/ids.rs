@@ -49,11 +49,6 @@ impl Hasher for IdHasher {
     }
 
     #[inline]
-    fn write_usize(&mut self, n: usize) {
-        self.add(n as u64);
-    }
-
-    #[inline]
     fn finish(&self) -> u64 {
         self.0
     }
