@@ -30,7 +30,7 @@ pub mod workload;
 
 use crate::bench::ids::IdLog;
 use crate::bench::report::{
-    merge, BenchReport, InvariantReport, JournalReport, KindReport, RssDrift, Second,
+    merge, BenchReport, InvariantReport, JournalReport, KindReport, ProcessReport, RssDrift, Second,
 };
 use crate::bench::rng::Rng;
 use crate::bench::target::{HttpTarget, OpError, Target};
@@ -385,6 +385,39 @@ struct Driven {
     setup_rss_mib: (Option<f64>, Option<f64>),
     measured_secs: f64,
     journal: Option<JournalReport>,
+    process: Option<ProcessReport>,
+}
+
+/// The process at one moment of the run.
+#[derive(Clone, Copy)]
+struct Sample {
+    at: Instant,
+    /// Operations finished so far.
+    completed: u64,
+    usage: Option<crate::process::Usage>,
+}
+
+/// What the process used between two samples.
+fn process_delta(a: &Sample, b: &Sample, journal: Option<&JournalReport>) -> Option<ProcessReport> {
+    let (ua, ub) = (a.usage?, b.usage?);
+    let secs = b.at.saturating_duration_since(a.at).as_secs_f64().max(1e-9);
+    let user = (ub.user_secs - ua.user_secs).max(0.0);
+    let system = (ub.system_secs - ua.system_secs).max(0.0);
+    let ops = b.completed.saturating_sub(a.completed).max(1);
+    let written = match (ua.storage_write_bytes, ub.storage_write_bytes) {
+        (Some(x), Some(y)) => Some(y.saturating_sub(x) as f64),
+        _ => None,
+    };
+    Some(ProcessReport {
+        cpu_percent: (user + system) / secs * 100.0,
+        system_percent: system / secs * 100.0,
+        cpu_us_per_op: (user + system) * 1e6 / ops as f64,
+        storage_write_mib_per_sec: written.map(|w| w / secs / (1024.0 * 1024.0)),
+        storage_write_bytes_per_record: written
+            .zip(journal)
+            .filter(|(_, j)| j.records > 0)
+            .map(|(w, j)| w / j.records as f64),
+    })
 }
 
 /// Resident memory of this process (Linux), in MiB; `None` elsewhere.
@@ -450,15 +483,23 @@ async fn drive(
         exhausted: AtomicBool::new(false),
     });
     run.target.time_requests_from(run.measure_from);
-    let metrics = |run: &Run| match &run.target {
-        Target::Embedded(e) => Some(e.metrics()),
-        Target::Http(_) => None,
+    let metrics = |run: &Run| {
+        let engine = match &run.target {
+            Target::Embedded(e) => Some(e.metrics()),
+            Target::Http(_) => None,
+        };
+        let sample = Sample {
+            at: Instant::now(),
+            completed: run.completed.load(Ordering::Relaxed),
+            usage: crate::process::usage(),
+        };
+        (engine, Some(sample))
     };
     let handles: Vec<_> = (0..args.concurrency as u64)
         .map(|i| tokio::spawn(worker(run.clone(), i, args.seed)))
         .collect();
     let pb = progress_bar(warmup + duration, args.json);
-    let (mut before, mut last) = (None, (Instant::now(), 0u64));
+    let (mut before, mut last) = ((None, None), (Instant::now(), 0u64));
     let mut warm = warmup.is_zero();
     if warm {
         before = metrics(&run);
@@ -509,8 +550,12 @@ async fn drive(
     } else {
         duration.as_secs_f64()
     };
-    let journal = match (before, after) {
-        (Some(a), Some(b)) => Some(journal_delta(&a, &b, measured_secs.max(1e-9))),
+    let journal = match (&before.0, &after.0) {
+        (Some(a), Some(b)) => Some(journal_delta(a, b, measured_secs.max(1e-9))),
+        _ => None,
+    };
+    let process = match (before.1, after.1) {
+        (Some(a), Some(b)) => process_delta(&a, &b, journal.as_ref()),
         _ => None,
     };
     Ok(Driven {
@@ -521,6 +566,7 @@ async fn drive(
         setup_rss_mib,
         measured_secs,
         journal,
+        process,
     })
 }
 
@@ -678,6 +724,7 @@ fn build_report(
         errors,
         unknown_outcomes: d.run.tally.unknown.load(Ordering::Relaxed),
         journal: d.journal.clone(),
+        process: d.process.clone(),
         rss_drift: RssDrift::over(&d.timeline, args.warmup_secs, d.measured_secs),
         timeline: d.timeline.clone(),
         invariants,

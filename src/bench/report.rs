@@ -76,6 +76,25 @@ pub struct JournalReport {
     pub write_us_per_batch: f64,
 }
 
+/// What this process used over the measured window: embedded, the engine
+/// and the load generator together; with `--url`, the load generator alone.
+/// CPU per operation moves less with the machine's other tenants than
+/// throughput does, so it compares builds in fewer runs.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ProcessReport {
+    /// CPU time in % of one core (200 is two cores busy).
+    pub cpu_percent: f64,
+    /// The part of it in the kernel, in % of one core.
+    pub system_percent: f64,
+    /// CPU time per operation finished in the window (µs; an order_pay
+    /// operation is a place and its payment).
+    pub cpu_us_per_op: f64,
+    /// Bytes sent to storage (Linux), per second...
+    pub storage_write_mib_per_sec: Option<f64>,
+    /// ...and per journal record (embedded).
+    pub storage_write_bytes_per_record: Option<f64>,
+}
+
 /// One second of the run (warm-up included): throughput and resident memory.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Second {
@@ -178,6 +197,7 @@ pub struct BenchReport {
     pub errors: BTreeMap<String, u64>,
     pub unknown_outcomes: u64,
     pub journal: Option<JournalReport>,
+    pub process: Option<ProcessReport>,
     /// Runs of 120 s or more: did resident memory stay flat?
     pub rss_drift: Option<RssDrift>,
     /// Per second, for spotting decay and memory growth (JSON only).
@@ -270,6 +290,20 @@ impl BenchReport {
                 w(Step::Snapshotting),
                 w(Step::Waiting)
             );
+        }
+        if let Some(p) = &self.process {
+            let _ = write!(
+                out,
+                "process: {:.0}% CPU ({:.0}% in the kernel), {:.1} µs of CPU per operation",
+                p.cpu_percent, p.system_percent, p.cpu_us_per_op
+            );
+            if let Some(mib) = p.storage_write_mib_per_sec {
+                let _ = write!(out, "; {mib:.1} MiB/s written to storage");
+            }
+            if let Some(b) = p.storage_write_bytes_per_record {
+                let _ = write!(out, " ({b:.0} bytes per journal record)");
+            }
+            let _ = writeln!(out);
         }
         if let Some(d) = &self.rss_drift {
             let _ = writeln!(
