@@ -268,3 +268,35 @@ async fn health(tcp: &mut tokio::net::TcpStream, wait: Duration) -> bool {
         _ => false,
     }
 }
+
+#[tokio::test]
+async fn serving_on_engine_threads_without_their_io_driver_is_refused() {
+    // embedded default: the actor threads run no I/O driver, so sockets
+    // cannot be served on them; serving says so instead of panicking there
+    let engine = commerce_engine::engine::Engine::start(
+        commerce_engine::engine::EngineConfig {
+            arbiter_count: 2,
+            ..commerce_engine::engine::EngineConfig::default()
+        },
+        Box::new(MemoryStore::new()),
+        Arc::new(SystemClock),
+    )
+    .expect("engine starts");
+    assert!(!engine.engine_threads_have_io());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let served = commerce_engine::http::server::serve_on_engine_threads(
+        engine.clone(),
+        listener,
+        HttpSettings::new(TOKEN),
+        std::future::pending(),
+    )
+    .await;
+    let e = served.expect_err("refused");
+    assert!(e.to_string().contains("actor_threads_io"), "{e}");
+    // the engine itself works on them
+    let made = engine.create_user("u", None).await.expect("user");
+    assert_eq!(made.name, "u");
+    tokio::task::spawn_blocking(move || engine.shutdown())
+        .await
+        .expect("shutdown");
+}

@@ -616,9 +616,15 @@ pub fn execute(args: &BenchArgs) -> Result<BenchReport, crate::CliError> {
         .client_threads
         .unwrap_or(if embedded.is_some() { 1 } else { 2 });
     let rt = if threads <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
+        let mut builder = tokio::runtime::Builder::new_current_thread();
+        // Embedded, the workers use no sockets: without the I/O driver an
+        // answer from an actor thread wakes them with no system call while
+        // they are busy (see `EngineConfig::actor_threads_io`).
+        match embedded {
+            Some(_) => builder.enable_time(),
+            None => builder.enable_all(),
+        };
+        builder.build()?
     } else {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)

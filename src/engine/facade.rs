@@ -151,12 +151,28 @@ struct Inner {
     /// shutdown, so the store closes with the writer.
     archive: std::sync::RwLock<Option<ArchiveReader>>,
     running: Mutex<Option<Running>>,
+    /// See [`EngineConfig::actor_threads_io`].
+    actor_threads_io: bool,
 }
 
 /// The commerce engine. Cheap to clone; every clone is the same engine.
 #[derive(Clone)]
 pub struct Engine {
     inner: Arc<Inner>,
+}
+
+/// The runtime of an actor thread: a tokio current-thread runtime with
+/// timers, and with the I/O driver only if sockets are served on it.
+fn actor_runtime(io: bool) -> tokio::runtime::Runtime {
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    builder.enable_time();
+    if io {
+        builder.enable_io();
+    }
+    // What actix's own default does when it cannot build one.
+    builder
+        .build()
+        .expect("build an actor thread's tokio runtime")
 }
 
 struct Actors {
@@ -175,7 +191,8 @@ fn start_actors(
 ) -> Actors {
     let mut arbiters = vec![Arbiter::current()];
     for _ in 1..config.arbiter_count.max(1) {
-        arbiters.push(Arbiter::new().handle());
+        let io = config.actor_threads_io;
+        arbiters.push(Arbiter::with_tokio_rt(move || actor_runtime(io)).handle());
     }
     let at = |id: u64| arbiters[(id as usize) % arbiters.len()].clone();
     let World {
@@ -292,7 +309,8 @@ impl Engine {
     /// per actor thread, `i` from 0), for work that talks to the actors a
     /// lot, such as serving HTTP: a message to an actor on the same thread,
     /// and its answer, need no wake-up of another thread. The futures must
-    /// never block (a blocked thread stalls its actors). Refused once the
+    /// never block (a blocked thread stalls its actors). Sockets and other
+    /// tokio I/O need [`EngineConfig::actor_threads_io`]. Refused once the
     /// engine is shutting down.
     pub fn spawn_on_engine_threads<F, Fut>(&self, make: F) -> Result<()>
     where
@@ -305,6 +323,12 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// Whether futures spawned on the engine's threads can use sockets (see
+    /// [`EngineConfig::actor_threads_io`]).
+    pub fn engine_threads_have_io(&self) -> bool {
+        self.inner.actor_threads_io
     }
 
     /// How many threads [`spawn_on_engine_threads`](Engine::spawn_on_engine_threads) runs on.
@@ -365,7 +389,8 @@ impl Engine {
         let thread = std::thread::Builder::new()
             .name("actors-0".into())
             .spawn(move || {
-                let system = System::new();
+                let io = cfg.actor_threads_io;
+                let system = System::with_tokio_rt(move || actor_runtime(io));
                 system.block_on(async move {
                     let actors = start_actors(world, &cfg, j, c, l);
                     let _ = tx.send((System::current(), actors));
@@ -403,6 +428,7 @@ impl Engine {
                     writer,
                     delivery,
                 })),
+                actor_threads_io: config.actor_threads_io,
             }),
         })
     }

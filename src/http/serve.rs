@@ -91,6 +91,8 @@ fn engine_config(args: &ServeArgs) -> EngineConfig {
         order_ttl_ms: args.order_ttl_secs.saturating_mul(1_000),
         stats_interval_ms: args.stats_interval_secs.saturating_mul(1_000),
         data_platform,
+        // Connections are served on the engine's threads.
+        actor_threads_io: true,
         ..EngineConfig::default()
     }
 }

@@ -303,13 +303,21 @@ pub async fn serve(
 /// caller's runtime accepts connections (a permit first, so connections
 /// past `connections_max` wait in the kernel's backlog) and hands them to
 /// the threads in turn, so each serves as many; it also waits for
-/// `shutdown` and keeps the metrics. The request limits are shared.
+/// `shutdown` and keeps the metrics. The request limits are shared. The
+/// engine must run its threads with [`EngineConfig::actor_threads_io`].
+///
+/// [`EngineConfig::actor_threads_io`]: crate::engine::EngineConfig::actor_threads_io
 pub async fn serve_on_engine_threads(
     engine: Engine,
     listener: std::net::TcpListener,
     settings: HttpSettings,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
+    if !engine.engine_threads_have_io() {
+        return Err(io::Error::other(
+            "the engine's threads run no I/O driver: start it with `actor_threads_io`",
+        ));
+    }
     listener.set_nonblocking(true)?;
     let listener = TcpListener::from_std(listener)?;
     let local = listener.local_addr()?;

@@ -19,6 +19,7 @@ pub fn config() -> EngineConfig {
     EngineConfig {
         arbiter_count: 2,
         data_platform: DataPlatform::Off,
+        actor_threads_io: true,
         ..EngineConfig::default()
     }
 }
