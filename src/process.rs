@@ -20,7 +20,7 @@ fn vm_rss_bytes(status: &str) -> Option<u64> {
 
 /// This process's use of the machine so far: CPU time, and bytes sent to
 /// storage. The difference of two readings is what the time between cost.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug)]
 pub struct Usage {
     /// CPU time in user mode (s).
     pub user_secs: f64,
