@@ -6,6 +6,10 @@
 //! concurrently and the time per operation is the batch time divided out
 //! (criterion's `iter_custom`), i.e. the inverse of throughput.
 //!
+//! `engine_io_driver` compares place + pay with the actor threads and the
+//! caller's runtime without tokio's I/O driver (the embedded default) and
+//! with it (as `serve` runs them), in one run.
+//!
 //! `cargo bench --bench engine -- --warm-up-time 1 --measurement-time 3`
 
 use commerce_engine::domain::ids::{ProductId, UserId};
@@ -32,13 +36,19 @@ struct Fixture {
     products: Vec<ProductId>,
 }
 
-async fn fixture() -> Fixture {
-    let engine = Engine::start(
-        EngineConfig::default(),
-        Box::new(MemoryStore::new()),
-        Arc::new(SystemClock),
-    )
-    .expect("engine starts");
+/// A current-thread runtime for the callers, with the I/O driver or not.
+fn caller_runtime(io: bool) -> tokio::runtime::Runtime {
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    builder.enable_time();
+    if io {
+        builder.enable_io();
+    }
+    builder.build().expect("runtime")
+}
+
+async fn fixture(config: EngineConfig) -> Fixture {
+    let engine = Engine::start(config, Box::new(MemoryStore::new()), Arc::new(SystemClock))
+        .expect("engine starts");
     let mut users = Vec::new();
     for i in 0..USERS {
         let u = engine.create_user(&format!("u{i}"), None).await.unwrap();
@@ -96,11 +106,9 @@ async fn one(f: &Fixture, op: Op, n: u64) {
 }
 
 fn round_trips(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let f = Arc::new(rt.block_on(fixture()));
+    // As the embedded bench runs: no I/O driver anywhere.
+    let rt = caller_runtime(false);
+    let f = Arc::new(rt.block_on(fixture(EngineConfig::default())));
     let counter = AtomicU64::new(0);
     let mut g = c.benchmark_group("engine");
     g.throughput(Throughput::Elements(1));
@@ -111,20 +119,8 @@ fn round_trips(c: &mut Criterion) {
     ] {
         for in_flight in [1usize, 64] {
             g.bench_with_input(BenchmarkId::new(name, in_flight), &in_flight, |b, &k| {
-                b.to_async(&rt).iter_custom(|iters| {
-                    let f = f.clone();
-                    let first = counter.fetch_add(iters, Ordering::Relaxed);
-                    async move {
-                        let start = Instant::now();
-                        stream::iter(first..first + iters)
-                            .for_each_concurrent(k, |n| {
-                                let f = &f;
-                                async move { one(f, op, n).await }
-                            })
-                            .await;
-                        start.elapsed()
-                    }
-                })
+                b.to_async(&rt)
+                    .iter_custom(|iters| timed(f.clone(), op, k, &counter, iters))
             });
         }
     }
@@ -133,9 +129,49 @@ fn round_trips(c: &mut Criterion) {
     f.engine.shutdown();
 }
 
+/// `iters` operations, `in_flight` at a time; their time in all.
+async fn timed(
+    f: Arc<Fixture>,
+    op: Op,
+    in_flight: usize,
+    counter: &AtomicU64,
+    iters: u64,
+) -> Duration {
+    let first = counter.fetch_add(iters, Ordering::Relaxed);
+    let start = Instant::now();
+    stream::iter(first..first + iters)
+        .for_each_concurrent(in_flight, |n| {
+            let f = &f;
+            async move { one(f, op, n).await }
+        })
+        .await;
+    start.elapsed()
+}
+
+fn io_driver(c: &mut Criterion) {
+    let mut g = c.benchmark_group("engine_io_driver");
+    g.throughput(Throughput::Elements(1));
+    for (name, io) in [("without", false), ("with", true)] {
+        let rt = caller_runtime(io);
+        let config = EngineConfig {
+            actor_threads_io: io,
+            ..EngineConfig::default()
+        };
+        let f = Arc::new(rt.block_on(fixture(config)));
+        let counter = AtomicU64::new(0);
+        g.bench_function(BenchmarkId::new("place_and_pay_64", name), |b| {
+            b.to_async(&rt)
+                .iter_custom(|iters| timed(f.clone(), Op::PlaceAndPay, 64, &counter, iters))
+        });
+        let f = Arc::into_inner(f).expect("benches are done with the engine");
+        f.engine.shutdown();
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3));
-    targets = round_trips
+    targets = round_trips, io_driver
 }
 criterion_main!(benches);
