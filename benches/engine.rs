@@ -15,7 +15,9 @@
 use commerce_engine::domain::ids::{ProductId, UserId};
 use commerce_engine::domain::money::Krw;
 use commerce_engine::domain::order::LineRequest;
-use commerce_engine::engine::{Engine, EngineConfig, OrderSource, PlaceOrder, SystemClock};
+use commerce_engine::engine::{
+    current_thread_runtime, Engine, EngineConfig, OrderSource, PlaceOrder, SystemClock,
+};
 use commerce_engine::store::MemoryStore;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use futures_util::stream::{self, StreamExt};
@@ -38,12 +40,7 @@ struct Fixture {
 
 /// A current-thread runtime for the callers, with the I/O driver or not.
 fn caller_runtime(io: bool) -> tokio::runtime::Runtime {
-    let mut builder = tokio::runtime::Builder::new_current_thread();
-    builder.enable_time();
-    if io {
-        builder.enable_io();
-    }
-    builder.build().expect("runtime")
+    current_thread_runtime(io).expect("runtime")
 }
 
 async fn fixture(config: EngineConfig) -> Fixture {

@@ -493,16 +493,16 @@ async fn drive(
             completed: run.completed.load(Ordering::Relaxed),
             usage: crate::process::usage(),
         };
-        (engine, Some(sample))
+        (engine, sample)
     };
     let handles: Vec<_> = (0..args.concurrency as u64)
         .map(|i| tokio::spawn(worker(run.clone(), i, args.seed)))
         .collect();
     let pb = progress_bar(warmup + duration, args.json);
-    let (mut before, mut last) = ((None, None), (Instant::now(), 0u64));
+    let (mut before, mut last) = (None, (Instant::now(), 0u64));
     let mut warm = warmup.is_zero();
     if warm {
-        before = metrics(&run);
+        before = Some(metrics(&run));
     }
     let mut timeline = Vec::new();
     let mut second = (start, 0u64);
@@ -521,7 +521,7 @@ async fn drive(
         }
         if !warm && now >= run.measure_from {
             warm = true;
-            before = metrics(&run);
+            before = Some(metrics(&run));
         }
         let done = run.completed.load(Ordering::Relaxed);
         let rate = (done - last.1) as f64 / (now - last.0).as_secs_f64();
@@ -550,14 +550,11 @@ async fn drive(
     } else {
         duration.as_secs_f64()
     };
-    let journal = match (&before.0, &after.0) {
+    let journal = match (before.as_ref().and_then(|b| b.0.as_ref()), &after.0) {
         (Some(a), Some(b)) => Some(journal_delta(a, b, measured_secs.max(1e-9))),
         _ => None,
     };
-    let process = match (before.1, after.1) {
-        (Some(a), Some(b)) => process_delta(&a, &b, journal.as_ref()),
-        _ => None,
-    };
+    let process = before.and_then(|(_, a)| process_delta(&a, &after.1, journal.as_ref()));
     Ok(Driven {
         run,
         outs,
@@ -616,15 +613,9 @@ pub fn execute(args: &BenchArgs) -> Result<BenchReport, crate::CliError> {
         .client_threads
         .unwrap_or(if embedded.is_some() { 1 } else { 2 });
     let rt = if threads <= 1 {
-        let mut builder = tokio::runtime::Builder::new_current_thread();
-        // Embedded, the workers use no sockets: without the I/O driver an
-        // answer from an actor thread wakes them with no system call while
-        // they are busy (see `EngineConfig::actor_threads_io`).
-        match embedded {
-            Some(_) => builder.enable_time(),
-            None => builder.enable_all(),
-        };
-        builder.build()?
+        // Embedded, the workers use no sockets: no I/O driver, so an answer
+        // from an actor thread wakes them with no system call while busy.
+        crate::engine::current_thread_runtime(embedded.is_none())?
     } else {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)

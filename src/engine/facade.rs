@@ -161,18 +161,23 @@ pub struct Engine {
     inner: Arc<Inner>,
 }
 
-/// The runtime of an actor thread: a tokio current-thread runtime with
-/// timers, and with the I/O driver only if sockets are served on it.
-fn actor_runtime(io: bool) -> tokio::runtime::Runtime {
+/// A tokio current-thread runtime with timers, and with the I/O driver only
+/// if `io` (sockets): without it, the thread parks on a futex, and a wake-up
+/// from another thread costs no system call while it is busy (see
+/// [`EngineConfig::actor_threads_io`]).
+pub fn current_thread_runtime(io: bool) -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_current_thread();
     builder.enable_time();
     if io {
         builder.enable_io();
     }
+    builder.build()
+}
+
+/// The runtime of an actor thread, with the I/O driver if `io`.
+fn actor_runtime(io: bool) -> tokio::runtime::Runtime {
     // What actix's own default does when it cannot build one.
-    builder
-        .build()
-        .expect("build an actor thread's tokio runtime")
+    current_thread_runtime(io).expect("build an actor thread's tokio runtime")
 }
 
 struct Actors {

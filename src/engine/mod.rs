@@ -18,5 +18,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{DataPlatform, EngineConfig};
 pub use coordinator::OrderSource;
 pub use error::{Error, Result};
-pub use facade::{Engine, EngineMetrics, NewCoupon, PageRequest, PlaceOrder, StartError};
+pub use facade::{
+    current_thread_runtime, Engine, EngineMetrics, NewCoupon, PageRequest, PlaceOrder, StartError,
+};
 pub use idempotency::IdempotencyKey;
