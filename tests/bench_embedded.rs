@@ -4,7 +4,7 @@
 
 use commerce_engine::bench::check::check_world;
 use commerce_engine::bench::workload::{Fixture, Tally, Workload, STOCK};
-use commerce_engine::bench::{execute, BenchArgs, StoreChoice};
+use commerce_engine::bench::{execute, BenchArgs, ClientsOn, StoreChoice};
 use commerce_engine::domain::event::{Event, Record};
 use commerce_engine::domain::ids::{OrderId, ProductId, UserId};
 use commerce_engine::domain::money::Krw;
@@ -49,6 +49,7 @@ fn every_workload_runs_on_sled_and_passes_its_invariant_check() {
             "{workload:?}: {:?}",
             report.invariants
         );
+        assert_eq!(report.clients_on, ClientsOn::Engine, "the default embedded");
         assert!(report.total.ops > 0, "{workload:?} measured nothing");
         // Records were written in the window, so the writer spent time
         // writing them, and it is one thread: at most the whole window,
@@ -97,6 +98,45 @@ fn the_memory_store_gives_the_same_checks() {
     let report = execute(&args).expect("the run completes");
     assert!(report.invariants.ok(), "{:?}", report.invariants);
     assert!(report.total.ok > 0);
+}
+
+#[test]
+fn workers_on_their_own_threads_give_the_same_checks() {
+    for threads in [None, Some(2)] {
+        let args = BenchArgs {
+            clients_on: Some(ClientsOn::Own),
+            client_threads: threads,
+            ..small(Workload::HotProduct)
+        };
+        let report = execute(&args).expect("the run completes");
+        assert_eq!(report.clients_on, ClientsOn::Own);
+        assert!(report.invariants.ok(), "{:?}", report.invariants);
+        assert!(report.total.ok > 0);
+    }
+    // --client-threads alone means their own runtime.
+    let args = BenchArgs {
+        client_threads: Some(1),
+        ..small(Workload::Charge)
+    };
+    assert_eq!(execute(&args).expect("runs").clients_on, ClientsOn::Own);
+}
+
+#[test]
+fn workers_on_the_engines_threads_need_the_embedded_engine() {
+    let over_http = BenchArgs {
+        url: Some("http://127.0.0.1:9".into()),
+        clients_on: Some(ClientsOn::Engine),
+        ..small(Workload::Charge)
+    };
+    let e = execute(&over_http).expect_err("no engine threads over HTTP");
+    assert!(e.to_string().contains("--clients-on engine"), "{e}");
+    let sized = BenchArgs {
+        clients_on: Some(ClientsOn::Engine),
+        client_threads: Some(2),
+        ..small(Workload::Charge)
+    };
+    let e = execute(&sized).expect_err("--client-threads sizes the own runtime");
+    assert!(e.to_string().contains("--client-threads"), "{e}");
 }
 
 #[test]

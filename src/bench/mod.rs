@@ -8,6 +8,12 @@
 //! error code. Afterwards the invariants are checked (see [`check`]), and a
 //! violation makes the command exit non-zero.
 //!
+//! Embedded, the workers run on the engine's own threads by default, shared
+//! out by index (`--clients-on engine`), as `serve` runs its connections: a
+//! message to an actor on the worker's thread, and its answer, wake no other
+//! thread. `--clients-on own` gives them a runtime of their own
+//! (`--client-threads`), the only choice with `--url`.
+//!
 //! Load is closed-loop by default: `--concurrency` workers, each sending its
 //! next request when the previous one is answered. With `--rate` it is open
 //! loop: requests are due at fixed intervals whatever the answers, workers
@@ -57,6 +63,16 @@ pub enum StoreChoice {
     Sled,
     /// The same bytes kept in memory: no disk, to see what sled costs.
     Memory,
+}
+
+/// Where the load generator's workers run.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientsOn {
+    /// On the embedded engine's actor threads, as `serve` runs its connections.
+    Engine,
+    /// On a tokio runtime of the bench's own (`--client-threads`).
+    Own,
 }
 
 /// Where the embedded engine delivers paid orders.
@@ -113,7 +129,11 @@ pub struct BenchArgs {
     /// Coupons in the campaign (default: one per user).
     #[arg(long)]
     pub coupon_quantity: Option<u64>,
-    /// Threads of the load generator (default: 1 embedded, 2 over HTTP).
+    /// Where the workers run (default: `engine` embedded; `own` with
+    /// --url or --client-threads).
+    #[arg(long, value_enum)]
+    pub clients_on: Option<ClientsOn>,
+    /// Threads of the workers' own runtime (default: 1 embedded, 2 over HTTP).
     #[arg(long)]
     pub client_threads: Option<usize>,
     /// Print the report as JSON (and no progress bar).
@@ -141,6 +161,7 @@ impl BenchArgs {
             users: None,
             products: None,
             coupon_quantity: None,
+            clients_on: None,
             client_threads: None,
             json: false,
         }
@@ -375,6 +396,97 @@ fn progress_bar(total: Duration, hidden: bool) -> ProgressBar {
     pb
 }
 
+/// A run's workers, on the bench's runtime or on the engine's threads.
+enum Workers {
+    Own(Vec<tokio::task::JoinHandle<WorkerOut>>),
+    /// One batch of workers per engine thread, each sending back its
+    /// results; `ended` counts batches done (or dropped by a panic).
+    Engine {
+        results: Vec<tokio::sync::oneshot::Receiver<Vec<WorkerOut>>>,
+        ended: Arc<AtomicU64>,
+    },
+}
+
+/// Counts a batch of workers as ended when it is dropped, however it ends.
+struct Ended(Arc<AtomicU64>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::Release);
+    }
+}
+
+impl Workers {
+    /// Starts `run.concurrency` workers, worker `i` on engine thread
+    /// `i % threads` when they go on the engine's threads.
+    fn spawn(run: &Arc<Run>, on: ClientsOn, seed: u64) -> Result<Workers, crate::CliError> {
+        let engine = match (&run.target, on) {
+            (Target::Embedded(engine), ClientsOn::Engine) => engine,
+            _ => {
+                return Ok(Workers::Own(
+                    (0..run.concurrency)
+                        .map(|i| tokio::spawn(worker(run.clone(), i, seed)))
+                        .collect(),
+                ))
+            }
+        };
+        let threads = engine.engine_threads().max(1);
+        let (senders, results): (Vec<_>, Vec<_>) = (0..threads)
+            .map(|_| {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                (std::cell::Cell::new(Some(tx)), rx)
+            })
+            .unzip();
+        let ended = Arc::new(AtomicU64::new(0));
+        engine
+            .spawn_on_engine_threads(|t| {
+                let (run, sender) = (run.clone(), senders[t].take());
+                let ended = Ended(ended.clone());
+                async move {
+                    let batch = (t as u64..run.concurrency)
+                        .step_by(threads)
+                        .map(|i| worker(run.clone(), i, seed));
+                    let outs = futures_util::future::join_all(batch).await;
+                    if let Some(tx) = sender {
+                        let _ = tx.send(outs);
+                    }
+                    drop(ended);
+                }
+            })
+            .map_err(|e| format!("starting the workers on the engine's threads: {e}"))?;
+        Ok(Workers::Engine { results, ended })
+    }
+
+    fn finished(&self) -> bool {
+        match self {
+            Workers::Own(handles) => handles.iter().all(|h| h.is_finished()),
+            Workers::Engine { results, ended } => {
+                ended.load(Ordering::Acquire) >= results.len() as u64
+            }
+        }
+    }
+
+    async fn join(self) -> Result<Vec<WorkerOut>, crate::CliError> {
+        let mut outs = Vec::new();
+        match self {
+            Workers::Own(handles) => {
+                for h in handles {
+                    outs.push(h.await?);
+                }
+            }
+            Workers::Engine { results, .. } => {
+                for rx in results {
+                    outs.extend(
+                        rx.await
+                            .map_err(|_| "workers on an engine thread stopped early")?,
+                    );
+                }
+            }
+        }
+        Ok(outs)
+    }
+}
+
 /// What the measured phase produced.
 struct Driven {
     run: Arc<Run>,
@@ -446,6 +558,7 @@ fn journal_delta(a: &EngineMetrics, b: &EngineMetrics, secs: f64) -> JournalRepo
 async fn drive(
     target: Target,
     args: &BenchArgs,
+    on: ClientsOn,
     users: usize,
     products: usize,
 ) -> Result<Driven, crate::CliError> {
@@ -495,9 +608,7 @@ async fn drive(
         };
         (engine, sample)
     };
-    let handles: Vec<_> = (0..args.concurrency as u64)
-        .map(|i| tokio::spawn(worker(run.clone(), i, args.seed)))
-        .collect();
+    let workers = Workers::spawn(&run, on, args.seed)?;
     let pb = progress_bar(warmup + duration, args.json);
     let (mut before, mut last) = (None, (Instant::now(), 0u64));
     let mut warm = warmup.is_zero();
@@ -506,7 +617,7 @@ async fn drive(
     }
     let mut timeline = Vec::new();
     let mut second = (start, 0u64);
-    while !handles.iter().all(|h| h.is_finished()) {
+    while !workers.finished() {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let now = Instant::now();
         if now - second.0 >= Duration::from_secs(1) {
@@ -536,10 +647,7 @@ async fn drive(
     }
     pb.finish_and_clear();
     let after = metrics(&run);
-    let mut outs = Vec::with_capacity(handles.len());
-    for h in handles {
-        outs.push(h.await?);
-    }
+    let outs = workers.join().await?;
     // What follows (the invariant check) is not the workload's.
     run.target.stop_timing_requests();
     let measured_secs = if run.exhausted.load(Ordering::Relaxed) {
@@ -565,6 +673,21 @@ async fn drive(
         journal,
         process,
     })
+}
+
+/// Where a run's workers go: what was asked, or the default for its target.
+fn clients_on(args: &BenchArgs) -> Result<ClientsOn, crate::CliError> {
+    match (args.clients_on, &args.url, args.client_threads) {
+        (Some(ClientsOn::Engine), Some(_), _) => {
+            Err("--clients-on engine needs the embedded engine, not --url".into())
+        }
+        (Some(ClientsOn::Engine), None, Some(_)) => Err(
+            "--client-threads sizes the workers' own runtime: not with --clients-on engine".into(),
+        ),
+        (Some(on), _, _) => Ok(on),
+        (None, None, None) => Ok(ClientsOn::Engine),
+        (None, _, _) => Ok(ClientsOn::Own),
+    }
 }
 
 fn validate(args: &BenchArgs, products: usize) -> Result<(), crate::CliError> {
@@ -595,6 +718,7 @@ pub fn execute(args: &BenchArgs) -> Result<BenchReport, crate::CliError> {
     let users = args.users.unwrap_or(args.workload.default_users());
     let products = args.products.unwrap_or(args.workload.default_products());
     validate(args, products)?;
+    let on = clients_on(args)?;
     let (target, embedded, target_name) = match &args.url {
         Some(url) => {
             let http = HttpTarget::new(url, args.admin_token.clone())?;
@@ -622,7 +746,7 @@ pub fn execute(args: &BenchArgs) -> Result<BenchReport, crate::CliError> {
             .enable_all()
             .build()?
     };
-    let driven = rt.block_on(drive(target, args, users, products));
+    let driven = rt.block_on(drive(target, args, on, users, products));
     let driven = match driven {
         Ok(d) => d,
         Err(e) => {
@@ -656,6 +780,7 @@ pub fn execute(args: &BenchArgs) -> Result<BenchReport, crate::CliError> {
     Ok(build_report(
         args,
         target_name,
+        on,
         users,
         products,
         &driven,
@@ -666,6 +791,7 @@ pub fn execute(args: &BenchArgs) -> Result<BenchReport, crate::CliError> {
 fn build_report(
     args: &BenchArgs,
     target: String,
+    clients_on: ClientsOn,
     users: usize,
     products: usize,
     d: &Driven,
@@ -700,6 +826,7 @@ fn build_report(
     BenchReport {
         workload: args.workload,
         target,
+        clients_on,
         concurrency: args.concurrency,
         rate: args.rate,
         seed: args.seed,

@@ -3,6 +3,7 @@
 //! by code, and the invariant check. Printed as a table or as JSON.
 
 use crate::bench::workload::{OpKind, Workload};
+use crate::bench::ClientsOn;
 use crate::store::writer::Step;
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -174,6 +175,8 @@ impl InvariantReport {
 pub struct BenchReport {
     pub workload: Workload,
     pub target: String,
+    /// Where the workers ran: on the engine's threads or their own.
+    pub clients_on: ClientsOn,
     pub concurrency: usize,
     /// The open-loop arrival rate, if any (requests per second).
     pub rate: Option<f64>,
@@ -236,8 +239,17 @@ impl BenchReport {
         };
         let _ = writeln!(
             out,
-            "workload {:?} on {} | concurrency {} | {mode} | seed {} | users {} products {}",
-            self.workload, self.target, self.concurrency, self.seed, self.users, self.products
+            "workload {:?} on {} | workers on {} | concurrency {} | {mode} | seed {} | users {} products {}",
+            self.workload,
+            self.target,
+            match self.clients_on {
+                ClientsOn::Engine => "the engine's threads",
+                ClientsOn::Own => "their own threads",
+            },
+            self.concurrency,
+            self.seed,
+            self.users,
+            self.products
         );
         let _ = writeln!(
             out,
