@@ -46,6 +46,7 @@ use crate::engine::{DataPlatform, Engine, EngineConfig, EngineMetrics, SystemClo
 use crate::store::recovery::{recover_store, RecoveryError};
 use crate::store::writer::Step;
 use crate::store::{MemoryStore, SledStore, Store};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
@@ -443,10 +444,12 @@ impl Workers {
                 let (run, sender) = (run.clone(), senders[t].take());
                 let ended = Ended(ended.clone());
                 async move {
-                    let batch = (t as u64..run.concurrency)
+                    // Polled as each is woken, not all on every wake-up.
+                    let batch: FuturesUnordered<_> = (t as u64..run.concurrency)
                         .step_by(threads)
-                        .map(|i| worker(run.clone(), i, seed));
-                    let outs = futures_util::future::join_all(batch).await;
+                        .map(|i| worker(run.clone(), i, seed))
+                        .collect();
+                    let outs: Vec<WorkerOut> = batch.collect().await;
                     if let Some(tx) = sender {
                         let _ = tx.send(outs);
                     }
