@@ -401,20 +401,12 @@ fn progress_bar(total: Duration, hidden: bool) -> ProgressBar {
 enum Workers {
     Own(Vec<tokio::task::JoinHandle<WorkerOut>>),
     /// One batch of workers per engine thread, each sending back its
-    /// results; `ended` counts batches done (or dropped by a panic).
+    /// results once; the channel closes when every batch has ended (or
+    /// been dropped by a panic).
     Engine {
-        results: Vec<tokio::sync::oneshot::Receiver<Vec<WorkerOut>>>,
-        ended: Arc<AtomicU64>,
+        results: tokio::sync::mpsc::UnboundedReceiver<Vec<WorkerOut>>,
+        batches: usize,
     },
-}
-
-/// Counts a batch of workers as ended when it is dropped, however it ends.
-struct Ended(Arc<AtomicU64>);
-
-impl Drop for Ended {
-    fn drop(&mut self) {
-        self.0.fetch_add(1, Ordering::Release);
-    }
 }
 
 impl Workers {
@@ -432,40 +424,30 @@ impl Workers {
             }
         };
         let threads = engine.engine_threads().max(1);
-        let (senders, results): (Vec<_>, Vec<_>) = (0..threads)
-            .map(|_| {
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                (std::cell::Cell::new(Some(tx)), rx)
-            })
-            .unzip();
-        let ended = Arc::new(AtomicU64::new(0));
+        let (tx, results) = tokio::sync::mpsc::unbounded_channel();
         engine
             .spawn_on_engine_threads(|t| {
-                let (run, sender) = (run.clone(), senders[t].take());
-                let ended = Ended(ended.clone());
+                let (run, tx) = (run.clone(), tx.clone());
                 async move {
                     // Polled as each is woken, not all on every wake-up.
                     let batch: FuturesUnordered<_> = (t as u64..run.concurrency)
                         .step_by(threads)
                         .map(|i| worker(run.clone(), i, seed))
                         .collect();
-                    let outs: Vec<WorkerOut> = batch.collect().await;
-                    if let Some(tx) = sender {
-                        let _ = tx.send(outs);
-                    }
-                    drop(ended);
+                    let _ = tx.send(batch.collect().await);
                 }
             })
             .map_err(|e| format!("starting the workers on the engine's threads: {e}"))?;
-        Ok(Workers::Engine { results, ended })
+        Ok(Workers::Engine {
+            results,
+            batches: threads,
+        })
     }
 
     fn finished(&self) -> bool {
         match self {
             Workers::Own(handles) => handles.iter().all(|h| h.is_finished()),
-            Workers::Engine { results, ended } => {
-                ended.load(Ordering::Acquire) >= results.len() as u64
-            }
+            Workers::Engine { results, .. } => results.is_closed(),
         }
     }
 
@@ -477,12 +459,17 @@ impl Workers {
                     outs.push(h.await?);
                 }
             }
-            Workers::Engine { results, .. } => {
-                for rx in results {
-                    outs.extend(
-                        rx.await
-                            .map_err(|_| "workers on an engine thread stopped early")?,
-                    );
+            Workers::Engine {
+                mut results,
+                batches,
+            } => {
+                let mut ended = 0;
+                while let Some(batch) = results.recv().await {
+                    outs.extend(batch);
+                    ended += 1;
+                }
+                if ended < batches {
+                    return Err("workers on an engine thread stopped early".into());
                 }
             }
         }
