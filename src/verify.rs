@@ -8,13 +8,14 @@
 //!
 //! It writes nothing to the data dir. sled 0.34 has no read-only mode:
 //! opening a database may replay its log and write, and takes a lock. So
-//! verify copies the `sled` directory into a scratch directory, opens the
-//! copy, and removes it afterwards. Run it on a stopped server's data dir
+//! verify copies the `sled` and `sled-journal` directories into a scratch
+//! directory, opens the copy, and removes it afterwards. Run it on a stopped server's data dir
 //! (a copy taken while a server writes may be torn).
 
 use crate::domain::order::OrderStatus;
 use crate::domain::world::World;
 use crate::store::recovery::{recover_store, RecoveryError, RecoveryReport};
+use crate::store::sled_store::DATABASE_DIRS;
 use crate::store::SledStore;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -160,7 +161,7 @@ const EXIT_VIOLATION: u8 = 1;
 const EXIT_UNREADABLE: u8 = 2;
 
 pub fn run(args: VerifyArgs) -> Result<ExitCode, crate::CliError> {
-    let sled_dir = args.data_dir.join("sled");
+    let sled_dir = args.data_dir.join(DATABASE_DIRS[0]);
     if !sled_dir.is_dir() {
         eprintln!(
             "verify: no database at {} (is --data-dir right?)",
@@ -169,7 +170,13 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode, crate::CliError> {
         return Ok(ExitCode::from(EXIT_UNREADABLE));
     }
     let scratch = Scratch::new(args.scratch_dir.as_deref())?;
-    copy_dir(&sled_dir, &scratch.path.join("sled"))?;
+    for name in DATABASE_DIRS {
+        // A store written before the journal had a database of its own has only the main one.
+        let from = args.data_dir.join(name);
+        if from.is_dir() {
+            copy_dir(&from, &scratch.path.join(name))?;
+        }
+    }
     let outcome = check(&scratch.path);
     drop(scratch);
     match outcome {

@@ -389,10 +389,16 @@ fn a_corrupted_snapshot_entry_is_detected_at_recovery() {
     }
 }
 
-/// Flips one byte of the first sled value whose key starts with `prefix`.
+/// Flips one byte of the first sled value whose key starts with `prefix`
+/// (`j`: in the journal's database).
 fn corrupt_sled_value(dir: &Path, prefix: u8) {
-    let db = sled::open(dir.join("sled")).unwrap();
-    let tree = db.open_tree("commerce").unwrap();
+    let (db, tree) = if prefix == b'j' {
+        ("sled-journal", "journal")
+    } else {
+        ("sled", "commerce")
+    };
+    let db = sled::open(dir.join(db)).unwrap();
+    let tree = db.open_tree(tree).unwrap();
     let (k, v) = tree
         .scan_prefix([prefix])
         .map(Result::unwrap)

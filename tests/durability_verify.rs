@@ -97,8 +97,8 @@ fn verify_summarises_a_good_data_dir_and_writes_nothing() {
 fn verify_fails_on_corrupt_data() {
     let dir = populated_dir();
     {
-        let db = sled::open(dir.path().join("sled")).unwrap();
-        let tree = db.open_tree("commerce").unwrap();
+        let db = sled::open(dir.path().join("sled-journal")).unwrap();
+        let tree = db.open_tree("journal").unwrap();
         let (k, v) = tree.scan_prefix(b"j").next().unwrap().unwrap();
         let mut v = v.to_vec();
         v[20] ^= 0xff;

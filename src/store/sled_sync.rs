@@ -25,21 +25,20 @@
 //!   cut the file back. [`LogGrowth`] gives the file `fdatasync` once it has
 //!   grown since the last one: a few times a second under full load.
 //!
-//! [`BlobSync::sync_new`] runs before each of the snapshot thread's
-//! flushes. It costs one `stat` of the directory when nothing changed
-//! there, the usual case, and about 0.3 ms per new file. The journal
-//! writer, on the hot path, calls [`BlobSync::sync_if_changed_since`] with
-//! the time before its insert: it lists the directory only when a file
-//! came or went during the insert, and syncs only files written since. So
-//! the insert that wrote a blob file (a large batch, or the journal's last
-//! node rewritten) pays for it, the others one `stat`, and the snapshot
-//! thread's files wait for the snapshot thread.
+//! [`BlobSync::sync_new`] runs before each flush the store relies on. It
+//! costs one `stat` of the directory when nothing changed there, the usual
+//! case, and about 0.3 ms per new file. Each of the store's two sled
+//! databases has its own: the journal's flushes (on the hot path) list
+//! only the journal's directory, where files are rare (the journal's last
+//! node rewritten, or a node a trim rewrote), and the snapshot thread's
+//! files wait for the snapshot thread's flushes.
 //!
 //! What is left is the drive's volatile cache, if it has one: sled's
 //! flush does not empty it, though each `fdatasync` here does.
 //!
-//! Two threads write to sled (the journal writer and the snapshot thread),
-//! so a file may still be being written when the other one lists it. A file
+//! Two threads write to the journal's database (the journal writer, and
+//! the snapshot thread's trims), so a file may still be being written
+//! when the other one lists it. A file
 //! counts as synced only once its checksum matches (sled's header: CRC32 of
 //! the kind byte and the data, little-endian, then the kind byte, then the
 //! data); an incomplete file is synced anyway and looked at again next time.
@@ -139,22 +138,8 @@ impl BlobSync {
         Ok(sync)
     }
 
-    /// Syncs the blob files written at or after `since` (read from
-    /// [`file_clock`]), if a file came or went in the directory since then;
-    /// older ones are left to [`sync_new`](BlobSync::sync_new).
-    pub fn sync_if_changed_since(&self, since: SystemTime) -> Result<Synced, StorageError> {
-        match self.mtime()? {
-            Some(mtime) if mtime >= since => self.sync(Some(since)),
-            _ => Ok(Synced::default()),
-        }
-    }
-
     /// Syncs every blob file not synced whole yet, then the directory.
     pub fn sync_new(&self) -> Result<Synced, StorageError> {
-        self.sync(None)
-    }
-
-    fn sync(&self, since: Option<SystemTime>) -> Result<Synced, StorageError> {
         let started = file_clock();
         // sled creates it at open; none means no blob was ever written.
         let Some(mtime) = self.mtime()? else {
@@ -168,7 +153,6 @@ impl BlobSync {
             state.synced.clone()
         };
         let mut done = Synced::default();
-        let mut skipped = false;
         let mut present = HashSet::new();
         let mut whole = Vec::new();
         for entry in std::fs::read_dir(&self.dir).map_err(io)? {
@@ -179,17 +163,6 @@ impl BlobSync {
             present.insert(lsn);
             if known.contains(&lsn) {
                 continue;
-            }
-            if let Some(since) = since {
-                match entry.metadata().and_then(|m| m.modified()) {
-                    Ok(written) if written >= since => {}
-                    Ok(_) => {
-                        skipped = true;
-                        continue;
-                    }
-                    Err(e) if e.kind() == ErrorKind::NotFound => continue,
-                    Err(e) => return Err(io(e)),
-                }
             }
             match sync_file(&entry.path()) {
                 Ok(true) => {
@@ -210,7 +183,7 @@ impl BlobSync {
         // Forget files sled removed (a file listed after this listing
         // began and already synced by another call is synced again: harmless).
         state.synced.retain(|lsn| present.contains(lsn));
-        state.settled = (!skipped && done.incomplete == 0 && mtime < started).then_some(mtime);
+        state.settled = (done.incomplete == 0 && mtime < started).then_some(mtime);
         Ok(done)
     }
 
@@ -380,55 +353,6 @@ mod tests {
             .set_modified(past + Duration::from_secs(1))
             .unwrap();
         assert_eq!(sync.sync_new().unwrap().complete, 1);
-    }
-
-    #[test]
-    fn the_journal_path_lists_only_after_a_change_since_its_insert_began() {
-        let dir = tempfile::tempdir().unwrap();
-        let blobs = dir.path().join("blobs");
-        std::fs::create_dir(&blobs).unwrap();
-        let sync = BlobSync::new(dir.path());
-        let before = file_clock();
-        std::fs::write(blobs.join("5"), blob(1, b"a")).unwrap();
-        assert_eq!(sync.sync_if_changed_since(before).unwrap().complete, 1);
-        // Nothing changed since: not listed, even with a file unsynced
-        // (left for the snapshot thread, whose flush lists everything).
-        std::fs::write(blobs.join("6"), blob(1, b"b")).unwrap();
-        let past = before - Duration::from_secs(1);
-        File::open(&blobs).unwrap().set_modified(past).unwrap();
-        let later = file_clock() + Duration::from_secs(1);
-        assert_eq!(
-            sync.sync_if_changed_since(later).unwrap(),
-            Synced::default()
-        );
-        // A change since, but only a file written before: skipped.
-        File::open(&blobs).unwrap().set_modified(later).unwrap();
-        File::options()
-            .write(true)
-            .open(blobs.join("6"))
-            .unwrap()
-            .set_modified(past)
-            .unwrap();
-        assert_eq!(
-            sync.sync_if_changed_since(later).unwrap(),
-            Synced::default()
-        );
-        // Written since: written out.
-        File::options()
-            .write(true)
-            .open(blobs.join("6"))
-            .unwrap()
-            .set_modified(later)
-            .unwrap();
-        assert_eq!(sync.sync_if_changed_since(later).unwrap().complete, 1);
-        std::fs::write(blobs.join("7"), blob(1, b"c")).unwrap();
-        File::options()
-            .write(true)
-            .open(blobs.join("7"))
-            .unwrap()
-            .set_modified(past)
-            .unwrap();
-        assert_eq!(sync.sync_new().unwrap().complete, 1, "all of them");
     }
 
     #[test]
