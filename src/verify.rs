@@ -9,8 +9,9 @@
 //! It writes nothing to the data dir. sled 0.34 has no read-only mode:
 //! opening a database may replay its log and write, and takes a lock. So
 //! verify copies the `sled` and `sled-journal` directories into a scratch
-//! directory, opens the copy, and removes it afterwards. Run it on a stopped server's data dir
-//! (a copy taken while a server writes may be torn).
+//! directory, opens the copy, and removes it afterwards. Run it on a
+//! stopped server's data dir (a copy taken while a server writes may be
+//! torn).
 
 use crate::domain::order::OrderStatus;
 use crate::domain::world::World;

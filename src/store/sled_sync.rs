@@ -38,10 +38,10 @@
 //!
 //! Two threads write to the journal's database (the journal writer, and
 //! the snapshot thread's trims), so a file may still be being written
-//! when the other one lists it. A file
-//! counts as synced only once its checksum matches (sled's header: CRC32 of
-//! the kind byte and the data, little-endian, then the kind byte, then the
-//! data); an incomplete file is synced anyway and looked at again next time.
+//! when the other one lists it. A file counts as synced only once its
+//! checksum matches (sled's header: CRC32 of the kind byte and the data,
+//! little-endian, then the kind byte, then the data); an incomplete file
+//! is synced anyway and looked at again next time.
 
 use crate::store::StorageError;
 use std::collections::HashSet;
