@@ -245,17 +245,31 @@ impl World {
     /// A snapshot was written, with what it archived: those orders and
     /// history entries leave memory (finished orders never change, and
     /// history only grows at its end, so nothing of them changed since).
-    pub fn archived(&mut self, done: Archiving) {
-        for id in &done.orders {
-            self.orders.remove(id);
-            self.orders_in_snapshots.remove(id);
-        }
-        for (id, base) in &done.history {
-            if let Some(u) = self.users.get_mut(id.index()) {
-                u.archive_history_before(*base);
+    pub fn archived(&mut self, mut done: Archiving) {
+        self.archived_step(&mut done, usize::MAX);
+    }
+
+    /// [`archived`](World::archived) a step at a time: lets go of up to
+    /// `budget` of `done`'s orders and users' histories, taking them out of
+    /// `done`; once none is left, takes its tally and answers true. Until
+    /// then the world counts some archived orders nowhere (gone from
+    /// memory, not in the tally yet), so nothing may read or cut it before
+    /// the last step.
+    pub fn archived_step(&mut self, done: &mut Archiving, budget: usize) -> bool {
+        for _ in 0..budget {
+            if let Some(id) = done.orders.pop() {
+                self.orders.remove(&id);
+                self.orders_in_snapshots.remove(&id);
+            } else if let Some((id, base)) = done.history.pop() {
+                if let Some(u) = self.users.get_mut(id.index()) {
+                    u.archive_history_before(base);
+                }
+            } else {
+                self.archived = std::mem::take(&mut done.tally);
+                return true;
             }
         }
-        self.archived = done.tally;
+        false
     }
 
     /// A user is about to change: if a cut still needs it as it was, copy it first.
@@ -781,6 +795,43 @@ mod tests {
             expires_at: Timestamp(100),
             paid_at: None,
         }
+    }
+
+    #[test]
+    fn archiving_a_step_at_a_time_ends_as_archiving_at_once() {
+        // given 5 finished orders in memory, when they are archived 2 entries
+        // a step, then they leave memory step by step and the tally comes last
+        let finished = |id| Order {
+            id: OrderId(id),
+            status: OrderStatus::Paid,
+            ..order(&[(1, 1)])
+        };
+        let mut w = world();
+        let mut tally = ArchiveTally::default();
+        for id in 1..=5 {
+            let o = finished(id);
+            tally.add(&o);
+            w.orders_in_snapshots.insert(o.id);
+            w.orders.insert(o.id, o);
+        }
+        let done = Archiving {
+            orders: (1..=5).map(OrderId).collect(),
+            history: vec![(UserId(1), 0)],
+            tally: tally.clone(),
+        };
+        let mut at_once = w.clone();
+        at_once.archived(done.clone());
+
+        let mut stepped = done;
+        let mut left = Vec::new();
+        while !w.archived_step(&mut stepped, 2) {
+            assert_eq!(w.archived, ArchiveTally::default(), "the tally comes last");
+            left.push(w.orders.len());
+        }
+        assert_eq!(left, [3, 1, 0]);
+        assert_eq!(w.archived, tally);
+        assert!(w.orders.is_empty() && w.orders_in_snapshots.is_empty());
+        assert_eq!(w, at_once);
     }
 
     #[test]
