@@ -900,7 +900,7 @@ impl SledStore {
         if layout.base > 0 {
             doomed.extend(self.before_packs_keys()?);
         }
-        self.remove_chunked(doomed)?;
+        remove_chunked(&self.tree, doomed)?;
         self.tree.remove(UNFINISHED).map_err(io)?;
         self.flush()?;
         Ok(())
@@ -914,10 +914,6 @@ impl SledStore {
             }
         }
         Ok(out)
-    }
-
-    fn remove_chunked(&self, keys: Vec<Vec<u8>>) -> Result<(), StorageError> {
-        remove_chunked(&self.tree, keys)
     }
 
     /// After a snapshot covering `seq` is committed: removes every journal
@@ -1149,7 +1145,7 @@ impl SledStore {
         if layout.base == 0 {
             doomed.extend(self.before_packs_keys()?);
         }
-        self.remove_chunked(doomed)
+        remove_chunked(&self.tree, doomed)
     }
 }
 
