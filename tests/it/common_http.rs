@@ -1,6 +1,6 @@
 //! Shared helpers of the HTTP tests: the real server on `127.0.0.1:0` with
 //! an engine of the test's choosing, and a small JSON client.
-#![allow(dead_code)] // each test crate uses its own subset
+#![allow(dead_code)] // each test module uses its own subset
 
 use commerce_engine::engine::{Clock, DataPlatform, Engine, EngineConfig, SystemClock};
 use commerce_engine::http::server::serve_on_engine_threads as serve_api_on_engine_threads;

@@ -5,7 +5,7 @@
 //! The files were made once by `generate_golden_files` (ignored). Never
 //! regenerate them to make this test pass: a failure means stored data
 //! would no longer be readable. To add a file for a new event variant, run
-//! `cargo test --test golden_decode -- --ignored generate_golden_files`;
+//! `cargo test --test it -- --ignored golden_decode::generate_golden_files`;
 //! existing files are left as they are.
 
 use commerce_engine::domain::coupon::{Campaign, Discount};

@@ -7,7 +7,7 @@
 //!
 //! Reproduce a run with `CRASH_SEED=<seed printed on failure>`.
 
-mod durability_support;
+use crate::durability_support;
 
 use commerce_engine::domain::ids::{CouponId, OrderId, ProductId, UserCouponId, UserId};
 use commerce_engine::domain::money::Krw;
@@ -537,7 +537,7 @@ fn check_sink(w: &World, dir: &Path) {
 fn spawn_worker(dir: &Path, round: u32, seed: u64) -> Child {
     Command::new(std::env::current_exe().unwrap())
         .args([
-            "crash_worker",
+            "crash_sigkill::crash_worker",
             "--exact",
             "--ignored",
             "--nocapture",

@@ -1,7 +1,7 @@
 //! The codec round-trips any record, and a damaged frame, in memory or on
 //! sled, stops recovery with an error instead of being applied.
 
-mod durability_support;
+use crate::durability_support;
 
 use commerce_engine::domain::coupon::Discount;
 use commerce_engine::domain::event::{Event, IdempotencyEntry, Record};

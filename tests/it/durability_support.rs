@@ -2,7 +2,7 @@
 //! engines on a store, drive a workload that leaves something of every
 //! kind behind, and read back everything an engine shows, so that two
 //! engines (before and after a restart) can be compared value for value.
-#![allow(dead_code)]
+#![allow(dead_code)] // each test module uses its own subset
 
 use commerce_engine::domain::coupon::Discount;
 use commerce_engine::domain::ids::{CouponId, OrderId, ProductId, UserCouponId, UserId};

@@ -2,7 +2,7 @@
 //! acknowledges nothing from then on, and what it leaves behind recovers to
 //! exactly the acknowledged effects with every invariant holding.
 
-mod durability_support;
+use crate::durability_support;
 
 use commerce_engine::domain::ids::{OrderId, ProductId, UserId};
 use commerce_engine::domain::money::Krw;

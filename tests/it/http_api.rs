@@ -1,7 +1,7 @@
 //! Every endpoint of API.md through the real server on 127.0.0.1:0: its
 //! success answer and every documented error code.
 
-mod common_http;
+use crate::common_http;
 
 use commerce_engine::domain::time::Timestamp;
 use commerce_engine::engine::{Clock, ManualClock, SystemClock};

@@ -1,7 +1,7 @@
 //! Engine flows with a moved clock: expiry, the 3-day ranking window, coupon
 //! expiry, every compensation, carts, and idempotency keys.
 
-mod engine_support;
+use crate::engine_support;
 
 use commerce_engine::domain::coupon::Discount;
 use commerce_engine::domain::ids::{ProductId, UserCouponId, UserId};

@@ -2,7 +2,7 @@
 //! request is answered and timed on its own, and the invariant check
 //! through the API passes. Small and short: speed lives in the benchmark.
 
-mod common_http;
+use crate::common_http;
 
 use commerce_engine::bench::workload::Workload;
 use commerce_engine::bench::{execute, BenchArgs};

@@ -1,5 +1,5 @@
 //! Shared helpers of the engine-level tests.
-#![allow(dead_code)]
+#![allow(dead_code)] // each test module uses its own subset
 
 use commerce_engine::domain::ids::{ProductId, UserId};
 use commerce_engine::domain::order::LineRequest;

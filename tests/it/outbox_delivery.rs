@@ -2,7 +2,7 @@
 //! once with a stable `event_id`, through sink failures and restarts; the
 //! JSON-lines file sink holds each paid order exactly once.
 
-mod durability_support;
+use crate::durability_support;
 
 use axum::extract::State;
 use axum::http::StatusCode;

@@ -2,7 +2,7 @@
 //! dir, a non-zero exit on a violation or on unreadable data, and not one
 //! byte of the data dir changed.
 
-mod durability_support;
+use crate::durability_support;
 
 use commerce_engine::domain::event::{Event, Record};
 use commerce_engine::domain::ids::UserId;

@@ -4,7 +4,7 @@
 //! page by page, refusals of paying or cancelling a finished order, and
 //! all of it again after a restart.
 
-mod engine_support;
+use crate::engine_support;
 
 use commerce_engine::domain::ids::{OrderId, ProductId, UserId};
 use commerce_engine::domain::money::Krw;

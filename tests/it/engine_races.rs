@@ -1,7 +1,7 @@
 //! Races against one hot coupon, product or wallet, with exact counts, then
 //! a mixed storm with conservation checks, live and after recovery.
 
-mod engine_support;
+use crate::engine_support;
 
 use commerce_engine::domain::coupon::Discount;
 use commerce_engine::domain::ids::{CouponId, OrderId, ProductId, UserId};

@@ -1,7 +1,7 @@
 //! Races over HTTP with many client connections: exact counts whatever the
 //! interleaving; and admission control answering 503 `OVERLOADED`.
 
-mod common_http;
+use crate::common_http;
 
 use commerce_engine::engine::SystemClock;
 use commerce_engine::http::HttpSettings;

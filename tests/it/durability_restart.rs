@@ -2,7 +2,7 @@
 //! the in-memory store and on sled, with and without snapshots, and from a
 //! journal that holds records past its last snapshot (a crash image).
 
-mod durability_support;
+use crate::durability_support;
 
 use commerce_engine::domain::coupon::Discount;
 use commerce_engine::domain::ids::{ProductId, UserId};

@@ -3,7 +3,7 @@
 //! and just inside (accepted), non-numeric ids, oversized bodies, missing
 //! or wrong admin tokens.
 
-mod common_http;
+use crate::common_http;
 
 use common_http::{TestServer, TOKEN};
 use reqwest::{Method, StatusCode};

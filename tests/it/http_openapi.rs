@@ -1,7 +1,7 @@
 //! The OpenAPI document, as served, under an insta snapshot: any change to
 //! the API's shape shows up as a diff of `tests/snapshots/`.
 
-mod common_http;
+use crate::common_http;
 
 use common_http::TestServer;
 use reqwest::StatusCode;

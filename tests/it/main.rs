@@ -1,0 +1,27 @@
+//! Every integration test of the crate, in one test binary: each module
+//! below was its own crate, and each crate linked the whole dependency graph
+//! again (most of the test command's time). Shared helpers are modules too.
+
+mod common_http;
+mod durability_support;
+mod engine_support;
+
+mod bench_embedded;
+mod bench_http;
+mod crash_sigkill;
+mod durability_codec;
+mod durability_faults;
+mod durability_restart;
+mod durability_verify;
+mod engine_archive;
+mod engine_flows;
+mod engine_model;
+mod engine_races;
+mod golden_decode;
+mod http_api;
+mod http_bad_input;
+mod http_concurrency;
+mod http_openapi;
+mod http_serve;
+mod outbox_delivery;
+mod simulate_flash_sale;
