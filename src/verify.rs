@@ -96,7 +96,11 @@ impl Summary {
             users: world.users.len(),
             products: world.products.len(),
             coupons: world.campaigns.len(),
-            coupons_issued: world.campaigns.iter().map(|c| c.issued.len()).sum(),
+            coupons_issued: world
+                .campaigns
+                .iter()
+                .map(|c| c.issued.len() as usize)
+                .sum(),
             orders: world.orders.len(),
             orders_by_status,
             balances_total_krw: world.users.iter().map(|u| u.balance.0).sum(),

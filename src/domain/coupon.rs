@@ -1,5 +1,6 @@
 //! Coupon campaigns (first come, first served) and their discounts.
 
+use crate::domain::id_bitmap::IdBitmap;
 use crate::domain::ids::{CouponId, IdSet, UserId};
 use crate::domain::limits::Limits;
 use crate::domain::money::Krw;
@@ -98,7 +99,10 @@ impl Discount {
 }
 
 /// A campaign: a limited number of coupons, at most one per user.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Stored as its header ([`CampaignHeader`]) plus the chunks of `issued`,
+/// each an entry of its own: no stored value grows with the coupons issued.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Campaign {
     pub id: CouponId,
     pub name: String,
@@ -106,10 +110,34 @@ pub struct Campaign {
     pub quantity: u64,
     pub expires_at: Option<Timestamp>,
     /// Users whose coupon is durable.
-    pub issued: IdSet<UserId>,
+    pub issued: IdBitmap,
     /// Users whose coupon is decided but not yet durable (a hold).
-    #[serde(skip)]
     pub pending: IdSet<UserId>,
+}
+
+/// A campaign without its issued set, as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CampaignHeader {
+    pub id: CouponId,
+    pub name: String,
+    pub discount: Discount,
+    pub quantity: u64,
+    pub expires_at: Option<Timestamp>,
+    /// Coupons issued: the members of every stored chunk, checked at load.
+    pub issued_count: u64,
+}
+
+impl CampaignHeader {
+    /// The campaign, with no coupon issued yet (its chunks are loaded after).
+    pub fn into_campaign(self) -> Campaign {
+        Campaign::new(
+            self.id,
+            self.name,
+            self.discount,
+            self.quantity,
+            self.expires_at,
+        )
+    }
 }
 
 impl Campaign {
@@ -126,8 +154,19 @@ impl Campaign {
             discount,
             quantity,
             expires_at,
-            issued: IdSet::default(),
+            issued: IdBitmap::new(),
             pending: IdSet::default(),
+        }
+    }
+
+    pub fn header(&self) -> CampaignHeader {
+        CampaignHeader {
+            id: self.id,
+            name: self.name.clone(),
+            discount: self.discount,
+            quantity: self.quantity,
+            expires_at: self.expires_at,
+            issued_count: self.issued.len(),
         }
     }
 
@@ -138,7 +177,7 @@ impl Campaign {
     /// Coupons left to issue, counting holds as issued.
     pub fn remaining(&self) -> u64 {
         self.quantity
-            .saturating_sub((self.issued.len() + self.pending.len()) as u64)
+            .saturating_sub(self.issued.len() + self.pending.len() as u64)
     }
 
     /// Rules of issuing: not expired, one per user, never more than `quantity`.
@@ -146,7 +185,7 @@ impl Campaign {
         if self.is_expired(now) {
             return Err(Rejection::CouponExpired(self.id));
         }
-        if self.issued.contains(&user_id) || self.pending.contains(&user_id) {
+        if self.issued.contains(user_id.0) || self.pending.contains(&user_id) {
             return Err(Rejection::CouponAlreadyIssued(self.id));
         }
         if self.remaining() == 0 {
@@ -163,10 +202,10 @@ impl Campaign {
         self.pending.remove(&user_id);
     }
 
-    /// Applies `CouponIssued`.
-    pub fn apply_issued(&mut self, user_id: UserId) {
+    /// Applies `CouponIssued`; answers the chunk of `issued` it changed.
+    pub fn apply_issued(&mut self, user_id: UserId) -> u64 {
         self.pending.remove(&user_id);
-        self.issued.insert(user_id);
+        self.issued.insert(user_id.0).1
     }
 }
 

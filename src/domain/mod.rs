@@ -6,6 +6,7 @@
 
 pub mod coupon;
 pub mod event;
+pub mod id_bitmap;
 pub mod ids;
 pub mod limits;
 pub mod money;

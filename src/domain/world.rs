@@ -5,12 +5,13 @@
 //! one as its materialised view (to write incremental snapshots without
 //! asking any actor), and the engine starts its actors from one.
 
-use crate::domain::coupon::Campaign;
+use crate::domain::coupon::{Campaign, CampaignHeader};
 use crate::domain::event::{Event, Record};
+use crate::domain::id_bitmap::CHUNK_WORDS;
 use crate::domain::ids::{CouponId, IdSet, OrderId, ProductId, UserCouponId, UserId};
+use crate::domain::limits::Limits;
 use crate::domain::order::{Order, OrderStatus};
 use crate::domain::product::Product;
-use crate::domain::stats::SalesWindow;
 use crate::domain::time::Timestamp;
 use crate::domain::user::{CartLine, CouponUse, User, UserCoupon};
 use crate::domain::views::Reply;
@@ -28,7 +29,8 @@ pub struct StoredKey {
     pub at: Timestamp,
 }
 
-/// Counters and small global state, snapshotted as one value.
+/// Counters and small global state, snapshotted as one value. Nothing in
+/// it grows with history: what does is stored as keyed entries.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Meta {
     pub user_count: u64,
@@ -40,34 +42,104 @@ pub struct Meta {
     pub outbox: BTreeSet<OrderId>,
     /// Length of the JSON-lines sink after the last delivery recorded.
     pub sink_len: u64,
-    pub sales: SalesWindow,
 }
+
+/// Products whose archived sales one stored entry of the tally holds.
+pub const SOLD_CHUNK_PRODUCTS: u64 = 4096;
 
 /// What the archive holds, in sums: finished orders leave memory for the
 /// store's archive once a snapshot has written them there (they never
 /// change again), and the invariants count them through this. Snapshotted
-/// with the archive entries it sums, in the same commit.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// with the archive entries it sums, in the same commit: the counts as one
+/// value, the units sold per product in chunks of [`SOLD_CHUNK_PRODUCTS`]
+/// (only the chunks that changed), so no stored value grows with the
+/// orders or the products.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ArchiveTally {
     pub orders: u64,
-    /// Units sold by archived paid orders, per product.
-    pub sold: BTreeMap<ProductId, u64>,
-    /// The user coupon of each archived paid order that used one.
-    pub coupons: BTreeMap<UserCouponId, (UserId, OrderId)>,
+    /// Archived paid orders that used a coupon.
+    pub coupons_used: u64,
+    /// Units sold by archived paid orders, by product index (`id - 1`).
+    pub sold: Vec<u64>,
+    /// Chunks of `sold` changed since the tally was last written.
+    pub sold_dirty: BTreeSet<u64>,
+    /// The counts changed since the tally was last written.
+    pub counts_dirty: bool,
+}
+
+/// The counts of an [`ArchiveTally`], as stored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TallyCounts {
+    pub orders: u64,
+    pub coupons_used: u64,
 }
 
 impl ArchiveTally {
     /// Counts a finished order in.
     pub fn add(&mut self, order: &Order) {
         self.orders += 1;
+        self.counts_dirty = true;
         if order.status == OrderStatus::Paid {
             for (p, q) in order.quantities() {
-                *self.sold.entry(p).or_default() += q;
+                self.add_sold(p, q);
             }
-            if let Some(c) = order.user_coupon_id {
-                self.coupons.insert(c, (order.user_id, order.id));
+            if order.user_coupon_id.is_some() {
+                self.coupons_used += 1;
             }
         }
+    }
+
+    /// Counts `units` of `product` sold by archived orders.
+    pub fn add_sold(&mut self, product: ProductId, units: u64) {
+        let i = product.index();
+        if self.sold.len() <= i {
+            self.sold.resize(i + 1, 0);
+        }
+        self.sold[i] += units;
+        self.sold_dirty.insert(i as u64 / SOLD_CHUNK_PRODUCTS);
+    }
+
+    /// Whether anything changed since the tally was last written.
+    pub fn is_dirty(&self) -> bool {
+        self.counts_dirty || !self.sold_dirty.is_empty()
+    }
+
+    /// The tally was written: nothing of it is changed any more.
+    pub fn written(&mut self) {
+        self.counts_dirty = false;
+        self.sold_dirty.clear();
+    }
+
+    /// Units archived paid orders sold of `product`.
+    pub fn sold_of(&self, product: ProductId) -> u64 {
+        self.sold.get(product.index()).copied().unwrap_or(0)
+    }
+
+    pub fn counts(&self) -> TallyCounts {
+        TallyCounts {
+            orders: self.orders,
+            coupons_used: self.coupons_used,
+        }
+    }
+
+    /// The stored units of chunk `chunk` (trailing products without sales left out).
+    pub fn sold_chunk(&self, chunk: u64) -> &[u64] {
+        let start = (chunk * SOLD_CHUNK_PRODUCTS) as usize;
+        let end = (start + SOLD_CHUNK_PRODUCTS as usize).min(self.sold.len());
+        self.sold.get(start..end).unwrap_or(&[])
+    }
+
+    /// Sets chunk `chunk` as loaded from storage.
+    pub fn load_sold_chunk(&mut self, chunk: u64, units: &[u64]) -> Result<(), String> {
+        if units.len() as u64 > SOLD_CHUNK_PRODUCTS {
+            return Err(format!("a chunk of {} products", units.len()));
+        }
+        let start = (chunk * SOLD_CHUNK_PRODUCTS) as usize;
+        if self.sold.len() < start + units.len() {
+            self.sold.resize(start + units.len(), 0);
+        }
+        self.sold[start..start + units.len()].copy_from_slice(units);
+        Ok(())
     }
 }
 
@@ -89,6 +161,8 @@ pub struct Dirty {
     pub users: IdSet<UserId>,
     pub products: IdSet<ProductId>,
     pub campaigns: IdSet<CouponId>,
+    /// Chunks of campaigns' issued sets: (campaign, chunk).
+    pub issued: HashSet<(CouponId, u64)>,
     pub orders: IdSet<OrderId>,
     pub keys: HashSet<String>,
     pub meta: bool,
@@ -100,6 +174,7 @@ impl Dirty {
         self.users.extend(other.users);
         self.products.extend(other.products);
         self.campaigns.extend(other.campaigns);
+        self.issued.extend(other.issued);
         self.orders.extend(other.orders);
         self.keys.extend(other.keys);
         self.meta |= other.meta;
@@ -110,6 +185,7 @@ impl Dirty {
             && self.users.is_empty()
             && self.products.is_empty()
             && self.campaigns.is_empty()
+            && self.issued.is_empty()
             && self.orders.is_empty()
             && self.keys.is_empty()
     }
@@ -142,7 +218,9 @@ pub struct Cut {
 pub enum Captured {
     User(User),
     Product(Product),
-    Campaign(Campaign),
+    Campaign(CampaignHeader),
+    /// A chunk of a campaign's issued set.
+    IssuedChunk(CouponId, u64, Box<[u64; CHUNK_WORDS]>),
     Order(Order),
     Key(String, Option<StoredKey>),
     Meta(Meta),
@@ -221,7 +299,17 @@ impl World {
         }
         for id in &marks.campaigns {
             if let Some(c) = self.campaigns.get(id.index()) {
-                cut.captured.push(Captured::Campaign(c.clone()));
+                cut.captured.push(Captured::Campaign(c.header()));
+            }
+        }
+        for &(id, chunk) in &marks.issued {
+            let words = self
+                .campaigns
+                .get(id.index())
+                .and_then(|c| c.issued.chunk(chunk));
+            if let Some(words) = words {
+                cut.captured
+                    .push(Captured::IssuedChunk(id, chunk, Box::new(*words)));
             }
         }
         if marks.meta {
@@ -455,14 +543,7 @@ impl World {
                 order.apply_settled(OrderStatus::Paid, at);
                 for line in &order.items {
                     self.product_mut(seq, line.product_id)?
-                        .apply_sold(line.quantity);
-                    self.meta.sales.record(
-                        at,
-                        line.product_id,
-                        &line.name,
-                        line.unit_price,
-                        line.quantity,
-                    );
+                        .apply_sold(line.quantity, at);
                 }
                 self.orders.insert(order.id, order);
                 self.user_mut(seq, *user_id)?
@@ -517,7 +598,7 @@ impl World {
             .campaigns
             .get_mut(coupon_id.index())
             .ok_or_else(|| miss(seq, format!("coupon {coupon_id}")))?;
-        campaign.apply_issued(user_id);
+        let chunk = campaign.apply_issued(user_id);
         let coupon = UserCoupon {
             id: user_coupon_id,
             coupon_id,
@@ -527,6 +608,7 @@ impl World {
             state: CouponUse::Available,
         };
         self.dirty.campaigns.insert(coupon_id);
+        self.dirty.issued.insert((coupon_id, chunk));
         self.user_mut(seq, user_id)?.apply_coupon_issued(coupon);
         self.meta.user_coupon_count = self.meta.user_coupon_count.max(user_coupon_id.0);
         self.dirty.meta = true;
@@ -614,7 +696,7 @@ impl World {
         Ok(())
     }
 
-    /// Drops idempotency keys older than the TTL and sales outside the window.
+    /// Drops idempotency keys older than the TTL.
     pub fn prune(&mut self, now: Timestamp) {
         let horizon = Timestamp(now.0.saturating_sub(IDEMPOTENCY_TTL_MS));
         let dirty = &mut self.dirty;
@@ -631,39 +713,46 @@ impl World {
             }
             keep
         });
-        self.meta.sales.prune(now);
-        self.dirty.meta = true;
     }
 
-    /// Checks every invariant of DESIGN.md; returns what is violated.
+    /// Checks every invariant of DESIGN.md under the limits of API.md.
     pub fn violations(&self) -> Vec<String> {
+        self.violations_under(&Limits::API)
+    }
+
+    /// Checks every invariant of DESIGN.md under `limits`; returns what is violated.
+    pub fn violations_under(&self, limits: &Limits) -> Vec<String> {
         let mut out = Vec::new();
-        let mut reserved: HashMap<ProductId, u64> = HashMap::new();
-        let mut sold: HashMap<ProductId, u64> = HashMap::new();
-        let mut coupon_users: HashMap<UserCouponId, (UserId, OrderId)> = HashMap::new();
-        for (p, q) in &self.archived.sold {
-            *sold.entry(*p).or_default() += q;
-        }
-        for (c, used) in &self.archived.coupons {
-            coupon_users.insert(*c, *used);
-        }
+        let live = self.live_order_sums(&mut out);
+        self.check_products(&live, &mut out);
+        self.check_users(&live, limits, &mut out);
+        self.check_campaigns(&mut out);
+        out
+    }
+
+    /// Units reserved and sold by the orders in memory, per product, and
+    /// the coupon each live (pending or paid) order uses.
+    fn live_order_sums(&self, out: &mut Vec<String>) -> LiveSums {
+        let mut live = LiveSums::default();
         for order in self.orders.values() {
             let tally = match order.status {
-                OrderStatus::Pending => Some(&mut reserved),
-                OrderStatus::Paid => Some(&mut sold),
-                _ => None,
+                OrderStatus::Pending => &mut live.reserved,
+                OrderStatus::Paid => &mut live.sold,
+                _ => continue,
             };
-            if let Some(tally) = tally {
-                for (p, q) in order.quantities() {
-                    *tally.entry(p).or_default() += q;
-                }
-                if let Some(c) = order.user_coupon_id {
-                    if coupon_users.insert(c, (order.user_id, order.id)).is_some() {
-                        out.push(format!("user coupon {c} used by two live orders"));
-                    }
+            for (p, q) in order.quantities() {
+                *tally.entry(p).or_default() += q;
+            }
+            if let Some(c) = order.user_coupon_id {
+                if live.coupons.insert(c, order.id).is_some() {
+                    out.push(format!("user coupon {c} used by two live orders"));
                 }
             }
         }
+        live
+    }
+
+    fn check_products(&self, live: &LiveSums, out: &mut Vec<String>) {
         for p in &self.products {
             if !p.is_conserved() {
                 out.push(format!(
@@ -671,10 +760,8 @@ impl World {
                     p.id, p.stock, p.reserved, p.sold, p.stocked_total
                 ));
             }
-            let (r, s) = (
-                reserved.get(&p.id).copied().unwrap_or(0),
-                sold.get(&p.id).copied().unwrap_or(0),
-            );
+            let r = live.reserved.get(&p.id).copied().unwrap_or(0);
+            let s = live.sold.get(&p.id).copied().unwrap_or(0) + self.archived.sold_of(p.id);
             if p.reserved != r || p.sold != s {
                 out.push(format!(
                     "product {}: reserved {} sold {} but orders say {r} and {s}",
@@ -682,6 +769,12 @@ impl World {
                 ));
             }
         }
+    }
+
+    /// Balances, and coupons: a used coupon is used by a live order, or by
+    /// an archived paid one (counted in the tally); an available one by none.
+    fn check_users(&self, live: &LiveSums, limits: &Limits, out: &mut Vec<String>) {
+        let mut used_by_archived = 0u64;
         for u in &self.users {
             if !u.is_conserved() {
                 out.push(format!(
@@ -689,16 +782,18 @@ impl World {
                     u.id, u.balance.0
                 ));
             }
-            if u.balance > crate::domain::limits::Limits::API.balance_krw_max {
+            if u.balance > limits.balance_krw_max {
                 out.push(format!(
                     "user {}: balance {} above the limit",
                     u.id, u.balance.0
                 ));
             }
             for c in &u.coupons {
-                let live = coupon_users.get(&c.id);
-                match (c.state, live) {
-                    (CouponUse::Used(o), Some((_, lo))) if o == *lo => {}
+                match (c.state, live.coupons.get(&c.id)) {
+                    (CouponUse::Used(o), Some(lo)) if o == *lo => {}
+                    (CouponUse::Used(o), None) if !self.orders.contains_key(&o) => {
+                        used_by_archived += 1
+                    }
                     (CouponUse::Available, None) => {}
                     (state, live) => out.push(format!(
                         "user coupon {}: state {state:?} but live order {live:?}",
@@ -707,8 +802,17 @@ impl World {
                 }
             }
         }
+        if used_by_archived != self.archived.coupons_used {
+            out.push(format!(
+                "{used_by_archived} coupons used by orders not in memory, but the archive counts {}",
+                self.archived.coupons_used
+            ));
+        }
+    }
+
+    fn check_campaigns(&self, out: &mut Vec<String>) {
         for c in &self.campaigns {
-            if c.issued.len() as u64 > c.quantity {
+            if c.issued.len() > c.quantity {
                 out.push(format!(
                     "coupon {}: {} issued of {}",
                     c.id,
@@ -716,8 +820,8 @@ impl World {
                     c.quantity
                 ));
             }
-            for user in &c.issued {
-                let held = self.users.get(user.index()).map_or(0, |u| {
+            for user in c.issued.iter() {
+                let held = self.users.get(UserId(user).index()).map_or(0, |u| {
                     u.coupons.iter().filter(|k| k.coupon_id == c.id).count()
                 });
                 if held != 1 {
@@ -728,15 +832,22 @@ impl World {
                 }
             }
         }
-        let held_total: usize = self.users.iter().map(|u| u.coupons.len()).sum();
-        let issued_total: usize = self.campaigns.iter().map(|c| c.issued.len()).sum();
+        let held_total: u64 = self.users.iter().map(|u| u.coupons.len() as u64).sum();
+        let issued_total: u64 = self.campaigns.iter().map(|c| c.issued.len()).sum();
         if held_total != issued_total {
             out.push(format!(
                 "{held_total} coupons held but {issued_total} issued"
             ));
         }
-        out
     }
+}
+
+/// What the orders in memory add up to, for the invariants.
+#[derive(Default)]
+struct LiveSums {
+    reserved: HashMap<ProductId, u64>,
+    sold: HashMap<ProductId, u64>,
+    coupons: HashMap<UserCouponId, OrderId>,
 }
 
 #[cfg(test)]

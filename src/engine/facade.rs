@@ -16,7 +16,7 @@ use crate::domain::money::Krw;
 use crate::domain::order::Order;
 use crate::domain::product::Product;
 use crate::domain::rejection::Rejection;
-use crate::domain::stats::TopProducts;
+use crate::domain::stats::{SalesWindow, TopProducts};
 use crate::domain::time::Timestamp;
 use crate::domain::user::HISTORY_CHUNK;
 use crate::domain::user::{BalanceEntry, CartLine, User};
@@ -209,6 +209,7 @@ fn start_actors(
         ..
     } = world;
     let user_coupon_ids = Arc::new(AtomicU64::new(meta.user_coupon_count));
+    let sales = SalesWindow::of_products(&products);
     let users = users
         .into_iter()
         .map(|u: User| {
@@ -231,7 +232,7 @@ fn start_actors(
         })
         .collect();
     let registry = Arc::new(Registry::new(arbiters.clone(), users, products, campaigns));
-    let (sales, interval) = (meta.sales.clone(), config.stats_interval_ms);
+    let interval = config.stats_interval_ms;
     let stats_clock = clock.clone();
     let stats = StatsActor::start_in_arbiter(&at(1), move |_| {
         StatsActor::new(sales, stats_clock, interval)

@@ -29,15 +29,31 @@ struct Span {
 
 /// Snapshot entries to write, in the order pushed: a key and its value,
 /// or `None` to delete the key.
-#[derive(Default)]
 pub struct SnapshotEntries {
     entries: Vec<(SnapshotKey, Option<Span>)>,
     blocks: Vec<Vec<u8>>,
+    /// No value encoded by [`push_frame`](SnapshotEntries::push_frame) is larger.
+    value_bytes_max: usize,
+}
+
+impl Default for SnapshotEntries {
+    fn default() -> Self {
+        SnapshotEntries::with_value_limit(codec::PAYLOAD_LEN_MAX)
+    }
 }
 
 impl SnapshotEntries {
     pub fn new() -> SnapshotEntries {
         SnapshotEntries::default()
+    }
+
+    /// Entries whose encoded values are refused past `value_bytes_max`.
+    pub fn with_value_limit(value_bytes_max: usize) -> SnapshotEntries {
+        SnapshotEntries {
+            entries: Vec::new(),
+            blocks: Vec::new(),
+            value_bytes_max,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -58,7 +74,7 @@ impl SnapshotEntries {
         let block = self.block_with_room(BLOCK_SLACK);
         let buf = &mut self.blocks[block];
         let start = buf.len();
-        codec::encode_into(kind, value, buf)?;
+        codec::encode_into_limited(kind, value, buf, self.value_bytes_max)?;
         let len = buf.len() - start;
         self.entries.push((key, Some(span(block, start, len))));
         Ok(())

@@ -14,6 +14,7 @@ pub mod archive;
 pub mod codec;
 pub mod entries;
 pub mod fault;
+pub mod legacy;
 pub mod memory;
 pub mod outbox;
 pub mod recovery;
@@ -48,12 +49,17 @@ pub enum SnapshotKey {
     /// Chunk `.1` of user `.0`'s balance history (`HISTORY_CHUNK` entries each, in `recovery`).
     History(u64, u64),
     Product(u64),
+    /// A campaign's header (its issued set is in `Issued` chunks).
     Campaign(u64),
+    /// Chunk `.1` of campaign `.0`'s issued set ([`crate::domain::id_bitmap`]).
+    Issued(u64, u64),
     Order(u64),
     Key(String),
     Meta,
     /// The archive's sums, written with the archive entries they count.
     Tally,
+    /// Chunk `.0` of the archive's units sold per product.
+    TallySold(u64),
     /// A finished order (of user `user`) moved to the archive: written
     /// once, never loaded by recovery (read it through [`Archive`]).
     ArchivedOrder {

@@ -543,8 +543,13 @@ fn encode_key_into(key: &SnapshotKey, out: &mut Vec<u8>) {
             entity(b'h', *id);
             out.extend_from_slice(&chunk.to_be_bytes());
         }
+        SnapshotKey::Issued(id, chunk) => {
+            entity(b'i', *id);
+            out.extend_from_slice(&chunk.to_be_bytes());
+        }
         SnapshotKey::Meta => out.extend_from_slice(&[SNAPSHOT, b'm']),
         SnapshotKey::Tally => out.extend_from_slice(&[SNAPSHOT, b't']),
+        SnapshotKey::TallySold(chunk) => entity(b'T', *chunk),
         // Never in a pack: `write_snapshot` sends them to the archive tree.
         SnapshotKey::ArchivedOrder { id, .. } => entity(b'O', *id),
         SnapshotKey::ArchivedHistory(id, chunk) => {
@@ -566,10 +571,15 @@ fn decode_key(raw: &[u8]) -> Result<SnapshotKey, StorageError> {
             .map_err(|_| bad()),
         [SNAPSHOT, b'm'] => Ok(SnapshotKey::Meta),
         [SNAPSHOT, b't'] => Ok(SnapshotKey::Tally),
-        [SNAPSHOT, b'h', rest @ ..] if rest.len() == 16 => Ok(SnapshotKey::History(
-            u64::from_be_bytes(rest[..8].try_into().expect("8 bytes")),
-            u64::from_be_bytes(rest[8..].try_into().expect("8 bytes")),
-        )),
+        [SNAPSHOT, pair @ (b'h' | b'i'), rest @ ..] if rest.len() == 16 => {
+            let a = u64::from_be_bytes(rest[..8].try_into().expect("8 bytes"));
+            let b = u64::from_be_bytes(rest[8..].try_into().expect("8 bytes"));
+            Ok(if *pair == b'h' {
+                SnapshotKey::History(a, b)
+            } else {
+                SnapshotKey::Issued(a, b)
+            })
+        }
         [SNAPSHOT, kind, id @ ..] if id.len() == 8 => {
             let id = u64::from_be_bytes(id.try_into().expect("8 bytes"));
             match kind {
@@ -577,6 +587,7 @@ fn decode_key(raw: &[u8]) -> Result<SnapshotKey, StorageError> {
                 b'p' => Ok(SnapshotKey::Product(id)),
                 b'c' => Ok(SnapshotKey::Campaign(id)),
                 b'o' => Ok(SnapshotKey::Order(id)),
+                b'T' => Ok(SnapshotKey::TallySold(id)),
                 _ => Err(bad()),
             }
         }
@@ -1216,6 +1227,9 @@ mod tests {
             SnapshotKey::Campaign(u64::MAX),
             SnapshotKey::Order(3),
             SnapshotKey::History(7, 2),
+            SnapshotKey::Issued(3, 305),
+            SnapshotKey::TallySold(9),
+            SnapshotKey::Tally,
             SnapshotKey::Meta,
             SnapshotKey::Key("retry-1".into()),
         ] {

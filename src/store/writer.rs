@@ -41,6 +41,10 @@ pub struct JournalConfig {
     pub snapshot_every_records: u64,
     /// ...or after this long with changes, whichever comes first.
     pub snapshot_every_ms: u64,
+    /// No snapshot value's encoded payload is larger (at most the codec's
+    /// frame limit). Values never grow with history, so a lower limit only
+    /// proves it (the lifetime test runs with 64 KiB).
+    pub snapshot_value_bytes_max: usize,
 }
 
 impl Default for JournalConfig {
@@ -51,6 +55,7 @@ impl Default for JournalConfig {
             batch_bytes_max: 8 * 1024 * 1024,
             snapshot_every_records: 200_000,
             snapshot_every_ms: 30_000,
+            snapshot_value_bytes_max: codec::PAYLOAD_LEN_MAX,
         }
     }
 }
@@ -612,7 +617,7 @@ impl Worker {
         self.cut = Some(PendingCut {
             seq: self.world.seq,
             number,
-            entries: SnapshotEntries::new(),
+            entries: SnapshotEntries::with_value_limit(self.config.snapshot_value_bytes_max),
             marks,
             ack,
         });

@@ -441,7 +441,7 @@ fn check(w: &World, acks: &Acks, dir: &Path) {
         );
     }
     for (coupon, user, uc) in &acks.issued {
-        assert!(w.campaigns[coupon.index()].issued.contains(user));
+        assert!(w.campaigns[coupon.index()].issued.contains(user.0));
         let held = w.users[user.index()].coupons.iter().find(|c| c.id == *uc);
         assert_eq!(held.map(|c| c.coupon_id), Some(*coupon), "user coupon {uc}");
     }

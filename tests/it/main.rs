@@ -25,3 +25,4 @@ mod http_openapi;
 mod http_serve;
 mod outbox_delivery;
 mod simulate_flash_sale;
+mod stored_values;
