@@ -946,6 +946,27 @@ mod tests {
     }
 
     #[test]
+    fn the_balance_limit_checked_is_the_configured_one() {
+        // given a balance over API.md's limit, when checked under a higher configured limit, then it holds
+        let mut w = world();
+        let api_max = Limits::API.balance_krw_max;
+        for i in 0..101 {
+            let charge = Event::BalanceCharged {
+                user_id: UserId(1),
+                amount: Krw(10_000_000),
+            };
+            w.apply(4 + i, &Record::new(Timestamp(2), charge)).unwrap();
+        }
+        assert!(w.users[0].balance > api_max);
+        assert_eq!(w.violations().len(), 1, "over API.md's limit");
+        let higher = Limits {
+            balance_krw_max: Krw(2 * api_max.0),
+            ..Limits::API
+        };
+        assert!(w.violations_under(&higher).is_empty());
+    }
+
+    #[test]
     fn a_placed_order_that_does_not_fit_changes_nothing() {
         // given stock 5 and 1, when an order takes 3 and 2, then it is refused and no stock moved
         let mut w = world();

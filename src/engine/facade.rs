@@ -40,7 +40,7 @@ use crate::engine::registry::Registry;
 use crate::engine::stats_actor::{Refresh, StatsActor, Top};
 use crate::engine::user_actor::{CartChange, ChangeCart, Charge, UserActor};
 use crate::store::outbox::PendingOutbox;
-use crate::store::recovery::{recover_for_serving, RecoveryError, RecoveryReport};
+use crate::store::recovery::{recover_for_serving_under, RecoveryError, RecoveryReport};
 use crate::store::writer::{JournalHandle, JournalStats, JournalWriter, WriterSteps};
 use crate::store::{ArchiveReader, StorageError, Store};
 use actix::prelude::*;
@@ -117,6 +117,8 @@ pub struct EngineMetrics {
     /// Where the journal writer's time went since start, by step.
     pub journal_steps: WriterSteps,
     pub snapshots: u64,
+    /// Snapshots that could not be cut or written, since start.
+    pub snapshot_failures: u64,
     pub outbox_pending: u64,
     pub idempotency_keys: u64,
 }
@@ -348,7 +350,7 @@ impl Engine {
         store: Box<dyn Store>,
         clock: Arc<dyn Clock>,
     ) -> Result<Engine, StartError> {
-        let (world, report) = recover_for_serving(&*store)?;
+        let (world, report) = recover_for_serving_under(&*store, &config.limits)?;
         Self::start_recovered(config, store, clock, world, report)
     }
 
@@ -1195,9 +1197,16 @@ impl Engine {
             journal_queued: j.queued.load(Ordering::Relaxed),
             journal_steps: j.time.load(),
             snapshots: j.snapshots.load(Ordering::Relaxed),
+            snapshot_failures: j.snapshot_health.failures(),
             outbox_pending: self.inner.outbox.len() as u64,
             idempotency_keys: self.inner.keys.len() as u64,
         }
+    }
+
+    /// While snapshots fail: how many in a row, and the last error. Writes
+    /// go on meanwhile; the journal keeps everything since the last one.
+    pub fn snapshots_failing(&self) -> Option<(u64, String)> {
+        self.inner.journal_stats.snapshot_health.failing()
     }
 
     /// True once storage has failed: the engine refuses every write until restarted.

@@ -4,6 +4,7 @@ use crate::domain::coupon::CampaignHeader;
 use crate::domain::event::Record;
 use crate::domain::id_bitmap::CHUNK_WORDS;
 use crate::domain::ids::{CouponId, IdSet, OrderId, UserId};
+use crate::domain::limits::Limits;
 use crate::domain::order::Order;
 use crate::domain::user::{BalanceEntry, User, HISTORY_CHUNK};
 use crate::domain::world::{Archiving, Captured, Meta, StoredKey, TallyCounts, World};
@@ -43,6 +44,15 @@ pub struct RecoveryReport {
 /// stays in the store ([`crate::store::archive`]).
 pub fn recover_for_serving(store: &dyn Store) -> Result<(World, RecoveryReport), RecoveryError> {
     recover(store.load()?)
+}
+
+/// [`recover_for_serving`], the invariants checked under `limits` (an
+/// engine configured with other limits than API.md's).
+pub fn recover_for_serving_under(
+    store: &dyn Store,
+    limits: &Limits,
+) -> Result<(World, RecoveryReport), RecoveryError> {
+    recover_under(store.load()?, limits)
 }
 
 /// Loads and recovers a store whole: archived orders and history too, then
@@ -86,6 +96,15 @@ pub fn recover_store(store: &dyn Store) -> Result<(World, RecoveryReport), Recov
 }
 
 pub fn recover(loaded: Loaded) -> Result<(World, RecoveryReport), RecoveryError> {
+    recover_under(loaded, &Limits::API)
+}
+
+/// Snapshots, then every journal record after them, then the invariants
+/// under `limits`.
+pub fn recover_under(
+    loaded: Loaded,
+    limits: &Limits,
+) -> Result<(World, RecoveryReport), RecoveryError> {
     let mut world = World::default();
     let mut report = RecoveryReport {
         snapshot_seq: loaded.snapshot_seq,
@@ -123,7 +142,7 @@ pub fn recover(loaded: Loaded) -> Result<(World, RecoveryReport), RecoveryError>
     // journal up to its sequence, must write them (loading snapshots marks
     // nothing, so only replayed changes are marked here).
     report.last_seq = world.seq;
-    let violations = world.violations();
+    let violations = world.violations_under(limits);
     if !violations.is_empty() {
         return Err(RecoveryError::Invariants(violations));
     }

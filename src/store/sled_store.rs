@@ -102,10 +102,11 @@ pub struct SledStore {
     /// The committed layout (snapshots run one at a time; this mirrors `m`).
     layout: Arc<Mutex<Layout>>,
     /// A snapshot or merge failed part way: its packs may still be there
-    /// under a generation the next one would reuse, so no more snapshots
-    /// until a restart, whose open tidies them (`x` is still set). The
-    /// journal goes on; it is only trimmed again after the restart.
-    stopped: AtomicBool,
+    /// under a generation the next one would reuse (`x` is still set), so
+    /// the next snapshot first tidies them, as an open would. A failure is
+    /// usually passing (a full disk freed, an I/O error once): snapshots
+    /// go on as soon as a tidy and a write succeed.
+    needs_tidy: AtomicBool,
 }
 
 const JOURNAL: u8 = b'j';
@@ -791,7 +792,7 @@ impl SledStore {
             blobs,
             log,
             layout: layout_shared,
-            stopped: AtomicBool::new(false),
+            needs_tidy: AtomicBool::new(false),
         };
         if store.tree.contains_key(UNFINISHED).map_err(io)? {
             store.tidy(&layout)?;
@@ -959,7 +960,13 @@ impl SledStore {
 
     fn commit(&self, layout: Layout) -> Result<(), StorageError> {
         self.tree.insert(META, &layout.encode()[..]).map_err(io)?;
-        self.flush()?;
+        if let Err(e) = self.flush() {
+            // Not committed: put the committed layout back, so no later
+            // flush makes durable a layout whose packs the tidy removes.
+            let committed = self.layout().encode();
+            let _ = self.tree.insert(META, &committed[..]);
+            return Err(e);
+        }
         *self.layout.lock().unwrap_or_else(|e| e.into_inner()) = layout;
         Ok(())
     }
@@ -1114,9 +1121,10 @@ impl SledStore {
             || layout.generation - layout.base >= GENERATIONS_MAX
         {
             if let Err(e) = self.merge(layout) {
-                // The snapshot itself is committed; what the merge left is tidied at the next open.
-                tracing::warn!(error = %e, "merging snapshot generations failed; snapshots stop until a restart");
-                self.stopped.store(true, Ordering::Release);
+                // The snapshot itself is committed; what the merge left is
+                // tidied before the next snapshot, which merges again.
+                tracing::error!(error = %e, "merging snapshot generations failed; the next snapshot tidies and retries");
+                self.needs_tidy.store(true, Ordering::Release);
                 return Ok(());
             }
         }
@@ -1170,14 +1178,13 @@ impl Store for SledStore {
     }
 
     fn snapshot(&self, seq: u64, entries: SnapshotEntries) -> Result<(), StorageError> {
-        if self.stopped.load(Ordering::Acquire) {
-            return Err(StorageError::Io(
-                "snapshots stopped after an earlier failure; they resume after a restart".into(),
-            ));
+        if self.needs_tidy.load(Ordering::Acquire) {
+            self.tidy(&self.layout())?;
+            self.needs_tidy.store(false, Ordering::Release);
         }
         let result = self.write_snapshot(seq, entries);
         if result.is_err() {
-            self.stopped.store(true, Ordering::Release);
+            self.needs_tidy.store(true, Ordering::Release);
         }
         result
     }
@@ -2023,25 +2030,24 @@ mod tests {
         assert!(layout.generation - layout.base < GENERATIONS_MAX);
     }
 
-    /// After a snapshot failed part way, no snapshot reuses its generation
-    /// in this process; the next open tidies and snapshots go on.
+    /// A snapshot that failed part way is tidied by the next one in the
+    /// same process, which reuses its generation cleanly: snapshots go on
+    /// after a passing failure, with no restart.
     #[test]
-    fn snapshots_stop_after_a_failure_until_the_store_is_opened_again() {
+    fn the_snapshot_after_a_failed_one_tidies_it_and_snapshots_go_on() {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = SledStore::open(dir.path()).unwrap();
             s.snapshot(2, entries(&[(SnapshotKey::User(1), Some("u1"))]))
                 .unwrap();
-            // What a failure part way leaves: the mark, packs of generation 2, and the stop.
+            // What a failure part way leaves: the mark and packs of generation 2.
             leave_unfinished(&s, 2, &[(SnapshotKey::User(9), "stale")]);
-            s.stopped.store(true, Ordering::Release);
-            assert!(s
-                .snapshot(3, entries(&[(SnapshotKey::User(2), Some("u2"))]))
-                .is_err());
+            s.needs_tidy.store(true, Ordering::Release);
+            s.snapshot(3, entries(&[(SnapshotKey::User(2), Some("u2"))]))
+                .unwrap();
+            assert!(!s.needs_tidy.load(Ordering::Acquire));
         }
         let s = SledStore::open(dir.path()).unwrap();
-        s.snapshot(3, entries(&[(SnapshotKey::User(2), Some("u2"))]))
-            .unwrap();
         drop(s);
         assert_eq!(
             loaded(dir.path()),

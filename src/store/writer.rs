@@ -89,6 +89,51 @@ pub struct JournalStats {
     pub snapshots: AtomicU64,
     pub queued: AtomicU64,
     pub time: WriterTime,
+    pub snapshot_health: SnapshotHealth,
+}
+
+/// How snapshots fare: a snapshot that cannot be cut or written is retried
+/// by the next one (its marks come back), and meanwhile the journal keeps
+/// every record since the last one, so a failure that lasts makes memory,
+/// the journal and the replay after a crash grow. It is logged at error,
+/// counted here, and shown by `/ready` and `/metrics`.
+#[derive(Default, Debug)]
+pub struct SnapshotHealth {
+    failures: AtomicU64,
+    consecutive: AtomicU64,
+    last_error: std::sync::Mutex<Option<String>>,
+}
+
+impl SnapshotHealth {
+    fn failed(&self, what: &str, error: &StorageError) {
+        let consecutive = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            error = %error,
+            consecutive,
+            "snapshot {what} failed; the next snapshot retries it, and the journal keeps every record since the last one"
+        );
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.to_string());
+    }
+
+    fn written(&self) {
+        if self.consecutive.swap(0, Ordering::Relaxed) > 0 {
+            tracing::info!("a snapshot was written again after failures");
+        }
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// Snapshots that failed since start.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Snapshots that failed since the last one written, and the last error.
+    pub fn failing(&self) -> Option<(u64, String)> {
+        let consecutive = self.consecutive.load(Ordering::Relaxed);
+        let error = self.last_error.lock().unwrap_or_else(|e| e.into_inner());
+        (consecutive > 0).then(|| (consecutive, error.clone().unwrap_or_default()))
+    }
 }
 
 /// A step of the writer's cycle. The steps of a batch run one after
@@ -349,9 +394,10 @@ fn start_snapshotter(
             for job in jobs_rx {
                 let result = store.snapshot(job.seq, job.entries);
                 if let Err(e) = &result {
-                    tracing::warn!(error = %e, "snapshot failed; the journal keeps everything since the last one");
+                    stats.snapshot_health.failed("write", e);
                 } else {
                     stats.snapshots.fetch_add(1, Ordering::Relaxed);
+                    stats.snapshot_health.written();
                     watch.written.store(job.number, Ordering::SeqCst);
                 }
                 let done = match result {
@@ -678,6 +724,9 @@ impl Worker {
                 }
             }
             Err(e) => {
+                if e != StorageError::Poisoned {
+                    self.stats.snapshot_health.failed("cut", &e);
+                }
                 // Written again by the next snapshot, from the entities as they are then.
                 self.world.cut = None;
                 let pending = self.cut.take().expect("a cut under way");

@@ -222,6 +222,44 @@ fn failing_snapshots_lose_nothing() {
     engine.shutdown();
 }
 
+/// A passing snapshot failure ends without a restart: it is counted and
+/// reported while it lasts, and once storage takes snapshots again the next
+/// one is written and trims the journal.
+#[test]
+fn snapshots_resume_after_a_passing_failure_without_a_restart() {
+    let inner = MemoryStore::new();
+    let plan = FaultPlan::new();
+    let rt = runtime();
+    let engine = start(
+        config(),
+        FaultyStore::new(inner.clone(), plan.clone()),
+        manual_clock(),
+    );
+    rt.block_on(async {
+        let p = populate(&engine, "s").await;
+        plan.fail_snapshots.store(true, Ordering::SeqCst);
+        assert!(engine.snapshot().await.is_err());
+        assert!(engine.snapshot().await.is_err());
+        let (consecutive, error) = engine.snapshots_failing().expect("reported while failing");
+        assert_eq!(consecutive, 2);
+        assert!(error.contains("injected"), "{error}");
+        assert_eq!(engine.metrics().snapshot_failures, 2);
+        assert!(!p.paid.is_empty());
+        engine.charge(UserId(1), Krw(5), None).await.unwrap();
+        let batches = inner.batch_count();
+        plan.fail_snapshots.store(false, Ordering::SeqCst);
+        let seq = engine.snapshot().await.expect("written once storage works");
+        assert!(seq > 0 && inner.load_snapshot_seq() == seq);
+        assert_eq!(engine.snapshots_failing(), None);
+        assert!(
+            inner.batch_count() < batches,
+            "the journal is trimmed again"
+        );
+        assert_eq!(engine.metrics().snapshot_failures, 2);
+    });
+    engine.shutdown();
+}
+
 trait SnapshotSeq {
     fn load_snapshot_seq(&self) -> u64;
 }
