@@ -62,6 +62,8 @@ pub struct Summary {
     pub stock: StockTotals,
     pub outbox_pending: usize,
     pub sink_len: u64,
+    /// Idempotency keys recorded since the last snapshot (older ones are
+    /// in the key tables, which recovery does not read).
     pub idempotency_keys: usize,
     pub violations: Vec<String>,
 }
@@ -107,7 +109,7 @@ impl Summary {
             stock,
             outbox_pending: world.meta.outbox.len(),
             sink_len: world.meta.sink_len,
-            idempotency_keys: world.keys.len(),
+            idempotency_keys: world.dirty.keys.len(),
             violations: world.violations(),
         }
     }
@@ -146,7 +148,7 @@ impl Summary {
             "outbox pending    {} (file sink length {})",
             self.outbox_pending, self.sink_len
         );
-        println!("idempotency keys  {}", self.idempotency_keys);
+        println!("keys since snapshot {}", self.idempotency_keys);
         if self.violations.is_empty() {
             println!("invariants        ok");
         } else {

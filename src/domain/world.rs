@@ -9,6 +9,7 @@ use crate::domain::coupon::{Campaign, CampaignHeader};
 use crate::domain::event::{Event, Record};
 use crate::domain::id_bitmap::CHUNK_WORDS;
 use crate::domain::ids::{CouponId, IdSet, OrderId, ProductId, UserCouponId, UserId};
+use crate::domain::key_hash::{key_hash, KeyHash};
 use crate::domain::limits::Limits;
 use crate::domain::order::{Order, OrderStatus};
 use crate::domain::product::Product;
@@ -164,8 +165,21 @@ pub struct Dirty {
     /// Chunks of campaigns' issued sets: (campaign, chunk).
     pub issued: HashSet<(CouponId, u64)>,
     pub orders: IdSet<OrderId>,
-    pub keys: HashSet<String>,
+    /// Idempotency keys recorded since, with their answers: the snapshot
+    /// moves them to the store's key tables ([`crate::store::keys`]).
+    pub keys: Vec<NewKey>,
+    /// Keys a store from before the key tables kept among the snapshot
+    /// entries: the snapshot deletes them there (they are among `keys`).
+    pub legacy_keys: Vec<String>,
     pub meta: bool,
+}
+
+/// An idempotency key recorded by the record at `seq`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewKey {
+    pub hash: KeyHash,
+    pub seq: u64,
+    pub key: StoredKey,
 }
 
 impl Dirty {
@@ -177,6 +191,7 @@ impl Dirty {
         self.issued.extend(other.issued);
         self.orders.extend(other.orders);
         self.keys.extend(other.keys);
+        self.legacy_keys.extend(other.legacy_keys);
         self.meta |= other.meta;
     }
 
@@ -188,13 +203,15 @@ impl Dirty {
             && self.issued.is_empty()
             && self.orders.is_empty()
             && self.keys.is_empty()
+            && self.legacy_keys.is_empty()
     }
 }
 
 /// A snapshot being taken without stopping the world: every changed entity
 /// as it was when the cut began. Products, campaigns and the meta are few and change all the
-/// time, so they are copied when the cut begins. Users, orders and keys are
-/// many: they stay where they are, listed here, until they are encoded
+/// time, so they are copied when the cut begins; so are the idempotency
+/// keys recorded since the last cut (the world keeps no other). Users and
+/// orders are many: they stay where they are, listed here, until they are encoded
 /// (a step at a time, between journal batches) or until a record is about
 /// to change one, which copies it first. So a cut costs no pause.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -202,18 +219,16 @@ pub struct Cut {
     /// Unchanged since the cut began: read them from the world.
     pub users: Vec<UserId>,
     pub orders: Vec<OrderId>,
-    pub keys: Vec<String>,
     /// The same ids, to look up an entity about to change: those still here are uncaptured.
     waiting_users: IdSet<UserId>,
     waiting_orders: IdSet<OrderId>,
-    waiting_keys: HashSet<String>,
     /// Copies as they were when the cut began.
     pub captured: Vec<Captured>,
     /// What this snapshot moves to the archive.
     pub archiving: Archiving,
 }
 
-/// An entity as it was when a [`Cut`] began (`None`: a key that was absent).
+/// An entity as it was when a [`Cut`] began.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Captured {
     User(User),
@@ -222,7 +237,9 @@ pub enum Captured {
     /// A chunk of a campaign's issued set.
     IssuedChunk(CouponId, u64, Box<[u64; CHUNK_WORDS]>),
     Order(Order),
-    Key(String, Option<StoredKey>),
+    Key(NewKey),
+    /// A key of the snapshot entries of an older store, to delete there.
+    LegacyKey(String),
     Meta(Meta),
 }
 
@@ -234,16 +251,10 @@ impl Cut {
     pub fn take_order(&mut self, id: OrderId) -> bool {
         self.waiting_orders.remove(&id)
     }
-    pub fn take_key(&mut self, key: &str) -> bool {
-        self.waiting_keys.remove(key)
-    }
 
     /// Nothing is left to encode.
     pub fn is_done(&self) -> bool {
-        self.users.is_empty()
-            && self.orders.is_empty()
-            && self.keys.is_empty()
-            && self.captured.is_empty()
+        self.users.is_empty() && self.orders.is_empty() && self.captured.is_empty()
     }
 }
 
@@ -261,7 +272,6 @@ pub struct World {
     pub products: Vec<Product>,
     pub campaigns: Vec<Campaign>,
     pub orders: BTreeMap<OrderId, Order>,
-    pub keys: HashMap<String, StoredKey>,
     pub meta: Meta,
     /// The last journal sequence applied.
     pub seq: u64,
@@ -315,12 +325,14 @@ impl World {
         if marks.meta {
             cut.captured.push(Captured::Meta(self.meta.clone()));
         }
+        cut.captured
+            .extend(marks.keys.iter().cloned().map(Captured::Key));
+        cut.captured
+            .extend(marks.legacy_keys.iter().cloned().map(Captured::LegacyKey));
         cut.users = marks.users.iter().copied().collect();
         cut.orders = marks.orders.iter().copied().collect();
-        cut.keys = marks.keys.iter().cloned().collect();
         cut.waiting_users = marks.users.clone();
         cut.waiting_orders = marks.orders.clone();
-        cut.waiting_keys = marks.keys.clone();
         self.cut = Some(cut);
         marks
     }
@@ -381,15 +393,6 @@ impl World {
         }
     }
 
-    fn capture_key(cut: &mut Option<Cut>, keys: &HashMap<String, StoredKey>, key: &str) {
-        if let Some(cut) = cut {
-            if cut.take_key(key) {
-                cut.captured
-                    .push(Captured::Key(key.to_string(), keys.get(key).cloned()));
-            }
-        }
-    }
-
     pub fn user_mut(&mut self, seq: u64, id: UserId) -> Result<&mut User, ApplyError> {
         self.capture_user(id);
         self.dirty.users.insert(id);
@@ -424,16 +427,15 @@ impl World {
         }
         self.apply_event(seq, record.at, &record.event)?;
         if let Some(entry) = &record.idempotency {
-            World::capture_key(&mut self.cut, &self.keys, &entry.key);
-            self.keys.insert(
-                entry.key.clone(),
-                StoredKey {
+            self.dirty.keys.push(NewKey {
+                hash: key_hash(&entry.key),
+                seq,
+                key: StoredKey {
                     fingerprint: entry.fingerprint,
                     reply: entry.reply.clone(),
                     at: record.at,
                 },
-            );
-            self.dirty.keys.insert(entry.key.clone());
+            });
         }
         self.seq = seq;
         Ok(())
@@ -560,6 +562,7 @@ impl World {
             Event::OrderExpired { order_id } => {
                 self.apply_returned(seq, *order_id, OrderStatus::Expired, at)?
             }
+            Event::RequestRefused => {}
             Event::OutboxDelivered {
                 order_ids,
                 sink_len,
@@ -694,25 +697,6 @@ impl World {
             self.user_mut(seq, user_id)?.apply_coupon_restored(coupon);
         }
         Ok(())
-    }
-
-    /// Drops idempotency keys older than the TTL.
-    pub fn prune(&mut self, now: Timestamp) {
-        let horizon = Timestamp(now.0.saturating_sub(IDEMPOTENCY_TTL_MS));
-        let dirty = &mut self.dirty;
-        let cut = &mut self.cut;
-        self.keys.retain(|k, v| {
-            let keep = v.at >= horizon;
-            if !keep {
-                if let Some(cut) = cut {
-                    if cut.take_key(k) {
-                        cut.captured.push(Captured::Key(k.clone(), Some(v.clone())));
-                    }
-                }
-                dirty.keys.insert(k.clone());
-            }
-            keep
-        });
     }
 
     /// Checks every invariant of DESIGN.md under the limits of API.md.

@@ -37,8 +37,6 @@ pub struct EngineConfig {
     /// [`Engine::spawn_on_engine_threads`]: crate::engine::Engine::spawn_on_engine_threads
     pub actor_threads_io: bool,
     pub journal: JournalConfig,
-    /// Idempotency keys kept at most (each at least 24 hours); past it, `Overloaded`.
-    pub idempotency_keys_max: usize,
     pub data_platform: DataPlatform,
     /// First retry delay of a failed delivery; doubles up to `delivery_backoff_ms_max`.
     pub delivery_backoff_ms_min: u64,
@@ -55,7 +53,6 @@ impl Default for EngineConfig {
             arbiter_count: std::thread::available_parallelism().map_or(2, |n| n.get()),
             actor_threads_io: false,
             journal: JournalConfig::default(),
-            idempotency_keys_max: 5_000_000,
             data_platform: DataPlatform::Off,
             delivery_backoff_ms_min: 100,
             delivery_backoff_ms_max: 30_000,

@@ -10,7 +10,9 @@
 
 use crate::domain::coupon::Campaign;
 use crate::domain::coupon::Discount;
+use crate::domain::event::{Event, Record};
 use crate::domain::ids::{CouponId, OrderId, ProductId, UserCouponId, UserId};
+use crate::domain::key_hash::{key_hash, KeyHash};
 use crate::domain::limits::Limits;
 use crate::domain::money::Krw;
 use crate::domain::order::Order;
@@ -34,12 +36,15 @@ use crate::engine::coordinator::{
 use crate::engine::delivery::{Delivery, DeliverySetup};
 use crate::engine::directory::{CreateCampaign, CreateProduct, CreateUser, Directory};
 use crate::engine::error::{Error, Result};
-use crate::engine::idempotency::{fingerprint, Begin, IdempotencyKey, IdempotencyStore, Tag};
+use crate::engine::idempotency::{
+    fingerprint, Begin, IdempotencyKey, IdempotencyStore, KeyGuard, Tag,
+};
 use crate::engine::product_actor::{ProductActor, ProductRef, Restock};
 use crate::engine::registry::Registry;
 use crate::engine::stats_actor::{Refresh, StatsActor, Top};
 use crate::engine::user_actor::{CartChange, ChangeCart, Charge, UserActor};
 use crate::store::outbox::PendingOutbox;
+use crate::store::recent_keys::{RecentKey, RecentKeys};
 use crate::store::recovery::{recover_for_serving_under, RecoveryError, RecoveryReport};
 use crate::store::writer::{JournalHandle, JournalStats, JournalWriter, WriterSteps};
 use crate::store::{ArchiveReader, StorageError, Store};
@@ -381,10 +386,26 @@ impl Engine {
                 }
             }
         }
-        let keys = IdempotencyStore::new(world.keys.clone(), config.idempotency_keys_max);
+        // The keys of the journal's tail (and of an older store's
+        // snapshot) are known in memory until a snapshot moves them.
+        let recent_keys = Arc::new(RecentKeys::new());
+        for k in &world.dirty.keys {
+            let key = RecentKey {
+                fingerprint: k.key.fingerprint,
+                at: k.key.at,
+                seq: k.seq,
+            };
+            recent_keys.insert(k.hash, key);
+        }
+        let keys = IdempotencyStore::new(recent_keys.clone());
         let sink_len = world.meta.sink_len;
-        let writer =
-            JournalWriter::start(store, world.clone(), config.journal.clone(), outbox.clone());
+        let writer = JournalWriter::start(
+            store,
+            world.clone(),
+            config.journal.clone(),
+            outbox.clone(),
+            recent_keys,
+        );
         let journal = writer.handle();
         let limits = Arc::new(config.limits.clone());
         let (tx, rx) = std::sync::mpsc::channel();
@@ -485,8 +506,8 @@ impl Engine {
     }
 
     /// Runs `op` under an idempotency key: the first answer is stored with
-    /// its record; a retry with the same request gets it back; another
-    /// request with the same key is refused.
+    /// its record (a refusal in a record of its own); a retry with the same
+    /// request gets it back; another request with the same key is refused.
     async fn keyed<T, F, Fut>(
         &self,
         key: Option<IdempotencyKey>,
@@ -503,43 +524,62 @@ impl Engine {
         };
         let fp = fingerprint(&request);
         let tag = loop {
-            match self.inner.keys.begin(&key, fp, self.now())? {
-                Begin::Proceed(tag) => break tag,
+            match self.inner.keys.begin(&key, fp)? {
+                Begin::Check(tag) => {
+                    let guard = KeyGuard::new(&self.inner.keys, tag);
+                    let archive = self.archive()?;
+                    let hash = guard.tag().hash;
+                    match blocking(move || archive.key(hash)).await? {
+                        // Runs from here on its own task, whose guard ends the key.
+                        None => break guard.hand_over(),
+                        Some(stored) => {
+                            let tag = guard.hand_over();
+                            self.inner.keys.found(&tag, stored.fingerprint, stored.at);
+                            return replayed(stored, fp);
+                        }
+                    }
+                }
+                Begin::Replay { hash, seq } => {
+                    let archive = self.archive()?;
+                    let stored = blocking(move || stored_answer(&archive, hash, seq)).await?;
+                    return replayed(stored, fp);
+                }
                 Begin::Wait(rx) => {
                     let _ = rx.await;
-                }
-                Begin::Replay(Reply::Rejected(r)) => return Err(r.into()),
-                Begin::Replay(reply) => {
-                    return T::from_reply(reply).ok_or(Error::IdempotencyKeyReused)
                 }
             }
         };
         // From here the key is running: the request runs to its end on its own
         // task, so a caller that gives up cannot leave the key running forever
-        // (nor release it while its record may still become durable).
+        // (nor release it while its record may still become durable); the
+        // guard ends it even if the request panics.
         let engine = self.clone();
         let run = async move {
-            let result = op(engine.clone(), Some(tag.clone())).await;
-            let stored = match &result {
-                Ok(v) => Some(v.to_reply()),
-                // A refused payment still failed the order: its answer is kept.
-                Err(Error::Rejected(r @ Rejection::InsufficientBalance { .. })) => {
-                    Some(Reply::Rejected(r.clone()))
+            let guard = KeyGuard::new(&engine.inner.keys, tag);
+            let result = op(engine.clone(), Some(guard.tag().clone())).await;
+            match result {
+                Err(Error::Rejected(r)) if !engine.inner.keys.recorded(guard.tag()) => {
+                    engine.record_refusal(guard.tag(), &r).await;
+                    Err(Error::Rejected(r))
                 }
-                Err(_) => None,
-            };
-            let at = engine.now();
-            engine.inner.keys.finish(
-                &tag,
-                stored.map(|reply| StoredKey {
-                    fingerprint: fp,
-                    reply,
-                    at,
-                }),
-            );
-            result
+                other => other,
+            }
         };
         to_the_end(run).await
+    }
+
+    /// Keeps a refusal under its key, in a record of its own, so a retry
+    /// gets the same answer. If that record cannot be written the refusal
+    /// still stands (nothing changed); a retry then runs the request again.
+    async fn record_refusal(&self, tag: &Tag, refusal: &Rejection) {
+        let record = Record {
+            at: self.now(),
+            event: Event::RequestRefused,
+            idempotency: Some(tag.clone().entry(Reply::Rejected(refusal.clone()))),
+        };
+        if let Ok(rx) = self.inner.journal.submit(record) {
+            let _ = rx.await;
+        }
     }
 
     fn user_addr(&self, id: UserId) -> Result<Addr<UserActor>> {
@@ -1213,6 +1253,46 @@ impl Engine {
     pub fn is_degraded(&self) -> bool {
         self.inner.journal.is_poisoned()
     }
+}
+
+/// The answer a stored key keeps, as the request's: a refusal is the same
+/// error again; another request's fingerprint is a reuse of the key.
+fn replayed<T: Replied>(stored: StoredKey, fingerprint: u64) -> Result<T> {
+    if stored.fingerprint != fingerprint {
+        return Err(Error::IdempotencyKeyReused);
+    }
+    match stored.reply {
+        Reply::Rejected(r) => Err(r.into()),
+        reply => T::from_reply(reply).ok_or(Error::IdempotencyKeyReused),
+    }
+}
+
+/// The stored answer of the key of `hash`, recorded at `seq`: in the key
+/// tables once a snapshot moved it there, in the journal until then. The
+/// tables are read again after the journal: a snapshot may move the key
+/// and trim its record between the two reads.
+fn stored_answer(
+    archive: &ArchiveReader,
+    hash: KeyHash,
+    seq: u64,
+) -> Result<StoredKey, StorageError> {
+    if let Some(stored) = archive.key(hash)? {
+        return Ok(stored);
+    }
+    if let Some(record) = archive.journal_record(seq)? {
+        if let Some(entry) = record.idempotency.filter(|e| key_hash(&e.key) == hash) {
+            return Ok(StoredKey {
+                fingerprint: entry.fingerprint,
+                reply: entry.reply,
+                at: record.at,
+            });
+        }
+    }
+    archive.key(hash)?.ok_or_else(|| {
+        StorageError::Corrupt(format!(
+            "the answer of an idempotency key recorded at {seq} is missing"
+        ))
+    })
 }
 
 /// Runs a store read off the async threads when there are blocking threads to run it on.

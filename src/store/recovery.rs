@@ -4,10 +4,11 @@ use crate::domain::coupon::CampaignHeader;
 use crate::domain::event::Record;
 use crate::domain::id_bitmap::CHUNK_WORDS;
 use crate::domain::ids::{CouponId, IdSet, OrderId, UserId};
+use crate::domain::key_hash::key_hash;
 use crate::domain::limits::Limits;
 use crate::domain::order::Order;
 use crate::domain::user::{BalanceEntry, User, HISTORY_CHUNK};
-use crate::domain::world::{Archiving, Captured, Meta, StoredKey, TallyCounts, World};
+use crate::domain::world::{Archiving, Captured, Meta, NewKey, StoredKey, TallyCounts, World};
 use crate::store::codec::{self, CodecError, Kind};
 use crate::store::legacy::{self, LegacySales};
 use crate::store::{ArchiveReader, Loaded, SnapshotEntries, SnapshotKey, StorageError, Store};
@@ -111,7 +112,7 @@ pub fn recover_under(
         snapshot_entries: loaded.snapshots.len(),
         ..RecoveryReport::default()
     };
-    load_snapshots(&mut world, loaded.snapshots)?;
+    load_snapshots(&mut world, loaded.snapshots, loaded.snapshot_seq)?;
     world.seq = loaded.snapshot_seq;
     for (first_seq, frames) in loaded.batches {
         let records: Vec<Record> =
@@ -152,13 +153,17 @@ pub fn recover_under(
 fn load_snapshots(
     world: &mut World,
     entries: Vec<(SnapshotKey, Vec<u8>)>,
+    snapshot_seq: u64,
 ) -> Result<(), RecoveryError> {
     let mut entries = entries;
     // Keys sort owners before their parts: users before their history
     // chunks, campaigns before their issued chunks, the tally before its
     // sold chunks.
     entries.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut load = Loading::default();
+    let mut load = Loading {
+        snapshot_seq,
+        ..Loading::default()
+    };
     for (key, bytes) in entries {
         load_entry(world, &mut load, &key, &bytes).map_err(|e| match e {
             Load::Codec(error) => RecoveryError::Snapshot { key, error },
@@ -194,6 +199,8 @@ struct Loading {
     issued_counts: HashMap<CouponId, u64>,
     /// A version 1 meta's sales, given to the products once all are loaded.
     legacy_sales: Option<LegacySales>,
+    /// The sequence every snapshot entry includes.
+    snapshot_seq: u64,
 }
 
 enum Load {
@@ -311,8 +318,18 @@ fn load_entry(
             world.orders.insert(o.id, o);
         }
         SnapshotKey::Key(k) => {
-            let v: StoredKey = codec::decode(Kind::Key, bytes)?;
-            world.keys.insert(k.clone(), v);
+            // A store from before the key tables: the key moves there with
+            // the next snapshot, which deletes it here.
+            let key: StoredKey = codec::decode(Kind::Key, bytes)?;
+            world.dirty.keys.push(NewKey {
+                hash: key_hash(k),
+                seq: load.snapshot_seq,
+                key,
+            });
+            world.dirty.legacy_keys.push(k.clone());
+        }
+        SnapshotKey::IdemKey { .. } => {
+            return Err(sparse(format!("{key:?} among the snapshot entries")))
         }
         SnapshotKey::Meta => {
             let frame = codec::open(bytes)?;
@@ -446,12 +463,6 @@ pub fn cut_step(
             if let Some(o) = world.orders.get(&id) {
                 encode_order(o, &mut world.orders_in_snapshots, &mut cut.archiving, out)?;
             }
-        } else if let Some(key) = cut.keys.pop() {
-            if !cut.take_key(&key) {
-                continue;
-            }
-            let value = world.keys.get(&key).cloned();
-            encode_captured(world, &mut cut.archiving, Captured::Key(key, value), out)?;
         } else {
             break;
         }
@@ -493,8 +504,15 @@ fn encode_captured(
             Kind::IssuedChunk,
             &words[..],
         ),
-        Captured::Key(k, Some(v)) => out.push_frame(SnapshotKey::Key(k), Kind::Key, &v),
-        Captured::Key(k, None) => {
+        Captured::Key(k) => {
+            let key = SnapshotKey::IdemKey {
+                hash: k.hash,
+                fingerprint: k.key.fingerprint,
+                at_ms: k.key.at.0,
+            };
+            out.push_frame(key, Kind::Key, &k.key)
+        }
+        Captured::LegacyKey(k) => {
             out.delete(SnapshotKey::Key(k));
             Ok(())
         }
@@ -513,7 +531,6 @@ mod tests {
     use crate::domain::rejection::Rejection;
     use crate::domain::time::Timestamp;
     use crate::domain::views::Reply;
-    use crate::domain::world::IDEMPOTENCY_TTL_MS;
     use std::collections::BTreeMap;
 
     /// Encodes every entity that changed since the last snapshot, and clears
@@ -678,7 +695,6 @@ mod tests {
             assert!(cut_step(&mut world, &mut entries, 1).unwrap().is_none());
             apply(&mut world, record);
         }
-        world.prune(Timestamp(2 + IDEMPOTENCY_TTL_MS + 1)); // drops "old"
         while cut_step(&mut world, &mut entries, 1).unwrap().is_none() {}
         assert!(world.cut.is_none());
         assert_eq!(as_map(entries), as_map(expected));
@@ -686,7 +702,13 @@ mod tests {
         // What changed after the cut is marked for the next one.
         let next = &world.dirty;
         assert!(next.users.contains(&UserId(1)) && next.users.contains(&UserId(4)));
-        assert!(next.orders.contains(&OrderId(4)) && next.keys.contains("old"));
+        assert!(next.orders.contains(&OrderId(4)));
+        let young = crate::domain::key_hash::key_hash("young");
+        assert_eq!(
+            next.keys.iter().map(|k| k.hash).collect::<Vec<_>>(),
+            vec![young],
+            "the key recorded again after the cut, only"
+        );
     }
 
     /// A long history goes to the archive in whole chunks, each once; the

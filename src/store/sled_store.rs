@@ -80,6 +80,8 @@
 //! flush here also syncs what sled's own leaves out, its blob files and
 //! its log's growth ([`crate::store::sled_sync`]).
 
+use crate::domain::world::IDEMPOTENCY_TTL_MS;
+use crate::store::keys::{KeyTables, KeyToPut};
 use crate::store::sled_sync::{BlobSync, LogGrowth};
 use crate::store::{
     Archive, ArchiveReader, Loaded, SnapshotEntries, SnapshotKey, StorageError, Store, ORDER_BLOCK,
@@ -99,6 +101,8 @@ pub struct SledStore {
     /// ...and its log file's new length: synced after a flush that grew it.
     log: LogGrowth,
     archive: SledArchive,
+    /// Idempotency keys moved out of the snapshots ([`crate::store::keys`]).
+    keys: Arc<KeyTables>,
     /// The committed layout (snapshots run one at a time; this mirrors `m`).
     layout: Arc<Mutex<Layout>>,
     /// A snapshot or merge failed part way: its packs may still be there
@@ -295,6 +299,9 @@ fn word_at(raw: &[u8], at: usize) -> Result<u64, StorageError> {
 struct SledArchive {
     tree: sled::Tree,
     layout: Arc<Mutex<Layout>>,
+    keys: Arc<KeyTables>,
+    /// The journal's tree, for the record a recent idempotency key names.
+    journal: sled::Tree,
 }
 
 impl SledArchive {
@@ -390,6 +397,22 @@ impl Archive for SledArchive {
         }
         Ok(())
     }
+
+    fn key(&self, hash: u128) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.keys.get(hash)?.map(|found| found.frame))
+    }
+
+    fn journal_batch_of(&self, seq: u64) -> Result<Option<(u64, Vec<u8>)>, StorageError> {
+        // The journal's own database, then where older stores kept it.
+        for tree in [&self.journal, &self.tree] {
+            let mut below = tree.range(journal_key(0)..=journal_key(seq));
+            if let Some(kv) = below.next_back() {
+                let (k, v) = kv.map_err(io)?;
+                return Ok(Some((journal_seq(&k)?, v.to_vec())));
+            }
+        }
+        Ok(None)
+    }
 }
 
 /// Opens sled's database. sled 0.34 lets go of its directory lock only
@@ -423,6 +446,9 @@ fn open_db_at(path: &Path) -> Result<sled::Db, StorageError> {
 /// The directories of the store's sled databases inside the data
 /// directory: the main one (snapshots, archive), then the journal's.
 pub const DATABASE_DIRS: [&str; 2] = ["sled", "sled-journal"];
+
+/// The idempotency key tables inside the data directory.
+pub const KEYS_DIR: &str = "keys";
 
 /// sled's own directory inside the data directory.
 fn db_dir(dir: &Path) -> std::path::PathBuf {
@@ -560,6 +586,11 @@ fn encode_key_into(key: &SnapshotKey, out: &mut Vec<u8>) {
         SnapshotKey::Key(k) => {
             out.push(KEY);
             out.extend_from_slice(k.as_bytes());
+        }
+        // Never in a pack: `write_snapshot` sends them to the key tables.
+        SnapshotKey::IdemKey { hash, .. } => {
+            out.extend_from_slice(&[SNAPSHOT, b'K']);
+            out.extend_from_slice(&hash.to_be_bytes());
         }
     }
 }
@@ -781,12 +812,16 @@ impl SledStore {
         let layout = Layout::decode(tree.get(META).map_err(io)?)?;
         let layout_shared = Arc::new(Mutex::new(layout));
         let journal = JournalDb::open(dir)?;
+        let keys = Arc::new(KeyTables::open(&dir.join(KEYS_DIR))?);
         let store = SledStore {
-            journal,
             archive: SledArchive {
                 tree: tree.clone(),
                 layout: layout_shared.clone(),
+                keys: keys.clone(),
+                journal: journal.tree.clone(),
             },
+            journal,
+            keys,
             db,
             tree,
             blobs,
@@ -1029,9 +1064,10 @@ impl SledStore {
         // group: a snapshot archives tens of thousands of them.
         let mut by_user: Vec<(u64, u64)> = Vec::new();
         let mut chunks: Vec<([u8; 18], u64, &[u8])> = Vec::new();
+        let mut keys: Vec<KeyToPut<'_>> = Vec::new();
         // The snapshot's own entries: their keys encoded one after another
-        // in `keys`, each entry its key's range there and its value.
-        let mut keys: Vec<u8> = Vec::new();
+        // in `names`, each entry its key's range there and its value.
+        let mut names: Vec<u8> = Vec::new();
         let mut live: Vec<(usize, usize, Option<&[u8]>)> = Vec::with_capacity(entries.len());
         for (key, value) in entries.iter() {
             match (key, value) {
@@ -1045,15 +1081,28 @@ impl SledStore {
                 (SnapshotKey::ArchivedHistory(user, chunk), Some(frame)) => {
                     chunks.push((group_key(*user, *chunk), *chunk, frame));
                 }
+                (
+                    SnapshotKey::IdemKey {
+                        hash,
+                        fingerprint,
+                        at_ms,
+                    },
+                    Some(frame),
+                ) => keys.push(KeyToPut {
+                    hash: *hash,
+                    fingerprint: *fingerprint,
+                    at_ms: *at_ms,
+                    frame,
+                }),
                 (key, _) if key.is_archived() => {
                     return Err(StorageError::Corrupt(format!(
                         "archive entry {key:?} without a value"
                     )))
                 }
                 (key, value) => {
-                    let start = keys.len();
-                    encode_key_into(key, &mut keys);
-                    live.push((start, keys.len(), value));
+                    let start = names.len();
+                    encode_key_into(key, &mut names);
+                    live.push((start, names.len(), value));
                 }
             }
         }
@@ -1081,6 +1130,13 @@ impl SledStore {
             group.extend(run.iter().map(|&(_, chunk, frame)| (chunk, frame)));
             self.add_history_chunks(run[0].0, &group)?;
         }
+        // Idempotency keys: durable in their tables before the commit, as
+        // the journal records that hold them are trimmed after it.
+        let newest_key_ms = keys.iter().map(|k| k.at_ms).max();
+        if let Some(newest) = newest_key_ms {
+            self.keys
+                .put(&keys, newest.saturating_sub(IDEMPOTENCY_TTL_MS))?;
+        }
         by_user.sort_unstable();
         let mut ids = Vec::new();
         for run in by_user.chunk_by(|a, b| a.0 == b.0) {
@@ -1091,7 +1147,7 @@ impl SledStore {
 
         // 1. The changed entries as a new generation, sorted (the last of
         //    two entries for one key wins); invisible until committed.
-        let key = |(start, end, _): &(usize, usize, Option<&[u8]>)| &keys[*start..*end];
+        let key = |(start, end, _): &(usize, usize, Option<&[u8]>)| &names[*start..*end];
         // Stable: of two entries for one key, the one pushed last stays last.
         live.sort_by(|a, b| key(a).cmp(key(b)));
         let mut writer = PackWriter::new(&self.tree, generation);

@@ -16,11 +16,12 @@
 //! a record that was not written. The engine answers errors until restarted.
 
 use crate::domain::event::{Event, Record};
-use crate::domain::time::Timestamp;
+use crate::domain::key_hash::key_hash;
 use crate::domain::world::World;
 use crate::domain::world::{Archiving, Dirty};
 use crate::store::codec::{self, Kind};
 use crate::store::outbox::PendingOutbox;
+use crate::store::recent_keys::{RecentKey, RecentKeys};
 use crate::store::recovery::cut_step;
 use crate::store::{SnapshotEntries, StorageError, Store};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -299,6 +300,7 @@ impl JournalWriter {
         world: World,
         config: JournalConfig,
         outbox: Arc<PendingOutbox>,
+        recent_keys: Arc<RecentKeys>,
     ) -> JournalWriter {
         let (tx, rx) = mpsc::sync_channel(config.queue_records_max);
         let poisoned = Arc::new(AtomicBool::new(false));
@@ -311,8 +313,12 @@ impl JournalWriter {
             archive: watch.clone(),
         };
         let store: Arc<dyn Store> = Arc::from(store);
-        let (jobs, done, snapshotter) =
-            start_snapshotter(store.clone(), stats.clone(), watch.clone());
+        let (jobs, done, snapshotter) = start_snapshotter(
+            store.clone(),
+            stats.clone(),
+            watch.clone(),
+            recent_keys.clone(),
+        );
         let mut worker = Worker {
             store,
             jobs: Some(jobs),
@@ -324,12 +330,12 @@ impl JournalWriter {
             world,
             config,
             outbox,
+            recent_keys,
             poisoned,
             stats,
             watch,
             since_snapshot: 0,
             last_snapshot: Instant::now(),
-            latest_at: Timestamp(0),
         };
         let thread = std::thread::Builder::new()
             .name("journal-writer".into())
@@ -369,6 +375,7 @@ struct SnapshotJob {
 
 /// A snapshot written (what it archived) or not (its marks come back).
 enum SnapshotDone {
+    /// Written, with what it archived.
     Written(Archiving),
     Failed(Dirty),
 }
@@ -381,6 +388,7 @@ fn start_snapshotter(
     store: Arc<dyn Store>,
     stats: Arc<JournalStats>,
     watch: Arc<ArchiveWatch>,
+    recent_keys: Arc<RecentKeys>,
 ) -> (
     SyncSender<SnapshotJob>,
     Receiver<SnapshotDone>,
@@ -399,6 +407,8 @@ fn start_snapshotter(
                     stats.snapshots.fetch_add(1, Ordering::Relaxed);
                     stats.snapshot_health.written();
                     watch.written.store(job.number, Ordering::SeqCst);
+                    // Its keys are in the store's key tables now.
+                    recent_keys.written_up_to(job.seq);
                 }
                 let done = match result {
                     Ok(()) => SnapshotDone::Written(job.archiving),
@@ -428,13 +438,13 @@ struct Worker {
     world: World,
     config: JournalConfig,
     outbox: Arc<PendingOutbox>,
+    /// Idempotency keys of durable records not yet in a written snapshot.
+    recent_keys: Arc<RecentKeys>,
     poisoned: Arc<AtomicBool>,
     stats: Arc<JournalStats>,
     watch: Arc<ArchiveWatch>,
     since_snapshot: u64,
     last_snapshot: Instant,
-    /// Time of the newest record applied: the engine's clock, as recorded.
-    latest_at: Timestamp,
 }
 
 impl Worker {
@@ -542,11 +552,20 @@ impl Worker {
         });
         match result {
             Ok(()) => {
-                for record in records.iter() {
+                for (i, record) in records.iter().enumerate() {
                     if let Event::OrderPaid { order_id, .. } = &record.event {
                         if let Some(order) = self.world.orders.get(order_id) {
                             self.outbox.add(order.clone());
                         }
+                    }
+                    if let Some(entry) = &record.idempotency {
+                        // Known before anyone hears back, so a retry finds it.
+                        let key = RecentKey {
+                            fingerprint: entry.fingerprint,
+                            at: record.at,
+                            seq: first_seq + i as u64,
+                        };
+                        self.recent_keys.insert(key_hash(&entry.key), key);
                     }
                 }
                 // Counted before anyone hears back: whoever got an answer
@@ -581,7 +600,6 @@ impl Worker {
     /// Applies a batch to the durable world (before it is written).
     fn apply_batch(&mut self, first_seq: u64, records: &[Record]) -> Result<(), StorageError> {
         for (i, record) in records.iter().enumerate() {
-            self.latest_at = self.latest_at.max(record.at);
             self.world
                 .apply(first_seq + i as u64, record)
                 .map_err(|e| StorageError::Corrupt(e.to_string()))?;
@@ -656,8 +674,6 @@ impl Worker {
         if self.poisoned.load(Ordering::Acquire) {
             return refuse(ack, StorageError::Poisoned);
         }
-        // Keys older than their TTL and sales outside the window leave the snapshot.
-        self.world.prune(self.latest_at);
         let marks = self.world.begin_cut();
         let number = self.watch.begun.fetch_add(1, Ordering::SeqCst) + 1;
         self.cut = Some(PendingCut {

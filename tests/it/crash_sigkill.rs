@@ -374,10 +374,13 @@ impl Acks {
 
 /// Checks that every acknowledged effect is in `w` and that money and
 /// stock add up exactly.
-fn check(w: &World, acks: &Acks, dir: &Path) {
+fn check(w: &World, store: &SledStore, acks: &Acks, dir: &Path) {
     assert!(w.violations().is_empty(), "{:?}", w.violations());
     for k in &acks.keys {
-        assert!(w.keys.contains_key(k), "acknowledged key {k} is stored");
+        assert!(
+            durability_support::stored_key(store, w, k).is_some(),
+            "acknowledged key {k} is stored"
+        );
     }
     assert!(w.users.len() as u64 >= acks.users);
     assert!(w.products.len() as u64 >= acks.products);
@@ -665,7 +668,7 @@ fn acknowledged_effects_survive_sigkill() {
             acks.count,
             world.orders.len(),
         );
-        check(&world, &acks, &dir);
+        check(&world, &store, &acks, &dir);
         drop(store);
     }
     assert!(

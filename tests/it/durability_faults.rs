@@ -60,7 +60,7 @@ fn a_failed_flush_is_an_error_and_nothing_later_is_acknowledged() {
     drop(engine);
 
     let world = recovered(&inner);
-    assert!(!world.keys.contains_key("after-fault"));
+    assert!(stored_key(&inner, &world, "after-fault").is_none());
     let engine = start(config(), inner, clock);
     assert_eq!(before, rt.block_on(observe(&engine)));
     engine.shutdown();

@@ -32,7 +32,6 @@ impl History {
     /// Writes a snapshot of everything changed, under the value limit, and
     /// lets go of what it archived.
     fn snapshot(&mut self, store: &MemoryStore) {
-        self.world.prune(self.at);
         self.world.begin_cut();
         let mut out = SnapshotEntries::with_value_limit(VALUE_BYTES_MAX);
         let archiving = cut_step(&mut self.world, &mut out, usize::MAX)
