@@ -387,3 +387,68 @@ async fn the_generated_admin_token_is_kept_owner_only_and_reused_silently() {
         .expect("stdout text");
     assert!(!printed.contains(&token), "printed again: {printed}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_carry_no_colour_codes_into_a_file_and_json_logs_hold_fields() {
+    // proves the logs: no ANSI codes when stderr is a file, one access line per request with its id, --log-json with numbers as JSON fields
+    let dir = tempfile::tempdir().expect("tempdir");
+    for json_logs in [false, true] {
+        let data = dir.path().join(if json_logs { "json" } else { "text" });
+        let mut flags = vec!["--empty", "--admin-token", "t"];
+        if json_logs {
+            flags.push("--log-json");
+        }
+        let mut s = spawn(&data, &flags);
+        let resp = reqwest::Client::new()
+            .get(format!("{}/api/v1/users/1", s.base))
+            .header("x-request-id", "log-me-7")
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+        sigterm(&s.child);
+        assert!(wait_exit(&mut s.child, Duration::from_secs(10)).success());
+        let log = std::fs::read_to_string(data.with_extension("log")).expect("log");
+        assert!(!log.contains('\u{1b}'), "colour codes in a file: {log}");
+        let access: Vec<&str> = log.lines().filter(|l| l.contains("log-me-7")).collect();
+        assert_eq!(access.len(), 1, "one line for the request: {log}");
+        if !json_logs {
+            for part in [
+                "request{id=log-me-7}",
+                "route=\"/api/v1/users/{user_id}\"",
+                "status=404",
+                "latency_ms=",
+            ] {
+                assert!(access[0].contains(part), "{part} in {}", access[0]);
+            }
+            assert!(log.contains("bytes_on_disk="), "{log}");
+            continue;
+        }
+        let lines: Vec<Value> = log
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        let line = |message: &str| {
+            lines
+                .iter()
+                .find(|l| l["fields"]["message"] == message)
+                .unwrap_or_else(|| panic!("no {message:?} line in {log}"))
+        };
+        let request = lines
+            .iter()
+            .find(|l| l["span"]["id"] == "log-me-7")
+            .expect("the request's line");
+        assert_eq!(request["fields"]["message"], "request");
+        assert_eq!(request["fields"]["status"], 404);
+        assert!(request["fields"]["latency_ms"].is_number(), "{request}");
+        let recovered = line("recovered");
+        assert!(
+            recovered["fields"]["records_replayed"].is_u64(),
+            "{recovered}"
+        );
+        assert!(
+            line("data dir opened")["fields"]["bytes_on_disk"].is_u64(),
+            "{log}"
+        );
+    }
+}
