@@ -11,6 +11,7 @@
 //!   access log, JSON errors, metrics, panics, admission control, timeout,
 //!   body limit).
 //! - [`layers`]: the tower-http layers around it: request ids and CORS.
+//! - [`logs`]: `serve`'s log lines, buffered on their way to stderr.
 //! - [`server`]: the router, the bounded listener and [`serve`](server::serve), which runs until a shutdown
 //!   future completes, so tests run the real server with their own signal.
 //! - [`serve`]: the `serve` command (flags, data dir, demo seed, signals).
@@ -23,6 +24,7 @@ pub mod edge;
 pub mod error;
 pub mod extract;
 pub mod layers;
+pub mod logs;
 pub mod metrics;
 pub mod routes;
 pub mod schema;

@@ -15,6 +15,7 @@
 use crate::engine::{DataPlatform, Engine, EngineConfig, SystemClock};
 use crate::http::demo;
 use crate::http::layers::CorsOrigins;
+use crate::http::logs::{BufferedStderr, FlushOnDrop};
 use crate::http::server::{serve_on_engine_threads, HttpSettings};
 use crate::store::sled_store::SledStore;
 use crate::store::Store;
@@ -72,21 +73,26 @@ pub struct ServeArgs {
     pub cors_origin: Vec<String>,
 }
 
-fn init_logs(json: bool) {
+/// Logs to stderr through [`BufferedStderr`]; the guard writes out what is
+/// still buffered when `serve` ends.
+fn init_logs(json: bool) -> FlushOnDrop {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let out = BufferedStderr::start();
+    let guard = out.flush_on_drop();
     // Colour codes only for a person at a terminal, never into a file.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
-        .with_writer(std::io::stderr);
+        .with_writer(out);
     // try_init: a subscriber set earlier (a test, an embedding) is kept.
     let _ = if json {
         builder.json().try_init()
     } else {
         builder.try_init()
     };
+    guard
 }
 
 /// 128 random bits as hex, from the OS; std's per-process random hash keys
@@ -245,7 +251,7 @@ fn listen_addr(addr: &str) -> Result<std::net::SocketAddr, crate::CliError> {
 }
 
 pub fn run(args: ServeArgs) -> Result<ExitCode, crate::CliError> {
-    init_logs(args.log_json);
+    let _logs = init_logs(args.log_json);
     // Every flag is checked, and the address bound, before anything is written.
     let addr = listen_addr(&args.addr)?;
     let cors = CorsOrigins::parse(&args.cors_origin)?;
