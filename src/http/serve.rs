@@ -63,7 +63,7 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(1..=3_600))]
     pub request_timeout_secs: u64,
     /// An origin allowed to call the API from a browser (CORS), as
-    /// scheme://host[:port]; repeat it for more, or give * for any. Without
+    /// scheme://host or scheme://host:port; repeat it for more, or give * for any. Without
     /// it, no CORS headers are sent.
     #[arg(
         long = "cors-origin",
