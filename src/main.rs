@@ -45,12 +45,8 @@ fn main() -> anyhow::Result<ExitCode> {
     disable_transparent_huge_pages();
     let cli = Cli::parse();
     match cli.command {
-        None => {
-            Ok(commerce_engine::http::serve::run(cli.serve).map_err(anyhow::Error::from_boxed)?)
-        }
-        Some(Command::Serve(args)) => {
-            Ok(commerce_engine::http::serve::run(args).map_err(anyhow::Error::from_boxed)?)
-        }
+        None => Ok(serve(cli.serve)),
+        Some(Command::Serve(args)) => Ok(serve(args)),
         Some(Command::Simulate(args)) => {
             Ok(commerce_engine::simulate::run(args).map_err(anyhow::Error::from_boxed)?)
         }
@@ -59,6 +55,18 @@ fn main() -> anyhow::Result<ExitCode> {
         }
         Some(Command::Verify(args)) => {
             Ok(commerce_engine::verify::run(args).map_err(anyhow::Error::from_boxed)?)
+        }
+    }
+}
+
+/// `serve`, its failure told as one sentence on stderr (exit code 1), never
+/// as a Debug dump or a backtrace.
+fn serve(args: commerce_engine::http::serve::ServeArgs) -> ExitCode {
+    match commerce_engine::http::serve::run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
         }
     }
 }

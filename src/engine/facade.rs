@@ -36,12 +36,15 @@ use crate::engine::directory::{CreateCampaign, CreateProduct, CreateUser, Direct
 use crate::engine::error::{Error, Result};
 use crate::engine::idempotency::{fingerprint, Begin, IdempotencyKey, IdempotencyStore, Tag};
 use crate::engine::product_actor::{ProductActor, ProductRef, Restock};
+use crate::engine::readiness::Lifecycle;
 use crate::engine::registry::Registry;
 use crate::engine::stats_actor::{Refresh, StatsActor, Top};
 use crate::engine::user_actor::{CartChange, ChangeCart, Charge, UserActor};
 use crate::store::outbox::PendingOutbox;
 use crate::store::recovery::{recover_for_serving, RecoveryError, RecoveryReport};
-use crate::store::writer::{JournalHandle, JournalStats, JournalWriter, WriterSteps};
+use crate::store::writer::{
+    BusinessTotals, JournalHandle, JournalStats, JournalWriter, WriterSteps,
+};
 use crate::store::{ArchiveReader, StorageError, Store};
 use actix::prelude::*;
 use std::future::Future;
@@ -119,6 +122,8 @@ pub struct EngineMetrics {
     pub snapshots: u64,
     pub outbox_pending: u64,
     pub idempotency_keys: u64,
+    /// Orders by outcome, KRW paid and coupons issued, durable since start.
+    pub business: BusinessTotals,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -153,6 +158,8 @@ struct Inner {
     running: Mutex<Option<Running>>,
     /// See [`EngineConfig::actor_threads_io`].
     actor_threads_io: bool,
+    /// Starting and stopping, for [`Engine::readiness`].
+    lifecycle: Lifecycle,
 }
 
 /// The commerce engine. Cheap to clone; every clone is the same engine.
@@ -359,7 +366,10 @@ impl Engine {
         report: RecoveryReport,
     ) -> Result<Engine, StartError> {
         tracing::info!(
-            ?report,
+            snapshot_seq = report.snapshot_seq,
+            snapshot_entries = report.snapshot_entries,
+            records_replayed = report.records_replayed,
+            last_seq = report.last_seq,
             users = world.users.len(),
             products = world.products.len(),
             orders = world.orders.len(),
@@ -434,6 +444,7 @@ impl Engine {
                     delivery,
                 })),
                 actor_threads_io: config.actor_threads_io,
+                lifecycle: Lifecycle::default(),
             }),
         })
     }
@@ -442,6 +453,7 @@ impl Engine {
     /// (it writes a last snapshot). Safe to call more than once. Blocking:
     /// from async code, call it in `spawn_blocking`.
     pub fn shutdown(&self) {
+        self.inner.lifecycle.set_stopping();
         let running = self
             .inner
             .running
@@ -1196,12 +1208,18 @@ impl Engine {
             snapshots: j.snapshots.load(Ordering::Relaxed),
             outbox_pending: self.inner.outbox.len() as u64,
             idempotency_keys: self.inner.keys.len() as u64,
+            business: j.business.load(),
         }
     }
 
     /// True once storage has failed: the engine refuses every write until restarted.
     pub fn is_degraded(&self) -> bool {
         self.inner.journal.is_poisoned()
+    }
+
+    /// The starting and stopping flags of [`Engine::readiness`].
+    pub(crate) fn lifecycle(&self) -> &Lifecycle {
+        &self.inner.lifecycle
     }
 }
 

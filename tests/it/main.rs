@@ -22,6 +22,8 @@ mod http_api;
 mod http_bad_input;
 mod http_concurrency;
 mod http_openapi;
+mod http_ops;
 mod http_serve;
+mod ops_files;
 mod outbox_delivery;
 mod simulate_flash_sale;
