@@ -18,7 +18,7 @@ pub enum Discount {
     Percent { percent: u8 },
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 enum DiscountJson {
     Fixed { amount: u64 },
@@ -46,21 +46,72 @@ impl Serialize for Discount {
 
 impl<'de> Deserialize<'de> for Discount {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Ok(if d.is_human_readable() {
-            match DiscountJson::deserialize(d)? {
-                DiscountJson::Fixed { amount } => Discount::Fixed {
-                    amount: Krw(amount),
-                },
-                DiscountJson::Percent { percent } => Discount::Percent { percent },
-            }
+        if d.is_human_readable() {
+            d.deserialize_map(DiscountVisitor)
         } else {
-            match DiscountBin::deserialize(d)? {
+            Ok(match DiscountBin::deserialize(d)? {
                 DiscountBin::Fixed(amount) => Discount::Fixed {
                     amount: Krw(amount),
                 },
                 DiscountBin::Percent(percent) => Discount::Percent { percent },
+            })
+        }
+    }
+}
+
+/// The JSON form read field by field, in any order, each value read where
+/// it stands (a derived internally tagged enum buffers the whole object
+/// first, so an error in `amount` could only name `discount`): a wrong
+/// value is reported at its own path, `discount.amount`.
+struct DiscountVisitor;
+
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "lowercase")]
+enum DiscountField {
+    Kind,
+    Amount,
+    Percent,
+    /// Unknown fields are ignored, as before.
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum DiscountKind {
+    Fixed,
+    Percent,
+}
+
+impl<'de> serde::de::Visitor<'de> for DiscountVisitor {
+    type Value = Discount;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(r#"{"kind":"fixed","amount":N} or {"kind":"percent","percent":N}"#)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Discount, A::Error> {
+        use serde::de::Error;
+        let (mut kind, mut amount, mut percent) = (None, None, None);
+        while let Some(key) = map.next_key::<DiscountField>()? {
+            match key {
+                DiscountField::Kind => kind = Some(map.next_value::<DiscountKind>()?),
+                DiscountField::Amount => amount = Some(map.next_value::<u64>()?),
+                DiscountField::Percent => percent = Some(map.next_value::<u8>()?),
+                DiscountField::Other => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
             }
-        })
+        }
+        match kind {
+            None => Err(A::Error::missing_field("kind")),
+            Some(DiscountKind::Fixed) => Ok(Discount::Fixed {
+                amount: Krw(amount.ok_or_else(|| A::Error::missing_field("amount"))?),
+            }),
+            Some(DiscountKind::Percent) => Ok(Discount::Percent {
+                percent: percent.ok_or_else(|| A::Error::missing_field("percent"))?,
+            }),
+        }
     }
 }
 
@@ -222,6 +273,36 @@ mod tests {
             quantity,
             Some(Timestamp(1000)),
         )
+    }
+
+    #[test]
+    fn discount_json_reads_either_kind_in_any_field_order_and_round_trips() {
+        // proves the hand-written JSON reader: both kinds, kind last, unknown fields ignored, missing ones refused, same JSON out
+        let read = |s: &str| serde_json::from_str::<Discount>(s);
+        assert_eq!(
+            read(r#"{"kind":"fixed","amount":100}"#).ok(),
+            Some(Discount::Fixed { amount: Krw(100) })
+        );
+        assert_eq!(
+            read(r#"{"percent":7,"note":[1],"kind":"percent"}"#).ok(),
+            Some(Discount::Percent { percent: 7 })
+        );
+        for bad in [
+            r#"{"kind":"fixed"}"#,
+            r#"{"amount":5}"#,
+            r#"{"kind":"half","amount":5}"#,
+            r#"{"kind":"percent","percent":300}"#,
+            r#"[1]"#,
+        ] {
+            assert!(read(bad).is_err(), "{bad}");
+        }
+        for d in [
+            Discount::Fixed { amount: Krw(9) },
+            Discount::Percent { percent: 10 },
+        ] {
+            let text = serde_json::to_string(&d).expect("serializes");
+            assert_eq!(read(&text).ok(), Some(d), "{text}");
+        }
     }
 
     #[test]

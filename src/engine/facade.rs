@@ -40,13 +40,16 @@ use crate::engine::idempotency::{
     fingerprint, Begin, IdempotencyKey, IdempotencyStore, KeyGuard, Tag,
 };
 use crate::engine::product_actor::{ProductActor, ProductRef, Restock};
+use crate::engine::readiness::Lifecycle;
 use crate::engine::registry::Registry;
 use crate::engine::stats_actor::{Refresh, StatsActor, Top};
 use crate::engine::user_actor::{CartChange, ChangeCart, Charge, UserActor};
 use crate::store::outbox::PendingOutbox;
 use crate::store::recent_keys::{RecentKey, RecentKeys};
 use crate::store::recovery::{recover_for_serving_under, RecoveryError, RecoveryReport};
-use crate::store::writer::{JournalHandle, JournalStats, JournalWriter, WriterSteps};
+use crate::store::writer::{
+    BusinessTotals, JournalHandle, JournalStats, JournalWriter, WriterSteps,
+};
 use crate::store::{ArchiveReader, StorageError, Store};
 use actix::prelude::*;
 use std::future::Future;
@@ -126,6 +129,8 @@ pub struct EngineMetrics {
     pub snapshot_failures: u64,
     pub outbox_pending: u64,
     pub idempotency_keys: u64,
+    /// Orders by outcome, KRW paid and coupons issued, durable since start.
+    pub business: BusinessTotals,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -160,6 +165,8 @@ struct Inner {
     running: Mutex<Option<Running>>,
     /// See [`EngineConfig::actor_threads_io`].
     actor_threads_io: bool,
+    /// Starting and stopping, for [`Engine::readiness`].
+    lifecycle: Lifecycle,
 }
 
 /// The commerce engine. Cheap to clone; every clone is the same engine.
@@ -367,7 +374,10 @@ impl Engine {
         report: RecoveryReport,
     ) -> Result<Engine, StartError> {
         tracing::info!(
-            ?report,
+            snapshot_seq = report.snapshot_seq,
+            snapshot_entries = report.snapshot_entries,
+            records_replayed = report.records_replayed,
+            last_seq = report.last_seq,
             users = world.users.len(),
             products = world.products.len(),
             orders = world.orders.len(),
@@ -458,6 +468,7 @@ impl Engine {
                     delivery,
                 })),
                 actor_threads_io: config.actor_threads_io,
+                lifecycle: Lifecycle::default(),
             }),
         })
     }
@@ -466,6 +477,7 @@ impl Engine {
     /// (it writes a last snapshot). Safe to call more than once. Blocking:
     /// from async code, call it in `spawn_blocking`.
     pub fn shutdown(&self) {
+        self.inner.lifecycle.set_stopping();
         let running = self
             .inner
             .running
@@ -1240,6 +1252,7 @@ impl Engine {
             snapshot_failures: j.snapshot_health.failures(),
             outbox_pending: self.inner.outbox.len() as u64,
             idempotency_keys: self.inner.keys.len() as u64,
+            business: j.business.load(),
         }
     }
 
@@ -1252,6 +1265,11 @@ impl Engine {
     /// True once storage has failed: the engine refuses every write until restarted.
     pub fn is_degraded(&self) -> bool {
         self.inner.journal.is_poisoned()
+    }
+
+    /// The starting and stopping flags of [`Engine::readiness`].
+    pub(crate) fn lifecycle(&self) -> &Lifecycle {
+        &self.inner.lifecycle
     }
 }
 

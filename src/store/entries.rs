@@ -1,11 +1,12 @@
 //! Snapshot entries, their values packed into a few large blocks.
 //!
 //! A cut encodes 100k–500k values between batches and the snapshot thread
-//! frees them all once written. As one allocation each, they were that
+//! frees them all once written. As one allocation each, they would be that
 //! many allocations on the journal writer and frees on another thread; in
 //! blocks of up to 1 MiB they are a few dozen per snapshot, and encoding a
 //! cut takes about 12% less time (`cargo bench --bench journal -- snapshot`).
-//! (It was also meant to slow the server's RSS drift, and did not: README.)
+//! The server's RSS drift does not depend on it (docs/performance.md,
+//! "Snapshot values in a few large blocks").
 
 use crate::store::codec::{self, CodecError, Kind};
 use crate::store::SnapshotKey;

@@ -8,12 +8,12 @@
 //!
 //! **Why a database of its own.** A sled flush makes everything before it
 //! in the database's log durable. With the journal in the snapshots'
-//! database, each acknowledgement's flush also wrote out and synced
-//! whatever the snapshot thread had put in the log meanwhile, megabytes
-//! per snapshot: at 256 orders in flight a journal flush took 310–460 µs
-//! instead of about 250, and order_pay's p99 was 21 ms instead of 12
-//! (README, Performance). Apart, the journal's flushes carry only journal
-//! batches. A snapshot is committed in its own database before the
+//! database, each acknowledgement's flush would also write out and sync
+//! whatever the snapshot thread put in the log meanwhile, megabytes per
+//! snapshot: at 256 orders in flight a journal flush takes 310–460 µs
+//! instead of about 250, and order_pay's p99 is 21 ms instead of 12
+//! (docs/performance.md, "The journal in a sled database of its own").
+//! Apart, the journal's flushes carry only journal batches. A snapshot is committed in its own database before the
 //! journal it covers is trimmed in this one, so a crash between the two
 //! leaves batches that recovery skips. Stores written before this kept
 //! the journal under the same `j` keys in the main tree: those are read
@@ -31,11 +31,11 @@
 //!
 //! **Why packs and generations.** sled 0.34 costs about 7 µs per key
 //! inserted, and its `apply_batch` holds a process-wide write lock for the
-//! whole batch: one atomic batch of 100,000 snapshot entries stalled every
-//! journal append for about a second, and one key per entity kept a core
+//! whole batch: one atomic batch of 100,000 snapshot entries stalls every
+//! journal append for about a second, and one key per entity keeps a core
 //! busy writing snapshots. The same bytes as 64 KiB packs go about 15 times
-//! faster (`sled_store` unit tests time neither; see the README's
-//! Performance section), each insert on its own.
+//! faster, each insert on its own (docs/performance.md, "Snapshots as
+//! 64 KiB packs under generations"; the unit tests here time neither).
 //!
 //! A snapshot writes only what changed, as a new generation, invisible
 //! until one small write moves `m` to it. Recovery reads the base and every
@@ -134,7 +134,8 @@ const GENERATIONS_MAX: u64 = 64;
 /// 60 s to 0.95 GB; at 64 MiB from 0.51 GB to 0.60 GB (0.71 at most), at
 /// the same throughput. At 16 MiB the server's RSS under mixed HTTP load
 /// is about 50 MiB lower again, with throughput unchanged in alternating
-/// runs at 64 and 512 in flight (README, Performance).
+/// runs at 64 and 512 in flight (docs/performance.md, "sled's page cache
+/// at 16 MiB").
 const CACHE_BYTES: u64 = 16 * 1024 * 1024;
 /// A user's open part of the index by user is sealed once it holds this
 /// many ids (and the index built from `ao` is written in parts this big).

@@ -91,6 +91,8 @@ pub struct JournalStats {
     pub queued: AtomicU64,
     pub time: WriterTime,
     pub snapshot_health: SnapshotHealth,
+    /// Business events made durable since start.
+    pub business: BusinessCounts,
 }
 
 /// How snapshots fare: a snapshot that cannot be cut or written is retried
@@ -134,6 +136,69 @@ impl SnapshotHealth {
         let consecutive = self.consecutive.load(Ordering::Relaxed);
         let error = self.last_error.lock().unwrap_or_else(|e| e.into_inner());
         (consecutive > 0).then(|| (consecutive, error.clone().unwrap_or_default()))
+    }
+}
+
+/// Business events made durable since start, counted where every durable
+/// record passes ([`JournalWriter`]'s commit), once each, after the flush.
+#[derive(Default, Debug)]
+pub struct BusinessCounts {
+    pub orders_placed: AtomicU64,
+    pub orders_paid: AtomicU64,
+    pub orders_failed: AtomicU64,
+    pub orders_cancelled: AtomicU64,
+    pub orders_expired: AtomicU64,
+    /// KRW debited for paid orders.
+    pub paid_krw: AtomicU64,
+    pub coupons_issued: AtomicU64,
+}
+
+/// A reading of [`BusinessCounts`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BusinessTotals {
+    pub orders_placed: u64,
+    pub orders_paid: u64,
+    pub orders_failed: u64,
+    pub orders_cancelled: u64,
+    pub orders_expired: u64,
+    pub paid_krw: u64,
+    pub coupons_issued: u64,
+}
+
+impl BusinessCounts {
+    pub fn load(&self) -> BusinessTotals {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        BusinessTotals {
+            orders_placed: get(&self.orders_placed),
+            orders_paid: get(&self.orders_paid),
+            orders_failed: get(&self.orders_failed),
+            orders_cancelled: get(&self.orders_cancelled),
+            orders_expired: get(&self.orders_expired),
+            paid_krw: get(&self.paid_krw),
+            coupons_issued: get(&self.coupons_issued),
+        }
+    }
+
+    /// Counts one durable record.
+    fn count(&self, event: &Event) {
+        let one = |c: &AtomicU64| {
+            c.fetch_add(1, Ordering::Relaxed);
+        };
+        match event {
+            Event::OrderPlaced { .. } => one(&self.orders_placed),
+            Event::OrderPaid { amount, .. } => {
+                one(&self.orders_paid);
+                // Only the writer thread adds, so a load and a store suffice.
+                let paid = self.paid_krw.load(Ordering::Relaxed);
+                self.paid_krw
+                    .store(paid.saturating_add(amount.0), Ordering::Relaxed);
+            }
+            Event::OrderPaymentFailed { .. } => one(&self.orders_failed),
+            Event::OrderCancelled { .. } => one(&self.orders_cancelled),
+            Event::OrderExpired { .. } => one(&self.orders_expired),
+            Event::CouponIssued { .. } => one(&self.coupons_issued),
+            _ => {}
+        }
     }
 }
 
@@ -553,6 +618,7 @@ impl Worker {
         match result {
             Ok(()) => {
                 for (i, record) in records.iter().enumerate() {
+                    self.stats.business.count(&record.event);
                     if let Event::OrderPaid { order_id, .. } = &record.event {
                         if let Some(order) = self.world.orders.get(order_id) {
                             self.outbox.add(order.clone());
