@@ -350,15 +350,20 @@ impl LeaseState {
     /// The renewal sent at `sent_ms` stored the key at `revision`.
     pub fn on_renewed(&mut self, revision: u64, sent_ms: u64) {
         let config = &self.config;
-        if let Phase::Leader(held) = &mut self.phase {
-            if held.renew_sent_ms == Some(sent_ms) {
-                // It was a compare-and-swap on the last known revision, so
-                // no renewal in doubt was stored before it.
-                held.revision = revision;
-                held.deadline_ms = held.deadline_ms.max(config.deadline(sent_ms));
-                held.renew_sent_ms = None;
-                held.in_doubt_since_ms = None;
-            }
+        let Phase::Leader(held) = &mut self.phase else {
+            // Stepped down while the renewal was in flight (fenced,
+            // resigned): the key is still ours at `revision`; give it back
+            // rather than make the next leader wait a TTL.
+            self.release = Some(revision);
+            return;
+        };
+        if held.renew_sent_ms == Some(sent_ms) {
+            // It was a compare-and-swap on the last known revision, so no
+            // renewal in doubt was stored before it.
+            held.revision = revision;
+            held.deadline_ms = held.deadline_ms.max(config.deadline(sent_ms));
+            held.renew_sent_ms = None;
+            held.in_doubt_since_ms = None;
         }
     }
 
@@ -441,8 +446,16 @@ impl LeaseState {
             }
         }
         self.last_step_down = Some(why);
+        // Another node demonstrably took over (it appended, or wrote the
+        // key): leave the lease to the standbys that followed it for a TTL
+        // rather than race them for it while behind. A node that merely
+        // could not renew tries again at once.
+        let hold_off_ms = match why {
+            StepDown::Fenced | StepDown::LeaseLost => self.config.ttl_ms,
+            StepDown::Expired | StepDown::Resigned => self.config.retry_every_ms,
+        };
         self.phase = Phase::Standby {
-            next_attempt_ms: now_ms.saturating_add(self.config.retry_every_ms),
+            next_attempt_ms: now_ms.saturating_add(hold_off_ms),
         };
     }
 }
@@ -516,6 +529,23 @@ mod tests {
             panic!("renews at the adopted revision")
         };
         assert_eq!(revision, 8);
+    }
+
+    #[test]
+    fn a_renewal_that_succeeds_after_the_node_stepped_down_is_released() {
+        // Proves a fenced leader whose renewal was in flight does not keep the key for a TTL.
+        let mut s = leader_at(0);
+        s.on_tick(1_000);
+        s.on_publish_refused(1_010);
+        assert_eq!(s.on_tick(1_010), Action::Release { revision: 7 });
+        s.on_renewed(8, 1_000);
+        assert_eq!(s.on_tick(1_020), Action::Release { revision: 8 });
+        assert_eq!(s.permit(1_020), None);
+        assert_eq!(
+            s.on_tick(1_300),
+            Action::Wait { until_ms: 4_010 },
+            "leaves the lease to the others for a TTL"
+        );
     }
 
     #[test]

@@ -26,7 +26,11 @@ async fn leads_within(lease: &LeaseHandle, within: Duration) -> (u64, Instant) {
         if let Some(term) = lease.permit() {
             return (term, Instant::now());
         }
-        assert!(Instant::now() < deadline, "no leadership within {within:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no leadership within {within:?}; holder seen: {:?}",
+            lease.holder()
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
