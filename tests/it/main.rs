@@ -15,6 +15,7 @@ mod cluster_model;
 mod cluster_stream;
 mod crash_sigkill;
 mod durability_codec;
+mod durability_disk_full;
 mod durability_faults;
 mod durability_restart;
 mod durability_verify;
