@@ -39,21 +39,21 @@ pub struct UserActor {
     cart_changed: Vec<(ProductId, u64)>,
 }
 
-/// What a placed order does to its user, at its journal sequence.
+/// What a placed order does to its user's cart, at its journal sequence.
+/// (Its coupon is marked used as soon as the order is heard of: a coupon
+/// is held for the order until then, and nothing else touches it, so its
+/// order among the user's records does not matter; the order's return of
+/// the coupon can only come after.)
 struct Placed {
     seq: u64,
-    order_id: OrderId,
-    coupon: Option<UserCouponId>,
     cart_products: Vec<ProductId>,
 }
 
 impl Placed {
-    /// Applies the order to `user`, but for cart lines changed after it
-    /// (by `cart_changed`'s sequences): journal order puts that change last.
+    /// Takes the ordered lines out of the cart of `user`, but for lines
+    /// changed after the order (by `cart_changed`'s sequences): journal
+    /// order puts that change last.
     fn apply(self, user: &mut User, cart_changed: &[(ProductId, u64)]) {
-        if let Some(c) = self.coupon {
-            user.apply_coupon_used(c, self.order_id);
-        }
         let seq = self.seq;
         let changed_later = |p: &ProductId| cart_changed.iter().any(|&(q, at)| q == *p && at > seq);
         user.apply_cart_ordered(self.cart_products.into_iter().filter(|p| !changed_later(p)));
@@ -456,7 +456,7 @@ impl Handler<HoldCoupon> for UserActor {
 #[rtype(result = "()")]
 pub enum OrderNews {
     /// The order was placed (its record is `seq`): the held coupon is
-    /// used, ordered cart lines leave the cart. Applied in journal order
+    /// used at once; ordered cart lines leave the cart in journal order
     /// among this user's own records still in flight, as recovery replays
     /// them: a cart change journaled before the order is applied before it.
     Placed {
@@ -484,14 +484,14 @@ impl Handler<OrderNews> for UserActor {
                 coupon,
                 cart_products,
             } => {
-                self.placed.push(Placed {
-                    seq,
-                    order_id,
-                    coupon,
-                    cart_products,
-                });
-                if self.queue.is_empty() {
-                    self.apply_placed_before(u64::MAX);
+                if let Some(c) = coupon {
+                    self.user.apply_coupon_used(c, order_id);
+                }
+                if !cart_products.is_empty() {
+                    self.placed.push(Placed { seq, cart_products });
+                    if self.queue.is_empty() {
+                        self.apply_placed_before(u64::MAX);
+                    }
                 }
             }
             OrderNews::Abandoned { coupon } => self.user.drop_coupon_hold(coupon),
