@@ -93,6 +93,8 @@ pub enum CodecError {
     WrongKind { expected: Kind, found: Kind },
     #[error("payload of {0} bytes is over the limit")]
     TooLong(usize),
+    #[error("the snapshot value {key} encodes to {len} bytes, over the limit of {max}")]
+    ValueTooLong { key: String, len: usize, max: usize },
     #[error("checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
     Checksum { stored: u32, computed: u32 },
     #[error("payload does not decode: {0}")]

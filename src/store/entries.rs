@@ -75,7 +75,16 @@ impl SnapshotEntries {
         let block = self.block_with_room(BLOCK_SLACK);
         let buf = &mut self.blocks[block];
         let start = buf.len();
-        codec::encode_into_limited(kind, value, buf, self.value_bytes_max)?;
+        codec::encode_into_limited(kind, value, buf, self.value_bytes_max).map_err(
+            |e| match e {
+                CodecError::TooLong(len) => CodecError::ValueTooLong {
+                    key: format!("{key:?}"),
+                    len,
+                    max: self.value_bytes_max,
+                },
+                e => e,
+            },
+        )?;
         let len = buf.len() - start;
         self.entries.push((key, Some(span(block, start, len))));
         Ok(())
