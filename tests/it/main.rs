@@ -30,6 +30,7 @@ mod http_concurrency;
 mod http_openapi;
 mod http_ops;
 mod http_serve;
+mod lifetime;
 mod ops_files;
 mod outbox_delivery;
 mod simulate_flash_sale;
