@@ -36,9 +36,8 @@ use crate::engine::coordinator::{
 use crate::engine::delivery::{Delivery, DeliverySetup};
 use crate::engine::directory::{CreateCampaign, CreateProduct, CreateUser, Directory};
 use crate::engine::error::{Error, Result};
-use crate::engine::idempotency::{
-    fingerprint, Begin, IdempotencyKey, IdempotencyStore, KeyGuard, Tag,
-};
+use crate::engine::idempotency::{Begin, IdempotencyKey, IdempotencyStore, KeyGuard, Tag};
+use crate::engine::keyed_request::KeyedRequest;
 use crate::engine::product_actor::{ProductActor, ProductRef, Restock};
 use crate::engine::readiness::Lifecycle;
 use crate::engine::registry::Registry;
@@ -520,12 +519,7 @@ impl Engine {
     /// Runs `op` under an idempotency key: the first answer is stored with
     /// its record (a refusal in a record of its own); a retry with the same
     /// request gets it back; another request with the same key is refused.
-    async fn keyed<T, F, Fut>(
-        &self,
-        key: Option<IdempotencyKey>,
-        request: String,
-        op: F,
-    ) -> Result<T>
+    async fn keyed<T, F, Fut>(&self, key: Option<IdempotencyKey>, fp: u64, op: F) -> Result<T>
     where
         T: Replied + Send + 'static,
         F: FnOnce(Engine, Option<Tag>) -> Fut + Send + 'static,
@@ -534,7 +528,6 @@ impl Engine {
         let Some(key) = key else {
             return op(self.clone(), None).await;
         };
-        let fp = fingerprint(&request);
         let tag = loop {
             match self.inner.keys.begin(&key, fp)? {
                 Begin::Check(tag) => {
@@ -630,11 +623,8 @@ impl Engine {
 
     pub async fn create_user(&self, name: &str, key: Option<IdempotencyKey>) -> Result<UserView> {
         let name = check_name("name", name, &self.inner.limits)?;
-        // Only a keyed request needs its fingerprint.
-        let request = key
-            .as_ref()
-            .map_or_else(String::new, |_| format!("create_user|{name:?}"));
-        self.keyed(key, request, move |engine, tag| async move {
+        let request = KeyedRequest::CreateUser { name: &name };
+        self.keyed(key, request.fingerprint(), move |engine, tag| async move {
             engine
                 .inner
                 .directory
@@ -667,10 +657,8 @@ impl Engine {
         key: Option<IdempotencyKey>,
     ) -> Result<BalanceView> {
         let addr = self.user_addr(id)?;
-        let request = key
-            .as_ref()
-            .map_or_else(String::new, |_| format!("charge|{id}|{}", amount.0));
-        self.keyed(key, request, move |engine, tag| async move {
+        let request = KeyedRequest::Charge { user: id, amount };
+        self.keyed(key, request.fingerprint(), move |engine, tag| async move {
             addr.send(Charge {
                 amount,
                 at: engine.now(),
@@ -749,10 +737,12 @@ impl Engine {
                 limits.stock_count_max
             )));
         }
-        let request = key.as_ref().map_or_else(String::new, |_| {
-            format!("create_product|{name:?}|{}|{stock}", price.0)
-        });
-        self.keyed(key, request, move |engine, tag| async move {
+        let request = KeyedRequest::CreateProduct {
+            name: &name,
+            price,
+            stock,
+        };
+        self.keyed(key, request.fingerprint(), move |engine, tag| async move {
             engine
                 .inner
                 .directory
@@ -806,10 +796,11 @@ impl Engine {
         key: Option<IdempotencyKey>,
     ) -> Result<ProductView> {
         let addr = self.product_ref(id)?.addr;
-        let request = key
-            .as_ref()
-            .map_or_else(String::new, |_| format!("restock|{id}|{quantity}"));
-        self.keyed(key, request, move |engine, tag| async move {
+        let request = KeyedRequest::Restock {
+            product: id,
+            quantity,
+        };
+        self.keyed(key, request.fingerprint(), move |engine, tag| async move {
             addr.send(Restock {
                 quantity,
                 at: engine.now(),
@@ -846,13 +837,13 @@ impl Engine {
                 limits.coupon_quantity_max
             )));
         }
-        let request = key.as_ref().map_or_else(String::new, |_| {
-            format!(
-                "create_coupon|{name:?}|{discount:?}|{}|{:?}",
-                new.quantity, new.expires_at
-            )
-        });
-        self.keyed(key, request, move |engine, tag| async move {
+        let request = KeyedRequest::CreateCoupon {
+            name: &name,
+            discount: &discount,
+            quantity: new.quantity,
+            expires_at: new.expires_at,
+        };
+        self.keyed(key, request.fingerprint(), move |engine, tag| async move {
             let msg = CreateCampaign {
                 name,
                 discount,
@@ -881,10 +872,11 @@ impl Engine {
     ) -> Result<UserCouponView> {
         let campaign = self.campaign_addr(coupon_id)?;
         let user = self.user_addr(user_id)?;
-        let request = key.as_ref().map_or_else(String::new, |_| {
-            format!("issue_coupon|{coupon_id}|{user_id}")
-        });
-        self.keyed(key, request, move |engine, tag| async move {
+        let request = KeyedRequest::IssueCoupon {
+            coupon: coupon_id,
+            user: user_id,
+        };
+        self.keyed(key, request.fingerprint(), move |engine, tag| async move {
             campaign
                 .send(Issue {
                     user_id,
@@ -951,10 +943,12 @@ impl Engine {
                 limits.line_quantity_max
             )));
         }
-        let request = key.as_ref().map_or_else(String::new, |_| {
-            format!("set_cart_item|{user_id}|{product_id}|{quantity}")
-        });
-        self.keyed(key, request, move |engine, tag| async move {
+        let request = KeyedRequest::SetCartItem {
+            user: user_id,
+            product: product_id,
+            quantity,
+        };
+        self.keyed(key, request.fingerprint(), move |engine, tag| async move {
             let ProductView {
                 name,
                 price,
@@ -1016,15 +1010,12 @@ impl Engine {
         order: PlaceOrder,
         key: Option<IdempotencyKey>,
     ) -> Result<Order> {
-        // Only a keyed request needs its fingerprint.
-        let request = key
-            .as_ref()
-            .map_or_else(String::new, |_| format!("place_order|{order:?}"));
+        let fp = KeyedRequest::PlaceOrder(&order).fingerprint();
         // The placing saga runs on the caller's task: it must not stop half-way.
         let engine = self.clone();
         to_the_end(async move {
             engine
-                .keyed(key, request, move |engine, tag| async move {
+                .keyed(key, fp, move |engine, tag| async move {
                     let placement = &engine.inner.placement;
                     placement
                         .place(order.user_id, order.source, order.user_coupon_id, tag)
@@ -1135,10 +1126,8 @@ impl Engine {
     }
 
     pub async fn cancel_order(&self, id: OrderId, key: Option<IdempotencyKey>) -> Result<Order> {
-        let request = key
-            .as_ref()
-            .map_or_else(String::new, |_| format!("cancel_order|{id}"));
-        self.keyed(key, request, move |engine, tag| async move {
+        let request = KeyedRequest::CancelOrder(id);
+        self.keyed(key, request.fingerprint(), move |engine, tag| async move {
             let result = engine
                 .inner
                 .placement
@@ -1153,10 +1142,8 @@ impl Engine {
     }
 
     pub async fn pay_order(&self, id: OrderId, key: Option<IdempotencyKey>) -> Result<Order> {
-        let request = key
-            .as_ref()
-            .map_or_else(String::new, |_| format!("pay_order|{id}"));
-        self.keyed(key, request, move |engine, tag| async move {
+        let request = KeyedRequest::PayOrder(id);
+        self.keyed(key, request.fingerprint(), move |engine, tag| async move {
             let result = engine
                 .inner
                 .placement

@@ -70,13 +70,6 @@ impl Tag {
     }
 }
 
-/// FNV-1a: stable across builds and restarts (std's hasher is not promised to be).
-pub fn fingerprint(request: &str) -> u64 {
-    request.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
 pub enum Begin {
     /// Memory does not know the key: look for it in the key tables, then
     /// [`IdempotencyStore::found`], or run the request with this tag (it

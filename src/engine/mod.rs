@@ -9,6 +9,7 @@ pub mod directory;
 pub mod error;
 pub mod facade;
 pub mod idempotency;
+pub mod keyed_request;
 pub mod product_actor;
 pub mod readiness;
 pub mod registry;
