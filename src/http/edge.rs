@@ -37,9 +37,10 @@
 //!    anything is read, and a streamed body is cut at it (`DefaultBodyLimit`).
 
 use crate::http::error::ApiError;
+use crate::http::log_lines;
 use crate::http::metrics::{method_label, RequestMetrics};
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::header;
+use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt;
 use std::convert::Infallible;
@@ -51,7 +52,6 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tower::{Layer, Service, ServiceExt};
-use tracing::Instrument;
 
 /// The request id header, set (or kept from the caller) before the edge.
 const REQUEST_ID: &str = "x-request-id";
@@ -132,10 +132,9 @@ where
     let request_id = req
         .headers()
         .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-");
-    let span = tracing::info_span!("request", id = %request_id);
-    async move {
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from_static("-"));
+    let handled = async move {
         let answered = AssertUnwindSafe(answer(&shared, inner, req))
             .catch_unwind()
             .await;
@@ -155,9 +154,8 @@ where
             "request"
         );
         Ok(response)
-    }
-    .instrument(span)
-    .await
+    };
+    log_lines::in_request(request_id, handled).await
 }
 
 /// Admission, the declared body length and the timeout, around the route.
@@ -195,7 +193,7 @@ where
                     drop(panic_response(panic));
                 }
             };
-            tokio::spawn(finish.in_current_span());
+            tokio::spawn(log_lines::in_current_request(finish));
             ApiError::outcome_unknown().into_response()
         }
     }
@@ -403,6 +401,43 @@ mod tests {
         let _ = holder.await;
         let resp = app.oneshot(get_req("/ok")).await.expect("infallible");
         assert_eq!(resp.status(), StatusCode::OK, "the slot was given back");
+    }
+
+    #[tokio::test]
+    async fn every_line_logged_while_a_request_is_handled_carries_its_id_and_it_gets_one_access_line(
+    ) {
+        // proves the request id reaches a handler's error (the panic), the timeout's warning and the access line, once each, and no other request's lines
+        use crate::http::log_lines::{testing::capture, Lines};
+        let (out, _default) = capture(Lines::text());
+        let with_id = |uri: &str, id: &'static str| {
+            axum::http::Request::get(uri)
+                .header(REQUEST_ID, id)
+                .body(Body::empty())
+                .expect("request")
+        };
+        let (status, _) = answer_of(app(8, 50), with_id("/boom", "req-boom")).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        let (status, _) = answer_of(app(8, 50), with_id("/slow", "req-slow")).await;
+        assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+        let (status, _) = answer_of(app(8, 50), get_req("/bare-503")).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        let text = out.text();
+        let of = |id: &str| -> Vec<&str> {
+            let tag = format!(" request{{id={id}}}: ");
+            text.lines().filter(|l| l.contains(&tag)).collect()
+        };
+        let boom = of("req-boom");
+        assert_eq!(boom.len(), 2, "{text}");
+        assert!(boom[0].contains("ERROR") && boom[0].contains("a request handler panicked"));
+        assert!(boom[1].contains("INFO") && boom[1].contains("route=\"/boom\" status=500"));
+        let slow = of("req-slow");
+        assert_eq!(slow.len(), 2, "{text}");
+        assert!(slow[0].contains("WARN") && slow[0].contains("request timed out"));
+        assert!(slow[1].contains("route=\"/slow\" status=504 latency_ms="));
+        let unnamed = of("-");
+        assert_eq!(unnamed.len(), 1, "{text}");
+        assert!(unnamed[0].contains("method=\"GET\" route=\"/bare-503\" status=503"));
+        assert_eq!(text.lines().count(), 5, "no line outside a request: {text}");
     }
 
     #[tokio::test]
