@@ -6,16 +6,22 @@
 //! request, a quarter of what the server spends on it (docs/performance.md,
 //! "One hand-written edge layer for HTTP"). What it does, outermost first:
 //!
-//! 1. trace: one `request` span at info level holding the request id (the
-//!    `X-Request-Id` that [`crate::http::layers`] set), so every log line of
-//!    the request carries it, and one access line per request when it is
-//!    answered: method, route template, status, latency (at info, for
-//!    every status: a 5xx is counted in `/metrics` for alerts). Their cost
-//!    is not small: on HTTP mixed (64 clients, 2 cores) the median went from
-//!    28.4k requests/s with them filtered out to 19.7k with them on, most of
-//!    it the span and the formatting of tracing-subscriber's fmt layer (the
-//!    writes are buffered, [`crate::http::logs`]). A busy node that does not
-//!    need them filters them out: `RUST_LOG=info,commerce_engine::http::edge=warn`;
+//! 1. the request id and the access line: the request is handled in the
+//!    scope of its id (the `X-Request-Id` that [`crate::http::layers`]
+//!    set), a tokio task-local, so every line logged while it is handled
+//!    carries the id ([`crate::http::log_lines`]), and it gets one access
+//!    line when it is answered: method, route template, status, latency (at
+//!    info, for every status: a 5xx is counted in `/metrics` for alerts).
+//!    On HTTP mixed (64 clients, 2 cores, 8 rounds alternating, the
+//!    machine at a load of 9 to 12) the median was 24.7k requests/s with
+//!    the access line on against 26.0k with it filtered out (ranges
+//!    14.3k–27.1k and 23.7k–31.0k), and a profile puts the logging code at
+//!    about 3% of the server's CPU, half of it formatting the line's fields.
+//!    A tracing span per request holding the id, with tracing-subscriber's
+//!    fmt formatting, had cost about 28% (19.7k against 28.4k): every poll
+//!    entered and left the span, and its fields were formatted into an
+//!    allocation per request (docs/performance.md, "Request ids in a
+//!    task-local, not a span");
 //! 2. JSON errors: any error answer without a JSON body (axum's 405, a
 //!    timeout) gets the `{"code","message"}` of its status;
 //! 3. request metrics per method, route template and status
