@@ -6,16 +6,22 @@
 //! request, a quarter of what the server spends on it (docs/performance.md,
 //! "One hand-written edge layer for HTTP"). What it does, outermost first:
 //!
-//! 1. trace: one `request` span at info level holding the request id (the
-//!    `X-Request-Id` that [`crate::http::layers`] set), so every log line of
-//!    the request carries it, and one access line per request when it is
-//!    answered: method, route template, status, latency (at info, for
-//!    every status: a 5xx is counted in `/metrics` for alerts). Their cost
-//!    is not small: on HTTP mixed (64 clients, 2 cores) the median went from
-//!    28.4k requests/s with them filtered out to 19.7k with them on, most of
-//!    it the span and the formatting of tracing-subscriber's fmt layer (the
-//!    writes are buffered, [`crate::http::logs`]). A busy node that does not
-//!    need them filters them out: `RUST_LOG=info,commerce_engine::http::edge=warn`;
+//! 1. the request id and the access line: the request is handled in the
+//!    scope of its id (the `X-Request-Id` that [`crate::http::layers`]
+//!    set), a tokio task-local, so every line logged while it is handled
+//!    carries the id ([`crate::http::log_lines`]), and it gets one access
+//!    line when it is answered: method, route template, status, latency (at
+//!    info, for every status: a 5xx is counted in `/metrics` for alerts).
+//!    On HTTP mixed (64 clients, 2 cores, 8 rounds alternating, the
+//!    machine at a load of 9 to 12) the median was 24.7k requests/s with
+//!    the access line on against 26.0k with it filtered out (ranges
+//!    14.3k–27.1k and 23.7k–31.0k), and a profile puts the logging code at
+//!    about 3% of the server's CPU, half of it formatting the line's fields.
+//!    A tracing span per request holding the id, with tracing-subscriber's
+//!    fmt formatting, had cost about 28% (19.7k against 28.4k): every poll
+//!    entered and left the span, and its fields were formatted into an
+//!    allocation per request (docs/performance.md, "Request ids in a
+//!    task-local, not a span");
 //! 2. JSON errors: any error answer without a JSON body (axum's 405, a
 //!    timeout) gets the `{"code","message"}` of its status;
 //! 3. request metrics per method, route template and status
@@ -37,9 +43,10 @@
 //!    anything is read, and a streamed body is cut at it (`DefaultBodyLimit`).
 
 use crate::http::error::ApiError;
+use crate::http::log_lines;
 use crate::http::metrics::{method_label, RequestMetrics};
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::header;
+use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt;
 use std::convert::Infallible;
@@ -51,7 +58,6 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tower::{Layer, Service, ServiceExt};
-use tracing::Instrument;
 
 /// The request id header, set (or kept from the caller) before the edge.
 const REQUEST_ID: &str = "x-request-id";
@@ -132,10 +138,9 @@ where
     let request_id = req
         .headers()
         .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-");
-    let span = tracing::info_span!("request", id = %request_id);
-    async move {
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from_static("-"));
+    let handled = async move {
         let answered = AssertUnwindSafe(answer(&shared, inner, req))
             .catch_unwind()
             .await;
@@ -155,9 +160,8 @@ where
             "request"
         );
         Ok(response)
-    }
-    .instrument(span)
-    .await
+    };
+    log_lines::in_request(request_id, handled).await
 }
 
 /// Admission, the declared body length and the timeout, around the route.
@@ -195,7 +199,7 @@ where
                     drop(panic_response(panic));
                 }
             };
-            tokio::spawn(finish.in_current_span());
+            tokio::spawn(log_lines::in_current_request(finish));
             ApiError::outcome_unknown().into_response()
         }
     }
@@ -403,6 +407,43 @@ mod tests {
         let _ = holder.await;
         let resp = app.oneshot(get_req("/ok")).await.expect("infallible");
         assert_eq!(resp.status(), StatusCode::OK, "the slot was given back");
+    }
+
+    #[tokio::test]
+    async fn every_line_logged_while_a_request_is_handled_carries_its_id_and_it_gets_one_access_line(
+    ) {
+        // proves the request id reaches a handler's error (the panic), the timeout's warning and the access line, once each, and no other request's lines
+        use crate::http::log_lines::{testing::capture, Lines};
+        let (out, _default) = capture(Lines::text());
+        let with_id = |uri: &str, id: &'static str| {
+            axum::http::Request::get(uri)
+                .header(REQUEST_ID, id)
+                .body(Body::empty())
+                .expect("request")
+        };
+        let (status, _) = answer_of(app(8, 50), with_id("/boom", "req-boom")).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        let (status, _) = answer_of(app(8, 50), with_id("/slow", "req-slow")).await;
+        assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+        let (status, _) = answer_of(app(8, 50), get_req("/bare-503")).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        let text = out.text();
+        let of = |id: &str| -> Vec<&str> {
+            let tag = format!(" request{{id={id}}}: ");
+            text.lines().filter(|l| l.contains(&tag)).collect()
+        };
+        let boom = of("req-boom");
+        assert_eq!(boom.len(), 2, "{text}");
+        assert!(boom[0].contains("ERROR") && boom[0].contains("a request handler panicked"));
+        assert!(boom[1].contains("INFO") && boom[1].contains("route=\"/boom\" status=500"));
+        let slow = of("req-slow");
+        assert_eq!(slow.len(), 2, "{text}");
+        assert!(slow[0].contains("WARN") && slow[0].contains("request timed out"));
+        assert!(slow[1].contains("route=\"/slow\" status=504 latency_ms="));
+        let unnamed = of("-");
+        assert_eq!(unnamed.len(), 1, "{text}");
+        assert!(unnamed[0].contains("method=\"GET\" route=\"/bare-503\" status=503"));
+        assert_eq!(text.lines().count(), 5, "no line outside a request: {text}");
     }
 
     #[tokio::test]

@@ -2,8 +2,9 @@
 //! what tower-http already does well:
 //!
 //! - request ids: `SetRequestIdLayer` keeps the caller's `X-Request-Id` or
-//!   sets one from [`NextRequestId`], before the edge, so the edge's
-//!   `request` span (and so every log line of the request) carries it;
+//!   sets one from [`NextRequestId`], before the edge, which handles the
+//!   request in its scope, so every log line of the request carries it
+//!   ([`crate::http::log_lines`]);
 //!   `PropagateRequestIdLayer` copies it onto the response;
 //! - CORS ([`cors`]): only with `--cors-origin`; it answers preflights
 //!   itself and adds the CORS headers for the origins given, and no others.
@@ -42,14 +43,42 @@ fn process_prefix() -> u32 {
 impl NextRequestId {
     /// The next id, as text.
     pub fn next_id() -> String {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        format!("{:08x}-{n:x}", process_prefix())
+        let mut buf = [0u8; ID_BYTES_MAX];
+        let len = Self::write_next(&mut buf);
+        // Hex digits and a dash, written by `write_next`.
+        String::from_utf8_lossy(&buf[..len]).into_owned()
     }
+
+    /// Writes the next id into `buf` and answers its length: formatted by
+    /// hand into the stack, so a request's id costs the one allocation of
+    /// its header value.
+    fn write_next(buf: &mut [u8; ID_BYTES_MAX]) -> usize {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let prefix = hex(u64::from(process_prefix()), 8, &mut buf[..8]);
+        buf[prefix] = b'-';
+        let digits = (64 - n.leading_zeros()).div_ceil(4).max(1) as usize;
+        prefix + 1 + hex(n, digits, &mut buf[prefix + 1..])
+    }
+}
+
+/// The longest id: 8 hex digits, a dash, 16 hex digits.
+const ID_BYTES_MAX: usize = 8 + 1 + 16;
+
+/// The low `digits` hex digits of `n` into the start of `out`; answers `digits`.
+fn hex(mut n: u64, digits: usize, out: &mut [u8]) -> usize {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for slot in out[..digits].iter_mut().rev() {
+        *slot = HEX[(n & 0xf) as usize];
+        n >>= 4;
+    }
+    digits
 }
 
 impl MakeRequestId for NextRequestId {
     fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
-        HeaderValue::try_from(NextRequestId::next_id())
+        let mut buf = [0u8; ID_BYTES_MAX];
+        let len = NextRequestId::write_next(&mut buf);
+        HeaderValue::from_bytes(&buf[..len])
             .ok()
             .map(RequestId::new)
     }
@@ -174,5 +203,25 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(a.split('-').next(), b.split('-').next());
         assert_eq!(a.split('-').next().map(str::len), Some(8));
+    }
+
+    #[test]
+    fn generated_request_ids_are_the_prefix_and_the_counter_in_lowercase_hex() {
+        // proves the hand-written hex: `<8 hex digits>-<counter in hex, no leading zeros>` for small and large counters
+        let mut out = [0u8; 16];
+        assert_eq!(hex(0x3f9a_12c0, 8, &mut out), 8);
+        assert_eq!(&out[..8], b"3f9a12c0");
+        assert_eq!(hex(0x1a, 2, &mut out), 2);
+        assert_eq!(&out[..2], b"1a");
+        assert_eq!(hex(u64::MAX, 16, &mut out), 16);
+        assert_eq!(&out, b"ffffffffffffffff");
+        let id = NextRequestId::next_id();
+        let (prefix, counter) = id.split_once('-').expect("a dash");
+        assert_eq!(prefix, format!("{:08x}", process_prefix()));
+        let n = u64::from_str_radix(counter, 16).expect("hex counter");
+        assert_eq!(counter, format!("{n:x}"));
+        let next = NextRequestId::next_id();
+        let later = u64::from_str_radix(next.split_once('-').expect("a dash").1, 16);
+        assert!(later.is_ok_and(|m| m > n), "{id} then {next}");
     }
 }

@@ -7,10 +7,12 @@
 //! - [`extract`]: extractors that answer malformed input with 400/413 JSON.
 //! - [`routes`]: one module per resource, each with its `router()`; the
 //!   OpenAPI document is generated from their `#[utoipa::path]`s.
-//! - [`edge`]: the one layer every route sits behind (tracing and the
-//!   access log, JSON errors, metrics, panics, admission control, timeout,
+//! - [`edge`]: the one layer every route sits behind (the request id's
+//!   scope and the access log, JSON errors, metrics, panics, admission control, timeout,
 //!   body limit).
 //! - [`layers`]: the tower-http layers around it: request ids and CORS.
+//! - [`log_lines`]: what `serve`'s log lines look like, and the request
+//!   each belongs to (its id travels with the request's task).
 //! - [`logs`]: `serve`'s log lines, buffered on their way to stderr.
 //! - [`server`]: the router, the bounded listener and [`serve`](server::serve), which runs until a shutdown
 //!   future completes, so tests run the real server with their own signal.
@@ -24,6 +26,7 @@ pub mod edge;
 pub mod error;
 pub mod extract;
 pub mod layers;
+pub mod log_lines;
 pub mod logs;
 pub mod metrics;
 pub mod routes;

@@ -15,6 +15,7 @@
 use crate::engine::{DataPlatform, Engine, EngineConfig, SystemClock};
 use crate::http::demo;
 use crate::http::layers::CorsOrigins;
+use crate::http::log_lines::Lines;
 use crate::http::logs::{BufferedStderr, FlushOnDrop};
 use crate::http::server::{serve_on_engine_threads, HttpSettings};
 use crate::store::sled_store::SledStore;
@@ -73,25 +74,26 @@ pub struct ServeArgs {
     pub cors_origin: Vec<String>,
 }
 
-/// Logs to stderr through [`BufferedStderr`]; the guard writes out what is
-/// still buffered when `serve` ends.
+/// Logs to stderr through [`BufferedStderr`], in the line format of
+/// [`Lines`] (text, or JSON with `--log-json`); the guard writes out what
+/// is still buffered when `serve` ends.
 fn init_logs(json: bool) -> FlushOnDrop {
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let out = BufferedStderr::start();
     let guard = out.flush_on_drop();
     // Colour codes only for a person at a terminal, never into a file.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
+    let ansi = !json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let lines = if json { Lines::json() } else { Lines::text() };
+    // try_init: a subscriber set earlier (a test, an embedding) is kept.
+    let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
-        .with_writer(out);
-    // try_init: a subscriber set earlier (a test, an embedding) is kept.
-    let _ = if json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
+        .event_format(lines)
+        .with_writer(out)
+        .finish()
+        .try_init();
     guard
 }
 
