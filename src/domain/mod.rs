@@ -10,6 +10,7 @@ pub mod ids;
 pub mod limits;
 pub mod money;
 pub mod order;
+pub mod platform;
 pub mod product;
 pub mod rejection;
 pub mod stats;

@@ -7,8 +7,9 @@
 //!
 //! Recorded here: `http_requests_total` and `http_request_duration_seconds`
 //! per method, route template and status; `http_overloaded_total`; the
-//! engine gauges of [`EngineMetrics`] set at each scrape. The journal writer
-//! records `journal_flush_seconds` and `journal_batch_records` itself.
+//! engine gauges of [`EngineMetrics`] set at each scrape, the data
+//! platform's among them. The journal writer records
+//! `journal_flush_seconds` and `journal_batch_records` itself.
 
 use crate::engine::{Engine, EngineMetrics};
 use metrics::{Counter, Histogram};
@@ -134,7 +135,7 @@ impl RequestMetrics {
 /// The engine's gauges, in Prometheus text format (written by hand so they
 /// are there even when another recorder owns the `metrics` facade).
 fn engine_gauges(m: &EngineMetrics) -> String {
-    let gauges: [(&str, &str, u64); 12] = [
+    let gauges: [(&str, &str, u64); 15] = [
         ("engine_users", "Users known to the engine.", m.users),
         (
             "engine_products",
@@ -183,11 +184,43 @@ fn engine_gauges(m: &EngineMetrics) -> String {
             "Idempotency keys kept.",
             m.idempotency_keys,
         ),
+        (
+            "data_platform_pending",
+            "Events for the data platform neither accepted nor dead letters (the backlog, on disk).",
+            m.outbox_pending,
+        ),
+        (
+            "data_platform_dead_letters",
+            "Events the data platform refused too often, kept until redriven.",
+            m.data_platform_dead_letters,
+        ),
+        (
+            "data_platform_events_in_memory",
+            "Undelivered events delivery holds in memory (bounded by its window).",
+            m.data_platform_events_in_memory,
+        ),
+    ];
+    let counters: [(&str, &str, u64); 2] = [
+        (
+            "data_platform_delivered_total",
+            "Events the data platform accepted, ever (kept across restarts).",
+            m.data_platform_delivered,
+        ),
+        (
+            "data_platform_failures_total",
+            "Failed delivery attempts since start: requests refused or failed, file writes or settlements that failed.",
+            m.data_platform_failures,
+        ),
     ];
     let mut out = String::with_capacity(2048);
     for (name, help, value) in gauges {
         out.push_str(&format!(
             "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
+        ));
+    }
+    for (name, help, value) in counters {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
         ));
     }
     if let Some(bytes) = crate::process::resident_bytes() {

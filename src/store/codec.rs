@@ -30,6 +30,12 @@ pub enum Kind {
     History = 8,
     /// The sums of the archive ([`ArchiveTally`](crate::domain::world::ArchiveTally)).
     Tally = 9,
+    /// An event of the data platform's outbox
+    /// ([`PlatformEvent`](crate::domain::platform::PlatformEvent)); numbered
+    /// apart from the snapshot kinds, which grow from 10.
+    PlatformEvent = 20,
+    /// A dead letter of the outbox ([`DeadLetter`](crate::store::outbox::DeadLetter)).
+    DeadLetter = 21,
 }
 
 impl Kind {
@@ -44,6 +50,8 @@ impl Kind {
             7 => Kind::Meta,
             8 => Kind::History,
             9 => Kind::Tally,
+            20 => Kind::PlatformEvent,
+            21 => Kind::DeadLetter,
             _ => return None,
         })
     }

@@ -9,18 +9,21 @@
 //!
 //! The writer also keeps the durable [`World`] by applying each flushed
 //! batch: incremental snapshots are written from it (no actor is asked),
-//! and paid orders go from it to the outbox.
+//! and each batch's events for the data platform (a paid order as the
+//! durable world holds it) go from it to the outbox as one block
+//! ([`crate::store::outbox`]).
 //!
 //! After a failed append the journal is poisoned: that batch and every later
 //! submission are refused, so nothing is acknowledged that could depend on
 //! a record that was not written. The engine answers errors until restarted.
 
-use crate::domain::event::{Event, Record};
+use crate::domain::event::Record;
+use crate::domain::platform::PlatformEventRef;
 use crate::domain::time::Timestamp;
 use crate::domain::world::World;
 use crate::domain::world::{Archiving, Dirty};
 use crate::store::codec::{self, Kind};
-use crate::store::outbox::PendingOutbox;
+use crate::store::outbox::{BlockBuilder, OutboxLive, OutboxStore};
 use crate::store::recovery::cut_step;
 use crate::store::{SnapshotEntries, StorageError, Store};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -99,7 +102,7 @@ pub enum Step {
     Preparing,
     /// Writing the batch to the store and flushing it.
     Writing,
-    /// Handing paid orders to the outbox and acknowledging every record.
+    /// Handing the batch's events to the outbox and acknowledging every record.
     Acknowledging,
     /// Encoding snapshot cuts between batches and taking in written snapshots.
     Snapshotting,
@@ -248,7 +251,7 @@ impl JournalWriter {
         store: Box<dyn Store>,
         world: World,
         config: JournalConfig,
-        outbox: Arc<PendingOutbox>,
+        outbox: Arc<OutboxLive>,
     ) -> JournalWriter {
         let (tx, rx) = mpsc::sync_channel(config.queue_records_max);
         let poisoned = Arc::new(AtomicBool::new(false));
@@ -261,6 +264,7 @@ impl JournalWriter {
             archive: watch.clone(),
         };
         let store: Arc<dyn Store> = Arc::from(store);
+        let outbox_store = store.outbox();
         let (jobs, done, snapshotter) =
             start_snapshotter(store.clone(), stats.clone(), watch.clone());
         let mut worker = Worker {
@@ -274,6 +278,8 @@ impl JournalWriter {
             world,
             config,
             outbox,
+            outbox_store,
+            blocks: BlockBuilder::default(),
             poisoned,
             stats,
             watch,
@@ -376,7 +382,10 @@ struct Worker {
     releasing: Option<Archiving>,
     world: World,
     config: JournalConfig,
-    outbox: Arc<PendingOutbox>,
+    outbox: Arc<OutboxLive>,
+    outbox_store: Arc<dyn OutboxStore>,
+    /// The batch's events, encoded (buffers reused from batch to batch).
+    blocks: BlockBuilder,
     poisoned: Arc<AtomicBool>,
     stats: Arc<JournalStats>,
     watch: Arc<ArchiveWatch>,
@@ -491,15 +500,10 @@ impl Worker {
         });
         match result {
             Ok(()) => {
-                for record in records.iter() {
-                    if let Event::OrderPaid { order_id, .. } = &record.event {
-                        if let Some(order) = self.world.orders.get(order_id) {
-                            self.outbox.add(order.clone());
-                        }
-                    }
-                }
                 // Counted before anyone hears back: whoever got an answer
-                // reads metrics that include its record.
+                // reads metrics that include its record, and its event as
+                // pending (written to the outbox right after the answers).
+                let events = self.encode_events(first_seq, records);
                 self.stats.records.fetch_add(count, Ordering::Relaxed);
                 self.stats.batches.fetch_add(1, Ordering::Relaxed);
                 self.stats
@@ -508,6 +512,14 @@ impl Worker {
                 self.since_snapshot += count;
                 for (i, ack) in acks.drain(..).enumerate() {
                     let _ = ack.send(Ok(first_seq + i as u64));
+                }
+                let last_seq = first_seq + count - 1;
+                if let Err(e) = events.and_then(|n| self.hand_off(n, last_seq)) {
+                    // The batch is durable (and acknowledged); its events
+                    // are derived again from it at the next start. With the
+                    // journal poisoned no snapshot trims it before then.
+                    tracing::error!(error = %e, "the outbox could not take a batch's events; acknowledging nothing more");
+                    self.poisoned.store(true, Ordering::Release);
                 }
             }
             Err(e) => {
@@ -525,6 +537,41 @@ impl Worker {
         records.clear();
         frames.clear();
         self.stats.time.add(Step::Acknowledging, since)
+    }
+
+    /// Encodes the events of a durable batch into outbox blocks and counts
+    /// them as added; answers how many.
+    fn encode_events(&mut self, first_seq: u64, records: &[Record]) -> Result<u64, StorageError> {
+        let (orders, blocks) = (&self.world.orders, &mut self.blocks);
+        blocks.clear();
+        for (i, record) in records.iter().enumerate() {
+            if let Some(event) = PlatformEventRef::of(record, |id| orders.get(&id)) {
+                blocks.push(first_seq + i as u64, &event)?;
+            }
+        }
+        let events = blocks.events();
+        if events > 0 {
+            self.outbox.adding(events);
+        }
+        Ok(events)
+    }
+
+    /// Writes the encoded blocks (`events` events) with the watermark
+    /// `last_seq`: one atomic write, not flushed (see `store::outbox`).
+    fn hand_off(&mut self, events: u64, last_seq: u64) -> Result<(), StorageError> {
+        if events == 0 {
+            return Ok(());
+        }
+        let added = self.outbox.added();
+        if let Err(e) = self
+            .outbox_store
+            .add(&self.blocks.blocks(), last_seq, added)
+        {
+            self.outbox.not_added(events);
+            return Err(e);
+        }
+        self.outbox.added_signal.notify_one();
+        Ok(())
     }
 
     /// Applies a batch to the durable world (before it is written).

@@ -5,6 +5,7 @@
 mod common_http;
 mod durability_support;
 mod engine_support;
+mod platform_sink;
 
 mod bench_embedded;
 mod bench_http;
@@ -24,4 +25,5 @@ mod http_concurrency;
 mod http_openapi;
 mod http_serve;
 mod outbox_delivery;
+mod outbox_http;
 mod simulate_flash_sale;
