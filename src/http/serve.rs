@@ -38,7 +38,7 @@ pub struct ServeArgs {
     pub stats_interval_secs: u64,
     /// POST the data platform's events here, as JSON arrays; without it,
     /// they are appended as JSON lines to <data-dir>/data-platform.jsonl.
-    #[arg(long, env = "COMMERCE_DATA_PLATFORM_URL")]
+    #[arg(long, env = "COMMERCE_DATA_PLATFORM_URL", value_parser = platform_url)]
     pub data_platform_url: Option<String>,
     /// Events per POST to the data platform at most.
     #[arg(long, env = "COMMERCE_DATA_PLATFORM_BATCH", default_value_t = 500,
@@ -89,6 +89,18 @@ fn generate_token() -> String {
         }
     }
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// An `http://` URL with a host. This build's HTTP client has no TLS, so
+/// `https://` is refused here rather than failing every delivery later.
+fn platform_url(text: &str) -> Result<String, String> {
+    let url = reqwest::Url::parse(text).map_err(|e| format!("not a URL: {e}"))?;
+    match url.scheme() {
+        "http" if url.host().is_some() => Ok(text.to_owned()),
+        "http" => Err("the URL has no host".into()),
+        "https" => Err("https is not supported by this build (no TLS): use http://".into()),
+        other => Err(format!("the scheme must be http, not {other}")),
+    }
 }
 
 fn engine_config(args: &ServeArgs) -> EngineConfig {
@@ -208,7 +220,10 @@ mod tests {
             (500, 20)
         );
         for bad in [
-            &["--data-platform-batch", "0"][..],
+            &["--data-platform-url", "localhost:9000/events"][..],
+            &["--data-platform-url", "https://platform.example/events"],
+            &["--data-platform-url", "ftp://platform.example/events"],
+            &["--data-platform-batch", "0"],
             &["--data-platform-batch", "10001"],
             &["--data-platform-batch", "-1"],
             &["--data-platform-max-refusals", "0"],
@@ -216,6 +231,8 @@ mod tests {
             assert!(parse(bad).is_err(), "{bad:?} accepted");
         }
         let a = parse(&[
+            "--data-platform-url",
+            "http://127.0.0.1:9000/events",
             "--data-platform-batch",
             "10000",
             "--data-platform-max-refusals",
@@ -226,6 +243,10 @@ mod tests {
         assert_eq!(
             (c.data_platform_batch, c.data_platform_max_refusals),
             (10_000, 1)
+        );
+        assert_eq!(
+            c.data_platform,
+            DataPlatform::Http("http://127.0.0.1:9000/events".into())
         );
         std::env::set_var("COMMERCE_DATA_PLATFORM_BATCH", "7");
         let from_env = parse(&[]);
