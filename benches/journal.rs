@@ -30,6 +30,7 @@ use commerce_engine::domain::time::Timestamp;
 use commerce_engine::domain::world::World;
 use commerce_engine::store::codec::{self, Kind};
 use commerce_engine::store::outbox::OutboxLive;
+use commerce_engine::store::recent_keys::RecentKeys;
 use commerce_engine::store::recovery::{cut_step, recover};
 use commerce_engine::store::writer::{JournalConfig, JournalHandle, JournalWriter};
 use commerce_engine::store::{Loaded, SledStore, SnapshotEntries, Store};
@@ -137,6 +138,7 @@ fn journal_durable(c: &mut Criterion) {
                 world,
                 config,
                 Arc::new(OutboxLive::default()),
+                Arc::new(RecentKeys::new()),
             );
             let handle = writer.handle();
             let mut next = 0;

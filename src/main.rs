@@ -5,11 +5,12 @@ use std::process::ExitCode;
 
 /// jemalloc, with its background threads, rather than glibc's malloc or
 /// mimalloc. The hot path allocates small messages and futures on one
-/// thread and frees them on another: glibc's arenas spent about 17% of the
-/// CPU on that (perf, order_pay), and mimalloc, as fast, kept ever more of
-/// what was freed (the server's RSS rose about 4 MiB a minute under mixed
-/// load while the live heap stayed flat). jemalloc gives it back: RSS flat
-/// within a few percent over 10 minutes (README, Performance).
+/// thread and frees them on another: glibc's arenas spend about 17% of the
+/// CPU on that (perf, order_pay), and mimalloc, as fast, keeps ever more of
+/// what is freed so (the server's RSS rises about 4 MiB a minute under
+/// mixed load while the live heap stays flat). jemalloc gives it back, so
+/// RSS stays within a few percent over 10 minutes (docs/performance.md,
+/// "jemalloc, with its background threads").
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -44,12 +45,8 @@ fn main() -> anyhow::Result<ExitCode> {
     disable_transparent_huge_pages();
     let cli = Cli::parse();
     match cli.command {
-        None => {
-            Ok(commerce_engine::http::serve::run(cli.serve).map_err(anyhow::Error::from_boxed)?)
-        }
-        Some(Command::Serve(args)) => {
-            Ok(commerce_engine::http::serve::run(args).map_err(anyhow::Error::from_boxed)?)
-        }
+        None => Ok(serve(cli.serve)),
+        Some(Command::Serve(args)) => Ok(serve(args)),
         Some(Command::Simulate(args)) => {
             Ok(commerce_engine::simulate::run(args).map_err(anyhow::Error::from_boxed)?)
         }
@@ -62,13 +59,25 @@ fn main() -> anyhow::Result<ExitCode> {
     }
 }
 
+/// `serve`, its failure told as one sentence on stderr (exit code 1), never
+/// as a Debug dump or a backtrace.
+fn serve(args: commerce_engine::http::serve::ServeArgs) -> ExitCode {
+    match commerce_engine::http::serve::run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Transparent huge pages back each 2 MiB range whole, zeroed, as soon as
-/// any of it is touched, and keep it whole. mimalloc asked for them on its
+/// any of it is touched, and keep it whole. mimalloc asks for them on its
 /// arenas (`MADV_HUGEPAGE`); jemalloc does not, but a kernel set to
 /// `always` gives them anyway. Off for the process, the resident set
 /// follows what is in use: with mimalloc, 27 instead of 69 MiB before
 /// `bench` sets anything up, and about 70 MiB lower in 5-minute mixed runs
-/// (README, Performance).
+/// (docs/performance.md, "Transparent huge pages off for the process").
 fn disable_transparent_huge_pages() {
     #[cfg(target_os = "linux")]
     {

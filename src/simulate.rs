@@ -647,7 +647,7 @@ fn check_world(
     let issued = world
         .campaigns
         .get(coupon.index())
-        .map_or(0, |k| k.issued.len() as u64);
+        .map_or(0, |k| k.issued.len());
     if issued != expected_issued || c.issued != expected_issued {
         out.push(format!(
             "coupons: {issued} recovered and {} answered, but min(quantity {}, askers {}) = {expected_issued}",

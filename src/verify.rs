@@ -68,6 +68,8 @@ pub struct Summary {
     pub dead_letters: u64,
     /// The file sink's recorded length.
     pub sink_len: u64,
+    /// Idempotency keys recorded since the last snapshot (older ones are
+    /// in the key tables, which recovery does not read).
     pub idempotency_keys: usize,
     pub violations: Vec<String>,
 }
@@ -102,7 +104,11 @@ impl Summary {
             users: world.users.len(),
             products: world.products.len(),
             coupons: world.campaigns.len(),
-            coupons_issued: world.campaigns.iter().map(|c| c.issued.len()).sum(),
+            coupons_issued: world
+                .campaigns
+                .iter()
+                .map(|c| c.issued.len() as usize)
+                .sum(),
             orders: world.orders.len(),
             orders_by_status,
             balances_total_krw: world.users.iter().map(|u| u.balance.0).sum(),
@@ -110,7 +116,7 @@ impl Summary {
             outbox_pending: outbox.pending(world),
             dead_letters: outbox.state.dead_letters(),
             sink_len: outbox.state.file_len.unwrap_or(world.meta.sink_len),
-            idempotency_keys: world.keys.len(),
+            idempotency_keys: world.dirty.keys.len(),
             violations: world.violations(),
         }
     }
@@ -149,7 +155,7 @@ impl Summary {
             "outbox pending    {} ({} dead letters, file sink length {})",
             self.outbox_pending, self.dead_letters, self.sink_len
         );
-        println!("idempotency keys  {}", self.idempotency_keys);
+        println!("keys since snapshot {}", self.idempotency_keys);
         if self.violations.is_empty() {
             println!("invariants        ok");
         } else {

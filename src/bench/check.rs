@@ -86,7 +86,7 @@ pub fn check_world(
         match world.campaigns.get(coupon.index()) {
             None => out.push(format!("coupon {coupon} is not recovered")),
             Some(c) => {
-                let issued = c.issued.len() as u64;
+                let issued = c.issued.len();
                 if (exact && issued != issued_ok) || issued < issued_ok || issued > quantity {
                     out.push(format!(
                         "coupon {coupon}: {issued} issued of {quantity}, {issued_ok} acknowledged"

@@ -5,10 +5,11 @@
 //! The load generator shares the machine with the server it measures, so
 //! its CPU per request is taken from the server. A general client (reqwest:
 //! URL parsing, a connection pool keyed by host, a connection task and a
-//! channel to it per request, a timer per request) cost about 24 µs of CPU
+//! channel to it per request, a timer per request) costs about 24 µs of CPU
 //! per request; this one, about 11 µs: one write and usually one read
-//! (README, Performance). It speaks only what the API answers: `Content-Length`
-//! bodies, no chunked encoding, no TLS, no redirects.
+//! (docs/performance.md, "The bench's own HTTP/1.1 client"). It speaks only
+//! what the API answers: `Content-Length` bodies, no chunked encoding, no
+//! TLS, no redirects.
 
 use axum::http::{Method, Uri};
 use std::io;

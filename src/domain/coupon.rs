@@ -1,5 +1,6 @@
 //! Coupon campaigns (first come, first served) and their discounts.
 
+use crate::domain::id_bitmap::IdBitmap;
 use crate::domain::ids::{CouponId, IdSet, UserId};
 use crate::domain::limits::Limits;
 use crate::domain::money::Krw;
@@ -17,7 +18,7 @@ pub enum Discount {
     Percent { percent: u8 },
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 enum DiscountJson {
     Fixed { amount: u64 },
@@ -45,21 +46,72 @@ impl Serialize for Discount {
 
 impl<'de> Deserialize<'de> for Discount {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Ok(if d.is_human_readable() {
-            match DiscountJson::deserialize(d)? {
-                DiscountJson::Fixed { amount } => Discount::Fixed {
-                    amount: Krw(amount),
-                },
-                DiscountJson::Percent { percent } => Discount::Percent { percent },
-            }
+        if d.is_human_readable() {
+            d.deserialize_map(DiscountVisitor)
         } else {
-            match DiscountBin::deserialize(d)? {
+            Ok(match DiscountBin::deserialize(d)? {
                 DiscountBin::Fixed(amount) => Discount::Fixed {
                     amount: Krw(amount),
                 },
                 DiscountBin::Percent(percent) => Discount::Percent { percent },
+            })
+        }
+    }
+}
+
+/// The JSON form read field by field, in any order, each value read where
+/// it stands (a derived internally tagged enum buffers the whole object
+/// first, so an error in `amount` could only name `discount`): a wrong
+/// value is reported at its own path, `discount.amount`.
+struct DiscountVisitor;
+
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "lowercase")]
+enum DiscountField {
+    Kind,
+    Amount,
+    Percent,
+    /// Unknown fields are ignored, as before.
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum DiscountKind {
+    Fixed,
+    Percent,
+}
+
+impl<'de> serde::de::Visitor<'de> for DiscountVisitor {
+    type Value = Discount;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(r#"{"kind":"fixed","amount":N} or {"kind":"percent","percent":N}"#)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Discount, A::Error> {
+        use serde::de::Error;
+        let (mut kind, mut amount, mut percent) = (None, None, None);
+        while let Some(key) = map.next_key::<DiscountField>()? {
+            match key {
+                DiscountField::Kind => kind = Some(map.next_value::<DiscountKind>()?),
+                DiscountField::Amount => amount = Some(map.next_value::<u64>()?),
+                DiscountField::Percent => percent = Some(map.next_value::<u8>()?),
+                DiscountField::Other => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
             }
-        })
+        }
+        match kind {
+            None => Err(A::Error::missing_field("kind")),
+            Some(DiscountKind::Fixed) => Ok(Discount::Fixed {
+                amount: Krw(amount.ok_or_else(|| A::Error::missing_field("amount"))?),
+            }),
+            Some(DiscountKind::Percent) => Ok(Discount::Percent {
+                percent: percent.ok_or_else(|| A::Error::missing_field("percent"))?,
+            }),
+        }
     }
 }
 
@@ -98,7 +150,10 @@ impl Discount {
 }
 
 /// A campaign: a limited number of coupons, at most one per user.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Stored as its header ([`CampaignHeader`]) plus the chunks of `issued`,
+/// each an entry of its own: no stored value grows with the coupons issued.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Campaign {
     pub id: CouponId,
     pub name: String,
@@ -106,10 +161,34 @@ pub struct Campaign {
     pub quantity: u64,
     pub expires_at: Option<Timestamp>,
     /// Users whose coupon is durable.
-    pub issued: IdSet<UserId>,
+    pub issued: IdBitmap,
     /// Users whose coupon is decided but not yet durable (a hold).
-    #[serde(skip)]
     pub pending: IdSet<UserId>,
+}
+
+/// A campaign without its issued set, as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CampaignHeader {
+    pub id: CouponId,
+    pub name: String,
+    pub discount: Discount,
+    pub quantity: u64,
+    pub expires_at: Option<Timestamp>,
+    /// Coupons issued: the members of every stored chunk, checked at load.
+    pub issued_count: u64,
+}
+
+impl CampaignHeader {
+    /// The campaign, with no coupon issued yet (its chunks are loaded after).
+    pub fn into_campaign(self) -> Campaign {
+        Campaign::new(
+            self.id,
+            self.name,
+            self.discount,
+            self.quantity,
+            self.expires_at,
+        )
+    }
 }
 
 impl Campaign {
@@ -126,8 +205,19 @@ impl Campaign {
             discount,
             quantity,
             expires_at,
-            issued: IdSet::default(),
+            issued: IdBitmap::new(),
             pending: IdSet::default(),
+        }
+    }
+
+    pub fn header(&self) -> CampaignHeader {
+        CampaignHeader {
+            id: self.id,
+            name: self.name.clone(),
+            discount: self.discount,
+            quantity: self.quantity,
+            expires_at: self.expires_at,
+            issued_count: self.issued.len(),
         }
     }
 
@@ -138,7 +228,7 @@ impl Campaign {
     /// Coupons left to issue, counting holds as issued.
     pub fn remaining(&self) -> u64 {
         self.quantity
-            .saturating_sub((self.issued.len() + self.pending.len()) as u64)
+            .saturating_sub(self.issued.len() + self.pending.len() as u64)
     }
 
     /// Rules of issuing: not expired, one per user, never more than `quantity`.
@@ -146,7 +236,7 @@ impl Campaign {
         if self.is_expired(now) {
             return Err(Rejection::CouponExpired(self.id));
         }
-        if self.issued.contains(&user_id) || self.pending.contains(&user_id) {
+        if self.issued.contains(user_id.0) || self.pending.contains(&user_id) {
             return Err(Rejection::CouponAlreadyIssued(self.id));
         }
         if self.remaining() == 0 {
@@ -163,10 +253,10 @@ impl Campaign {
         self.pending.remove(&user_id);
     }
 
-    /// Applies `CouponIssued`.
-    pub fn apply_issued(&mut self, user_id: UserId) {
+    /// Applies `CouponIssued`; answers the chunk of `issued` it changed.
+    pub fn apply_issued(&mut self, user_id: UserId) -> u64 {
         self.pending.remove(&user_id);
-        self.issued.insert(user_id);
+        self.issued.insert(user_id.0).1
     }
 }
 
@@ -183,6 +273,36 @@ mod tests {
             quantity,
             Some(Timestamp(1000)),
         )
+    }
+
+    #[test]
+    fn discount_json_reads_either_kind_in_any_field_order_and_round_trips() {
+        // proves the hand-written JSON reader: both kinds, kind last, unknown fields ignored, missing ones refused, same JSON out
+        let read = |s: &str| serde_json::from_str::<Discount>(s);
+        assert_eq!(
+            read(r#"{"kind":"fixed","amount":100}"#).ok(),
+            Some(Discount::Fixed { amount: Krw(100) })
+        );
+        assert_eq!(
+            read(r#"{"percent":7,"note":[1],"kind":"percent"}"#).ok(),
+            Some(Discount::Percent { percent: 7 })
+        );
+        for bad in [
+            r#"{"kind":"fixed"}"#,
+            r#"{"amount":5}"#,
+            r#"{"kind":"half","amount":5}"#,
+            r#"{"kind":"percent","percent":300}"#,
+            r#"[1]"#,
+        ] {
+            assert!(read(bad).is_err(), "{bad}");
+        }
+        for d in [
+            Discount::Fixed { amount: Krw(9) },
+            Discount::Percent { percent: 10 },
+        ] {
+            let text = serde_json::to_string(&d).expect("serializes");
+            assert_eq!(read(&text).ok(), Some(d), "{text}");
+        }
     }
 
     #[test]

@@ -82,6 +82,10 @@ pub enum Event {
         order_ids: Vec<OrderId>,
         sink_len: Option<u64>,
     },
+    /// A request made with an idempotency key was refused, changing
+    /// nothing: the record only keeps the refusal under its key, so a retry
+    /// gets the same answer.
+    RequestRefused,
 }
 
 /// An idempotency key stored in the same record as the effect it guards.

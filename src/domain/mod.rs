@@ -6,7 +6,9 @@
 
 pub mod coupon;
 pub mod event;
+pub mod id_bitmap;
 pub mod ids;
+pub mod key_hash;
 pub mod limits;
 pub mod money;
 pub mod order;

@@ -9,6 +9,8 @@ use crate::domain::ids::ProductId;
 use crate::domain::limits::Limits;
 use crate::domain::money::Krw;
 use crate::domain::rejection::{Decision, Rejection};
+use crate::domain::stats::WINDOW_DAYS;
+use crate::domain::time::Timestamp;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,8 +23,42 @@ pub struct Product {
     pub sold: u64,
     /// Everything ever stocked: created stock plus restocks.
     pub stocked_total: u64,
+    /// Units paid on each of the last few UTC days (the ranking's window):
+    /// part of the product's stored state, so no stored value holds the
+    /// sales of every product at once.
+    pub recent_sales: RecentSales,
     #[serde(skip)]
     pub held: u64,
+}
+
+/// Units paid per UTC day, for the days of the ranking's window at most:
+/// `(day, units)`, oldest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecentSales(pub Vec<(u64, u64)>);
+
+impl RecentSales {
+    /// Counts `units` paid at `at`; days that left the window before it go.
+    pub fn record(&mut self, at: Timestamp, units: u64) {
+        let day = at.day();
+        self.0.retain(|(d, _)| d + WINDOW_DAYS > day);
+        match self.0.iter_mut().find(|(d, _)| *d == day) {
+            Some((_, n)) => *n = n.saturating_add(units),
+            None => {
+                self.0.push((day, units));
+                self.0.sort_unstable();
+            }
+        }
+    }
+
+    /// Units paid in the window that ends on `now`'s day.
+    pub fn in_window(&self, now: Timestamp) -> u64 {
+        let today = now.day();
+        self.0
+            .iter()
+            .filter(|(d, _)| *d <= today && d + WINDOW_DAYS > today)
+            .map(|(_, n)| n)
+            .sum()
+    }
 }
 
 impl Product {
@@ -35,6 +71,7 @@ impl Product {
             reserved: 0,
             sold: 0,
             stocked_total: stock,
+            recent_sales: RecentSales::default(),
             held: 0,
         }
     }
@@ -93,10 +130,12 @@ impl Product {
         self.stock += quantity;
     }
 
-    /// A paid order keeps `quantity` for good.
-    pub fn apply_sold(&mut self, quantity: u64) {
+    /// A paid order keeps `quantity` for good; it counts toward the ranking
+    /// on the day it was paid (`at`).
+    pub fn apply_sold(&mut self, quantity: u64, at: Timestamp) {
         self.reserved -= quantity;
         self.sold += quantity;
+        self.recent_sales.record(at, quantity);
     }
 
     pub fn is_conserved(&self) -> bool {
@@ -144,13 +183,28 @@ mod tests {
         let mut p = product(10);
         p.apply_reserved(4);
         p.apply_released(1);
-        p.apply_sold(2);
+        p.apply_sold(2, Timestamp(0));
         p.apply_restocked(5);
         assert_eq!(
             (p.stock, p.reserved, p.sold, p.stocked_total),
             (12, 1, 2, 15)
         );
         assert!(p.is_conserved());
+    }
+
+    #[test]
+    fn recent_sales_keep_the_days_of_the_window_only() {
+        // given sales on days 10, 11 and 12, when day 13 sells, then day 10 is gone
+        use crate::domain::time::MS_PER_DAY;
+        let mut s = RecentSales::default();
+        for day in [10, 11, 12, 12] {
+            s.record(Timestamp(day * MS_PER_DAY), 2);
+        }
+        assert_eq!(s.0, vec![(10, 2), (11, 2), (12, 4)]);
+        assert_eq!(s.in_window(Timestamp(12 * MS_PER_DAY)), 8);
+        assert_eq!(s.in_window(Timestamp(13 * MS_PER_DAY)), 6);
+        s.record(Timestamp(13 * MS_PER_DAY), 1);
+        assert_eq!(s.0, vec![(11, 2), (12, 4), (13, 1)]);
     }
 
     #[test]

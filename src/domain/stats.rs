@@ -37,6 +37,18 @@ pub struct SalesWindow {
 }
 
 impl SalesWindow {
+    /// The window as the products' recent sales say it is.
+    pub fn of_products(products: &[crate::domain::product::Product]) -> SalesWindow {
+        let mut window = SalesWindow::default();
+        for p in products {
+            for &(day, units) in &p.recent_sales.0 {
+                let at = Timestamp(day.saturating_mul(crate::domain::time::MS_PER_DAY));
+                window.record(at, p.id, &p.name, p.price, units);
+            }
+        }
+        window
+    }
+
     fn first_day(now: Timestamp) -> u64 {
         now.day().saturating_sub(WINDOW_DAYS - 1)
     }

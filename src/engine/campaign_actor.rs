@@ -66,7 +66,7 @@ impl Journaled for CampaignActor {
     fn finish(&mut self, op: IssueOp, ack: Ack, _: &mut Context<Self>) {
         let ok = acked(&ack);
         if ok.is_ok() {
-            self.campaign.apply_issued(op.user_id);
+            let _chunk = self.campaign.apply_issued(op.user_id);
             // Sent before the reply: a read of the user's coupons after it sees the coupon.
             op.user.do_send(OrderNews::CouponIssued(op.coupon));
         } else {

@@ -38,8 +38,6 @@ pub struct EngineConfig {
     /// [`Engine::spawn_on_engine_threads`]: crate::engine::Engine::spawn_on_engine_threads
     pub actor_threads_io: bool,
     pub journal: JournalConfig,
-    /// Idempotency keys kept at most (each at least 24 hours); past it, `Overloaded`.
-    pub idempotency_keys_max: usize,
     pub data_platform: DataPlatform,
     /// Events per request to the data platform at most (1..=10,000).
     pub data_platform_batch: usize,
@@ -65,7 +63,6 @@ impl Default for EngineConfig {
             arbiter_count: std::thread::available_parallelism().map_or(2, |n| n.get()),
             actor_threads_io: false,
             journal: JournalConfig::default(),
-            idempotency_keys_max: 5_000_000,
             data_platform: DataPlatform::Off,
             data_platform_batch: 500,
             data_platform_max_refusals: 20,

@@ -660,8 +660,9 @@ impl Coordinator {
             *order = paid.clone();
             self.book.settled(paid.id, &self.journal.archive);
         }
+        let at = paid.paid_at.unwrap_or_default();
         for (product, quantity) in self.products_of(paid) {
-            product.tell(StockNews::Sold(quantity));
+            product.tell(StockNews::Sold(quantity, at));
         }
         let lines = paid
             .items
@@ -669,10 +670,7 @@ impl Coordinator {
             .map(|l| (l.product_id, l.name.clone(), l.unit_price, l.quantity))
             .collect();
         // Sent before the reply: a refresh asked for after it counts this sale.
-        self.stats.do_send(Sold {
-            at: paid.paid_at.unwrap_or_default(),
-            lines,
-        });
+        self.stats.do_send(Sold { at, lines });
     }
 }
 

@@ -10,13 +10,15 @@
 
 use crate::domain::coupon::Campaign;
 use crate::domain::coupon::Discount;
+use crate::domain::event::{Event, Record};
 use crate::domain::ids::{CouponId, OrderId, ProductId, UserCouponId, UserId};
+use crate::domain::key_hash::{key_hash, KeyHash};
 use crate::domain::limits::Limits;
 use crate::domain::money::Krw;
 use crate::domain::order::Order;
 use crate::domain::product::Product;
 use crate::domain::rejection::Rejection;
-use crate::domain::stats::TopProducts;
+use crate::domain::stats::{SalesWindow, TopProducts};
 use crate::domain::time::Timestamp;
 use crate::domain::user::HISTORY_CHUNK;
 use crate::domain::user::{BalanceEntry, CartLine, User};
@@ -35,14 +37,20 @@ use crate::engine::delivery::admin::{DataPlatformAdmin, DataPlatformStatus, Dead
 use crate::engine::delivery::{Delivery, DeliverySetup, DeliveryStats};
 use crate::engine::directory::{CreateCampaign, CreateProduct, CreateUser, Directory};
 use crate::engine::error::{Error, Result};
-use crate::engine::idempotency::{fingerprint, Begin, IdempotencyKey, IdempotencyStore, Tag};
+use crate::engine::idempotency::{
+    fingerprint, Begin, IdempotencyKey, IdempotencyStore, KeyGuard, Tag,
+};
 use crate::engine::product_actor::{ProductActor, ProductRef, Restock};
+use crate::engine::readiness::Lifecycle;
 use crate::engine::registry::Registry;
 use crate::engine::stats_actor::{Refresh, StatsActor, Top};
 use crate::engine::user_actor::{CartChange, ChangeCart, Charge, UserActor};
 use crate::store::outbox::OutboxLive;
-use crate::store::recovery::{recover_for_serving, RecoveryError, RecoveryReport};
-use crate::store::writer::{JournalHandle, JournalStats, JournalWriter, WriterSteps};
+use crate::store::recent_keys::{RecentKey, RecentKeys};
+use crate::store::recovery::{recover_for_serving_under, RecoveryError, RecoveryReport};
+use crate::store::writer::{
+    BusinessTotals, JournalHandle, JournalStats, JournalWriter, WriterSteps,
+};
 use crate::store::{outbox, outbox_legacy, ArchiveReader, StorageError, Store};
 use actix::prelude::*;
 use std::future::Future;
@@ -118,6 +126,8 @@ pub struct EngineMetrics {
     /// Where the journal writer's time went since start, by step.
     pub journal_steps: WriterSteps,
     pub snapshots: u64,
+    /// Snapshots that could not be cut or written, since start.
+    pub snapshot_failures: u64,
     /// Events for the data platform not yet accepted nor dead letters.
     pub outbox_pending: u64,
     pub idempotency_keys: u64,
@@ -131,6 +141,8 @@ pub struct EngineMetrics {
     /// Events delivery holds in memory now, and at most since start.
     pub data_platform_events_in_memory: u64,
     pub data_platform_events_in_memory_max: u64,
+    /// Orders by outcome, KRW paid and coupons issued, durable since start.
+    pub business: BusinessTotals,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -166,6 +178,8 @@ struct Inner {
     running: Mutex<Option<Running>>,
     /// See [`EngineConfig::actor_threads_io`].
     actor_threads_io: bool,
+    /// Starting and stopping, for [`Engine::readiness`].
+    lifecycle: Lifecycle,
 }
 
 /// The commerce engine. Cheap to clone; every clone is the same engine.
@@ -222,6 +236,7 @@ fn start_actors(
         ..
     } = world;
     let user_coupon_ids = Arc::new(AtomicU64::new(meta.user_coupon_count));
+    let sales = SalesWindow::of_products(&products);
     let users = users
         .into_iter()
         .map(|u: User| {
@@ -244,7 +259,7 @@ fn start_actors(
         })
         .collect();
     let registry = Arc::new(Registry::new(arbiters.clone(), users, products, campaigns));
-    let (sales, interval) = (meta.sales.clone(), config.stats_interval_ms);
+    let interval = config.stats_interval_ms;
     let stats_clock = clock.clone();
     let stats = StatsActor::start_in_arbiter(&at(1), move |_| {
         StatsActor::new(sales, stats_clock, interval)
@@ -360,7 +375,7 @@ impl Engine {
         store: Box<dyn Store>,
         clock: Arc<dyn Clock>,
     ) -> Result<Engine, StartError> {
-        let (world, report) = recover_for_serving(&*store)?;
+        let (world, report) = recover_for_serving_under(&*store, &config.limits)?;
         Self::start_recovered(config, store, clock, world, report)
     }
 
@@ -372,7 +387,10 @@ impl Engine {
         report: RecoveryReport,
     ) -> Result<Engine, StartError> {
         tracing::info!(
-            ?report,
+            snapshot_seq = report.snapshot_seq,
+            snapshot_entries = report.snapshot_entries,
+            records_replayed = report.records_replayed,
+            last_seq = report.last_seq,
             users = world.users.len(),
             products = world.products.len(),
             orders = world.orders.len(),
@@ -394,9 +412,25 @@ impl Engine {
         );
         let live = Arc::new(OutboxLive::new(&state));
         let delivery_stats = Arc::new(DeliveryStats::default());
-        let keys = IdempotencyStore::new(world.keys.clone(), config.idempotency_keys_max);
-        let writer =
-            JournalWriter::start(store, world.clone(), config.journal.clone(), live.clone());
+        // The keys of the journal's tail (and of an older store's
+        // snapshot) are known in memory until a snapshot moves them.
+        let recent_keys = Arc::new(RecentKeys::new());
+        for k in &world.dirty.keys {
+            let key = RecentKey {
+                fingerprint: k.key.fingerprint,
+                at: k.key.at,
+                seq: k.seq,
+            };
+            recent_keys.insert(k.hash, key);
+        }
+        let keys = IdempotencyStore::new(recent_keys.clone());
+        let writer = JournalWriter::start(
+            store,
+            world.clone(),
+            config.journal.clone(),
+            live.clone(),
+            recent_keys,
+        );
         let journal = writer.handle();
         let limits = Arc::new(config.limits.clone());
         let (tx, rx) = std::sync::mpsc::channel();
@@ -451,6 +485,7 @@ impl Engine {
                     delivery,
                 })),
                 actor_threads_io: config.actor_threads_io,
+                lifecycle: Lifecycle::default(),
             }),
         })
     }
@@ -459,6 +494,7 @@ impl Engine {
     /// (it writes a last snapshot). Safe to call more than once. Blocking:
     /// from async code, call it in `spawn_blocking`.
     pub fn shutdown(&self) {
+        self.inner.lifecycle.set_stopping();
         let running = self
             .inner
             .running
@@ -500,8 +536,8 @@ impl Engine {
     }
 
     /// Runs `op` under an idempotency key: the first answer is stored with
-    /// its record; a retry with the same request gets it back; another
-    /// request with the same key is refused.
+    /// its record (a refusal in a record of its own); a retry with the same
+    /// request gets it back; another request with the same key is refused.
     async fn keyed<T, F, Fut>(
         &self,
         key: Option<IdempotencyKey>,
@@ -518,43 +554,62 @@ impl Engine {
         };
         let fp = fingerprint(&request);
         let tag = loop {
-            match self.inner.keys.begin(&key, fp, self.now())? {
-                Begin::Proceed(tag) => break tag,
+            match self.inner.keys.begin(&key, fp)? {
+                Begin::Check(tag) => {
+                    let guard = KeyGuard::new(&self.inner.keys, tag);
+                    let archive = self.archive()?;
+                    let hash = guard.tag().hash;
+                    match blocking(move || archive.key(hash)).await? {
+                        // Runs from here on its own task, whose guard ends the key.
+                        None => break guard.hand_over(),
+                        Some(stored) => {
+                            let tag = guard.hand_over();
+                            self.inner.keys.found(&tag, stored.fingerprint, stored.at);
+                            return replayed(stored, fp);
+                        }
+                    }
+                }
+                Begin::Replay { hash, seq } => {
+                    let archive = self.archive()?;
+                    let stored = blocking(move || stored_answer(&archive, hash, seq)).await?;
+                    return replayed(stored, fp);
+                }
                 Begin::Wait(rx) => {
                     let _ = rx.await;
-                }
-                Begin::Replay(Reply::Rejected(r)) => return Err(r.into()),
-                Begin::Replay(reply) => {
-                    return T::from_reply(reply).ok_or(Error::IdempotencyKeyReused)
                 }
             }
         };
         // From here the key is running: the request runs to its end on its own
         // task, so a caller that gives up cannot leave the key running forever
-        // (nor release it while its record may still become durable).
+        // (nor release it while its record may still become durable); the
+        // guard ends it even if the request panics.
         let engine = self.clone();
         let run = async move {
-            let result = op(engine.clone(), Some(tag.clone())).await;
-            let stored = match &result {
-                Ok(v) => Some(v.to_reply()),
-                // A refused payment still failed the order: its answer is kept.
-                Err(Error::Rejected(r @ Rejection::InsufficientBalance { .. })) => {
-                    Some(Reply::Rejected(r.clone()))
+            let guard = KeyGuard::new(&engine.inner.keys, tag);
+            let result = op(engine.clone(), Some(guard.tag().clone())).await;
+            match result {
+                Err(Error::Rejected(r)) if !engine.inner.keys.recorded(guard.tag()) => {
+                    engine.record_refusal(guard.tag(), &r).await;
+                    Err(Error::Rejected(r))
                 }
-                Err(_) => None,
-            };
-            let at = engine.now();
-            engine.inner.keys.finish(
-                &tag,
-                stored.map(|reply| StoredKey {
-                    fingerprint: fp,
-                    reply,
-                    at,
-                }),
-            );
-            result
+                other => other,
+            }
         };
         to_the_end(run).await
+    }
+
+    /// Keeps a refusal under its key, in a record of its own, so a retry
+    /// gets the same answer. If that record cannot be written the refusal
+    /// still stands (nothing changed); a retry then runs the request again.
+    async fn record_refusal(&self, tag: &Tag, refusal: &Rejection) {
+        let record = Record {
+            at: self.now(),
+            event: Event::RequestRefused,
+            idempotency: Some(tag.clone().entry(Reply::Rejected(refusal.clone()))),
+        };
+        if let Ok(rx) = self.inner.journal.submit(record) {
+            let _ = rx.await;
+        }
     }
 
     fn user_addr(&self, id: UserId) -> Result<Addr<UserActor>> {
@@ -1242,6 +1297,7 @@ impl Engine {
             journal_queued: j.queued.load(Ordering::Relaxed),
             journal_steps: j.time.load(),
             snapshots: j.snapshots.load(Ordering::Relaxed),
+            snapshot_failures: j.snapshot_health.failures(),
             outbox_pending: self.inner.data_platform.live().pending(),
             idempotency_keys: self.inner.keys.len() as u64,
             data_platform_added: self.inner.data_platform.live().added(),
@@ -1254,13 +1310,65 @@ impl Engine {
                 .data_platform
                 .stats()
                 .events_in_memory_max(),
+            business: j.business.load(),
         }
+    }
+
+    /// While snapshots fail: how many in a row, and the last error. Writes
+    /// go on meanwhile; the journal keeps everything since the last one.
+    pub fn snapshots_failing(&self) -> Option<(u64, String)> {
+        self.inner.journal_stats.snapshot_health.failing()
     }
 
     /// True once storage has failed: the engine refuses every write until restarted.
     pub fn is_degraded(&self) -> bool {
         self.inner.journal.is_poisoned()
     }
+
+    /// The starting and stopping flags of [`Engine::readiness`].
+    pub(crate) fn lifecycle(&self) -> &Lifecycle {
+        &self.inner.lifecycle
+    }
+}
+
+/// The answer a stored key keeps, as the request's: a refusal is the same
+/// error again; another request's fingerprint is a reuse of the key.
+fn replayed<T: Replied>(stored: StoredKey, fingerprint: u64) -> Result<T> {
+    if stored.fingerprint != fingerprint {
+        return Err(Error::IdempotencyKeyReused);
+    }
+    match stored.reply {
+        Reply::Rejected(r) => Err(r.into()),
+        reply => T::from_reply(reply).ok_or(Error::IdempotencyKeyReused),
+    }
+}
+
+/// The stored answer of the key of `hash`, recorded at `seq`: in the key
+/// tables once a snapshot moved it there, in the journal until then. The
+/// tables are read again after the journal: a snapshot may move the key
+/// and trim its record between the two reads.
+fn stored_answer(
+    archive: &ArchiveReader,
+    hash: KeyHash,
+    seq: u64,
+) -> Result<StoredKey, StorageError> {
+    if let Some(stored) = archive.key(hash)? {
+        return Ok(stored);
+    }
+    if let Some(record) = archive.journal_record(seq)? {
+        if let Some(entry) = record.idempotency.filter(|e| key_hash(&e.key) == hash) {
+            return Ok(StoredKey {
+                fingerprint: entry.fingerprint,
+                reply: entry.reply,
+                at: record.at,
+            });
+        }
+    }
+    archive.key(hash)?.ok_or_else(|| {
+        StorageError::Corrupt(format!(
+            "the answer of an idempotency key recorded at {seq} is missing"
+        ))
+    })
 }
 
 /// Runs a store read off the async threads when there are blocking threads to run it on.

@@ -3,18 +3,23 @@
 //! A key is reserved before the request runs; concurrent requests with the
 //! same key wait for the first. The first answer is stored in the same
 //! journal record as the effect it guards (so it is durable exactly when
-//! the effect is) and kept at least 24 hours. A request that was refused
-//! without changing anything is not stored: its retry runs again.
+//! the effect is), and a refusal in a record of its own, so a retry gets
+//! the same 4xx even if the request would now succeed. Keys are kept at
+//! least 24 hours: those of the last snapshot interval in memory
+//! ([`RecentKeys`]: hash, fingerprint, and the sequence of the record with
+//! the answer), older ones in the store's key tables
+//! ([`crate::store::keys`]), found there when memory does not know a key.
 //!
-//! A std mutex guards the key table: it is not domain state, and every
-//! critical section is a few map operations, never held across an await.
+//! A std mutex guards the keys being run: it is not domain state, and
+//! every critical section is a few map operations, never held across an
+//! await.
 
-use crate::domain::time::Timestamp;
+use crate::domain::key_hash::{key_hash, KeyHash};
 use crate::domain::views::Reply;
-use crate::domain::world::{StoredKey, IDEMPOTENCY_TTL_MS};
 use crate::engine::error::{Error, Result};
+use crate::store::recent_keys::RecentKeys;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
 /// A validated `Idempotency-Key`: 1..=128 printable ASCII characters.
@@ -39,6 +44,10 @@ impl IdempotencyKey {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    pub fn hash(&self) -> KeyHash {
+        key_hash(&self.0)
+    }
 }
 
 /// A key and the fingerprint of the request it is used with, passed down to
@@ -46,6 +55,7 @@ impl IdempotencyKey {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tag {
     pub key: String,
+    pub hash: KeyHash,
     pub fingerprint: u64,
 }
 
@@ -68,10 +78,12 @@ pub fn fingerprint(request: &str) -> u64 {
 }
 
 pub enum Begin {
-    /// Run the request, carrying this tag into its record.
-    Proceed(Tag),
-    /// The first answer.
-    Replay(Reply),
+    /// Memory does not know the key: look for it in the key tables, then
+    /// [`IdempotencyStore::found`], or run the request with this tag (it
+    /// goes into the record of the request's effect).
+    Check(Tag),
+    /// The first answer is in the record at `seq` (or already in the key tables).
+    Replay { hash: KeyHash, seq: u64 },
     /// Another request with this key is running: wait, then ask again.
     Wait(oneshot::Receiver<()>),
 }
@@ -81,90 +93,203 @@ struct InFlight {
     waiters: Vec<oneshot::Sender<()>>,
 }
 
-#[derive(Default)]
-struct Table {
-    done: HashMap<String, StoredKey>,
-    running: HashMap<String, InFlight>,
-    calls_since_prune: u32,
-}
-
+/// The keys being run, and the keys known in memory.
 pub struct IdempotencyStore {
-    table: Mutex<Table>,
-    keys_max: usize,
+    running: Mutex<HashMap<KeyHash, InFlight>>,
+    recent: Arc<RecentKeys>,
 }
 
 impl IdempotencyStore {
-    pub fn new(recovered: HashMap<String, StoredKey>, keys_max: usize) -> IdempotencyStore {
+    pub fn new(recent: Arc<RecentKeys>) -> IdempotencyStore {
         IdempotencyStore {
-            table: Mutex::new(Table {
-                done: recovered,
-                ..Table::default()
-            }),
-            keys_max,
+            running: Mutex::new(HashMap::new()),
+            recent,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
-        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<KeyHash, InFlight>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn begin(&self, key: &IdempotencyKey, fingerprint: u64, now: Timestamp) -> Result<Begin> {
-        let mut t = self.lock();
-        t.calls_since_prune += 1;
-        if t.calls_since_prune >= 4096 {
-            t.calls_since_prune = 0;
-            let horizon = Timestamp(now.0.saturating_sub(IDEMPOTENCY_TTL_MS));
-            t.done.retain(|_, v| v.at >= horizon);
-        }
-        if let Some(stored) = t.done.get(key.as_str()) {
-            return if stored.fingerprint == fingerprint {
-                Ok(Begin::Replay(stored.reply.clone()))
+    fn known(&self, hash: KeyHash, fingerprint: u64) -> Option<Result<Begin>> {
+        self.recent.get(hash).map(|k| {
+            if k.fingerprint == fingerprint {
+                Ok(Begin::Replay { hash, seq: k.seq })
             } else {
                 Err(Error::IdempotencyKeyReused)
-            };
+            }
+        })
+    }
+
+    pub fn begin(&self, key: &IdempotencyKey, fingerprint: u64) -> Result<Begin> {
+        let hash = key.hash();
+        if let Some(known) = self.known(hash, fingerprint) {
+            return known;
         }
-        if let Some(running) = t.running.get_mut(key.as_str()) {
-            if running.fingerprint != fingerprint {
+        let mut running = self.lock();
+        // Again under the lock: a request that just finished recorded its
+        // key before it left `running`.
+        if let Some(known) = self.known(hash, fingerprint) {
+            return known;
+        }
+        if let Some(r) = running.get_mut(&hash) {
+            if r.fingerprint != fingerprint {
                 return Err(Error::IdempotencyKeyReused);
             }
             let (tx, rx) = oneshot::channel();
-            running.waiters.push(tx);
+            r.waiters.push(tx);
             return Ok(Begin::Wait(rx));
         }
-        if t.done.len() + t.running.len() >= self.keys_max {
-            return Err(Error::Overloaded);
-        }
-        t.running.insert(
-            key.0.clone(),
+        running.insert(
+            hash,
             InFlight {
                 fingerprint,
                 waiters: Vec::new(),
             },
         );
-        Ok(Begin::Proceed(Tag {
+        Ok(Begin::Check(Tag {
             key: key.0.clone(),
+            hash,
             fingerprint,
         }))
     }
 
-    /// Ends a request: `Some` stores its answer (already durable with its record).
-    pub fn finish(&self, tag: &Tag, stored: Option<StoredKey>) {
-        let mut t = self.lock();
-        if let Some(running) = t.running.remove(&tag.key) {
+    /// The key tables held the key of `tag`: it is known (its answer is
+    /// there), and whoever waits for it asks again.
+    pub fn found(&self, tag: &Tag, fingerprint: u64, at: crate::domain::time::Timestamp) {
+        use crate::store::recent_keys::RecentKey;
+        // Sequence 0: the answer is in the key tables, not the journal.
+        self.recent.insert(
+            tag.hash,
+            RecentKey {
+                fingerprint,
+                at,
+                seq: 0,
+            },
+        );
+        self.finish(tag);
+    }
+
+    /// Whether the journal recorded an answer under `tag`'s key.
+    pub fn recorded(&self, tag: &Tag) -> bool {
+        self.recent.get(tag.hash).is_some()
+    }
+
+    /// Ends a request run under `tag`; its answer, if any, is recorded
+    /// already (with its record). Whoever waits for it asks again.
+    pub fn finish(&self, tag: &Tag) {
+        if let Some(running) = self.lock().remove(&tag.hash) {
             for w in running.waiters {
                 let _ = w.send(());
             }
         }
-        if let Some(s) = stored {
-            t.done.insert(tag.key.clone(), s);
-        }
     }
 
+    /// Keys known in memory.
     pub fn len(&self) -> usize {
-        self.lock().done.len()
+        self.recent.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// Ends the request of a tag when dropped: a request that panics, or whose
+/// task is cancelled, never leaves its key running.
+pub struct KeyGuard<'a> {
+    store: &'a IdempotencyStore,
+    tag: Option<Tag>,
+}
+
+impl<'a> KeyGuard<'a> {
+    pub fn new(store: &'a IdempotencyStore, tag: Tag) -> KeyGuard<'a> {
+        KeyGuard {
+            store,
+            tag: Some(tag),
+        }
+    }
+
+    pub fn tag(&self) -> &Tag {
+        self.tag
+            .as_ref()
+            .expect("a guard holds its tag until dropped")
+    }
+
+    /// Hands the running key on to another guard (on another task).
+    pub fn hand_over(mut self) -> Tag {
+        self.tag
+            .take()
+            .expect("a guard holds its tag until dropped")
+    }
+}
+
+impl Drop for KeyGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(tag) = self.tag.take() {
+            self.store.finish(&tag);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::time::Timestamp;
+    use crate::store::recent_keys::RecentKey;
+
+    fn key(k: &str) -> IdempotencyKey {
+        IdempotencyKey::new(k).unwrap()
+    }
+
+    #[test]
+    fn a_second_request_with_a_running_key_waits_and_then_replays() {
+        // given a key being run, when the same request comes, then it waits;
+        // once the first is recorded and finished, it replays
+        let recent = Arc::new(RecentKeys::new());
+        let s = IdempotencyStore::new(recent.clone());
+        let Ok(Begin::Check(tag)) = s.begin(&key("a"), 7) else {
+            panic!("a new key is checked");
+        };
+        let Ok(Begin::Wait(mut rx)) = s.begin(&key("a"), 7) else {
+            panic!("the second waits");
+        };
+        assert!(matches!(
+            s.begin(&key("a"), 8),
+            Err(Error::IdempotencyKeyReused)
+        ));
+        recent.insert(
+            tag.hash,
+            RecentKey {
+                fingerprint: 7,
+                at: Timestamp(1),
+                seq: 42,
+            },
+        );
+        s.finish(&tag);
+        assert!(rx.try_recv().is_ok());
+        assert!(matches!(
+            s.begin(&key("a"), 7),
+            Ok(Begin::Replay { seq: 42, .. })
+        ));
+        assert!(matches!(
+            s.begin(&key("a"), 8),
+            Err(Error::IdempotencyKeyReused)
+        ));
+    }
+
+    #[test]
+    fn a_request_that_panics_releases_its_key() {
+        // given a key run under a guard, when the request panics, then the key is free again
+        let s = IdempotencyStore::new(Arc::new(RecentKeys::new()));
+        let Ok(Begin::Check(tag)) = s.begin(&key("b"), 1) else {
+            panic!("a new key is checked");
+        };
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _running = KeyGuard::new(&s, tag.clone());
+            panic!("the request panicked");
+        }));
+        assert!(caught.is_err());
+        assert!(matches!(s.begin(&key("b"), 1), Ok(Begin::Check(_))));
     }
 }

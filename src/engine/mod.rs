@@ -10,6 +10,7 @@ pub mod error;
 pub mod facade;
 pub mod idempotency;
 pub mod product_actor;
+pub mod readiness;
 pub mod registry;
 pub mod stats_actor;
 pub mod user_actor;
@@ -22,3 +23,4 @@ pub use facade::{
     current_thread_runtime, Engine, EngineMetrics, NewCoupon, PageRequest, PlaceOrder, StartError,
 };
 pub use idempotency::IdempotencyKey;
+pub use readiness::Readiness;

@@ -212,8 +212,8 @@ pub enum StockNews {
     Abandoned(u64),
     /// A pending order ended unpaid: its reservation returns to stock.
     Released(u64),
-    /// A pending order was paid: its reservation is sold.
-    Sold(u64),
+    /// A pending order was paid (at `.1`): its reservation is sold.
+    Sold(u64, Timestamp),
 }
 
 /// News as sent by [`ProductRef::tell`]: private, so none goes uncounted.
@@ -232,7 +232,7 @@ impl Handler<Told> for ProductActor {
             }
             StockNews::Abandoned(q) => self.product.drop_hold(q),
             StockNews::Released(q) => self.product.apply_released(q),
-            StockNews::Sold(q) => self.product.apply_sold(q),
+            StockNews::Sold(q, at) => self.product.apply_sold(q, at),
         }
         self.publish();
         // Release: whoever sees the news taken sees what was published.

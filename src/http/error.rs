@@ -81,6 +81,18 @@ impl ApiError {
         )
     }
 
+    /// A request admitted and not answered within the request timeout: its
+    /// change may still be under way, so the client cannot be told whether
+    /// it happened, only how to learn it.
+    pub fn outcome_unknown() -> ApiError {
+        ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "OUTCOME_UNKNOWN",
+            "the request was not answered in time: the change may or may not have happened; \
+             retry with the same Idempotency-Key to learn which",
+        )
+    }
+
     pub fn internal() -> ApiError {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -101,6 +113,7 @@ impl ApiError {
                 crate::domain::limits::Limits::API.request_body_bytes_max,
             ),
             StatusCode::SERVICE_UNAVAILABLE | StatusCode::REQUEST_TIMEOUT => ApiError::overloaded(),
+            StatusCode::GATEWAY_TIMEOUT => ApiError::outcome_unknown(),
             s if s.is_client_error() => {
                 ApiError::new(s, "INVALID_REQUEST", "the request was refused")
             }

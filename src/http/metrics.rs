@@ -6,12 +6,16 @@
 //! with the engine gauges only.
 //!
 //! Recorded here: `http_requests_total` and `http_request_duration_seconds`
-//! per method, route template and status; `http_overloaded_total`; the
-//! engine gauges of [`EngineMetrics`] set at each scrape, the data
-//! platform's among them. The journal writer records
-//! `journal_flush_seconds` and `journal_batch_records` itself.
+//! per method, route template and status; `http_overloaded_total` and
+//! `http_outcome_unknown_total`; at each scrape, the engine's levels
+//! (gauges) and running totals (counters, `*_total`) of [`EngineMetrics`],
+//! the data platform's delivery, the business totals (orders by outcome, KRW paid, coupons issued: counted
+//! by the journal writer as each record becomes durable), readiness, and the
+//! process (memory, CPU seconds, start time, build). The journal writer
+//! records `journal_flush_seconds` and `journal_batch_records` itself. Every
+//! family has HELP and TYPE.
 
-use crate::engine::{Engine, EngineMetrics};
+use crate::engine::{Engine, EngineMetrics, Readiness};
 use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::collections::HashMap;
@@ -49,8 +53,12 @@ pub fn install() -> Option<PrometheusHandle> {
                 }
             };
             let handle = recorder.handle();
+            started_at_secs();
             match metrics::set_global_recorder(recorder) {
-                Ok(()) => Some(handle),
+                Ok(()) => {
+                    describe();
+                    Some(handle)
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "another metrics recorder is installed");
                     None
@@ -132,10 +140,53 @@ impl RequestMetrics {
     }
 }
 
-/// The engine's gauges, in Prometheus text format (written by hand so they
-/// are there even when another recorder owns the `metrics` facade).
-fn engine_gauges(m: &EngineMetrics) -> String {
-    let gauges: [(&str, &str, u64); 15] = [
+/// One metric family of the hand-written part of the page.
+struct Family<'a> {
+    name: &'a str,
+    help: &'a str,
+    kind: &'static str,
+}
+
+impl Family<'_> {
+    fn head(&self, out: &mut String) {
+        use std::fmt::Write;
+        let _ = write!(
+            out,
+            "# HELP {} {}\n# TYPE {} {}\n",
+            self.name, self.help, self.name, self.kind
+        );
+    }
+
+    fn one(&self, out: &mut String, value: impl std::fmt::Display) {
+        use std::fmt::Write;
+        self.head(out);
+        let _ = writeln!(out, "{} {value}", self.name);
+    }
+}
+
+fn gauge<'a>(name: &'a str, help: &'a str) -> Family<'a> {
+    Family {
+        name,
+        help,
+        kind: "gauge",
+    }
+}
+
+fn counter<'a>(name: &'a str, help: &'a str) -> Family<'a> {
+    Family {
+        name,
+        help,
+        kind: "counter",
+    }
+}
+
+/// The engine's and the process's families, in Prometheus text format
+/// (written by hand so they are there even when another recorder owns the
+/// `metrics` facade). Levels are gauges; running totals since start are
+/// counters named `*_total`.
+fn engine_families(m: &EngineMetrics, readiness: &Readiness) -> String {
+    let mut out = String::with_capacity(4096);
+    let gauges: [(&str, &str, u64); 12] = [
         ("engine_users", "Users known to the engine.", m.users),
         (
             "engine_products",
@@ -144,16 +195,6 @@ fn engine_gauges(m: &EngineMetrics) -> String {
         ),
         ("engine_coupon_campaigns", "Coupon campaigns.", m.campaigns),
         ("engine_actors", "Live actors.", m.actors),
-        (
-            "engine_journal_records",
-            "Journal records written since start.",
-            m.journal_records,
-        ),
-        (
-            "engine_journal_batches",
-            "Journal batches (flushes) since start.",
-            m.journal_batches,
-        ),
         (
             "engine_journal_last_batch_records",
             "Records in the last journal batch.",
@@ -170,13 +211,8 @@ fn engine_gauges(m: &EngineMetrics) -> String {
             m.journal_queued,
         ),
         (
-            "engine_snapshots",
-            "Snapshots written since start.",
-            m.snapshots,
-        ),
-        (
             "engine_outbox_pending",
-            "Paid orders not yet accepted by the data platform.",
+            "Paid orders not yet accepted by the data platform (its backlog).",
             m.outbox_pending,
         ),
         (
@@ -200,7 +236,7 @@ fn engine_gauges(m: &EngineMetrics) -> String {
             m.data_platform_events_in_memory,
         ),
     ];
-    let counters: [(&str, &str, u64); 2] = [
+    let platform_counters: [(&str, &str, u64); 2] = [
         (
             "data_platform_delivered_total",
             "Events the data platform accepted, ever (kept across restarts).",
@@ -212,38 +248,178 @@ fn engine_gauges(m: &EngineMetrics) -> String {
             m.data_platform_failures,
         ),
     ];
-    let mut out = String::with_capacity(2048);
     for (name, help, value) in gauges {
-        out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
-        ));
+        gauge(name, help).one(&mut out, value);
     }
+    gauge(
+        "engine_ready",
+        "1 while this node accepts changes (GET /ready answers 200), else 0.",
+    )
+    .one(&mut out, u8::from(readiness.is_ready()));
+    gauge(
+        "engine_storage_available",
+        "0 once storage has failed and changes are refused until restart, else 1.",
+    )
+    .one(
+        &mut out,
+        u8::from(!matches!(readiness, Readiness::StorageUnavailable(_))),
+    );
+    let counters: [(&str, &str, u64); 4] = [
+        (
+            "engine_journal_records_total",
+            "Journal records written since start.",
+            m.journal_records,
+        ),
+        (
+            "engine_journal_batches_total",
+            "Journal batches (flushes) since start.",
+            m.journal_batches,
+        ),
+        (
+            "engine_snapshots_total",
+            "Snapshots written since start.",
+            m.snapshots,
+        ),
+        (
+            "engine_snapshot_failures_total",
+            "Snapshots that could not be cut or written since start (each is retried by the next).",
+            m.snapshot_failures,
+        ),
+    ];
     for (name, help, value) in counters {
+        counter(name, help).one(&mut out, value);
+    }
+    let b = &m.business;
+    let orders = counter(
+        "commerce_orders_total",
+        "Orders made durable since start, by outcome: placed, paid, failed (payment refused), \
+         cancelled, expired.",
+    );
+    orders.head(&mut out);
+    for (outcome, n) in [
+        ("placed", b.orders_placed),
+        ("paid", b.orders_paid),
+        ("failed", b.orders_failed),
+        ("cancelled", b.orders_cancelled),
+        ("expired", b.orders_expired),
+    ] {
         out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
+            "commerce_orders_total{{outcome=\"{outcome}\"}} {n}\n"
         ));
     }
-    if let Some(bytes) = crate::process::resident_bytes() {
-        let name = "process_resident_memory_bytes";
-        out.push_str(&format!(
-            "# HELP {name} Resident memory of the server process.\n# TYPE {name} gauge\n{name} {bytes}\n"
-        ));
+    for (name, help, value) in platform_counters {
+        counter(name, help).one(&mut out, value);
     }
-    let name = "engine_journal_writer_seconds_total";
-    out.push_str(&format!(
-        "# HELP {name} The journal writer's time since start by step: waiting for records, \
-         preparing a batch, writing and flushing it, acknowledging it, snapshotting.\n\
-         # TYPE {name} counter\n"
-    ));
+    counter(
+        "commerce_paid_krw_total",
+        "KRW debited for paid orders since start.",
+    )
+    .one(&mut out, b.paid_krw);
+    counter(
+        "commerce_coupons_issued_total",
+        "Coupons issued since start.",
+    )
+    .one(&mut out, b.coupons_issued);
+    let steps = counter(
+        "engine_journal_writer_seconds_total",
+        "The journal writer's time since start by step: waiting for records, preparing a \
+         batch, writing and flushing it, acknowledging it, snapshotting.",
+    );
+    steps.head(&mut out);
     for (step, us) in m.journal_steps.named() {
-        out.push_str(&format!("{name}{{step=\"{step}\"}} {}\n", us as f64 / 1e6));
+        out.push_str(&format!(
+            "engine_journal_writer_seconds_total{{step=\"{step}\"}} {}\n",
+            us as f64 / 1e6
+        ));
     }
+    process_families(&mut out);
     out
+}
+
+/// The process: memory, CPU, start time, build.
+fn process_families(out: &mut String) {
+    if let Some(bytes) = crate::process::resident_bytes() {
+        gauge(
+            "process_resident_memory_bytes",
+            "Resident memory of the server process.",
+        )
+        .one(out, bytes);
+    }
+    if let Some(u) = crate::process::usage() {
+        counter(
+            "process_cpu_seconds_total",
+            "CPU time of the server process, user and system, since it started.",
+        )
+        .one(out, u.user_secs + u.system_secs);
+    }
+    gauge(
+        "process_start_time_seconds",
+        "When the server process started, in seconds since the Unix epoch.",
+    )
+    .one(out, started_at_secs());
+    let build = gauge(
+        "commerce_build_info",
+        "The running build: always 1, its version in the label.",
+    );
+    build.head(out);
+    out.push_str(&format!(
+        "commerce_build_info{{version=\"{}\"}} 1\n",
+        env!("CARGO_PKG_VERSION")
+    ));
+}
+
+/// Seconds since the epoch when the metrics were first installed or
+/// rendered, which the `serve` command does first thing at start-up.
+fn started_at_secs() -> f64 {
+    static STARTED: OnceLock<f64> = OnceLock::new();
+    *STARTED.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64())
+    })
+}
+
+/// HELP for the families recorded through the `metrics` facade.
+fn describe() {
+    metrics::describe_counter!(
+        "http_requests_total",
+        "HTTP requests answered, by method, route template and status."
+    );
+    metrics::describe_histogram!(
+        "http_request_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time from a request's arrival at the edge to its answer, by method, route template and status."
+    );
+    metrics::describe_counter!(
+        "http_overloaded_total",
+        "Requests shed at admission with 503 OVERLOADED (nothing started)."
+    );
+    metrics::describe_counter!(
+        "http_outcome_unknown_total",
+        "Requests admitted and not answered within the request timeout (504 OUTCOME_UNKNOWN)."
+    );
+    metrics::describe_histogram!(
+        "journal_flush_seconds",
+        metrics::Unit::Seconds,
+        "Time to write and flush one journal batch."
+    );
+    metrics::describe_histogram!(
+        "journal_batch_records",
+        "Records per journal batch (group commit)."
+    );
+    metrics::describe_counter!(
+        "data_platform_delivered_total",
+        "Paid orders accepted by the data platform."
+    );
+    metrics::describe_counter!(
+        "data_platform_failures_total",
+        "Failed attempts to deliver to the data platform."
+    );
 }
 
 /// The whole `/metrics` page.
 pub fn render(engine: &Engine, handle: Option<&PrometheusHandle>) -> String {
-    let mut page = engine_gauges(&engine.metrics());
+    let mut page = engine_families(&engine.metrics(), &engine.readiness());
     if let Some(h) = handle {
         // Upkeep drains histogram buffers, so memory stays bounded between scrapes.
         h.run_upkeep();

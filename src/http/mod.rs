@@ -7,8 +7,11 @@
 //! - [`extract`]: extractors that answer malformed input with 400/413 JSON.
 //! - [`routes`]: one module per resource, each with its `router()`; the
 //!   OpenAPI document is generated from their `#[utoipa::path]`s.
-//! - [`edge`]: the one layer every route sits behind (tracing, JSON
-//!   errors, metrics, panics, admission control, timeout, body limit).
+//! - [`edge`]: the one layer every route sits behind (tracing and the
+//!   access log, JSON errors, metrics, panics, admission control, timeout,
+//!   body limit).
+//! - [`layers`]: the tower-http layers around it: request ids and CORS.
+//! - [`logs`]: `serve`'s log lines, buffered on their way to stderr.
 //! - [`server`]: the router, the bounded listener and [`serve`](server::serve), which runs until a shutdown
 //!   future completes, so tests run the real server with their own signal.
 //! - [`serve`]: the `serve` command (flags, data dir, demo seed, signals).
@@ -20,6 +23,8 @@ pub mod demo;
 pub mod edge;
 pub mod error;
 pub mod extract;
+pub mod layers;
+pub mod logs;
 pub mod metrics;
 pub mod routes;
 pub mod schema;

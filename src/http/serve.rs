@@ -1,15 +1,26 @@
-//! `commerce-engine serve` (also what a bare `commerce-engine` runs): opens
-//! the sled data dir, recovers the engine, seeds a new data dir with the
-//! demo catalogue unless `--empty`, and serves the API on the engine's own
-//! threads until SIGINT or SIGTERM; then stops accepting, finishes what is
-//! in flight, shuts the engine down (last flush and snapshot) and exits 0.
+//! `commerce-engine serve` (also what a bare `commerce-engine` runs): checks
+//! every flag and binds the address before anything is written, takes the
+//! data dir's lock (`<data-dir>/LOCK`: a second server on the same dir
+//! fails at once), opens the sled data dir, recovers the engine, serves the
+//! API on the engine's own threads, and meanwhile seeds a new data dir with
+//! the demo catalogue unless `--empty` (`/ready` answers `starting` until
+//! that is done), until SIGINT or SIGTERM; then `/ready` answers
+//! `stopping`, it stops accepting, finishes what is in flight, shuts the
+//! engine down (last flush and snapshot) and exits 0.
+//!
+//! Without `--admin-token`, the token is kept in `<data-dir>/admin-token`
+//! (made once, readable by its owner only, printed once when made), so it
+//! survives restarts.
 
 use crate::engine::{DataPlatform, Engine, EngineConfig, SystemClock};
 use crate::http::demo;
+use crate::http::layers::CorsOrigins;
+use crate::http::logs::{BufferedStderr, FlushOnDrop};
 use crate::http::server::{serve_on_engine_threads, HttpSettings};
 use crate::store::sled_store::SledStore;
+use crate::store::Store;
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +33,9 @@ pub struct ServeArgs {
     /// The sled database: journal, snapshots, outbox.
     #[arg(long, env = "COMMERCE_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
-    /// Bearer token of the admin endpoints; generated and printed once if not given.
+    /// Bearer token of the admin endpoints. Without it, the token kept in
+    /// <data-dir>/admin-token is used; a new data dir gets one made (0600)
+    /// and printed once.
     #[arg(long, env = "COMMERCE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
     /// Start without the demo catalogue (otherwise a new data dir is seeded).
@@ -52,20 +65,43 @@ pub struct ServeArgs {
     /// Log as JSON lines (to stderr).
     #[arg(long, env = "COMMERCE_LOG_JSON")]
     pub log_json: bool,
+    /// A request admitted and not answered within this is answered 504
+    /// OUTCOME_UNKNOWN (its change may still happen: retry with the same
+    /// Idempotency-Key to learn which).
+    #[arg(long, env = "COMMERCE_REQUEST_TIMEOUT_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    pub request_timeout_secs: u64,
+    /// An origin allowed to call the API from a browser (CORS), as
+    /// scheme://host or scheme://host:port; repeat it for more, or give * for any. Without
+    /// it, no CORS headers are sent.
+    #[arg(
+        long = "cors-origin",
+        env = "COMMERCE_CORS_ORIGIN",
+        value_delimiter = ','
+    )]
+    pub cors_origin: Vec<String>,
 }
 
-fn init_logs(json: bool) {
+/// Logs to stderr through [`BufferedStderr`]; the guard writes out what is
+/// still buffered when `serve` ends.
+fn init_logs(json: bool) -> FlushOnDrop {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let out = BufferedStderr::start();
+    let guard = out.flush_on_drop();
+    // Colour codes only for a person at a terminal, never into a file.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_ansi(ansi)
+        .with_writer(out);
     // try_init: a subscriber set earlier (a test, an embedding) is kept.
     let _ = if json {
         builder.json().try_init()
     } else {
         builder.try_init()
     };
+    guard
 }
 
 /// 128 random bits as hex, from the OS; std's per-process random hash keys
@@ -144,53 +180,194 @@ pub async fn shutdown_signal() {
     tracing::info!("shutdown signal received: finishing in-flight requests");
 }
 
+/// The data dir's lock: an exclusive `flock` on `<data-dir>/LOCK`, held
+/// while the server runs. The kernel lets it go when the process ends,
+/// however it ends.
+struct DataDirLock {
+    _file: std::fs::File,
+}
+
+impl DataDirLock {
+    fn take(dir: &Path) -> Result<DataDirLock, crate::CliError> {
+        use std::os::fd::AsRawFd;
+        let path = dir.join("LOCK");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        // SAFETY: flock on a descriptor this function owns; it touches no memory.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                return Err(format!(
+                    "the data dir {} is in use by another process; stop it first, or give another --data-dir",
+                    dir.display()
+                )
+                .into());
+            }
+            return Err(format!("cannot lock {}: {e}", path.display()).into());
+        }
+        Ok(DataDirLock { _file: file })
+    }
+}
+
+/// The admin token: the flag's, else the one kept in the data dir, else a
+/// new one, kept there (created 0600) and printed once.
+fn admin_token(flag: Option<&str>, data_dir: &Path) -> Result<String, crate::CliError> {
+    if let Some(t) = flag {
+        return Ok(t.trim().to_owned());
+    }
+    let path = data_dir.join("admin-token");
+    match std::fs::read_to_string(&path) {
+        Ok(kept) => {
+            let kept = kept.trim();
+            if kept.is_empty() {
+                return Err(format!(
+                    "{} is empty: delete it to have a new token made, or give --admin-token",
+                    path.display()
+                )
+                .into());
+            }
+            return Ok(kept.to_owned());
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display()).into()),
+    }
+    let token = generate_token();
+    let mut file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| format!("cannot create {}: {e}", path.display()))?
+    };
+    file.write_all(format!("{token}\n").as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    println!("admin token: {token}");
+    println!(
+        "(kept in {}, readable by its owner only; give --admin-token to use another)",
+        path.display()
+    );
+    let _ = std::io::stdout().flush();
+    Ok(token)
+}
+
+/// The address to listen on, resolved: a typo fails here, before anything
+/// is written.
+fn listen_addr(addr: &str) -> Result<std::net::SocketAddr, crate::CliError> {
+    use std::net::ToSocketAddrs;
+    let bad = || {
+        format!(
+            "--addr {addr:?} is not an address to listen on: give HOST:PORT, e.g. 127.0.0.1:8080"
+        )
+    };
+    addr.to_socket_addrs()
+        .map_err(|_| bad())?
+        .next()
+        .ok_or_else(|| bad().into())
+}
+
 pub fn run(args: ServeArgs) -> Result<ExitCode, crate::CliError> {
-    init_logs(args.log_json);
+    let _logs = init_logs(args.log_json);
+    // Every flag is checked, and the address bound, before anything is written.
+    let addr = listen_addr(&args.addr)?;
+    let cors = CorsOrigins::parse(&args.cors_origin)?;
+    if args
+        .admin_token
+        .as_deref()
+        .is_some_and(|t| t.trim().is_empty())
+    {
+        return Err("--admin-token must not be empty".into());
+    }
+    let listener =
+        std::net::TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     // Before the engine starts, so the journal writer's first flushes count.
     crate::http::metrics::install();
-    let admin_token = match &args.admin_token {
-        Some(t) if !t.trim().is_empty() => t.trim().to_owned(),
-        Some(_) => return Err("--admin-token must not be empty".into()),
-        None => {
-            let t = generate_token();
-            println!("admin token: {t}");
-            let _ = std::io::stdout().flush();
-            t
-        }
-    };
     std::fs::create_dir_all(&args.data_dir)
         .map_err(|e| format!("cannot create {}: {e}", args.data_dir.display()))?;
+    let lock = DataDirLock::take(&args.data_dir)?;
+    let admin_token = admin_token(args.admin_token.as_deref(), &args.data_dir)?;
     let store = SledStore::open(&args.data_dir)
-        .map_err(|e| format!("cannot open {}: {e}", args.data_dir.display()))?;
-    let engine = Engine::start(engine_config(&args), Box::new(store), Arc::new(SystemClock))?;
-    // This runtime only seeds the demo, waits for the signal and keeps the
-    // metrics: connections are served on the engine's own threads.
+        .map_err(|e| format!("cannot open the data dir {}: {e}", args.data_dir.display()))?;
+    tracing::info!(
+        data_dir = %args.data_dir.display(),
+        bytes_on_disk = store.size_on_disk(),
+        "data dir opened"
+    );
+    let engine = Engine::start(engine_config(&args), Box::new(store), Arc::new(SystemClock))
+        .map_err(|e| {
+            format!(
+                "cannot start the engine on {}: {e}",
+                args.data_dir.display()
+            )
+        })?;
+    let seed = !args.empty && demo::is_new(&engine);
+    engine.set_starting(seed);
+    // This runtime only accepts connections, seeds the demo, waits for the
+    // signal and keeps the metrics: connections are served on the engine's
+    // own threads.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let settings = HttpSettings::new(admin_token);
+    let settings = HttpSettings {
+        request_timeout_ms: args.request_timeout_secs.saturating_mul(1_000),
+        cors,
+        ..HttpSettings::new(admin_token)
+    };
     let served = runtime.block_on(async {
-        if !args.empty && demo::is_new(&engine) {
-            let seeded = demo::seed(&engine).await?;
-            tracing::info!(?seeded, "new data dir seeded with the demo catalogue");
-        }
-        let listener = tokio::net::TcpListener::bind(&args.addr)
-            .await
-            .map_err(|e| format!("cannot listen on {}: {e}", args.addr))?;
         tracing::info!(addr = %listener.local_addr()?, data_dir = %args.data_dir.display(), "listening");
-        serve_on_engine_threads(
-            engine.clone(),
-            listener.into_std()?,
-            settings,
-            shutdown_signal(),
-        )
-        .await?;
-        Ok::<(), crate::CliError>(())
+        // The seed's failure stops the server as a signal would.
+        let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<crate::CliError>();
+        let stopping = engine.clone();
+        let stop = async move {
+            tokio::select! {
+                () = shutdown_signal() => {}
+                Ok(_) = failed_rx => {}
+            }
+            stopping.begin_stopping();
+        };
+        let serving = serve_on_engine_threads(engine.clone(), listener, settings, stop);
+        let seeding = async {
+            if !seed {
+                return None;
+            }
+            match demo::seed(&engine).await {
+                Ok(seeded) => {
+                    tracing::info!(
+                        products = seeded.products,
+                        coupons = seeded.coupons,
+                        users = seeded.users,
+                        "new data dir seeded with the demo catalogue"
+                    );
+                    engine.set_starting(false);
+                    None
+                }
+                Err(e) => {
+                    let message = format!("the demo catalogue could not be seeded: {e}");
+                    tracing::error!(error = %e, "the demo catalogue could not be seeded; stopping");
+                    let _ = failed_tx.send(message.clone().into());
+                    Some(message)
+                }
+            }
+        };
+        let (served, seed_failed) = tokio::join!(serving, seeding);
+        served?;
+        match seed_failed {
+            Some(message) => Err(message.into()),
+            None => Ok::<(), crate::CliError>(()),
+        }
     });
     runtime.shutdown_timeout(Duration::from_secs(1));
     // Connections still open past the grace period live on the engine's
     // threads: they are dropped as it stops.
     engine.shutdown();
+    drop(lock);
     served?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)

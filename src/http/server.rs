@@ -7,16 +7,21 @@
 //! timeout and the body limit, in one layer.
 //!
 //! Connections are bounded too ([`BoundedListener`]): past
-//! `connections_max`, new ones wait in the kernel's backlog, and a
-//! connection idle for `connection_idle_ms` is closed.
+//! `connections_max`, new ones wait in the kernel's backlog, a connection
+//! idle for `connection_idle_ms` is closed, and so is one that sends no
+//! complete request head within `request_head_timeout_ms` (30 s).
 
 use crate::engine::Engine;
 use crate::http::edge::Edge;
 use crate::http::error::ApiError;
+use crate::http::layers::{self, CorsOrigins};
 use crate::http::routes;
 use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use metrics_exporter_prometheus::PrometheusHandle;
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -39,9 +44,16 @@ pub struct HttpSettings {
     pub connections_max: usize,
     /// A connection that neither reads nor writes for this long is closed.
     pub connection_idle_ms: u64,
-    /// A request not answered within this is answered 503 `OVERLOADED`
-    /// (its engine call still runs to its end).
+    /// A request admitted and not answered within this is answered 504
+    /// `OUTCOME_UNKNOWN`; its work runs to its end, holding its admission slot.
     pub request_timeout_ms: u64,
+    /// A connection that has not sent a complete request head within this
+    /// is closed (hyper's header-read timeout). The wait for the next
+    /// request on a keep-alive connection counts too, so an idle keep-alive
+    /// connection is closed after this as well.
+    pub request_head_timeout_ms: u64,
+    /// The origins answered with CORS headers; `None`: no CORS headers at all.
+    pub cors: Option<CorsOrigins>,
     /// After the shutdown signal, how long in-flight requests may take
     /// before the remaining connections are dropped.
     pub shutdown_grace_ms: u64,
@@ -55,6 +67,8 @@ impl HttpSettings {
             connections_max: 8192,
             connection_idle_ms: 60_000,
             request_timeout_ms: 30_000,
+            request_head_timeout_ms: 30_000,
+            cors: None,
             shutdown_grace_ms: 5_000,
         }
     }
@@ -85,11 +99,20 @@ pub fn router(engine: Engine, settings: &HttpSettings) -> Router {
     api.merge(SwaggerUi::new("/docs").url("/api/v1/openapi.json", openapi))
         .fallback(|| async { ApiError::not_found() })
         .with_state(state)
-        .layer(Edge::new(
-            settings.requests_in_flight_max,
-            Duration::from_millis(settings.request_timeout_ms),
-            body_bytes_max,
-        ))
+        // One `layer` call: axum boxes the route once per call.
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(layers::SetRequestIdLayer::x_request_id(
+                    layers::NextRequestId,
+                ))
+                .layer(layers::PropagateRequestIdLayer::x_request_id())
+                .option_layer(settings.cors.as_ref().map(layers::cors))
+                .layer(Edge::new(
+                    settings.requests_in_flight_max,
+                    Duration::from_millis(settings.request_timeout_ms),
+                    body_bytes_max,
+                )),
+        )
 }
 
 /// A TCP listener that holds at most `connections_max` connections open,
@@ -287,6 +310,7 @@ pub async fn serve(
         listener,
         signal_rx,
         Duration::from_millis(settings.shutdown_grace_ms),
+        Duration::from_millis(settings.request_head_timeout_ms.max(1)),
     )
     .await;
     signal_task.abort();
@@ -326,6 +350,7 @@ pub async fn serve_on_engine_threads(
     let (stop_tx, stop_rx) = watch::channel(false);
     let permits = Arc::new(Semaphore::new(settings.connections_max.max(1)));
     let grace = Duration::from_millis(settings.shutdown_grace_ms);
+    let head = Duration::from_millis(settings.request_head_timeout_ms.max(1));
     let idle = Duration::from_millis(settings.connection_idle_ms.max(1));
     let threads = engine.engine_threads().max(1);
     let mut to_threads = Vec::with_capacity(threads);
@@ -353,7 +378,7 @@ pub async fn serve_on_engine_threads(
                             idle,
                             local,
                         };
-                        serve_until(app, listener, stop, grace).await
+                        serve_until(app, listener, stop, grace, head).await
                     }
                     None => Err(io::Error::other("no connections for this thread")),
                 };
@@ -428,33 +453,56 @@ async fn accept_one(listener: &TcpListener, permits: &Arc<Semaphore>) -> io::Res
 /// gone), then stops accepting, lets in-flight requests finish (idle
 /// keep-alive connections are closed at once) and returns, at the latest
 /// `grace` after the signal.
+///
+/// Each connection is served by hyper's HTTP/1 builder with hyper-util's
+/// tokio timer, so its header-read timeout works: a connection that sends
+/// no complete request head within `head` is closed (`axum::serve` sets no
+/// timer, and without one that timeout is off).
 async fn serve_until<L>(
     app: Router,
-    listener: L,
+    mut listener: L,
     stop: watch::Receiver<bool>,
     grace: Duration,
+    head: Duration,
 ) -> io::Result<()>
 where
     L: axum::serve::Listener<Io = CountedStream, Addr = SocketAddr>,
 {
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        // An Err means the sender is gone: treat it as the signal.
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
-    let server = axum::serve(listener, app)
-        .with_graceful_shutdown(stopped(stop.clone()))
-        .into_future();
-    let deadline = async {
-        stopped(stop).await;
-        tokio::time::sleep(grace).await;
-    };
-    tokio::select! {
-        result = server => result,
-        () = deadline => {
-            tracing::warn!(grace_ms = grace.as_millis() as u64, "grace period over; dropping the connections still open");
-            Ok(())
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(head)
+        .keep_alive(true);
+    let graceful = GracefulShutdown::new();
+    let mut stopped = std::pin::pin!(stopped(stop));
+    loop {
+        tokio::select! {
+            () = &mut stopped => break,
+            (stream, _peer) = listener.accept() => {
+                let service = TowerToHyperService::new(app.clone());
+                let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+                tokio::spawn(async move {
+                    // A peer that goes away, or a head that came too late,
+                    // ends its connection; the server goes on.
+                    if let Err(e) = connection.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
         }
     }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(grace) => {
+            tracing::warn!(grace_ms = grace.as_millis() as u64, "grace period over; dropping the connections still open");
+        }
+    }
+    Ok(())
+}
+
+/// Completes when `rx` turns true, or its sender is gone.
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
 }
 
 /// Prometheus histograms need upkeep; `None` if another recorder is installed.

@@ -17,9 +17,11 @@
 //!
 //! [`HISTORY_CHUNK`]: crate::domain::user::HISTORY_CHUNK
 
+use crate::domain::event::Record;
 use crate::domain::ids::{OrderId, UserId};
 use crate::domain::order::Order;
 use crate::domain::user::BalanceEntry;
+use crate::domain::world::StoredKey;
 use crate::store::codec::{self, Kind};
 use crate::store::StorageError;
 use std::collections::hash_map::{Entry, HashMap};
@@ -48,6 +50,14 @@ pub trait Archive: Send + Sync {
         &self,
         f: &mut dyn FnMut(&[u8]) -> Result<(), StorageError>,
     ) -> Result<(), StorageError>;
+
+    /// The frame (`Kind::Key`) of the idempotency key of `hash`, if a
+    /// snapshot moved it to the key tables and it has not expired.
+    fn key(&self, hash: u128) -> Result<Option<Vec<u8>>, StorageError>;
+
+    /// The journal batch holding record `seq`, as (its first sequence,
+    /// its frames), while the journal still holds it.
+    fn journal_batch_of(&self, seq: u64) -> Result<Option<(u64, Vec<u8>)>, StorageError>;
 }
 
 fn corrupt(e: codec::CodecError) -> StorageError {
@@ -106,6 +116,25 @@ impl ArchiveReader {
             .into_iter()
             .map(OrderId)
             .collect())
+    }
+
+    /// The stored idempotency key of `hash`, if the key tables hold it.
+    pub fn key(&self, hash: u128) -> Result<Option<StoredKey>, StorageError> {
+        self.0
+            .key(hash)?
+            .map(|frame| codec::decode(Kind::Key, &frame).map_err(corrupt))
+            .transpose()
+    }
+
+    /// Record `seq`, while the journal still holds it.
+    pub fn journal_record(&self, seq: u64) -> Result<Option<Record>, StorageError> {
+        let Some((first, frames)) = self.0.journal_batch_of(seq)? else {
+            return Ok(None);
+        };
+        let records: Vec<Record> = codec::decode_all(Kind::Record, &frames).map_err(corrupt)?;
+        Ok(seq
+            .checked_sub(first)
+            .and_then(|i| records.into_iter().nth(i as usize)))
     }
 
     /// Every archived order once, in no set order.

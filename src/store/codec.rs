@@ -10,7 +10,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub const MAGIC: [u8; 2] = *b"CE";
-pub const FORMAT_VERSION: u8 = 1;
+/// The version every frame is written with. Version 1 frames are still
+/// read: of the kinds whose layout changed since ([`Kind::current_since`]),
+/// through [`crate::store::legacy`].
+pub const FORMAT_VERSION: u8 = 2;
 pub const HEADER_LEN: usize = 12;
 /// No frame is larger than this (a record is a few KiB at most).
 pub const PAYLOAD_LEN_MAX: usize = 16 * 1024 * 1024;
@@ -30,6 +33,10 @@ pub enum Kind {
     History = 8,
     /// The sums of the archive ([`ArchiveTally`](crate::domain::world::ArchiveTally)).
     Tally = 9,
+    /// A chunk of a campaign's issued set ([`IdBitmap`](crate::domain::id_bitmap::IdBitmap)).
+    IssuedChunk = 10,
+    /// A chunk of the archive's units sold per product.
+    SoldChunk = 11,
     /// An event of the data platform's outbox
     /// ([`PlatformEvent`](crate::domain::platform::PlatformEvent)); numbered
     /// apart from the snapshot kinds, which grow from 10.
@@ -50,11 +57,34 @@ impl Kind {
             7 => Kind::Meta,
             8 => Kind::History,
             9 => Kind::Tally,
+            10 => Kind::IssuedChunk,
+            11 => Kind::SoldChunk,
             20 => Kind::PlatformEvent,
             21 => Kind::DeadLetter,
             _ => return None,
         })
     }
+
+    /// The format version whose layout of this kind is the current one:
+    /// an older frame of it is a legacy layout (decoded by
+    /// [`crate::store::legacy`], never by [`decode`]).
+    pub fn current_since(self) -> u8 {
+        match self {
+            // Version 2: products carry their recent sales; campaigns are a
+            // header plus issued chunks; the meta lost the sales window;
+            // the tally is counts plus sold chunks.
+            Kind::Product | Kind::Campaign | Kind::Meta | Kind::Tally => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// One frame, its header checked: what it holds and in which version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Frame<'a> {
+    pub kind: Kind,
+    pub version: u8,
+    pub payload: &'a [u8],
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -77,6 +107,8 @@ pub enum CodecError {
     Payload(String),
     #[error("payload does not encode: {0}")]
     Encode(String),
+    #[error("a {kind:?} frame of format version {version} is a legacy layout")]
+    Legacy { kind: Kind, version: u8 },
 }
 
 /// Appends one frame holding `value` to `out`.
@@ -85,11 +117,27 @@ pub fn encode_into<T: Serialize + ?Sized>(
     value: &T,
     out: &mut Vec<u8>,
 ) -> Result<(), CodecError> {
+    encode_into_limited(kind, value, out, PAYLOAD_LEN_MAX)
+}
+
+/// [`encode_into`] with a lower payload limit than the codec's (a store
+/// that wants smaller values, or a test that proves values stay small).
+pub fn encode_into_limited<T: Serialize + ?Sized>(
+    kind: Kind,
+    value: &T,
+    out: &mut Vec<u8>,
+    payload_len_max: usize,
+) -> Result<(), CodecError> {
+    let payload_len_max = payload_len_max.min(PAYLOAD_LEN_MAX);
     let start = out.len();
     out.extend_from_slice(&[0u8; HEADER_LEN]);
-    bincode::serialize_into(&mut *out, value).map_err(|e| CodecError::Encode(e.to_string()))?;
+    if let Err(e) = bincode::serialize_into(&mut *out, value) {
+        // No partial frame is left behind for the next one to follow.
+        out.truncate(start);
+        return Err(CodecError::Encode(e.to_string()));
+    }
     let payload_len = out.len() - start - HEADER_LEN;
-    if payload_len > PAYLOAD_LEN_MAX {
+    if payload_len > payload_len_max {
         out.truncate(start);
         return Err(CodecError::TooLong(payload_len));
     }
@@ -102,7 +150,7 @@ pub fn encode_into<T: Serialize + ?Sized>(
     header[8..12].copy_from_slice(&crc.to_le_bytes());
     // Assert the frame right before it leaves for the disk.
     let (checked, _) = split_frame(&out[start..]).expect("a frame just built verifies");
-    assert_eq!(checked.1.len(), payload_len);
+    assert_eq!(checked.payload.len(), payload_len);
     Ok(())
 }
 
@@ -112,8 +160,8 @@ pub fn encode<T: Serialize + ?Sized>(kind: Kind, value: &T) -> Result<Vec<u8>, C
     Ok(out)
 }
 
-/// A frame split off a run of bytes: `((kind, payload), rest)`.
-pub type Split<'a> = ((Kind, &'a [u8]), &'a [u8]);
+/// A frame split off a run of bytes, and the rest.
+pub type Split<'a> = (Frame<'a>, &'a [u8]);
 
 /// Splits the first frame off `bytes`, verifying its header and checksum.
 pub fn split_frame(bytes: &[u8]) -> Result<Split<'_>, CodecError> {
@@ -142,29 +190,54 @@ pub fn split_frame(bytes: &[u8]) -> Result<Split<'_>, CodecError> {
     if stored != computed {
         return Err(CodecError::Checksum { stored, computed });
     }
-    Ok(((kind, payload), &bytes[end..]))
+    let frame = Frame {
+        kind,
+        version: bytes[2],
+        payload,
+    };
+    Ok((frame, &bytes[end..]))
 }
 
-/// Decodes one frame that must hold exactly one `expected` value.
-pub fn decode<T: DeserializeOwned>(expected: Kind, bytes: &[u8]) -> Result<T, CodecError> {
-    let ((kind, payload), rest) = split_frame(bytes)?;
+/// The one frame `bytes` holds, checked, of any kind and version.
+pub fn open(bytes: &[u8]) -> Result<Frame<'_>, CodecError> {
+    let (frame, rest) = split_frame(bytes)?;
     if !rest.is_empty() {
         return Err(CodecError::Payload(format!(
             "{} bytes after the frame",
             rest.len()
         )));
     }
-    decode_payload(expected, kind, payload)
+    Ok(frame)
 }
 
-fn decode_payload<T: DeserializeOwned>(
+/// Decodes one frame that must hold exactly one `expected` value in its
+/// current layout.
+pub fn decode<T: DeserializeOwned>(expected: Kind, bytes: &[u8]) -> Result<T, CodecError> {
+    decode_frame(expected, open(bytes)?)
+}
+
+/// Decodes `frame`, which must hold an `expected` value in its current layout.
+pub fn decode_frame<T: DeserializeOwned>(
     expected: Kind,
-    found: Kind,
-    payload: &[u8],
+    frame: Frame<'_>,
 ) -> Result<T, CodecError> {
-    if found != expected {
-        return Err(CodecError::WrongKind { expected, found });
+    if frame.kind != expected {
+        return Err(CodecError::WrongKind {
+            expected,
+            found: frame.kind,
+        });
     }
+    if frame.version < expected.current_since() {
+        return Err(CodecError::Legacy {
+            kind: frame.kind,
+            version: frame.version,
+        });
+    }
+    decode_payload(frame.payload)
+}
+
+/// The payload as `T`, whatever layout its frame declares (the legacy module's).
+pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, CodecError> {
     bincode::deserialize(payload).map_err(|e| CodecError::Payload(e.to_string()))
 }
 
@@ -175,8 +248,8 @@ pub fn decode_all<T: DeserializeOwned>(
 ) -> Result<Vec<T>, CodecError> {
     let mut out = Vec::new();
     while !bytes.is_empty() {
-        let ((kind, payload), rest) = split_frame(bytes)?;
-        out.push(decode_payload(expected, kind, payload)?);
+        let (frame, rest) = split_frame(bytes)?;
+        out.push(decode_frame(expected, frame)?);
         bytes = rest;
     }
     Ok(out)
@@ -238,6 +311,45 @@ mod tests {
         encode_into(Kind::Record, &record(), &mut batch).unwrap();
         assert_eq!(decode_all::<Record>(Kind::Record, &batch).unwrap().len(), 2);
         assert!(decode_all::<Record>(Kind::Record, &batch[..batch.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn an_encode_error_leaves_no_partial_frame() {
+        // given a value bincode fails on part way (a sequence of unknown length after a number)
+        struct Unsized;
+        impl Serialize for Unsized {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeSeq;
+                let mut seq = s.serialize_seq(None)?;
+                seq.serialize_element(&1u8)?;
+                seq.end()
+            }
+        }
+        let mut out = encode(Kind::Record, &record()).unwrap();
+        let before = out.clone();
+        // when it is encoded after a good frame, then it fails and the good frame is all there is
+        assert!(matches!(
+            encode_into(Kind::Meta, &(5u64, Unsized), &mut out),
+            Err(CodecError::Encode(_))
+        ));
+        assert_eq!(out, before);
+    }
+
+    #[test]
+    fn a_legacy_layout_is_not_decoded_as_the_current_one() {
+        // given a version 1 frame of a kind whose layout changed, then decode refuses it
+        let mut bytes = encode(Kind::Meta, &7u64).unwrap();
+        bytes[2] = 1;
+        let crc = crc32fast::hash(&bytes[HEADER_LEN..]);
+        bytes[8..12].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            decode::<u64>(Kind::Meta, &bytes),
+            Err(CodecError::Legacy {
+                kind: Kind::Meta,
+                version: 1
+            })
+        );
+        assert_eq!(open(&bytes).unwrap().version, 1);
     }
 
     #[test]

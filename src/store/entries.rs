@@ -1,11 +1,12 @@
 //! Snapshot entries, their values packed into a few large blocks.
 //!
 //! A cut encodes 100k–500k values between batches and the snapshot thread
-//! frees them all once written. As one allocation each, they were that
+//! frees them all once written. As one allocation each, they would be that
 //! many allocations on the journal writer and frees on another thread; in
 //! blocks of up to 1 MiB they are a few dozen per snapshot, and encoding a
 //! cut takes about 12% less time (`cargo bench --bench journal -- snapshot`).
-//! (It was also meant to slow the server's RSS drift, and did not: README.)
+//! The server's RSS drift does not depend on it (docs/performance.md,
+//! "Snapshot values in a few large blocks").
 
 use crate::store::codec::{self, CodecError, Kind};
 use crate::store::SnapshotKey;
@@ -29,15 +30,31 @@ struct Span {
 
 /// Snapshot entries to write, in the order pushed: a key and its value,
 /// or `None` to delete the key.
-#[derive(Default)]
 pub struct SnapshotEntries {
     entries: Vec<(SnapshotKey, Option<Span>)>,
     blocks: Vec<Vec<u8>>,
+    /// No value encoded by [`push_frame`](SnapshotEntries::push_frame) is larger.
+    value_bytes_max: usize,
+}
+
+impl Default for SnapshotEntries {
+    fn default() -> Self {
+        SnapshotEntries::with_value_limit(codec::PAYLOAD_LEN_MAX)
+    }
 }
 
 impl SnapshotEntries {
     pub fn new() -> SnapshotEntries {
         SnapshotEntries::default()
+    }
+
+    /// Entries whose encoded values are refused past `value_bytes_max`.
+    pub fn with_value_limit(value_bytes_max: usize) -> SnapshotEntries {
+        SnapshotEntries {
+            entries: Vec::new(),
+            blocks: Vec::new(),
+            value_bytes_max,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -58,7 +75,7 @@ impl SnapshotEntries {
         let block = self.block_with_room(BLOCK_SLACK);
         let buf = &mut self.blocks[block];
         let start = buf.len();
-        codec::encode_into(kind, value, buf)?;
+        codec::encode_into_limited(kind, value, buf, self.value_bytes_max)?;
         let len = buf.len() - start;
         self.entries.push((key, Some(span(block, start, len))));
         Ok(())

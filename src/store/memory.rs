@@ -1,6 +1,7 @@
 //! The same bytes as on disk, kept in memory. Clones share the data, so a
 //! test can stop an engine and start another on what the first one wrote.
 
+use crate::domain::world::IDEMPOTENCY_TTL_MS;
 use crate::store::outbox::{BlockKey, OutboxState, OutboxStore, Requeue, Settlement, Space};
 use crate::store::{
     Archive, Loaded, SnapshotEntries, SnapshotKey, StorageError, Store, ORDER_BLOCK,
@@ -18,6 +19,8 @@ struct Inner {
     history: BTreeMap<(u64, u64), Vec<u8>>,
     /// (user, order id) of every archived order.
     by_user: BTreeSet<(u64, u64)>,
+    /// Idempotency keys moved out of the snapshot: hash → (at ms, frame).
+    keys: BTreeMap<u128, (u64, Vec<u8>)>,
     outbox: Outbox,
 }
 
@@ -70,6 +73,7 @@ impl MemoryStore {
                 orders: inner.orders.clone(),
                 history: inner.history.clone(),
                 by_user: inner.by_user.clone(),
+                keys: inner.keys.clone(),
                 outbox: Outbox::default(),
             })),
         }
@@ -118,6 +122,19 @@ impl Archive for MemoryStore {
         }
         Ok(())
     }
+
+    fn key(&self, hash: u128) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.lock().keys.get(&hash).map(|(_, frame)| frame.clone()))
+    }
+
+    fn journal_batch_of(&self, seq: u64) -> Result<Option<(u64, Vec<u8>)>, StorageError> {
+        Ok(self
+            .lock()
+            .batches
+            .range(..=seq)
+            .next_back()
+            .map(|(first, frames)| (*first, frames.clone())))
+    }
 }
 
 impl Store for MemoryStore {
@@ -128,6 +145,7 @@ impl Store for MemoryStore {
 
     fn snapshot(&self, seq: u64, entries: SnapshotEntries) -> Result<(), StorageError> {
         let mut inner = self.lock();
+        let mut newest_key_ms = 0;
         for (key, value) in entries.iter() {
             match (key, value) {
                 (SnapshotKey::ArchivedOrder { user, id }, Some(v)) => {
@@ -137,6 +155,10 @@ impl Store for MemoryStore {
                 (SnapshotKey::ArchivedHistory(user, chunk), Some(v)) => {
                     inner.history.insert((*user, *chunk), v.to_vec());
                 }
+                (SnapshotKey::IdemKey { hash, at_ms, .. }, Some(v)) => {
+                    newest_key_ms = newest_key_ms.max(*at_ms);
+                    inner.keys.insert(*hash, (*at_ms, v.to_vec()));
+                }
                 (key, Some(v)) => {
                     inner.snapshots.insert(key.clone(), v.to_vec());
                 }
@@ -144,6 +166,10 @@ impl Store for MemoryStore {
                     inner.snapshots.remove(key);
                 }
             }
+        }
+        if newest_key_ms > 0 {
+            let horizon = newest_key_ms.saturating_sub(IDEMPOTENCY_TTL_MS);
+            inner.keys.retain(|_, (at, _)| *at >= horizon);
         }
         inner.snapshot_seq = seq;
         // A batch is trimmed when the next batch starts at or below seq + 1,

@@ -16,9 +16,12 @@ pub mod archive;
 pub mod codec;
 pub mod entries;
 pub mod fault;
+pub mod keys;
+pub mod legacy;
 pub mod memory;
 pub mod outbox;
 pub mod outbox_legacy;
+pub mod recent_keys;
 pub mod recovery;
 pub mod sled_outbox;
 pub mod sled_store;
@@ -53,12 +56,27 @@ pub enum SnapshotKey {
     /// Chunk `.1` of user `.0`'s balance history (`HISTORY_CHUNK` entries each, in `recovery`).
     History(u64, u64),
     Product(u64),
+    /// A campaign's header (its issued set is in `Issued` chunks).
     Campaign(u64),
+    /// Chunk `.1` of campaign `.0`'s issued set ([`crate::domain::id_bitmap`]).
+    Issued(u64, u64),
     Order(u64),
+    /// An idempotency key as stores before the key tables kept it, among
+    /// the snapshot entries (read, and deleted by the next snapshot).
     Key(String),
+    /// An idempotency key for the store's key tables ([`keys`]), never
+    /// among the snapshot entries: its hash, what its request asked and
+    /// when; the value is its [`StoredKey`](crate::domain::world::StoredKey).
+    IdemKey {
+        hash: u128,
+        fingerprint: u64,
+        at_ms: u64,
+    },
     Meta,
     /// The archive's sums, written with the archive entries they count.
     Tally,
+    /// Chunk `.0` of the archive's units sold per product.
+    TallySold(u64),
     /// A finished order (of user `user`) moved to the archive: written
     /// once, never loaded by recovery (read it through [`Archive`]).
     ArchivedOrder {

@@ -199,8 +199,9 @@ pub fn first_event(block: &[u8]) -> Result<Option<PlatformEvent>, StorageError> 
     if block.is_empty() {
         return Ok(None);
     }
-    let ((kind, _), rest) = codec::split_frame(block).map_err(|e| corrupt("block", e))?;
-    if kind != Kind::PlatformEvent {
+    let (head, rest) = codec::split_frame(block).map_err(|e| corrupt("block", e))?;
+    if head.kind != Kind::PlatformEvent {
+        let kind = head.kind;
         return Err(StorageError::Corrupt(format!("outbox block of {kind:?}")));
     }
     let frame = &block[..block.len() - rest.len()];

@@ -1,15 +1,18 @@
 //! Recovery: snapshots, then every journal record after them, then the invariants.
 
-use crate::domain::coupon::Campaign;
+use crate::domain::coupon::CampaignHeader;
 use crate::domain::event::Record;
-use crate::domain::ids::{IdSet, OrderId, UserId};
+use crate::domain::id_bitmap::CHUNK_WORDS;
+use crate::domain::ids::{CouponId, IdSet, OrderId, UserId};
+use crate::domain::key_hash::key_hash;
+use crate::domain::limits::Limits;
 use crate::domain::order::Order;
-use crate::domain::product::Product;
 use crate::domain::user::{BalanceEntry, User, HISTORY_CHUNK};
-use crate::domain::world::{Archiving, Captured, Meta, StoredKey, World};
+use crate::domain::world::{Archiving, Captured, Meta, NewKey, StoredKey, TallyCounts, World};
 use crate::store::codec::{self, CodecError, Kind};
+use crate::store::legacy::{self, LegacySales};
 use crate::store::{ArchiveReader, Loaded, SnapshotEntries, SnapshotKey, StorageError, Store};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecoveryError {
@@ -42,6 +45,15 @@ pub struct RecoveryReport {
 /// stays in the store ([`crate::store::archive`]).
 pub fn recover_for_serving(store: &dyn Store) -> Result<(World, RecoveryReport), RecoveryError> {
     recover(store.load()?)
+}
+
+/// [`recover_for_serving`], the invariants checked under `limits` (an
+/// engine configured with other limits than API.md's).
+pub fn recover_for_serving_under(
+    store: &dyn Store,
+    limits: &Limits,
+) -> Result<(World, RecoveryReport), RecoveryError> {
+    recover_under(store.load()?, limits)
 }
 
 /// Loads and recovers a store whole: archived orders and history too, then
@@ -85,13 +97,22 @@ pub fn recover_store(store: &dyn Store) -> Result<(World, RecoveryReport), Recov
 }
 
 pub fn recover(loaded: Loaded) -> Result<(World, RecoveryReport), RecoveryError> {
+    recover_under(loaded, &Limits::API)
+}
+
+/// Snapshots, then every journal record after them, then the invariants
+/// under `limits`.
+pub fn recover_under(
+    loaded: Loaded,
+    limits: &Limits,
+) -> Result<(World, RecoveryReport), RecoveryError> {
     let mut world = World::default();
     let mut report = RecoveryReport {
         snapshot_seq: loaded.snapshot_seq,
         snapshot_entries: loaded.snapshots.len(),
         ..RecoveryReport::default()
     };
-    load_snapshots(&mut world, loaded.snapshots)?;
+    load_snapshots(&mut world, loaded.snapshots, loaded.snapshot_seq)?;
     world.seq = loaded.snapshot_seq;
     for (first_seq, frames) in loaded.batches {
         let records: Vec<Record> =
@@ -122,7 +143,7 @@ pub fn recover(loaded: Loaded) -> Result<(World, RecoveryReport), RecoveryError>
     // journal up to its sequence, must write them (loading snapshots marks
     // nothing, so only replayed changes are marked here).
     report.last_seq = world.seq;
-    let violations = world.violations();
+    let violations = world.violations_under(limits);
     if !violations.is_empty() {
         return Err(RecoveryError::Invariants(violations));
     }
@@ -132,92 +153,224 @@ pub fn recover(loaded: Loaded) -> Result<(World, RecoveryReport), RecoveryError>
 fn load_snapshots(
     world: &mut World,
     entries: Vec<(SnapshotKey, Vec<u8>)>,
+    snapshot_seq: u64,
 ) -> Result<(), RecoveryError> {
     let mut entries = entries;
+    // Keys sort owners before their parts: users before their history
+    // chunks, campaigns before their issued chunks, the tally before its
+    // sold chunks.
     entries.sort_by(|a, b| a.0.cmp(&b.0));
-    // Users whose first history chunk in the snapshot was seen: it says
-    // how many entries before it are archived.
-    let mut chunked: HashSet<u64> = HashSet::new();
+    let mut load = Loading {
+        snapshot_seq,
+        ..Loading::default()
+    };
     for (key, bytes) in entries {
-        let bad = |error| RecoveryError::Snapshot {
-            key: key.clone(),
-            error,
-        };
-        match &key {
-            SnapshotKey::User(id) => {
-                // A user written before history chunks has its history inline.
-                let u: User = codec::decode(Kind::User, &bytes).map_err(bad)?;
-                dense(world.users.len(), *id, u.id.0, "user")?;
-                world.users.push(u);
-            }
-            SnapshotKey::History(id, chunk) => {
-                let entries: Vec<BalanceEntry> =
-                    codec::decode(Kind::History, &bytes).map_err(bad)?;
-                let user = world
-                    .users
-                    .get_mut(UserId(*id).index())
-                    .filter(|u| u.id.0 == *id)
-                    .ok_or_else(|| {
-                        RecoveryError::Sparse(format!("history of user {id}, who is not there"))
-                    })?;
-                if chunked.insert(*id) && user.history.is_empty() {
-                    // Chunks before the first one here are in the archive.
-                    user.history_base = chunk * HISTORY_CHUNK as u64;
-                }
-                if user.history_len() != chunk * HISTORY_CHUNK as u64 {
-                    return Err(RecoveryError::Sparse(format!(
-                        "history chunk {chunk} of user {id} after {} entries",
-                        user.history_len()
-                    )));
-                }
-                user.history.extend(entries);
-            }
-            SnapshotKey::Product(id) => {
-                let p: Product = codec::decode(Kind::Product, &bytes).map_err(bad)?;
-                dense(world.products.len(), *id, p.id.0, "product")?;
-                world.products.push(p);
-            }
-            SnapshotKey::Campaign(id) => {
-                let c: Campaign = codec::decode(Kind::Campaign, &bytes).map_err(bad)?;
-                dense(world.campaigns.len(), *id, c.id.0, "coupon")?;
-                world.campaigns.push(c);
-            }
-            SnapshotKey::Order(_) => {
-                let o: Order = codec::decode(Kind::Order, &bytes).map_err(bad)?;
-                if o.status.is_final() {
-                    // Snapshotted before the archive: the next snapshot archives it.
-                    world.dirty.orders.insert(o.id);
-                }
-                world.orders_in_snapshots.insert(o.id);
-                world.orders.insert(o.id, o);
-            }
-            SnapshotKey::Key(k) => {
-                let v: StoredKey = codec::decode(Kind::Key, &bytes).map_err(bad)?;
-                world.keys.insert(k.clone(), v);
-            }
-            SnapshotKey::Meta => {
-                world.meta = codec::decode::<Meta>(Kind::Meta, &bytes).map_err(bad)?
-            }
-            SnapshotKey::Tally => {
-                world.archived = codec::decode(Kind::Tally, &bytes).map_err(bad)?
-            }
-            SnapshotKey::ArchivedOrder { .. } | SnapshotKey::ArchivedHistory(..) => {
+        load_entry(world, &mut load, &key, &bytes).map_err(|e| match e {
+            Load::Codec(error) => RecoveryError::Snapshot { key, error },
+            Load::Other(e) => e,
+        })?;
+    }
+    for c in &world.campaigns {
+        if let Some(&count) = load.issued_counts.get(&c.id) {
+            if c.issued.len() != count {
                 return Err(RecoveryError::Sparse(format!(
-                    "{key:?} among the snapshot entries"
-                )))
+                    "coupon {}: {} issued in its chunks, {count} in its header",
+                    c.id,
+                    c.issued.len()
+                )));
             }
+        }
+    }
+    if let Some(sales) = load.legacy_sales.take() {
+        for id in sales.distribute(&mut world.products) {
+            world.dirty.products.insert(id);
         }
     }
     Ok(())
 }
 
-fn dense(len: usize, key: u64, id: u64, what: &str) -> Result<(), RecoveryError> {
+/// What loading the snapshot entries carries from one entry to the next.
+#[derive(Default)]
+struct Loading {
+    /// Users whose first history chunk in the snapshot was seen: it says
+    /// how many entries before it are archived.
+    chunked: HashSet<u64>,
+    /// The issued count each campaign's header states, to check its chunks.
+    issued_counts: HashMap<CouponId, u64>,
+    /// A version 1 meta's sales, given to the products once all are loaded.
+    legacy_sales: Option<LegacySales>,
+    /// The sequence every snapshot entry includes.
+    snapshot_seq: u64,
+}
+
+enum Load {
+    Codec(CodecError),
+    Other(RecoveryError),
+}
+
+impl From<CodecError> for Load {
+    fn from(e: CodecError) -> Load {
+        Load::Codec(e)
+    }
+}
+
+impl From<RecoveryError> for Load {
+    fn from(e: RecoveryError) -> Load {
+        Load::Other(e)
+    }
+}
+
+fn sparse(message: String) -> Load {
+    Load::Other(RecoveryError::Sparse(message))
+}
+
+fn load_entry(
+    world: &mut World,
+    load: &mut Loading,
+    key: &SnapshotKey,
+    bytes: &[u8],
+) -> Result<(), Load> {
+    match key {
+        SnapshotKey::User(id) => {
+            // A user written before history chunks has its history inline.
+            let u: User = codec::decode(Kind::User, bytes)?;
+            dense(world.users.len(), *id, u.id.0, "user")?;
+            world.users.push(u);
+        }
+        SnapshotKey::History(id, chunk) => {
+            let entries: Vec<BalanceEntry> = codec::decode(Kind::History, bytes)?;
+            let user = world
+                .users
+                .get_mut(UserId(*id).index())
+                .filter(|u| u.id.0 == *id)
+                .ok_or_else(|| sparse(format!("history of user {id}, who is not there")))?;
+            if load.chunked.insert(*id) && user.history.is_empty() {
+                // Chunks before the first one here are in the archive.
+                user.history_base = chunk * HISTORY_CHUNK as u64;
+            }
+            if user.history_len() != chunk * HISTORY_CHUNK as u64 {
+                return Err(sparse(format!(
+                    "history chunk {chunk} of user {id} after {} entries",
+                    user.history_len()
+                )));
+            }
+            user.history.extend(entries);
+        }
+        SnapshotKey::Product(id) => {
+            let frame = codec::open(bytes)?;
+            let p = if frame.version < Kind::Product.current_since() {
+                world
+                    .dirty
+                    .products
+                    .insert(crate::domain::ids::ProductId(*id));
+                legacy::product(frame)?
+            } else {
+                codec::decode_frame(Kind::Product, frame)?
+            };
+            dense(world.products.len(), *id, p.id.0, "product")?;
+            world.products.push(p);
+        }
+        SnapshotKey::Campaign(id) => {
+            let frame = codec::open(bytes)?;
+            let c = if frame.version < Kind::Campaign.current_since() {
+                let c = legacy::campaign(frame)?;
+                world.dirty.campaigns.insert(c.id);
+                world
+                    .dirty
+                    .issued
+                    .extend(c.issued.chunk_indexes().map(|chunk| (c.id, chunk)));
+                c
+            } else {
+                let header: CampaignHeader = codec::decode_frame(Kind::Campaign, frame)?;
+                load.issued_counts.insert(header.id, header.issued_count);
+                header.into_campaign()
+            };
+            dense(world.campaigns.len(), *id, c.id.0, "coupon")?;
+            world.campaigns.push(c);
+        }
+        SnapshotKey::Issued(id, chunk) => {
+            let words: Vec<u64> = codec::decode(Kind::IssuedChunk, bytes)?;
+            if words.len() != CHUNK_WORDS {
+                return Err(sparse(format!(
+                    "issued chunk {chunk} of coupon {id}: {} words",
+                    words.len()
+                )));
+            }
+            let campaign = world
+                .campaigns
+                .get_mut(CouponId(*id).index())
+                .filter(|c| c.id.0 == *id)
+                .ok_or_else(|| {
+                    sparse(format!("issued chunk of coupon {id}, which is not there"))
+                })?;
+            campaign
+                .issued
+                .load_chunk(*chunk, &words)
+                .map_err(|e| sparse(format!("coupon {id}: {e}")))?;
+        }
+        SnapshotKey::Order(_) => {
+            let o: Order = codec::decode(Kind::Order, bytes)?;
+            if o.status.is_final() {
+                // Snapshotted before the archive: the next snapshot archives it.
+                world.dirty.orders.insert(o.id);
+            }
+            world.orders_in_snapshots.insert(o.id);
+            world.orders.insert(o.id, o);
+        }
+        SnapshotKey::Key(k) => {
+            // A store from before the key tables: the key moves there with
+            // the next snapshot, which deletes it here.
+            let key: StoredKey = codec::decode(Kind::Key, bytes)?;
+            world.dirty.keys.push(NewKey {
+                hash: key_hash(k),
+                seq: load.snapshot_seq,
+                key,
+            });
+            world.dirty.legacy_keys.push(k.clone());
+        }
+        SnapshotKey::IdemKey { .. } => {
+            return Err(sparse(format!("{key:?} among the snapshot entries")))
+        }
+        SnapshotKey::Meta => {
+            let frame = codec::open(bytes)?;
+            world.meta = if frame.version < Kind::Meta.current_since() {
+                let (meta, sales) = legacy::meta(frame)?;
+                load.legacy_sales = Some(sales);
+                world.dirty.meta = true;
+                meta
+            } else {
+                codec::decode_frame::<Meta>(Kind::Meta, frame)?
+            };
+        }
+        SnapshotKey::Tally => {
+            let frame = codec::open(bytes)?;
+            if frame.version < Kind::Tally.current_since() {
+                world.archived = legacy::tally(frame)?;
+            } else {
+                let counts: TallyCounts = codec::decode_frame(Kind::Tally, frame)?;
+                world.archived.orders = counts.orders;
+                world.archived.coupons_used = counts.coupons_used;
+            }
+        }
+        SnapshotKey::TallySold(chunk) => {
+            let units: Vec<u64> = codec::decode(Kind::SoldChunk, bytes)?;
+            world
+                .archived
+                .load_sold_chunk(*chunk, &units)
+                .map_err(|e| sparse(format!("tally: {e}")))?;
+        }
+        SnapshotKey::ArchivedOrder { .. } | SnapshotKey::ArchivedHistory(..) => {
+            return Err(sparse(format!("{key:?} among the snapshot entries")))
+        }
+    }
+    Ok(())
+}
+
+fn dense(len: usize, key: u64, id: u64, what: &str) -> Result<(), Load> {
     if key == id && id == len as u64 + 1 {
         Ok(())
     } else {
-        Err(RecoveryError::Sparse(format!(
-            "{what} {id} under key {key} after {len}"
-        )))
+        Err(sparse(format!("{what} {id} under key {key} after {len}")))
     }
 }
 
@@ -310,12 +463,6 @@ pub fn cut_step(
             if let Some(o) = world.orders.get(&id) {
                 encode_order(o, &mut world.orders_in_snapshots, &mut cut.archiving, out)?;
             }
-        } else if let Some(key) = cut.keys.pop() {
-            if !cut.take_key(&key) {
-                continue;
-            }
-            let value = world.keys.get(&key).cloned();
-            encode_captured(world, &mut cut.archiving, Captured::Key(key, value), out)?;
         } else {
             break;
         }
@@ -325,10 +472,17 @@ pub fn cut_step(
         world.cut = Some(cut);
         return Ok(None);
     }
-    let archiving = cut.archiving;
-    if !archiving.orders.is_empty() {
-        // The sums commit with the orders they count.
-        out.push_frame(SnapshotKey::Tally, Kind::Tally, &archiving.tally)?;
+    let mut archiving = cut.archiving;
+    if archiving.tally.is_dirty() {
+        // The sums commit with the orders they count: the counts, and the
+        // chunks of units sold that changed.
+        let tally = &archiving.tally;
+        out.push_frame(SnapshotKey::Tally, Kind::Tally, &tally.counts())?;
+        for &chunk in &tally.sold_dirty {
+            let units = tally.sold_chunk(chunk);
+            out.push_frame(SnapshotKey::TallySold(chunk), Kind::SoldChunk, units)?;
+        }
+        archiving.tally.written();
     }
     Ok(Some(archiving))
 }
@@ -345,8 +499,20 @@ fn encode_captured(
         Captured::Order(o) => encode_order(&o, &mut world.orders_in_snapshots, archiving, out),
         Captured::Product(p) => out.push_frame(SnapshotKey::Product(p.id.0), Kind::Product, &p),
         Captured::Campaign(c) => out.push_frame(SnapshotKey::Campaign(c.id.0), Kind::Campaign, &c),
-        Captured::Key(k, Some(v)) => out.push_frame(SnapshotKey::Key(k), Kind::Key, &v),
-        Captured::Key(k, None) => {
+        Captured::IssuedChunk(id, chunk, words) => out.push_frame(
+            SnapshotKey::Issued(id.0, chunk),
+            Kind::IssuedChunk,
+            &words[..],
+        ),
+        Captured::Key(k) => {
+            let key = SnapshotKey::IdemKey {
+                hash: k.hash,
+                fingerprint: k.key.fingerprint,
+                at_ms: k.key.at.0,
+            };
+            out.push_frame(key, Kind::Key, &k.key)
+        }
+        Captured::LegacyKey(k) => {
             out.delete(SnapshotKey::Key(k));
             Ok(())
         }
@@ -365,7 +531,6 @@ mod tests {
     use crate::domain::rejection::Rejection;
     use crate::domain::time::Timestamp;
     use crate::domain::views::Reply;
-    use crate::domain::world::IDEMPOTENCY_TTL_MS;
     use std::collections::BTreeMap;
 
     /// Encodes every entity that changed since the last snapshot, and clears
@@ -530,7 +695,6 @@ mod tests {
             assert!(cut_step(&mut world, &mut entries, 1).unwrap().is_none());
             apply(&mut world, record);
         }
-        world.prune(Timestamp(2 + IDEMPOTENCY_TTL_MS + 1)); // drops "old"
         while cut_step(&mut world, &mut entries, 1).unwrap().is_none() {}
         assert!(world.cut.is_none());
         assert_eq!(as_map(entries), as_map(expected));
@@ -538,7 +702,13 @@ mod tests {
         // What changed after the cut is marked for the next one.
         let next = &world.dirty;
         assert!(next.users.contains(&UserId(1)) && next.users.contains(&UserId(4)));
-        assert!(next.orders.contains(&OrderId(4)) && next.keys.contains("old"));
+        assert!(next.orders.contains(&OrderId(4)));
+        let young = crate::domain::key_hash::key_hash("young");
+        assert_eq!(
+            next.keys.iter().map(|k| k.hash).collect::<Vec<_>>(),
+            vec![young],
+            "the key recorded again after the cut, only"
+        );
     }
 
     /// A long history goes to the archive in whole chunks, each once; the

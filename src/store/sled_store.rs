@@ -8,12 +8,12 @@
 //!
 //! **Why a database of its own.** A sled flush makes everything before it
 //! in the database's log durable. With the journal in the snapshots'
-//! database, each acknowledgement's flush also wrote out and synced
-//! whatever the snapshot thread had put in the log meanwhile, megabytes
-//! per snapshot: at 256 orders in flight a journal flush took 310–460 µs
-//! instead of about 250, and order_pay's p99 was 21 ms instead of 12
-//! (README, Performance). Apart, the journal's flushes carry only journal
-//! batches. A snapshot is committed in its own database before the
+//! database, each acknowledgement's flush would also write out and sync
+//! whatever the snapshot thread put in the log meanwhile, megabytes per
+//! snapshot: at 256 orders in flight a journal flush takes 310–460 µs
+//! instead of about 250, and order_pay's p99 is 21 ms instead of 12
+//! (docs/performance.md, "The journal in a sled database of its own").
+//! Apart, the journal's flushes carry only journal batches. A snapshot is committed in its own database before the
 //! journal it covers is trimmed in this one, so a crash between the two
 //! leaves batches that recovery skips. Stores written before this kept
 //! the journal under the same `j` keys in the main tree: those are read
@@ -31,11 +31,11 @@
 //!
 //! **Why packs and generations.** sled 0.34 costs about 7 µs per key
 //! inserted, and its `apply_batch` holds a process-wide write lock for the
-//! whole batch: one atomic batch of 100,000 snapshot entries stalled every
-//! journal append for about a second, and one key per entity kept a core
+//! whole batch: one atomic batch of 100,000 snapshot entries stalls every
+//! journal append for about a second, and one key per entity keeps a core
 //! busy writing snapshots. The same bytes as 64 KiB packs go about 15 times
-//! faster (`sled_store` unit tests time neither; see the README's
-//! Performance section), each insert on its own.
+//! faster, each insert on its own (docs/performance.md, "Snapshots as
+//! 64 KiB packs under generations"; the unit tests here time neither).
 //!
 //! A snapshot writes only what changed, as a new generation, invisible
 //! until one small write moves `m` to it. Recovery reads the base and every
@@ -80,6 +80,8 @@
 //! flush here also syncs what sled's own leaves out, its blob files and
 //! its log's growth ([`crate::store::sled_sync`]).
 
+use crate::domain::world::IDEMPOTENCY_TTL_MS;
+use crate::store::keys::{KeyTables, KeyToPut};
 use crate::store::sled_outbox::SledOutbox;
 use crate::store::sled_sync::{BlobSync, LogGrowth};
 use crate::store::{
@@ -103,13 +105,16 @@ pub struct SledStore {
     archive: SledArchive,
     /// The data platform's outbox, a tree of this database ([`SledOutbox`]).
     outbox: SledOutbox,
+    /// Idempotency keys moved out of the snapshots ([`crate::store::keys`]).
+    keys: Arc<KeyTables>,
     /// The committed layout (snapshots run one at a time; this mirrors `m`).
     layout: Arc<Mutex<Layout>>,
     /// A snapshot or merge failed part way: its packs may still be there
-    /// under a generation the next one would reuse, so no more snapshots
-    /// until a restart, whose open tidies them (`x` is still set). The
-    /// journal goes on; it is only trimmed again after the restart.
-    stopped: AtomicBool,
+    /// under a generation the next one would reuse (`x` is still set), so
+    /// the next snapshot first tidies them, as an open would. A failure is
+    /// usually passing (a full disk freed, an I/O error once): snapshots
+    /// go on as soon as a tidy and a write succeed.
+    needs_tidy: AtomicBool,
 }
 
 const JOURNAL: u8 = b'j';
@@ -133,7 +138,8 @@ const GENERATIONS_MAX: u64 = 64;
 /// 60 s to 0.95 GB; at 64 MiB from 0.51 GB to 0.60 GB (0.71 at most), at
 /// the same throughput. At 16 MiB the server's RSS under mixed HTTP load
 /// is about 50 MiB lower again, with throughput unchanged in alternating
-/// runs at 64 and 512 in flight (README, Performance).
+/// runs at 64 and 512 in flight (docs/performance.md, "sled's page cache
+/// at 16 MiB").
 const CACHE_BYTES: u64 = 16 * 1024 * 1024;
 /// A user's open part of the index by user is sealed once it holds this
 /// many ids (and the index built from `ao` is written in parts this big).
@@ -298,6 +304,9 @@ fn word_at(raw: &[u8], at: usize) -> Result<u64, StorageError> {
 struct SledArchive {
     tree: sled::Tree,
     layout: Arc<Mutex<Layout>>,
+    keys: Arc<KeyTables>,
+    /// The journal's tree, for the record a recent idempotency key names.
+    journal: sled::Tree,
 }
 
 impl SledArchive {
@@ -393,6 +402,22 @@ impl Archive for SledArchive {
         }
         Ok(())
     }
+
+    fn key(&self, hash: u128) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.keys.get(hash)?.map(|found| found.frame))
+    }
+
+    fn journal_batch_of(&self, seq: u64) -> Result<Option<(u64, Vec<u8>)>, StorageError> {
+        // The journal's own database, then where older stores kept it.
+        for tree in [&self.journal, &self.tree] {
+            let mut below = tree.range(journal_key(0)..=journal_key(seq));
+            if let Some(kv) = below.next_back() {
+                let (k, v) = kv.map_err(io)?;
+                return Ok(Some((journal_seq(&k)?, v.to_vec())));
+            }
+        }
+        Ok(None)
+    }
 }
 
 /// Opens sled's database. sled 0.34 lets go of its directory lock only
@@ -426,6 +451,9 @@ fn open_db_at(path: &Path) -> Result<sled::Db, StorageError> {
 /// The directories of the store's sled databases inside the data
 /// directory: the main one (snapshots, archive), then the journal's.
 pub const DATABASE_DIRS: [&str; 2] = ["sled", "sled-journal"];
+
+/// The idempotency key tables inside the data directory.
+pub const KEYS_DIR: &str = "keys";
 
 /// sled's own directory inside the data directory.
 fn db_dir(dir: &Path) -> std::path::PathBuf {
@@ -547,8 +575,13 @@ fn encode_key_into(key: &SnapshotKey, out: &mut Vec<u8>) {
             entity(b'h', *id);
             out.extend_from_slice(&chunk.to_be_bytes());
         }
+        SnapshotKey::Issued(id, chunk) => {
+            entity(b'i', *id);
+            out.extend_from_slice(&chunk.to_be_bytes());
+        }
         SnapshotKey::Meta => out.extend_from_slice(&[SNAPSHOT, b'm']),
         SnapshotKey::Tally => out.extend_from_slice(&[SNAPSHOT, b't']),
+        SnapshotKey::TallySold(chunk) => entity(b'T', *chunk),
         // Never in a pack: `write_snapshot` sends them to the archive tree.
         SnapshotKey::ArchivedOrder { id, .. } => entity(b'O', *id),
         SnapshotKey::ArchivedHistory(id, chunk) => {
@@ -558,6 +591,11 @@ fn encode_key_into(key: &SnapshotKey, out: &mut Vec<u8>) {
         SnapshotKey::Key(k) => {
             out.push(KEY);
             out.extend_from_slice(k.as_bytes());
+        }
+        // Never in a pack: `write_snapshot` sends them to the key tables.
+        SnapshotKey::IdemKey { hash, .. } => {
+            out.extend_from_slice(&[SNAPSHOT, b'K']);
+            out.extend_from_slice(&hash.to_be_bytes());
         }
     }
 }
@@ -570,10 +608,15 @@ fn decode_key(raw: &[u8]) -> Result<SnapshotKey, StorageError> {
             .map_err(|_| bad()),
         [SNAPSHOT, b'm'] => Ok(SnapshotKey::Meta),
         [SNAPSHOT, b't'] => Ok(SnapshotKey::Tally),
-        [SNAPSHOT, b'h', rest @ ..] if rest.len() == 16 => Ok(SnapshotKey::History(
-            u64::from_be_bytes(rest[..8].try_into().expect("8 bytes")),
-            u64::from_be_bytes(rest[8..].try_into().expect("8 bytes")),
-        )),
+        [SNAPSHOT, pair @ (b'h' | b'i'), rest @ ..] if rest.len() == 16 => {
+            let a = u64::from_be_bytes(rest[..8].try_into().expect("8 bytes"));
+            let b = u64::from_be_bytes(rest[8..].try_into().expect("8 bytes"));
+            Ok(if *pair == b'h' {
+                SnapshotKey::History(a, b)
+            } else {
+                SnapshotKey::Issued(a, b)
+            })
+        }
         [SNAPSHOT, kind, id @ ..] if id.len() == 8 => {
             let id = u64::from_be_bytes(id.try_into().expect("8 bytes"));
             match kind {
@@ -581,6 +624,7 @@ fn decode_key(raw: &[u8]) -> Result<SnapshotKey, StorageError> {
                 b'p' => Ok(SnapshotKey::Product(id)),
                 b'c' => Ok(SnapshotKey::Campaign(id)),
                 b'o' => Ok(SnapshotKey::Order(id)),
+                b'T' => Ok(SnapshotKey::TallySold(id)),
                 _ => Err(bad()),
             }
         }
@@ -774,19 +818,23 @@ impl SledStore {
         let layout = Layout::decode(tree.get(META).map_err(io)?)?;
         let layout_shared = Arc::new(Mutex::new(layout));
         let journal = JournalDb::open(dir)?;
+        let keys = Arc::new(KeyTables::open(&dir.join(KEYS_DIR))?);
         let store = SledStore {
-            journal,
             archive: SledArchive {
                 tree: tree.clone(),
                 layout: layout_shared.clone(),
+                keys: keys.clone(),
+                journal: journal.tree.clone(),
             },
+            journal,
+            keys,
             db,
             tree,
             blobs,
             log,
             outbox,
             layout: layout_shared,
-            stopped: AtomicBool::new(false),
+            needs_tidy: AtomicBool::new(false),
         };
         if store.tree.contains_key(UNFINISHED).map_err(io)? {
             store.tidy(&layout)?;
@@ -954,7 +1002,13 @@ impl SledStore {
 
     fn commit(&self, layout: Layout) -> Result<(), StorageError> {
         self.tree.insert(META, &layout.encode()[..]).map_err(io)?;
-        self.flush()?;
+        if let Err(e) = self.flush() {
+            // Not committed: put the committed layout back, so no later
+            // flush makes durable a layout whose packs the tidy removes.
+            let committed = self.layout().encode();
+            let _ = self.tree.insert(META, &committed[..]);
+            return Err(e);
+        }
         *self.layout.lock().unwrap_or_else(|e| e.into_inner()) = layout;
         Ok(())
     }
@@ -1017,9 +1071,10 @@ impl SledStore {
         // group: a snapshot archives tens of thousands of them.
         let mut by_user: Vec<(u64, u64)> = Vec::new();
         let mut chunks: Vec<([u8; 18], u64, &[u8])> = Vec::new();
+        let mut keys: Vec<KeyToPut<'_>> = Vec::new();
         // The snapshot's own entries: their keys encoded one after another
-        // in `keys`, each entry its key's range there and its value.
-        let mut keys: Vec<u8> = Vec::new();
+        // in `names`, each entry its key's range there and its value.
+        let mut names: Vec<u8> = Vec::new();
         let mut live: Vec<(usize, usize, Option<&[u8]>)> = Vec::with_capacity(entries.len());
         for (key, value) in entries.iter() {
             match (key, value) {
@@ -1033,15 +1088,28 @@ impl SledStore {
                 (SnapshotKey::ArchivedHistory(user, chunk), Some(frame)) => {
                     chunks.push((group_key(*user, *chunk), *chunk, frame));
                 }
+                (
+                    SnapshotKey::IdemKey {
+                        hash,
+                        fingerprint,
+                        at_ms,
+                    },
+                    Some(frame),
+                ) => keys.push(KeyToPut {
+                    hash: *hash,
+                    fingerprint: *fingerprint,
+                    at_ms: *at_ms,
+                    frame,
+                }),
                 (key, _) if key.is_archived() => {
                     return Err(StorageError::Corrupt(format!(
                         "archive entry {key:?} without a value"
                     )))
                 }
                 (key, value) => {
-                    let start = keys.len();
-                    encode_key_into(key, &mut keys);
-                    live.push((start, keys.len(), value));
+                    let start = names.len();
+                    encode_key_into(key, &mut names);
+                    live.push((start, names.len(), value));
                 }
             }
         }
@@ -1069,6 +1137,13 @@ impl SledStore {
             group.extend(run.iter().map(|&(_, chunk, frame)| (chunk, frame)));
             self.add_history_chunks(run[0].0, &group)?;
         }
+        // Idempotency keys: durable in their tables before the commit, as
+        // the journal records that hold them are trimmed after it.
+        let newest_key_ms = keys.iter().map(|k| k.at_ms).max();
+        if let Some(newest) = newest_key_ms {
+            self.keys
+                .put(&keys, newest.saturating_sub(IDEMPOTENCY_TTL_MS))?;
+        }
         by_user.sort_unstable();
         let mut ids = Vec::new();
         for run in by_user.chunk_by(|a, b| a.0 == b.0) {
@@ -1079,7 +1154,7 @@ impl SledStore {
 
         // 1. The changed entries as a new generation, sorted (the last of
         //    two entries for one key wins); invisible until committed.
-        let key = |(start, end, _): &(usize, usize, Option<&[u8]>)| &keys[*start..*end];
+        let key = |(start, end, _): &(usize, usize, Option<&[u8]>)| &names[*start..*end];
         // Stable: of two entries for one key, the one pushed last stays last.
         live.sort_by(|a, b| key(a).cmp(key(b)));
         let mut writer = PackWriter::new(&self.tree, generation);
@@ -1109,9 +1184,10 @@ impl SledStore {
             || layout.generation - layout.base >= GENERATIONS_MAX
         {
             if let Err(e) = self.merge(layout) {
-                // The snapshot itself is committed; what the merge left is tidied at the next open.
-                tracing::warn!(error = %e, "merging snapshot generations failed; snapshots stop until a restart");
-                self.stopped.store(true, Ordering::Release);
+                // The snapshot itself is committed; what the merge left is
+                // tidied before the next snapshot, which merges again.
+                tracing::error!(error = %e, "merging snapshot generations failed; the next snapshot tidies and retries");
+                self.needs_tidy.store(true, Ordering::Release);
                 return Ok(());
             }
         }
@@ -1165,14 +1241,13 @@ impl Store for SledStore {
     }
 
     fn snapshot(&self, seq: u64, entries: SnapshotEntries) -> Result<(), StorageError> {
-        if self.stopped.load(Ordering::Acquire) {
-            return Err(StorageError::Io(
-                "snapshots stopped after an earlier failure; they resume after a restart".into(),
-            ));
+        if self.needs_tidy.load(Ordering::Acquire) {
+            self.tidy(&self.layout())?;
+            self.needs_tidy.store(false, Ordering::Release);
         }
         let result = self.write_snapshot(seq, entries);
         if result.is_err() {
-            self.stopped.store(true, Ordering::Release);
+            self.needs_tidy.store(true, Ordering::Release);
         }
         result
     }
@@ -1243,6 +1318,9 @@ mod tests {
             SnapshotKey::Campaign(u64::MAX),
             SnapshotKey::Order(3),
             SnapshotKey::History(7, 2),
+            SnapshotKey::Issued(3, 305),
+            SnapshotKey::TallySold(9),
+            SnapshotKey::Tally,
             SnapshotKey::Meta,
             SnapshotKey::Key("retry-1".into()),
         ] {
@@ -2036,25 +2114,24 @@ mod tests {
         assert!(layout.generation - layout.base < GENERATIONS_MAX);
     }
 
-    /// After a snapshot failed part way, no snapshot reuses its generation
-    /// in this process; the next open tidies and snapshots go on.
+    /// A snapshot that failed part way is tidied by the next one in the
+    /// same process, which reuses its generation cleanly: snapshots go on
+    /// after a passing failure, with no restart.
     #[test]
-    fn snapshots_stop_after_a_failure_until_the_store_is_opened_again() {
+    fn the_snapshot_after_a_failed_one_tidies_it_and_snapshots_go_on() {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = SledStore::open(dir.path()).unwrap();
             s.snapshot(2, entries(&[(SnapshotKey::User(1), Some("u1"))]))
                 .unwrap();
-            // What a failure part way leaves: the mark, packs of generation 2, and the stop.
+            // What a failure part way leaves: the mark and packs of generation 2.
             leave_unfinished(&s, 2, &[(SnapshotKey::User(9), "stale")]);
-            s.stopped.store(true, Ordering::Release);
-            assert!(s
-                .snapshot(3, entries(&[(SnapshotKey::User(2), Some("u2"))]))
-                .is_err());
+            s.needs_tidy.store(true, Ordering::Release);
+            s.snapshot(3, entries(&[(SnapshotKey::User(2), Some("u2"))]))
+                .unwrap();
+            assert!(!s.needs_tidy.load(Ordering::Acquire));
         }
         let s = SledStore::open(dir.path()).unwrap();
-        s.snapshot(3, entries(&[(SnapshotKey::User(2), Some("u2"))]))
-            .unwrap();
         drop(s);
         assert_eq!(
             loaded(dir.path()),

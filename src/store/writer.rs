@@ -19,13 +19,14 @@
 //! submission are refused, so nothing is acknowledged that could depend on
 //! a record that was not written. The engine answers errors until restarted.
 
-use crate::domain::event::Record;
+use crate::domain::event::{Event, Record};
+use crate::domain::key_hash::key_hash;
 use crate::domain::platform::PlatformEventRef;
-use crate::domain::time::Timestamp;
 use crate::domain::world::World;
 use crate::domain::world::{Archiving, Dirty};
 use crate::store::codec::{self, Kind};
 use crate::store::outbox::{BlockBuilder, OutboxLive, OutboxStore, BLOCK_EVENTS_MAX};
+use crate::store::recent_keys::{RecentKey, RecentKeys};
 use crate::store::recovery::cut_step;
 use crate::store::{SnapshotEntries, StorageError, Store};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -46,6 +47,10 @@ pub struct JournalConfig {
     pub snapshot_every_records: u64,
     /// ...or after this long with changes, whichever comes first.
     pub snapshot_every_ms: u64,
+    /// No snapshot value's encoded payload is larger (at most the codec's
+    /// frame limit). Values never grow with history, so a lower limit only
+    /// proves it (the lifetime test runs with 64 KiB).
+    pub snapshot_value_bytes_max: usize,
 }
 
 impl Default for JournalConfig {
@@ -56,6 +61,7 @@ impl Default for JournalConfig {
             batch_bytes_max: 8 * 1024 * 1024,
             snapshot_every_records: 200_000,
             snapshot_every_ms: 30_000,
+            snapshot_value_bytes_max: codec::PAYLOAD_LEN_MAX,
         }
     }
 }
@@ -89,6 +95,116 @@ pub struct JournalStats {
     pub snapshots: AtomicU64,
     pub queued: AtomicU64,
     pub time: WriterTime,
+    pub snapshot_health: SnapshotHealth,
+    /// Business events made durable since start.
+    pub business: BusinessCounts,
+}
+
+/// How snapshots fare: a snapshot that cannot be cut or written is retried
+/// by the next one (its marks come back), and meanwhile the journal keeps
+/// every record since the last one, so a failure that lasts makes memory,
+/// the journal and the replay after a crash grow. It is logged at error,
+/// counted here, and shown by `/ready` and `/metrics`.
+#[derive(Default, Debug)]
+pub struct SnapshotHealth {
+    failures: AtomicU64,
+    consecutive: AtomicU64,
+    last_error: std::sync::Mutex<Option<String>>,
+}
+
+impl SnapshotHealth {
+    fn failed(&self, what: &str, error: &StorageError) {
+        let consecutive = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            error = %error,
+            consecutive,
+            "snapshot {what} failed; the next snapshot retries it, and the journal keeps every record since the last one"
+        );
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.to_string());
+    }
+
+    fn written(&self) {
+        if self.consecutive.swap(0, Ordering::Relaxed) > 0 {
+            tracing::info!("a snapshot was written again after failures");
+        }
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// Snapshots that failed since start.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Snapshots that failed since the last one written, and the last error.
+    pub fn failing(&self) -> Option<(u64, String)> {
+        let consecutive = self.consecutive.load(Ordering::Relaxed);
+        let error = self.last_error.lock().unwrap_or_else(|e| e.into_inner());
+        (consecutive > 0).then(|| (consecutive, error.clone().unwrap_or_default()))
+    }
+}
+
+/// Business events made durable since start, counted where every durable
+/// record passes ([`JournalWriter`]'s commit), once each, after the flush.
+#[derive(Default, Debug)]
+pub struct BusinessCounts {
+    pub orders_placed: AtomicU64,
+    pub orders_paid: AtomicU64,
+    pub orders_failed: AtomicU64,
+    pub orders_cancelled: AtomicU64,
+    pub orders_expired: AtomicU64,
+    /// KRW debited for paid orders.
+    pub paid_krw: AtomicU64,
+    pub coupons_issued: AtomicU64,
+}
+
+/// A reading of [`BusinessCounts`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BusinessTotals {
+    pub orders_placed: u64,
+    pub orders_paid: u64,
+    pub orders_failed: u64,
+    pub orders_cancelled: u64,
+    pub orders_expired: u64,
+    pub paid_krw: u64,
+    pub coupons_issued: u64,
+}
+
+impl BusinessCounts {
+    pub fn load(&self) -> BusinessTotals {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        BusinessTotals {
+            orders_placed: get(&self.orders_placed),
+            orders_paid: get(&self.orders_paid),
+            orders_failed: get(&self.orders_failed),
+            orders_cancelled: get(&self.orders_cancelled),
+            orders_expired: get(&self.orders_expired),
+            paid_krw: get(&self.paid_krw),
+            coupons_issued: get(&self.coupons_issued),
+        }
+    }
+
+    /// Counts one durable record.
+    fn count(&self, event: &Event) {
+        let one = |c: &AtomicU64| {
+            c.fetch_add(1, Ordering::Relaxed);
+        };
+        match event {
+            Event::OrderPlaced { .. } => one(&self.orders_placed),
+            Event::OrderPaid { amount, .. } => {
+                one(&self.orders_paid);
+                // Only the writer thread adds, so a load and a store suffice.
+                let paid = self.paid_krw.load(Ordering::Relaxed);
+                self.paid_krw
+                    .store(paid.saturating_add(amount.0), Ordering::Relaxed);
+            }
+            Event::OrderPaymentFailed { .. } => one(&self.orders_failed),
+            Event::OrderCancelled { .. } => one(&self.orders_cancelled),
+            Event::OrderExpired { .. } => one(&self.orders_expired),
+            Event::CouponIssued { .. } => one(&self.coupons_issued),
+            _ => {}
+        }
+    }
 }
 
 /// A step of the writer's cycle. The steps of a batch run one after
@@ -254,6 +370,7 @@ impl JournalWriter {
         world: World,
         config: JournalConfig,
         outbox: Arc<OutboxLive>,
+        recent_keys: Arc<RecentKeys>,
     ) -> JournalWriter {
         let (tx, rx) = mpsc::sync_channel(config.queue_records_max);
         let poisoned = Arc::new(AtomicBool::new(false));
@@ -267,8 +384,12 @@ impl JournalWriter {
         };
         let store: Arc<dyn Store> = Arc::from(store);
         let outbox_store = store.outbox();
-        let (jobs, done, snapshotter) =
-            start_snapshotter(store.clone(), stats.clone(), watch.clone());
+        let (jobs, done, snapshotter) = start_snapshotter(
+            store.clone(),
+            stats.clone(),
+            watch.clone(),
+            recent_keys.clone(),
+        );
         let mut worker = Worker {
             store,
             jobs: Some(jobs),
@@ -284,12 +405,12 @@ impl JournalWriter {
             blocks: BlockBuilder::default(),
             blocks_since: None,
             outbox_broken: false,
+            recent_keys,
             poisoned,
             stats,
             watch,
             since_snapshot: 0,
             last_snapshot: Instant::now(),
-            latest_at: Timestamp(0),
         };
         let thread = std::thread::Builder::new()
             .name("journal-writer".into())
@@ -329,6 +450,7 @@ struct SnapshotJob {
 
 /// A snapshot written (what it archived) or not (its marks come back).
 enum SnapshotDone {
+    /// Written, with what it archived.
     Written(Archiving),
     Failed(Dirty),
 }
@@ -341,6 +463,7 @@ fn start_snapshotter(
     store: Arc<dyn Store>,
     stats: Arc<JournalStats>,
     watch: Arc<ArchiveWatch>,
+    recent_keys: Arc<RecentKeys>,
 ) -> (
     SyncSender<SnapshotJob>,
     Receiver<SnapshotDone>,
@@ -354,10 +477,13 @@ fn start_snapshotter(
             for job in jobs_rx {
                 let result = store.snapshot(job.seq, job.entries);
                 if let Err(e) = &result {
-                    tracing::warn!(error = %e, "snapshot failed; the journal keeps everything since the last one");
+                    stats.snapshot_health.failed("write", e);
                 } else {
                     stats.snapshots.fetch_add(1, Ordering::Relaxed);
+                    stats.snapshot_health.written();
                     watch.written.store(job.number, Ordering::SeqCst);
+                    // Its keys are in the store's key tables now.
+                    recent_keys.written_up_to(job.seq);
                 }
                 let done = match result {
                     Ok(()) => SnapshotDone::Written(job.archiving),
@@ -397,13 +523,13 @@ struct Worker {
     /// written later would cover the events it did not take), and the next
     /// start derives every event since then from the journal.
     outbox_broken: bool,
+    /// Idempotency keys of durable records not yet in a written snapshot.
+    recent_keys: Arc<RecentKeys>,
     poisoned: Arc<AtomicBool>,
     stats: Arc<JournalStats>,
     watch: Arc<ArchiveWatch>,
     since_snapshot: u64,
     last_snapshot: Instant,
-    /// Time of the newest record applied: the engine's clock, as recorded.
-    latest_at: Timestamp,
 }
 
 impl Worker {
@@ -520,6 +646,18 @@ impl Worker {
         });
         match result {
             Ok(()) => {
+                for (i, record) in records.iter().enumerate() {
+                    self.stats.business.count(&record.event);
+                    if let Some(entry) = &record.idempotency {
+                        // Known before anyone hears back, so a retry finds it.
+                        let key = RecentKey {
+                            fingerprint: entry.fingerprint,
+                            at: record.at,
+                            seq: first_seq + i as u64,
+                        };
+                        self.recent_keys.insert(key_hash(&entry.key), key);
+                    }
+                }
                 // Counted before anyone hears back: whoever got an answer
                 // reads metrics that include its record, and its event as
                 // pending (written to the outbox after the answers).
@@ -625,7 +763,6 @@ impl Worker {
     /// Applies a batch to the durable world (before it is written).
     fn apply_batch(&mut self, first_seq: u64, records: &[Record]) -> Result<(), StorageError> {
         for (i, record) in records.iter().enumerate() {
-            self.latest_at = self.latest_at.max(record.at);
             self.world
                 .apply(first_seq + i as u64, record)
                 .map_err(|e| StorageError::Corrupt(e.to_string()))?;
@@ -703,14 +840,12 @@ impl Worker {
         if self.poisoned.load(Ordering::Acquire) {
             return refuse(ack, StorageError::Poisoned);
         }
-        // Keys older than their TTL and sales outside the window leave the snapshot.
-        self.world.prune(self.latest_at);
         let marks = self.world.begin_cut();
         let number = self.watch.begun.fetch_add(1, Ordering::SeqCst) + 1;
         self.cut = Some(PendingCut {
             seq: self.world.seq,
             number,
-            entries: SnapshotEntries::new(),
+            entries: SnapshotEntries::with_value_limit(self.config.snapshot_value_bytes_max),
             marks,
             ack,
         });
@@ -771,6 +906,9 @@ impl Worker {
                 }
             }
             Err(e) => {
+                if e != StorageError::Poisoned {
+                    self.stats.snapshot_health.failed("cut", &e);
+                }
                 // Written again by the next snapshot, from the entities as they are then.
                 self.world.cut = None;
                 let pending = self.cut.take().expect("a cut under way");

@@ -376,10 +376,13 @@ impl Acks {
 
 /// Checks that every acknowledged effect is in `w` and that money and
 /// stock add up exactly.
-fn check(w: &World, acks: &Acks) {
+fn check(w: &World, store: &SledStore, acks: &Acks) {
     assert!(w.violations().is_empty(), "{:?}", w.violations());
     for k in &acks.keys {
-        assert!(w.keys.contains_key(k), "acknowledged key {k} is stored");
+        assert!(
+            durability_support::stored_key(store, w, k).is_some(),
+            "acknowledged key {k} is stored"
+        );
     }
     assert!(w.users.len() as u64 >= acks.users);
     assert!(w.products.len() as u64 >= acks.products);
@@ -443,7 +446,7 @@ fn check(w: &World, acks: &Acks) {
         );
     }
     for (coupon, user, uc) in &acks.issued {
-        assert!(w.campaigns[coupon.index()].issued.contains(user));
+        assert!(w.campaigns[coupon.index()].issued.contains(user.0));
         let held = w.users[user.index()].coupons.iter().find(|c| c.id == *uc);
         assert_eq!(held.map(|c| c.coupon_id), Some(*coupon), "user coupon {uc}");
     }
@@ -681,7 +684,7 @@ fn acknowledged_effects_survive_sigkill() {
             acks.count,
             world.orders.len(),
         );
-        check(&world, &acks);
+        check(&world, &store, &acks);
         check_sink(&world, &store, report.snapshot_seq, &dir);
         drop(store);
     }

@@ -60,7 +60,7 @@ fn a_failed_flush_is_an_error_and_nothing_later_is_acknowledged() {
     drop(engine);
 
     let world = recovered(&inner);
-    assert!(!world.keys.contains_key("after-fault"));
+    assert!(stored_key(&inner, &world, "after-fault").is_none());
     let engine = start(config(), inner, clock);
     assert_eq!(before, rt.block_on(observe(&engine)));
     engine.shutdown();
@@ -219,6 +219,44 @@ fn failing_snapshots_lose_nothing() {
     let engine = start(config(), inner, manual_clock());
     assert_eq!(after, rt.block_on(observe(&engine)));
     assert_populated(&after, &p);
+    engine.shutdown();
+}
+
+/// A passing snapshot failure ends without a restart: it is counted and
+/// reported while it lasts, and once storage takes snapshots again the next
+/// one is written and trims the journal.
+#[test]
+fn snapshots_resume_after_a_passing_failure_without_a_restart() {
+    let inner = MemoryStore::new();
+    let plan = FaultPlan::new();
+    let rt = runtime();
+    let engine = start(
+        config(),
+        FaultyStore::new(inner.clone(), plan.clone()),
+        manual_clock(),
+    );
+    rt.block_on(async {
+        let p = populate(&engine, "s").await;
+        plan.fail_snapshots.store(true, Ordering::SeqCst);
+        assert!(engine.snapshot().await.is_err());
+        assert!(engine.snapshot().await.is_err());
+        let (consecutive, error) = engine.snapshots_failing().expect("reported while failing");
+        assert_eq!(consecutive, 2);
+        assert!(error.contains("injected"), "{error}");
+        assert_eq!(engine.metrics().snapshot_failures, 2);
+        assert!(!p.paid.is_empty());
+        engine.charge(UserId(1), Krw(5), None).await.unwrap();
+        let batches = inner.batch_count();
+        plan.fail_snapshots.store(false, Ordering::SeqCst);
+        let seq = engine.snapshot().await.expect("written once storage works");
+        assert!(seq > 0 && inner.load_snapshot_seq() == seq);
+        assert_eq!(engine.snapshots_failing(), None);
+        assert!(
+            inner.batch_count() < batches,
+            "the journal is trimmed again"
+        );
+        assert_eq!(engine.metrics().snapshot_failures, 2);
+    });
     engine.shutdown();
 }
 

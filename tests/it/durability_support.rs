@@ -349,3 +349,19 @@ pub fn assert_populated(o: &Observed, p: &Populated) {
     assert_eq!(o.coupons[0].remaining, 0);
     assert!(!o.users[3].cart.items.is_empty());
 }
+
+/// The stored answer of idempotency key `key` in a recovered store: among
+/// the keys of the journal's tail, or in the store's key tables.
+pub fn stored_key(
+    store: &dyn commerce_engine::store::Store,
+    world: &World,
+    key: &str,
+) -> Option<commerce_engine::domain::world::StoredKey> {
+    let hash = commerce_engine::domain::key_hash::key_hash(key);
+    if let Some(k) = world.dirty.keys.iter().rev().find(|k| k.hash == hash) {
+        return Some(k.key.clone());
+    }
+    commerce_engine::store::ArchiveReader(store.archive())
+        .key(hash)
+        .expect("the key tables read")
+}

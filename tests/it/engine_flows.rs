@@ -448,6 +448,79 @@ async fn a_retried_key_gets_the_first_answer_and_changes_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_is_replayed_under_its_key_even_once_the_request_would_succeed() {
+    // regression: a refused order retried with the same key was run again and answered 201
+    let (engine, store, _clock) = clocked();
+    let s = shop(&engine).await;
+    let key = || Some(IdempotencyKey::new("too-many-mugs").unwrap());
+    let order = || order_of(s.user, &[(s.mug, 11)]);
+    let first = engine.place_order(order(), key()).await.unwrap_err();
+    assert_eq!(first.code(), "OUT_OF_STOCK");
+    engine.restock(s.mug, 5, None).await.unwrap();
+    assert_eq!(
+        engine.place_order(order(), key()).await.unwrap_err(),
+        first,
+        "the first answer, though stock would now do"
+    );
+    assert_eq!(engine.product(s.mug).await.unwrap().stock, 15);
+    // after a snapshot moved the key to the key tables, and after a restart
+    engine.snapshot().await.unwrap();
+    assert_eq!(engine.place_order(order(), key()).await.unwrap_err(), first);
+    let world = stop_and_recover(engine, &store).await;
+    assert_eq!(world.products[s.mug.index()].reserved, 0);
+    let engine = Engine::start(
+        EngineConfig::default(),
+        Box::new(store.clone()),
+        Arc::new(commerce_engine::engine::SystemClock),
+    )
+    .unwrap();
+    assert_eq!(engine.place_order(order(), key()).await.unwrap_err(), first);
+    let other = engine
+        .place_order(order_of(s.user, &[(s.mug, 1)]), key())
+        .await
+        .unwrap_err();
+    assert_eq!(other.code(), "IDEMPOTENCY_KEY_REUSED");
+    stop_and_recover(engine, &store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_leave_memory_with_each_snapshot_and_still_answer_from_the_store() {
+    // proves: memory holds the keys of one snapshot interval; older ones answer from the key tables
+    let (engine, store, _clock) = clocked();
+    let s = shop(&engine).await;
+    let key = |n: u64| Some(IdempotencyKey::new(format!("charge-{n}")).unwrap());
+    let mut first = Vec::new();
+    for n in 0..300 {
+        first.push(engine.charge(s.user, Krw(1), key(n)).await.unwrap());
+    }
+    assert!(engine.metrics().idempotency_keys >= 300);
+    engine.snapshot().await.unwrap();
+    assert_eq!(
+        engine.metrics().idempotency_keys,
+        0,
+        "moved to the key tables"
+    );
+    for n in [0, 150, 299] {
+        let again = engine.charge(s.user, Krw(1), key(n)).await.unwrap();
+        assert_eq!(again, first[n as usize], "key {n}");
+    }
+    assert_eq!(
+        engine
+            .charge(s.user, Krw(2), key(7))
+            .await
+            .unwrap_err()
+            .code(),
+        "IDEMPOTENCY_KEY_REUSED"
+    );
+    assert_eq!(
+        engine.balance(s.user).await.unwrap().balance,
+        Krw(100_300),
+        "charged once each"
+    );
+    stop_and_recover(engine, &store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_that_gives_up_does_not_leave_its_key_running() {
     // regression: a keyed request whose caller dropped it mid-way left its key
     // marked running forever, so every retry with that key waited forever

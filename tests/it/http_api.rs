@@ -559,6 +559,18 @@ async fn an_idempotency_key_replays_the_first_answer_and_refuses_another_body() 
         )
         .await;
     assert_error(&bad_key, 400, "INVALID_REQUEST");
+
+    // A refusal is the first answer too: replayed, same status and body.
+    let over = [("idempotency-key", "too-much")];
+    let big = Some(json!({"amount": 10_000_000}));
+    for _ in 0..100 {
+        s.call(Method::POST, path, big.clone(), &[]).await;
+    }
+    let refused = s.call(Method::POST, path, big.clone(), &over).await;
+    assert_error(&refused, 409, "BALANCE_LIMIT_EXCEEDED");
+    let balance = s.get("/api/v1/users/1/balance").await.1["balance"].clone();
+    assert!(balance.as_u64().unwrap() > 990_000_000, "{balance}");
+    assert_eq!(s.call(Method::POST, path, big, &over).await, refused);
     s.stop().await;
 }
 

@@ -125,11 +125,36 @@ fn malformed_and_missing() -> Vec<Case> {
         admin(post(
             "/api/v1/coupons",
             r#"{"name":"c","discount":{"kind":"half"},"quantity":1}"#,
-            "discount",
+            "discount.kind",
         )),
         admin(post(
             "/api/v1/coupons",
             r#"{"name":"c","discount":{"kind":"percent","percent":300},"quantity":1}"#,
+            "discount.percent",
+        )),
+        admin(post(
+            "/api/v1/coupons",
+            r#"{"name":"c","discount":{"kind":"fixed","amount":"100"},"quantity":1}"#,
+            "discount.amount",
+        )),
+        admin(post(
+            "/api/v1/coupons",
+            r#"{"name":"c","discount":{"amount":-5,"kind":"fixed"},"quantity":1}"#,
+            "discount.amount",
+        )),
+        admin(post(
+            "/api/v1/coupons",
+            r#"{"name":"c","discount":{"kind":"percent","percent":"5"},"quantity":1}"#,
+            "discount.percent",
+        )),
+        admin(post(
+            "/api/v1/coupons",
+            r#"{"name":"c","discount":{"kind":"fixed"},"quantity":1}"#,
+            "amount",
+        )),
+        admin(post(
+            "/api/v1/coupons",
+            r#"{"name":"c","discount":"fixed","quantity":1}"#,
             "discount",
         )),
         admin(post(
@@ -165,6 +190,16 @@ fn malformed_and_missing() -> Vec<Case> {
             "/api/v1/orders",
             r#"{"user_id":1,"items":[{"product_id":1,"quantity":"2"}]}"#,
             "items[0].quantity",
+        ),
+        post(
+            "/api/v1/orders",
+            r#"{"user_id":1,"items":[{"product_id":1,"quantity":1},{"product_id":2,"quantity":1},{"product_id":3,"quantity":-2}]}"#,
+            "items[2].quantity",
+        ),
+        post(
+            "/api/v1/orders",
+            r#"{"user_id":1,"items":[{"product_id":1,"quantity":1},{"product_id":"two","quantity":1}]}"#,
+            "items[1].product_id",
         ),
         post(
             "/api/v1/orders",
@@ -263,22 +298,22 @@ fn limits_just_outside() -> Vec<Case> {
         admin(post(
             "/api/v1/coupons",
             r#"{"name":"c","discount":{"kind":"fixed","amount":0},"quantity":1}"#,
-            "discount",
+            "discount.amount",
         )),
         admin(post(
             "/api/v1/coupons",
             r#"{"name":"c","discount":{"kind":"fixed","amount":100000001},"quantity":1}"#,
-            "discount",
+            "discount.amount",
         )),
         admin(post(
             "/api/v1/coupons",
             r#"{"name":"c","discount":{"kind":"percent","percent":0},"quantity":1}"#,
-            "discount",
+            "discount.percent",
         )),
         admin(post(
             "/api/v1/coupons",
             r#"{"name":"c","discount":{"kind":"percent","percent":101},"quantity":1}"#,
-            "discount",
+            "discount.percent",
         )),
         admin(post(
             "/api/v1/coupons",

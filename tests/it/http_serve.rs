@@ -1,6 +1,8 @@
 //! The real binary: `serve` seeds a new data dir with the demo catalogue,
-//! prints a generated admin token, and exits 0 within 10 seconds of SIGTERM
-//! even with clients holding keep-alive connections.
+//! prints a generated admin token once and keeps it in the data dir, exits 0
+//! within 10 seconds of SIGTERM even with clients holding keep-alive
+//! connections, refuses a data dir in use and bad flags before writing
+//! anything.
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -43,12 +45,12 @@ fn spawn(data_dir: &Path, extra: &[&str]) -> Server {
     server
 }
 
-/// Waits until `/health` answers on `addr`.
+/// Waits until `/ready` answers 200 on `addr` (a new data dir is seeded by then).
 fn wait_ready(addr: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if let Ok(mut tcp) = std::net::TcpStream::connect(addr) {
-            let _ = tcp.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+            let _ = tcp.write_all(b"GET /ready HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
             let mut answer = String::new();
             let _ = tcp.read_to_string(&mut answer);
             if answer.starts_with("HTTP/1.1 200") {
@@ -239,5 +241,214 @@ async fn paid_order_reaches_the_data_platform_file(
             sink.display()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs `serve` expecting it to fail at once; answers its exit status and stderr.
+fn fails_at_once(args: &[&str]) -> (ExitStatus, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_commerce-engine"))
+        .arg("serve")
+        .args(args)
+        .env_remove("COMMERCE_ADMIN_TOKEN")
+        .env_remove("COMMERCE_ADDR")
+        .env_remove("COMMERCE_DATA_DIR")
+        .env_remove("COMMERCE_CORS_ORIGIN")
+        .env("RUST_BACKTRACE", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("binary starts");
+    let status = wait_exit(&mut child, Duration::from_secs(5));
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .expect("stderr text");
+    (status, err)
+}
+
+/// One line saying what is wrong, with no Debug dump or backtrace.
+#[track_caller]
+fn is_one_sentence(err: &str, names: &str) {
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].starts_with("error: "), "{err}");
+    assert!(lines[0].contains(names), "{err}");
+    assert!(
+        !err.contains("Stack backtrace") && !err.contains("Os {"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_flags_fail_before_the_data_dir_is_created() {
+    // proves flags are validated first: a bad --addr or --cors-origin exits 1 with one sentence and writes nothing
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let data_arg = data.to_str().expect("utf-8 path");
+    for (flags, names) in [
+        (vec!["--addr", "notanaddr"], "--addr"),
+        (
+            vec!["--addr", "127.0.0.1:0", "--cors-origin", "shop.example/x"],
+            "--cors-origin",
+        ),
+        (
+            vec!["--addr", "127.0.0.1:0", "--admin-token", " "],
+            "--admin-token",
+        ),
+    ] {
+        let mut args = flags.clone();
+        args.extend(["--data-dir", data_arg]);
+        let (status, err) = fails_at_once(&args);
+        assert_eq!(status.code(), Some(1), "{flags:?}: {err}");
+        is_one_sentence(&err, names);
+        assert!(!data.exists(), "{flags:?} created the data dir");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_in_use_fails_at_once_with_one_sentence() {
+    // proves the data dir's lock: a second serve on it exits 1 within 5 s saying the dir is in use, the first keeps serving
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let mut first = spawn(&data, &["--empty", "--admin-token", "t"]);
+    let started = Instant::now();
+    let port = free_port().to_string();
+    let addr = format!("127.0.0.1:{port}");
+    let (status, err) = fails_at_once(&[
+        "--addr",
+        &addr,
+        "--empty",
+        "--data-dir",
+        data.to_str().expect("utf-8 path"),
+    ]);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    is_one_sentence(&err, "in use by another process");
+    let (st, _) = get(&reqwest::Client::new(), format!("{}/ready", first.base)).await;
+    assert_eq!(st, StatusCode::OK, "the first server is untouched");
+    sigterm(&first.child);
+    assert!(wait_exit(&mut first.child, Duration::from_secs(10)).success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_generated_admin_token_is_kept_owner_only_and_reused_silently() {
+    // proves <data-dir>/admin-token: made 0600 and printed at the first start, the same token used and nothing printed at the next
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let mut s = spawn(&data, &["--empty"]);
+    let mut first = String::new();
+    BufReader::new(s.child.stdout.take().expect("stdout"))
+        .read_line(&mut first)
+        .expect("a first line");
+    let token = first
+        .trim()
+        .strip_prefix("admin token: ")
+        .expect("the new token is printed")
+        .to_owned();
+    let file = data.join("admin-token");
+    let kept = std::fs::read_to_string(&file).expect("token file");
+    assert_eq!(kept.trim(), token);
+    let mode = std::fs::metadata(&file).expect("meta").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    sigterm(&s.child);
+    assert!(wait_exit(&mut s.child, Duration::from_secs(10)).success());
+
+    let mut again = spawn(&data, &["--empty"]);
+    let client = reqwest::Client::new();
+    let made = client
+        .post(format!("{}/api/v1/products", again.base))
+        .header("authorization", format!("Bearer {token}"))
+        .body(json!({"name": "p", "price": 1000, "stock": 1}).to_string())
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(
+        made.status(),
+        StatusCode::CREATED,
+        "the kept token still works"
+    );
+    sigterm(&again.child);
+    assert!(wait_exit(&mut again.child, Duration::from_secs(10)).success());
+    let mut printed = String::new();
+    again
+        .child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut printed)
+        .expect("stdout text");
+    assert!(!printed.contains(&token), "printed again: {printed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_carry_no_colour_codes_into_a_file_and_json_logs_hold_fields() {
+    // proves the logs: no ANSI codes when stderr is a file, one access line per request with its id, --log-json with numbers as JSON fields
+    let dir = tempfile::tempdir().expect("tempdir");
+    for json_logs in [false, true] {
+        let data = dir.path().join(if json_logs { "json" } else { "text" });
+        let mut flags = vec!["--empty", "--admin-token", "t"];
+        if json_logs {
+            flags.push("--log-json");
+        }
+        let mut s = spawn(&data, &flags);
+        let resp = reqwest::Client::new()
+            .get(format!("{}/api/v1/users/1", s.base))
+            .header("x-request-id", "log-me-7")
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+        sigterm(&s.child);
+        assert!(wait_exit(&mut s.child, Duration::from_secs(10)).success());
+        let log = std::fs::read_to_string(data.with_extension("log")).expect("log");
+        assert!(!log.contains('\u{1b}'), "colour codes in a file: {log}");
+        let access: Vec<&str> = log.lines().filter(|l| l.contains("log-me-7")).collect();
+        assert_eq!(access.len(), 1, "one line for the request: {log}");
+        if !json_logs {
+            for part in [
+                "request{id=log-me-7}",
+                "route=\"/api/v1/users/{user_id}\"",
+                "status=404",
+                "latency_ms=",
+            ] {
+                assert!(access[0].contains(part), "{part} in {}", access[0]);
+            }
+            assert!(log.contains("bytes_on_disk="), "{log}");
+            continue;
+        }
+        let lines: Vec<Value> = log
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        let line = |message: &str| {
+            lines
+                .iter()
+                .find(|l| l["fields"]["message"] == message)
+                .unwrap_or_else(|| panic!("no {message:?} line in {log}"))
+        };
+        let request = lines
+            .iter()
+            .find(|l| l["span"]["id"] == "log-me-7")
+            .expect("the request's line");
+        assert_eq!(request["fields"]["message"], "request");
+        assert_eq!(request["fields"]["status"], 404);
+        assert!(request["fields"]["latency_ms"].is_number(), "{request}");
+        let recovered = line("recovered");
+        assert!(
+            recovered["fields"]["records_replayed"].is_u64(),
+            "{recovered}"
+        );
+        assert!(
+            line("data dir opened")["fields"]["bytes_on_disk"].is_u64(),
+            "{log}"
+        );
     }
 }

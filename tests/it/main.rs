@@ -2,6 +2,7 @@
 //! below was its own crate, and each crate linked the whole dependency graph
 //! again (most of the test command's time). Shared helpers are modules too.
 
+mod cluster_support;
 mod common_http;
 mod durability_support;
 mod engine_support;
@@ -9,6 +10,10 @@ mod platform_sink;
 
 mod bench_embedded;
 mod bench_http;
+mod cluster_failover;
+mod cluster_lease;
+mod cluster_model;
+mod cluster_stream;
 mod crash_sigkill;
 mod durability_codec;
 mod durability_faults;
@@ -23,7 +28,10 @@ mod http_api;
 mod http_bad_input;
 mod http_concurrency;
 mod http_openapi;
+mod http_ops;
 mod http_serve;
+mod ops_files;
 mod outbox_delivery;
 mod outbox_http;
 mod simulate_flash_sale;
+mod stored_values;

@@ -1,0 +1,193 @@
+//! Readers of stored layouts that are no longer written, in one module that
+//! can be deleted once no data dir holds them.
+//!
+//! Format version 1 stored values that grew with history: a campaign held
+//! its whole issued set, the meta held the sales window of every product
+//! and the tally a map entry per archived coupon-paid order. Version 2
+//! stores those as keyed chunks (see [`crate::store::codec::Kind::current_since`]).
+//! A version 1 value is decoded here into today's types and marked dirty,
+//! so the next snapshot rewrites it in the current layout; until then it is
+//! read here at every start.
+//!
+//! Each layout below is the serde shape the version 1 type had, field for
+//! field: bincode has no field names, so these must never change.
+
+use crate::domain::coupon::{Campaign, Discount};
+use crate::domain::ids::{CouponId, IdMap, IdSet, OrderId, ProductId, UserCouponId, UserId};
+use crate::domain::money::Krw;
+use crate::domain::product::{Product, RecentSales};
+use crate::domain::time::Timestamp;
+use crate::domain::world::{ArchiveTally, Meta};
+use crate::store::codec::{self, CodecError, Frame, Kind};
+use serde::Deserialize;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A product before it carried its recent sales.
+#[derive(Deserialize)]
+struct ProductV1 {
+    id: ProductId,
+    name: String,
+    price: Krw,
+    stock: u64,
+    reserved: u64,
+    sold: u64,
+    stocked_total: u64,
+}
+
+/// A campaign with its whole issued set inline.
+#[derive(Deserialize)]
+struct CampaignV1 {
+    id: CouponId,
+    name: String,
+    discount: Discount,
+    quantity: u64,
+    expires_at: Option<Timestamp>,
+    issued: IdSet<UserId>,
+}
+
+/// The sales window as the meta held it: units per product per day, and
+/// the name and price of every product that sold.
+#[derive(Deserialize)]
+struct SalesWindowV1 {
+    days: BTreeMap<u64, IdMap<ProductId, u64>>,
+    #[allow(dead_code)] // read to follow the layout; names come from the products now
+    catalogue: IdMap<ProductId, (String, Krw)>,
+}
+
+#[derive(Deserialize)]
+struct MetaV1 {
+    user_count: u64,
+    product_count: u64,
+    campaign_count: u64,
+    user_coupon_count: u64,
+    order_id_max: u64,
+    outbox: BTreeSet<OrderId>,
+    sink_len: u64,
+    sales: SalesWindowV1,
+}
+
+#[derive(Deserialize)]
+struct TallyV1 {
+    orders: u64,
+    sold: BTreeMap<ProductId, u64>,
+    coupons: BTreeMap<UserCouponId, (UserId, OrderId)>,
+}
+
+/// What a version 1 meta held besides today's meta: the units paid per
+/// product per day, which now live in each product.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct LegacySales {
+    pub days: BTreeMap<u64, Vec<(ProductId, u64)>>,
+}
+
+impl LegacySales {
+    /// Gives each product its days; answers the products that changed.
+    pub fn distribute(self, products: &mut [Product]) -> Vec<ProductId> {
+        let mut changed = Vec::new();
+        for (day, sold) in self.days {
+            for (id, units) in sold {
+                if let Some(p) = products.get_mut(id.index()) {
+                    p.recent_sales.0.push((day, units));
+                    changed.push(id);
+                }
+            }
+        }
+        for id in &changed {
+            if let Some(p) = products.get_mut(id.index()) {
+                p.recent_sales.0.sort_unstable();
+                p.recent_sales.0.dedup_by_key(|(d, _)| *d);
+            }
+        }
+        changed.sort_unstable();
+        changed.dedup();
+        changed
+    }
+}
+
+fn check(frame: &Frame<'_>, kind: Kind) -> Result<(), CodecError> {
+    if frame.kind != kind {
+        return Err(CodecError::WrongKind {
+            expected: kind,
+            found: frame.kind,
+        });
+    }
+    if frame.version != 1 {
+        return Err(CodecError::UnknownVersion(frame.version));
+    }
+    Ok(())
+}
+
+pub fn product(frame: Frame<'_>) -> Result<Product, CodecError> {
+    check(&frame, Kind::Product)?;
+    let p: ProductV1 = codec::decode_payload(frame.payload)?;
+    Ok(Product {
+        id: p.id,
+        name: p.name,
+        price: p.price,
+        stock: p.stock,
+        reserved: p.reserved,
+        sold: p.sold,
+        stocked_total: p.stocked_total,
+        recent_sales: RecentSales::default(),
+        held: 0,
+    })
+}
+
+pub fn campaign(frame: Frame<'_>) -> Result<Campaign, CodecError> {
+    check(&frame, Kind::Campaign)?;
+    let c: CampaignV1 = codec::decode_payload(frame.payload)?;
+    let mut campaign = Campaign::new(c.id, c.name, c.discount, c.quantity, c.expires_at);
+    let mut users: Vec<UserId> = c.issued.into_iter().collect();
+    users.sort_unstable();
+    for user in users {
+        if user.0 == 0 {
+            return Err(CodecError::Payload("user 0 in an issued set".into()));
+        }
+        campaign.issued.insert(user.0);
+    }
+    Ok(campaign)
+}
+
+pub fn meta(frame: Frame<'_>) -> Result<(Meta, LegacySales), CodecError> {
+    check(&frame, Kind::Meta)?;
+    let m: MetaV1 = codec::decode_payload(frame.payload)?;
+    let meta = Meta {
+        user_count: m.user_count,
+        product_count: m.product_count,
+        campaign_count: m.campaign_count,
+        user_coupon_count: m.user_coupon_count,
+        order_id_max: m.order_id_max,
+        outbox: m.outbox,
+        sink_len: m.sink_len,
+    };
+    let days = m
+        .sales
+        .days
+        .into_iter()
+        .map(|(day, sold)| {
+            let mut sold: Vec<(ProductId, u64)> = sold.into_iter().collect();
+            sold.sort_unstable();
+            (day, sold)
+        })
+        .collect();
+    Ok((meta, LegacySales { days }))
+}
+
+/// The tally as today's type, every part of it marked to be written again.
+pub fn tally(frame: Frame<'_>) -> Result<ArchiveTally, CodecError> {
+    check(&frame, Kind::Tally)?;
+    let t: TallyV1 = codec::decode_payload(frame.payload)?;
+    let mut tally = ArchiveTally {
+        orders: t.orders,
+        coupons_used: t.coupons.len() as u64,
+        ..ArchiveTally::default()
+    };
+    for (product, units) in t.sold {
+        if product.0 == 0 {
+            return Err(CodecError::Payload("product 0 in the tally".into()));
+        }
+        tally.add_sold(product, units);
+    }
+    tally.counts_dirty = true;
+    Ok(tally)
+}
