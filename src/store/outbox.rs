@@ -284,6 +284,10 @@ pub struct OutboxLive {
     redriven: AtomicU64,
     delivered: AtomicU64,
     dead_lettered: AtomicU64,
+    /// The time (ms) of the oldest event the writer gathered and has not
+    /// written to the store yet, 0 when none: counted as pending already,
+    /// so the status's oldest pending event considers it too.
+    gathering_at: AtomicU64,
     /// Woken when blocks were added (by the writer, a redrive).
     pub added_signal: tokio::sync::Notify,
 }
@@ -297,6 +301,28 @@ impl OutboxLive {
         live.delivered.store(s.delivered, Ordering::SeqCst);
         live.dead_lettered.store(s.dead_lettered, Ordering::SeqCst);
         live
+    }
+
+    /// The writer gathered events from `at` on (set before they are
+    /// counted as added).
+    pub fn gathering(&self, at: Timestamp) {
+        // 0 means none: the epoch's first millisecond is told as the next.
+        let _ =
+            self.gathering_at
+                .compare_exchange(0, at.0.max(1), Ordering::SeqCst, Ordering::SeqCst);
+    }
+
+    /// The gathered events are in the store (or were dropped).
+    pub fn gathered(&self) {
+        self.gathering_at.store(0, Ordering::SeqCst);
+    }
+
+    /// The oldest event gathered and not yet in the store, if any.
+    pub fn gathering_at(&self) -> Option<Timestamp> {
+        match self.gathering_at.load(Ordering::SeqCst) {
+            0 => None,
+            ms => Some(Timestamp(ms)),
+        }
     }
 
     /// Events not yet accepted nor dead-lettered.

@@ -702,6 +702,8 @@ impl Worker {
         let mut encoded = Ok(());
         for (i, record) in records.iter().enumerate() {
             if let Some(event) = PlatformEventRef::of(record, |id| orders.get(&id)) {
+                let PlatformEventRef::OrderPaid { at, .. } = event;
+                self.outbox.gathering(at);
                 encoded = blocks.push(first_seq + i as u64, &event);
                 if encoded.is_err() {
                     break;
@@ -740,6 +742,9 @@ impl Worker {
         };
         self.blocks.clear();
         self.blocks_since = None;
+        // After the write: a reader that no longer sees them gathered finds
+        // them in the store.
+        self.outbox.gathered();
         match written {
             Ok(()) => self.outbox.added_signal.notify_one(),
             Err(e) => {

@@ -85,7 +85,13 @@ impl DataPlatformAdmin {
         let oldest_pending_at = if pending == 0 {
             None
         } else {
-            oldest_pending_at(&*store)?
+            // Gathered first: once it no longer shows there, it is stored.
+            let gathered = self.live.gathering_at();
+            let stored = oldest_pending_at(&*store)?;
+            match (gathered, stored) {
+                (Some(g), Some(s)) => Some(g.min(s)),
+                (g, s) => g.or(s),
+            }
         };
         Ok(DataPlatformStatus {
             pending,
