@@ -29,7 +29,7 @@ use commerce_engine::domain::order::{Order, OrderLine, OrderStatus};
 use commerce_engine::domain::time::Timestamp;
 use commerce_engine::domain::world::World;
 use commerce_engine::store::codec::{self, Kind};
-use commerce_engine::store::outbox::PendingOutbox;
+use commerce_engine::store::outbox::OutboxLive;
 use commerce_engine::store::recent_keys::RecentKeys;
 use commerce_engine::store::recovery::{cut_step, recover};
 use commerce_engine::store::writer::{JournalConfig, JournalHandle, JournalWriter};
@@ -137,7 +137,7 @@ fn journal_durable(c: &mut Criterion) {
                 Box::new(store),
                 world,
                 config,
-                Arc::new(PendingOutbox::default()),
+                Arc::new(OutboxLive::default()),
                 Arc::new(RecentKeys::new()),
             );
             let handle = writer.handle();

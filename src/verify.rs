@@ -15,9 +15,10 @@
 
 use crate::domain::order::OrderStatus;
 use crate::domain::world::World;
+use crate::store::outbox::{self, OutboxState};
 use crate::store::recovery::{recover_store, RecoveryError, RecoveryReport};
 use crate::store::sled_store::DATABASE_DIRS;
-use crate::store::SledStore;
+use crate::store::{SledStore, StorageError, Store};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -60,7 +61,12 @@ pub struct Summary {
     pub orders_by_status: BTreeMap<String, u64>,
     pub balances_total_krw: u64,
     pub stock: StockTotals,
-    pub outbox_pending: usize,
+    /// Events for the data platform not yet delivered, as the engine would
+    /// find them at start (the outbox, events it would derive again from
+    /// the journal, and an older data dir's pending orders).
+    pub outbox_pending: u64,
+    pub dead_letters: u64,
+    /// The file sink's recorded length.
     pub sink_len: u64,
     /// Idempotency keys recorded since the last snapshot (older ones are
     /// in the key tables, which recovery does not read).
@@ -69,7 +75,7 @@ pub struct Summary {
 }
 
 impl Summary {
-    pub fn of(world: &World, report: &RecoveryReport) -> Summary {
+    pub fn of(world: &World, report: &RecoveryReport, outbox: &OutboxSummary) -> Summary {
         let mut orders_by_status = BTreeMap::new();
         for status in [
             OrderStatus::Pending,
@@ -107,8 +113,9 @@ impl Summary {
             orders_by_status,
             balances_total_krw: world.users.iter().map(|u| u.balance.0).sum(),
             stock,
-            outbox_pending: world.meta.outbox.len(),
-            sink_len: world.meta.sink_len,
+            outbox_pending: outbox.pending(world),
+            dead_letters: outbox.state.dead_letters(),
+            sink_len: outbox.state.file_len.unwrap_or(world.meta.sink_len),
             idempotency_keys: world.dirty.keys.len(),
             violations: world.violations(),
         }
@@ -145,8 +152,8 @@ impl Summary {
         println!("orders            {}: {}", self.orders, statuses.join(", "));
         println!("balances total    {} KRW", self.balances_total_krw);
         println!(
-            "outbox pending    {} (file sink length {})",
-            self.outbox_pending, self.sink_len
+            "outbox pending    {} ({} dead letters, file sink length {})",
+            self.outbox_pending, self.dead_letters, self.sink_len
         );
         println!("keys since snapshot {}", self.idempotency_keys);
         if self.violations.is_empty() {
@@ -222,6 +229,31 @@ enum Failure {
     Unreadable(String),
 }
 
+/// The outbox's counters, and what a start would add to them.
+pub struct OutboxSummary {
+    pub state: OutboxState,
+    /// Paid orders in the journal above the watermark and the snapshot.
+    pub rederivable: u64,
+}
+
+impl OutboxSummary {
+    pub fn read(store: &dyn Store, report: &RecoveryReport) -> Result<OutboxSummary, StorageError> {
+        let state = store.outbox().state()?;
+        let rederivable = if report.last_seq > state.watermark.max(report.snapshot_seq) {
+            outbox::rederivable(store, report.snapshot_seq)?.len() as u64
+        } else {
+            0
+        };
+        Ok(OutboxSummary { state, rederivable })
+    }
+
+    fn pending(&self, world: &World) -> u64 {
+        let done = self.state.legacy_through.unwrap_or(0);
+        let legacy = world.meta.outbox.iter().filter(|id| id.0 > done).count() as u64;
+        self.state.pending() + self.rederivable + legacy
+    }
+}
+
 /// Opens the copy, loads it and recovers it.
 fn check(copy: &Path) -> Result<Summary, Failure> {
     let store = SledStore::open(copy).map_err(|e| Failure::Unreadable(e.to_string()))?;
@@ -232,7 +264,11 @@ fn check(copy: &Path) -> Result<Summary, Failure> {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| recover_store(&store)))
             .map_err(|_| Failure::Unreadable("replay panicked (see above)".into()))?;
     match recovered {
-        Ok((world, report)) => Ok(Summary::of(&world, &report)),
+        Ok((world, report)) => {
+            let outbox = OutboxSummary::read(&store, &report)
+                .map_err(|e| Failure::Unreadable(e.to_string()))?;
+            Ok(Summary::of(&world, &report, &outbox))
+        }
         Err(RecoveryError::Invariants(v)) => Err(Failure::Violations(v)),
         Err(e) => Err(Failure::Unreadable(e.to_string())),
     }

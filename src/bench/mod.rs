@@ -22,23 +22,32 @@
 //! slow server is counted instead of hidden (coordinated omission). Timers
 //! have about 1 ms of slack, which such latencies include.
 //!
+//! Embedded, the engine delivers its events to a JSON-lines file as
+//! `serve` does by default (`--data-platform file`), to an HTTP sink of the
+//! bench's own ([`sink`], `--data-platform http`), or nowhere (`off`); the
+//! report says how fast they were delivered and what was left.
+//!
 //! Layout: [`workload`] (setup and one operation), [`target`] (embedded
 //! engine or HTTP client), [`check`] (invariants), [`report`] (table, JSON),
-//! [`rng`] (a seeded PRNG shared with `simulate`).
+//! [`rng`] (a seeded PRNG shared with `simulate`), [`sink`] (the data
+//! platform of `--data-platform http`).
 
 pub mod check;
 pub mod http_client;
 pub mod ids;
 pub mod report;
 pub mod rng;
+pub mod sink;
 pub mod target;
 pub mod workload;
 
 use crate::bench::ids::IdLog;
 use crate::bench::report::{
-    merge, BenchReport, InvariantReport, JournalReport, KindReport, ProcessReport, RssDrift, Second,
+    merge, BenchReport, DataPlatformReport, InvariantReport, JournalReport, KindReport,
+    ProcessReport, RssDrift, Second,
 };
 use crate::bench::rng::Rng;
+use crate::bench::sink::BenchSink;
 use crate::bench::target::{HttpTarget, OpError, Target};
 use crate::bench::workload::{pick, setup, Fixture, OpKind, Outcome, Tally, Workload};
 use crate::domain::ids::OrderId;
@@ -81,7 +90,10 @@ pub enum ClientsOn {
 pub enum SinkChoice {
     /// JSON lines in `<data-dir>/data-platform.jsonl`, as `serve` does by default.
     File,
-    /// Nowhere: paid orders stay in the outbox.
+    /// POSTs to an HTTP sink the bench starts on 127.0.0.1, which counts
+    /// what it accepts.
+    Http,
+    /// Nowhere: events stay in the outbox.
     Off,
 }
 
@@ -103,6 +115,11 @@ pub struct BenchArgs {
     pub store: StoreChoice,
     #[arg(long, value_enum, default_value = "file")]
     pub data_platform: SinkChoice,
+    /// With `--data-platform http`: the sink answers 503 for this long
+    /// from the start of the load, then accepts (the backlog builds up on
+    /// disk, then drains).
+    #[arg(long)]
+    pub data_platform_down_secs: Option<f64>,
     /// Actor threads of the embedded engine (default: one per core).
     #[arg(long)]
     pub arbiters: Option<usize>,
@@ -152,6 +169,7 @@ impl BenchArgs {
             data_dir: None,
             store: StoreChoice::Sled,
             data_platform: SinkChoice::File,
+            data_platform_down_secs: None,
             arbiters: None,
             snapshot_every_records: None,
             concurrency: 64,
@@ -185,6 +203,8 @@ struct Embedded {
     dir: PathBuf,
     remove_dir: bool,
     memory: Option<MemoryStore>,
+    /// The data platform of `--data-platform http`.
+    sink: Option<Arc<BenchSink>>,
 }
 
 /// A fresh directory under the system temp dir (no extra crate needed).
@@ -213,9 +233,15 @@ impl Embedded {
         if let Some(n) = args.snapshot_every_records {
             config.journal.snapshot_every_records = n.max(1);
         }
-        config.data_platform = match args.data_platform {
-            SinkChoice::File => DataPlatform::File(dir.join("data-platform.jsonl")),
-            SinkChoice::Off => DataPlatform::Off,
+        let down_for = args.data_platform_down_secs.map(Duration::from_secs_f64);
+        let sink = match args.data_platform {
+            SinkChoice::Http => Some(Arc::new(BenchSink::start(down_for)?)),
+            _ => None,
+        };
+        config.data_platform = match (args.data_platform, &sink) {
+            (SinkChoice::File, _) => DataPlatform::File(dir.join("data-platform.jsonl")),
+            (SinkChoice::Http, Some(sink)) => DataPlatform::Http(sink.url.clone()),
+            _ => DataPlatform::Off,
         };
         let (store, memory): (Box<dyn Store>, _) = match args.store {
             StoreChoice::Sled => (Box::new(SledStore::open(&dir)?), None),
@@ -230,6 +256,7 @@ impl Embedded {
             dir,
             remove_dir,
             memory,
+            sink,
         })
     }
 
@@ -488,6 +515,7 @@ struct Driven {
     measured_secs: f64,
     journal: Option<JournalReport>,
     process: Option<ProcessReport>,
+    data_platform: Option<DataPlatformReport>,
 }
 
 /// The process at one moment of the run.
@@ -545,12 +573,41 @@ fn journal_delta(a: &EngineMetrics, b: &EngineMetrics, secs: f64) -> JournalRepo
     }
 }
 
+/// The data platform over the measured window, from the engine's counters.
+fn data_platform_delta(
+    choice: SinkChoice,
+    a: &EngineMetrics,
+    b: &EngineMetrics,
+    secs: f64,
+    sink: Option<&BenchSink>,
+) -> DataPlatformReport {
+    let per_sec = |x: u64, y: u64| y.saturating_sub(x) as f64 / secs;
+    DataPlatformReport {
+        sink: match choice {
+            SinkChoice::File => "file",
+            SinkChoice::Http => "http",
+            SinkChoice::Off => "off",
+        },
+        delivered_per_sec: per_sec(a.data_platform_delivered, b.data_platform_delivered),
+        added_per_sec: per_sec(a.data_platform_added, b.data_platform_added),
+        backlog_at_start: a.outbox_pending,
+        backlog_at_end: b.outbox_pending,
+        events_in_memory_max: b.data_platform_events_in_memory_max,
+        failures: b
+            .data_platform_failures
+            .saturating_sub(a.data_platform_failures),
+        sink_events: sink.map(BenchSink::events),
+        sink_refused: sink.map(BenchSink::refused),
+    }
+}
+
 async fn drive(
     target: Target,
     args: &BenchArgs,
     on: ClientsOn,
     users: usize,
     products: usize,
+    sink: Option<Arc<BenchSink>>,
 ) -> Result<Driven, crate::CliError> {
     let pb = progress_bar(Duration::from_secs(1), args.json);
     pb.set_message(format!("setting up {users} users, {products} products"));
@@ -598,6 +655,9 @@ async fn drive(
         };
         (engine, sample)
     };
+    if let Some(sink) = &sink {
+        sink.start_outage();
+    }
     let workers = Workers::spawn(&run, on, args.seed)?;
     let pb = progress_bar(warmup + duration, args.json);
     let (mut before, mut last) = (None, (Instant::now(), 0u64));
@@ -617,6 +677,7 @@ async fn drive(
                 ops_per_sec: (done - second.1) as f64 / (now - second.0).as_secs_f64(),
                 rss_mib: rss_mib(),
                 server_rss_mib: run.target.server_rss_mib().await,
+                backlog: run.target.backlog(),
             });
             second = (now, done);
         }
@@ -652,6 +713,16 @@ async fn drive(
         (Some(a), Some(b)) => Some(journal_delta(a, b, measured_secs.max(1e-9))),
         _ => None,
     };
+    let data_platform = match (before.as_ref().and_then(|b| b.0.as_ref()), &after.0) {
+        (Some(a), Some(b)) => Some(data_platform_delta(
+            args.data_platform,
+            a,
+            b,
+            measured_secs.max(1e-9),
+            sink.as_deref(),
+        )),
+        _ => None,
+    };
     let process = before.and_then(|(_, a)| process_delta(&a, &after.1, journal.as_ref()));
     Ok(Driven {
         run,
@@ -662,6 +733,7 @@ async fn drive(
         measured_secs,
         journal,
         process,
+        data_platform,
     })
 }
 
@@ -700,6 +772,17 @@ fn validate(args: &BenchArgs, products: usize) -> Result<(), crate::CliError> {
     if args.users == Some(0) {
         return Err("--users must be at least 1".into());
     }
+    if let Some(d) = args.data_platform_down_secs {
+        if args.data_platform != SinkChoice::Http || args.url.is_some() {
+            return Err("--data-platform-down-secs needs --data-platform http, embedded".into());
+        }
+        if !(d.is_finite() && d >= 0.0) {
+            return Err("--data-platform-down-secs must not be negative".into());
+        }
+    }
+    if args.data_platform == SinkChoice::Http && args.url.is_some() {
+        return Err("--data-platform http is the embedded engine's sink: not with --url".into());
+    }
     Ok(())
 }
 
@@ -736,7 +819,8 @@ pub fn execute(args: &BenchArgs) -> Result<BenchReport, crate::CliError> {
             .enable_all()
             .build()?
     };
-    let driven = rt.block_on(drive(target, args, on, users, products));
+    let sink = embedded.as_ref().and_then(|e| e.sink.clone());
+    let driven = rt.block_on(drive(target, args, on, users, products, sink));
     let driven = match driven {
         Ok(d) => d,
         Err(e) => {
@@ -839,6 +923,7 @@ fn build_report(
         unknown_outcomes: d.run.tally.unknown.load(Ordering::Relaxed),
         journal: d.journal.clone(),
         process: d.process.clone(),
+        data_platform: d.data_platform.clone(),
         rss_drift: RssDrift::over(&d.timeline, args.warmup_secs, d.measured_secs),
         timeline: d.timeline.clone(),
         invariants,

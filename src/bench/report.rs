@@ -107,6 +107,30 @@ pub struct Second {
     /// With `--url`: the server's, from its `/metrics`
     /// (`process_resident_memory_bytes`), when it says.
     pub server_rss_mib: Option<f64>,
+    /// Embedded: the data platform's backlog (events pending).
+    pub backlog: Option<u64>,
+}
+
+/// The data platform over the measured window (embedded).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DataPlatformReport {
+    /// `file`, `http` or `off`.
+    pub sink: &'static str,
+    /// Events the data platform accepted in the window, per second.
+    pub delivered_per_sec: f64,
+    /// Events added to the outbox in the window (paid orders), per second.
+    pub added_per_sec: f64,
+    /// Events pending when the window began and when it ended.
+    pub backlog_at_start: u64,
+    pub backlog_at_end: u64,
+    /// The most events delivery held in memory at once since start.
+    pub events_in_memory_max: u64,
+    /// Failed delivery attempts in the window.
+    pub failures: u64,
+    /// `http`: events the bench's sink accepted, and requests it refused
+    /// while down, since start.
+    pub sink_events: Option<u64>,
+    pub sink_refused: Option<u64>,
 }
 
 /// Whether resident memory stayed flat over a long run: the lowest RSS
@@ -201,6 +225,7 @@ pub struct BenchReport {
     pub unknown_outcomes: u64,
     pub journal: Option<JournalReport>,
     pub process: Option<ProcessReport>,
+    pub data_platform: Option<DataPlatformReport>,
     /// Runs of 120 s or more: did resident memory stay flat?
     pub rss_drift: Option<RssDrift>,
     /// Per second, for spotting decay and memory growth (JSON only).
@@ -317,6 +342,26 @@ impl BenchReport {
             }
             let _ = writeln!(out);
         }
+        if let Some(d) = &self.data_platform {
+            let _ = write!(
+                out,
+                "data platform ({}): {:.0} events/s delivered, {:.0} events/s paid; backlog {} at the start, {} at the end; at most {} events in memory; {} failed attempts",
+                d.sink,
+                d.delivered_per_sec,
+                d.added_per_sec,
+                d.backlog_at_start,
+                d.backlog_at_end,
+                d.events_in_memory_max,
+                d.failures
+            );
+            if let (Some(events), Some(refused)) = (d.sink_events, d.sink_refused) {
+                let _ = write!(
+                    out,
+                    " (the sink took {events} events, refused {refused} requests)"
+                );
+            }
+            let _ = writeln!(out);
+        }
         if let Some(d) = &self.rss_drift {
             let _ = writeln!(
                 out,
@@ -378,6 +423,7 @@ mod tests {
                     ops_per_sec: 1.0,
                     rss_mib: if server { Some(1.0) } else { mib },
                     server_rss_mib: if server { mib } else { None },
+                    backlog: None,
                 }
             })
             .collect()

@@ -255,6 +255,14 @@ impl Target {
         }
     }
 
+    /// Embedded: the data platform's backlog (events pending) now.
+    pub fn backlog(&self) -> Option<u64> {
+        match self {
+            Target::Embedded(e) => Some(e.metrics().outbox_pending),
+            Target::Http(_) => None,
+        }
+    }
+
     /// With `--url`: the server's resident memory (MiB), from its
     /// `/metrics`; `None` embedded, or when the server does not say. Not
     /// counted among the workers' requests. Gives up after half a second,

@@ -58,7 +58,8 @@ pub enum Event {
         order: Box<Order>,
         from_cart: bool,
     },
-    /// Balance debited, reserved units sold, the sale counted, the order in the outbox.
+    /// Balance debited, reserved units sold, the sale counted; its event
+    /// goes to the data platform's outbox once durable.
     OrderPaid {
         order_id: OrderId,
         user_id: UserId,
@@ -74,8 +75,9 @@ pub enum Event {
     OrderExpired {
         order_id: OrderId,
     },
-    /// The data platform accepted these paid orders. `sink_len` is the
-    /// length of the JSON-lines file after them, when that is the sink.
+    /// Legacy, no longer written: the data platform accepted these paid
+    /// orders (`sink_len`: the JSON-lines file's length after them). Journals
+    /// of older data dirs still hold it; it replays as nothing.
     OutboxDelivered {
         order_ids: Vec<OrderId>,
         sink_len: Option<u64>,

@@ -12,6 +12,7 @@ pub mod key_hash;
 pub mod limits;
 pub mod money;
 pub mod order;
+pub mod platform;
 pub mod product;
 pub mod rejection;
 pub mod stats;

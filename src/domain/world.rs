@@ -39,9 +39,11 @@ pub struct Meta {
     pub campaign_count: u64,
     pub user_coupon_count: u64,
     pub order_id_max: u64,
-    /// Paid orders not yet accepted by the data platform.
+    /// Legacy, always empty now: paid orders not yet accepted by the data
+    /// platform, as data dirs kept them before `store::outbox`; taken over
+    /// at start (`store::outbox_legacy`).
     pub outbox: BTreeSet<OrderId>,
-    /// Length of the JSON-lines sink after the last delivery recorded.
+    /// Legacy, always 0 now: the file sink's recorded length, likewise.
     pub sink_len: u64,
 }
 
@@ -550,7 +552,6 @@ impl World {
                 self.orders.insert(order.id, order);
                 self.user_mut(seq, *user_id)?
                     .apply_paid(*order_id, *amount, at);
-                self.meta.outbox.insert(*order_id);
                 self.dirty.meta = true;
             }
             Event::OrderPaymentFailed { order_id } => {
@@ -563,18 +564,9 @@ impl World {
                 self.apply_returned(seq, *order_id, OrderStatus::Expired, at)?
             }
             Event::RequestRefused => {}
-            Event::OutboxDelivered {
-                order_ids,
-                sink_len,
-            } => {
-                for id in order_ids {
-                    self.meta.outbox.remove(id);
-                }
-                if let Some(len) = sink_len {
-                    self.meta.sink_len = *len;
-                }
-                self.dirty.meta = true;
-            }
+            // Legacy: deliveries were journaled before the outbox had a
+            // store of its own (`store::outbox`); nothing to apply now.
+            Event::OutboxDelivered { .. } => {}
         }
         Ok(())
     }

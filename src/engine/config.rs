@@ -1,17 +1,18 @@
 //! How an engine is set up. Limits live in [`Limits`]; units are in the names.
 
 use crate::domain::limits::Limits;
+use crate::engine::delivery::DeliveryConfig;
 use crate::store::writer::JournalConfig;
 use std::path::PathBuf;
 
-/// Where paid orders go.
+/// Where the data platform's events go.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DataPlatform {
-    /// Nowhere: paid orders stay in the outbox (tests that look at it).
+    /// Nowhere: events stay in the outbox (tests that look at it).
     Off,
-    /// POST each paid order as JSON to this URL.
+    /// POST batches of events, as JSON arrays, to this URL.
     Http(String),
-    /// Append each paid order as a JSON line to this file.
+    /// Append each event as a JSON line to this file.
     File(PathBuf),
 }
 
@@ -38,6 +39,15 @@ pub struct EngineConfig {
     pub actor_threads_io: bool,
     pub journal: JournalConfig,
     pub data_platform: DataPlatform,
+    /// Events per request to the data platform at most (1..=10,000).
+    pub data_platform_batch: usize,
+    /// Refusals after which an event becomes a dead letter (at least 1).
+    pub data_platform_max_refusals: u32,
+    /// A request to the data platform not answered by then failed.
+    pub data_platform_request_timeout_ms: u64,
+    /// Undelivered events delivery holds in memory at most (plus one
+    /// outbox block); the rest of a backlog waits on disk.
+    pub data_platform_window_events: usize,
     /// First retry delay of a failed delivery; doubles up to `delivery_backoff_ms_max`.
     pub delivery_backoff_ms_min: u64,
     pub delivery_backoff_ms_max: u64,
@@ -54,8 +64,29 @@ impl Default for EngineConfig {
             actor_threads_io: false,
             journal: JournalConfig::default(),
             data_platform: DataPlatform::Off,
+            data_platform_batch: 500,
+            data_platform_max_refusals: 20,
+            data_platform_request_timeout_ms: 10_000,
+            // 8 requests of 500 in flight, and as many again ready behind them.
+            data_platform_window_events: 16_384,
             delivery_backoff_ms_min: 100,
             delivery_backoff_ms_max: 30_000,
+        }
+    }
+}
+
+impl EngineConfig {
+    /// How delivery goes, from these settings (batch and refusals kept in range).
+    pub fn delivery(&self) -> DeliveryConfig {
+        DeliveryConfig {
+            batch_events_max: self.data_platform_batch.clamp(1, 10_000),
+            refusals_max: self.data_platform_max_refusals.max(1),
+            backoff_ms_min: self.delivery_backoff_ms_min.max(1),
+            backoff_ms_max: self
+                .delivery_backoff_ms_max
+                .max(self.delivery_backoff_ms_min.max(1)),
+            request_timeout_ms: self.data_platform_request_timeout_ms.max(1),
+            window_events_max: self.data_platform_window_events.max(1),
         }
     }
 }

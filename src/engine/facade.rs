@@ -33,7 +33,8 @@ use crate::engine::config::EngineConfig;
 use crate::engine::coordinator::{
     Cancel, Coordinator, CoordinatorSetup, ExpireDue, OrderBook, OrderSource, Pay, Placement,
 };
-use crate::engine::delivery::{Delivery, DeliverySetup};
+use crate::engine::delivery::admin::{DataPlatformAdmin, DataPlatformStatus, DeadLetters};
+use crate::engine::delivery::{Delivery, DeliverySetup, DeliveryStats};
 use crate::engine::directory::{CreateCampaign, CreateProduct, CreateUser, Directory};
 use crate::engine::error::{Error, Result};
 use crate::engine::idempotency::{Begin, IdempotencyKey, IdempotencyStore, KeyGuard, Tag};
@@ -43,13 +44,13 @@ use crate::engine::readiness::Lifecycle;
 use crate::engine::registry::Registry;
 use crate::engine::stats_actor::{Refresh, StatsActor, Top};
 use crate::engine::user_actor::{CartChange, ChangeCart, Charge, UserActor};
-use crate::store::outbox::PendingOutbox;
+use crate::store::outbox::OutboxLive;
 use crate::store::recent_keys::{RecentKey, RecentKeys};
 use crate::store::recovery::{recover_for_serving_under, RecoveryError, RecoveryReport};
 use crate::store::writer::{
     BusinessTotals, JournalHandle, JournalStats, JournalWriter, WriterSteps,
 };
-use crate::store::{ArchiveReader, StorageError, Store};
+use crate::store::{outbox, outbox_legacy, ArchiveReader, StorageError, Store};
 use actix::prelude::*;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -126,8 +127,19 @@ pub struct EngineMetrics {
     pub snapshots: u64,
     /// Snapshots that could not be cut or written, since start.
     pub snapshot_failures: u64,
+    /// Events for the data platform not yet accepted nor dead letters.
     pub outbox_pending: u64,
     pub idempotency_keys: u64,
+    /// Events added to the outbox from the journal, ever.
+    pub data_platform_added: u64,
+    /// Events the data platform accepted, ever.
+    pub data_platform_delivered: u64,
+    pub data_platform_dead_letters: u64,
+    /// Failed delivery attempts since start.
+    pub data_platform_failures: u64,
+    /// Events delivery holds in memory now, and at most since start.
+    pub data_platform_events_in_memory: u64,
+    pub data_platform_events_in_memory_max: u64,
     /// Orders by outcome, KRW paid and coupons issued, durable since start.
     pub business: BusinessTotals,
 }
@@ -157,7 +169,8 @@ struct Inner {
     clock: Arc<dyn Clock>,
     limits: Arc<Limits>,
     keys: IdempotencyStore,
-    outbox: Arc<PendingOutbox>,
+    /// The data platform's outbox and delivery, for status and metrics.
+    data_platform: DataPlatformAdmin,
     /// Finished orders and old history, read from the store; let go at
     /// shutdown, so the store closes with the writer.
     archive: std::sync::RwLock<Option<ArchiveReader>>,
@@ -382,19 +395,22 @@ impl Engine {
             orders = world.orders.len(),
             "recovered"
         );
+        let mut world = world;
         let archive = ArchiveReader(store.archive());
         let storage = |e: StorageError| StartError::Recovery(RecoveryError::Storage(e));
-        let outbox = Arc::new(PendingOutbox::default());
-        for id in &world.meta.outbox {
-            match world.orders.get(id) {
-                Some(order) => outbox.add(order.clone()),
-                None => {
-                    if let Some(order) = archive.order(*id).map_err(storage)? {
-                        outbox.add(order);
-                    }
-                }
-            }
-        }
+        let outbox_store = store.outbox();
+        let outbox = outbox::recover(&*store, &*outbox_store, &world, report.snapshot_seq)
+            .map_err(storage)?;
+        let state =
+            outbox_legacy::take_over(&*outbox_store, &mut world, &archive).map_err(storage)?;
+        tracing::info!(
+            pending = state.pending(),
+            dead_letters = state.dead_letters(),
+            rederived = outbox.rederived,
+            "data platform outbox"
+        );
+        let live = Arc::new(OutboxLive::new(&state));
+        let delivery_stats = Arc::new(DeliveryStats::default());
         // The keys of the journal's tail (and of an older store's
         // snapshot) are known in memory until a snapshot moves them.
         let recent_keys = Arc::new(RecentKeys::new());
@@ -407,12 +423,11 @@ impl Engine {
             recent_keys.insert(k.hash, key);
         }
         let keys = IdempotencyStore::new(recent_keys.clone());
-        let sink_len = world.meta.sink_len;
         let writer = JournalWriter::start(
             store,
             world.clone(),
             config.journal.clone(),
-            outbox.clone(),
+            live.clone(),
             recent_keys,
         );
         let journal = writer.handle();
@@ -439,13 +454,15 @@ impl Engine {
         let (system, actors) = rx.recv().map_err(|e| StartError::Runtime(e.to_string()))?;
         let delivery = Delivery::start(DeliverySetup {
             platform: config.data_platform.clone(),
-            outbox: outbox.clone(),
+            store: outbox_store.clone(),
+            live: live.clone(),
+            stats: delivery_stats.clone(),
             journal: journal.clone(),
             clock: clock.clone(),
-            sink_len,
-            backoff_ms_min: config.delivery_backoff_ms_min,
-            backoff_ms_max: config.delivery_backoff_ms_max,
-        });
+            config: config.delivery(),
+            file_len: state.file_len.unwrap_or(0),
+        })
+        .map_err(|e| StartError::Runtime(format!("data platform delivery: {e}")))?;
         let journal_stats = journal.stats.clone();
         Ok(Engine {
             inner: Arc::new(Inner {
@@ -458,7 +475,7 @@ impl Engine {
                 clock,
                 limits,
                 keys,
-                outbox,
+                data_platform: DataPlatformAdmin::new(outbox_store, live, delivery_stats),
                 archive: std::sync::RwLock::new(Some(archive)),
                 running: Mutex::new(Some(Running {
                     system,
@@ -496,6 +513,7 @@ impl Engine {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .take();
+        self.inner.data_platform.release();
     }
 
     /// The archive, until shutdown.
@@ -1211,9 +1229,39 @@ impl Engine {
         Ok(self.inner.journal.snapshot().await?)
     }
 
-    /// Paid orders not yet accepted by the data platform.
+    /// Events for the data platform neither accepted nor dead letters.
     pub fn outbox_pending(&self) -> usize {
-        self.inner.outbox.len()
+        self.inner.data_platform.live().pending() as usize
+    }
+
+    /// `GET /api/v1/admin/data-platform`: what is pending, delivered, dead.
+    pub async fn data_platform_status(&self) -> Result<DataPlatformStatus> {
+        let engine = self.clone();
+        blocking(move || engine.inner.data_platform.status()).await
+    }
+
+    /// Up to `page.limit` dead letters after the cursor `page.after`.
+    pub async fn dead_letters(&self, page: PageRequest) -> Result<DeadLetters> {
+        let engine = self.clone();
+        blocking(move || {
+            engine
+                .inner
+                .data_platform
+                .dead_letters(page.after, page.limit)
+        })
+        .await
+    }
+
+    /// Sends every dead letter there is now again (they rejoin the
+    /// outbox); answers how many.
+    pub async fn redrive_dead_letters(&self) -> Result<u64> {
+        let engine = self.clone();
+        blocking(move || engine.inner.data_platform.redrive()).await
+    }
+
+    /// Delivery's own counters (events held in memory, pauses, failures).
+    pub fn delivery_stats(&self) -> &DeliveryStats {
+        self.inner.data_platform.stats()
     }
 
     pub fn metrics(&self) -> EngineMetrics {
@@ -1237,8 +1285,18 @@ impl Engine {
             journal_steps: j.time.load(),
             snapshots: j.snapshots.load(Ordering::Relaxed),
             snapshot_failures: j.snapshot_health.failures(),
-            outbox_pending: self.inner.outbox.len() as u64,
+            outbox_pending: self.inner.data_platform.live().pending(),
             idempotency_keys: self.inner.keys.len() as u64,
+            data_platform_added: self.inner.data_platform.live().added(),
+            data_platform_delivered: self.inner.data_platform.live().delivered(),
+            data_platform_dead_letters: self.inner.data_platform.live().dead_letters(),
+            data_platform_failures: self.inner.data_platform.stats().failures(),
+            data_platform_events_in_memory: self.inner.data_platform.stats().events_in_memory(),
+            data_platform_events_in_memory_max: self
+                .inner
+                .data_platform
+                .stats()
+                .events_in_memory_max(),
             business: j.business.load(),
         }
     }

@@ -9,7 +9,7 @@
 //! per method, route template and status; `http_overloaded_total` and
 //! `http_outcome_unknown_total`; at each scrape, the engine's levels
 //! (gauges) and running totals (counters, `*_total`) of [`EngineMetrics`],
-//! the business totals (orders by outcome, KRW paid, coupons issued: counted
+//! the data platform's delivery, the business totals (orders by outcome, KRW paid, coupons issued: counted
 //! by the journal writer as each record becomes durable), readiness, and the
 //! process (memory, CPU seconds, start time, build). The journal writer
 //! records `journal_flush_seconds` and `journal_batch_records` itself. Every
@@ -186,7 +186,7 @@ fn counter<'a>(name: &'a str, help: &'a str) -> Family<'a> {
 /// counters named `*_total`.
 fn engine_families(m: &EngineMetrics, readiness: &Readiness) -> String {
     let mut out = String::with_capacity(4096);
-    let gauges: [(&str, &str, u64); 9] = [
+    let gauges: [(&str, &str, u64); 12] = [
         ("engine_users", "Users known to the engine.", m.users),
         (
             "engine_products",
@@ -219,6 +219,33 @@ fn engine_families(m: &EngineMetrics, readiness: &Readiness) -> String {
             "engine_idempotency_keys",
             "Idempotency keys kept.",
             m.idempotency_keys,
+        ),
+        (
+            "data_platform_pending",
+            "Events for the data platform neither accepted nor dead letters (the backlog, on disk).",
+            m.outbox_pending,
+        ),
+        (
+            "data_platform_dead_letters",
+            "Events the data platform refused too often, kept until redriven.",
+            m.data_platform_dead_letters,
+        ),
+        (
+            "data_platform_events_in_memory",
+            "Undelivered events delivery holds in memory (bounded by its window).",
+            m.data_platform_events_in_memory,
+        ),
+    ];
+    let platform_counters: [(&str, &str, u64); 2] = [
+        (
+            "data_platform_delivered_total",
+            "Events the data platform accepted, ever (kept across restarts).",
+            m.data_platform_delivered,
+        ),
+        (
+            "data_platform_failures_total",
+            "Failed delivery attempts since start: requests refused or failed, file writes or settlements that failed.",
+            m.data_platform_failures,
         ),
     ];
     for (name, help, value) in gauges {
@@ -279,6 +306,9 @@ fn engine_families(m: &EngineMetrics, readiness: &Readiness) -> String {
         out.push_str(&format!(
             "commerce_orders_total{{outcome=\"{outcome}\"}} {n}\n"
         ));
+    }
+    for (name, help, value) in platform_counters {
+        counter(name, help).one(&mut out, value);
     }
     counter(
         "commerce_paid_krw_total",

@@ -50,10 +50,19 @@ pub struct ServeArgs {
     #[arg(long, env = "COMMERCE_STATS_INTERVAL_SECS", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub stats_interval_secs: u64,
-    /// POST each paid order as JSON here; without it, paid orders are
-    /// appended as JSON lines to <data-dir>/data-platform.jsonl.
-    #[arg(long, env = "COMMERCE_DATA_PLATFORM_URL")]
+    /// POST the data platform's events here, as JSON arrays; without it,
+    /// they are appended as JSON lines to <data-dir>/data-platform.jsonl.
+    #[arg(long, env = "COMMERCE_DATA_PLATFORM_URL", value_parser = platform_url)]
     pub data_platform_url: Option<String>,
+    /// Events per POST to the data platform at most.
+    #[arg(long, env = "COMMERCE_DATA_PLATFORM_BATCH", default_value_t = 500,
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub data_platform_batch: u64,
+    /// Refusals (a 4xx other than 408 and 429, the event alone) after which
+    /// an event becomes a dead letter.
+    #[arg(long, env = "COMMERCE_DATA_PLATFORM_MAX_REFUSALS", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub data_platform_max_refusals: u32,
     /// Log as JSON lines (to stderr).
     #[arg(long, env = "COMMERCE_LOG_JSON")]
     pub log_json: bool,
@@ -120,6 +129,18 @@ fn generate_token() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// An `http://` URL with a host. This build's HTTP client has no TLS, so
+/// `https://` is refused here rather than failing every delivery later.
+fn platform_url(text: &str) -> Result<String, String> {
+    let url = reqwest::Url::parse(text).map_err(|e| format!("not a URL: {e}"))?;
+    match url.scheme() {
+        "http" if url.host().is_some() => Ok(text.to_owned()),
+        "http" => Err("the URL has no host".into()),
+        "https" => Err("https is not supported by this build (no TLS): use http://".into()),
+        other => Err(format!("the scheme must be http, not {other}")),
+    }
+}
+
 fn engine_config(args: &ServeArgs) -> EngineConfig {
     let data_platform = match &args.data_platform_url {
         Some(url) => DataPlatform::Http(url.clone()),
@@ -129,6 +150,8 @@ fn engine_config(args: &ServeArgs) -> EngineConfig {
         order_ttl_ms: args.order_ttl_secs.saturating_mul(1_000),
         stats_interval_ms: args.stats_interval_secs.saturating_mul(1_000),
         data_platform,
+        data_platform_batch: args.data_platform_batch as usize,
+        data_platform_max_refusals: args.data_platform_max_refusals,
         // Connections are served on the engine's threads.
         actor_threads_io: true,
         ..EngineConfig::default()
@@ -350,4 +373,63 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, crate::CliError> {
     served?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<ServeArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("serve").chain(args.iter().copied())).map(|c| c.serve)
+    }
+
+    #[test]
+    fn data_platform_flags_are_validated_and_reach_the_engine() {
+        // proves the defaults, the ranges of API.md, the env var and the engine config
+        let d = parse(&[]).unwrap();
+        assert_eq!(
+            (d.data_platform_batch, d.data_platform_max_refusals),
+            (500, 20)
+        );
+        for bad in [
+            &["--data-platform-url", "localhost:9000/events"][..],
+            &["--data-platform-url", "https://platform.example/events"],
+            &["--data-platform-url", "ftp://platform.example/events"],
+            &["--data-platform-batch", "0"],
+            &["--data-platform-batch", "10001"],
+            &["--data-platform-batch", "-1"],
+            &["--data-platform-max-refusals", "0"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} accepted");
+        }
+        let a = parse(&[
+            "--data-platform-url",
+            "http://127.0.0.1:9000/events",
+            "--data-platform-batch",
+            "10000",
+            "--data-platform-max-refusals",
+            "1",
+        ])
+        .unwrap();
+        let c = engine_config(&a);
+        assert_eq!(
+            (c.data_platform_batch, c.data_platform_max_refusals),
+            (10_000, 1)
+        );
+        assert_eq!(
+            c.data_platform,
+            DataPlatform::Http("http://127.0.0.1:9000/events".into())
+        );
+        std::env::set_var("COMMERCE_DATA_PLATFORM_BATCH", "7");
+        let from_env = parse(&[]);
+        std::env::remove_var("COMMERCE_DATA_PLATFORM_BATCH");
+        assert_eq!(from_env.unwrap().data_platform_batch, 7);
+    }
 }

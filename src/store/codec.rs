@@ -37,6 +37,12 @@ pub enum Kind {
     IssuedChunk = 10,
     /// A chunk of the archive's units sold per product.
     SoldChunk = 11,
+    /// An event of the data platform's outbox
+    /// ([`PlatformEvent`](crate::domain::platform::PlatformEvent)); numbered
+    /// apart from the snapshot kinds, which grow from 10.
+    PlatformEvent = 20,
+    /// A dead letter of the outbox ([`DeadLetter`](crate::store::outbox::DeadLetter)).
+    DeadLetter = 21,
 }
 
 impl Kind {
@@ -53,6 +59,8 @@ impl Kind {
             9 => Kind::Tally,
             10 => Kind::IssuedChunk,
             11 => Kind::SoldChunk,
+            20 => Kind::PlatformEvent,
+            21 => Kind::DeadLetter,
             _ => return None,
         })
     }

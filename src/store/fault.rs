@@ -1,5 +1,7 @@
-//! A storage-fault wrapper for tests: makes appends or snapshots fail on demand.
+//! A storage-fault wrapper for tests: makes appends, snapshots or the
+//! outbox's writes fail on demand.
 
+use crate::store::outbox::{OutboxState, OutboxStore, Requeue, Settlement, Space};
 use crate::store::{Loaded, SnapshotEntries, StorageError, Store};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -12,6 +14,8 @@ pub struct FaultPlan {
     /// Fail appends once this many more have succeeded (u64::MAX: never).
     pub appends_before_failure: AtomicU64,
     pub fail_snapshots: AtomicBool,
+    /// Fail every write to the outbox (blocks added, settled, requeued).
+    pub fail_outbox: AtomicBool,
 }
 
 impl FaultPlan {
@@ -75,5 +79,54 @@ impl<S: Store> Store for FaultyStore<S> {
 
     fn archive(&self) -> std::sync::Arc<dyn crate::store::Archive> {
         self.inner.archive()
+    }
+
+    fn outbox(&self) -> Arc<dyn OutboxStore> {
+        Arc::new(FaultyOutbox {
+            inner: self.inner.outbox(),
+            plan: self.plan.clone(),
+        })
+    }
+
+    fn journal_after(&self, seq: u64) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
+        self.inner.journal_after(seq)
+    }
+}
+
+struct FaultyOutbox {
+    inner: Arc<dyn OutboxStore>,
+    plan: Arc<FaultPlan>,
+}
+
+impl FaultyOutbox {
+    fn write(&self) -> Result<(), StorageError> {
+        if self.plan.fail_outbox.load(Ordering::SeqCst) {
+            return Err(StorageError::Io("injected: outbox write failed".into()));
+        }
+        Ok(())
+    }
+}
+
+impl OutboxStore for FaultyOutbox {
+    fn state(&self) -> Result<OutboxState, StorageError> {
+        self.inner.state()
+    }
+    fn add(&self, blocks: &[(u64, &[u8])], watermark: u64, added: u64) -> Result<(), StorageError> {
+        self.write()?;
+        self.inner.add(blocks, watermark, added)
+    }
+    fn block_from(&self, space: Space, from: u64) -> Result<Option<(u64, Vec<u8>)>, StorageError> {
+        self.inner.block_from(space, from)
+    }
+    fn settle(&self, s: &Settlement) -> Result<(), StorageError> {
+        self.write()?;
+        self.inner.settle(s)
+    }
+    fn dead_letters(&self, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
+        self.inner.dead_letters(from, limit)
+    }
+    fn requeue(&self, r: &Requeue) -> Result<(), StorageError> {
+        self.write()?;
+        self.inner.requeue(r)
     }
 }

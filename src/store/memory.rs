@@ -2,6 +2,7 @@
 //! test can stop an engine and start another on what the first one wrote.
 
 use crate::domain::world::IDEMPOTENCY_TTL_MS;
+use crate::store::outbox::{BlockKey, OutboxState, OutboxStore, Requeue, Settlement, Space};
 use crate::store::{
     Archive, Loaded, SnapshotEntries, SnapshotKey, StorageError, Store, ORDER_BLOCK,
 };
@@ -20,6 +21,15 @@ struct Inner {
     by_user: BTreeSet<(u64, u64)>,
     /// Idempotency keys moved out of the snapshot: hash → (at ms, frame).
     keys: BTreeMap<u128, (u64, Vec<u8>)>,
+    outbox: Outbox,
+}
+
+/// The outbox, as [`SledOutbox`](crate::store::sled_outbox::SledOutbox) keeps it.
+#[derive(Clone, Default)]
+struct Outbox {
+    blocks: BTreeMap<BlockKey, Vec<u8>>,
+    dead: BTreeMap<u64, Vec<u8>>,
+    state: OutboxState,
 }
 
 #[derive(Clone, Default)]
@@ -45,6 +55,15 @@ impl MemoryStore {
 
     /// A separate copy of everything stored now, as a `kill -9` would leave it.
     pub fn copy(&self) -> MemoryStore {
+        let copy = self.without_outbox();
+        copy.lock().outbox = self.lock().outbox.clone();
+        copy
+    }
+
+    /// [`copy`](MemoryStore::copy) with an empty outbox, as a data dir
+    /// written before the outbox had a store of its own holds it (tests of
+    /// the takeover, `store::outbox_legacy`).
+    pub fn without_outbox(&self) -> MemoryStore {
         let inner = self.lock();
         MemoryStore {
             inner: Arc::new(Mutex::new(Inner {
@@ -55,6 +74,7 @@ impl MemoryStore {
                 history: inner.history.clone(),
                 by_user: inner.by_user.clone(),
                 keys: inner.keys.clone(),
+                outbox: Outbox::default(),
             })),
         }
     }
@@ -168,6 +188,25 @@ impl Store for MemoryStore {
         Arc::new(self.clone())
     }
 
+    fn outbox(&self) -> Arc<dyn OutboxStore> {
+        Arc::new(self.clone())
+    }
+
+    fn journal_after(&self, seq: u64) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
+        let inner = self.lock();
+        let from = inner
+            .batches
+            .range(..=seq.saturating_add(1))
+            .next_back()
+            .map_or(0, |(first, _)| *first);
+        let batches = inner
+            .batches
+            .range(from..)
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        Ok(crate::store::batches_after(batches, seq))
+    }
+
     fn load(&self) -> Result<Loaded, StorageError> {
         let inner = self.lock();
         Ok(Loaded {
@@ -179,5 +218,87 @@ impl Store for MemoryStore {
                 .collect(),
             batches: inner.batches.iter().map(|(k, v)| (*k, v.clone())).collect(),
         })
+    }
+}
+
+impl OutboxStore for MemoryStore {
+    fn state(&self) -> Result<OutboxState, StorageError> {
+        Ok(self.lock().outbox.state)
+    }
+
+    fn add(&self, blocks: &[(u64, &[u8])], watermark: u64, added: u64) -> Result<(), StorageError> {
+        let outbox = &mut self.lock().outbox;
+        for (id, block) in blocks {
+            let key = BlockKey {
+                space: Space::Journal,
+                id: *id,
+            };
+            outbox.blocks.insert(key, block.to_vec());
+        }
+        outbox.state.watermark = watermark;
+        outbox.state.added = added;
+        Ok(())
+    }
+
+    fn block_from(&self, space: Space, from: u64) -> Result<Option<(u64, Vec<u8>)>, StorageError> {
+        let (start, end) = (
+            BlockKey { space, id: from },
+            BlockKey {
+                space,
+                id: u64::MAX,
+            },
+        );
+        Ok(self
+            .lock()
+            .outbox
+            .blocks
+            .range(start..=end)
+            .next()
+            .map(|(k, v)| (k.id, v.clone())))
+    }
+
+    fn settle(&self, s: &Settlement) -> Result<(), StorageError> {
+        let outbox = &mut self.lock().outbox;
+        for key in &s.remove {
+            outbox.blocks.remove(key);
+        }
+        for (id, letter) in &s.dead {
+            outbox.dead.insert(*id, letter.clone());
+        }
+        outbox.state.delivered = s.delivered;
+        outbox.state.dead_lettered = s.dead_lettered;
+        if s.file_len.is_some() {
+            outbox.state.file_len = s.file_len;
+        }
+        Ok(())
+    }
+
+    fn dead_letters(&self, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
+        Ok(self
+            .lock()
+            .outbox
+            .dead
+            .range(from..)
+            .take(limit)
+            .map(|(k, v)| (*k, v.clone()))
+            .collect())
+    }
+
+    fn requeue(&self, r: &Requeue) -> Result<(), StorageError> {
+        let outbox = &mut self.lock().outbox;
+        let key = BlockKey {
+            space: Space::Requeued,
+            id: r.id,
+        };
+        outbox.blocks.insert(key, r.block.clone());
+        for id in &r.remove_dead {
+            outbox.dead.remove(id);
+        }
+        outbox.state.requeued = r.requeued;
+        outbox.state.redriven = r.redriven;
+        if r.legacy_through.is_some() {
+            outbox.state.legacy_through = r.legacy_through;
+        }
+        Ok(())
     }
 }

@@ -7,6 +7,8 @@
 //! - [`codec`] turns records and snapshots into checksummed frames.
 //! - [`writer`] is the journal writer: one thread that group-commits the
 //!   records of every actor and acknowledges each once its batch is flushed.
+//! - [`outbox`] keeps the data platform's events on disk until delivered
+//!   ([`sled_outbox`] in sled, [`MemoryStore`] in memory).
 //! - [`recovery`] rebuilds a [`World`](crate::domain::world::World) from
 //!   snapshots and the journal and checks its invariants.
 
@@ -18,8 +20,10 @@ pub mod keys;
 pub mod legacy;
 pub mod memory;
 pub mod outbox;
+pub mod outbox_legacy;
 pub mod recent_keys;
 pub mod recovery;
+pub mod sled_outbox;
 pub mod sled_store;
 mod sled_sync;
 pub mod writer;
@@ -28,6 +32,7 @@ pub use archive::{Archive, ArchiveReader, ORDER_BLOCK};
 pub use entries::SnapshotEntries;
 pub use fault::{FaultPlan, FaultyStore};
 pub use memory::MemoryStore;
+pub use outbox::OutboxStore;
 pub use sled_store::SledStore;
 use std::sync::Arc;
 
@@ -129,6 +134,29 @@ pub trait Store: Send + Sync + 'static {
 
     /// What snapshots archived, for reads from any thread.
     fn archive(&self) -> Arc<dyn Archive>;
+
+    /// The data platform's outbox, for use from any thread.
+    fn outbox(&self) -> Arc<dyn OutboxStore>;
+
+    /// The journal batches holding records above `seq` (the first of them
+    /// may also hold records at or below it), in order. What [`load`]
+    /// reads, without the snapshots.
+    ///
+    /// [`load`]: Store::load
+    fn journal_after(&self, seq: u64) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
+        Ok(batches_after(self.load()?.batches, seq))
+    }
+}
+
+/// Of batches `(first sequence, frames)` in order, those holding records
+/// above `seq`: every batch from the last one starting at or below `seq + 1`.
+pub fn batches_after(mut batches: Vec<(u64, Vec<u8>)>, seq: u64) -> Vec<(u64, Vec<u8>)> {
+    let keep_from = batches
+        .iter()
+        .rposition(|(first, _)| *first <= seq.saturating_add(1))
+        .unwrap_or(0);
+    batches.drain(..keep_from);
+    batches
 }
 
 impl Store for Box<dyn Store> {
@@ -149,5 +177,11 @@ impl Store for Box<dyn Store> {
     }
     fn archive(&self) -> Arc<dyn Archive> {
         (**self).archive()
+    }
+    fn outbox(&self) -> Arc<dyn OutboxStore> {
+        (**self).outbox()
+    }
+    fn journal_after(&self, seq: u64) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
+        (**self).journal_after(seq)
     }
 }

@@ -82,9 +82,11 @@
 
 use crate::domain::world::IDEMPOTENCY_TTL_MS;
 use crate::store::keys::{KeyTables, KeyToPut};
+use crate::store::sled_outbox::SledOutbox;
 use crate::store::sled_sync::{BlobSync, LogGrowth};
 use crate::store::{
-    Archive, ArchiveReader, Loaded, SnapshotEntries, SnapshotKey, StorageError, Store, ORDER_BLOCK,
+    Archive, ArchiveReader, Loaded, OutboxStore, SnapshotEntries, SnapshotKey, StorageError, Store,
+    ORDER_BLOCK,
 };
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
@@ -97,10 +99,12 @@ pub struct SledStore {
     tree: sled::Tree,
     journal: JournalDb,
     /// sled leaves its blob files unsynced: synced before each flush.
-    blobs: BlobSync,
+    blobs: Arc<BlobSync>,
     /// ...and its log file's new length: synced after a flush that grew it.
-    log: LogGrowth,
+    log: Arc<LogGrowth>,
     archive: SledArchive,
+    /// The data platform's outbox, a tree of this database ([`SledOutbox`]).
+    outbox: SledOutbox,
     /// Idempotency keys moved out of the snapshots ([`crate::store::keys`]).
     keys: Arc<KeyTables>,
     /// The committed layout (snapshots run one at a time; this mirrors `m`).
@@ -877,8 +881,9 @@ impl SledStore {
     pub fn open(dir: &Path) -> Result<SledStore, StorageError> {
         let db = open_db(dir)?;
         let tree = db.open_tree("commerce").map_err(io)?;
-        let blobs = BlobSync::adopt(&db_dir(dir))?;
-        let log = LogGrowth::open(&db_dir(dir))?;
+        let blobs = Arc::new(BlobSync::adopt(&db_dir(dir))?);
+        let log = Arc::new(LogGrowth::open(&db_dir(dir))?);
+        let outbox = SledOutbox::open(&db, blobs.clone(), log.clone())?;
         let layout = Layout::decode(tree.get(META).map_err(io)?)?;
         let layout_shared = Arc::new(Mutex::new(layout));
         let journal = JournalDb::open(dir)?;
@@ -896,6 +901,7 @@ impl SledStore {
             tree,
             blobs,
             log,
+            outbox,
             layout: layout_shared,
             needs_tidy: AtomicBool::new(false),
         };
@@ -1344,6 +1350,27 @@ impl Store for SledStore {
 
     fn archive(&self) -> Arc<dyn Archive> {
         Arc::new(self.archive.clone())
+    }
+
+    fn outbox(&self) -> Arc<dyn OutboxStore> {
+        Arc::new(self.outbox.clone())
+    }
+
+    /// Reads only the journal's keys from the batch that may hold `seq + 1` on.
+    fn journal_after(&self, seq: u64) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
+        let mut batches = Vec::new();
+        // An older store's batches in the main tree first: they are older.
+        for tree in [&self.tree, &self.journal.tree] {
+            let straddling = tree
+                .range(journal_key(0)..=journal_key(seq.saturating_add(1)))
+                .next_back();
+            let later = tree.range(journal_key(seq.saturating_add(2))..=journal_key(u64::MAX));
+            for kv in straddling.into_iter().chain(later) {
+                let (k, v) = kv.map_err(io)?;
+                batches.push((journal_seq(&k)?, v.to_vec()));
+            }
+        }
+        Ok(crate::store::batches_after(batches, seq))
     }
 }
 

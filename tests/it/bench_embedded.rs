@@ -4,7 +4,7 @@
 
 use commerce_engine::bench::check::check_world;
 use commerce_engine::bench::workload::{Fixture, Tally, Workload, STOCK};
-use commerce_engine::bench::{execute, BenchArgs, ClientsOn, StoreChoice};
+use commerce_engine::bench::{execute, BenchArgs, ClientsOn, SinkChoice, StoreChoice};
 use commerce_engine::domain::event::{Event, Record};
 use commerce_engine::domain::ids::{OrderId, ProductId, UserId};
 use commerce_engine::domain::money::Krw;
@@ -72,6 +72,50 @@ fn every_workload_runs_on_sled_and_passes_its_invariant_check() {
             );
         }
     }
+}
+
+/// `--data-platform http`: the bench's own sink takes the engine's
+/// batches, and the report says what was delivered and what was left; a
+/// sink down for the whole run leaves every paid order in the backlog.
+#[test]
+fn the_benchs_http_sink_takes_every_paid_order_and_the_report_says_so() {
+    let args = BenchArgs {
+        data_platform: SinkChoice::Http,
+        ..small(Workload::OrderPay)
+    };
+    let report = execute(&args).expect("the run completes");
+    assert!(report.invariants.ok(), "{:?}", report.invariants);
+    let d = report
+        .data_platform
+        .expect("embedded runs report the data platform");
+    assert_eq!(d.sink, "http");
+    assert!(d.delivered_per_sec > 0.0 && d.added_per_sec > 0.0, "{d:?}");
+    assert!(d.sink_events.is_some_and(|n| n > 0), "{d:?}");
+    assert_eq!(d.sink_refused, Some(0));
+    assert!(report.timeline.iter().all(|s| s.backlog.is_some()));
+
+    let down = BenchArgs {
+        data_platform_down_secs: Some(3_600.0),
+        ..args
+    };
+    let report = execute(&down).expect("the run completes");
+    let d = report.data_platform.expect("reported");
+    assert_eq!(
+        (d.delivered_per_sec, d.sink_events),
+        (0.0, Some(0)),
+        "{d:?}"
+    );
+    assert!(d.backlog_at_end > 0 && d.failures > 0, "{d:?}");
+    assert!(d.sink_refused.is_some_and(|n| n > 0), "{d:?}");
+    assert!(
+        execute(&BenchArgs {
+            data_platform: SinkChoice::File,
+            data_platform_down_secs: Some(1.0),
+            ..small(Workload::OrderPay)
+        })
+        .is_err(),
+        "an outage needs the bench's http sink"
+    );
 }
 
 #[test]

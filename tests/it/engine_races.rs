@@ -390,6 +390,9 @@ impl commerce_engine::store::Store for SlowStore {
     fn archive(&self) -> std::sync::Arc<dyn commerce_engine::store::Archive> {
         self.0.archive()
     }
+    fn outbox(&self) -> std::sync::Arc<dyn commerce_engine::store::OutboxStore> {
+        self.0.outbox()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -549,8 +549,10 @@ fn golden_journal_batch_still_decodes_and_replays() {
     assert_eq!(world.products[0].sold, 2);
     assert_eq!(world.products[0].stock, 8);
     assert_eq!(world.orders[&OrderId(1)].status, OrderStatus::Paid);
+    // OutboxDelivered is legacy and replays as nothing; the outbox's
+    // state lives in a store of its own.
     assert!(world.meta.outbox.is_empty());
-    assert_eq!(world.meta.sink_len, 400);
+    assert_eq!(world.meta.sink_len, 0);
 }
 
 fn write_new(name: &str, bytes: &[u8]) {

@@ -441,6 +441,48 @@ async fn a_pending_order_expires_after_its_time_and_cannot_be_paid() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_platform_admin_endpoints_show_the_backlog_and_dead_letters() {
+    // proves the status, dead-letter page and redrive routes: admin only, with their shape
+    let s = TestServer::start().await;
+    for path in [
+        "/api/v1/admin/data-platform",
+        "/api/v1/admin/data-platform/dead-letters",
+    ] {
+        assert_error(&s.get(path).await, 401, "UNAUTHORIZED");
+    }
+    let redrive = "/api/v1/admin/data-platform/dead-letters/redrive";
+    assert_error(&s.post_empty(redrive).await, 401, "UNAUTHORIZED");
+    let auth = format!("Bearer {TOKEN}");
+    let headers = [("authorization", auth.as_str())];
+    let admin_get = |path: &'static str| s.call(reqwest::Method::GET, path, None, &headers);
+    let (st, status) = admin_get("/api/v1/admin/data-platform").await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(
+        status,
+        json!({"pending": 0, "delivered": 0, "dead_letters": 0, "oldest_pending_at": null})
+    );
+    // The engine's platform is off: a paid order waits in the outbox.
+    let u = s.user("buyer", 10_000).await;
+    let p = s.product("mug", 1_000, 10).await;
+    let body = json!({"user_id": u, "items": [{"product_id": p, "quantity": 1}]});
+    let (_, o) = s.post("/api/v1/orders", body).await;
+    let (_, paid) = s
+        .post_empty(&format!("/api/v1/orders/{}/payment", o["id"]))
+        .await;
+    let (_, status) = admin_get("/api/v1/admin/data-platform").await;
+    assert_eq!(status["pending"], 1);
+    assert_eq!(status["oldest_pending_at"], paid["paid_at"]);
+    let (st, page) = admin_get("/api/v1/admin/data-platform/dead-letters").await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(page, json!({"items": [], "next": null}));
+    let bad = admin_get("/api/v1/admin/data-platform/dead-letters?limit=0").await;
+    assert_error(&bad, 400, "INVALID_REQUEST");
+    let (st, r) = s.admin_post(redrive, json!({})).await;
+    assert_eq!((st, r), (StatusCode::OK, json!({"redriven": 0})));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn top_products_rank_paid_units_after_a_refresh() {
     // proves GET products/top and POST admin/stats/refresh (admin only) with their shape
     let s = TestServer::start().await;
@@ -561,6 +603,11 @@ async fn operations_endpoints_answer_health_metrics_openapi_and_docs() {
         r#"engine_journal_writer_seconds_total{step="waiting"} "#,
         "engine_outbox_pending ",
         "engine_idempotency_keys ",
+        "# TYPE data_platform_pending gauge\ndata_platform_pending ",
+        "# TYPE data_platform_dead_letters gauge\ndata_platform_dead_letters 0\n",
+        "data_platform_events_in_memory ",
+        "# TYPE data_platform_delivered_total counter\ndata_platform_delivered_total 0\n",
+        "# TYPE data_platform_failures_total counter\ndata_platform_failures_total 0\n",
         r#"http_requests_total{method="POST",route="/api/v1/users",status="201"}"#,
         "http_request_duration_seconds_bucket",
     ] {

@@ -53,6 +53,13 @@ fn every_endpoint_of_the_contract_is_documented() {
         ("get", "/api/v1/users/{user_id}/orders", "200"),
         ("post", "/api/v1/orders/{order_id}/cancel", "200"),
         ("post", "/api/v1/orders/{order_id}/payment", "200"),
+        ("get", "/api/v1/admin/data-platform", "200"),
+        ("get", "/api/v1/admin/data-platform/dead-letters", "200"),
+        (
+            "post",
+            "/api/v1/admin/data-platform/dead-letters/redrive",
+            "200",
+        ),
         ("get", "/health", "200"),
         ("get", "/metrics", "200"),
     ] {

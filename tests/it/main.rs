@@ -6,6 +6,7 @@ mod cluster_support;
 mod common_http;
 mod durability_support;
 mod engine_support;
+mod platform_sink;
 
 mod bench_embedded;
 mod bench_http;
@@ -33,5 +34,6 @@ mod http_serve;
 mod lifetime;
 mod ops_files;
 mod outbox_delivery;
+mod outbox_http;
 mod simulate_flash_sale;
 mod stored_values;

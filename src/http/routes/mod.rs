@@ -3,6 +3,7 @@
 
 pub mod cart;
 pub mod coupons;
+pub mod data_platform;
 pub mod ops;
 pub mod orders;
 pub mod products;
@@ -29,6 +30,7 @@ Any POST accepts an Idempotency-Key.",
         (name = "coupons", description = "Coupon campaigns, first come first served"),
         (name = "cart", description = "A user's cart"),
         (name = "orders", description = "Orders and payment"),
+        (name = "data platform", description = "Delivery of events to the data platform: backlog, dead letters, redrive"),
         (name = "operations", description = "Health and metrics"),
     )
 )]
@@ -56,6 +58,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(coupons::router())
         .merge(cart::router())
         .merge(orders::router())
+        .merge(data_platform::router())
         .merge(ops::router())
 }
 
