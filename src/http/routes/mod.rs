@@ -5,6 +5,7 @@ pub mod cart;
 pub mod coupons;
 pub mod ops;
 pub mod orders;
+pub mod overview;
 pub mod products;
 pub mod users;
 
@@ -29,7 +30,7 @@ Any POST accepts an Idempotency-Key.",
         (name = "coupons", description = "Coupon campaigns, first come first served"),
         (name = "cart", description = "A user's cart"),
         (name = "orders", description = "Orders and payment"),
-        (name = "operations", description = "Health and metrics"),
+        (name = "operations", description = "Health, readiness, metrics and the operator's dashboard"),
     )
 )]
 struct ApiDoc;
@@ -57,6 +58,8 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(cart::router())
         .merge(orders::router())
         .merge(ops::router())
+        .merge(overview::router())
+        .merge(crate::http::dashboard::router())
 }
 
 /// The `Idempotency-Key` header, as documented on every POST.
