@@ -2,6 +2,7 @@
 //! below was its own crate, and each crate linked the whole dependency graph
 //! again (most of the test command's time). Shared helpers are modules too.
 
+mod browser;
 mod common_http;
 mod durability_support;
 mod engine_support;
@@ -9,6 +10,8 @@ mod engine_support;
 mod bench_embedded;
 mod bench_http;
 mod crash_sigkill;
+mod dashboard_browser;
+mod dashboard_http;
 mod durability_codec;
 mod durability_faults;
 mod durability_restart;
