@@ -22,6 +22,8 @@
 //!   pinned inside it), the [`Store`](store::Store) trait with sled, memory
 //!   and fault-injecting backends, the group-commit journal writer, and
 //!   recovery from snapshots and the journal.
+//! - [`cluster`]: replication (optional): the journal as a NATS JetStream
+//!   stream, one leader by a lease, stale writers fenced by the stream.
 //! - [`http`]: the axum API of `API.md`, with one error type mapped to the
 //!   documented codes.
 //! - [`bench`], [`simulate`], [`verify`]: the other subcommands of the binary.
@@ -53,6 +55,7 @@
 //! ```
 
 pub mod bench;
+pub mod cluster;
 pub mod domain;
 pub mod engine;
 pub mod http;

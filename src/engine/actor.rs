@@ -30,6 +30,8 @@ pub trait Journaled: Actor<Context = Context<Self>> {
     fn queue(&mut self) -> &mut CommitQueue<Self::Op>;
     fn journal(&self) -> &JournalHandle;
     fn finish(&mut self, op: Self::Op, ack: Ack, ctx: &mut Context<Self>);
+    /// Called once the ops that just became ready are finished.
+    fn finished(&mut self) {}
 }
 
 /// Submits `record`; `op` is finished once it is durable, after every op
@@ -49,6 +51,7 @@ pub fn submit<A: Journaled>(
                 for (op, ack) in act.queue().resolve(ticket, ack) {
                     act.finish(op, ack, ctx);
                 }
+                act.finished();
             }));
             Ok(())
         }

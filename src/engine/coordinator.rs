@@ -542,10 +542,13 @@ impl Placement {
                 }
             }),
         };
-        if let Err(e) = ack {
-            held.abandon();
-            return Err(Error::Storage(e));
-        }
+        let seq = match ack {
+            Ok(seq) => seq,
+            Err(e) => {
+                held.abandon();
+                return Err(Error::Storage(e));
+            }
+        };
         for (product, quantity) in &held.holds {
             product.tell(StockNews::Reserved(*quantity));
         }
@@ -555,6 +558,7 @@ impl Placement {
             Vec::new()
         };
         held.user.do_send(OrderNews::Placed {
+            seq,
             order_id: id,
             coupon: order.user_coupon_id,
             cart_products,

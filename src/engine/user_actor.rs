@@ -28,6 +28,36 @@ pub struct UserActor {
     /// Whole chunks of history, each with the archive mark taken when it
     /// filled: entries before `.1` leave memory once that is written.
     filled: VecDeque<(u64, u64)>,
+    /// Placed orders heard of while records of this user were in flight,
+    /// by journal sequence: each is applied in its place among them.
+    placed: Vec<Placed>,
+    /// The journal sequence of the last cart change applied, for each
+    /// product in the cart: a placed order heard of after a later change
+    /// of that line leaves the line as that change made it, as recovery
+    /// (which applies them in journal order) does. At most one entry per
+    /// cart line.
+    cart_changed: Vec<(ProductId, u64)>,
+}
+
+/// What a placed order does to its user, at its journal sequence.
+struct Placed {
+    seq: u64,
+    order_id: OrderId,
+    coupon: Option<UserCouponId>,
+    cart_products: Vec<ProductId>,
+}
+
+impl Placed {
+    /// Applies the order to `user`, but for cart lines changed after it
+    /// (by `cart_changed`'s sequences): journal order puts that change last.
+    fn apply(self, user: &mut User, cart_changed: &[(ProductId, u64)]) {
+        if let Some(c) = self.coupon {
+            user.apply_coupon_used(c, self.order_id);
+        }
+        let seq = self.seq;
+        let changed_later = |p: &ProductId| cart_changed.iter().any(|&(q, at)| q == *p && at > seq);
+        user.apply_cart_ordered(self.cart_products.into_iter().filter(|p| !changed_later(p)));
+    }
 }
 
 pub enum UserOp {
@@ -57,6 +87,13 @@ pub enum CartChange {
 }
 
 impl CartChange {
+    pub fn product_id(&self) -> ProductId {
+        match self {
+            CartChange::Set(line) => line.product_id,
+            CartChange::Remove(id) => *id,
+        }
+    }
+
     fn apply(&self, user: &mut User) {
         match self {
             CartChange::Set(line) => user.apply_cart_line_set(line.clone()),
@@ -73,7 +110,41 @@ impl UserActor {
             limits,
             queue: CommitQueue::default(),
             filled: VecDeque::new(),
+            placed: Vec::new(),
+            cart_changed: Vec::new(),
         }
+    }
+
+    /// Applies the placed orders journaled before `seq` (the sequence of
+    /// the record about to be applied), in journal order.
+    fn apply_placed_before(&mut self, seq: u64) {
+        // Oldest first; they are few (usually none or one).
+        while let Some(oldest) = (0..self.placed.len())
+            .filter(|&j| self.placed[j].seq < seq)
+            .min_by_key(|&j| self.placed[j].seq)
+        {
+            self.placed
+                .swap_remove(oldest)
+                .apply(&mut self.user, &self.cart_changed);
+        }
+        self.forget_cart_changes();
+    }
+
+    /// Notes that the cart line of `product` was changed by record `seq`.
+    fn cart_line_changed(&mut self, product: ProductId, seq: u64) {
+        match self.cart_changed.iter_mut().find(|(p, _)| *p == product) {
+            Some(entry) => entry.1 = seq,
+            None => self.cart_changed.push((product, seq)),
+        }
+        self.forget_cart_changes();
+    }
+
+    /// Keeps the change sequences of lines still in the cart only: a placed
+    /// order removes a line, so a line not there needs no sequence.
+    fn forget_cart_changes(&mut self) {
+        let cart = &self.user.cart;
+        self.cart_changed
+            .retain(|(p, _)| cart.iter().any(|l| l.product_id == *p));
     }
 
     /// A history entry was added: note a chunk it fills.
@@ -108,7 +179,11 @@ impl UserActor {
         }
     }
 
-    /// The cart as it will be once every cart change already submitted is applied, plus `change`.
+    /// The cart as it will be once every cart change already submitted
+    /// and every placed order heard of are applied, plus `change`. (A cart
+    /// change submitted after an order's record but before this user heard
+    /// of it is projected before the order, though applied after it: the
+    /// answer to that change may then show a line the order took.)
     fn projected_cart(&self, change: &CartChange) -> CartView {
         let mut user = User {
             history: Vec::new(),
@@ -119,6 +194,11 @@ impl UserActor {
             if let UserOp::Cart { change, .. } = op {
                 change.apply(&mut user);
             }
+        }
+        let mut placed: Vec<&Placed> = self.placed.iter().collect();
+        placed.sort_unstable_by_key(|p| p.seq);
+        for p in placed {
+            user.apply_cart_ordered(p.cart_products.iter().copied());
         }
         change.apply(&mut user);
         CartView::from(&user)
@@ -132,6 +212,12 @@ impl Actor for UserActor {
 impl Journaled for UserActor {
     type Op = UserOp;
 
+    fn finished(&mut self) {
+        if self.queue.is_empty() {
+            self.apply_placed_before(u64::MAX);
+        }
+    }
+
     fn queue(&mut self) -> &mut CommitQueue<UserOp> {
         &mut self.queue
     }
@@ -142,6 +228,9 @@ impl Journaled for UserActor {
 
     fn finish(&mut self, op: UserOp, ack: Ack, _ctx: &mut Context<Self>) {
         self.let_go();
+        if let Ok(seq) = ack {
+            self.apply_placed_before(seq);
+        }
         let ok = acked(&ack);
         match op {
             UserOp::Charge {
@@ -175,8 +264,9 @@ impl Journaled for UserActor {
                 view,
                 reply,
             } => {
-                if ok.is_ok() {
+                if let Ok(seq) = ack {
                     change.apply(&mut self.user);
+                    self.cart_line_changed(change.product_id(), seq);
                 }
                 let _ = reply.send(ok.map(|()| view));
             }
@@ -365,8 +455,12 @@ impl Handler<HoldCoupon> for UserActor {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub enum OrderNews {
-    /// The order was placed: the held coupon is used, ordered cart lines leave the cart.
+    /// The order was placed (its record is `seq`): the held coupon is
+    /// used, ordered cart lines leave the cart. Applied in journal order
+    /// among this user's own records still in flight, as recovery replays
+    /// them: a cart change journaled before the order is applied before it.
     Placed {
+        seq: u64,
         order_id: OrderId,
         coupon: Option<UserCouponId>,
         cart_products: Vec<ProductId>,
@@ -385,14 +479,20 @@ impl Handler<OrderNews> for UserActor {
     fn handle(&mut self, msg: OrderNews, _: &mut Context<Self>) {
         match msg {
             OrderNews::Placed {
+                seq,
                 order_id,
                 coupon,
                 cart_products,
             } => {
-                if let Some(c) = coupon {
-                    self.user.apply_coupon_used(c, order_id);
+                self.placed.push(Placed {
+                    seq,
+                    order_id,
+                    coupon,
+                    cart_products,
+                });
+                if self.queue.is_empty() {
+                    self.apply_placed_before(u64::MAX);
                 }
-                self.user.apply_cart_ordered(cart_products.into_iter());
             }
             OrderNews::Abandoned { coupon } => self.user.drop_coupon_hold(coupon),
             OrderNews::Returned { coupon } => self.user.apply_coupon_restored(coupon),

@@ -69,6 +69,10 @@ impl<S: Store> Store for FaultyStore<S> {
         self.inner.load()
     }
 
+    fn forget_failed_appends(&self) -> Result<(), StorageError> {
+        self.inner.forget_failed_appends()
+    }
+
     fn archive(&self) -> std::sync::Arc<dyn crate::store::Archive> {
         self.inner.archive()
     }

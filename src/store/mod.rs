@@ -115,6 +115,13 @@ pub trait Store: Send + Sync + 'static {
     /// Reads everything back.
     fn load(&self) -> Result<Loaded, StorageError>;
 
+    /// After failed appends: makes it durable that their batches are gone
+    /// (none of them was acknowledged). `Ok` once nothing is left to do;
+    /// the journal writer calls it until then.
+    fn forget_failed_appends(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
+
     /// Bytes the store uses on disk, when it knows.
     fn size_on_disk(&self) -> Option<u64> {
         None
@@ -133,6 +140,9 @@ impl Store for Box<dyn Store> {
     }
     fn load(&self) -> Result<Loaded, StorageError> {
         (**self).load()
+    }
+    fn forget_failed_appends(&self) -> Result<(), StorageError> {
+        (**self).forget_failed_appends()
     }
     fn size_on_disk(&self) -> Option<u64> {
         (**self).size_on_disk()

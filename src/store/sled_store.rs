@@ -423,12 +423,12 @@ impl Archive for SledArchive {
 /// (seen past 1 s on a loaded machine). Another process holding the lock
 /// gets the error after that.
 fn open_db(dir: &Path) -> Result<sled::Db, StorageError> {
-    open_db_at(&db_dir(dir))
+    open_db_at(&db_dir(dir), sled::Config::new())
 }
 
 /// [`open_db`] for sled's directory `path`.
-fn open_db_at(path: &Path) -> Result<sled::Db, StorageError> {
-    let config = sled::Config::new().path(path).cache_capacity(CACHE_BYTES);
+fn open_db_at(path: &Path, config: sled::Config) -> Result<sled::Db, StorageError> {
+    let config = config.path(path).cache_capacity(CACHE_BYTES);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         match config.open() {
@@ -462,30 +462,99 @@ fn journal_db_dir(dir: &Path) -> std::path::PathBuf {
 }
 
 /// The journal's own sled database (see the module's documentation).
+///
+/// Nothing here becomes durable but by [`JournalDb::flush`]: sled's
+/// background flush (every 500 ms by default) is off for this database, so
+/// a batch whose append failed cannot be written out behind the engine's
+/// back. After a failed append the database takes no more appends nor
+/// trims in this process (the engine answers 503 `STORAGE_UNAVAILABLE`
+/// until restarted); the failed batches are removed from sled's memory at
+/// once, and that removal is flushed as soon as storage takes a flush again
+/// ([`JournalDb::forget_failed`]), so a batch never acknowledged does not
+/// come back at the next start. A failed flush may still have written
+/// the batch to the log file before failing; if the process ends before
+/// the removal is flushed, that batch can be replayed at the next start.
 struct JournalDb {
     db: sled::Db,
     tree: sled::Tree,
     blobs: BlobSync,
     log: LogGrowth,
+    /// An append failed: no more appends, trims or flushes but the one that
+    /// makes the failed batches' removal durable.
+    poisoned: AtomicBool,
+    /// Keys of the batches whose append failed, until their removal is durable.
+    failed: Mutex<Vec<[u8; 9]>>,
 }
 
 impl JournalDb {
     fn open(dir: &Path) -> Result<JournalDb, StorageError> {
         let path = journal_db_dir(dir);
-        let db = open_db_at(&path)?;
+        let db = open_db_at(&path, sled::Config::new().flush_every_ms(None))?;
         Ok(JournalDb {
             tree: db.open_tree("journal").map_err(io)?,
             blobs: BlobSync::adopt(&path)?,
             log: LogGrowth::open(&path)?,
             db,
+            poisoned: AtomicBool::new(false),
+            failed: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Appends one batch under `key`, durable when it returns.
+    fn append(&self, key: [u8; 9], frames: &[u8]) -> Result<(), StorageError> {
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(StorageError::Poisoned);
+        }
+        let result = self
+            .tree
+            .insert(key, frames)
+            .map_err(io)
+            .and_then(|_| self.write_out());
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "a journal batch could not be made durable; it is removed and nothing more is appended");
+            self.poisoned.store(true, Ordering::Release);
+            self.failed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(key);
+            let _ = self.forget_failed();
+        }
+        result
+    }
+
+    /// Makes the removal of the batches whose append failed durable; `Ok`
+    /// once none is left to forget.
+    fn forget_failed(&self) -> Result<(), StorageError> {
+        let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        if failed.is_empty() {
+            return Ok(());
+        }
+        for key in failed.iter() {
+            self.tree.remove(key).map_err(io)?;
+        }
+        self.write_out()?;
+        tracing::info!(
+            batches = failed.len(),
+            "the journal batches that failed are durably gone"
+        );
+        failed.clear();
+        Ok(())
+    }
+
+    /// Makes everything inserted or removed so far durable, refused once
+    /// an append failed (so no trim writes out a failed batch).
+    fn flush(&self) -> Result<(), StorageError> {
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(StorageError::Poisoned);
+        }
+        self.write_out()
     }
 
     /// Makes everything inserted or removed so far durable, with the blob
     /// files sled wrote for it and the log's new length. Only the journal
     /// writes blob files here (its last node, or a node a trim rewrote),
     /// so listing them costs one `stat` nearly always.
-    fn flush(&self) -> Result<(), StorageError> {
+    fn write_out(&self) -> Result<(), StorageError> {
         self.blobs.sync_new()?;
         self.tree.flush().map_err(io)?;
         self.log.sync_if_grown()?;
@@ -987,7 +1056,7 @@ impl SledStore {
         if !legacy.is_empty() {
             remove_chunked(&self.tree, legacy)?;
         }
-        if !own.is_empty() {
+        if !own.is_empty() && !self.journal.poisoned.load(Ordering::Acquire) {
             remove_chunked(&self.journal.tree, own)?;
             self.journal.flush()?;
         }
@@ -1227,11 +1296,11 @@ impl SledStore {
 
 impl Store for SledStore {
     fn append(&self, first_seq: u64, frames: &[u8]) -> Result<(), StorageError> {
-        self.journal
-            .tree
-            .insert(journal_key(first_seq), frames)
-            .map_err(io)?;
-        self.journal.flush()
+        self.journal.append(journal_key(first_seq), frames)
+    }
+
+    fn forget_failed_appends(&self) -> Result<(), StorageError> {
+        self.journal.forget_failed()
     }
 
     fn snapshot(&self, seq: u64, entries: SnapshotEntries) -> Result<(), StorageError> {

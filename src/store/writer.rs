@@ -525,6 +525,10 @@ impl Worker {
             let first = match received {
                 Ok(c) => c,
                 Err(RecvTimeoutError::Timeout) => {
+                    if self.poisoned.load(Ordering::Acquire) {
+                        // Make it durable that the failed batches are gone.
+                        let _ = self.store.forget_failed_appends();
+                    }
                     // Idle: finish the release and the snapshot under way at once.
                     self.advance_release(usize::MAX);
                     self.advance_cut(usize::MAX);

@@ -496,3 +496,56 @@ async fn a_product_read_right_after_an_answer_sees_exactly_what_it_changed() {
         assert_eq!((p.stock, p.reserved), (expected[&p.id], 0), "{}", p.id);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cart_changes_racing_orders_from_the_cart_leave_the_cart_recovery_finds() {
+    // regression: a placed order's cart removal was applied before a cart change
+    // journaled ahead of it, so the live cart could differ from the recovered one
+    let (engine, store) = engine();
+    let buyers = users(&engine, 8).await;
+    let mut products = Vec::new();
+    for p in 0..3 {
+        let id = engine
+            .create_product(&format!("p{p}"), Krw(10), 1_000_000, None)
+            .await
+            .unwrap()
+            .id;
+        products.push(id);
+    }
+    for &u in &buyers {
+        engine.charge(u, Krw(10_000_000), None).await.unwrap();
+    }
+    let mut tasks = Vec::new();
+    for round in 0..60u64 {
+        for (i, &u) in buyers.iter().enumerate() {
+            let e = engine.clone();
+            let p = products[(round as usize + i) % products.len()];
+            let q = products[(round as usize + i + 1) % products.len()];
+            tasks.push(tokio::spawn(async move {
+                let _ = e.set_cart_item(u, p, 1 + round % 5, None).await;
+                let from_cart = PlaceOrder {
+                    user_id: u,
+                    source: OrderSource::Cart,
+                    user_coupon_id: None,
+                };
+                let (_, _) = tokio::join!(
+                    e.place_order(from_cart, None),
+                    e.set_cart_item(u, q, 2 + round % 3, None)
+                );
+                let _ = e.remove_cart_item(u, p).await;
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut live = Vec::new();
+    for &u in &buyers {
+        live.push(engine.cart(u).await.unwrap());
+    }
+    let world = stop_and_recover(engine, &store).await;
+    for (u, cart) in buyers.iter().zip(live) {
+        let recovered = commerce_engine::domain::views::CartView::from(&world.users[u.index()]);
+        assert_eq!(cart, recovered, "user {u}");
+    }
+}

@@ -3,16 +3,22 @@
 //! again (most of the test command's time). Shared helpers are modules too.
 
 mod browser;
+mod cluster_support;
 mod common_http;
 mod durability_support;
 mod engine_support;
 
 mod bench_embedded;
 mod bench_http;
+mod cluster_failover;
+mod cluster_lease;
+mod cluster_model;
+mod cluster_stream;
 mod crash_sigkill;
 mod dashboard_browser;
 mod dashboard_http;
 mod durability_codec;
+mod durability_disk_full;
 mod durability_faults;
 mod durability_restart;
 mod durability_verify;

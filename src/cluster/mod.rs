@@ -1,0 +1,183 @@
+//! Replication (optional): the journal as a NATS JetStream stream, one
+//! leader by a lease, every stale writer fenced by the stream itself.
+//!
+//! In a cluster **the stream is the only truth**. A node's local sled
+//! store is a copy of what the stream holds (plus snapshots); a batch that
+//! a node flushed locally but the stream never took was never
+//! acknowledged, and a node that rejoins discards it before it follows.
+//! The design, the server configuration and the failure table are in
+//! `docs/cluster.md`.
+//!
+//! - [`lease`]: who leads, as a pure state machine over a key-value
+//!   bucket's TTL and revision compare-and-swap; time is passed in.
+//! - [`fence`]: where the leader appends, as a pure state machine: the
+//!   expected last sequence and message id of every append, the term marker.
+//! - [`journal`]: the stream itself (append, follow, last sequence, purge).
+//! - [`lease_bucket`]: the bucket's I/O; [`lease_task`]: the task driving the lease.
+//! - [`replicator`]: what the journal writer calls, per batch.
+//!
+//! # The interface the engine will use
+//!
+//! Not wired into the engine yet (nor the `serve --cluster` flags, nor the
+//! HTTP `NOT_LEADER` answers). The journal writer, per group-commit batch:
+//! 1. appends the batch's frames with [`Replicator::append`] and awaits it
+//!    (the publish ack: stored and fsynced by a quorum of servers). It
+//!    expects the stream's last sequence to be the one it appended last, so
+//!    a writer that lost its lease is refused (`Fenced`), and it resends an
+//!    unanswered append under the same message id, so a lost ack never
+//!    doubles a batch;
+//! 2. flushes the batch locally (`Store::append`, unchanged);
+//! 3. acknowledges its records. A batch that failed step 1 is answered
+//!    `NOT_LEADER` (nothing stored) or `OUTCOME_UNKNOWN` (maybe stored) and
+//!    the node becomes a standby.
+//!
+//! A standby reads the stream with [`JournalStream::read_from`] from the
+//! sequence after its snapshot, applies every batch through the same code
+//! as recovery (`store::recovery`), and reports it with
+//! [`Replicator::on_applied`]. When [`LeaseHandle::permit`] makes it the
+//! leader, it reads to the stream's end, opens its term with
+//! [`Replicator::begin_term`] (on `Behind`: apply what is new and begin
+//! again), and only then serves. Snapshots name the stream sequence they
+//! cover; the stream is trimmed below the oldest one with
+//! [`JournalStream::purge_up_to`]. A term marker (an empty message) holds
+//! no records: appliers skip it.
+//!
+//! Stream sequences are not the journal's record sequences: a batch is one
+//! stream message and many records. The engine keeps both (the record
+//! sequence of a batch's first record travels inside its frames).
+
+pub mod fence;
+pub mod journal;
+pub mod lease;
+pub mod lease_bucket;
+pub mod lease_task;
+pub mod replicator;
+
+pub use fence::{Fence, Ticket};
+pub use journal::{AppendError, Follow, JournalEntry, JournalStream, ReadError};
+pub use lease::{Action, LeaseConfig, LeaseState, LeaseValue, Role, StepDown};
+pub use lease_bucket::{LeaseBucket, LeaseOpError};
+pub use lease_task::{LeaseHandle, LeaseTask, MonotonicClock};
+pub use replicator::{ReplicateError, Replicator, ReplicatorConfig};
+
+use std::time::Duration;
+
+/// Failures to join a cluster (connecting, creating or binding its stream
+/// and bucket). Failures of single appends and lease operations have their
+/// own types.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cluster name {0:?}: use 1 to 64 of A-Z, a-z, 0-9, '_' and '-'")]
+    BadName(String),
+    #[error("no NATS server answered at {urls}: {error}")]
+    Connect { urls: String, error: String },
+    #[error("JetStream request failed: {0}")]
+    JetStream(String),
+    #[error("the lease bucket's TTL is {bucket_ms} ms but this node's lease assumes {node_ms} ms")]
+    LeaseTtl { bucket_ms: u64, node_ms: u64 },
+    #[error(transparent)]
+    LeaseConfig(#[from] lease::LeaseConfigError),
+}
+
+/// A cluster's name: it names the stream, its subject and the lease bucket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterName(String);
+
+impl ClusterName {
+    pub fn new(name: &str) -> Result<ClusterName, ClusterError> {
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if valid {
+            Ok(ClusterName(name.to_owned()))
+        } else {
+            Err(ClusterError::BadName(name.to_owned()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// `<name>-journal`
+    pub fn journal_stream(&self) -> String {
+        format!("{}-journal", self.0)
+    }
+
+    /// `<name>.journal`
+    pub fn journal_subject(&self) -> String {
+        format!("{}.journal", self.0)
+    }
+
+    /// `<name>-lease`
+    pub fn lease_bucket(&self) -> String {
+        format!("{}-lease", self.0)
+    }
+}
+
+/// A node's connection to the NATS cluster, with its stream and bucket bound.
+pub struct Cluster {
+    pub client: async_nats::Client,
+    pub journal: JournalStream,
+    pub lease_bucket: LeaseBucket,
+}
+
+impl Cluster {
+    /// Connects to any of `urls` and binds (or creates) the journal stream
+    /// and the lease bucket, with [`replicas_for`] replicas.
+    pub async fn join(
+        urls: &[String],
+        name: &ClusterName,
+        lease: &LeaseConfig,
+    ) -> Result<Cluster, ClusterError> {
+        lease.validate()?;
+        let joined = urls.join(",");
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(5))
+            // A hung server (SIGSTOP, a stalled machine) keeps its socket
+            // open: pings find it out and the client moves to another
+            // server within a few seconds instead of the default minutes.
+            .ping_interval(Duration::from_secs(1))
+            .retry_on_initial_connect()
+            .connect(urls)
+            .await
+            .map_err(|e| ClusterError::Connect {
+                urls: joined.clone(),
+                error: e.to_string(),
+            })?;
+        // The first INFO arrives with the connection; with
+        // `retry_on_initial_connect` the call returns before it, so wait.
+        client.flush().await.map_err(|e| ClusterError::Connect {
+            urls: joined.clone(),
+            error: e.to_string(),
+        })?;
+        let js = async_nats::jetstream::new(client.clone());
+        let replicas = replicas_for(urls.len(), client.server_info().connect_urls.len());
+        let journal = JournalStream::open(&js, name, replicas).await?;
+        let lease_bucket = LeaseBucket::open(
+            &js,
+            name,
+            journal.replicas(),
+            Duration::from_millis(lease.ttl_ms),
+        )
+        .await?;
+        Ok(Cluster {
+            client,
+            journal,
+            lease_bucket,
+        })
+    }
+}
+
+/// Replicas for a NATS cluster of which `given` servers were named and the
+/// connected server told of `advertised` (its own and its peers' client
+/// URLs): 3 when the cluster has three servers or more, else 1.
+pub fn replicas_for(given: usize, advertised: usize) -> usize {
+    if given.max(advertised) >= 3 {
+        3
+    } else {
+        1
+    }
+}
