@@ -6,11 +6,15 @@
 //! acknowledged. Over HTTP only what the API shows can be checked: stock,
 //! balances and coupons left, against the same tallies.
 //!
+//! A read over HTTP that could not reach the server (refused, reset, no
+//! answer) is reported apart, as unreachable: it neither passes nor
+//! violates anything.
+//!
 //! With no unknown outcome the tallies are exact (`==`); otherwise an
 //! operation may have happened without its answer arriving, so only
 //! "every acknowledgement is there" (`>=`) is demanded.
 
-use crate::bench::target::Target;
+use crate::bench::target::{OpError, Target};
 use crate::bench::workload::{Fixture, Tally, STOCK};
 use crate::domain::ids::OrderId;
 use crate::domain::order::OrderStatus;
@@ -101,49 +105,108 @@ pub fn check_world(
 /// How many paid orders a check over HTTP reads back at most.
 const PAID_SAMPLE_MAX: usize = 2_000;
 const CHECK_IN_FLIGHT: usize = 64;
+/// Checks that could not reach the server, listed one by one at most.
+const UNREACHABLE_LISTED_MAX: usize = 20;
 
-/// Checks a server through its API against the run's tallies.
+/// What a check over HTTP found.
+#[derive(Debug, Default)]
+pub struct RemoteCheck {
+    /// What the server answered that contradicts the acknowledgements.
+    pub violations: Vec<String>,
+    /// Checks that could not reach the server (refused, reset, no answer):
+    /// neither passed nor violated. At most [`UNREACHABLE_LISTED_MAX`]
+    /// listed, then how many more.
+    pub unreachable: Vec<String>,
+}
+
+/// One check's finding.
+enum Finding {
+    Fine,
+    Violated(String),
+    Unreachable(String),
+}
+
+/// A read that failed: a violation if the server answered, else unreachable.
+fn failed(what: String, e: &OpError) -> Finding {
+    if e.is_unreachable() {
+        Finding::Unreachable(format!("{what}: could not reach the server ({e})"))
+    } else {
+        Finding::Violated(format!("{what}: cannot read: {e}"))
+    }
+}
+
+impl RemoteCheck {
+    fn add(&mut self, findings: Vec<Finding>) {
+        for f in findings {
+            match f {
+                Finding::Fine => {}
+                Finding::Violated(v) => self.violations.push(v),
+                Finding::Unreachable(u) => self.unreachable.push(u),
+            }
+        }
+    }
+
+    fn bounded(mut self) -> RemoteCheck {
+        let n = self.unreachable.len();
+        if n > UNREACHABLE_LISTED_MAX {
+            self.unreachable.truncate(UNREACHABLE_LISTED_MAX);
+            self.unreachable.push(format!(
+                "... and {} more checks that could not reach the server",
+                n - UNREACHABLE_LISTED_MAX
+            ));
+        }
+        self
+    }
+}
+
+/// Checks a server through its API against the run's tallies. A check
+/// that cannot reach the server is reported as unreachable, never as a
+/// violation: nothing is known from it.
 pub async fn check_remote(
     target: &Target,
     fixture: &Fixture,
     tally: &Tally,
     paid_orders: &[OrderId],
-) -> Vec<String> {
+) -> RemoteCheck {
     let exact = tally.unknown.load(Ordering::Relaxed) == 0;
-    let mut out: Vec<String> = stream::iter(fixture.products.iter().enumerate())
+    let mut out = RemoteCheck::default();
+    let stock: Vec<Finding> = stream::iter(fixture.products.iter().enumerate())
         .map(|(i, id)| async move {
             let (placed, returned) = (get(&tally.placed_units, i), get(&tally.returned_units, i));
             let expected = STOCK - placed + returned;
             match target.product_stock(*id).await {
-                Ok(s) if s == expected || (!exact && s <= expected) => None,
-                Ok(s) => Some(format!(
+                Ok(s) if s == expected || (!exact && s <= expected) => Finding::Fine,
+                Ok(s) => Finding::Violated(format!(
                     "product {id}: stock {s}, expected {expected} (placed {placed}, returned {returned})"
                 )),
-                Err(e) => Some(format!("product {id}: cannot read stock: {e}")),
+                Err(e) => failed(format!("product {id}"), &e),
             }
         })
         .buffer_unordered(CHECK_IN_FLIGHT)
-        .filter_map(|v| async move { v })
+        .filter(|f| std::future::ready(!matches!(f, Finding::Fine)))
         .collect()
         .await;
-    let balances: Vec<String> = stream::iter(fixture.users.iter().enumerate())
+    out.add(stock);
+    let balances: Vec<Finding> = stream::iter(fixture.users.iter().enumerate())
         .map(|(i, id)| async move {
             let expected = get(&tally.charged, i).checked_sub(get(&tally.paid, i));
             match target.balance(*id).await {
                 // A negative balance cannot even be read as a u64.
-                Ok(b) if !exact || Some(b.0) == expected => None,
-                Ok(b) => Some(format!("user {id}: balance {}, expected {expected:?}", b.0)),
-                Err(e) => Some(format!("user {id}: cannot read balance: {e}")),
+                Ok(b) if !exact || Some(b.0) == expected => Finding::Fine,
+                Ok(b) => {
+                    Finding::Violated(format!("user {id}: balance {}, expected {expected:?}", b.0))
+                }
+                Err(e) => failed(format!("user {id}"), &e),
             }
         })
         .buffer_unordered(CHECK_IN_FLIGHT)
-        .filter_map(|v| async move { v })
+        .filter(|f| std::future::ready(!matches!(f, Finding::Fine)))
         .collect()
         .await;
-    out.extend(balances);
+    out.add(balances);
     if let Some((coupon, quantity)) = fixture.coupon {
         let issued_ok = tally.issued.load(Ordering::Relaxed);
-        match target.coupon_remaining(coupon).await {
+        let finding = match target.coupon_remaining(coupon).await {
             Ok(left) => {
                 let issued = quantity.checked_sub(left);
                 let fine = match issued {
@@ -151,29 +214,34 @@ pub async fn check_remote(
                     Some(n) => n >= issued_ok,
                     None => false,
                 };
-                if !fine {
-                    out.push(format!(
+                if fine {
+                    Finding::Fine
+                } else {
+                    Finding::Violated(format!(
                         "coupon {coupon}: {left} left of {quantity}, {issued_ok} acknowledged"
-                    ));
+                    ))
                 }
             }
-            Err(e) => out.push(format!("coupon {coupon}: cannot read: {e}")),
-        }
+            Err(e) => failed(format!("coupon {coupon}"), &e),
+        };
+        out.add(vec![finding]);
     }
     let step = (paid_orders.len() / PAID_SAMPLE_MAX).max(1);
     let sample: Vec<OrderId> = paid_orders.iter().step_by(step).copied().collect();
-    let orders: Vec<String> = stream::iter(sample)
+    let orders: Vec<Finding> = stream::iter(sample)
         .map(|id| async move {
             match target.order_status(id).await {
-                Ok(s) if s == "paid" => None,
-                Ok(s) => Some(format!("order {id}: payment acknowledged but status {s}")),
-                Err(e) => Some(format!("order {id}: cannot read: {e}")),
+                Ok(s) if s == "paid" => Finding::Fine,
+                Ok(s) => {
+                    Finding::Violated(format!("order {id}: payment acknowledged but status {s}"))
+                }
+                Err(e) => failed(format!("order {id}"), &e),
             }
         })
         .buffer_unordered(CHECK_IN_FLIGHT)
-        .filter_map(|v| async move { v })
+        .filter(|f| std::future::ready(!matches!(f, Finding::Fine)))
         .collect()
         .await;
-    out.extend(orders);
-    out
+    out.add(orders);
+    out.bounded()
 }

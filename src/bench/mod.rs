@@ -187,14 +187,28 @@ impl BenchArgs {
     }
 }
 
+/// Exit code when the server could not be reached (an invariant violated exits 1).
+pub const EXIT_UNREACHABLE: u8 = 2;
+
 pub fn run(args: BenchArgs) -> Result<ExitCode, crate::CliError> {
     let report = execute(&args)?;
-    crate::emit_report(
+    let code = crate::emit_report(
         args.json,
         &report,
         || report.table(),
         report.invariants.ok(),
-    )
+    )?;
+    let unreachable = report
+        .unreachable
+        .as_ref()
+        .or(report.invariants.unreachable.first());
+    match unreachable {
+        Some(why) if report.invariants.violations.is_empty() => {
+            eprintln!("bench: stopped: {why}");
+            Ok(ExitCode::from(EXIT_UNREACHABLE))
+        }
+        _ => Ok(code),
+    }
 }
 
 /// An embedded engine and where its data lives.
@@ -275,6 +289,7 @@ impl Embedded {
             Ok((world, r)) => InvariantReport {
                 checked: true,
                 violations: check::check_world(&world, fixture, tally, paid),
+                unreachable: Vec::new(),
                 summary: format!(
                     "recovered {} records after snapshot {}; every invariant and every acknowledged effect checked ({} paid orders)",
                     r.records_replayed, r.snapshot_seq, paid.len()
@@ -283,11 +298,13 @@ impl Embedded {
             Err(RecoveryError::Invariants(v)) => InvariantReport {
                 checked: true,
                 violations: v,
+                unreachable: Vec::new(),
                 summary: "recovery found the state inconsistent".into(),
             },
             Err(e) => InvariantReport {
                 checked: true,
                 violations: vec![format!("recovery failed: {e}")],
+                unreachable: Vec::new(),
                 summary: "the store could not be recovered".into(),
             },
         };
@@ -371,7 +388,8 @@ async fn worker(run: Arc<Run>, index: u64, seed: u64) -> WorkerOut {
     let mut rng = Rng::stream(seed, index);
     let mut out = WorkerOut::new();
     let mut sent: u64 = 0;
-    while !run.exhausted.load(Ordering::Relaxed) {
+    // Over HTTP, a server taken for gone ends the run: no more attempts.
+    while !run.exhausted.load(Ordering::Relaxed) && !run.target.is_gone() {
         let due = match run.interval_ns {
             Some(ns) => {
                 let slot = index + sent * run.concurrency;
@@ -400,6 +418,7 @@ async fn worker(run: Arc<Run>, index: u64, seed: u64) -> WorkerOut {
             run.exhausted.store(true, Ordering::Relaxed);
             break;
         };
+
         let done = Instant::now();
         if let Some(id) = paid {
             out.paid.push(id);
@@ -555,6 +574,58 @@ fn rss_mib() -> Option<f64> {
     crate::process::resident_bytes().map(|b| b as f64 / (1024.0 * 1024.0))
 }
 
+/// The resident memory that setup grows: the server's over HTTP (from its
+/// `/metrics`), this process's embedded.
+async fn setup_rss(target: &Target) -> Option<f64> {
+    match target {
+        Target::Embedded(_) => rss_mib(),
+        Target::Http(_) => target.server_rss_mib().await,
+    }
+}
+
+/// What a run over HTTP writes into the server, said before it writes it:
+/// the server keeps all of it.
+fn writes_warning(args: &BenchArgs, users: usize, products: usize) -> String {
+    let url = args.url.as_deref().unwrap_or_default();
+    let mut what = vec![format!("{users} users named bench-user-N")];
+    if args.workload.needs_balance() {
+        what.push(format!("{} KRW charged to each", workload::SETUP_CHARGE.0));
+    }
+    if products > 0 {
+        what.push(format!(
+            "{products} products named bench-product-N with {} in stock",
+            workload::STOCK
+        ));
+    }
+    if args.workload.needs_coupon() {
+        what.push("one coupon campaign named bench-flash".into());
+    }
+    let load = match args.workload {
+        Workload::Charge => "charges balances",
+        Workload::OrderPay | Workload::HotProduct => "places and pays orders",
+        Workload::CouponFlash => "issues coupons",
+        Workload::Mixed => "places and pays orders, charges balances and issues coupons",
+    };
+    format!(
+        "bench: writing into {url}: creates {}, then {load} for {:.0} s. \
+         They stay in its data dir: point it at a server whose data can be thrown away.",
+        what.join(", "),
+        args.warmup_secs + args.duration_secs
+    )
+}
+
+/// Why setup failed, in one sentence: an unreachable server said as such.
+fn setup_failed(target: &Target, e: &OpError) -> crate::CliError {
+    if let Some(gone) = target.unreachable() {
+        return format!("setup stopped: {gone}").into();
+    }
+    if e.is_unreachable() {
+        let last = target.last_transport_error().unwrap_or_default();
+        return format!("setup failed: the server could not be reached ({e}: {last})").into();
+    }
+    format!("setup failed: {e}").into()
+}
+
 fn journal_delta(a: &EngineMetrics, b: &EngineMetrics, secs: f64) -> JournalReport {
     let records = b.journal_records.saturating_sub(a.journal_records);
     let batches = b.journal_batches.saturating_sub(a.journal_batches);
@@ -609,11 +680,15 @@ async fn drive(
     products: usize,
     sink: Option<Arc<BenchSink>>,
 ) -> Result<Driven, crate::CliError> {
+    if let Target::Http(http) = &target {
+        http.probe().await?;
+        eprintln!("{}", writes_warning(args, users, products));
+    }
     let pb = progress_bar(Duration::from_secs(1), args.json);
     pb.set_message(format!("setting up {users} users, {products} products"));
     pb.enable_steady_tick(Duration::from_millis(200));
     let setup_start = Instant::now();
-    let rss_before_setup = rss_mib();
+    let rss_before_setup = setup_rss(&target).await;
     let (fixture, tally) = setup(
         &target,
         args.workload,
@@ -622,9 +697,9 @@ async fn drive(
         args.coupon_quantity,
     )
     .await
-    .map_err(|e| format!("setup failed: {e}"))?;
+    .map_err(|e| setup_failed(&target, &e))?;
     let setup_secs = setup_start.elapsed().as_secs_f64();
-    let setup_rss_mib = (rss_before_setup, rss_mib());
+    let setup_rss_mib = (rss_before_setup, setup_rss(&target).await);
     pb.finish_and_clear();
     let warmup = Duration::from_secs_f64(args.warmup_secs);
     let duration = Duration::from_secs_f64(args.duration_secs);
@@ -701,7 +776,8 @@ async fn drive(
     let outs = workers.join().await?;
     // What follows (the invariant check) is not the workload's.
     run.target.stop_timing_requests();
-    let measured_secs = if run.exhausted.load(Ordering::Relaxed) {
+    let stopped_early = run.exhausted.load(Ordering::Relaxed) || run.target.is_gone();
+    let measured_secs = if stopped_early {
         let last_done = outs.iter().filter_map(|o| o.last_done).max();
         last_done.map_or(0.0, |t| {
             t.saturating_duration_since(run.measure_from).as_secs_f64()
@@ -837,19 +913,28 @@ pub fn execute(args: &BenchArgs) -> Result<BenchReport, crate::CliError> {
     let run = &driven.run;
     let invariants = match embedded {
         Some(emb) => emb.finish(&run.fixture, &run.tally, &paid),
-        None => {
-            let violations = rt.block_on(check::check_remote(
-                &run.target,
-                &run.fixture,
-                &run.tally,
-                &paid,
-            ));
-            InvariantReport {
-                checked: true,
-                violations,
-                summary: "through the API: stock, balances and coupons against acknowledgements; a sample of paid orders".into(),
+        None => match run.target.unreachable() {
+            Some(gone) => InvariantReport {
+                checked: false,
+                violations: Vec::new(),
+                unreachable: vec![gone],
+                summary: "the server could not be reached, so nothing could be checked".into(),
+            },
+            None => {
+                let checked = rt.block_on(check::check_remote(
+                    &run.target,
+                    &run.fixture,
+                    &run.tally,
+                    &paid,
+                ));
+                InvariantReport {
+                    checked: checked.unreachable.is_empty(),
+                    violations: checked.violations,
+                    unreachable: checked.unreachable,
+                    summary: "through the API: stock, balances and coupons against acknowledgements; a sample of paid orders".into(),
+                }
             }
-        }
+        },
     };
     Ok(build_report(
         args,
@@ -926,6 +1011,7 @@ fn build_report(
         data_platform: d.data_platform.clone(),
         rss_drift: RssDrift::over(&d.timeline, args.warmup_secs, d.measured_secs),
         timeline: d.timeline.clone(),
+        unreachable: d.run.target.unreachable(),
         invariants,
     }
 }

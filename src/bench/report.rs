@@ -183,15 +183,20 @@ impl RssDrift {
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct InvariantReport {
+    /// Every check reached its data (false when the server could not be reached).
     pub checked: bool,
+    /// What contradicts the acknowledgements: a broken guarantee.
     pub violations: Vec<String>,
+    /// Checks that could not reach the server: nothing is known from them,
+    /// so they are neither passed nor violated.
+    pub unreachable: Vec<String>,
     /// What was checked, in one sentence.
     pub summary: String,
 }
 
 impl InvariantReport {
     pub fn ok(&self) -> bool {
-        self.checked && self.violations.is_empty()
+        self.checked && self.violations.is_empty() && self.unreachable.is_empty()
     }
 }
 
@@ -230,6 +235,10 @@ pub struct BenchReport {
     pub rss_drift: Option<RssDrift>,
     /// Per second, for spotting decay and memory growth (JSON only).
     pub timeline: Vec<Second>,
+    /// With `--url`: why the run stopped early, when the server stopped
+    /// answering (connections refused or cut off; see
+    /// [`UNREACHABLE_ATTEMPTS`](crate::bench::target::UNREACHABLE_ATTEMPTS)).
+    pub unreachable: Option<String>,
     pub invariants: InvariantReport,
 }
 
@@ -282,11 +291,20 @@ impl BenchReport {
             self.setup_secs, self.warmup_secs, self.measured_secs
         );
         if let (Some(before), Some(after)) = (self.rss_mib_before_setup, self.rss_mib_after_setup) {
+            // Over HTTP, the server's (from its /metrics); embedded, this process's.
+            let of = if self.http_requests.is_some() {
+                "server"
+            } else {
+                "process"
+            };
             let _ = writeln!(
                 out,
-                "process RSS {before:.0} MiB before setup, {after:.0} MiB after ({:.0} bytes per user)",
+                "{of} RSS {before:.0} MiB before setup, {after:.0} MiB after ({:.0} bytes per user)",
                 (after - before).max(0.0) * 1024.0 * 1024.0 / self.users.max(1) as f64
             );
+        }
+        if let Some(why) = &self.unreachable {
+            let _ = writeln!(out, "UNREACHABLE: the run stopped early: {why}");
         }
         let _ = writeln!(
             out,
@@ -387,7 +405,17 @@ impl BenchReport {
             );
         }
         let inv = &self.invariants;
-        if !inv.checked {
+        if !inv.unreachable.is_empty() {
+            let _ = writeln!(
+                out,
+                "invariants: UNREACHABLE, not violated: {} check(s) could not reach the server",
+                inv.unreachable.len()
+            );
+            for u in inv.unreachable.iter().take(5) {
+                let _ = writeln!(out, "  - {u}");
+            }
+        }
+        if !inv.checked && inv.violations.is_empty() {
             let _ = writeln!(out, "invariants: NOT CHECKED: {}", inv.summary);
         } else if inv.violations.is_empty() {
             let _ = writeln!(out, "invariants: ok ({})", inv.summary);

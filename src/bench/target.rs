@@ -77,8 +77,76 @@ pub struct Placed {
 #[derive(Clone)]
 pub struct HttpTarget {
     client: Arc<HttpClient>,
+    url: Arc<str>,
     admin_token: Option<String>,
     requests: Arc<RequestLatencies>,
+    reach: Arc<Reach>,
+}
+
+/// Attempts in a row that could not reach the server (refused, reset, cut
+/// off or unanswered within the timeout) after which it is taken for gone...
+pub const UNREACHABLE_ATTEMPTS: u64 = 200;
+/// ...or the time from the first such attempt with no answer since.
+pub const UNREACHABLE_MS: u64 = 3_000;
+
+/// Whether the server still answers. Any answer, whatever its status,
+/// resets the count; once gone, the target stays gone and every call fails
+/// at once with `UNREACHABLE`, so the bench stops instead of hammering a
+/// dead address.
+struct Reach {
+    base: Instant,
+    failed_in_row: AtomicU64,
+    /// Milliseconds after `base`, plus one, of the first failure of the
+    /// current row; 0 while the server answers.
+    failing_since: AtomicU64,
+    last_error: Mutex<Option<String>>,
+    gone: OnceLock<String>,
+}
+
+impl Reach {
+    fn new() -> Reach {
+        Reach {
+            base: Instant::now(),
+            failed_in_row: AtomicU64::new(0),
+            failing_since: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            gone: OnceLock::new(),
+        }
+    }
+
+    fn answered(&self) {
+        if self.failed_in_row.load(Ordering::Relaxed) != 0 {
+            self.failed_in_row.store(0, Ordering::Relaxed);
+            self.failing_since.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn failed(&self, url: &str, error: &ExchangeError) {
+        let text = match error {
+            ExchangeError::Timeout => "no answer within the request timeout".to_owned(),
+            ExchangeError::Transport(e) => e.to_string(),
+        };
+        let in_row = self.failed_in_row.fetch_add(1, Ordering::Relaxed) + 1;
+        let now_ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1;
+        let _ =
+            self.failing_since
+                .compare_exchange(0, now_ms, Ordering::Relaxed, Ordering::Relaxed);
+        let since = self.failing_since.load(Ordering::Relaxed);
+        let failing_ms = now_ms.saturating_sub(since.max(1));
+        if in_row >= UNREACHABLE_ATTEMPTS || (since != 0 && failing_ms >= UNREACHABLE_MS) {
+            self.gone.get_or_init(|| {
+                format!(
+                    "the server at {url} is unreachable: {in_row} attempts in a row over {:.1} s \
+                     could not reach it (last: {text})",
+                    failing_ms as f64 / 1e3
+                )
+            });
+        }
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(text);
+    }
 }
 
 /// The latency of each HTTP request on its own, from writing it to having
@@ -141,7 +209,9 @@ impl HttpTarget {
         let client = HttpClient::new(url, Duration::from_secs(30))?;
         Ok(HttpTarget {
             client: Arc::new(client),
+            url: Arc::from(url),
             admin_token,
+            reach: Arc::new(Reach::new()),
             requests: Arc::new(RequestLatencies {
                 from: OnceLock::new(),
                 stopped: AtomicBool::new(false),
@@ -166,17 +236,22 @@ impl HttpTarget {
         } else {
             None
         };
+        if self.reach.gone.get().is_some() {
+            return Err(OpError::unknown(UNREACHABLE));
+        }
         let started = Instant::now();
         let answer = self
             .client
             .send(&method, &format!("/api/v1{path}"), bearer, body.as_deref())
             .await
             .map_err(|e| {
+                self.reach.failed(&self.url, &e);
                 OpError::unknown(match e {
-                    ExchangeError::Timeout => "TIMEOUT",
-                    ExchangeError::Transport(_) => "TRANSPORT",
+                    ExchangeError::Timeout => TIMEOUT,
+                    ExchangeError::Transport(_) => TRANSPORT,
                 })
             })?;
+        self.reach.answered();
         self.requests.record(started, answer.status);
         let status =
             StatusCode::from_u16(answer.status).map_err(|_| OpError::unknown("BAD_STATUS"))?;
@@ -191,6 +266,42 @@ impl HttpTarget {
             }
             Ok(e) => Err(OpError::known(e.code)),
             Err(_) => Err(OpError::unknown(format!("HTTP_{}", status.as_u16()))),
+        }
+    }
+}
+
+/// The error code of an attempt that reached no server: refused, reset or cut off.
+pub const TRANSPORT: &str = "TRANSPORT";
+/// ...or that got no answer within the request timeout.
+pub const TIMEOUT: &str = "TIMEOUT";
+/// ...or that was not made: the server was already taken for gone.
+pub const UNREACHABLE: &str = "UNREACHABLE";
+
+impl OpError {
+    /// True when the attempt could not reach the server: nothing can be
+    /// concluded from it, neither success nor a violated invariant.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self.code.as_str(), TRANSPORT | TIMEOUT | UNREACHABLE)
+    }
+}
+
+impl HttpTarget {
+    /// `GET /health` once: `Err` with a sentence when no server answers.
+    pub async fn probe(&self) -> Result<(), String> {
+        match self.client.send(&Method::GET, "/health", None, None).await {
+            Ok(a) if a.status == 200 => Ok(()),
+            Ok(a) => Err(format!(
+                "the server at {} answered GET /health with {}: is it a commerce-engine?",
+                self.url, a.status
+            )),
+            Err(ExchangeError::Timeout) => Err(format!(
+                "the server at {} did not answer GET /health within the request timeout",
+                self.url
+            )),
+            Err(ExchangeError::Transport(e)) => Err(format!(
+                "the server at {} cannot be reached ({e}): is it running?",
+                self.url
+            )),
         }
     }
 }
@@ -271,6 +382,9 @@ impl Target {
         match self {
             Target::Embedded(_) => None,
             Target::Http(h) => {
+                if h.reach.gone.get().is_some() {
+                    return None;
+                }
                 let scrape = h.client.send(&Method::GET, "/metrics", None, None);
                 let answer = tokio::time::timeout(Duration::from_millis(500), scrape)
                     .await
@@ -286,6 +400,32 @@ impl Target {
 
     pub fn is_embedded(&self) -> bool {
         matches!(self, Target::Embedded(_))
+    }
+
+    /// Over HTTP: the server is taken for gone (see [`UNREACHABLE_ATTEMPTS`]).
+    pub fn is_gone(&self) -> bool {
+        matches!(self, Target::Http(h) if h.reach.gone.get().is_some())
+    }
+
+    /// Over HTTP, once the server is taken for gone: why.
+    pub fn unreachable(&self) -> Option<String> {
+        match self {
+            Target::Embedded(_) => None,
+            Target::Http(h) => h.reach.gone.get().cloned(),
+        }
+    }
+
+    /// Over HTTP, the last attempt that reached no server, if any.
+    pub fn last_transport_error(&self) -> Option<String> {
+        match self {
+            Target::Embedded(_) => None,
+            Target::Http(h) => h
+                .reach
+                .last_error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+        }
     }
 
     pub async fn create_user(&self, name: &str) -> OpResult<UserId> {

@@ -47,11 +47,11 @@ impl Workload {
         }
     }
 
-    fn needs_coupon(self) -> bool {
+    pub(crate) fn needs_coupon(self) -> bool {
         matches!(self, Workload::CouponFlash | Workload::Mixed)
     }
 
-    fn needs_balance(self) -> bool {
+    pub(crate) fn needs_balance(self) -> bool {
         matches!(
             self,
             Workload::OrderPay | Workload::HotProduct | Workload::Mixed

@@ -18,9 +18,12 @@
 //!   future completes, so tests run the real server with their own signal.
 //! - [`serve`]: the `serve` command (flags, data dir, demo seed, signals).
 //! - [`demo`]: the embedded demo catalogue.
+//! - [`dashboard`]: the operator's page, its assets compiled in, and the
+//!   throughput history it charts (`routes::overview` answers its data).
 //! - [`metrics`]: `/metrics` in Prometheus text.
 //! - [`schema`]: OpenAPI schemas of the hand-serialized domain types.
 
+pub mod dashboard;
 pub mod demo;
 pub mod edge;
 pub mod error;

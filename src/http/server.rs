@@ -12,6 +12,7 @@
 //! complete request head within `request_head_timeout_ms` (30 s).
 
 use crate::engine::Engine;
+use crate::http::dashboard::{self, Dashboard};
 use crate::http::edge::Edge;
 use crate::http::error::ApiError;
 use crate::http::layers::{self, CorsOrigins};
@@ -80,6 +81,8 @@ pub struct AppState {
     pub engine: Engine,
     pub admin_token: Arc<str>,
     pub metrics: Option<PrometheusHandle>,
+    /// The operator's dashboard: throughput history and the last overview.
+    pub dashboard: Arc<Dashboard>,
 }
 
 /// The OpenAPI document of the API, generated from the handlers.
@@ -87,13 +90,22 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     routes::api().split_for_parts().1
 }
 
-/// The whole application: API routes, `/docs`, and the edge layers.
+/// The whole application: API routes, `/docs`, the dashboard, and the
+/// edge layers. The dashboard's throughput history is sampled by
+/// [`serve`] and [`serve_on_engine_threads`]; with this router alone it
+/// stays empty.
 pub fn router(engine: Engine, settings: &HttpSettings) -> Router {
+    app(engine, settings, Arc::new(Dashboard::default()))
+}
+
+fn app(engine: Engine, settings: &HttpSettings, dashboard: Arc<Dashboard>) -> Router {
     let body_bytes_max = engine.limits().request_body_bytes_max;
+    let counted = dashboard.clone();
     let state = AppState {
         engine,
         admin_token: Arc::from(settings.admin_token.as_str()),
         metrics: crate::http::metrics::install(),
+        dashboard,
     };
     let (api, openapi) = routes::api().split_for_parts();
     api.merge(SwaggerUi::new("/docs").url("/api/v1/openapi.json", openapi))
@@ -102,6 +114,11 @@ pub fn router(engine: Engine, settings: &HttpSettings) -> Router {
         // One `layer` call: axum boxes the route once per call.
         .layer(
             tower::ServiceBuilder::new()
+                // The dashboard's requests/s: one relaxed atomic add per request.
+                .map_request(move |req: axum::extract::Request| {
+                    counted.throughput.count_request();
+                    req
+                })
                 .layer(layers::SetRequestIdLayer::x_request_id(
                     layers::NextRequestId,
                 ))
@@ -293,8 +310,10 @@ pub async fn serve(
     settings: HttpSettings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let app = router(engine, &settings);
+    let dashboard = Arc::new(Dashboard::default());
+    let app = app(engine.clone(), &settings, dashboard.clone());
     let upkeep = metrics_upkeep();
+    let sampler = dashboard::spawn_sampler(engine, dashboard);
     let (signal_tx, signal_rx) = watch::channel(false);
     let signal_task = tokio::spawn(async move {
         shutdown.await;
@@ -314,6 +333,7 @@ pub async fn serve(
     )
     .await;
     signal_task.abort();
+    sampler.abort();
     if let Some(u) = upkeep {
         u.abort();
     }
@@ -345,7 +365,8 @@ pub async fn serve_on_engine_threads(
     listener.set_nonblocking(true)?;
     let listener = TcpListener::from_std(listener)?;
     let local = listener.local_addr()?;
-    let app = router(engine.clone(), &settings);
+    let dashboard = Arc::new(Dashboard::default());
+    let app = app(engine.clone(), &settings, dashboard.clone());
     let upkeep = metrics_upkeep();
     let (stop_tx, stop_rx) = watch::channel(false);
     let permits = Arc::new(Semaphore::new(settings.connections_max.max(1)));
@@ -387,6 +408,7 @@ pub async fn serve_on_engine_threads(
         })
         .map_err(|_| io::Error::other("the engine is shutting down"))?;
     drop(done_tx);
+    let sampler = dashboard::spawn_sampler(engine.clone(), dashboard);
     // Accept until the signal, or until a thread's server ends on its own
     // (an error): then all of them stop; each ends within the grace period.
     let mut shutdown = std::pin::pin!(shutdown);
@@ -429,6 +451,7 @@ pub async fn serve_on_engine_threads(
             }
         }
     }
+    sampler.abort();
     if let Some(u) = upkeep {
         u.abort();
     }

@@ -1,11 +1,17 @@
 //! `bench --url` drives a real server with its own HTTP client: every
 //! request is answered and timed on its own, and the invariant check
-//! through the API passes. Small and short: speed lives in the benchmark.
+//! through the API passes. A server that goes away ends the run as
+//! unreachable, never as a violation; the bench says what it writes into
+//! the target before writing it. Small and short: speed lives in the
+//! benchmark.
 
 use crate::common_http;
 
 use commerce_engine::bench::workload::Workload;
 use commerce_engine::bench::{execute, BenchArgs};
+use serde_json::{json, Value};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_over_http_times_each_request_and_passes_its_invariant_check() {
@@ -73,4 +79,216 @@ async fn bench_over_http_times_each_request_and_passes_its_invariant_check() {
             );
         }
     }
+}
+
+/// A port nothing listens on (bound, then released).
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// `commerce_orders_total{outcome="paid"}` of a server's /metrics page.
+async fn paid_orders(client: &reqwest::Client, base: &str) -> u64 {
+    let Ok(resp) = client.get(format!("{base}/metrics")).send().await else {
+        return 0;
+    };
+    let page = resp.text().await.unwrap_or_default();
+    page.lines()
+        .find(|l| l.starts_with("commerce_orders_total{outcome=\"paid\"} "))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits until `/ready` answers 200 on `addr`.
+fn wait_ready(addr: &str) {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(mut tcp) = std::net::TcpStream::connect(addr) {
+            let _ = tcp.write_all(b"GET /ready HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+            let mut answer = String::new();
+            let _ = tcp.read_to_string(&mut answer);
+            if answer.starts_with("HTTP/1.1 200") {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("server on {addr} did not become ready");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_mid_run_ends_the_bench_as_unreachable_not_violated() {
+    // proves the CLI: a SIGKILLed server stops a 60 s run within seconds, exit code 2, the report says unreachable and lists no violation
+    let dir = tempfile::tempdir().expect("tmp");
+    let addr = format!("127.0.0.1:{}", closed_port());
+    let base = format!("http://{addr}");
+    let mut server = Command::new(env!("CARGO_BIN_EXE_commerce-engine"))
+        .args([
+            "serve",
+            "--empty",
+            "--admin-token",
+            "t",
+            "--addr",
+            &addr,
+            "--data-dir",
+        ])
+        .arg(dir.path().join("data"))
+        .env_remove("COMMERCE_ADMIN_TOKEN")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("server starts");
+    wait_ready(&addr);
+    let bench = Command::new(env!("CARGO_BIN_EXE_commerce-engine"))
+        .args([
+            "bench",
+            "--json",
+            "--workload",
+            "order_pay",
+            "--admin-token",
+            "t",
+        ])
+        .args(["--users", "50", "--products", "5", "--concurrency", "8"])
+        .args([
+            "--duration-secs",
+            "60",
+            "--warmup-secs",
+            "0",
+            "--url",
+            &base,
+        ])
+        .env_remove("COMMERCE_ADMIN_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("bench starts");
+    // Mid-run: once orders are being paid.
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while paid_orders(&client, &base).await < 50 {
+        assert!(Instant::now() < deadline, "the bench paid no orders");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.kill().expect("SIGKILL the server");
+    let killed = Instant::now();
+    server.wait().expect("server reaped");
+    let out = tokio::task::spawn_blocking(move || bench.wait_with_output())
+        .await
+        .expect("join")
+        .expect("bench ends");
+    let after_kill = killed.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        after_kill < Duration::from_secs(15),
+        "took {after_kill:?} after the kill"
+    );
+    assert!(stderr.contains("bench: stopped: the server at"), "{stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let why = report["unreachable"]
+        .as_str()
+        .expect("the run says why it stopped");
+    assert!(why.contains("unreachable"), "{why}");
+    assert_eq!(report["invariants"]["violations"], json!([]), "{report}");
+    assert_eq!(report["invariants"]["checked"], false, "{report}");
+    assert!(
+        report["measured_secs"].as_f64().is_some_and(|s| s < 60.0),
+        "{report}"
+    );
+    assert!(
+        report["total"]["ok"].as_u64().is_some_and(|n| n > 0),
+        "{report}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_that_cannot_reach_the_server_are_unreachable_not_violations() {
+    // proves the remote check's classification: every read of a dead address is listed as unreachable (bounded), none as a violation
+    use commerce_engine::bench::check::check_remote;
+    use commerce_engine::bench::target::{HttpTarget, Target};
+    use commerce_engine::bench::workload::{Fixture, Tally};
+    use commerce_engine::domain::ids::{CouponId, OrderId, ProductId, UserId};
+    let url = format!("http://127.0.0.1:{}", closed_port());
+    let target = Target::Http(HttpTarget::new(&url, None).expect("target"));
+    let fixture = Fixture {
+        users: (1..=30).map(UserId).collect(),
+        products: (1..=5).map(ProductId).collect(),
+        coupon: Some((CouponId(1), 10)),
+    };
+    let tally = Tally::new(30, 5);
+    let checked = check_remote(&target, &fixture, &tally, &[OrderId(1), OrderId(2)]).await;
+    assert_eq!(checked.violations, Vec::<String>::new());
+    // 30 + 5 + 1 + 2 reads: 20 listed, then how many more.
+    assert_eq!(checked.unreachable.len(), 21, "{:?}", checked.unreachable);
+    assert!(
+        checked.unreachable[20].contains("18 more"),
+        "{:?}",
+        checked.unreachable
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bench_says_what_it_writes_and_refuses_a_dead_address_at_once() {
+    // proves the warning on stderr before any write (users, products), and a clear failure without setup against nothing
+    let server = common_http::TestServer::start().await;
+    let out = tokio::task::spawn_blocking({
+        let url = server.base.clone();
+        move || {
+            Command::new(env!("CARGO_BIN_EXE_commerce-engine"))
+                .args([
+                    "bench",
+                    "--workload",
+                    "order_pay",
+                    "--admin-token",
+                    common_http::TOKEN,
+                ])
+                .args(["--users", "5", "--products", "2", "--concurrency", "2"])
+                .args([
+                    "--duration-secs",
+                    "0.3",
+                    "--warmup-secs",
+                    "0",
+                    "--url",
+                    &url,
+                ])
+                .env_remove("COMMERCE_ADMIN_TOKEN")
+                .output()
+                .expect("bench runs")
+        }
+    })
+    .await
+    .expect("join");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("bench: writing into {}", server.base)),
+        "{stderr}"
+    );
+    assert!(stderr.contains("5 users"), "{stderr}");
+    assert!(stderr.contains("2 products"), "{stderr}");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("server RSS"),
+        "the server's memory, from its /metrics: {table}"
+    );
+    server.stop().await;
+
+    let url = format!("http://127.0.0.1:{}", closed_port());
+    let started = Instant::now();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_commerce-engine"))
+            .args(["bench", "--admin-token", "t", "--url", &url])
+            .env_remove("COMMERCE_ADMIN_TOKEN")
+            .output()
+            .expect("bench runs")
+    })
+    .await
+    .expect("join");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("cannot be reached"), "{stderr}");
+    assert!(!stderr.contains("bench: writing into"), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(10));
 }

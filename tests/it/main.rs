@@ -2,6 +2,7 @@
 //! below was its own crate, and each crate linked the whole dependency graph
 //! again (most of the test command's time). Shared helpers are modules too.
 
+mod browser;
 mod cluster_support;
 mod common_http;
 mod durability_support;
@@ -15,6 +16,8 @@ mod cluster_lease;
 mod cluster_model;
 mod cluster_stream;
 mod crash_sigkill;
+mod dashboard_browser;
+mod dashboard_http;
 mod durability_codec;
 mod durability_disk_full;
 mod durability_faults;

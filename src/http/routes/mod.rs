@@ -6,6 +6,7 @@ pub mod coupons;
 pub mod data_platform;
 pub mod ops;
 pub mod orders;
+pub mod overview;
 pub mod products;
 pub mod users;
 
@@ -31,7 +32,7 @@ Any POST accepts an Idempotency-Key.",
         (name = "cart", description = "A user's cart"),
         (name = "orders", description = "Orders and payment"),
         (name = "data platform", description = "Delivery of events to the data platform: backlog, dead letters, redrive"),
-        (name = "operations", description = "Health and metrics"),
+        (name = "operations", description = "Health, readiness, metrics and the operator's dashboard"),
     )
 )]
 struct ApiDoc;
@@ -60,6 +61,8 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(orders::router())
         .merge(data_platform::router())
         .merge(ops::router())
+        .merge(overview::router())
+        .merge(crate::http::dashboard::router())
 }
 
 /// The `Idempotency-Key` header, as documented on every POST.
