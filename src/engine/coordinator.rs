@@ -544,7 +544,7 @@ impl Placement {
         };
         if let Err(e) = ack {
             held.abandon();
-            return Err(Error::Storage(e));
+            return Err(Error::from(e));
         }
         for (product, quantity) in &held.holds {
             product.tell(StockNews::Reserved(*quantity));
