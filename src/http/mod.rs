@@ -19,6 +19,7 @@
 //! - [`metrics`]: `/metrics` in Prometheus text.
 //! - [`schema`]: OpenAPI schemas of the hand-serialized domain types.
 
+pub mod cluster;
 pub mod demo;
 pub mod edge;
 pub mod error;
