@@ -9,6 +9,7 @@ mod engine_support;
 
 mod bench_embedded;
 mod bench_http;
+mod cluster_engine;
 mod cluster_failover;
 mod cluster_lease;
 mod cluster_model;
