@@ -509,3 +509,38 @@ async fn a_paused_leader_loses_nothing_acknowledged_after_the_takeover_and_ends_
     let acked = std::mem::take(&mut *acked.lock().unwrap());
     assert_holds(&s.shop, &s.b.base(), &acked).await;
 }
+
+#[test]
+fn cluster_flags_are_checked_before_anything_is_written() {
+    // proves serve's cluster flags: each bad combination exits non-zero, says which flag, and creates no data dir
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = ["--cluster", "nats://127.0.0.1:1"];
+    let cases: [(Vec<&str>, &str); 5] = [
+        (
+            vec!["--cluster", "http://127.0.0.1:1", "--node-id", "a"],
+            "--cluster",
+        ),
+        (nats.to_vec(), "--node-id"),
+        ([&nats[..], &["--node-id", "a.b"]].concat(), "--node-id"),
+        (vec!["--node-id", "a"], "need --cluster"),
+        (
+            [&nats[..], &["--node-id", "a", "--advertise-url", "ftp://a"]].concat(),
+            "--advertise-url",
+        ),
+    ];
+    for (flags, says) in cases {
+        let data = dir.path().join("data");
+        let out = Command::new(env!("CARGO_BIN_EXE_commerce-engine"))
+            .args(["serve", "--addr", "127.0.0.1:0", "--empty", "--data-dir"])
+            .arg(&data)
+            .args(&flags)
+            .env_remove("COMMERCE_CLUSTER")
+            .env_remove("COMMERCE_NODE_ID")
+            .output()
+            .expect("runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flags:?} was accepted");
+        assert!(stderr.contains(says), "{flags:?}: {stderr}");
+        assert!(!data.exists(), "{flags:?} wrote the data dir");
+    }
+}
