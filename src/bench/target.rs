@@ -48,10 +48,13 @@ impl From<Error> for OpError {
     fn from(e: Error) -> Self {
         match e {
             // A refusal changed nothing (a failed payment is a known outcome too).
-            Error::Rejected(_) | Error::IdempotencyKeyReused | Error::Overloaded => {
-                OpError::known(e.code())
+            Error::Rejected(_)
+            | Error::IdempotencyKeyReused
+            | Error::Overloaded
+            | Error::NotLeader => OpError::known(e.code()),
+            Error::Storage(_) | Error::ShuttingDown | Error::OutcomeUnknown => {
+                OpError::unknown(e.code())
             }
-            Error::Storage(_) | Error::ShuttingDown => OpError::unknown(e.code()),
         }
     }
 }

@@ -75,7 +75,5 @@ pub fn ready<T: Send + 'static>(value: Result<T>) -> ResponseFuture<Result<T>> {
 
 /// Maps a journal outcome to the engine's error.
 pub fn acked(ack: &Ack) -> Result<()> {
-    ack.as_ref()
-        .map(|_| ())
-        .map_err(|e| Error::Storage(e.clone()))
+    ack.as_ref().map(|_| ()).map_err(|e| Error::from(e.clone()))
 }

@@ -546,7 +546,7 @@ impl Placement {
             Ok(seq) => seq,
             Err(e) => {
                 held.abandon();
-                return Err(Error::Storage(e));
+                return Err(Error::from(e));
             }
         };
         for (product, quantity) in &held.holds {

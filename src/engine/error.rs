@@ -20,6 +20,14 @@ pub enum Error {
     Storage(StorageError),
     #[error("the engine is shutting down")]
     ShuttingDown,
+    /// In a cluster: this node is a standby (or just stopped leading);
+    /// nothing was stored.
+    #[error("this node is not the cluster's leader")]
+    NotLeader,
+    /// In a cluster: leadership ended while the change was being
+    /// replicated; it may have happened (retry with the same key to learn).
+    #[error("leadership ended before the change's outcome was known")]
+    OutcomeUnknown,
 }
 
 impl Error {
@@ -31,6 +39,8 @@ impl Error {
             Error::Overloaded => "OVERLOADED",
             Error::Storage(_) => "STORAGE_UNAVAILABLE",
             Error::ShuttingDown => "SHUTTING_DOWN",
+            Error::NotLeader => "NOT_LEADER",
+            Error::OutcomeUnknown => "OUTCOME_UNKNOWN",
         }
     }
 
@@ -41,7 +51,11 @@ impl Error {
 
 impl From<StorageError> for Error {
     fn from(e: StorageError) -> Self {
-        Error::Storage(e)
+        match e {
+            StorageError::NotLeader => Error::NotLeader,
+            StorageError::OutcomeUnknown => Error::OutcomeUnknown,
+            e => Error::Storage(e),
+        }
     }
 }
 
@@ -49,7 +63,7 @@ impl From<SubmitError> for Error {
     fn from(e: SubmitError) -> Self {
         match e {
             SubmitError::Overloaded => Error::Overloaded,
-            SubmitError::Storage(s) => Error::Storage(s),
+            SubmitError::Storage(s) => Error::from(s),
         }
     }
 }

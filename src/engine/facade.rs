@@ -47,6 +47,7 @@ use crate::engine::user_actor::{CartChange, ChangeCart, Charge, UserActor};
 use crate::store::outbox::OutboxLive;
 use crate::store::recent_keys::{RecentKey, RecentKeys};
 use crate::store::recovery::{recover_for_serving_under, RecoveryError, RecoveryReport};
+use crate::store::replicated::Replica;
 use crate::store::writer::{
     BusinessTotals, JournalHandle, JournalStats, JournalWriter, WriterSteps,
 };
@@ -375,7 +376,29 @@ impl Engine {
         clock: Arc<dyn Clock>,
     ) -> Result<Engine, StartError> {
         let (world, report) = recover_for_serving_under(&*store, &config.limits)?;
-        Self::start_recovered(config, store, clock, world, report)
+        Self::start_recovered(config, store, clock, world, report, None)
+    }
+
+    /// Starts the engine on `store`, whose durable state `world` is already
+    /// recovered (a cluster's standby that takes over), with every batch
+    /// published to `replica` before it is written locally. The invariants
+    /// are checked again first.
+    pub fn start_replicated(
+        config: EngineConfig,
+        store: Box<dyn Store>,
+        clock: Arc<dyn Clock>,
+        world: World,
+        replica: Box<dyn Replica>,
+    ) -> Result<Engine, StartError> {
+        let violations = world.violations_under(&config.limits);
+        if !violations.is_empty() {
+            return Err(StartError::Recovery(RecoveryError::Invariants(violations)));
+        }
+        let report = RecoveryReport {
+            last_seq: world.seq,
+            ..RecoveryReport::default()
+        };
+        Self::start_recovered(config, store, clock, world, report, Some(replica))
     }
 
     fn start_recovered(
@@ -384,6 +407,7 @@ impl Engine {
         clock: Arc<dyn Clock>,
         world: World,
         report: RecoveryReport,
+        replica: Option<Box<dyn Replica>>,
     ) -> Result<Engine, StartError> {
         tracing::info!(
             snapshot_seq = report.snapshot_seq,
@@ -423,12 +447,13 @@ impl Engine {
             recent_keys.insert(k.hash, key);
         }
         let keys = IdempotencyStore::new(recent_keys.clone());
-        let writer = JournalWriter::start(
+        let writer = JournalWriter::start_replicated(
             store,
             world.clone(),
             config.journal.clone(),
             live.clone(),
             recent_keys,
+            replica,
         );
         let journal = writer.handle();
         let limits = Arc::new(config.limits.clone());

@@ -1,6 +1,7 @@
 pub mod actor;
 pub mod campaign_actor;
 pub mod clock;
+pub mod cluster_node;
 pub mod commit;
 pub mod config;
 pub mod coordinator;

@@ -127,9 +127,10 @@ impl ApiError {
 fn status_of(error: &Error) -> StatusCode {
     match error {
         Error::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
-        Error::Overloaded | Error::Storage(_) | Error::ShuttingDown => {
+        Error::Overloaded | Error::Storage(_) | Error::ShuttingDown | Error::NotLeader => {
             StatusCode::SERVICE_UNAVAILABLE
         }
+        Error::OutcomeUnknown => StatusCode::GATEWAY_TIMEOUT,
         Error::Rejected(r) => match r.code() {
             "INVALID_REQUEST" | "INVALID_AMOUNT" => StatusCode::BAD_REQUEST,
             code if code.ends_with("_NOT_FOUND") => StatusCode::NOT_FOUND,

@@ -23,6 +23,7 @@
 //! - [`metrics`]: `/metrics` in Prometheus text.
 //! - [`schema`]: OpenAPI schemas of the hand-serialized domain types.
 
+pub mod cluster;
 pub mod dashboard;
 pub mod demo;
 pub mod edge;

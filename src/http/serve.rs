@@ -81,6 +81,22 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub cors_origin: Vec<String>,
+    /// Join a cluster whose journal is replicated by these NATS servers
+    /// (nats://HOST:PORT, comma-separated): one node leads, the others
+    /// follow as standbys (see API.md "Cluster"). Without it, one node on
+    /// its own store.
+    #[arg(long, env = "COMMERCE_CLUSTER", value_delimiter = ',')]
+    pub cluster: Vec<String>,
+    /// This node's name in the cluster, unique (needed with --cluster).
+    #[arg(long, env = "COMMERCE_NODE_ID")]
+    pub node_id: Option<String>,
+    /// The cluster's name: it names the journal stream and the lease.
+    #[arg(long, env = "COMMERCE_CLUSTER_NAME", default_value = "commerce")]
+    pub cluster_name: String,
+    /// Where clients reach this node (X-Leader on the standbys); default
+    /// http://<--addr>.
+    #[arg(long, env = "COMMERCE_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
 }
 
 /// Logs to stderr through [`BufferedStderr`], in the line format of
@@ -141,7 +157,7 @@ fn platform_url(text: &str) -> Result<String, String> {
     }
 }
 
-fn engine_config(args: &ServeArgs) -> EngineConfig {
+pub(crate) fn engine_config(args: &ServeArgs) -> EngineConfig {
     let data_platform = match &args.data_platform_url {
         Some(url) => DataPlatform::Http(url.clone()),
         None => DataPlatform::File(args.data_dir.join("data-platform.jsonl")),
@@ -276,7 +292,7 @@ fn listen_addr(addr: &str) -> Result<std::net::SocketAddr, crate::CliError> {
 }
 
 pub fn run(args: ServeArgs) -> Result<ExitCode, crate::CliError> {
-    let _logs = init_logs(args.log_json);
+    let logs = init_logs(args.log_json);
     // Every flag is checked, and the address bound, before anything is written.
     let addr = listen_addr(&args.addr)?;
     let cors = CorsOrigins::parse(&args.cors_origin)?;
@@ -287,6 +303,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, crate::CliError> {
     {
         return Err("--admin-token must not be empty".into());
     }
+    let cluster = crate::http::cluster::settings(&args, addr)?;
     let listener =
         std::net::TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     // Before the engine starts, so the journal writer's first flushes count.
@@ -302,6 +319,19 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, crate::CliError> {
         bytes_on_disk = store.size_on_disk(),
         "data dir opened"
     );
+    if let Some(settings) = cluster {
+        use crate::http::cluster::{rejoin, run, ClusterExit};
+        let ended = run(&args, settings, listener, store, admin_token, cors);
+        drop(lock);
+        return match ended? {
+            ClusterExit::Stopped => Ok(ExitCode::SUCCESS),
+            ClusterExit::Rejoin => {
+                tracing::info!("starting again as a standby");
+                drop(logs);
+                Err(rejoin())
+            }
+        };
+    }
     let engine = Engine::start(engine_config(&args), Box::new(store), Arc::new(SystemClock))
         .map_err(|e| {
             format!(

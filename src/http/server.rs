@@ -58,6 +58,9 @@ pub struct HttpSettings {
     /// After the shutdown signal, how long in-flight requests may take
     /// before the remaining connections are dropped.
     pub shutdown_grace_ms: u64,
+    /// In a cluster: once this node stops leading, `/api/v1` answers 503
+    /// `NOT_LEADER` and `/ready` 503 `standby` ([`crate::http::cluster::gate`]).
+    pub cluster: Option<Arc<crate::engine::cluster_node::ClusterStatus>>,
 }
 
 impl HttpSettings {
@@ -71,6 +74,7 @@ impl HttpSettings {
             request_head_timeout_ms: 30_000,
             cors: None,
             shutdown_grace_ms: 5_000,
+            cluster: None,
         }
     }
 }
@@ -124,6 +128,9 @@ fn app(engine: Engine, settings: &HttpSettings, dashboard: Arc<Dashboard>) -> Ro
                 ))
                 .layer(layers::PropagateRequestIdLayer::x_request_id())
                 .option_layer(settings.cors.as_ref().map(layers::cors))
+                .option_layer(settings.cluster.clone().map(|status| {
+                    axum::middleware::from_fn_with_state(status, crate::http::cluster::gate)
+                }))
                 .layer(Edge::new(
                     settings.requests_in_flight_max,
                     Duration::from_millis(settings.request_timeout_ms),

@@ -23,6 +23,7 @@ pub mod outbox;
 pub mod outbox_legacy;
 pub mod recent_keys;
 pub mod recovery;
+pub mod replicated;
 pub mod sled_outbox;
 pub mod sled_store;
 mod sled_sync;
@@ -47,6 +48,14 @@ pub enum StorageError {
     Poisoned,
     #[error("the journal is closed")]
     Closed,
+    /// In a cluster: this node does not lead (or stopped leading); the
+    /// batch was not stored anywhere.
+    #[error("this node is not the cluster's leader")]
+    NotLeader,
+    /// In a cluster: leadership ended while the batch was being
+    /// replicated; it may be stored (the next leader applies it if so).
+    #[error("leadership ended before the batch's replication was settled")]
+    OutcomeUnknown,
 }
 
 /// A snapshot key: one entity, a stored idempotency key, or the meta value.

@@ -115,28 +115,7 @@ pub fn recover_under(
     load_snapshots(&mut world, loaded.snapshots, loaded.snapshot_seq)?;
     world.seq = loaded.snapshot_seq;
     for (first_seq, frames) in loaded.batches {
-        let records: Vec<Record> =
-            codec::decode_all(Kind::Record, &frames).map_err(|error| RecoveryError::Journal {
-                seq: first_seq,
-                error,
-            })?;
-        let last = first_seq + records.len() as u64 - 1;
-        if last <= world.seq {
-            continue; // wholly covered by the snapshots
-        }
-        if first_seq > world.seq + 1 {
-            return Err(RecoveryError::Gap {
-                expected_after: world.seq,
-                found: first_seq,
-            });
-        }
-        for (i, record) in records.iter().enumerate() {
-            let seq = first_seq + i as u64;
-            if seq > world.seq {
-                world.apply(seq, record)?;
-                report.records_replayed += 1;
-            }
-        }
+        report.records_replayed += replay_batch(&mut world, first_seq, &frames)?;
     }
     // Keep the snapshot marks of what replay changed: those entities are on
     // disk only as journal records, and the next snapshot, which trims the
@@ -148,6 +127,44 @@ pub fn recover_under(
         return Err(RecoveryError::Invariants(violations));
     }
     Ok((world, report))
+}
+
+/// Applies one journal batch (records `first_seq..`, encoded as `frames`)
+/// to `world`: records it already holds are skipped, a batch that starts
+/// past its next record is a gap. How many records it applied. Recovery
+/// replays the local journal with it, and a cluster standby every batch
+/// it reads from the stream.
+pub fn replay_batch(
+    world: &mut World,
+    first_seq: u64,
+    frames: &[u8],
+) -> Result<u64, RecoveryError> {
+    let records: Vec<Record> =
+        codec::decode_all(Kind::Record, frames).map_err(|error| RecoveryError::Journal {
+            seq: first_seq,
+            error,
+        })?;
+    let Some(last) = (first_seq + records.len() as u64).checked_sub(1) else {
+        return Ok(0);
+    };
+    if records.is_empty() || last <= world.seq {
+        return Ok(0); // wholly covered already
+    }
+    if first_seq > world.seq + 1 {
+        return Err(RecoveryError::Gap {
+            expected_after: world.seq,
+            found: first_seq,
+        });
+    }
+    let mut applied = 0;
+    for (i, record) in records.iter().enumerate() {
+        let seq = first_seq + i as u64;
+        if seq > world.seq {
+            world.apply(seq, record)?;
+            applied += 1;
+        }
+    }
+    Ok(applied)
 }
 
 fn load_snapshots(

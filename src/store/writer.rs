@@ -28,6 +28,7 @@ use crate::store::codec::{self, Kind};
 use crate::store::outbox::{BlockBuilder, OutboxLive, OutboxStore, BLOCK_EVENTS_MAX};
 use crate::store::recent_keys::{RecentKey, RecentKeys};
 use crate::store::recovery::cut_step;
+use crate::store::replicated::Replica;
 use crate::store::{SnapshotEntries, StorageError, Store};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -372,6 +373,20 @@ impl JournalWriter {
         outbox: Arc<OutboxLive>,
         recent_keys: Arc<RecentKeys>,
     ) -> JournalWriter {
+        Self::start_replicated(store, world, config, outbox, recent_keys, None)
+    }
+
+    /// [`start`](JournalWriter::start), and with a `replica` every batch
+    /// goes to it before the local write (a cluster's leader: see
+    /// [`Replica`]).
+    pub fn start_replicated(
+        store: Box<dyn Store>,
+        world: World,
+        config: JournalConfig,
+        outbox: Arc<OutboxLive>,
+        recent_keys: Arc<RecentKeys>,
+        replica: Option<Box<dyn Replica>>,
+    ) -> JournalWriter {
         let (tx, rx) = mpsc::sync_channel(config.queue_records_max);
         let poisoned = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(JournalStats::default());
@@ -411,6 +426,8 @@ impl JournalWriter {
             watch,
             since_snapshot: 0,
             last_snapshot: Instant::now(),
+            replica,
+            refusal: StorageError::Poisoned,
         };
         let thread = std::thread::Builder::new()
             .name("journal-writer".into())
@@ -530,6 +547,11 @@ struct Worker {
     watch: Arc<ArchiveWatch>,
     since_snapshot: u64,
     last_snapshot: Instant,
+    /// A cluster leader's stream: each batch is published to it first.
+    replica: Option<Box<dyn Replica>>,
+    /// What batches are told once the journal is poisoned: `NotLeader`
+    /// after leadership ended (nothing later was sent anywhere).
+    refusal: StorageError,
 }
 
 impl Worker {
@@ -631,7 +653,7 @@ impl Worker {
         self.stats.queued.fetch_sub(count, Ordering::Relaxed);
         let first_seq = self.world.seq + 1;
         let result = if self.poisoned.load(Ordering::Acquire) {
-            Err(StorageError::Poisoned)
+            Err(self.refusal.clone())
         } else {
             // Assert the batch against the durable state right before it goes
             // to disk: a record the state cannot take is a bug, and it must
@@ -640,6 +662,11 @@ impl Worker {
         };
         since = self.stats.time.add(Step::Preparing, since);
         let result = result.and_then(|()| {
+            // In a cluster the stream stores the batch first: the local
+            // store only ever holds what the stream holds.
+            if let Some(replica) = self.replica.as_mut() {
+                replica.publish(first_seq, frames)?;
+            }
             let written = self.store.append(first_seq, frames);
             let (now, flush_us) = self.stats.time.add_timed(Step::Writing, since);
             since = now;
@@ -650,6 +677,9 @@ impl Worker {
         });
         match result {
             Ok(()) => {
+                if let Some(replica) = self.replica.as_mut() {
+                    replica.written(first_seq + count - 1);
+                }
                 for (i, record) in records.iter().enumerate() {
                     self.stats.business.count(&record.event);
                     if let Some(entry) = &record.idempotency {
@@ -682,7 +712,12 @@ impl Worker {
                 }
             }
             Err(e) => {
-                if e != StorageError::Poisoned {
+                if matches!(e, StorageError::NotLeader | StorageError::OutcomeUnknown) {
+                    self.refusal = StorageError::NotLeader;
+                    if e == StorageError::OutcomeUnknown {
+                        tracing::warn!("leadership ended during a batch's replication; acknowledging nothing more");
+                    }
+                } else if e != self.refusal {
                     tracing::error!(error = %e, "journal batch failed; acknowledging nothing more");
                 }
                 // The world may now hold records that are not on disk: with

@@ -11,6 +11,7 @@ mod platform_sink;
 
 mod bench_embedded;
 mod bench_http;
+mod cluster_engine;
 mod cluster_failover;
 mod cluster_lease;
 mod cluster_model;

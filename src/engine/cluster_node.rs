@@ -1,0 +1,603 @@
+//! A node of a cluster (`serve --cluster`): it follows the journal stream
+//! as a standby until the lease makes it leader, then runs the engine with
+//! a journal writer that publishes every batch to the stream first.
+//!
+//! - [`ClusterNode::join`]: connects, starts the lease, and checks the
+//!   local store against the stream (its [`StreamPosition`]).
+//! - [`ClusterNode::follow_until_leader`]: the standby. It reads the
+//!   stream from the message after its position, applies every batch to
+//!   its world through recovery's code and writes it to the local store
+//!   ([`follow_batch`]), snapshots locally, and, once the lease permits,
+//!   reads to the stream's end, opens its term (a marker; on `Behind` it
+//!   applies what is new and opens it again) and hands back what the
+//!   engine starts from: the world, the store and the [`StreamReplica`].
+//! - [`StreamReplica`]: the leader's journal writer's [`Replica`]: it
+//!   appends each batch through the [`Replicator`] (expected last
+//!   sequence, message id) and waits for the ack. A refused append, or a
+//!   lease that ended, ends leadership at once ([`ClusterStatus`]).
+//! - [`ClusterStatus`]: role, term and lag for the HTTP layer and `/metrics`.
+
+use crate::cluster::{
+    Cluster, ClusterError, ClusterName, JournalEntry, LeaseConfig, LeaseHandle, LeaseState,
+    LeaseTask, ReadError, ReplicateError, Replicator, ReplicatorConfig,
+};
+use crate::domain::world::World;
+use crate::store::replicated::{
+    decode_batch, encode_batch, follow_batch, snapshot_world, Replica, StreamPosition,
+};
+use crate::store::writer::JournalConfig;
+use crate::store::{StorageError, Store};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::runtime::Handle;
+use tokio::sync::watch;
+
+/// How a node joins its cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterSettings {
+    /// `nats://host:port` of the NATS servers.
+    pub urls: Vec<String>,
+    pub name: ClusterName,
+    /// This node's name, unique in the cluster (in message ids and the lease).
+    pub node_id: String,
+    /// Where clients reach this node's API (`X-Leader` on the standbys).
+    pub advertise_url: String,
+    pub lease: LeaseConfig,
+}
+
+/// Why a node cannot go on.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("applying the journal failed: {0}")]
+    Apply(String),
+    #[error("{0}")]
+    Mismatch(String),
+}
+
+/// What the HTTP layer and `/metrics` know of the cluster.
+pub struct ClusterStatus {
+    lease: LeaseHandle,
+    node: String,
+    leading: AtomicBool,
+    term: AtomicU64,
+    /// The last stream sequence this node applied or appended.
+    applied_seq: AtomicU64,
+    /// The stream's last sequence, as last asked.
+    stream_last_seq: AtomicU64,
+    /// Turns true once this node stops leading (it never leads again).
+    stepped_down: watch::Sender<bool>,
+}
+
+impl ClusterStatus {
+    fn new(lease: LeaseHandle, node: &str) -> ClusterStatus {
+        ClusterStatus {
+            lease,
+            node: node.to_owned(),
+            leading: AtomicBool::new(false),
+            term: AtomicU64::new(0),
+            applied_seq: AtomicU64::new(0),
+            stream_last_seq: AtomicU64::new(0),
+            stepped_down: watch::channel(false).0,
+        }
+    }
+
+    /// Whether this node serves changes now.
+    pub fn is_leading(&self) -> bool {
+        self.leading.load(Ordering::Acquire)
+    }
+
+    /// The leader's advertise URL, as last seen in the lease (never this
+    /// node's own).
+    pub fn leader_url(&self) -> Option<String> {
+        self.lease
+            .holder()
+            .filter(|v| v.node != self.node)
+            .map(|v| v.url)
+    }
+
+    /// The term this node leads in, or last saw applied.
+    pub fn term(&self) -> u64 {
+        self.term.load(Ordering::Relaxed)
+    }
+
+    pub fn applied_seq(&self) -> u64 {
+        self.applied_seq.load(Ordering::Relaxed)
+    }
+
+    /// Stream messages this node has not applied (0 on the leader).
+    pub fn lag(&self) -> u64 {
+        self.stream_last_seq
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.applied_seq())
+    }
+
+    /// Completes once this node has stopped leading.
+    pub async fn stepped_down(&self) {
+        let mut rx = self.stepped_down.subscribe();
+        let _ = rx.wait_for(|down| *down).await;
+    }
+
+    fn lead(&self, term: u64) {
+        self.term.store(term, Ordering::Relaxed);
+        self.leading.store(true, Ordering::Release);
+        self.publish_metrics();
+    }
+
+    /// Ends leadership: from now on the HTTP layer answers `NOT_LEADER`.
+    fn step_down(&self, why: &str) {
+        if self.leading.swap(false, Ordering::AcqRel) {
+            tracing::warn!(
+                why,
+                "this node stopped leading; it answers NOT_LEADER and rejoins as a standby"
+            );
+            self.stepped_down.send_replace(true);
+            self.publish_metrics();
+        }
+    }
+
+    fn applied(&self, seq: u64, term: u64) {
+        self.applied_seq.store(seq, Ordering::Relaxed);
+        self.term.fetch_max(term, Ordering::Relaxed);
+        self.stream_last_seq.fetch_max(seq, Ordering::Relaxed);
+    }
+
+    /// Sets the cluster gauges of `/metrics`.
+    pub fn publish_metrics(&self) {
+        let leading = self.is_leading();
+        metrics::gauge!("cluster_role", "role" => "leader").set(if leading { 1.0 } else { 0.0 });
+        metrics::gauge!("cluster_role", "role" => "standby").set(if leading { 0.0 } else { 1.0 });
+        metrics::gauge!("cluster_term").set(self.term() as f64);
+        metrics::gauge!("cluster_replication_lag").set(self.lag() as f64);
+        metrics::gauge!("cluster_applied_seq").set(self.applied_seq() as f64);
+    }
+}
+
+/// Describes the cluster gauges (HELP lines); once per process.
+pub fn describe_metrics() {
+    metrics::describe_gauge!(
+        "cluster_role",
+        "1 for this node's role in the cluster (leader or standby), 0 for the other."
+    );
+    metrics::describe_gauge!(
+        "cluster_term",
+        "The leader's term this node leads in or last applied."
+    );
+    metrics::describe_gauge!(
+        "cluster_replication_lag",
+        "Journal stream messages not yet applied by this node (stream's last sequence minus applied)."
+    );
+    metrics::describe_gauge!(
+        "cluster_applied_seq",
+        "The last journal stream sequence this node applied or appended."
+    );
+}
+
+/// Where the local store stands, kept to disk by a thread of its own (a
+/// sync at most every 200 ms, off the journal writer's path).
+#[derive(Clone)]
+struct PositionKeeper {
+    latest: Arc<Mutex<StreamPosition>>,
+}
+
+impl PositionKeeper {
+    fn start(data_dir: PathBuf, at: StreamPosition) -> PositionKeeper {
+        let latest = Arc::new(Mutex::new(at));
+        let shared = latest.clone();
+        let spawned = std::thread::Builder::new()
+            .name("cluster-position".into())
+            .spawn(move || {
+                let mut saved = at;
+                loop {
+                    std::thread::sleep(Duration::from_millis(200));
+                    let now = *shared.lock().unwrap_or_else(|e| e.into_inner());
+                    if now != saved {
+                        match now.save(&data_dir) {
+                            Ok(()) => saved = now,
+                            Err(e) => tracing::error!(error = %e, "the cluster position could not be kept; a restart reads more of the stream"),
+                        }
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "the cluster position thread did not start");
+        }
+        PositionKeeper { latest }
+    }
+
+    /// The local store now holds the stream up to `stream_seq`, whose last record is `record_seq`.
+    fn set(&self, record_seq: u64, stream_seq: u64) {
+        *self.latest.lock().unwrap_or_else(|e| e.into_inner()) = StreamPosition {
+            record_seq,
+            stream_seq,
+        };
+    }
+}
+
+/// A node that has joined its cluster and follows the stream.
+pub struct ClusterNode {
+    runtime: Handle,
+    cluster: Cluster,
+    /// Kept for the process's life: dropping it would not stop the task,
+    /// but the node owns it.
+    _lease_task: LeaseTask,
+    lease: LeaseHandle,
+    replicator: Replicator,
+    status: Arc<ClusterStatus>,
+    position: PositionKeeper,
+    world: World,
+    store: Box<dyn Store>,
+    journal: JournalConfig,
+    since_snapshot: u64,
+    last_snapshot: Instant,
+}
+
+/// What a node that became leader starts its engine from.
+pub struct Leading {
+    pub world: World,
+    pub store: Box<dyn Store>,
+    pub replica: StreamReplica,
+    pub term: u64,
+}
+
+impl ClusterNode {
+    /// Joins the cluster on `runtime` with the local store recovered as
+    /// `world`. The store's position must be one this cluster's stream
+    /// holds: a data dir that never was a cluster node's, or a stream that
+    /// holds less than the store, is refused.
+    pub fn join(
+        runtime: Handle,
+        settings: &ClusterSettings,
+        data_dir: PathBuf,
+        world: World,
+        store: Box<dyn Store>,
+        journal: JournalConfig,
+    ) -> Result<ClusterNode, NodeError> {
+        let position = StreamPosition::load(&data_dir)?;
+        let position = match position {
+            Some(p) if p.record_seq <= world.seq => p,
+            Some(p) => {
+                return Err(NodeError::Mismatch(format!(
+                    "the local store ends at record {} but its cluster position says {}",
+                    world.seq, p.record_seq
+                )))
+            }
+            None if world.seq == 0 => StreamPosition::default(),
+            None => {
+                return Err(NodeError::Mismatch(format!(
+                    "{} holds {} journal records that no cluster stream holds: give a new data dir to a new cluster node",
+                    data_dir.display(),
+                    world.seq
+                )))
+            }
+        };
+        let cluster = runtime.block_on(async {
+            tokio::time::timeout(
+                Duration::from_secs(30),
+                Cluster::join(&settings.urls, &settings.name, &settings.lease),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(ClusterError::Connect {
+                    urls: settings.urls.join(","),
+                    error: "timed out after 30 s".into(),
+                })
+            })
+        })?;
+        let stream_last = runtime.block_on(cluster.journal.last_seq())?;
+        if stream_last < position.stream_seq {
+            return Err(NodeError::Mismatch(format!(
+                "the journal stream ends at {stream_last}, before this node's position {}: another or a reset NATS cluster",
+                position.stream_seq
+            )));
+        }
+        let lease_task = {
+            let _inside = runtime.enter();
+            LeaseTask::start(
+                cluster.lease_bucket.clone(),
+                LeaseState::new(
+                    settings.lease.clone(),
+                    settings.node_id.clone(),
+                    settings.advertise_url.clone(),
+                ),
+            )
+        };
+        let lease = lease_task.handle();
+        let replicator = Replicator::new(
+            cluster.journal.clone(),
+            lease.clone(),
+            &settings.node_id,
+            position.stream_seq,
+            ReplicatorConfig::default(),
+        );
+        let status = Arc::new(ClusterStatus::new(lease.clone(), &settings.node_id));
+        status.applied(position.stream_seq, 0);
+        status.stream_last_seq.store(stream_last, Ordering::Relaxed);
+        status.publish_metrics();
+        tracing::info!(
+            node = %settings.node_id,
+            stream_seq = position.stream_seq,
+            record_seq = world.seq,
+            stream_last,
+            "joined the cluster as a standby"
+        );
+        Ok(ClusterNode {
+            runtime,
+            cluster,
+            _lease_task: lease_task,
+            lease,
+            replicator,
+            status,
+            position: PositionKeeper::start(data_dir, position),
+            world,
+            store,
+            journal,
+            since_snapshot: 0,
+            last_snapshot: Instant::now(),
+        })
+    }
+
+    pub fn status(&self) -> Arc<ClusterStatus> {
+        self.status.clone()
+    }
+
+    /// The largest batch one stream message holds (the servers' `max_payload`).
+    pub fn max_batch_bytes(&self) -> usize {
+        self.cluster.journal.max_batch_bytes()
+    }
+
+    /// The lease, for a node that leaves on a signal to give it up.
+    pub fn lease(&self) -> LeaseHandle {
+        self.lease.clone()
+    }
+
+    /// Follows the stream as a standby until this node leads; blocking
+    /// (run it on a thread of its own). An error is one the node cannot
+    /// go on from (a corrupt batch, a failed local write).
+    pub fn follow_until_leader(mut self) -> Result<Leading, NodeError> {
+        self.start_lag_watch();
+        let runtime = self.runtime.clone();
+        let mut follow = None;
+        loop {
+            if self.lease.permit().is_some() {
+                match runtime.block_on(self.take_over()) {
+                    Ok(term) => return Ok(self.leading(term)),
+                    Err(TakeOver::Fatal(e)) => return Err(e),
+                    Err(TakeOver::Retry(why)) => {
+                        tracing::info!(%why, "taking over did not complete; following on");
+                        follow = None;
+                    }
+                }
+            }
+            if follow.is_none() {
+                let from = self.replicator.last_seq() + 1;
+                match runtime.block_on(async {
+                    tokio::time::timeout(
+                        Duration::from_secs(5),
+                        self.cluster.journal.read_from(from),
+                    )
+                    .await
+                }) {
+                    Ok(Ok(f)) => follow = Some(f),
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "following the journal failed; trying again");
+                        std::thread::sleep(Duration::from_millis(250));
+                        continue;
+                    }
+                    Err(_) => {
+                        tracing::warn!("following the journal timed out; trying again");
+                        continue;
+                    }
+                }
+            }
+            let Some(f) = follow.as_mut() else { continue };
+            let next = runtime.block_on(async {
+                tokio::time::timeout(Duration::from_millis(250), f.next()).await
+            });
+            match next {
+                Err(_) => {} // nothing new: check the lease, snapshot
+                Ok(Some(Ok(entry))) => self.apply(entry)?,
+                Ok(Some(Err(ReadError::Gap { expected, found }))) => {
+                    return Err(NodeError::Mismatch(format!(
+                        "the journal stream no longer holds message {expected} (it goes on at {found}): this node needs a data dir restored from a newer snapshot"
+                    )))
+                }
+                Ok(Some(Err(e))) => {
+                    tracing::warn!(error = %e, "reading the journal failed; following again");
+                    follow = None;
+                }
+                Ok(None) => follow = None,
+            }
+            self.maybe_snapshot();
+        }
+    }
+
+    /// Reads to the stream's end and opens the lease's term; the term.
+    async fn take_over(&mut self) -> Result<u64, TakeOver> {
+        let journal = self.cluster.journal.clone();
+        loop {
+            let last = tokio::time::timeout(Duration::from_secs(2), journal.last_seq())
+                .await
+                .map_err(|_| TakeOver::Retry("the stream's end was not known in time".into()))?
+                .map_err(|e| TakeOver::Retry(e.to_string()))?;
+            if last > self.replicator.last_seq() {
+                let mut follow = journal
+                    .read_from(self.replicator.last_seq() + 1)
+                    .await
+                    .map_err(|e| TakeOver::Retry(e.to_string()))?;
+                while self.replicator.last_seq() < last {
+                    let entry = tokio::time::timeout(Duration::from_secs(5), follow.next())
+                        .await
+                        .map_err(|_| TakeOver::Retry("reading the stream timed out".into()))?
+                        .ok_or_else(|| TakeOver::Retry("the stream's reader ended".into()))?
+                        .map_err(|e| TakeOver::Retry(e.to_string()))?;
+                    self.apply(entry).map_err(TakeOver::Fatal)?;
+                }
+            }
+            match self.replicator.begin_term().await {
+                Ok(marker) => {
+                    let term = self.replicator.term().unwrap_or_default();
+                    self.position.set(self.world.seq, marker);
+                    self.status.applied(marker, term);
+                    tracing::info!(term, marker, record_seq = self.world.seq, "this node leads");
+                    return Ok(term);
+                }
+                Err(ReplicateError::Behind) => continue,
+                Err(e) => return Err(TakeOver::Retry(e.to_string())),
+            }
+        }
+    }
+
+    /// Applies one stream message: a batch to the world and the local
+    /// store; a term marker only moves the position.
+    fn apply(&mut self, entry: JournalEntry) -> Result<(), NodeError> {
+        if !entry.is_marker() {
+            let (first_seq, frames) = decode_batch(&entry.bytes)?;
+            let applied = follow_batch(&mut self.world, &*self.store, first_seq, frames)
+                .map_err(|e| NodeError::Apply(format!("stream message {}: {e}", entry.seq)))?;
+            self.since_snapshot += applied;
+        }
+        self.replicator
+            .on_applied(entry.seq, entry.term)
+            .map_err(|e| NodeError::Apply(e.to_string()))?;
+        self.position.set(self.world.seq, entry.seq);
+        self.status.applied(entry.seq, entry.term);
+        Ok(())
+    }
+
+    /// Snapshots the world as often as the leader's journal writer does.
+    fn maybe_snapshot(&mut self) {
+        let due = self.since_snapshot >= self.journal.snapshot_every_records
+            || (self.since_snapshot > 0
+                && self.last_snapshot.elapsed()
+                    >= Duration::from_millis(self.journal.snapshot_every_ms));
+        if !due {
+            return;
+        }
+        match snapshot_world(
+            &mut self.world,
+            &*self.store,
+            self.journal.snapshot_value_bytes_max,
+        ) {
+            Ok(()) => {
+                self.since_snapshot = 0;
+                metrics::counter!("cluster_standby_snapshots_total").increment(1);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "a standby snapshot failed; the next one retries it")
+            }
+        }
+        self.last_snapshot = Instant::now();
+    }
+
+    /// Asks the stream's end every second, for the lag gauge.
+    fn start_lag_watch(&self) {
+        let (journal, status) = (self.cluster.journal.clone(), self.status.clone());
+        self.runtime.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                if let Ok(Ok(last)) =
+                    tokio::time::timeout(Duration::from_secs(1), journal.last_seq()).await
+                {
+                    status.stream_last_seq.store(last, Ordering::Relaxed);
+                }
+                status.publish_metrics();
+            }
+        });
+    }
+
+    fn leading(self, term: u64) -> Leading {
+        self.status.lead(term);
+        // Leadership ends the moment the lease's deadline passes, even
+        // with no batch to find it out.
+        let (lease, status) = (self.lease.clone(), self.status.clone());
+        self.runtime.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            loop {
+                tick.tick().await;
+                if lease.permit() != Some(term) {
+                    status.step_down("the lease ended");
+                    return;
+                }
+            }
+        });
+        Leading {
+            world: self.world,
+            store: self.store,
+            replica: StreamReplica {
+                runtime: self.runtime,
+                replicator: self.replicator,
+                status: self.status,
+                position: self.position,
+                last_stream_seq: 0,
+                _cluster: self.cluster,
+                _lease_task: self._lease_task,
+            },
+            term,
+        }
+    }
+}
+
+enum TakeOver {
+    /// Not this time (the lease ended, the stream did not answer): follow on.
+    Retry(String),
+    Fatal(NodeError),
+}
+
+/// The leader's journal writer's [`Replica`]: every batch is appended to
+/// the stream (and acknowledged by a quorum of servers) before the local write.
+pub struct StreamReplica {
+    runtime: Handle,
+    replicator: Replicator,
+    status: Arc<ClusterStatus>,
+    position: PositionKeeper,
+    last_stream_seq: u64,
+    /// The connection and the lease live as long as the writer does.
+    _cluster: Cluster,
+    _lease_task: LeaseTask,
+}
+
+impl StreamReplica {
+    pub fn status(&self) -> Arc<ClusterStatus> {
+        self.status.clone()
+    }
+}
+
+impl Replica for StreamReplica {
+    fn publish(&mut self, first_seq: u64, frames: &[u8]) -> Result<(), StorageError> {
+        if !self.status.is_leading() {
+            return Err(StorageError::NotLeader);
+        }
+        let batch = Bytes::from(encode_batch(first_seq, frames));
+        match self.runtime.block_on(self.replicator.append(batch)) {
+            Ok(seq) => {
+                self.last_stream_seq = seq;
+                self.status.applied(seq, 0);
+                Ok(())
+            }
+            Err(e) => {
+                self.status.step_down(&e.to_string());
+                Err(match e {
+                    ReplicateError::OutcomeUnknown => StorageError::OutcomeUnknown,
+                    ReplicateError::NotLeader
+                    | ReplicateError::Fenced
+                    | ReplicateError::Behind
+                    | ReplicateError::TooLarge(_) => StorageError::NotLeader,
+                    ReplicateError::OutOfOrder(e) => StorageError::Corrupt(e.to_string()),
+                })
+            }
+        }
+    }
+
+    fn written(&mut self, last_seq: u64) {
+        self.position.set(last_seq, self.last_stream_seq);
+    }
+}
