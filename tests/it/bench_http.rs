@@ -6,6 +6,7 @@
 //! benchmark.
 
 use crate::common_http;
+use crate::http_serve::wait_ready;
 
 use commerce_engine::bench::workload::Workload;
 use commerce_engine::bench::{execute, BenchArgs};
@@ -98,24 +99,6 @@ async fn paid_orders(client: &reqwest::Client, base: &str) -> u64 {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
-}
-
-/// Waits until `/ready` answers 200 on `addr`.
-fn wait_ready(addr: &str) {
-    use std::io::{Read, Write};
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(mut tcp) = std::net::TcpStream::connect(addr) {
-            let _ = tcp.write_all(b"GET /ready HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
-            let mut answer = String::new();
-            let _ = tcp.read_to_string(&mut answer);
-            if answer.starts_with("HTTP/1.1 200") {
-                return;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("server on {addr} did not become ready");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

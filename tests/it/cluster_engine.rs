@@ -433,13 +433,22 @@ async fn a_standby_takes_over_from_a_killed_leader_within_ten_seconds_with_every
     // The old leader comes back as a standby and catches up.
     s.a.start();
     wait_ready(&s.shop.client, &s.a, "standby", Duration::from_secs(30)).await;
-    let resp = s
-        .shop
-        .client
-        .get(format!("{}/api/v1/users/1", s.a.base()))
-        .send()
-        .await
-        .expect("sent");
+    // A standby names the leader once it has read the lease (until then it
+    // answers NOT_LEADER without X-Leader: "retry shortly").
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let resp = loop {
+        let resp = s
+            .shop
+            .client
+            .get(format!("{}/api/v1/users/1", s.a.base()))
+            .send()
+            .await
+            .expect("sent");
+        if resp.headers().contains_key("x-leader") || Instant::now() > deadline {
+            break resp;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
         resp.headers().get("x-leader").and_then(|v| v.to_str().ok()),

@@ -46,7 +46,7 @@ fn spawn(data_dir: &Path, extra: &[&str]) -> Server {
 }
 
 /// Waits until `/ready` answers 200 on `addr` (a new data dir is seeded by then).
-fn wait_ready(addr: &str) {
+pub fn wait_ready(addr: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if let Ok(mut tcp) = std::net::TcpStream::connect(addr) {

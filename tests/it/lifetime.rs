@@ -8,7 +8,8 @@
 //! failed, replay after a stop is bounded by the snapshot interval, and
 //! everything held in memory is bounded by what is live, not by history.
 
-use crate::durability_support::{config, key, manual_clock, place, runtime, T0};
+use crate::durability_support::{config, key, manual_clock, place, runtime};
+use crate::engine_support::Rng;
 use commerce_engine::domain::coupon::Discount;
 use commerce_engine::domain::ids::{CouponId, OrderId, ProductId, UserCouponId, UserId};
 use commerce_engine::domain::limits::Limits;
@@ -56,19 +57,6 @@ fn start(dir: &Path, clock: Arc<ManualClock>) -> Engine {
 
 fn sink(dir: &Path) -> std::path::PathBuf {
     dir.with_file_name("data-platform.jsonl")
-}
-
-/// A small deterministic generator (SplitMix64).
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        (z ^ (z >> 31)) % n
-    }
 }
 
 /// What the run acknowledged, to check the end state against.
@@ -418,5 +406,4 @@ fn three_weeks_of_trade_keep_state_exact_memory_bounded_and_replay_short() {
     );
     assert!(ledger.orders == DAYS * STEPS_PER_DAY * ORDERS_PER_STEP);
     assert!(ledger.cancelled > 0 && ledger.expired > 0);
-    let _ = T0;
 }
