@@ -85,6 +85,19 @@ impl HttpClient {
         bearer: Option<&str>,
         json_body: Option<&[u8]>,
     ) -> Result<Answer, ExchangeError> {
+        self.send_keyed(method, path_and_query, bearer, None, json_body)
+            .await
+    }
+
+    /// [`send`](HttpClient::send), with an `Idempotency-Key` when `key` is given.
+    pub async fn send_keyed(
+        &self,
+        method: &Method,
+        path_and_query: &str,
+        bearer: Option<&str>,
+        key: Option<&str>,
+        json_body: Option<&[u8]>,
+    ) -> Result<Answer, ExchangeError> {
         let mut request = Vec::with_capacity(160 + json_body.map_or(0, <[u8]>::len));
         request.extend_from_slice(method.as_str().as_bytes());
         request.push(b' ');
@@ -96,6 +109,11 @@ impl HttpClient {
         if let Some(token) = bearer {
             request.extend_from_slice(b"Authorization: Bearer ");
             request.extend_from_slice(token.as_bytes());
+            request.extend_from_slice(b"\r\n");
+        }
+        if let Some(key) = key {
+            request.extend_from_slice(b"Idempotency-Key: ");
+            request.extend_from_slice(key.as_bytes());
             request.extend_from_slice(b"\r\n");
         }
         match json_body {

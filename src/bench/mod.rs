@@ -120,6 +120,10 @@ pub struct BenchArgs {
     /// disk, then drains).
     #[arg(long)]
     pub data_platform_down_secs: Option<f64>,
+    /// With --url: an Idempotency-Key on every change request (a new one
+    /// each), to measure what keeping keys costs.
+    #[arg(long)]
+    pub keys: bool,
     /// Actor threads of the embedded engine (default: one per core).
     #[arg(long)]
     pub arbiters: Option<usize>,
@@ -182,6 +186,7 @@ impl BenchArgs {
             coupon_quantity: None,
             clients_on: None,
             client_threads: None,
+            keys: false,
             json: false,
         }
     }
@@ -859,6 +864,11 @@ fn validate(args: &BenchArgs, products: usize) -> Result<(), crate::CliError> {
     if args.data_platform == SinkChoice::Http && args.url.is_some() {
         return Err("--data-platform http is the embedded engine's sink: not with --url".into());
     }
+    if args.keys && args.url.is_none() {
+        return Err(
+            "--keys is for a server (--url): the embedded engine is called without keys".into(),
+        );
+    }
     Ok(())
 }
 
@@ -870,7 +880,7 @@ pub fn execute(args: &BenchArgs) -> Result<BenchReport, crate::CliError> {
     let on = clients_on(args)?;
     let (target, embedded, target_name) = match &args.url {
         Some(url) => {
-            let http = HttpTarget::new(url, args.admin_token.clone())?;
+            let http = HttpTarget::new(url, args.admin_token.clone(), args.keys)?;
             (Target::Http(http), None, url.clone())
         }
         None => {

@@ -84,6 +84,37 @@ pub struct HttpTarget {
     admin_token: Option<String>,
     requests: Arc<RequestLatencies>,
     reach: Arc<Reach>,
+    /// With `--keys`: each change request carries a new key, `<prefix>-<n>`.
+    keys: Option<Arc<KeySource>>,
+}
+
+/// New idempotency keys, unique within a run and across runs.
+pub struct KeySource {
+    prefix: String,
+    next: AtomicU64,
+}
+
+impl KeySource {
+    pub fn new() -> KeySource {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        KeySource {
+            prefix: format!("bench-{nanos:x}"),
+            next: AtomicU64::new(0),
+        }
+    }
+
+    pub fn next(&self) -> String {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{n:x}", self.prefix)
+    }
+}
+
+impl Default for KeySource {
+    fn default() -> Self {
+        KeySource::new()
+    }
 }
 
 /// Attempts in a row that could not reach the server (refused, reset, cut
@@ -207,7 +238,8 @@ struct ErrorBody {
 }
 
 impl HttpTarget {
-    pub fn new(url: &str, admin_token: Option<String>) -> Result<HttpTarget, String> {
+    /// With `keys`, every POST but the admin setup's carries an `Idempotency-Key`.
+    pub fn new(url: &str, admin_token: Option<String>, keys: bool) -> Result<HttpTarget, String> {
         // Whatever path the URL has goes before `/api/v1`.
         let client = HttpClient::new(url, Duration::from_secs(30))?;
         Ok(HttpTarget {
@@ -215,6 +247,7 @@ impl HttpTarget {
             url: Arc::from(url),
             admin_token,
             reach: Arc::new(Reach::new()),
+            keys: keys.then(|| Arc::new(KeySource::new())),
             requests: Arc::new(RequestLatencies {
                 from: OnceLock::new(),
                 stopped: AtomicBool::new(false),
@@ -242,10 +275,20 @@ impl HttpTarget {
         if self.reach.gone.get().is_some() {
             return Err(OpError::unknown(UNREACHABLE));
         }
+        let key = match &self.keys {
+            Some(keys) if method == Method::POST && !admin => Some(keys.next()),
+            _ => None,
+        };
         let started = Instant::now();
         let answer = self
             .client
-            .send(&method, &format!("/api/v1{path}"), bearer, body.as_deref())
+            .send_keyed(
+                &method,
+                &format!("/api/v1{path}"),
+                bearer,
+                key.as_deref(),
+                body.as_deref(),
+            )
             .await
             .map_err(|e| {
                 self.reach.failed(&self.url, &e);

@@ -82,6 +82,47 @@ async fn bench_over_http_times_each_request_and_passes_its_invariant_check() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_with_keys_sends_a_new_idempotency_key_on_every_change() {
+    // proves --keys: each change request carries a key of its own, so the server keeps one key per change and replays none
+    let server = common_http::TestServer::start().await;
+    let args = BenchArgs {
+        url: Some(server.base.clone()),
+        admin_token: Some(common_http::TOKEN.into()),
+        users: Some(50),
+        products: Some(5),
+        concurrency: 4,
+        duration_secs: 0.5,
+        warmup_secs: 0.0,
+        keys: true,
+        ..BenchArgs::new(Workload::OrderPay)
+    };
+    let report = tokio::task::spawn_blocking(move || execute(&args))
+        .await
+        .expect("the bench thread")
+        .expect("the run completes");
+    assert!(report.invariants.ok(), "{:?}", report.invariants);
+    assert!(report.total.ok > 0);
+    let page = reqwest::get(format!("{}/metrics", server.base))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let keys: u64 = page
+        .lines()
+        .find_map(|l| l.strip_prefix("engine_idempotency_keys "))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("the key gauge");
+    // place + pay of every paid order, each under a key of its own (and the
+    // users' setup charges); none replayed, or the invariant check fails.
+    assert!(
+        keys >= 2 * report.total.ok,
+        "{keys} keys for {} paid orders",
+        report.total.ok
+    );
+}
+
 /// A port nothing listens on (bound, then released).
 fn closed_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -194,7 +235,7 @@ async fn checks_that_cannot_reach_the_server_are_unreachable_not_violations() {
     use commerce_engine::bench::workload::{Fixture, Tally};
     use commerce_engine::domain::ids::{CouponId, OrderId, ProductId, UserId};
     let url = format!("http://127.0.0.1:{}", closed_port());
-    let target = Target::Http(HttpTarget::new(&url, None).expect("target"));
+    let target = Target::Http(HttpTarget::new(&url, None, false).expect("target"));
     let fixture = Fixture {
         users: (1..=30).map(UserId).collect(),
         products: (1..=5).map(ProductId).collect(),
