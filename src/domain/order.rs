@@ -161,6 +161,30 @@ impl Order {
     }
 }
 
+/// A paid order of one line (two mugs at 1,000 KRW), for tests of what
+/// is made of paid orders.
+#[cfg(test)]
+pub(crate) fn sample_paid_order(id: u64) -> Order {
+    Order {
+        id: OrderId(id),
+        user_id: UserId(3),
+        status: OrderStatus::Paid,
+        items: vec![OrderLine {
+            product_id: ProductId(2),
+            name: "mug".into(),
+            unit_price: Krw(1_000),
+            quantity: 2,
+        }],
+        total_amount: Krw(2_000),
+        discount_amount: Krw(0),
+        pay_amount: Krw(2_000),
+        user_coupon_id: None,
+        created_at: Timestamp(1_000),
+        expires_at: Timestamp(601_000),
+        paid_at: Some(Timestamp(2_000)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -121,29 +121,9 @@ impl<'a> PlatformEventRef<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::ids::{ProductId, UserId};
-    use crate::domain::money::Krw;
-    use crate::domain::order::{OrderLine, OrderStatus};
 
     fn order() -> Order {
-        Order {
-            id: OrderId(7),
-            user_id: UserId(3),
-            status: OrderStatus::Paid,
-            items: vec![OrderLine {
-                product_id: ProductId(2),
-                name: "mug".into(),
-                unit_price: Krw(1_000),
-                quantity: 2,
-            }],
-            total_amount: Krw(2_000),
-            discount_amount: Krw(0),
-            pay_amount: Krw(2_000),
-            user_coupon_id: None,
-            created_at: Timestamp(1_000),
-            expires_at: Timestamp(601_000),
-            paid_at: Some(Timestamp(2_000)),
-        }
+        crate::domain::order::sample_paid_order(7)
     }
 
     #[test]
