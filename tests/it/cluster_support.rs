@@ -32,12 +32,44 @@ struct Server {
 pub struct NatsCluster {
     dir: tempfile::TempDir,
     servers: Vec<Server>,
+    /// Dropped last, after the servers are gone.
+    _one_at_a_time: OneAtATime,
+}
+
+/// One NATS cluster at a time in this test process: several clusters
+/// electing leaders at once on a 2-core machine, besides the other tests,
+/// miss their own timeouts. Held by a `NatsCluster` (and `Send`, unlike a
+/// mutex guard, for async tests).
+struct OneAtATime;
+
+static CLUSTER_RUNNING: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+static CLUSTER_DONE: std::sync::Condvar = std::sync::Condvar::new();
+
+impl OneAtATime {
+    fn take() -> OneAtATime {
+        let mut running = CLUSTER_RUNNING.lock().unwrap_or_else(|e| e.into_inner());
+        while *running {
+            running = CLUSTER_DONE
+                .wait(running)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        *running = true;
+        OneAtATime
+    }
+}
+
+impl Drop for OneAtATime {
+    fn drop(&mut self) {
+        *CLUSTER_RUNNING.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        CLUSTER_DONE.notify_one();
+    }
 }
 
 impl NatsCluster {
     /// Starts `n` (1 or 3) servers and waits until JetStream is ready on each.
     pub fn start(n: usize) -> NatsCluster {
         assert!(n == 1 || n == 3, "1 or 3 servers");
+        let one_at_a_time = OneAtATime::take();
         let bin = nats_server_bin();
         let dir = tempfile::tempdir().expect("tempdir");
         let ports: Vec<(u16, u16, u16)> = (0..n)
@@ -65,7 +97,11 @@ impl NatsCluster {
                 child: None,
             });
         }
-        let mut cluster = NatsCluster { dir, servers };
+        let mut cluster = NatsCluster {
+            dir,
+            servers,
+            _one_at_a_time: one_at_a_time,
+        };
         for i in 0..n {
             cluster.spawn(i, &bin);
         }
