@@ -21,6 +21,7 @@ pub mod coupon;
 pub mod event;
 pub mod id_bitmap;
 pub mod ids;
+pub mod invariants;
 pub mod key_hash;
 pub mod limits;
 pub mod money;

@@ -1,24 +1,26 @@
 //! The durable state of everything, as the journal says it is.
 //!
-//! `World` applies records in journal order. Recovery builds one from
-//! snapshots and the journal, `verify` checks one, the journal writer keeps
-//! one as its materialised view (to write incremental snapshots without
-//! asking any actor), and the engine starts its actors from one.
+//! `World` applies records in journal order: each journal event goes to
+//! the entities it touches, through the same `apply` the actors call.
+//! Recovery builds one from snapshots and the journal, `verify` checks one
+//! ([`crate::domain::invariants`]), the journal writer keeps one as its
+//! materialised view (to write incremental snapshots without asking any
+//! actor: [`crate::store::cut`]), and the engine starts its actors from one.
 
-use crate::domain::coupon::{Campaign, CampaignEvent, CampaignHeader};
+use crate::domain::coupon::{Campaign, CampaignEvent};
 use crate::domain::event::{Event, Record};
-use crate::domain::id_bitmap::{IdBitmap, CHUNK_WORDS};
+use crate::domain::id_bitmap::IdBitmap;
 use crate::domain::ids::{CouponId, IdSet, OrderId, ProductId, UserCouponId, UserId};
-use crate::domain::key_hash::{key_hash, KeyHash};
-use crate::domain::limits::Limits;
+use crate::domain::key_hash::key_hash;
 use crate::domain::money::Krw;
 use crate::domain::order::{Order, OrderEvent, OrderStatus};
 use crate::domain::product::{Product, ProductEvent};
 use crate::domain::time::Timestamp;
-use crate::domain::user::{CartLine, CouponUse, User, UserEvent};
+use crate::domain::user::{CartLine, User, UserEvent};
 use crate::domain::views::Reply;
+use crate::store::cut::{Cut, Dirty, NewKey};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// How long an idempotency key is kept at least.
 pub const IDEMPOTENCY_TTL_MS: u64 = 24 * 60 * 60 * 1000;
@@ -147,120 +149,6 @@ impl ArchiveTally {
     }
 }
 
-/// What a snapshot moves to the archive; the world lets go of it once the
-/// snapshot is written ([`World::archived`]).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Archiving {
-    /// Finished orders written to the archive.
-    pub orders: Vec<OrderId>,
-    /// Users whose history is archived up to (not including) entry `.1`.
-    pub history: Vec<(UserId, u64)>,
-    /// The tally once these orders are in.
-    pub tally: ArchiveTally,
-}
-
-/// Which entities changed since the last snapshot.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Dirty {
-    pub users: IdSet<UserId>,
-    pub products: IdSet<ProductId>,
-    pub campaigns: IdSet<CouponId>,
-    /// Chunks of campaigns' issued sets: (campaign, chunk).
-    pub issued: HashSet<(CouponId, u64)>,
-    pub orders: IdSet<OrderId>,
-    /// Idempotency keys recorded since, with their answers: the snapshot
-    /// moves them to the store's key tables ([`crate::store::keys`]).
-    pub keys: Vec<NewKey>,
-    /// Keys a store from before the key tables kept among the snapshot
-    /// entries: the snapshot deletes them there (they are among `keys`).
-    pub legacy_keys: Vec<String>,
-    pub meta: bool,
-}
-
-/// An idempotency key recorded by the record at `seq`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NewKey {
-    pub hash: KeyHash,
-    pub seq: u64,
-    pub key: StoredKey,
-}
-
-impl Dirty {
-    /// Adds marks back (a snapshot that failed must be written again).
-    pub fn merge(&mut self, other: Dirty) {
-        self.users.extend(other.users);
-        self.products.extend(other.products);
-        self.campaigns.extend(other.campaigns);
-        self.issued.extend(other.issued);
-        self.orders.extend(other.orders);
-        self.keys.extend(other.keys);
-        self.legacy_keys.extend(other.legacy_keys);
-        self.meta |= other.meta;
-    }
-
-    pub fn is_empty(&self) -> bool {
-        !self.meta
-            && self.users.is_empty()
-            && self.products.is_empty()
-            && self.campaigns.is_empty()
-            && self.issued.is_empty()
-            && self.orders.is_empty()
-            && self.keys.is_empty()
-            && self.legacy_keys.is_empty()
-    }
-}
-
-/// A snapshot being taken without stopping the world: every changed entity
-/// as it was when the cut began. Products, campaigns and the meta are few and change all the
-/// time, so they are copied when the cut begins; so are the idempotency
-/// keys recorded since the last cut (the world keeps no other). Users and
-/// orders are many: they stay where they are, listed here, until they are encoded
-/// (a step at a time, between journal batches) or until a record is about
-/// to change one, which copies it first. So a cut costs no pause.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Cut {
-    /// Unchanged since the cut began: read them from the world.
-    pub users: Vec<UserId>,
-    pub orders: Vec<OrderId>,
-    /// The same ids, to look up an entity about to change: those still here are uncaptured.
-    waiting_users: IdSet<UserId>,
-    waiting_orders: IdSet<OrderId>,
-    /// Copies as they were when the cut began.
-    pub captured: Vec<Captured>,
-    /// What this snapshot moves to the archive.
-    pub archiving: Archiving,
-}
-
-/// An entity as it was when a [`Cut`] began.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Captured {
-    User(User),
-    Product(Product),
-    Campaign(CampaignHeader),
-    /// A chunk of a campaign's issued set.
-    IssuedChunk(CouponId, u64, Box<[u64; CHUNK_WORDS]>),
-    Order(Order),
-    Key(NewKey),
-    /// A key of the snapshot entries of an older store, to delete there.
-    LegacyKey(String),
-    Meta(Meta),
-}
-
-impl Cut {
-    /// Whether `id` still waits in the world (and is no longer after this call).
-    pub fn take_user(&mut self, id: UserId) -> bool {
-        self.waiting_users.remove(&id)
-    }
-    pub fn take_order(&mut self, id: OrderId) -> bool {
-        self.waiting_orders.remove(&id)
-    }
-
-    /// Nothing is left to encode.
-    pub fn is_done(&self) -> bool {
-        self.users.is_empty() && self.orders.is_empty() && self.captured.is_empty()
-    }
-}
-
 /// A record that does not fit the state it is applied to.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("record {seq} cannot be applied: {reason}")]
@@ -299,103 +187,6 @@ fn miss(seq: u64, what: impl std::fmt::Display) -> ApplyError {
 }
 
 impl World {
-    /// Begins a snapshot of every entity changed since the last one, as it
-    /// is now; returns the marks it takes (to give back if writing fails).
-    pub fn begin_cut(&mut self) -> Dirty {
-        let marks = std::mem::take(&mut self.dirty);
-        let mut cut = Cut::default();
-        cut.archiving.tally = self.archived.clone();
-        for id in &marks.products {
-            if let Some(p) = self.products.get(id.index()) {
-                cut.captured.push(Captured::Product(p.clone()));
-            }
-        }
-        for id in &marks.campaigns {
-            if let Some(c) = self.campaigns.get(id.index()) {
-                cut.captured.push(Captured::Campaign(c.header()));
-            }
-        }
-        for &(id, chunk) in &marks.issued {
-            let words = self
-                .campaigns
-                .get(id.index())
-                .and_then(|c| c.issued.chunk(chunk));
-            if let Some(words) = words {
-                cut.captured
-                    .push(Captured::IssuedChunk(id, chunk, Box::new(*words)));
-            }
-        }
-        if marks.meta {
-            cut.captured.push(Captured::Meta(self.meta.clone()));
-        }
-        cut.captured
-            .extend(marks.keys.iter().cloned().map(Captured::Key));
-        cut.captured
-            .extend(marks.legacy_keys.iter().cloned().map(Captured::LegacyKey));
-        cut.users = marks.users.iter().copied().collect();
-        cut.orders = marks.orders.iter().copied().collect();
-        cut.waiting_users = marks.users.clone();
-        cut.waiting_orders = marks.orders.clone();
-        self.cut = Some(cut);
-        marks
-    }
-
-    /// A snapshot was not written: its marks come back, to be written by the next one.
-    pub fn snapshot_failed(&mut self, marks: Dirty) {
-        self.dirty.merge(marks);
-    }
-
-    /// A snapshot was written, with what it archived: those orders and
-    /// history entries leave memory (finished orders never change, and
-    /// history only grows at its end, so nothing of them changed since).
-    pub fn archived(&mut self, mut done: Archiving) {
-        self.archived_step(&mut done, usize::MAX);
-    }
-
-    /// [`archived`](World::archived) a step at a time: lets go of up to
-    /// `budget` of `done`'s orders and users' histories, taking them out of
-    /// `done`; once none is left, takes its tally and answers true. Until
-    /// then the world counts some archived orders nowhere (gone from
-    /// memory, not in the tally yet), so nothing may read or cut it before
-    /// the last step.
-    pub fn archived_step(&mut self, done: &mut Archiving, budget: usize) -> bool {
-        for _ in 0..budget {
-            if let Some(id) = done.orders.pop() {
-                self.orders.remove(&id);
-                self.orders_in_snapshots.remove(&id);
-            } else if let Some((id, base)) = done.history.pop() {
-                if let Some(u) = self.users.get_mut(id.index()) {
-                    u.archive_history_before(base);
-                }
-            } else {
-                self.archived = std::mem::take(&mut done.tally);
-                return true;
-            }
-        }
-        false
-    }
-
-    /// A user is about to change: if a cut still needs it as it was, copy it first.
-    fn capture_user(&mut self, id: UserId) {
-        if let Some(cut) = &mut self.cut {
-            if cut.take_user(id) {
-                if let Some(u) = self.users.get(id.index()) {
-                    cut.captured.push(Captured::User(u.clone()));
-                }
-            }
-        }
-    }
-
-    fn capture_order(&mut self, id: OrderId) {
-        if let Some(cut) = &mut self.cut {
-            if cut.take_order(id) {
-                if let Some(o) = self.orders.get(&id) {
-                    cut.captured.push(Captured::Order(o.clone()));
-                }
-            }
-        }
-    }
-
     pub fn user_mut(&mut self, seq: u64, id: UserId) -> Result<&mut User, ApplyError> {
         self.capture_user(id);
         self.dirty.users.insert(id);
@@ -480,8 +271,15 @@ impl World {
                 product_id,
                 quantity,
             } => {
-                self.product_mut(seq, *product_id)?
-                    .apply(ProductEvent::Restocked(*quantity), at);
+                let product = self.product_mut(seq, *product_id)?;
+                let fits = |n: u64| n.checked_add(*quantity).is_some();
+                if !fits(product.stock) || !fits(product.stocked_total) {
+                    return Err(unfit(
+                        seq,
+                        format!("product {product_id} stock would overflow"),
+                    ));
+                }
+                product.apply(ProductEvent::Restocked(*quantity), at);
             }
             Event::CampaignCreated {
                 coupon_id,
@@ -720,147 +518,12 @@ impl World {
         }
         Ok(())
     }
-
-    /// Checks every invariant of DESIGN.md under the limits of API.md.
-    pub fn violations(&self) -> Vec<String> {
-        self.violations_under(&Limits::API)
-    }
-
-    /// Checks every invariant of DESIGN.md under `limits`; returns what is violated.
-    pub fn violations_under(&self, limits: &Limits) -> Vec<String> {
-        let mut out = Vec::new();
-        let live = self.live_order_sums(&mut out);
-        self.check_products(&live, &mut out);
-        self.check_users(&live, limits, &mut out);
-        self.check_campaigns(&mut out);
-        out
-    }
-
-    /// Units reserved and sold by the orders in memory, per product, and
-    /// the coupon each live (pending or paid) order uses.
-    fn live_order_sums(&self, out: &mut Vec<String>) -> LiveSums {
-        let mut live = LiveSums::default();
-        for order in self.orders.values() {
-            let tally = match order.status {
-                OrderStatus::Pending => &mut live.reserved,
-                OrderStatus::Paid => &mut live.sold,
-                _ => continue,
-            };
-            for (p, q) in order.quantities() {
-                *tally.entry(p).or_default() += q;
-            }
-            if let Some(c) = order.user_coupon_id {
-                if live.coupons.insert(c, order.id).is_some() {
-                    out.push(format!("user coupon {c} used by two live orders"));
-                }
-            }
-        }
-        live
-    }
-
-    fn check_products(&self, live: &LiveSums, out: &mut Vec<String>) {
-        for p in &self.products {
-            if !p.is_conserved() {
-                out.push(format!(
-                    "product {}: stock {} + reserved {} + sold {} != stocked {}",
-                    p.id, p.stock, p.reserved, p.sold, p.stocked_total
-                ));
-            }
-            let r = live.reserved.get(&p.id).copied().unwrap_or(0);
-            let s = live.sold.get(&p.id).copied().unwrap_or(0) + self.archived.sold_of(p.id);
-            if p.reserved != r || p.sold != s {
-                out.push(format!(
-                    "product {}: reserved {} sold {} but orders say {r} and {s}",
-                    p.id, p.reserved, p.sold
-                ));
-            }
-        }
-    }
-
-    /// Balances, and coupons: a used coupon is used by a live order, or by
-    /// an archived paid one (counted in the tally); an available one by none.
-    fn check_users(&self, live: &LiveSums, limits: &Limits, out: &mut Vec<String>) {
-        let mut used_by_archived = 0u64;
-        for u in &self.users {
-            if !u.is_conserved() {
-                out.push(format!(
-                    "user {}: balance {} does not match its history",
-                    u.id, u.balance.0
-                ));
-            }
-            if u.balance > limits.balance_krw_max {
-                out.push(format!(
-                    "user {}: balance {} above the limit",
-                    u.id, u.balance.0
-                ));
-            }
-            for c in &u.coupons {
-                match (c.state, live.coupons.get(&c.id)) {
-                    (CouponUse::Used(o), Some(lo)) if o == *lo => {}
-                    (CouponUse::Used(o), None) if !self.orders.contains_key(&o) => {
-                        used_by_archived += 1
-                    }
-                    (CouponUse::Available, None) => {}
-                    (state, live) => out.push(format!(
-                        "user coupon {}: state {state:?} but live order {live:?}",
-                        c.id
-                    )),
-                }
-            }
-        }
-        if used_by_archived != self.archived.coupons_used {
-            out.push(format!(
-                "{used_by_archived} coupons used by orders not in memory, but the archive counts {}",
-                self.archived.coupons_used
-            ));
-        }
-    }
-
-    fn check_campaigns(&self, out: &mut Vec<String>) {
-        for c in &self.campaigns {
-            if c.issued.len() > c.quantity {
-                out.push(format!(
-                    "coupon {}: {} issued of {}",
-                    c.id,
-                    c.issued.len(),
-                    c.quantity
-                ));
-            }
-            for user in c.issued.iter() {
-                let held = self.users.get(UserId(user).index()).map_or(0, |u| {
-                    u.coupons.iter().filter(|k| k.coupon_id == c.id).count()
-                });
-                if held != 1 {
-                    out.push(format!(
-                        "coupon {}: user {user} holds {held} coupons of it",
-                        c.id
-                    ));
-                }
-            }
-        }
-        let held_total: u64 = self.users.iter().map(|u| u.coupons.len() as u64).sum();
-        let issued_total: u64 = self.campaigns.iter().map(|c| c.issued.len()).sum();
-        if held_total != issued_total {
-            out.push(format!(
-                "{held_total} coupons held but {issued_total} issued"
-            ));
-        }
-    }
-}
-
-/// What the orders in memory add up to, for the invariants.
-#[derive(Default)]
-struct LiveSums {
-    reserved: HashMap<ProductId, u64>,
-    sold: HashMap<ProductId, u64>,
-    coupons: HashMap<UserCouponId, OrderId>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::ids::{OrderId, ProductId, UserId};
-    use crate::domain::money::Krw;
+    use crate::domain::limits::Limits;
     use crate::domain::order::OrderLine;
 
     fn world() -> World {
@@ -912,43 +575,6 @@ mod tests {
             expires_at: Timestamp(100),
             paid_at: None,
         }
-    }
-
-    #[test]
-    fn archiving_a_step_at_a_time_ends_as_archiving_at_once() {
-        // given 5 finished orders in memory, when they are archived 2 entries
-        // a step, then they leave memory step by step and the tally comes last
-        let finished = |id| Order {
-            id: OrderId(id),
-            status: OrderStatus::Paid,
-            ..order(&[(1, 1)])
-        };
-        let mut w = world();
-        let mut tally = ArchiveTally::default();
-        for id in 1..=5 {
-            let o = finished(id);
-            tally.add(&o);
-            w.orders_in_snapshots.insert(o.id);
-            w.orders.insert(o.id, o);
-        }
-        let done = Archiving {
-            orders: (1..=5).map(OrderId).collect(),
-            history: vec![(UserId(1), 0)],
-            tally: tally.clone(),
-        };
-        let mut at_once = w.clone();
-        at_once.archived(done.clone());
-
-        let mut stepped = done;
-        let mut left = Vec::new();
-        while !w.archived_step(&mut stepped, 2) {
-            assert_eq!(w.archived, ArchiveTally::default(), "the tally comes last");
-            left.push(w.orders.len());
-        }
-        assert_eq!(left, [3, 1, 0]);
-        assert_eq!(w.archived, tally);
-        assert!(w.orders.is_empty() && w.orders_in_snapshots.is_empty());
-        assert_eq!(w, at_once);
     }
 
     #[test]

@@ -14,6 +14,7 @@
 
 pub mod archive;
 pub mod codec;
+pub mod cut;
 pub mod entries;
 pub mod fault;
 pub mod keys;

@@ -8,8 +8,9 @@ use crate::domain::key_hash::key_hash;
 use crate::domain::limits::Limits;
 use crate::domain::order::Order;
 use crate::domain::user::{BalanceEntry, User, HISTORY_CHUNK};
-use crate::domain::world::{Archiving, Captured, Meta, NewKey, StoredKey, TallyCounts, World};
+use crate::domain::world::{Meta, StoredKey, TallyCounts, World};
 use crate::store::codec::{self, CodecError, Kind};
+use crate::store::cut::{Archiving, Captured, NewKey};
 use crate::store::legacy::{self, LegacySales};
 use crate::store::{ArchiveReader, Loaded, SnapshotEntries, SnapshotKey, StorageError, Store};
 use std::collections::{HashMap, HashSet};
@@ -447,7 +448,7 @@ fn encode_order(
     Ok(())
 }
 
-/// Encodes up to `budget` entries of the world's [`Cut`](crate::domain::world::Cut)
+/// Encodes up to `budget` entries of the world's [`Cut`](crate::store::cut::Cut)
 /// into `out`. Once the cut is complete it ends it and answers what it
 /// archives (to hand to [`World::archived`] once the snapshot is written).
 /// No record is applied during a step, so the cut is taken out meanwhile.
