@@ -250,6 +250,11 @@ impl Campaign {
 
     pub fn hold(&mut self, user_id: UserId) {
         self.pending.insert(user_id);
+        assert!(
+            self.issued.len() + self.pending.len() as u64 <= self.quantity,
+            "coupon {}: held beyond its quantity",
+            self.id
+        );
     }
 
     pub fn drop_hold(&mut self, user_id: UserId) {
@@ -260,9 +265,15 @@ impl Campaign {
     pub fn apply(&mut self, event: CampaignEvent, _at: Timestamp) {
         match event {
             CampaignEvent::Issued(user_id) => {
-                self.issued.insert(user_id.0);
+                let (new, _) = self.issued.insert(user_id.0);
+                assert!(new, "coupon {}: issued twice to user {user_id}", self.id);
             }
         }
+        assert!(
+            self.issued.len() <= self.quantity,
+            "coupon {}: issued beyond its quantity",
+            self.id
+        );
     }
 
     /// The coupon `id` of this campaign, as its holder keeps it: what

@@ -167,7 +167,12 @@ impl Order {
 
     /// Applies a durable event: the end of a pending order.
     pub fn apply(&mut self, event: OrderEvent, at: Timestamp) {
-        debug_assert_eq!(self.status, OrderStatus::Pending);
+        assert_eq!(
+            self.status,
+            OrderStatus::Pending,
+            "order {}: {event:?} applied to a finished order",
+            self.id
+        );
         self.status = event.status();
         if event == OrderEvent::Paid {
             self.paid_at = Some(at);

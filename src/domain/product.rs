@@ -142,6 +142,13 @@ impl Product {
 
     pub fn hold(&mut self, quantity: u64) {
         self.held += quantity;
+        assert!(
+            self.held <= self.stock,
+            "product {}: holds {} beyond stock {}",
+            self.id,
+            self.held,
+            self.stock
+        );
     }
 
     pub fn drop_hold(&mut self, quantity: u64) {
@@ -149,27 +156,57 @@ impl Product {
     }
 
     /// Applies a durable event. Cannot fail: the record was decided against
-    /// this state (recovery checks that a record fits before applying it).
+    /// this state (recovery checks that a record fits before applying it),
+    /// so the assertions below only catch a programming error.
     pub fn apply(&mut self, event: ProductEvent, at: Timestamp) {
+        let was_conserved = self.is_conserved();
         match event {
             ProductEvent::Restocked(quantity) => {
-                self.stock += quantity;
-                self.stocked_total += quantity;
+                self.stock = self.stock.checked_add(quantity).expect("restock fits");
+                self.stocked_total =
+                    (self.stocked_total.checked_add(quantity)).expect("restock fits");
             }
             ProductEvent::Reserved(quantity) => {
+                assert!(
+                    quantity <= self.stock,
+                    "product {}: reserved beyond stock",
+                    self.id
+                );
                 self.stock -= quantity;
                 self.reserved += quantity;
             }
             ProductEvent::Released(quantity) => {
+                assert!(
+                    quantity <= self.reserved,
+                    "product {}: released beyond reserved",
+                    self.id
+                );
                 self.reserved -= quantity;
                 self.stock += quantity;
             }
             ProductEvent::Sold(quantity) => {
+                assert!(
+                    quantity <= self.reserved,
+                    "product {}: sold beyond reserved",
+                    self.id
+                );
                 self.reserved -= quantity;
                 self.sold += quantity;
                 self.recent_sales.record(at, quantity);
             }
         }
+        assert!(
+            self.held <= self.stock,
+            "product {}: holds beyond stock",
+            self.id
+        );
+        // Units only move between stock, reserved and sold (a restock adds to
+        // both sides): stock + reserved + sold = stocked_total stays true.
+        assert!(
+            !was_conserved || self.is_conserved(),
+            "product {}: {event:?} broke conservation",
+            self.id
+        );
     }
 
     pub fn is_conserved(&self) -> bool {

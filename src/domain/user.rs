@@ -233,6 +233,17 @@ impl User {
     /// Applies a durable event. Cannot fail: the record was decided against
     /// this state (recovery checks that a record fits before applying it).
     pub fn apply(&mut self, event: UserEvent, at: Timestamp) {
+        self.apply_event(event, at);
+        // A payment drops its hold before it is applied, so what is still
+        // held was decided within what is left.
+        assert!(
+            self.debits_pending <= self.balance,
+            "user {}: debit holds beyond the balance",
+            self.id
+        );
+    }
+
+    fn apply_event(&mut self, event: UserEvent, at: Timestamp) {
         match event {
             UserEvent::Charged { amount } => self.apply_charged(amount, at),
             UserEvent::Paid { order_id, amount } => self.apply_paid(order_id, amount, at),
@@ -321,6 +332,11 @@ impl User {
             .debits_pending
             .checked_add(due)
             .expect("debit holds never exceed the balance");
+        assert!(
+            self.debits_pending <= self.balance,
+            "user {}: debit holds beyond the balance",
+            self.id
+        );
     }
 
     fn drop_debit(&mut self, due: Krw) {

@@ -179,6 +179,23 @@ fn unfit(seq: u64, reason: String) -> ApplyError {
     ApplyError { seq, reason }
 }
 
+/// An order names each product once, as placing checks: its lines can
+/// then be checked against their products one by one.
+fn distinct_lines(seq: u64, order: &Order) -> Result<(), ApplyError> {
+    for (i, line) in order.items.iter().enumerate() {
+        if order.items[..i]
+            .iter()
+            .any(|l| l.product_id == line.product_id)
+        {
+            return Err(unfit(
+                seq,
+                format!("order {} lists product {} twice", order.id, line.product_id),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn miss(seq: u64, what: impl std::fmt::Display) -> ApplyError {
     ApplyError {
         seq,
@@ -373,6 +390,12 @@ impl World {
             .campaigns
             .get_mut(coupon_id.index())
             .ok_or_else(|| miss(seq, format!("coupon {coupon_id}")))?;
+        if campaign.issued.contains(user_id.0) || campaign.issued.len() >= campaign.quantity {
+            return Err(unfit(
+                seq,
+                format!("coupon {coupon_id} cannot be issued to user {user_id}"),
+            ));
+        }
         campaign.apply(CampaignEvent::Issued(user_id), at);
         let coupon = campaign.coupon(user_coupon_id);
         self.dirty.campaigns.insert(coupon_id);
@@ -395,6 +418,7 @@ impl World {
         from_cart: bool,
     ) -> Result<(), ApplyError> {
         // Check every line before changing any: a record applies whole or not at all.
+        distinct_lines(seq, order)?;
         for line in &order.items {
             if self.product_mut(seq, line.product_id)?.stock < line.quantity {
                 return Err(unfit(
@@ -478,6 +502,7 @@ impl World {
 
     /// Every line of a pending order is still reserved on its product.
     fn check_reserved(&mut self, seq: u64, order: &Order) -> Result<(), ApplyError> {
+        distinct_lines(seq, order)?;
         for (product_id, quantity) in order.quantities() {
             if self.product_mut(seq, product_id)?.reserved < quantity {
                 return Err(unfit(
@@ -609,6 +634,42 @@ mod tests {
         assert!(w.apply(4, &Record::new(Timestamp(2), placed)).is_err());
         assert_eq!((w.products[0].stock, w.products[0].reserved), (5, 0));
         assert!(w.orders.is_empty());
+    }
+
+    #[test]
+    fn records_the_entities_would_assert_on_are_refused_not_applied() {
+        // given stock 5, when a journal lists a product twice in one order, restocks past
+        // u64, or issues a coupon twice or past its quantity, then each is an error, no panic
+        use crate::domain::coupon::Discount;
+        let mut w = world();
+        let at = Timestamp(2);
+        let twice = Event::OrderPlaced {
+            order: Box::new(order(&[(1, 3), (1, 3)])),
+            from_cart: false,
+        };
+        assert!(w.apply(4, &Record::new(at, twice)).is_err());
+        let overflow = Event::ProductRestocked {
+            product_id: ProductId(1),
+            quantity: u64::MAX,
+        };
+        assert!(w.apply(5, &Record::new(at, overflow)).is_err());
+        let campaign = Event::CampaignCreated {
+            coupon_id: CouponId(1),
+            name: "c".into(),
+            discount: Discount::Fixed { amount: Krw(1) },
+            quantity: 1,
+            expires_at: None,
+        };
+        w.apply(6, &Record::new(at, campaign)).unwrap();
+        let issue = |user_coupon| Event::CouponIssued {
+            coupon_id: CouponId(1),
+            user_id: UserId(1),
+            user_coupon_id: UserCouponId(user_coupon),
+        };
+        w.apply(7, &Record::new(at, issue(1))).unwrap();
+        assert!(w.apply(8, &Record::new(at, issue(2))).is_err());
+        assert_eq!((w.products[0].stock, w.products[0].reserved), (5, 0));
+        assert!(w.violations().is_empty());
     }
 
     #[test]
