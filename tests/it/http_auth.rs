@@ -521,3 +521,50 @@ async fn with_authentication_off_the_api_is_as_before() {
     assert_eq!(got.0, StatusCode::OK);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bench_sends_tokens_to_a_server_that_checks_them_and_says_so_without_the_secret() {
+    // proves bench --url --auth-jwt-secret runs clean against an auth server, and without it stops with a clear sentence
+    use commerce_engine::bench::workload::Workload;
+    use commerce_engine::bench::{execute, BenchArgs};
+    let s = start_with_auth(Verifier::hs256(SECRET).unwrap()).await;
+    let args = |secret: Option<&[u8]>| BenchArgs {
+        url: Some(s.base.clone()),
+        auth_jwt_secret: secret.map(|b| String::from_utf8(b.to_vec()).unwrap()),
+        users: Some(50),
+        products: Some(5),
+        concurrency: 4,
+        duration_secs: 0.5,
+        warmup_secs: 0.1,
+        ..BenchArgs::new(Workload::Mixed)
+    };
+    let with = args(Some(SECRET));
+    let report = tokio::task::spawn_blocking(move || execute(&with))
+        .await
+        .unwrap()
+        .expect("the run completes");
+    assert!(report.invariants.ok(), "{:?}", report.invariants);
+    assert!(report.total.ok > 0, "measured nothing");
+    for code in report.errors.keys() {
+        assert!(
+            !["UNAUTHORIZED", "FORBIDDEN"].contains(&code.as_str()),
+            "{:?}",
+            report.errors
+        );
+    }
+    for (secret, says) in [
+        (None, "requires customer authentication"),
+        (Some(&b"wrong"[..]), "refuses the bench's tokens"),
+    ] {
+        let without = args(secret);
+        let ran = tokio::task::spawn_blocking(move || execute(&without))
+            .await
+            .unwrap();
+        let Err(e) = ran else {
+            panic!("the run goes on without the server's secret")
+        };
+        let e = e.to_string();
+        assert!(e.contains(says), "{e}");
+    }
+    s.stop().await;
+}
