@@ -11,7 +11,7 @@
 use crate::domain::event::{Event, Record};
 use crate::domain::limits::Limits;
 use crate::domain::money::Krw;
-use crate::domain::product::Product;
+use crate::domain::product::{Product, ProductCommand, ProductEvent};
 use crate::domain::time::Timestamp;
 use crate::domain::views::{ProductView, Reply};
 use crate::engine::actor::{acked, ready, reply_channel, submit, Journaled, Read};
@@ -36,6 +36,7 @@ pub struct ProductActor {
 
 pub struct RestockOp {
     quantity: u64,
+    at: Timestamp,
     view: ProductView,
     reply: oneshot::Sender<Result<ProductView>>,
 }
@@ -169,7 +170,8 @@ impl Journaled for ProductActor {
         self.restocks_pending -= op.quantity;
         let ok = acked(&ack);
         if ok.is_ok() {
-            self.product.apply_restocked(op.quantity);
+            self.product
+                .apply(ProductEvent::Restocked(op.quantity), op.at);
             self.publish();
         }
         let _ = op.reply.send(ok.map(|()| op.view));
@@ -189,31 +191,31 @@ impl<R: 'static> Handler<Read<Product, R>> for ProductActor {
 #[rtype(result = "Result<(String, Krw)>")]
 pub struct Reserve {
     pub quantity: u64,
+    pub at: Timestamp,
 }
 
 impl Handler<Reserve> for ProductActor {
     type Result = Result<(String, Krw)>;
 
     fn handle(&mut self, msg: Reserve, _: &mut Context<Self>) -> Self::Result {
-        self.product.decide_reserve(msg.quantity)?;
+        let command = ProductCommand::Reserve(msg.quantity);
+        self.product.decide(command, msg.at, &self.limits)?;
         self.product.hold(msg.quantity);
         self.publish();
         Ok((self.product.name.clone(), self.product.price))
     }
 }
 
-/// What became of units held or reserved here, once it is durable. Sent
-/// only by [`ProductRef::tell`], which counts it in flight.
+/// What became of units held or reserved here. Sent only by
+/// [`ProductRef::tell`], which counts it in flight.
 #[derive(Clone, Copy, Debug)]
 pub enum StockNews {
-    /// The order was placed: the hold becomes a reservation.
-    Reserved(u64),
+    /// A record that touches this product is durable: the hold it took,
+    /// if any, is dropped and the event applied (`Reserved` when an order
+    /// was placed, `Released` when it ended unpaid, `Sold` when paid).
+    Durable(ProductEvent, Timestamp),
     /// Placing failed before anything was durable: the hold is dropped.
     Abandoned(u64),
-    /// A pending order ended unpaid: its reservation returns to stock.
-    Released(u64),
-    /// A pending order was paid (at `.1`): its reservation is sold.
-    Sold(u64, Timestamp),
 }
 
 /// News as sent by [`ProductRef::tell`]: private, so none goes uncounted.
@@ -226,13 +228,13 @@ impl Handler<Told> for ProductActor {
 
     fn handle(&mut self, Told(msg): Told, _: &mut Context<Self>) {
         match msg {
-            StockNews::Reserved(q) => {
-                self.product.drop_hold(q);
-                self.product.apply_reserved(q);
+            StockNews::Durable(event, at) => {
+                if let ProductEvent::Reserved(q) = event {
+                    self.product.drop_hold(q);
+                }
+                self.product.apply(event, at);
             }
             StockNews::Abandoned(q) => self.product.drop_hold(q),
-            StockNews::Released(q) => self.product.apply_released(q),
-            StockNews::Sold(q, at) => self.product.apply_sold(q, at),
         }
         self.publish();
         // Release: whoever sees the news taken sees what was published.
@@ -254,10 +256,12 @@ impl Handler<Restock> for ProductActor {
     fn handle(&mut self, msg: Restock, ctx: &mut Context<Self>) -> Self::Result {
         let mut projected = self.product.clone();
         projected.stock += self.restocks_pending;
-        if let Err(r) = projected.decide_restock(msg.quantity, &self.limits) {
-            return ready(Err(r.into()));
-        }
-        projected.apply_restocked(msg.quantity);
+        let event =
+            match projected.decide(ProductCommand::Restock(msg.quantity), msg.at, &self.limits) {
+                Ok(event) => event,
+                Err(r) => return ready(Err(r.into())),
+            };
+        projected.apply(event, msg.at);
         let view = ProductView::from(&projected);
         let record = Record {
             at: msg.at,
@@ -275,6 +279,7 @@ impl Handler<Restock> for ProductActor {
             record,
             RestockOp {
                 quantity: msg.quantity,
+                at: msg.at,
                 view,
                 reply,
             },

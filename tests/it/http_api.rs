@@ -6,7 +6,7 @@ use crate::common_http;
 use commerce_engine::domain::time::Timestamp;
 use commerce_engine::engine::{Clock, ManualClock, SystemClock};
 use commerce_engine::http::HttpSettings;
-use commerce_engine::store::sled_store::SledStore;
+use commerce_engine::store::SledStore;
 use common_http::{assert_error, start_engine, TestServer, TOKEN};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
