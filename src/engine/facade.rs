@@ -542,13 +542,22 @@ impl Engine {
     }
 
     /// The archive, until shutdown.
-    fn archive(&self) -> Result<ArchiveReader> {
+    pub(super) fn archive(&self) -> Result<ArchiveReader> {
         self.inner
             .archive
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
             .ok_or(Error::ShuttingDown)
+    }
+
+    /// What the admin lists read (src/engine/admin_lists.rs).
+    pub(super) fn parts(&self) -> (&Registry, &Placement, &crate::store::writer::ArchiveWatch) {
+        (
+            &self.inner.registry,
+            &self.inner.placement,
+            &self.inner.journal.archive,
+        )
     }
 
     pub fn limits(&self) -> &Limits {
@@ -1384,7 +1393,7 @@ fn stored_answer(
 }
 
 /// Runs a store read off the async threads when there are blocking threads to run it on.
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     read: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
 ) -> Result<T> {
     let result = match tokio::runtime::Handle::try_current() {

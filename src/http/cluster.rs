@@ -306,6 +306,7 @@ pub fn run(
         // starts again: not long.
         shutdown_grace_ms: 2_000,
         cluster: Some(status.clone()),
+        auth: crate::http::serve::auth_verifier(args)?,
         ..HttpSettings::new(admin_token)
     };
     let signalled = Arc::new(AtomicBool::new(false));

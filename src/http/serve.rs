@@ -97,6 +97,39 @@ pub struct ServeArgs {
     /// http://<--addr>.
     #[arg(long, env = "COMMERCE_ADVERTISE_URL")]
     pub advertise_url: Option<String>,
+    /// Customer authentication with HS256 tokens signed with this secret:
+    /// every /api/v1 route but the product reads and the OpenAPI document
+    /// then needs Authorization: Bearer <JWT> (see API.md). Off without it.
+    #[arg(long, env = "COMMERCE_AUTH_JWT_SECRET", hide_env_values = true)]
+    pub auth_jwt_secret: Option<String>,
+    /// Customer authentication with RS256/ES256 tokens, checked against the
+    /// public keys of this JWKS file (not with --auth-jwt-secret).
+    #[arg(long, env = "COMMERCE_AUTH_JWKS")]
+    pub auth_jwks: Option<PathBuf>,
+}
+
+/// The token checker of `--auth-jwt-secret` or `--auth-jwks`; `None`: off.
+/// Both given, an empty secret or an unreadable key file stop the start.
+pub(crate) fn auth_verifier(
+    args: &ServeArgs,
+) -> Result<Option<Arc<crate::http::auth::Verifier>>, crate::CliError> {
+    use crate::http::auth::Verifier;
+    let verifier = match (&args.auth_jwt_secret, &args.auth_jwks) {
+        (None, None) => return Ok(None),
+        (Some(_), Some(_)) => {
+            return Err(
+                "give --auth-jwt-secret or --auth-jwks, not both: tokens are checked one way"
+                    .into(),
+            )
+        }
+        (Some(secret), None) => {
+            Verifier::hs256(secret.as_bytes()).map_err(|e| format!("--auth-jwt-secret: {e}"))?
+        }
+        (None, Some(path)) => {
+            Verifier::from_jwks_file(path).map_err(|e| format!("--auth-jwks: {e}"))?
+        }
+    };
+    Ok(Some(Arc::new(verifier)))
 }
 
 /// Logs to stderr through [`BufferedStderr`], in the line format of
@@ -303,6 +336,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, crate::CliError> {
     {
         return Err("--admin-token must not be empty".into());
     }
+    let auth = auth_verifier(&args)?;
     let cluster = crate::http::cluster::settings(&args, addr)?;
     let listener =
         std::net::TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
@@ -350,6 +384,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, crate::CliError> {
     let settings = HttpSettings {
         request_timeout_ms: args.request_timeout_secs.saturating_mul(1_000),
         cors,
+        auth,
         ..HttpSettings::new(admin_token)
     };
     let served = runtime.block_on(async {
@@ -418,6 +453,21 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<ServeArgs, clap::Error> {
         Cli::try_parse_from(std::iter::once("serve").chain(args.iter().copied())).map(|c| c.serve)
+    }
+
+    #[test]
+    fn authentication_is_off_by_default_and_one_way_only() {
+        // proves no flag leaves it off, a secret turns it on, and both flags (or a bad file) stop the start
+        assert!(auth_verifier(&parse(&[]).unwrap()).unwrap().is_none());
+        let secret = parse(&["--auth-jwt-secret", "s3cret"]).unwrap();
+        assert!(auth_verifier(&secret).unwrap().is_some());
+        let both = parse(&["--auth-jwt-secret", "s3cret", "--auth-jwks", "keys.json"]).unwrap();
+        let e = auth_verifier(&both).unwrap_err().to_string();
+        assert!(e.contains("not both"), "{e}");
+        let missing = parse(&["--auth-jwks", "/nonexistent/keys.json"]).unwrap();
+        assert!(auth_verifier(&missing).is_err());
+        let empty = parse(&["--auth-jwt-secret", ""]).unwrap();
+        assert!(auth_verifier(&empty).is_err());
     }
 
     #[test]

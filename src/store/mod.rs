@@ -13,6 +13,7 @@
 //!   snapshots and the journal and checks its invariants.
 
 pub mod archive;
+pub mod archive_statuses;
 pub mod codec;
 pub mod cut;
 pub mod entries;

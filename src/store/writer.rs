@@ -307,6 +307,8 @@ impl WriterSteps {
 pub struct ArchiveWatch {
     begun: AtomicU64,
     written: AtomicU64,
+    /// Statuses by archive block, for the admin list of orders.
+    pub statuses: crate::store::archive_statuses::ArchivedStatuses,
 }
 
 impl ArchiveWatch {

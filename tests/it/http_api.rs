@@ -644,7 +644,7 @@ async fn unknown_routes_and_methods_answer_json_errors() {
             405,
             "METHOD_NOT_ALLOWED",
         ),
-        (Method::GET, "/api/v1/orders", 405, "METHOD_NOT_ALLOWED"),
+        (Method::PUT, "/api/v1/orders", 405, "METHOD_NOT_ALLOWED"),
     ] {
         let resp = s
             .client

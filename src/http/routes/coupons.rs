@@ -6,6 +6,7 @@ use crate::domain::ids::{CouponId, UserId};
 use crate::domain::time::Timestamp;
 use crate::domain::views::{CouponView, Page, UserCouponView};
 use crate::engine::NewCoupon;
+use crate::http::auth::Caller;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{positive_id, Admin, ApiJson, Id, IdemKey, PageParams, Paging};
 use crate::http::routes::IdempotencyHeader;
@@ -19,7 +20,7 @@ use utoipa_axum::routes;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(create_coupon))
+        .routes(routes!(create_coupon, list_coupons))
         .routes(routes!(get_coupon))
         .routes(routes!(issue_coupon))
         .routes(routes!(user_coupons))
@@ -74,6 +75,23 @@ async fn create_coupon(
     Ok((StatusCode::CREATED, Json(coupon)))
 }
 
+/// Every coupon campaign, by id (admin).
+#[utoipa::path(get, path = "/api/v1/coupons", tag = "coupons",
+    security(("admin_token" = [])),
+    params(PageParams),
+    responses(
+        (status = 200, description = "A page of the campaigns", body = Page<CouponView>),
+        (status = 400, description = "INVALID_REQUEST", body = ErrorBody),
+        (status = 401, description = "UNAUTHORIZED", body = ErrorBody),
+    ))]
+async fn list_coupons(
+    _: Admin,
+    State(s): State<AppState>,
+    Paging(page): Paging,
+) -> Result<Json<Page<CouponView>>, ApiError> {
+    Ok(Json(s.engine.coupons(page).await?))
+}
+
 /// A coupon campaign and how many coupons remain.
 #[utoipa::path(get, path = "/api/v1/coupons/{coupon_id}", tag = "coupons",
     params(("coupon_id" = u64, Path, description = "Coupon campaign id", minimum = 1)),
@@ -103,11 +121,13 @@ async fn get_coupon(
     ))]
 async fn issue_coupon(
     State(s): State<AppState>,
+    caller: Caller,
     Id(coupon_id): Id<CouponId>,
     IdemKey(key): IdemKey,
     ApiJson(body): ApiJson<IssueRequest>,
 ) -> Result<(StatusCode, Json<UserCouponView>), ApiError> {
     let user_id = UserId(positive_id("user_id", body.user_id)?);
+    caller.check(user_id, "this request")?;
     let engine = &s.engine;
     let coupon = engine.issue_coupon(coupon_id, user_id, key).await?;
     Ok((StatusCode::CREATED, Json(coupon)))
