@@ -11,6 +11,9 @@
 //!
 //! Each layout below is the serde shape the version 1 type had, field for
 //! field: bincode has no field names, so these must never change.
+//!
+//! The sled store's own older layouts (keys and values it no longer
+//! writes) are read by [`store_layouts`].
 
 use crate::domain::coupon::{Campaign, Discount};
 use crate::domain::ids::{CouponId, IdMap, IdSet, OrderId, ProductId, UserCouponId, UserId};
@@ -21,6 +24,8 @@ use crate::domain::world::{ArchiveTally, Meta};
 use crate::store::codec::{self, CodecError, Frame, Kind};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
+
+pub(crate) mod store_layouts;
 
 /// A product before it carried its recent sales.
 #[derive(Deserialize)]

@@ -8,12 +8,12 @@
 //! `cargo test --test it -- --ignored golden_decode::generate_golden_files`;
 //! existing files are left as they are.
 
-use commerce_engine::domain::coupon::{Campaign, Discount};
+use commerce_engine::domain::coupon::{Campaign, CampaignHeader, Discount};
 use commerce_engine::domain::event::{Event, IdempotencyEntry, Record};
 use commerce_engine::domain::ids::{CouponId, OrderId, ProductId, UserCouponId, UserId};
 use commerce_engine::domain::money::Krw;
 use commerce_engine::domain::order::{Order, OrderLine, OrderStatus};
-use commerce_engine::domain::product::Product;
+use commerce_engine::domain::product::{Product, RecentSales};
 use commerce_engine::domain::rejection::Rejection;
 use commerce_engine::domain::stats::{TopItem, TopProducts};
 use commerce_engine::domain::time::Timestamp;
@@ -24,13 +24,13 @@ use commerce_engine::domain::views::{
     BalanceView, CartItemView, CartView, CouponView, ProductView, Reply, UserCouponStatus,
     UserCouponView, UserView,
 };
-use commerce_engine::domain::world::{Meta, StoredKey};
+use commerce_engine::domain::world::{ArchiveTally, Meta, StoredKey, TallyCounts};
 use commerce_engine::store::codec::{self, Kind, FORMAT_VERSION};
 use commerce_engine::store::legacy::{self, LegacySales};
 use commerce_engine::store::recovery::recover;
 use commerce_engine::store::Loaded;
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::path::PathBuf;
@@ -425,7 +425,147 @@ fn golden_snapshots() -> Vec<(&'static str, Kind, Check)> {
             Kind::History,
             check(Kind::History, user().history),
         ),
+        (
+            "snapshots/tally.bin",
+            Kind::Tally,
+            Box::new(|bytes| {
+                let got = legacy::tally(codec::open(bytes).unwrap()).unwrap();
+                let expected = tally_v1_read();
+                assert_eq!(got.orders, expected.orders, "version 1 tally: orders");
+                assert_eq!(
+                    got.coupons_used, expected.coupons_used,
+                    "version 1 tally: coupons used"
+                );
+                assert_eq!(got.sold, expected.sold, "version 1 tally: units sold");
+                assert!(
+                    got.counts_dirty,
+                    "version 1 tally: rewritten by the next snapshot"
+                );
+            }),
+        ),
     ]
+}
+
+/// Every snapshot kind in format version 2 (`snapshots/golden/v2/`): the
+/// kinds whose layout changed (product, campaign header and its issued
+/// chunks, meta, tally and its sold chunks) and those that did not.
+fn golden_snapshots_v2() -> Vec<(&'static str, Kind, Check)> {
+    fn check<T: DeserializeOwned + PartialEq + Debug + 'static>(kind: Kind, expected: T) -> Check {
+        Box::new(move |bytes| {
+            let got: T = codec::decode(kind, bytes)
+                .unwrap_or_else(|e| panic!("{kind:?} snapshot does not decode: {e}"));
+            assert_eq!(got, expected, "version 2 {kind:?} snapshot");
+        })
+    }
+    vec![
+        ("v2/user.bin", Kind::User, check(Kind::User, user())),
+        (
+            "v2/product.bin",
+            Kind::Product,
+            check(Kind::Product, product_v2()),
+        ),
+        (
+            "v2/campaign.bin",
+            Kind::Campaign,
+            check(Kind::Campaign, campaign_header()),
+        ),
+        (
+            "v2/issued.bin",
+            Kind::IssuedChunk,
+            check(Kind::IssuedChunk, issued_words()),
+        ),
+        (
+            "v2/order.bin",
+            Kind::Order,
+            check(Kind::Order, paid_order()),
+        ),
+        ("v2/key.bin", Kind::Key, check(Kind::Key, stored_key())),
+        ("v2/meta.bin", Kind::Meta, check(Kind::Meta, meta())),
+        (
+            "v2/history.bin",
+            Kind::History,
+            check(Kind::History, user().history),
+        ),
+        (
+            "v2/tally.bin",
+            Kind::Tally,
+            check(Kind::Tally, tally_counts()),
+        ),
+        (
+            "v2/sold.bin",
+            Kind::SoldChunk,
+            check(Kind::SoldChunk, sold_units()),
+        ),
+    ]
+}
+
+/// A product as version 2 stores it: with the units it sold per day.
+fn product_v2() -> Product {
+    Product {
+        recent_sales: RecentSales(vec![(T.day(), 2), (T.day() + 1, 1)]),
+        ..product()
+    }
+}
+
+/// [`campaign`] as version 2 stores it: a header; its issued set in chunks.
+fn campaign_header() -> CampaignHeader {
+    CampaignHeader {
+        id: CouponId(1),
+        name: "10% off".into(),
+        discount: Discount::Percent { percent: 10 },
+        quantity: 500,
+        expires_at: Some(T.plus_ms(86_400_000)),
+        issued_count: 3,
+    }
+}
+
+/// A chunk of an issued set: users 1, 4 and 9, and a full last word.
+fn issued_words() -> Vec<u64> {
+    vec![(1 << 1) | (1 << 4) | (1 << 9), 0, u64::MAX]
+}
+
+fn tally_counts() -> TallyCounts {
+    TallyCounts {
+        orders: 40,
+        coupons_used: 2,
+    }
+}
+
+/// A chunk of the archive's units sold, by product index.
+fn sold_units() -> Vec<u64> {
+    vec![5, 0, 12]
+}
+
+/// The tally in its version 1 layout (the serde shape of the version 1
+/// type, field for field, as `store::legacy` reads it).
+#[derive(Serialize, Deserialize)]
+struct TallyV1 {
+    orders: u64,
+    sold: BTreeMap<ProductId, u64>,
+    coupons: BTreeMap<UserCouponId, (UserId, OrderId)>,
+}
+
+fn tally_v1() -> TallyV1 {
+    TallyV1 {
+        orders: 40,
+        sold: BTreeMap::from([(ProductId(1), 5), (ProductId(3), 12)]),
+        coupons: BTreeMap::from([
+            (UserCouponId(1), (UserId(2), OrderId(7))),
+            (UserCouponId(4), (UserId(5), OrderId(9))),
+        ]),
+    }
+}
+
+/// [`tally_v1`] as read today: counts, and units sold by product index.
+fn tally_v1_read() -> ArchiveTally {
+    let mut tally = ArchiveTally {
+        orders: 40,
+        coupons_used: 2,
+        ..ArchiveTally::default()
+    };
+    tally.add_sold(ProductId(1), 5);
+    tally.add_sold(ProductId(3), 12);
+    tally
 }
 
 /// A journal batch as one group commit stores it (frames back to back),
@@ -531,11 +671,35 @@ fn golden_snapshot_frames_still_decode() {
     }
 }
 
+/// Every committed version 2 snapshot frame decodes to the value it was
+/// written from, field for field.
+#[test]
+fn golden_snapshot_frames_of_format_version_2_still_decode() {
+    for (name, kind, check) in golden_snapshots_v2() {
+        let bytes = read(name);
+        assert_golden_header(name, &bytes, kind, 2);
+        check(&bytes);
+    }
+}
+
 /// A committed journal batch decodes record by record and replays from an
 /// empty store to the state it describes, invariants included.
 #[test]
 fn golden_journal_batch_still_decodes_and_replays() {
-    let bytes = read("journal_batch.bin");
+    replays_as_described("journal_batch.bin", GOLDEN_VERSION);
+}
+
+/// The same batch written in format version 2 does too.
+#[test]
+fn golden_journal_batch_of_format_version_2_still_decodes_and_replays() {
+    replays_as_described("v2/journal_batch.bin", 2);
+}
+
+fn replays_as_described(name: &str, version: u8) {
+    let bytes = read(name);
+    for (i, frame) in frames(&bytes).into_iter().enumerate() {
+        assert_golden_header(&format!("{name} frame {i}"), frame, Kind::Record, version);
+    }
     let records: Vec<Record> = codec::decode_all(Kind::Record, &bytes).unwrap();
     assert_eq!(records, batch_records());
     let (world, report) = recover(Loaded {
@@ -553,6 +717,18 @@ fn golden_journal_batch_still_decodes_and_replays() {
     // state lives in a store of its own.
     assert!(world.meta.outbox.is_empty());
     assert_eq!(world.meta.sink_len, 0);
+}
+
+/// The frames of a batch, each with its header and payload.
+fn frames(mut bytes: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let (frame, rest) = codec::split_frame(bytes).expect("a frame");
+        let len = codec::HEADER_LEN + frame.payload.len();
+        out.push(&bytes[..len]);
+        bytes = rest;
+    }
+    out
 }
 
 fn write_new(name: &str, bytes: &[u8]) {
@@ -590,4 +766,33 @@ fn generate_golden_files() {
         codec::encode_into(Kind::Record, &r, &mut batch).unwrap();
     }
     write_new("journal_batch.bin", &batch);
+    generate_version_2_files(&batch);
+}
+
+/// The version 2 files (written by the build that introduced version 2's
+/// layouts) and the version 1 tally, written from its version 1 layout.
+fn generate_version_2_files(batch: &[u8]) {
+    assert_eq!(
+        FORMAT_VERSION, 2,
+        "version 2 files are written by a version 2 build"
+    );
+    write_new("v2/user.bin", &encode(Kind::User, &user()));
+    write_new("v2/product.bin", &encode(Kind::Product, &product_v2()));
+    write_new(
+        "v2/campaign.bin",
+        &encode(Kind::Campaign, &campaign_header()),
+    );
+    write_new("v2/issued.bin", &encode(Kind::IssuedChunk, &issued_words()));
+    write_new("v2/order.bin", &encode(Kind::Order, &paid_order()));
+    write_new("v2/key.bin", &encode(Kind::Key, &stored_key()));
+    write_new("v2/meta.bin", &encode(Kind::Meta, &meta()));
+    write_new("v2/history.bin", &encode(Kind::History, &user().history));
+    write_new("v2/tally.bin", &encode(Kind::Tally, &tally_counts()));
+    write_new("v2/sold.bin", &encode(Kind::SoldChunk, &sold_units()));
+    write_new("v2/journal_batch.bin", batch);
+    // The checksum covers the payload only: the header's version byte is
+    // the one difference between a version 1 frame and a version 2 one.
+    let mut tally = encode(Kind::Tally, &tally_v1());
+    tally[2] = 1;
+    write_new("snapshots/tally.bin", &tally);
 }

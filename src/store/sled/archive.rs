@@ -34,6 +34,7 @@ use super::journal::{journal_key, journal_seq};
 use super::layout::Layout;
 use super::{io, word_at, SledStore};
 use crate::store::keys::KeyTables;
+use crate::store::legacy::store_layouts;
 use crate::store::{Archive, ArchiveReader, StorageError};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -48,13 +49,12 @@ pub(super) const SEALED_PART_IDS: usize = 128;
 pub(super) const HISTORY_GROUP_CHUNKS: u64 = 4;
 
 pub(super) const ARCHIVED_ORDERS: [u8; 2] = *b"ao";
-pub(super) const ARCHIVED_HISTORY: [u8; 2] = *b"ah";
 pub(super) const ARCHIVED_HISTORY_GROUP: [u8; 2] = *b"ag";
 pub(super) const ARCHIVED_BY_USER: [u8; 2] = *b"au";
 pub(super) const OPEN_BY_USER: [u8; 2] = *b"av";
 pub(super) const BY_USER_BUILT: &[u8] = b"ai";
 
-pub(super) fn archive_key(prefix: [u8; 2], a: u64, b: u64) -> [u8; 18] {
+pub(in crate::store) fn archive_key(prefix: [u8; 2], a: u64, b: u64) -> [u8; 18] {
     let mut k = [0u8; 18];
     k[..2].copy_from_slice(&prefix);
     k[2..10].copy_from_slice(&a.to_be_bytes());
@@ -64,10 +64,6 @@ pub(super) fn archive_key(prefix: [u8; 2], a: u64, b: u64) -> [u8; 18] {
 
 pub(super) fn part_key(block: u64, generation: u64) -> [u8; 18] {
     archive_key(ARCHIVED_ORDERS, block, generation)
-}
-
-pub(super) fn chunk_key(user: u64, chunk: u64) -> [u8; 18] {
-    archive_key(ARCHIVED_HISTORY, user, chunk)
 }
 
 pub(super) fn group_key(user: u64, chunk: u64) -> [u8; 18] {
@@ -170,11 +166,7 @@ impl Archive for SledArchive {
                 return Ok(Some(frame.to_vec()));
             }
         }
-        Ok(self
-            .tree
-            .get(chunk_key(user, chunk))
-            .map_err(io)?
-            .map(|v| v.to_vec()))
+        store_layouts::history_chunk_before_groups(&self.tree, user, chunk)
     }
 
     fn user_orders(&self, user: u64, before: u64, limit: usize) -> Result<Vec<u64>, StorageError> {

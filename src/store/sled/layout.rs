@@ -29,8 +29,8 @@
 
 use super::archive::part_key;
 use super::packs::{pack_generation, PACK};
-use super::snapshot_keys::{KEY, SNAPSHOT};
 use super::{io, remove_chunked, word_at, SledStore};
+use crate::store::legacy::store_layouts;
 use crate::store::StorageError;
 
 pub(super) const META: &[u8] = b"m";
@@ -68,17 +68,14 @@ impl Layout {
         out
     }
 
-    /// Stores from before packs wrote the sequence alone.
+    /// Stores from before packs wrote the sequence alone
+    /// ([`store_layouts::seq_before_packs`]).
     pub(super) fn decode(raw: Option<sled::IVec>) -> Result<Layout, StorageError> {
         let word = |v: &[u8], i: usize| {
             u64::from_be_bytes(v[i * 8..i * 8 + 8].try_into().expect("8 bytes"))
         };
         match raw.as_deref() {
             None => Ok(Layout::default()),
-            Some(v) if v.len() == 8 => Ok(Layout {
-                seq: word(v, 0),
-                ..Layout::default()
-            }),
             Some(v) if v.len() == 40 => Ok(Layout {
                 seq: word(v, 0),
                 generation: word(v, 1),
@@ -86,10 +83,16 @@ impl Layout {
                 base_bytes: word(v, 3),
                 newer_bytes: word(v, 4),
             }),
-            Some(v) => Err(StorageError::Corrupt(format!(
-                "snapshot layout of {} bytes",
-                v.len()
-            ))),
+            Some(v) => match store_layouts::seq_before_packs(v) {
+                Some(seq) => Ok(Layout {
+                    seq,
+                    ..Layout::default()
+                }),
+                None => Err(StorageError::Corrupt(format!(
+                    "snapshot layout of {} bytes",
+                    v.len()
+                ))),
+            },
         }
     }
 }
@@ -130,13 +133,7 @@ impl SledStore {
     }
 
     pub(super) fn before_packs_keys(&self) -> Result<Vec<Vec<u8>>, StorageError> {
-        let mut out = Vec::new();
-        for prefix in [[KEY], [SNAPSHOT]] {
-            for k in self.tree.scan_prefix(prefix).keys() {
-                out.push(k.map_err(io)?.to_vec());
-            }
-        }
-        Ok(out)
+        store_layouts::keys_before_packs(&self.tree)
     }
 
     pub(super) fn commit(&self, layout: Layout) -> Result<(), StorageError> {

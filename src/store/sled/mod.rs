@@ -28,10 +28,12 @@ mod snapshot_write;
 #[cfg(test)]
 mod tests;
 
+pub(in crate::store) use self::archive::archive_key;
 use self::archive::{SledArchive, BY_USER_BUILT};
 use self::journal::{journal_key, journal_seq, JournalDb, JOURNAL};
 use self::layout::{Layout, META, UNFINISHED};
 use self::snapshot_keys::decode_key;
+pub(in crate::store) use self::snapshot_keys::{KEY, SNAPSHOT};
 use crate::store::keys::KeyTables;
 use crate::store::sled_outbox::SledOutbox;
 use crate::store::sled_sync::{BlobSync, LogGrowth};
@@ -120,7 +122,7 @@ fn journal_db_dir(dir: &Path) -> std::path::PathBuf {
     dir.join(DATABASE_DIRS[1])
 }
 
-fn io(e: sled::Error) -> StorageError {
+pub(in crate::store) fn io(e: sled::Error) -> StorageError {
     StorageError::Io(e.to_string())
 }
 

@@ -2,8 +2,8 @@
 
 use crate::store::{SnapshotKey, StorageError};
 
-pub(super) const SNAPSHOT: u8 = b's';
-pub(super) const KEY: u8 = b'k';
+pub(in crate::store) const SNAPSHOT: u8 = b's';
+pub(in crate::store) const KEY: u8 = b'k';
 
 #[cfg(test)]
 pub(super) fn encode_key(key: &SnapshotKey) -> Vec<u8> {

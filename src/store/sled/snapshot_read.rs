@@ -2,8 +2,8 @@
 
 use super::layout::Layout;
 use super::packs::{decode_pack, pack_prefix, PackEntry};
-use super::snapshot_keys::{KEY, SNAPSHOT};
 use super::{io, SledStore};
+use crate::store::legacy::store_layouts;
 use crate::store::StorageError;
 use std::collections::VecDeque;
 
@@ -91,10 +91,7 @@ impl SledStore {
         // Oldest first: on equal keys the last run wins.
         let mut runs: Vec<Run<'_>> = Vec::new();
         if layout.base == 0 {
-            let before_packs = self
-                .tree
-                .scan_prefix([KEY])
-                .chain(self.tree.scan_prefix([SNAPSHOT]));
+            let before_packs = store_layouts::entries_before_packs(&self.tree);
             runs.push(Run::singles(before_packs));
         }
         for generation in layout.base.max(1)..=layout.generation {

@@ -16,36 +16,47 @@ use std::sync::atomic::Ordering;
 pub(super) const MERGE_BYTES_MIN: u64 = 4 * 1024 * 1024;
 pub(super) const GENERATIONS_MAX: u64 = 64;
 
-impl SledStore {
-    /// [`Store::snapshot`]: writes, commits, trims, and merges when due.
-    pub(super) fn write_snapshot(
-        &self,
-        seq: u64,
-        entries: SnapshotEntries,
-    ) -> Result<(), StorageError> {
-        let layout = self.layout();
-        let generation = layout.generation + 1;
-        let mut parts: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
-        // Flat lists, sorted below, rather than a small `Vec` per user or
-        // group: a snapshot archives tens of thousands of them.
-        let mut by_user: Vec<(u64, u64)> = Vec::new();
-        let mut chunks: Vec<([u8; 18], u64, &[u8])> = Vec::new();
-        let mut keys: Vec<KeyToPut<'_>> = Vec::new();
-        // The snapshot's own entries: their keys encoded one after another
-        // in `names`, each entry its key's range there and its value.
-        let mut names: Vec<u8> = Vec::new();
-        let mut live: Vec<(usize, usize, Option<&[u8]>)> = Vec::with_capacity(entries.len());
+/// A snapshot's entries, sorted by where they are written.
+struct Sorted<'e> {
+    /// Finished orders by block of ids, their frames back to back.
+    parts: BTreeMap<u64, Vec<u8>>,
+    /// (user, order id) of each finished order. Flat lists, sorted when
+    /// written, rather than a small `Vec` per user or group: a snapshot
+    /// archives tens of thousands of them.
+    by_user: Vec<(u64, u64)>,
+    /// Whole history chunks: (group key, chunk, frame).
+    chunks: Vec<([u8; 18], u64, &'e [u8])>,
+    keys: Vec<KeyToPut<'e>>,
+    /// The snapshot's own entries: their keys encoded one after another
+    /// in `names`, each entry its key's range there and its value.
+    names: Vec<u8>,
+    live: Vec<(usize, usize, Option<&'e [u8]>)>,
+}
+
+impl<'e> Sorted<'e> {
+    fn of(entries: &'e SnapshotEntries) -> Result<Sorted<'e>, StorageError> {
+        let mut sorted = Sorted {
+            parts: BTreeMap::new(),
+            by_user: Vec::new(),
+            chunks: Vec::new(),
+            keys: Vec::new(),
+            names: Vec::new(),
+            live: Vec::with_capacity(entries.len()),
+        };
         for (key, value) in entries.iter() {
             match (key, value) {
                 (SnapshotKey::ArchivedOrder { user, id }, Some(frame)) => {
-                    parts
+                    sorted
+                        .parts
                         .entry(id / ORDER_BLOCK)
                         .or_default()
                         .extend_from_slice(frame);
-                    by_user.push((*user, *id));
+                    sorted.by_user.push((*user, *id));
                 }
                 (SnapshotKey::ArchivedHistory(user, chunk), Some(frame)) => {
-                    chunks.push((group_key(*user, *chunk), *chunk, frame));
+                    sorted
+                        .chunks
+                        .push((group_key(*user, *chunk), *chunk, frame));
                 }
                 (
                     SnapshotKey::IdemKey {
@@ -54,7 +65,7 @@ impl SledStore {
                         at_ms,
                     },
                     Some(frame),
-                ) => keys.push(KeyToPut {
+                ) => sorted.keys.push(KeyToPut {
                     hash: *hash,
                     fingerprint: *fingerprint,
                     at_ms: *at_ms,
@@ -66,64 +77,39 @@ impl SledStore {
                     )))
                 }
                 (key, value) => {
-                    let start = names.len();
-                    encode_key_into(key, &mut names);
-                    live.push((start, names.len(), value));
+                    let start = sorted.names.len();
+                    encode_key_into(key, &mut sorted.names);
+                    sorted.live.push((start, sorted.names.len(), value));
                 }
             }
         }
+        Ok(sorted)
+    }
+}
+
+impl SledStore {
+    /// [`Store::snapshot`]: writes, commits, trims, and merges when due.
+    pub(super) fn write_snapshot(
+        &self,
+        seq: u64,
+        entries: SnapshotEntries,
+    ) -> Result<(), StorageError> {
+        let layout = self.layout();
+        let generation = layout.generation + 1;
+        let mut sorted = Sorted::of(&entries)?;
         let mut mark = generation.to_be_bytes().to_vec();
-        for block in parts.keys() {
+        for block in sorted.parts.keys() {
             mark.extend_from_slice(&block.to_be_bytes());
         }
         self.tree.insert(UNFINISHED, mark).map_err(io)?;
         // Durable before any pack: packs never outlive a crash without the mark.
         self.flush()?;
 
-        // 0. The archive: parts under this generation (invisible until it
-        //    is committed), history chunks (the same bytes if redone).
-        for (block, frames) in parts {
-            self.archive
-                .tree
-                .insert(part_key(block, generation), frames)
-                .map_err(io)?;
-        }
-        // Stable: of two frames for one chunk, the one pushed last wins.
-        chunks.sort_by_key(|c| c.0);
-        let mut group = Vec::new();
-        for run in chunks.chunk_by(|a, b| a.0 == b.0) {
-            group.clear();
-            group.extend(run.iter().map(|&(_, chunk, frame)| (chunk, frame)));
-            self.add_history_chunks(run[0].0, &group)?;
-        }
-        // Idempotency keys: durable in their tables before the commit, as
-        // the journal records that hold them are trimmed after it.
-        let newest_key_ms = keys.iter().map(|k| k.at_ms).max();
-        if let Some(newest) = newest_key_ms {
-            self.keys
-                .put(&keys, newest.saturating_sub(IDEMPOTENCY_TTL_MS))?;
-        }
-        by_user.sort_unstable();
-        let mut ids = Vec::new();
-        for run in by_user.chunk_by(|a, b| a.0 == b.0) {
-            ids.clear();
-            ids.extend(run.iter().map(|&(_, id)| id));
-            self.add_user_ids(run[0].0, &ids)?;
-        }
+        // 0. The archive and the idempotency keys.
+        self.write_archived(generation, &mut sorted)?;
 
-        // 1. The changed entries as a new generation, sorted (the last of
-        //    two entries for one key wins); invisible until committed.
-        let key = |(start, end, _): &(usize, usize, Option<&[u8]>)| &names[*start..*end];
-        // Stable: of two entries for one key, the one pushed last stays last.
-        live.sort_by(|a, b| key(a).cmp(key(b)));
-        let mut writer = PackWriter::new(&self.tree, generation);
-        for (i, entry) in live.iter().enumerate() {
-            if live.get(i + 1).is_some_and(|next| key(next) == key(entry)) {
-                continue;
-            }
-            writer.push(key(entry), entry.2)?;
-        }
-        let bytes = writer.finish()?;
+        // 1. The changed entries as a new generation; invisible until committed.
+        let bytes = self.write_generation(generation, &mut sorted)?;
         self.flush()?;
 
         // 2. Commit: one small write.
@@ -153,6 +139,63 @@ impl SledStore {
         self.tree.remove(UNFINISHED).map_err(io)?;
         self.flush()?;
         Ok(())
+    }
+
+    /// The archive's parts under `generation` (invisible until it is
+    /// committed), history chunks (the same bytes if redone), the
+    /// idempotency keys, and the index by user.
+    fn write_archived(&self, generation: u64, sorted: &mut Sorted<'_>) -> Result<(), StorageError> {
+        for (block, frames) in std::mem::take(&mut sorted.parts) {
+            self.archive
+                .tree
+                .insert(part_key(block, generation), frames)
+                .map_err(io)?;
+        }
+        // Stable: of two frames for one chunk, the one pushed last wins.
+        sorted.chunks.sort_by_key(|c| c.0);
+        let mut group = Vec::new();
+        for run in sorted.chunks.chunk_by(|a, b| a.0 == b.0) {
+            group.clear();
+            group.extend(run.iter().map(|&(_, chunk, frame)| (chunk, frame)));
+            self.add_history_chunks(run[0].0, &group)?;
+        }
+        // Idempotency keys: durable in their tables before the commit, as
+        // the journal records that hold them are trimmed after it.
+        let newest_key_ms = sorted.keys.iter().map(|k| k.at_ms).max();
+        if let Some(newest) = newest_key_ms {
+            self.keys
+                .put(&sorted.keys, newest.saturating_sub(IDEMPOTENCY_TTL_MS))?;
+        }
+        sorted.by_user.sort_unstable();
+        let mut ids = Vec::new();
+        for run in sorted.by_user.chunk_by(|a, b| a.0 == b.0) {
+            ids.clear();
+            ids.extend(run.iter().map(|&(_, id)| id));
+            self.add_user_ids(run[0].0, &ids)?;
+        }
+        Ok(())
+    }
+
+    /// The snapshot's own entries as packs of `generation`, sorted (the
+    /// last of two entries for one key wins); answers the bytes written.
+    fn write_generation(
+        &self,
+        generation: u64,
+        sorted: &mut Sorted<'_>,
+    ) -> Result<u64, StorageError> {
+        let names = &sorted.names;
+        let key = |(start, end, _): &(usize, usize, Option<&[u8]>)| &names[*start..*end];
+        // Stable: of two entries for one key, the one pushed last stays last.
+        sorted.live.sort_by(|a, b| key(a).cmp(key(b)));
+        let live = &sorted.live;
+        let mut writer = PackWriter::new(&self.tree, generation);
+        for (i, entry) in live.iter().enumerate() {
+            if live.get(i + 1).is_some_and(|next| key(next) == key(entry)) {
+                continue;
+            }
+            writer.push(key(entry), entry.2)?;
+        }
+        writer.finish()
     }
 
     /// Folds every live generation into a new base, commits it, and removes the rest.

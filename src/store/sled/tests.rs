@@ -5,6 +5,7 @@ use super::packs::*;
 use super::snapshot_keys::*;
 use super::snapshot_write::*;
 use super::*;
+use crate::store::legacy::store_layouts::chunk_key;
 use crate::store::SnapshotKey;
 use std::collections::{BTreeMap, BTreeSet};
 
