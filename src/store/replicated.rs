@@ -175,6 +175,17 @@ pub fn locate(
     };
     let mut at = match batch_from(first)? {
         Some(b) if b.1 <= record_seq => b,
+        // Trimmed up to the store's last record exactly: it reads on
+        // from the stream's first batch.
+        Some((seq, first_record, _)) if first_record.checked_sub(1) == Some(record_seq) => {
+            return Ok(Located {
+                position: StreamPosition {
+                    record_seq,
+                    stream_seq: seq - 1,
+                },
+                batch: None,
+            })
+        }
         Some((_, first_record, _)) if first == 1 => {
             return Err(LocateError::NotHeld(format!(
                 "the journal stream starts at record {first_record}, yet the local store ends at {record_seq}"
@@ -417,11 +428,19 @@ mod tests {
 
     #[test]
     fn a_store_the_stream_does_not_hold_is_refused() {
-        // proves records beyond the stream's end, a stream trimmed past the store, and an empty stream are each refused, never placed
+        // proves records beyond the stream's end, a stream trimmed past the store, and an empty stream are each refused, never placed; a store ending just before a trimmed stream's first batch reads on
         let mut stream = FakeStream::new(&[3, 5, 2], &[]);
         assert!(matches!(stream.locate(11), Err(LocateError::NotHeld(_))));
         let mut trimmed = FakeStream::new(&[3, 5, 2], &[]).purge(2);
         assert!(matches!(trimmed.locate(3), Err(LocateError::NotHeld(m)) if m.contains("trimmed")));
+        assert_eq!(
+            trimmed.locate(8).unwrap().position,
+            StreamPosition {
+                record_seq: 8,
+                stream_seq: 2
+            },
+            "a store that ends where the trimmed stream starts reads on"
+        );
         assert_eq!(
             trimmed.locate(10).unwrap().position,
             StreamPosition {
