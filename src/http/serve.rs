@@ -50,7 +50,8 @@ pub struct ServeArgs {
     #[arg(long, env = "COMMERCE_STATS_INTERVAL_SECS", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub stats_interval_secs: u64,
-    /// POST the data platform's events here, as JSON arrays; without it,
+    /// POST the data platform's events here, as JSON arrays, or, for
+    /// nats://host:port/subject, publish each to that JetStream subject; without it,
     /// they are appended as JSON lines to <data-dir>/data-platform.jsonl.
     #[arg(long, env = "COMMERCE_DATA_PLATFORM_URL", value_parser = platform_url)]
     pub data_platform_url: Option<String>,
@@ -178,21 +179,26 @@ fn generate_token() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// An `http://` URL with a host. This build's HTTP client has no TLS, so
-/// `https://` is refused here rather than failing every delivery later.
+/// An `http://` URL with a host, or `nats://host:port/subject`. This
+/// build's HTTP client has no TLS, so `https://` is refused here rather
+/// than failing every delivery later.
 fn platform_url(text: &str) -> Result<String, String> {
     let url = reqwest::Url::parse(text).map_err(|e| format!("not a URL: {e}"))?;
     match url.scheme() {
         "http" if url.host().is_some() => Ok(text.to_owned()),
         "http" => Err("the URL has no host".into()),
+        "nats" => crate::engine::delivery::nats::NatsTarget::parse(text).map(|_| text.to_owned()),
         "https" => Err("https is not supported by this build (no TLS): use http://".into()),
-        other => Err(format!("the scheme must be http, not {other}")),
+        other => Err(format!("the scheme must be http or nats, not {other}")),
     }
 }
 
 pub(crate) fn engine_config(args: &ServeArgs) -> EngineConfig {
     let data_platform = match &args.data_platform_url {
-        Some(url) => DataPlatform::Http(url.clone()),
+        Some(url) => match crate::engine::delivery::nats::NatsTarget::parse(url) {
+            Ok(target) => DataPlatform::Nats(target),
+            Err(_) => DataPlatform::Http(url.clone()),
+        },
         None => DataPlatform::File(args.data_dir.join("data-platform.jsonl")),
     };
     EngineConfig {
@@ -482,6 +488,8 @@ mod tests {
             &["--data-platform-url", "localhost:9000/events"][..],
             &["--data-platform-url", "https://platform.example/events"],
             &["--data-platform-url", "ftp://platform.example/events"],
+            &["--data-platform-url", "nats://127.0.0.1:4222"],
+            &["--data-platform-url", "nats://127.0.0.1:4222/shop.*"],
             &["--data-platform-batch", "0"],
             &["--data-platform-batch", "10001"],
             &["--data-platform-batch", "-1"],
@@ -506,6 +514,14 @@ mod tests {
         assert_eq!(
             c.data_platform,
             DataPlatform::Http("http://127.0.0.1:9000/events".into())
+        );
+        let n = parse(&["--data-platform-url", "nats://127.0.0.1:4222/shop.events"]).unwrap();
+        assert_eq!(
+            engine_config(&n).data_platform,
+            DataPlatform::Nats(crate::engine::delivery::nats::NatsTarget {
+                server: "nats://127.0.0.1:4222".into(),
+                subject: "shop.events".into(),
+            })
         );
         std::env::set_var("COMMERCE_DATA_PLATFORM_BATCH", "7");
         let from_env = parse(&[]);

@@ -130,6 +130,11 @@ pub fn recover_under(
     Ok((world, report))
 }
 
+/// How many records the journal batch `frames` holds (each decoded).
+pub fn batch_records(frames: &[u8]) -> Result<u64, CodecError> {
+    codec::decode_all::<Record>(Kind::Record, frames).map(|records| records.len() as u64)
+}
+
 /// Applies one journal batch (records `first_seq..`, encoded as `frames`)
 /// to `world`: records it already holds are skipped, a batch that starts
 /// past its next record is a gap. How many records it applied. Recovery

@@ -41,5 +41,6 @@ mod lifetime;
 mod ops_files;
 mod outbox_delivery;
 mod outbox_http;
+mod platform_nats;
 mod simulate_flash_sale;
 mod stored_values;
