@@ -1,5 +1,6 @@
 //! Coupon campaigns (first come, first served) and their discounts.
 
+use crate::domain::coupon_terms::CouponTerms;
 use crate::domain::id_bitmap::IdBitmap;
 use crate::domain::ids::{CouponId, IdSet, UserId};
 use crate::domain::limits::Limits;
@@ -160,6 +161,8 @@ pub struct Campaign {
     pub discount: Discount,
     pub quantity: u64,
     pub expires_at: Option<Timestamp>,
+    /// Start, minimum order and discount cap ([`CouponTerms`]).
+    pub terms: CouponTerms,
     /// Users whose coupon is durable.
     pub issued: IdBitmap,
     /// Users whose coupon is decided but not yet durable (a hold).
@@ -176,6 +179,8 @@ pub struct CampaignHeader {
     pub expires_at: Option<Timestamp>,
     /// Coupons issued: the members of every stored chunk, checked at load.
     pub issued_count: u64,
+    /// Since format version 3.
+    pub terms: CouponTerms,
 }
 
 impl CampaignHeader {
@@ -188,6 +193,7 @@ impl CampaignHeader {
             self.quantity,
             self.expires_at,
         )
+        .with_terms(self.terms)
     }
 }
 
@@ -205,9 +211,16 @@ impl Campaign {
             discount,
             quantity,
             expires_at,
+            terms: CouponTerms::default(),
             issued: IdBitmap::new(),
             pending: IdSet::default(),
         }
+    }
+
+    /// The campaign with `terms` (checked by [`CouponTerms::validate`]).
+    pub fn with_terms(mut self, terms: CouponTerms) -> Campaign {
+        self.terms = terms;
+        self
     }
 
     pub fn header(&self) -> CampaignHeader {
@@ -218,6 +231,7 @@ impl Campaign {
             quantity: self.quantity,
             expires_at: self.expires_at,
             issued_count: self.issued.len(),
+            terms: self.terms,
         }
     }
 
@@ -231,8 +245,9 @@ impl Campaign {
             .saturating_sub(self.issued.len() + self.pending.len() as u64)
     }
 
-    /// Rules of issuing: not expired, one per user, never more than `quantity`.
+    /// Rules of issuing: started, not expired, one per user, never more than `quantity`.
     pub fn decide_issue(&self, user_id: UserId, now: Timestamp) -> Decision<()> {
+        self.terms.decide_started(self.id, now)?;
         if self.is_expired(now) {
             return Err(Rejection::CouponExpired(self.id));
         }

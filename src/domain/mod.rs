@@ -5,6 +5,7 @@
 //! cannot fail. `World` replays records over all entities at once.
 
 pub mod coupon;
+pub mod coupon_terms;
 pub mod event;
 pub mod id_bitmap;
 pub mod ids;
@@ -14,6 +15,7 @@ pub mod money;
 pub mod order;
 pub mod platform;
 pub mod product;
+pub mod purchase_limit;
 pub mod rejection;
 pub mod stats;
 pub mod time;

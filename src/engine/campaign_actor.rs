@@ -110,6 +110,7 @@ impl Handler<Issue> for CampaignActor {
             discount: c.discount,
             expires_at: c.expires_at,
             state: CouponUse::Available,
+            terms: c.terms,
         };
         let view = UserCouponView::new(msg.user_id, &coupon, msg.at);
         let record = Record {
@@ -119,7 +120,7 @@ impl Handler<Issue> for CampaignActor {
                 user_id: msg.user_id,
                 user_coupon_id: id,
             },
-            idempotency: msg.tag.map(|t| t.entry(Reply::UserCoupon(view.clone()))),
+            idempotency: msg.tag.map(|t| t.entry(Reply::UserCouponV3(view.clone()))),
         };
         self.campaign.hold(msg.user_id);
         let (reply, response) = reply_channel();

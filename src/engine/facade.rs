@@ -10,6 +10,7 @@
 
 use crate::domain::coupon::Campaign;
 use crate::domain::coupon::Discount;
+use crate::domain::coupon_terms::CouponTerms;
 use crate::domain::event::{Event, Record};
 use crate::domain::ids::{CouponId, OrderId, ProductId, UserCouponId, UserId};
 use crate::domain::key_hash::{key_hash, KeyHash};
@@ -35,7 +36,7 @@ use crate::engine::coordinator::{
 };
 use crate::engine::delivery::admin::{DataPlatformAdmin, DataPlatformStatus, DeadLetters};
 use crate::engine::delivery::{Delivery, DeliverySetup, DeliveryStats};
-use crate::engine::directory::{CreateCampaign, CreateProduct, CreateUser, Directory};
+use crate::engine::directory::{CreateCampaign, CreateUser, Directory};
 use crate::engine::error::{Error, Result};
 use crate::engine::idempotency::{Begin, IdempotencyKey, IdempotencyStore, KeyGuard, Tag};
 use crate::engine::keyed_request::KeyedRequest;
@@ -101,6 +102,8 @@ pub struct NewCoupon {
     pub discount: Discount,
     pub quantity: u64,
     pub expires_at: Option<Timestamp>,
+    /// Start, minimum order and discount cap; default: none.
+    pub terms: CouponTerms,
 }
 
 /// A new order.
@@ -325,6 +328,9 @@ fn to_the_end<T: Send + 'static>(
         }
     }
 }
+
+#[path = "product_admin.rs"]
+mod product_admin;
 
 fn check_name(field: &str, name: &str, limits: &Limits) -> Result<String> {
     let chars = name.chars().count();
@@ -766,39 +772,8 @@ impl Engine {
         stock: u64,
         key: Option<IdempotencyKey>,
     ) -> Result<ProductView> {
-        let limits = &self.inner.limits;
-        let name = check_name("name", name, limits)?;
-        if price < limits.price_krw_min || price > limits.price_krw_max {
-            return Err(Error::invalid(format!(
-                "price must be between {} and {}",
-                limits.price_krw_min.0, limits.price_krw_max.0
-            )));
-        }
-        if stock > limits.stock_count_max {
-            return Err(Error::invalid(format!(
-                "stock must be between 0 and {}",
-                limits.stock_count_max
-            )));
-        }
-        let request = KeyedRequest::CreateProduct {
-            name: &name,
-            price,
-            stock,
-        };
-        self.keyed(key, request.fingerprint(), move |engine, tag| async move {
-            engine
-                .inner
-                .directory
-                .send(CreateProduct {
-                    name,
-                    price,
-                    stock,
-                    at: engine.now(),
-                    tag,
-                })
-                .await?
-        })
-        .await
+        self.create_limited_product(name, price, stock, None, key)
+            .await
     }
 
     pub async fn product(&self, id: ProductId) -> Result<ProductView> {
@@ -856,12 +831,12 @@ impl Engine {
 
     /// The ranking as of the last refresh.
     pub async fn top_products(&self) -> Result<TopProducts> {
-        Ok(self.inner.stats.send(Top).await?)
+        Ok(self.named_now(self.inner.stats.send(Top).await?))
     }
 
     /// Recomputes the ranking now.
     pub async fn refresh_stats(&self) -> Result<TopProducts> {
-        Ok(self.inner.stats.send(Refresh).await?)
+        Ok(self.named_now(self.inner.stats.send(Refresh).await?))
     }
 
     // ---- coupons ----
@@ -874,6 +849,7 @@ impl Engine {
         let limits = &self.inner.limits;
         let name = check_name("name", &new.name, limits)?;
         let discount = new.discount.validate(limits)?;
+        let terms = new.terms.validate(discount, new.expires_at, limits)?;
         if new.quantity == 0 || new.quantity > limits.coupon_quantity_max {
             return Err(Error::invalid(format!(
                 "quantity must be between 1 and {}",
@@ -885,6 +861,7 @@ impl Engine {
             discount: &discount,
             quantity: new.quantity,
             expires_at: new.expires_at,
+            terms,
         };
         self.keyed(key, request.fingerprint(), move |engine, tag| async move {
             let msg = CreateCampaign {
@@ -892,6 +869,7 @@ impl Engine {
                 discount,
                 quantity: new.quantity,
                 expires_at: new.expires_at,
+                terms,
                 at: engine.now(),
                 tag,
             };
@@ -965,7 +943,8 @@ impl Engine {
     // ---- cart ----
 
     pub async fn cart(&self, user_id: UserId) -> Result<CartView> {
-        self.read_user(user_id, |u| CartView::from(u)).await
+        let cart = self.read_user(user_id, |u| CartView::from(u)).await?;
+        Ok(self.priced_now(cart))
     }
 
     /// Adds a line, or sets the quantity of a product already in the cart.
@@ -1020,6 +999,7 @@ impl Engine {
             .await?
         })
         .await
+        .map(|cart| self.priced_now(cart))
     }
 
     pub async fn remove_cart_item(
@@ -1038,12 +1018,14 @@ impl Engine {
             self.product_ref(product_id)?;
             return self.cart(user_id).await;
         }
-        user.send(ChangeCart {
-            change: CartChange::Remove(product_id),
-            at: self.now(),
-            tag: None,
-        })
-        .await?
+        let cart = user
+            .send(ChangeCart {
+                change: CartChange::Remove(product_id),
+                at: self.now(),
+                tag: None,
+            })
+            .await??;
+        Ok(self.priced_now(cart))
     }
 
     // ---- orders ----

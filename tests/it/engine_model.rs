@@ -615,6 +615,7 @@ impl Sut {
                                 discount,
                                 quantity,
                                 expires_at,
+                                terms: Default::default(),
                             },
                             None,
                         )
