@@ -2,11 +2,12 @@
 
 use crate::domain::coupon_terms::CouponTerms;
 use crate::domain::id_bitmap::IdBitmap;
-use crate::domain::ids::{CouponId, IdSet, UserId};
+use crate::domain::ids::{CouponId, IdSet, UserCouponId, UserId};
 use crate::domain::limits::Limits;
 use crate::domain::money::Krw;
 use crate::domain::rejection::{Decision, Rejection};
 use crate::domain::time::Timestamp;
+use crate::domain::user::{CouponUse, UserCoupon};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// What a coupon takes off an order.
@@ -245,8 +246,10 @@ impl Campaign {
             .saturating_sub(self.issued.len() + self.pending.len() as u64)
     }
 
-    /// Rules of issuing: started, not expired, one per user, never more than `quantity`.
-    pub fn decide_issue(&self, user_id: UserId, now: Timestamp) -> Decision<()> {
+    /// Rules of issuing: started, not expired, one per user, never more than
+    /// `quantity` (holds counted as issued). Changes nothing.
+    pub fn decide(&self, command: CampaignCommand, now: Timestamp) -> Decision<CampaignEvent> {
+        let CampaignCommand::Issue(user_id) = command;
         self.terms.decide_started(self.id, now)?;
         if self.is_expired(now) {
             return Err(Rejection::CouponExpired(self.id));
@@ -257,7 +260,7 @@ impl Campaign {
         if self.remaining() == 0 {
             return Err(Rejection::CouponSoldOut(self.id));
         }
-        Ok(())
+        Ok(CampaignEvent::Issued(user_id))
     }
 
     pub fn hold(&mut self, user_id: UserId) {
@@ -268,11 +271,42 @@ impl Campaign {
         self.pending.remove(&user_id);
     }
 
-    /// Applies `CouponIssued`; answers the chunk of `issued` it changed.
-    pub fn apply_issued(&mut self, user_id: UserId) -> u64 {
-        self.pending.remove(&user_id);
-        self.issued.insert(user_id.0).1
+    /// Applies a durable event.
+    pub fn apply(&mut self, event: CampaignEvent, _at: Timestamp) {
+        match event {
+            CampaignEvent::Issued(user_id) => {
+                self.issued.insert(user_id.0);
+            }
+        }
     }
+
+    /// The coupon `id` of this campaign, as its holder keeps it: what
+    /// `CouponIssued` hands the user.
+    pub fn coupon(&self, id: UserCouponId) -> UserCoupon {
+        UserCoupon {
+            id,
+            coupon_id: self.id,
+            name: self.name.clone(),
+            discount: self.discount,
+            expires_at: self.expires_at,
+            state: CouponUse::Available,
+            terms: self.terms,
+        }
+    }
+}
+
+/// What is asked of a campaign.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CampaignCommand {
+    /// One coupon for this user.
+    Issue(UserId),
+}
+
+/// What a durable record does to a campaign (creating it aside).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CampaignEvent {
+    /// `CouponIssued`: this user's coupon is durable.
+    Issued(UserId),
 }
 
 #[cfg(test)]
@@ -324,16 +358,19 @@ mod tests {
     fn issue_is_refused_once_quantity_is_reached_counting_holds() {
         // given a campaign of 2 with one issued and one held
         let mut c = campaign(2);
-        c.apply_issued(UserId(1));
+        c.apply(CampaignEvent::Issued(UserId(1)), Timestamp(0));
         c.hold(UserId(2));
         // when a third user asks, then it is sold out
         assert_eq!(
-            c.decide_issue(UserId(3), Timestamp(0)),
+            c.decide(CampaignCommand::Issue(UserId(3)), Timestamp(0)),
             Err(Rejection::CouponSoldOut(CouponId(1)))
         );
         // and when the hold is dropped, then it can be issued again
         c.drop_hold(UserId(2));
-        assert_eq!(c.decide_issue(UserId(3), Timestamp(0)), Ok(()));
+        assert_eq!(
+            c.decide(CampaignCommand::Issue(UserId(3)), Timestamp(0)),
+            Ok(CampaignEvent::Issued(UserId(3)))
+        );
     }
 
     #[test]
@@ -341,12 +378,13 @@ mod tests {
         let mut c = campaign(10);
         c.hold(UserId(1));
         assert_eq!(
-            c.decide_issue(UserId(1), Timestamp(0)),
+            c.decide(CampaignCommand::Issue(UserId(1)), Timestamp(0)),
             Err(Rejection::CouponAlreadyIssued(CouponId(1)))
         );
-        c.apply_issued(UserId(1));
+        c.drop_hold(UserId(1));
+        c.apply(CampaignEvent::Issued(UserId(1)), Timestamp(0));
         assert_eq!(
-            c.decide_issue(UserId(1), Timestamp(0)),
+            c.decide(CampaignCommand::Issue(UserId(1)), Timestamp(0)),
             Err(Rejection::CouponAlreadyIssued(CouponId(1)))
         );
     }
@@ -354,9 +392,12 @@ mod tests {
     #[test]
     fn issue_is_refused_from_the_expiry_instant_on() {
         let c = campaign(10);
-        assert_eq!(c.decide_issue(UserId(1), Timestamp(999)), Ok(()));
         assert_eq!(
-            c.decide_issue(UserId(1), Timestamp(1000)),
+            c.decide(CampaignCommand::Issue(UserId(1)), Timestamp(999)),
+            Ok(CampaignEvent::Issued(UserId(1)))
+        );
+        assert_eq!(
+            c.decide(CampaignCommand::Issue(UserId(1)), Timestamp(1000)),
             Err(Rejection::CouponExpired(CouponId(1)))
         );
     }

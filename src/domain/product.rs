@@ -14,6 +14,30 @@ use crate::domain::stats::WINDOW_DAYS;
 use crate::domain::time::Timestamp;
 use serde::{Deserialize, Serialize};
 
+/// What is asked of a product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProductCommand {
+    /// Take `quantity` for an order being placed.
+    Reserve(u64),
+    /// Add `quantity` to the stock.
+    Restock(u64),
+}
+
+/// What a durable record does to a product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProductEvent {
+    /// `ProductRestocked`.
+    Restocked(u64),
+    /// `OrderPlaced`: a pending order took this many (a hold on them, if
+    /// any, is dropped by the caller).
+    Reserved(u64),
+    /// A pending order gave this many back (cancelled, failed or expired).
+    Released(u64),
+    /// `OrderPaid`: the order keeps this many for good; they count toward
+    /// the ranking on the day of the record.
+    Sold(u64),
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Product {
     pub id: ProductId,
@@ -172,15 +196,38 @@ impl Product {
         self.stock.saturating_sub(self.held)
     }
 
-    pub fn decide_reserve(&self, quantity: u64) -> Decision<()> {
-        if quantity <= self.available() {
-            Ok(())
-        } else {
-            Err(Rejection::OutOfStock {
-                product_id: self.id,
-                available: self.available(),
-                requested: quantity,
-            })
+    /// Checks a command against the product; changes nothing. A restock
+    /// is decided on the product as it will be once the restocks already
+    /// in flight are durable (the caller's projection).
+    pub fn decide(
+        &self,
+        command: ProductCommand,
+        _now: Timestamp,
+        limits: &Limits,
+    ) -> Decision<ProductEvent> {
+        match command {
+            ProductCommand::Reserve(quantity) => {
+                if quantity <= self.available() {
+                    Ok(ProductEvent::Reserved(quantity))
+                } else {
+                    Err(Rejection::OutOfStock {
+                        product_id: self.id,
+                        available: self.available(),
+                        requested: quantity,
+                    })
+                }
+            }
+            ProductCommand::Restock(quantity) => {
+                let room = limits.stock_count_max.saturating_sub(self.stock);
+                if quantity == 0 || quantity > limits.restock_count_max.min(room) {
+                    return Err(Rejection::InvalidRequest(format!(
+                        "quantity must be between 1 and {} (stock may hold at most {})",
+                        limits.restock_count_max.min(room).max(1),
+                        limits.stock_count_max
+                    )));
+                }
+                Ok(ProductEvent::Restocked(quantity))
+            }
         }
     }
 
@@ -192,41 +239,28 @@ impl Product {
         self.held = self.held.saturating_sub(quantity);
     }
 
-    pub fn decide_restock(&self, quantity: u64, limits: &Limits) -> Decision<()> {
-        let room = limits.stock_count_max.saturating_sub(self.stock);
-        if quantity == 0 || quantity > limits.restock_count_max.min(room) {
-            return Err(Rejection::InvalidRequest(format!(
-                "quantity must be between 1 and {} (stock may hold at most {})",
-                limits.restock_count_max.min(room).max(1),
-                limits.stock_count_max
-            )));
+    /// Applies a durable event. Cannot fail: the record was decided against
+    /// this state (recovery checks that a record fits before applying it).
+    pub fn apply(&mut self, event: ProductEvent, at: Timestamp) {
+        match event {
+            ProductEvent::Restocked(quantity) => {
+                self.stock += quantity;
+                self.stocked_total += quantity;
+            }
+            ProductEvent::Reserved(quantity) => {
+                self.stock -= quantity;
+                self.reserved += quantity;
+            }
+            ProductEvent::Released(quantity) => {
+                self.reserved -= quantity;
+                self.stock += quantity;
+            }
+            ProductEvent::Sold(quantity) => {
+                self.reserved -= quantity;
+                self.sold += quantity;
+                self.recent_sales.record(at, quantity);
+            }
         }
-        Ok(())
-    }
-
-    pub fn apply_restocked(&mut self, quantity: u64) {
-        self.stock += quantity;
-        self.stocked_total += quantity;
-    }
-
-    /// A pending order took `quantity` (its hold, if any, becomes durable).
-    pub fn apply_reserved(&mut self, quantity: u64) {
-        self.stock -= quantity;
-        self.reserved += quantity;
-    }
-
-    /// A pending order gave `quantity` back (cancelled, failed or expired).
-    pub fn apply_released(&mut self, quantity: u64) {
-        self.reserved -= quantity;
-        self.stock += quantity;
-    }
-
-    /// A paid order keeps `quantity` for good; it counts toward the ranking
-    /// on the day it was paid (`at`).
-    pub fn apply_sold(&mut self, quantity: u64, at: Timestamp) {
-        self.reserved -= quantity;
-        self.sold += quantity;
-        self.recent_sales.record(at, quantity);
     }
 
     pub fn is_conserved(&self) -> bool {
@@ -245,12 +279,20 @@ mod tests {
         Product::new(ProductId(7), "p".into(), Krw(100), stock)
     }
 
+    fn reserve(p: &Product, quantity: u64) -> Decision<ProductEvent> {
+        p.decide(
+            ProductCommand::Reserve(quantity),
+            Timestamp(0),
+            &Limits::API,
+        )
+    }
+
     #[test]
     fn reserve_rejects_when_stock_is_short() {
         let p = product(2);
-        assert!(p.decide_reserve(2).is_ok());
+        assert_eq!(reserve(&p, 2), Ok(ProductEvent::Reserved(2)));
         assert_eq!(
-            p.decide_reserve(3),
+            reserve(&p, 3),
             Err(Rejection::OutOfStock {
                 product_id: ProductId(7),
                 available: 2,
@@ -263,19 +305,23 @@ mod tests {
     fn holds_count_against_what_can_be_reserved() {
         let mut p = product(5);
         p.hold(4);
-        assert!(p.decide_reserve(2).is_err());
-        assert!(p.decide_reserve(1).is_ok());
+        assert!(reserve(&p, 2).is_err());
+        assert!(reserve(&p, 1).is_ok());
         p.drop_hold(4);
-        assert!(p.decide_reserve(5).is_ok());
+        assert!(reserve(&p, 5).is_ok());
     }
 
     #[test]
     fn reserve_release_and_sell_conserve_stock() {
         let mut p = product(10);
-        p.apply_reserved(4);
-        p.apply_released(1);
-        p.apply_sold(2, Timestamp(0));
-        p.apply_restocked(5);
+        for event in [
+            ProductEvent::Reserved(4),
+            ProductEvent::Released(1),
+            ProductEvent::Sold(2),
+            ProductEvent::Restocked(5),
+        ] {
+            p.apply(event, Timestamp(0));
+        }
         assert_eq!(
             (p.stock, p.reserved, p.sold, p.stocked_total),
             (12, 1, 2, 15)
@@ -362,12 +408,9 @@ mod tests {
     #[test]
     fn restock_is_bounded() {
         let p = product(10);
-        assert!(p.decide_restock(0, &Limits::API).is_err());
-        assert!(p
-            .decide_restock(Limits::API.stock_count_max - 10, &Limits::API)
-            .is_ok());
-        assert!(p
-            .decide_restock(Limits::API.stock_count_max - 9, &Limits::API)
-            .is_err());
+        let restock = |q| p.decide(ProductCommand::Restock(q), Timestamp(0), &Limits::API);
+        assert!(restock(0).is_err());
+        assert!(restock(Limits::API.stock_count_max - 10).is_ok());
+        assert!(restock(Limits::API.stock_count_max - 9).is_err());
     }
 }

@@ -95,6 +95,55 @@ pub struct CartLine {
     pub quantity: u64,
 }
 
+/// What is asked of a user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UserCommand {
+    /// Add money to the wallet.
+    Charge {
+        amount: Krw,
+    },
+    /// Pay for an order from the wallet.
+    Pay {
+        order_id: OrderId,
+        amount: Krw,
+    },
+    /// Put a product in the cart, or set its quantity there.
+    SetCartLine(CartLine),
+    RemoveCartLine(ProductId),
+}
+
+/// What a durable record does to a user (registering creates one). One
+/// journal event may touch a user through several of these: an order
+/// placed from the cart with a coupon is `CouponUsed` and one
+/// `CartLineRemoved` per line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UserEvent {
+    /// `BalanceCharged`.
+    Charged { amount: Krw },
+    /// `OrderPaid`: the wallet is debited.
+    Paid { order_id: OrderId, amount: Krw },
+    /// `CouponIssued`: the campaign's coupon, as the holder keeps it
+    /// ([`crate::domain::coupon::Campaign::coupon`]).
+    CouponIssued(UserCoupon),
+    /// `OrderPlaced` with a coupon.
+    CouponUsed {
+        coupon: UserCouponId,
+        order_id: OrderId,
+    },
+    /// The order that used the coupon ended unpaid.
+    CouponRestored(UserCouponId),
+    /// `CartLineSet`: adding a product already in the cart sets its quantity.
+    CartLineSet(CartLine),
+    /// `CartLineRemoved`, and each line of an order placed from the cart.
+    CartLineRemoved(ProductId),
+    /// `OrderPlacedCounted`: the units of the lines that count per user
+    /// are held for good ([`crate::domain::purchase_limit`]).
+    UnitsHeld(Vec<(ProductId, u64)>),
+    /// An order ended unpaid (or units were refunded): the units of these
+    /// lines are freed.
+    UnitsReleased(Vec<(ProductId, u64)>),
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct User {
     pub id: UserId,
@@ -177,9 +226,50 @@ impl User {
         }
     }
 
+    /// Checks a command against the user, counting every hold; changes
+    /// nothing.
+    pub fn decide(
+        &self,
+        command: UserCommand,
+        _now: Timestamp,
+        limits: &Limits,
+    ) -> Decision<UserEvent> {
+        match command {
+            UserCommand::Charge { amount } => {
+                self.decide_charge(amount, limits)?;
+                Ok(UserEvent::Charged { amount })
+            }
+            UserCommand::Pay { order_id, amount } => {
+                self.decide_debit(amount)?;
+                Ok(UserEvent::Paid { order_id, amount })
+            }
+            UserCommand::SetCartLine(line) => {
+                self.decide_set_cart_line(line.product_id, line.quantity, limits)?;
+                Ok(UserEvent::CartLineSet(line))
+            }
+            UserCommand::RemoveCartLine(product_id) => Ok(UserEvent::CartLineRemoved(product_id)),
+        }
+    }
+
+    /// Applies a durable event. Cannot fail: the record was decided against
+    /// this state (recovery checks that a record fits before applying it).
+    pub fn apply(&mut self, event: UserEvent, at: Timestamp) {
+        match event {
+            UserEvent::Charged { amount } => self.apply_charged(amount, at),
+            UserEvent::Paid { order_id, amount } => self.apply_paid(order_id, amount, at),
+            UserEvent::CouponIssued(coupon) => self.apply_coupon_issued(coupon),
+            UserEvent::CouponUsed { coupon, order_id } => self.apply_coupon_used(coupon, order_id),
+            UserEvent::CouponRestored(coupon) => self.apply_coupon_restored(coupon),
+            UserEvent::CartLineSet(line) => self.apply_cart_line_set(line),
+            UserEvent::CartLineRemoved(product_id) => self.apply_cart_line_removed(product_id),
+            UserEvent::UnitsHeld(lines) => self.apply_units_placed(&lines),
+            UserEvent::UnitsReleased(lines) => self.release_units(lines),
+        }
+    }
+
     // ---- wallet ----
 
-    pub fn decide_charge(&self, amount: Krw, limits: &Limits) -> Decision<()> {
+    fn decide_charge(&self, amount: Krw, limits: &Limits) -> Decision<()> {
         if amount < limits.charge_krw_min || amount > limits.charge_krw_max {
             return Err(Rejection::InvalidAmount {
                 min: limits.charge_krw_min.0,
@@ -198,14 +288,33 @@ impl User {
         }
     }
 
-    pub fn hold_credit(&mut self, amount: Krw) {
+    /// Marks what a decided event takes until its record is durable: a
+    /// charge counts toward the limit, a payment lowers what can be spent.
+    pub fn hold(&mut self, event: &UserEvent) {
+        match *event {
+            UserEvent::Charged { amount } => self.hold_credit(amount),
+            UserEvent::Paid { amount, .. } => self.hold_debit(amount),
+            _ => {}
+        }
+    }
+
+    /// Drops what [`hold`](User::hold) marked for `event`.
+    pub fn drop_hold(&mut self, event: &UserEvent) {
+        match *event {
+            UserEvent::Charged { amount } => self.drop_credit(amount),
+            UserEvent::Paid { amount, .. } => self.drop_debit(amount),
+            _ => {}
+        }
+    }
+
+    fn hold_credit(&mut self, amount: Krw) {
         self.credits_pending = self
             .credits_pending
             .checked_add(amount)
             .expect("credit holds are bounded by the balance limit");
     }
 
-    pub fn drop_credit(&mut self, amount: Krw) {
+    fn drop_credit(&mut self, amount: Krw) {
         self.credits_pending = self
             .credits_pending
             .checked_sub(amount)
@@ -219,7 +328,7 @@ impl User {
             .unwrap_or(Krw::ZERO)
     }
 
-    pub fn decide_debit(&self, due: Krw) -> Decision<()> {
+    fn decide_debit(&self, due: Krw) -> Decision<()> {
         if due <= self.spendable() {
             Ok(())
         } else {
@@ -230,14 +339,14 @@ impl User {
         }
     }
 
-    pub fn hold_debit(&mut self, due: Krw) {
+    fn hold_debit(&mut self, due: Krw) {
         self.debits_pending = self
             .debits_pending
             .checked_add(due)
             .expect("debit holds never exceed the balance");
     }
 
-    pub fn drop_debit(&mut self, due: Krw) {
+    fn drop_debit(&mut self, due: Krw) {
         self.debits_pending = self
             .debits_pending
             .checked_sub(due)
@@ -268,7 +377,7 @@ impl User {
     }
 
     /// Applies `BalanceCharged`.
-    pub fn apply_charged(&mut self, amount: Krw, at: Timestamp) {
+    fn apply_charged(&mut self, amount: Krw, at: Timestamp) {
         self.balance = self
             .balance
             .checked_add(amount)
@@ -277,7 +386,7 @@ impl User {
     }
 
     /// Applies `OrderPaid` to the wallet.
-    pub fn apply_paid(&mut self, order_id: OrderId, amount: Krw, at: Timestamp) {
+    fn apply_paid(&mut self, order_id: OrderId, amount: Krw, at: Timestamp) {
         self.balance = self
             .balance
             .checked_sub(amount)
@@ -336,19 +445,19 @@ impl User {
     }
 
     /// Applies `CouponIssued` to the holder.
-    pub fn apply_coupon_issued(&mut self, coupon: UserCoupon) {
+    fn apply_coupon_issued(&mut self, coupon: UserCoupon) {
         self.coupons.push(coupon);
     }
 
     /// The coupon is used by a placed order.
-    pub fn apply_coupon_used(&mut self, id: UserCouponId, order_id: OrderId) {
+    fn apply_coupon_used(&mut self, id: UserCouponId, order_id: OrderId) {
         if let Some(c) = self.coupon_mut(id) {
             c.state = CouponUse::Used(order_id);
         }
     }
 
     /// The order that used the coupon gave it back.
-    pub fn apply_coupon_restored(&mut self, id: UserCouponId) {
+    fn apply_coupon_restored(&mut self, id: UserCouponId) {
         if let Some(c) = self.coupon_mut(id) {
             c.state = CouponUse::Available;
         }
@@ -356,7 +465,7 @@ impl User {
 
     // ---- cart ----
 
-    pub fn decide_set_cart_line(
+    fn decide_set_cart_line(
         &self,
         product_id: ProductId,
         quantity: u64,
@@ -379,7 +488,7 @@ impl User {
     }
 
     /// Applies `CartLineSet`: adding a product already in the cart sets its quantity.
-    pub fn apply_cart_line_set(&mut self, line: CartLine) {
+    fn apply_cart_line_set(&mut self, line: CartLine) {
         match self
             .cart
             .iter_mut()
@@ -391,15 +500,8 @@ impl User {
     }
 
     /// Applies `CartLineRemoved`.
-    pub fn apply_cart_line_removed(&mut self, product_id: ProductId) {
+    fn apply_cart_line_removed(&mut self, product_id: ProductId) {
         self.cart.retain(|l| l.product_id != product_id);
-    }
-
-    /// An order placed from the cart empties the cart of its lines.
-    pub fn apply_cart_ordered(&mut self, ordered: impl Iterator<Item = ProductId>) {
-        for product_id in ordered {
-            self.apply_cart_line_removed(product_id);
-        }
     }
 
     /// The history adds up to the balance: each entry moves the balance

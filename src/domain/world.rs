@@ -5,16 +5,17 @@
 //! one as its materialised view (to write incremental snapshots without
 //! asking any actor), and the engine starts its actors from one.
 
-use crate::domain::coupon::{Campaign, CampaignHeader};
+use crate::domain::coupon::{Campaign, CampaignEvent, CampaignHeader};
 use crate::domain::event::{Event, Record};
-use crate::domain::id_bitmap::CHUNK_WORDS;
+use crate::domain::id_bitmap::{IdBitmap, CHUNK_WORDS};
 use crate::domain::ids::{CouponId, IdSet, OrderId, ProductId, UserCouponId, UserId};
 use crate::domain::key_hash::{key_hash, KeyHash};
 use crate::domain::limits::Limits;
-use crate::domain::order::{Order, OrderStatus};
-use crate::domain::product::Product;
+use crate::domain::money::Krw;
+use crate::domain::order::{Order, OrderEvent, OrderStatus};
+use crate::domain::product::{Product, ProductEvent};
 use crate::domain::time::Timestamp;
-use crate::domain::user::{CartLine, CouponUse, User, UserCoupon};
+use crate::domain::user::{CartLine, CouponUse, User, UserEvent};
 use crate::domain::views::Reply;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -443,6 +444,9 @@ impl World {
         Ok(())
     }
 
+    /// Which entities `event` touches, each given its part through its
+    /// `apply` (the same the actors call once a record is durable), after
+    /// the checks that refuse a record that does not fit.
     fn apply_event(&mut self, seq: u64, at: Timestamp, event: &Event) -> Result<(), ApplyError> {
         match event {
             Event::UserRegistered { user_id, name } => {
@@ -457,7 +461,7 @@ impl World {
                 if user.balance.checked_add(*amount).is_none() {
                     return Err(unfit(seq, format!("user {user_id} balance would overflow")));
                 }
-                user.apply_charged(*amount, at);
+                user.apply(UserEvent::Charged { amount: *amount }, at);
             }
             Event::ProductCreated {
                 product_id,
@@ -487,7 +491,7 @@ impl World {
                 quantity,
             } => {
                 self.product_mut(seq, *product_id)?
-                    .apply_restocked(*quantity);
+                    .apply(ProductEvent::Restocked(*quantity), at);
             }
             Event::CampaignCreated {
                 coupon_id,
@@ -515,9 +519,7 @@ impl World {
                 coupon_id,
                 user_id,
                 user_coupon_id,
-            } => {
-                self.apply_coupon_issued(seq, *coupon_id, *user_id, *user_coupon_id)?;
-            }
+            } => self.apply_coupon_issued(seq, at, *coupon_id, *user_id, *user_coupon_id)?,
             Event::CartLineSet {
                 user_id,
                 product_id,
@@ -531,65 +533,42 @@ impl World {
                     price: *price,
                     quantity: *quantity,
                 };
-                self.user_mut(seq, *user_id)?.apply_cart_line_set(line);
+                self.user_mut(seq, *user_id)?
+                    .apply(UserEvent::CartLineSet(line), at);
             }
             Event::CartLineRemoved {
                 user_id,
                 product_id,
             } => {
                 self.user_mut(seq, *user_id)?
-                    .apply_cart_line_removed(*product_id);
+                    .apply(UserEvent::CartLineRemoved(*product_id), at);
             }
-            Event::OrderPlaced { order, from_cart } => self.apply_placed(seq, order, *from_cart)?,
+            Event::OrderPlaced { order, from_cart } => {
+                self.apply_placed(seq, at, order, *from_cart)?
+            }
             Event::OrderPlacedCounted {
                 order,
                 from_cart,
                 counted,
             } => {
-                self.apply_placed(seq, order, *from_cart)?;
+                self.apply_placed(seq, at, order, *from_cart)?;
                 let lines = counted_lines(order, counted);
                 self.user_mut(seq, order.user_id)?
-                    .apply_units_placed(&lines);
+                    .apply(UserEvent::UnitsHeld(lines), at);
             }
             Event::OrderPaid {
                 order_id,
                 user_id,
                 amount,
-            } => {
-                // Taken out while the products change, put back settled: no clone.
-                let mut order = self.take_pending(seq, *order_id)?;
-                let fits = self.check_reserved(seq, &order).and_then(|()| {
-                    let user = self.user_mut(seq, *user_id)?;
-                    if user.balance < *amount || order.user_id != *user_id {
-                        return Err(unfit(
-                            seq,
-                            format!("user {user_id} cannot pay order {order_id}"),
-                        ));
-                    }
-                    Ok(())
-                });
-                if let Err(e) = fits {
-                    self.orders.insert(order.id, order);
-                    return Err(e);
-                }
-                order.apply_settled(OrderStatus::Paid, at);
-                for line in &order.items {
-                    self.product_mut(seq, line.product_id)?
-                        .apply_sold(line.quantity, at);
-                }
-                self.orders.insert(order.id, order);
-                self.user_mut(seq, *user_id)?
-                    .apply_paid(*order_id, *amount, at);
-                self.dirty.meta = true;
-            }
+            } => self.apply_paid(seq, at, *order_id, *user_id, *amount)?,
             Event::OrderPaymentFailed { order_id } => {
-                self.apply_returned(seq, *order_id, OrderStatus::Failed, at)?
+                self.apply_returned(seq, *order_id, OrderEvent::PaymentFailed, at)?
             }
             Event::OrderCancelled { order_id } => {
-                self.apply_returned(seq, *order_id, OrderStatus::Cancelled, at)?
+                self.apply_returned(seq, *order_id, OrderEvent::Cancelled, at)?
             }
             Event::OrderExpired { order_id } => {
-                self.apply_returned(seq, *order_id, OrderStatus::Expired, at)?
+                self.apply_returned(seq, *order_id, OrderEvent::Expired, at)?
             }
             Event::RequestRefused => {}
             // Legacy: deliveries were journaled before the outbox had a
@@ -628,36 +607,41 @@ impl World {
         }
     }
 
+    /// `CouponIssued`: the campaign counts the user in, the user holds the campaign's coupon.
     fn apply_coupon_issued(
         &mut self,
         seq: u64,
+        at: Timestamp,
         coupon_id: CouponId,
         user_id: UserId,
         user_coupon_id: UserCouponId,
     ) -> Result<(), ApplyError> {
+        self.user_mut(seq, user_id)?;
         let campaign = self
             .campaigns
             .get_mut(coupon_id.index())
             .ok_or_else(|| miss(seq, format!("coupon {coupon_id}")))?;
-        let chunk = campaign.apply_issued(user_id);
-        let coupon = UserCoupon {
-            id: user_coupon_id,
-            coupon_id,
-            name: campaign.name.clone(),
-            discount: campaign.discount,
-            expires_at: campaign.expires_at,
-            state: CouponUse::Available,
-            terms: campaign.terms,
-        };
+        campaign.apply(CampaignEvent::Issued(user_id), at);
+        let coupon = campaign.coupon(user_coupon_id);
         self.dirty.campaigns.insert(coupon_id);
-        self.dirty.issued.insert((coupon_id, chunk));
-        self.user_mut(seq, user_id)?.apply_coupon_issued(coupon);
+        self.dirty
+            .issued
+            .insert((coupon_id, IdBitmap::chunk_of(user_id.0)));
+        self.user_mut(seq, user_id)?
+            .apply(UserEvent::CouponIssued(coupon), at);
         self.meta.user_coupon_count = self.meta.user_coupon_count.max(user_coupon_id.0);
         self.dirty.meta = true;
         Ok(())
     }
 
-    fn apply_placed(&mut self, seq: u64, order: &Order, from_cart: bool) -> Result<(), ApplyError> {
+    /// `OrderPlaced`: every line reserved, the coupon used, ordered cart lines removed.
+    fn apply_placed(
+        &mut self,
+        seq: u64,
+        at: Timestamp,
+        order: &Order,
+        from_cart: bool,
+    ) -> Result<(), ApplyError> {
         // Check every line before changing any: a record applies whole or not at all.
         for line in &order.items {
             if self.product_mut(seq, line.product_id)?.stock < line.quantity {
@@ -671,21 +655,64 @@ impl World {
         if self.orders.contains_key(&order.id) {
             return Err(unfit(seq, format!("order {} placed twice", order.id)));
         }
-        for line in &order.items {
-            self.product_mut(seq, line.product_id)?
-                .apply_reserved(line.quantity);
+        for (product_id, quantity) in order.quantities() {
+            self.product_mut(seq, product_id)?
+                .apply(ProductEvent::Reserved(quantity), at);
         }
         let user = self.user_mut(seq, order.user_id)?;
         if let Some(coupon) = order.user_coupon_id {
-            user.apply_coupon_used(coupon, order.id);
+            let used = UserEvent::CouponUsed {
+                coupon,
+                order_id: order.id,
+            };
+            user.apply(used, at);
         }
         if from_cart {
-            user.apply_cart_ordered(order.items.iter().map(|l| l.product_id));
+            for line in &order.items {
+                user.apply(UserEvent::CartLineRemoved(line.product_id), at);
+            }
         }
         self.meta.order_id_max = self.meta.order_id_max.max(order.id.0);
         self.dirty.meta = true;
         self.dirty.orders.insert(order.id);
         self.orders.insert(order.id, order.clone());
+        Ok(())
+    }
+
+    /// `OrderPaid`: the order paid, its reserved units sold, the wallet debited.
+    fn apply_paid(
+        &mut self,
+        seq: u64,
+        at: Timestamp,
+        order_id: OrderId,
+        user_id: UserId,
+        amount: Krw,
+    ) -> Result<(), ApplyError> {
+        // Taken out while the products change, put back settled: no clone.
+        let mut order = self.take_pending(seq, order_id)?;
+        let fits = self.check_reserved(seq, &order).and_then(|()| {
+            let user = self.user_mut(seq, user_id)?;
+            if user.balance < amount || order.user_id != user_id {
+                return Err(unfit(
+                    seq,
+                    format!("user {user_id} cannot pay order {order_id}"),
+                ));
+            }
+            Ok(())
+        });
+        if let Err(e) = fits {
+            self.orders.insert(order.id, order);
+            return Err(e);
+        }
+        order.apply(OrderEvent::Paid, at);
+        for (product_id, quantity) in order.quantities() {
+            self.product_mut(seq, product_id)?
+                .apply(ProductEvent::Sold(quantity), at);
+        }
+        self.orders.insert(order.id, order);
+        self.user_mut(seq, user_id)?
+            .apply(UserEvent::Paid { order_id, amount }, at);
+        self.dirty.meta = true;
         Ok(())
     }
 
@@ -718,7 +745,7 @@ impl World {
         &mut self,
         seq: u64,
         order_id: OrderId,
-        status: OrderStatus,
+        event: OrderEvent,
         at: Timestamp,
     ) -> Result<(), ApplyError> {
         let mut order = self.take_pending(seq, order_id)?;
@@ -726,15 +753,16 @@ impl World {
             self.orders.insert(order.id, order);
             return Err(e);
         }
-        order.apply_settled(status, at);
+        order.apply(event, at);
         for (product_id, quantity) in order.quantities() {
-            self.product_mut(seq, product_id)?.apply_released(quantity);
+            self.product_mut(seq, product_id)?
+                .apply(ProductEvent::Released(quantity), at);
         }
         let (user_id, coupon) = (order.user_id, order.user_coupon_id);
         let user = self.user_mut(seq, user_id)?;
-        user.release_units(order.quantities());
+        user.apply(UserEvent::UnitsReleased(order.quantities().collect()), at);
         if let Some(coupon) = coupon {
-            user.apply_coupon_restored(coupon);
+            user.apply(UserEvent::CouponRestored(coupon), at);
         }
         self.orders.insert(order.id, order);
         Ok(())

@@ -27,12 +27,14 @@ use crate::domain::event::{Event, Record};
 use crate::domain::ids::{IdMap, IdSet, OrderId, UserCouponId, UserId};
 use crate::domain::limits::Limits;
 use crate::domain::order::{
-    price, total, validate_lines, LineRequest, Order, OrderLine, OrderStatus, Settle,
+    price, total, validate_lines, LineRequest, Order, OrderCommand, OrderEvent, OrderLine,
+    OrderStatus,
 };
+use crate::domain::product::ProductEvent;
 use crate::domain::purchase_limit::CountedLine;
 use crate::domain::rejection::Rejection;
 use crate::domain::time::Timestamp;
-use crate::domain::user::User;
+use crate::domain::user::{User, UserEvent};
 use crate::domain::views::Reply;
 use crate::engine::actor::{acked, submit, Journaled, Read};
 use crate::engine::clock::Clock;
@@ -139,7 +141,7 @@ pub struct Coordinator {
 pub enum CoordOp {
     Returned {
         order_id: OrderId,
-        status: OrderStatus,
+        event: OrderEvent,
         at: Timestamp,
         /// A failed payment answers its refusal once the failure is durable.
         refusal: Option<Error>,
@@ -182,21 +184,22 @@ impl Coordinator {
         &mut self,
         ctx: &mut Context<Self>,
         order_id: OrderId,
-        status: OrderStatus,
+        event: OrderEvent,
         at: Timestamp,
         tag: Option<Tag>,
         refusal: Option<Error>,
     ) -> Result<oneshot::Receiver<Result<Order>>> {
-        let event = match status {
-            OrderStatus::Cancelled => Event::OrderCancelled { order_id },
-            OrderStatus::Expired => Event::OrderExpired { order_id },
-            _ => Event::OrderPaymentFailed { order_id },
+        let journal_event = match event {
+            OrderEvent::Cancelled => Event::OrderCancelled { order_id },
+            OrderEvent::Expired => Event::OrderExpired { order_id },
+            OrderEvent::PaymentFailed | OrderEvent::Paid => Event::OrderPaymentFailed { order_id },
         };
+        debug_assert_ne!(event, OrderEvent::Paid, "a payment is the user's record");
         let reply_of = |order: &Order| match &refusal {
             Some(Error::Rejected(r)) => Reply::Rejected(r.clone()),
             _ => {
                 let mut settled = order.clone();
-                settled.apply_settled(status, at);
+                settled.apply(event, at);
                 Reply::Order(Box::new(settled))
             }
         };
@@ -208,14 +211,14 @@ impl Coordinator {
         let idempotency = tag.map(|t| t.entry(reply_of(order)));
         let record = Record {
             at,
-            event,
+            event: journal_event,
             idempotency,
         };
         let (reply, rx) = oneshot::channel();
         self.busy.insert(order_id);
         let op = CoordOp::Returned {
             order_id,
-            status,
+            event,
             at,
             refusal,
             reply,
@@ -239,7 +242,7 @@ impl Coordinator {
             .collect();
         due.into_iter()
             .filter_map(|id| {
-                self.settle_unpaid(ctx, id, OrderStatus::Expired, now, None, None)
+                self.settle_unpaid(ctx, id, OrderEvent::Expired, now, None, None)
                     .ok()
             })
             .collect()
@@ -276,7 +279,7 @@ impl Journaled for Coordinator {
         match op {
             CoordOp::Returned {
                 order_id,
-                status,
+                event,
                 at,
                 refusal,
                 reply,
@@ -289,17 +292,18 @@ impl Journaled for Coordinator {
                         .get_mut(&order_id)
                         .ok_or(Rejection::OrderNotFound(order_id))?;
                     self.book.due.remove(&(order.expires_at, order_id));
-                    order.apply_settled(status, at);
+                    order.apply(event, at);
                     let order = order.clone();
                     self.book.settled(order_id, &self.journal.archive);
                     for (product, quantity) in self.products_of(&order) {
-                        product.tell(StockNews::Released(quantity));
+                        product.tell(StockNews::Durable(ProductEvent::Released(quantity), at));
                     }
                     if let Some(user) = self.registry.users.get(order.user_id.0) {
-                        user.do_send(OrderNews::Returned {
-                            coupon: order.user_coupon_id,
-                            lines: order.quantities().collect(),
-                        });
+                        if let Some(coupon) = order.user_coupon_id {
+                            user.do_send(OrderNews::Durable(UserEvent::CouponRestored(coupon), at));
+                        }
+                        let lines = order.quantities().collect();
+                        user.do_send(OrderNews::Durable(UserEvent::UnitsReleased(lines), at));
                     }
                     match refusal {
                         Some(e) => Err(e),
@@ -419,6 +423,7 @@ async fn hold_all(
     let replies = join_all(addrs.iter().zip(&lines).map(|(a, l)| {
         a.addr.send(Reserve {
             quantity: l.quantity,
+            at,
         })
     }))
     .await;
@@ -597,7 +602,7 @@ impl Placement {
             }
         };
         for (product, quantity) in &held.holds {
-            product.tell(StockNews::Reserved(*quantity));
+            product.tell(StockNews::Durable(ProductEvent::Reserved(*quantity), at));
         }
         let cart_products = if held.from_cart {
             order.items.iter().map(|l| l.product_id).collect()
@@ -606,6 +611,7 @@ impl Placement {
         };
         held.user.do_send(OrderNews::Placed {
             seq,
+            at,
             order_id: id,
             coupon: order.user_coupon_id,
             cart_products,
@@ -645,58 +651,16 @@ impl Handler<Pay> for Coordinator {
         let decision = match self.book.orders.get(&order_id) {
             None => Err(Rejection::OrderNotFound(order_id)),
             Some(_) if self.busy.contains(&order_id) => Err(Rejection::OrderNotPayable(order_id)),
-            Some(order) => order.decide_pay(now),
+            Some(order) => order.decide(OrderCommand::Pay, now),
         };
         match decision {
             Err(r) => Box::pin(fut::ready(Err(r.into()))),
-            Ok(Settle::ExpireThenRefuse) => {
-                let step = self.settle_unpaid(ctx, order_id, OrderStatus::Expired, now, None, None);
+            Ok(OrderEvent::Paid) => self.pay(order_id, now, msg.tag),
+            Ok(event) => {
+                let step = self.settle_unpaid(ctx, order_id, event, now, None, None);
                 Box::pin(
                     answer(step).map(move |r, _, _| {
                         r.and(Err(Rejection::OrderNotPayable(order_id).into()))
-                    }),
-                )
-            }
-            Ok(Settle::Proceed) => {
-                let order = &self.book.orders[&order_id];
-                let Some(user) = self.registry.users.get(order.user_id.0) else {
-                    return Box::pin(fut::ready(Err(
-                        Rejection::UserNotFound(order.user_id).into()
-                    )));
-                };
-                let mut paid = order.clone();
-                paid.apply_settled(OrderStatus::Paid, now);
-                self.busy.insert(order_id);
-                let debit = user.send(Debit {
-                    order_id,
-                    amount: paid.pay_amount,
-                    at: now,
-                    keyed: msg.tag.clone().map(|tag| (tag, Box::new(paid.clone()))),
-                });
-                Box::pin(
-                    fut::wrap_future::<_, Self>(debit).then(move |res, act, ctx| {
-                        match res.map_err(Error::from).and_then(|r| r) {
-                            Ok(()) => {
-                                act.busy.remove(&order_id);
-                                act.paid(&paid);
-                                fut::ready(Ok(paid)).boxed_local()
-                            }
-                            Err(e @ Error::Rejected(Rejection::InsufficientBalance { .. })) => {
-                                let step = act.settle_unpaid(
-                                    ctx,
-                                    order_id,
-                                    OrderStatus::Failed,
-                                    now,
-                                    msg.tag,
-                                    Some(e),
-                                );
-                                answer(step).boxed_local()
-                            }
-                            Err(e) => {
-                                act.busy.remove(&order_id);
-                                fut::ready(Err(e)).boxed_local()
-                            }
-                        }
                     }),
                 )
             }
@@ -705,16 +669,62 @@ impl Handler<Pay> for Coordinator {
 }
 
 impl Coordinator {
-    /// A payment is durable: the order is paid, its stock sold, the sale counted.
-    fn paid(&mut self, paid: &Order) {
+    /// Pays a pending order within its time: the user decides the debit
+    /// and journals `OrderPaid`; a balance too short fails the order.
+    fn pay(
+        &mut self,
+        order_id: OrderId,
+        now: Timestamp,
+        tag: Option<Tag>,
+    ) -> ResponseActFuture<Self, Result<Order>> {
+        let order = &self.book.orders[&order_id];
+        let Some(user) = self.registry.users.get(order.user_id.0) else {
+            return Box::pin(fut::ready(Err(
+                Rejection::UserNotFound(order.user_id).into()
+            )));
+        };
+        // The order as the answer reads once paid.
+        let mut paid = order.clone();
+        paid.apply(OrderEvent::Paid, now);
+        self.busy.insert(order_id);
+        let debit = user.send(Debit {
+            order_id,
+            amount: paid.pay_amount,
+            at: now,
+            keyed: tag.clone().map(|tag| (tag, Box::new(paid.clone()))),
+        });
+        Box::pin(
+            fut::wrap_future::<_, Self>(debit).then(move |res, act, ctx| {
+                match res.map_err(Error::from).and_then(|r| r) {
+                    Ok(()) => {
+                        act.busy.remove(&order_id);
+                        act.paid(&paid, now);
+                        fut::ready(Ok(paid)).boxed_local()
+                    }
+                    Err(e @ Error::Rejected(Rejection::InsufficientBalance { .. })) => {
+                        let failed = OrderEvent::PaymentFailed;
+                        let step = act.settle_unpaid(ctx, order_id, failed, now, tag, Some(e));
+                        answer(step).boxed_local()
+                    }
+                    Err(e) => {
+                        act.busy.remove(&order_id);
+                        fut::ready(Err(e)).boxed_local()
+                    }
+                }
+            }),
+        )
+    }
+
+    /// A payment is durable (decided at `at`): the order is paid, its
+    /// stock sold, the sale counted.
+    fn paid(&mut self, paid: &Order, at: Timestamp) {
         if let Some(order) = self.book.orders.get_mut(&paid.id) {
             self.book.due.remove(&(order.expires_at, order.id));
-            *order = paid.clone();
+            order.apply(OrderEvent::Paid, at);
             self.book.settled(paid.id, &self.journal.archive);
         }
-        let at = paid.paid_at.unwrap_or_default();
         for (product, quantity) in self.products_of(paid) {
-            product.tell(StockNews::Sold(quantity, at));
+            product.tell(StockNews::Durable(ProductEvent::Sold(quantity), at));
         }
         let lines = paid
             .items
@@ -744,19 +754,19 @@ impl Handler<Cancel> for Coordinator {
             Some(_) if self.busy.contains(&order_id) => {
                 Err(Rejection::OrderNotCancellable(order_id))
             }
-            Some(order) => order.decide_cancel(now),
+            Some(order) => order.decide(OrderCommand::Cancel, now),
         };
         match decision {
             Err(r) => Box::pin(fut::ready(Err(r.into()))),
-            Ok(Settle::ExpireThenRefuse) => {
-                let step = self.settle_unpaid(ctx, order_id, OrderStatus::Expired, now, None, None);
+            Ok(OrderEvent::Cancelled) => {
+                let cancelled = OrderEvent::Cancelled;
+                let step = self.settle_unpaid(ctx, order_id, cancelled, now, msg.tag, None);
+                Box::pin(answer(step))
+            }
+            Ok(event) => {
+                let step = self.settle_unpaid(ctx, order_id, event, now, None, None);
                 let refusal = Rejection::OrderNotCancellable(order_id);
                 Box::pin(answer(step).map(move |r, _, _| r.and(Err(refusal.into()))))
-            }
-            Ok(Settle::Proceed) => {
-                let step =
-                    self.settle_unpaid(ctx, order_id, OrderStatus::Cancelled, now, msg.tag, None);
-                Box::pin(answer(step))
             }
         }
     }

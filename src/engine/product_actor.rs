@@ -11,7 +11,7 @@
 use crate::domain::event::{Event, Record};
 use crate::domain::limits::Limits;
 use crate::domain::money::Krw;
-use crate::domain::product::{Product, ProductPatch};
+use crate::domain::product::{Product, ProductCommand, ProductEvent, ProductPatch};
 use crate::domain::purchase_limit::CountedLine;
 use crate::domain::time::Timestamp;
 use crate::domain::views::{ProductView, Reply};
@@ -38,6 +38,7 @@ pub struct ProductActor {
 /// A change of the product waiting to be durable, and its answer.
 pub struct ProductOp {
     change: ProductChange,
+    at: Timestamp,
     view: ProductView,
     reply: oneshot::Sender<Result<ProductView>>,
 }
@@ -48,9 +49,9 @@ enum ProductChange {
 }
 
 impl ProductChange {
-    fn apply(&self, product: &mut Product) {
+    fn apply(&self, product: &mut Product, at: Timestamp) {
         match self {
-            ProductChange::Restock(q) => product.apply_restocked(*q),
+            ProductChange::Restock(q) => product.apply(ProductEvent::Restocked(*q), at),
             ProductChange::Update(patch) => product.apply_updated(patch),
         }
     }
@@ -101,7 +102,7 @@ impl ProductActor {
     fn projected(&self) -> Product {
         let mut projected = self.product.clone();
         for op in self.queue.iter() {
-            op.change.apply(&mut projected);
+            op.change.apply(&mut projected, op.at);
         }
         projected
     }
@@ -115,7 +116,7 @@ impl ProductActor {
         tag: Option<Tag>,
     ) -> ResponseFuture<Result<ProductView>> {
         let mut projected = self.projected();
-        change.apply(&mut projected);
+        change.apply(&mut projected, at);
         let view = ProductView::from(&projected);
         let record = Record {
             at,
@@ -130,6 +131,7 @@ impl ProductActor {
         let (reply, response) = reply_channel();
         let op = ProductOp {
             change,
+            at,
             view,
             reply,
         };
@@ -255,7 +257,7 @@ impl Journaled for ProductActor {
         }
         let ok = acked(&ack);
         if ok.is_ok() {
-            op.change.apply(&mut self.product);
+            op.change.apply(&mut self.product, op.at);
             if let ProductChange::Update(_) = op.change {
                 self.shelf.set_identity(&self.product);
             }
@@ -279,6 +281,7 @@ impl<R: 'static> Handler<Read<Product, R>> for ProductActor {
 #[rtype(result = "Result<Reserved>")]
 pub struct Reserve {
     pub quantity: u64,
+    pub at: Timestamp,
 }
 
 /// What a product answers an order reserving it.
@@ -293,7 +296,8 @@ impl Handler<Reserve> for ProductActor {
     type Result = Result<Reserved>;
 
     fn handle(&mut self, msg: Reserve, _: &mut Context<Self>) -> Self::Result {
-        self.product.decide_reserve(msg.quantity)?;
+        let command = ProductCommand::Reserve(msg.quantity);
+        self.product.decide(command, msg.at, &self.limits)?;
         self.product.hold(msg.quantity);
         self.publish();
         Ok(Reserved {
@@ -304,18 +308,16 @@ impl Handler<Reserve> for ProductActor {
     }
 }
 
-/// What became of units held or reserved here, once it is durable. Sent
-/// only by [`ProductRef::tell`], which counts it in flight.
+/// What became of units held or reserved here. Sent only by
+/// [`ProductRef::tell`], which counts it in flight.
 #[derive(Clone, Copy, Debug)]
 pub enum StockNews {
-    /// The order was placed: the hold becomes a reservation.
-    Reserved(u64),
+    /// A record that touches this product is durable: the hold it took,
+    /// if any, is dropped and the event applied (`Reserved` when an order
+    /// was placed, `Released` when it ended unpaid, `Sold` when paid).
+    Durable(ProductEvent, Timestamp),
     /// Placing failed before anything was durable: the hold is dropped.
     Abandoned(u64),
-    /// A pending order ended unpaid: its reservation returns to stock.
-    Released(u64),
-    /// A pending order was paid (at `.1`): its reservation is sold.
-    Sold(u64, Timestamp),
 }
 
 /// News as sent by [`ProductRef::tell`]: private, so none goes uncounted.
@@ -328,13 +330,13 @@ impl Handler<Told> for ProductActor {
 
     fn handle(&mut self, Told(msg): Told, _: &mut Context<Self>) {
         match msg {
-            StockNews::Reserved(q) => {
-                self.product.drop_hold(q);
-                self.product.apply_reserved(q);
+            StockNews::Durable(event, at) => {
+                if let ProductEvent::Reserved(q) = event {
+                    self.product.drop_hold(q);
+                }
+                self.product.apply(event, at);
             }
             StockNews::Abandoned(q) => self.product.drop_hold(q),
-            StockNews::Released(q) => self.product.apply_released(q),
-            StockNews::Sold(q, at) => self.product.apply_sold(q, at),
         }
         self.publish();
         // Release: whoever sees the news taken sees what was published.
@@ -356,7 +358,8 @@ impl Handler<Restock> for ProductActor {
     fn handle(&mut self, msg: Restock, ctx: &mut Context<Self>) -> Self::Result {
         let mut projected = self.product.clone();
         projected.stock += self.restocks_pending;
-        if let Err(r) = projected.decide_restock(msg.quantity, &self.limits) {
+        let command = ProductCommand::Restock(msg.quantity);
+        if let Err(r) = projected.decide(command, msg.at, &self.limits) {
             return ready(Err(r.into()));
         }
         let event = Event::ProductRestocked {

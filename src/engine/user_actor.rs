@@ -2,14 +2,14 @@
 
 use crate::domain::coupon_terms::Offer;
 use crate::domain::event::{Event, Record};
-use crate::domain::ids::{OrderId, ProductId, UserCouponId};
+use crate::domain::ids::{OrderId, ProductId, UserCouponId, UserId};
 use crate::domain::limits::Limits;
 use crate::domain::money::Krw;
 use crate::domain::order::Order;
 use crate::domain::purchase_limit::CountedLine;
 use crate::domain::time::Timestamp;
 use crate::domain::user::HISTORY_CHUNK;
-use crate::domain::user::{CartLine, User, UserCoupon};
+use crate::domain::user::{CartLine, User, UserCommand, UserEvent};
 use crate::domain::views::{BalanceView, CartView, Reply};
 use crate::engine::actor::{acked, ready, reply_channel, submit, Journaled, Read};
 use crate::engine::commit::CommitQueue;
@@ -47,6 +47,7 @@ pub struct UserActor {
 /// the coupon can only come after.)
 struct Placed {
     seq: u64,
+    at: Timestamp,
     cart_products: Vec<ProductId>,
 }
 
@@ -57,28 +58,27 @@ impl Placed {
     fn apply(self, user: &mut User, cart_changed: &[(ProductId, u64)]) {
         let seq = self.seq;
         let changed_later = |p: &ProductId| cart_changed.iter().any(|&(q, at)| q == *p && at > seq);
-        user.apply_cart_ordered(self.cart_products.into_iter().filter(|p| !changed_later(p)));
+        for p in self.cart_products {
+            if !changed_later(&p) {
+                user.apply(UserEvent::CartLineRemoved(p), self.at);
+            }
+        }
     }
 }
 
-pub enum UserOp {
-    Charge {
-        amount: Krw,
-        at: Timestamp,
-        view: BalanceView,
-        reply: oneshot::Sender<Result<BalanceView>>,
-    },
-    Pay {
-        order_id: OrderId,
-        amount: Krw,
-        at: Timestamp,
-        reply: oneshot::Sender<Result<()>>,
-    },
-    Cart {
-        change: CartChange,
-        view: CartView,
-        reply: oneshot::Sender<Result<CartView>>,
-    },
+/// A record this user submitted, finished once it is durable (or failed):
+/// the hold its event took is dropped, and on durability the event is applied.
+pub struct UserOp {
+    event: UserEvent,
+    at: Timestamp,
+    reply: UserReply,
+}
+
+/// Whom to answer once a [`UserOp`] is finished, and with what.
+enum UserReply {
+    Balance(BalanceView, oneshot::Sender<Result<BalanceView>>),
+    Paid(oneshot::Sender<Result<()>>),
+    Cart(CartView, oneshot::Sender<Result<CartView>>),
 }
 
 #[derive(Clone)]
@@ -95,11 +95,36 @@ impl CartChange {
         }
     }
 
-    fn apply(&self, user: &mut User) {
+    /// The command, and the journal event that records it once decided.
+    fn command(self, user_id: UserId) -> (UserCommand, Event) {
         match self {
-            CartChange::Set(line) => user.apply_cart_line_set(line.clone()),
-            CartChange::Remove(id) => user.apply_cart_line_removed(*id),
+            CartChange::Set(line) => {
+                let event = Event::CartLineSet {
+                    user_id,
+                    product_id: line.product_id,
+                    name: line.name.clone(),
+                    price: line.price,
+                    quantity: line.quantity,
+                };
+                (UserCommand::SetCartLine(line), event)
+            }
+            CartChange::Remove(product_id) => (
+                UserCommand::RemoveCartLine(product_id),
+                Event::CartLineRemoved {
+                    user_id,
+                    product_id,
+                },
+            ),
         }
+    }
+}
+
+/// The cart line a cart event changes.
+fn cart_product(event: &UserEvent) -> Option<ProductId> {
+    match event {
+        UserEvent::CartLineSet(line) => Some(line.product_id),
+        UserEvent::CartLineRemoved(product_id) => Some(*product_id),
+        _ => None,
     }
 }
 
@@ -180,28 +205,44 @@ impl UserActor {
         }
     }
 
+    /// Holds what `event` takes and submits `record`; on refusal drops the hold.
+    fn submit_held(
+        &mut self,
+        ctx: &mut Context<Self>,
+        record: Record,
+        op: UserOp,
+    ) -> Result<(), crate::engine::error::Error> {
+        self.user.hold(&op.event);
+        submit(self, ctx, record, op).map_err(|(op, e)| {
+            self.user.drop_hold(&op.event);
+            e
+        })
+    }
+
     /// The cart as it will be once every cart change already submitted
     /// and every placed order heard of are applied, plus `change`. (A cart
     /// change submitted after an order's record but before this user heard
     /// of it is projected before the order, though applied after it: the
     /// answer to that change may then show a line the order took.)
-    fn projected_cart(&self, change: &CartChange) -> CartView {
+    fn projected_cart(&self, change: &UserEvent, at: Timestamp) -> CartView {
         let mut user = User {
             history: Vec::new(),
             coupons: Vec::new(),
             ..self.user.clone()
         };
         for op in self.queue.iter() {
-            if let UserOp::Cart { change, .. } = op {
-                change.apply(&mut user);
+            if cart_product(&op.event).is_some() {
+                user.apply(op.event.clone(), op.at);
             }
         }
         let mut placed: Vec<&Placed> = self.placed.iter().collect();
         placed.sort_unstable_by_key(|p| p.seq);
         for p in placed {
-            user.apply_cart_ordered(p.cart_products.iter().copied());
+            for &product_id in &p.cart_products {
+                user.apply(UserEvent::CartLineRemoved(product_id), p.at);
+            }
         }
-        change.apply(&mut user);
+        user.apply(change.clone(), at);
         CartView::from(&user)
     }
 }
@@ -232,45 +273,21 @@ impl Journaled for UserActor {
         if let Ok(seq) = ack {
             self.apply_placed_before(seq);
         }
+        self.user.drop_hold(&op.event);
+        if let Ok(seq) = ack {
+            let cart = cart_product(&op.event);
+            self.user.apply(op.event, op.at);
+            match cart {
+                Some(product_id) => self.cart_line_changed(product_id, seq),
+                None => self.history_grew(),
+            }
+        }
         let ok = acked(&ack);
-        match op {
-            UserOp::Charge {
-                amount,
-                at,
-                view,
-                reply,
-            } => {
-                self.user.drop_credit(amount);
-                if ok.is_ok() {
-                    self.user.apply_charged(amount, at);
-                    self.history_grew();
-                }
-                let _ = reply.send(ok.map(|()| view));
-            }
-            UserOp::Pay {
-                order_id,
-                amount,
-                at,
-                reply,
-            } => {
-                self.user.drop_debit(amount);
-                if ok.is_ok() {
-                    self.user.apply_paid(order_id, amount, at);
-                    self.history_grew();
-                }
-                let _ = reply.send(ok);
-            }
-            UserOp::Cart {
-                change,
-                view,
-                reply,
-            } => {
-                if let Ok(seq) = ack {
-                    change.apply(&mut self.user);
-                    self.cart_line_changed(change.product_id(), seq);
-                }
-                let _ = reply.send(ok.map(|()| view));
-            }
+        // A requester that went away needs no answer.
+        match op.reply {
+            UserReply::Balance(view, reply) => drop(reply.send(ok.map(|()| view))),
+            UserReply::Paid(reply) => drop(reply.send(ok)),
+            UserReply::Cart(view, reply) => drop(reply.send(ok.map(|()| view))),
         }
     }
 }
@@ -297,9 +314,11 @@ impl Handler<Charge> for UserActor {
     type Result = ResponseFuture<Result<BalanceView>>;
 
     fn handle(&mut self, msg: Charge, ctx: &mut Context<Self>) -> Self::Result {
-        if let Err(r) = self.user.decide_charge(msg.amount, &self.limits) {
-            return ready(Err(r.into()));
-        }
+        let command = UserCommand::Charge { amount: msg.amount };
+        let event = match self.user.decide(command, msg.at, &self.limits) {
+            Ok(event) => event,
+            Err(r) => return ready(Err(r.into())),
+        };
         // In journal order every pending credit and debit of this user comes first.
         let balance = self.user.balance.0 + self.user.credits_pending.0
             - self.user.debits_pending.0
@@ -308,24 +327,23 @@ impl Handler<Charge> for UserActor {
             user_id: self.user.id,
             balance: Krw(balance),
         };
-        let event = Event::BalanceCharged {
+        let journal_event = Event::BalanceCharged {
             user_id: self.user.id,
             amount: msg.amount,
         };
-        let record = Self::record(msg.at, event, msg.tag, || Reply::Balance(view.clone()));
-        self.user.hold_credit(msg.amount);
+        let record = Self::record(msg.at, journal_event, msg.tag, || {
+            Reply::Balance(view.clone())
+        });
         let (reply, response) = reply_channel();
-        let op = UserOp::Charge {
-            amount: msg.amount,
+        let op = UserOp {
+            event,
             at: msg.at,
-            view,
-            reply,
+            reply: UserReply::Balance(view, reply),
         };
-        if let Err((_, e)) = submit(self, ctx, record, op) {
-            self.user.drop_credit(msg.amount);
-            return ready(Err(e));
+        match self.submit_held(ctx, record, op) {
+            Ok(()) => response,
+            Err(e) => ready(Err(e)),
         }
-        response
     }
 }
 
@@ -347,36 +365,30 @@ impl Handler<Debit> for UserActor {
 
     fn handle(&mut self, msg: Debit, ctx: &mut Context<Self>) -> Self::Result {
         let (order_id, amount, at) = (msg.order_id, msg.amount, msg.at);
-        if let Err(r) = self.user.decide_debit(amount) {
-            return ready(Err(r.into()));
-        }
-        let event = Event::OrderPaid {
-            order_id,
-            user_id: self.user.id,
-            amount,
+        let command = UserCommand::Pay { order_id, amount };
+        let event = match self.user.decide(command, at, &self.limits) {
+            Ok(event) => event,
+            Err(r) => return ready(Err(r.into())),
         };
         let record = Record {
             at,
-            event,
+            event: Event::OrderPaid {
+                order_id,
+                user_id: self.user.id,
+                amount,
+            },
             idempotency: msg.keyed.map(|(tag, paid)| tag.entry(Reply::Order(paid))),
         };
-        self.user.hold_debit(amount);
         let (reply, response) = reply_channel();
-        if let Err((_, e)) = submit(
-            self,
-            ctx,
-            record,
-            UserOp::Pay {
-                order_id,
-                amount,
-                at,
-                reply,
-            },
-        ) {
-            self.user.drop_debit(amount);
-            return ready(Err(e));
+        let op = UserOp {
+            event,
+            at,
+            reply: UserReply::Paid(reply),
+        };
+        match self.submit_held(ctx, record, op) {
+            Ok(()) => response,
+            Err(e) => ready(Err(e)),
         }
-        response
     }
 }
 
@@ -393,44 +405,23 @@ impl Handler<ChangeCart> for UserActor {
     type Result = ResponseFuture<Result<CartView>>;
 
     fn handle(&mut self, msg: ChangeCart, ctx: &mut Context<Self>) -> Self::Result {
-        let user_id = self.user.id;
-        let event = match &msg.change {
-            CartChange::Set(line) => {
-                if let Err(r) =
-                    self.user
-                        .decide_set_cart_line(line.product_id, line.quantity, &self.limits)
-                {
-                    return ready(Err(r.into()));
-                }
-                Event::CartLineSet {
-                    user_id,
-                    product_id: line.product_id,
-                    name: line.name.clone(),
-                    price: line.price,
-                    quantity: line.quantity,
-                }
-            }
-            CartChange::Remove(product_id) => Event::CartLineRemoved {
-                user_id,
-                product_id: *product_id,
-            },
+        let (command, journal_event) = msg.change.command(self.user.id);
+        let event = match self.user.decide(command, msg.at, &self.limits) {
+            Ok(event) => event,
+            Err(r) => return ready(Err(r.into())),
         };
-        let view = self.projected_cart(&msg.change);
-        let record = Self::record(msg.at, event, msg.tag, || Reply::Cart(view.clone()));
+        let view = self.projected_cart(&event, msg.at);
+        let record = Self::record(msg.at, journal_event, msg.tag, || Reply::Cart(view.clone()));
         let (reply, response) = reply_channel();
-        if let Err((_, e)) = submit(
-            self,
-            ctx,
-            record,
-            UserOp::Cart {
-                change: msg.change,
-                view,
-                reply,
-            },
-        ) {
-            return ready(Err(e));
+        let op = UserOp {
+            event,
+            at: msg.at,
+            reply: UserReply::Cart(view, reply),
+        };
+        match self.submit_held(ctx, record, op) {
+            Ok(()) => response,
+            Err(e) => ready(Err(e)),
         }
-        response
     }
 }
 
@@ -463,16 +454,18 @@ impl Handler<HoldForOrder> for UserActor {
     }
 }
 
-/// What became of an order that touched this user, once it is durable.
+/// What became of a record of another actor that touched this user.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub enum OrderNews {
-    /// The order was placed (its record is `seq`): the held coupon is
-    /// used at once; ordered cart lines leave the cart in journal order
-    /// among this user's own records still in flight, as recovery replays
-    /// them: a cart change journaled before the order is applied before it.
+    /// The order was placed (its record is `seq`, decided at `at`): the
+    /// held coupon is used at once; ordered cart lines leave the cart in
+    /// journal order among this user's own records still in flight, as
+    /// recovery replays them: a cart change journaled before the order is
+    /// applied before it.
     Placed {
         seq: u64,
+        at: Timestamp,
         order_id: OrderId,
         coupon: Option<UserCouponId>,
         cart_products: Vec<ProductId>,
@@ -484,14 +477,10 @@ pub enum OrderNews {
         coupon: Option<UserCouponId>,
         counted: Vec<(ProductId, u64)>,
     },
-    /// The order ended unpaid (cancelled, failed, expired): the coupon is
-    /// available again and the units of its lines are freed.
-    Returned {
-        coupon: Option<UserCouponId>,
-        lines: Vec<(ProductId, u64)>,
-    },
-    /// A coupon of a campaign was issued to this user.
-    CouponIssued(UserCoupon),
+    /// A record of another actor is durable, and this is its part for the
+    /// user (its coupon issued, its coupon restored and its units freed by
+    /// an order ended unpaid), decided at `.1`.
+    Durable(UserEvent, Timestamp),
 }
 
 impl Handler<OrderNews> for UserActor {
@@ -501,18 +490,26 @@ impl Handler<OrderNews> for UserActor {
         match msg {
             OrderNews::Placed {
                 seq,
+                at,
                 order_id,
                 coupon,
                 cart_products,
                 counted,
             } => {
-                if let Some(c) = coupon {
-                    self.user.apply_coupon_used(c, order_id);
+                if let Some(coupon) = coupon {
+                    self.user
+                        .apply(UserEvent::CouponUsed { coupon, order_id }, at);
                 }
                 self.user.drop_units_hold(&counted);
-                self.user.apply_units_placed(&counted);
+                if !counted.is_empty() {
+                    self.user.apply(UserEvent::UnitsHeld(counted), at);
+                }
                 if !cart_products.is_empty() {
-                    self.placed.push(Placed { seq, cart_products });
+                    self.placed.push(Placed {
+                        seq,
+                        at,
+                        cart_products,
+                    });
                     if self.queue.is_empty() {
                         self.apply_placed_before(u64::MAX);
                     }
@@ -524,13 +521,7 @@ impl Handler<OrderNews> for UserActor {
                     self.user.drop_coupon_hold(c);
                 }
             }
-            OrderNews::Returned { coupon, lines } => {
-                self.user.release_units(lines);
-                if let Some(c) = coupon {
-                    self.user.apply_coupon_restored(c);
-                }
-            }
-            OrderNews::CouponIssued(coupon) => self.user.apply_coupon_issued(coupon),
+            OrderNews::Durable(event, at) => self.user.apply(event, at),
         }
     }
 }

@@ -18,7 +18,7 @@ use crate::http::layers::CorsOrigins;
 use crate::http::log_lines::Lines;
 use crate::http::logs::{BufferedStderr, FlushOnDrop};
 use crate::http::server::{serve_on_engine_threads, HttpSettings};
-use crate::store::sled_store::SledStore;
+use crate::store::SledStore;
 use crate::store::Store;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};

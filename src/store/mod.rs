@@ -24,17 +24,17 @@ pub mod outbox_legacy;
 pub mod recent_keys;
 pub mod recovery;
 pub mod replicated;
+pub mod sled;
 pub mod sled_outbox;
-pub mod sled_store;
 mod sled_sync;
 pub mod writer;
 
+pub use self::sled::SledStore;
 pub use archive::{Archive, ArchiveReader, ORDER_BLOCK};
 pub use entries::SnapshotEntries;
 pub use fault::{FaultPlan, FaultyStore};
 pub use memory::MemoryStore;
 pub use outbox::OutboxStore;
-pub use sled_store::SledStore;
 use std::sync::Arc;
 
 /// A storage operation failed. Once it has, the journal acknowledges nothing more.

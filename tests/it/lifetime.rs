@@ -248,7 +248,7 @@ async fn expire(engine: &Engine, clock: &ManualClock, ledger: &mut Ledger) {
 }
 
 fn key_tables(dir: &Path) -> usize {
-    std::fs::read_dir(dir.join(commerce_engine::store::sled_store::KEYS_DIR))
+    std::fs::read_dir(dir.join(commerce_engine::store::sled::KEYS_DIR))
         .map(|d| {
             d.filter(|e| {
                 e.as_ref()
