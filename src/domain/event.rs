@@ -95,7 +95,8 @@ pub enum Event {
         discount: Discount,
         quantity: u64,
         expires_at: Option<Timestamp>,
-        terms: CouponTerms,
+        /// Boxed (the same bytes stored): it would widen every record.
+        terms: Box<CouponTerms>,
     },
     /// `ProductCreated` with a per-user limit.
     ProductCreatedWithLimit {
@@ -108,7 +109,8 @@ pub enum Event {
     /// A product's name, price or limit changed; orders placed after it see it.
     ProductUpdated {
         product_id: ProductId,
-        patch: ProductPatch,
+        /// Boxed (the same bytes stored): it would widen every record.
+        patch: Box<ProductPatch>,
     },
     /// `OrderPlaced` with lines whose products count per user: those lines'
     /// units are held by the user from now on.

@@ -211,8 +211,9 @@ pub enum Reply {
     /// want of balance marks the order failed): the retry gets the same error.
     Rejected(Rejection),
     ProductV3(ProductView),
-    CouponV3(CouponView),
-    UserCouponV3(UserCouponView),
+    /// Boxed: the widest answers would widen every journal record.
+    CouponV3(Box<CouponView>),
+    UserCouponV3(Box<UserCouponView>),
 }
 
 /// A view that can be kept as the first answer of an idempotent request.
@@ -243,14 +244,14 @@ replied!(BalanceView, Balance);
 /// Views whose stored layout changed in format version 3: written as the
 /// new variant, the old one read with the new fields empty.
 macro_rules! replied_v3 {
-    ($ty:ty, $new:ident, $old:ident) => {
+    ($ty:ty, $new:ident, $old:ident, $wrap:expr, $unwrap:expr) => {
         impl Replied for $ty {
             fn to_reply(&self) -> Reply {
-                Reply::$new(self.clone())
+                Reply::$new($wrap(self.clone()))
             }
             fn from_reply(reply: Reply) -> Option<Self> {
                 match reply {
-                    Reply::$new(v) => Some(v),
+                    Reply::$new(v) => Some($unwrap(v)),
                     Reply::$old(v) => Some(v.into()),
                     _ => None,
                 }
@@ -259,9 +260,13 @@ macro_rules! replied_v3 {
     };
 }
 
-replied_v3!(ProductView, ProductV3, Product);
-replied_v3!(CouponView, CouponV3, Coupon);
-replied_v3!(UserCouponView, UserCouponV3, UserCoupon);
+fn unbox<T>(b: Box<T>) -> T {
+    *b
+}
+
+replied_v3!(ProductView, ProductV3, Product, |v| v, |v| v);
+replied_v3!(CouponView, CouponV3, Coupon, Box::new, unbox);
+replied_v3!(UserCouponView, UserCouponV3, UserCoupon, Box::new, unbox);
 
 /// A product answer as stored before format version 3, field for field.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -512,7 +512,7 @@ impl World {
                 terms,
             } => {
                 let c = Campaign::new(*coupon_id, name.clone(), *discount, *quantity, *expires_at)
-                    .with_terms(*terms);
+                    .with_terms(**terms);
                 self.apply_campaign_created(seq, c)?;
             }
             Event::CouponIssued {

@@ -253,14 +253,14 @@ impl Handler<CreateCampaign> for Directory {
                 discount: msg.discount,
                 quantity: msg.quantity,
                 expires_at: msg.expires_at,
-                terms: msg.terms,
+                terms: Box::new(msg.terms),
             }
         };
         let record = Self::record(
             msg.at,
             event,
             msg.tag,
-            Reply::CouponV3(CouponView::from(&campaign)),
+            Reply::CouponV3(Box::new(CouponView::from(&campaign))),
         );
         let (reply, response) = reply_channel();
         match submit(self, ctx, record, Created::Campaign(campaign, reply)) {

@@ -387,7 +387,7 @@ impl Handler<Update> for ProductActor {
     fn handle(&mut self, msg: Update, ctx: &mut Context<Self>) -> Self::Result {
         let event = Event::ProductUpdated {
             product_id: self.product.id,
-            patch: msg.patch.clone(),
+            patch: Box::new(msg.patch.clone()),
         };
         let change = ProductChange::Update(msg.patch);
         self.submit_change(ctx, change, event, msg.at, msg.tag)
