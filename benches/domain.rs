@@ -6,6 +6,7 @@
 //! `cargo bench --bench domain -- --warm-up-time 1 --measurement-time 3`
 
 use commerce_engine::domain::coupon::Discount;
+use commerce_engine::domain::coupon_terms::Offer;
 use commerce_engine::domain::event::{Event, Record};
 use commerce_engine::domain::ids::{OrderId, ProductId, UserId};
 use commerce_engine::domain::limits::Limits;
@@ -88,7 +89,10 @@ fn product_decide(c: &mut Criterion) {
 
 fn order_price(c: &mut Criterion) {
     let mut g = c.benchmark_group("order/price");
-    let discount = Some(Discount::Percent { percent: 10 });
+    let discount = Some(Offer {
+        discount: Discount::Percent { percent: 10 },
+        max_discount: None,
+    });
     for n in [1u64, 5, 50] {
         let items = lines(n);
         g.bench_function(format!("{n}_lines"), |b| {

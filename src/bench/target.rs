@@ -655,6 +655,7 @@ impl Target {
                     discount: Discount::Fixed { amount: off },
                     quantity,
                     expires_at: None,
+                    terms: Default::default(),
                 };
                 Ok(e.create_coupon(new, None).await?.id)
             }

@@ -1,5 +1,6 @@
 //! Coupon campaigns (first come, first served) and their discounts.
 
+use crate::domain::coupon_terms::CouponTerms;
 use crate::domain::id_bitmap::IdBitmap;
 use crate::domain::ids::{CouponId, IdSet, UserCouponId, UserId};
 use crate::domain::limits::Limits;
@@ -161,6 +162,8 @@ pub struct Campaign {
     pub discount: Discount,
     pub quantity: u64,
     pub expires_at: Option<Timestamp>,
+    /// Start, minimum order and discount cap ([`CouponTerms`]).
+    pub terms: CouponTerms,
     /// Users whose coupon is durable.
     pub issued: IdBitmap,
     /// Users whose coupon is decided but not yet durable (a hold).
@@ -177,6 +180,8 @@ pub struct CampaignHeader {
     pub expires_at: Option<Timestamp>,
     /// Coupons issued: the members of every stored chunk, checked at load.
     pub issued_count: u64,
+    /// Since format version 3.
+    pub terms: CouponTerms,
 }
 
 impl CampaignHeader {
@@ -189,6 +194,7 @@ impl CampaignHeader {
             self.quantity,
             self.expires_at,
         )
+        .with_terms(self.terms)
     }
 }
 
@@ -206,9 +212,16 @@ impl Campaign {
             discount,
             quantity,
             expires_at,
+            terms: CouponTerms::default(),
             issued: IdBitmap::new(),
             pending: IdSet::default(),
         }
+    }
+
+    /// The campaign with `terms` (checked by [`CouponTerms::validate`]).
+    pub fn with_terms(mut self, terms: CouponTerms) -> Campaign {
+        self.terms = terms;
+        self
     }
 
     pub fn header(&self) -> CampaignHeader {
@@ -219,6 +232,7 @@ impl Campaign {
             quantity: self.quantity,
             expires_at: self.expires_at,
             issued_count: self.issued.len(),
+            terms: self.terms,
         }
     }
 
@@ -232,10 +246,11 @@ impl Campaign {
             .saturating_sub(self.issued.len() + self.pending.len() as u64)
     }
 
-    /// Rules of issuing: not expired, one per user, never more than
+    /// Rules of issuing: started, not expired, one per user, never more than
     /// `quantity` (holds counted as issued). Changes nothing.
     pub fn decide(&self, command: CampaignCommand, now: Timestamp) -> Decision<CampaignEvent> {
         let CampaignCommand::Issue(user_id) = command;
+        self.terms.decide_started(self.id, now)?;
         if self.is_expired(now) {
             return Err(Rejection::CouponExpired(self.id));
         }
@@ -286,6 +301,7 @@ impl Campaign {
             discount: self.discount,
             expires_at: self.expires_at,
             state: CouponUse::Available,
+            terms: self.terms,
         }
     }
 }

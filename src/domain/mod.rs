@@ -18,6 +18,7 @@
 //! `apply` and one line in `World`'s dispatch.
 
 pub mod coupon;
+pub mod coupon_terms;
 pub mod event;
 pub mod id_bitmap;
 pub mod ids;
@@ -28,6 +29,7 @@ pub mod money;
 pub mod order;
 pub mod platform;
 pub mod product;
+pub mod purchase_limit;
 pub mod rejection;
 pub mod stats;
 pub mod time;

@@ -1,6 +1,8 @@
 //! Orders: pricing, and the status machine pending → paid | failed | cancelled | expired.
 
+#[cfg(test)]
 use crate::domain::coupon::Discount;
+use crate::domain::coupon_terms::Offer;
 use crate::domain::ids::{OrderId, ProductId, UserCouponId, UserId};
 use crate::domain::limits::Limits;
 use crate::domain::money::Krw;
@@ -92,7 +94,8 @@ pub struct Amounts {
     pub pay: Krw,
 }
 
-pub fn price(lines: &[OrderLine], discount: Option<Discount>) -> Decision<Amounts> {
+/// The sum of the lines, before any discount.
+pub fn total(lines: &[OrderLine]) -> Decision<Krw> {
     let mut total = Krw::ZERO;
     for line in lines {
         total = line
@@ -101,7 +104,12 @@ pub fn price(lines: &[OrderLine], discount: Option<Discount>) -> Decision<Amount
             .and_then(|sub| total.checked_add(sub))
             .ok_or_else(|| Rejection::InvalidRequest("order total is too large".into()))?;
     }
-    let off = discount.map_or(Krw::ZERO, |d| d.amount_off(total));
+    Ok(total)
+}
+
+pub fn price(lines: &[OrderLine], offer: Option<Offer>) -> Decision<Amounts> {
+    let total = total(lines)?;
+    let off = offer.map_or(Krw::ZERO, |o| o.amount_off(total));
     let pay = total
         .checked_sub(off)
         .expect("a discount never exceeds the total");
@@ -110,6 +118,18 @@ pub fn price(lines: &[OrderLine], discount: Option<Discount>) -> Decision<Amount
         discount: off,
         pay,
     })
+}
+
+/// [`price`] with a plain discount (no cap).
+#[cfg(test)]
+pub fn price_with(lines: &[OrderLine], discount: Option<Discount>) -> Decision<Amounts> {
+    price(
+        lines,
+        discount.map(|discount| Offer {
+            discount,
+            max_discount: None,
+        }),
+    )
 }
 
 /// What is asked of an order.
@@ -240,7 +260,7 @@ mod tests {
 
     #[test]
     fn price_sums_lines_and_subtracts_the_discount() {
-        let a = price(
+        let a = price_with(
             &[line(1, 1000, 3), line(2, 999, 1)],
             Some(Discount::Percent { percent: 10 }),
         )
@@ -257,7 +277,7 @@ mod tests {
 
     #[test]
     fn a_fixed_discount_larger_than_the_total_pays_nothing() {
-        let a = price(
+        let a = price_with(
             &[line(1, 500, 1)],
             Some(Discount::Fixed { amount: Krw(800) }),
         )

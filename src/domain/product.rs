@@ -8,6 +8,7 @@
 use crate::domain::ids::ProductId;
 use crate::domain::limits::Limits;
 use crate::domain::money::Krw;
+use crate::domain::purchase_limit::CountedLine;
 use crate::domain::rejection::{Decision, Rejection};
 use crate::domain::stats::WINDOW_DAYS;
 use crate::domain::time::Timestamp;
@@ -51,8 +52,62 @@ pub struct Product {
     /// part of the product's stored state, so no stored value holds the
     /// sales of every product at once.
     pub recent_sales: RecentSales,
+    /// Units one user may hold in live orders (since format version 3).
+    pub max_per_user: Option<u64>,
+    /// Set once the product first has a limit, and kept: orders count
+    /// their units per user from then on ([`crate::domain::purchase_limit`]).
+    pub counts_per_user: bool,
     #[serde(skip)]
     pub held: u64,
+}
+
+/// A change of a product's name, price or limit; absent fields stay.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProductPatch {
+    pub name: Option<String>,
+    pub price: Option<Krw>,
+    /// `Some(None)` removes the limit.
+    pub max_per_user: Option<Option<u64>>,
+}
+
+impl ProductPatch {
+    /// Checks the fields as at creation; at least one must be given.
+    pub fn validate(self, limits: &Limits) -> Decision<ProductPatch> {
+        if self.name.is_none() && self.price.is_none() && self.max_per_user.is_none() {
+            return Err(Rejection::InvalidRequest(
+                "give at least one of name, price, max_per_user".into(),
+            ));
+        }
+        if let Some(price) = self.price {
+            check_price(price, limits)?;
+        }
+        if let Some(Some(max)) = self.max_per_user {
+            check_max_per_user(max, limits)?;
+        }
+        Ok(self)
+    }
+}
+
+/// A product's price is within API.md's limits.
+pub fn check_price(price: Krw, limits: &Limits) -> Decision<()> {
+    if price < limits.price_krw_min || price > limits.price_krw_max {
+        return Err(Rejection::InvalidRequest(format!(
+            "price must be between {} and {}",
+            limits.price_krw_min.0, limits.price_krw_max.0
+        )));
+    }
+    Ok(())
+}
+
+/// A product's `max_per_user` is within API.md's limits.
+pub fn check_max_per_user(max: u64, limits: &Limits) -> Decision<()> {
+    if max == 0 || max > limits.purchase_limit_count_max {
+        return Err(Rejection::InvalidRequest(format!(
+            "max_per_user must be between 1 and {}",
+            limits.purchase_limit_count_max
+        )));
+    }
+    Ok(())
 }
 
 /// Units paid per UTC day, for the days of the ranking's window at most:
@@ -96,8 +151,44 @@ impl Product {
             sold: 0,
             stocked_total: stock,
             recent_sales: RecentSales::default(),
+            max_per_user: None,
+            counts_per_user: false,
             held: 0,
         }
+    }
+
+    /// The product with a per-user limit (checked by [`check_max_per_user`]).
+    pub fn with_limit(mut self, max_per_user: Option<u64>) -> Product {
+        self.apply_limit(max_per_user);
+        self
+    }
+
+    fn apply_limit(&mut self, max_per_user: Option<u64>) {
+        self.max_per_user = max_per_user;
+        self.counts_per_user |= max_per_user.is_some();
+    }
+
+    /// Applies `ProductUpdated`: a new price applies to orders placed after it.
+    pub fn apply_updated(&mut self, patch: &ProductPatch) {
+        if let Some(name) = &patch.name {
+            self.name.clone_from(name);
+        }
+        if let Some(price) = patch.price {
+            self.price = price;
+        }
+        if let Some(max) = patch.max_per_user {
+            self.apply_limit(max);
+        }
+    }
+
+    /// How an order's line of `quantity` counts per user: `None` when the
+    /// product does not count; else the line with the limit now.
+    pub fn counted_line(&self, quantity: u64) -> Option<CountedLine> {
+        self.counts_per_user.then_some(CountedLine {
+            product_id: self.id,
+            quantity,
+            max_per_user: self.max_per_user,
+        })
     }
 
     /// What can still be ordered now.
@@ -288,6 +379,67 @@ mod tests {
         assert_eq!(s.in_window(Timestamp(13 * MS_PER_DAY)), 6);
         s.record(Timestamp(13 * MS_PER_DAY), 1);
         assert_eq!(s.0, vec![(11, 2), (12, 4), (13, 1)]);
+    }
+
+    #[test]
+    fn a_product_counts_per_user_from_its_first_limit_on_even_once_removed() {
+        // proves the sticky count: no limit, no count; a limit counts; the limit removed still counts, with no cap
+        let mut p = product(10);
+        assert_eq!(p.counted_line(1), None);
+        let limit = |max| ProductPatch {
+            max_per_user: Some(max),
+            ..ProductPatch::default()
+        };
+        p.apply_updated(&limit(Some(2)));
+        assert_eq!(
+            p.counted_line(3).map(|l| (l.quantity, l.max_per_user)),
+            Some((3, Some(2)))
+        );
+        p.apply_updated(&limit(None));
+        assert_eq!(p.counted_line(3).map(|l| l.max_per_user), Some(None));
+        assert!(p.counts_per_user);
+    }
+
+    #[test]
+    fn a_patch_changes_only_the_fields_it_names_and_is_validated() {
+        // proves PATCH semantics: absent fields stay; an empty patch, a bad price or a bad limit is refused
+        let mut p = product(10).with_limit(Some(5));
+        p.apply_updated(&ProductPatch {
+            price: Some(Krw(250)),
+            ..ProductPatch::default()
+        });
+        assert_eq!(
+            (p.name.as_str(), p.price, p.max_per_user),
+            ("p", Krw(250), Some(5))
+        );
+        let l = Limits::API;
+        let bad = [
+            ProductPatch::default(),
+            ProductPatch {
+                price: Some(Krw(0)),
+                ..ProductPatch::default()
+            },
+            ProductPatch {
+                price: Some(Krw(100_000_001)),
+                ..ProductPatch::default()
+            },
+            ProductPatch {
+                max_per_user: Some(Some(0)),
+                ..ProductPatch::default()
+            },
+            ProductPatch {
+                max_per_user: Some(Some(1001)),
+                ..ProductPatch::default()
+            },
+        ];
+        for patch in bad {
+            assert!(patch.clone().validate(&l).is_err(), "{patch:?}");
+        }
+        let ok = ProductPatch {
+            max_per_user: Some(None),
+            ..ProductPatch::default()
+        };
+        assert!(ok.validate(&l).is_ok());
     }
 
     #[test]

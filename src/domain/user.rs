@@ -7,9 +7,11 @@
 //! the holds decided before it.
 
 use crate::domain::coupon::Discount;
+use crate::domain::coupon_terms::{CouponTerms, Offer};
 use crate::domain::ids::{CouponId, OrderId, ProductId, UserCouponId, UserId};
 use crate::domain::limits::Limits;
 use crate::domain::money::Krw;
+use crate::domain::purchase_limit::HeldUnits;
 use crate::domain::rejection::{Decision, Rejection};
 use crate::domain::time::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -73,6 +75,8 @@ pub struct UserCoupon {
     pub discount: Discount,
     pub expires_at: Option<Timestamp>,
     pub state: CouponUse,
+    /// The campaign's terms (since format version 3).
+    pub terms: CouponTerms,
 }
 
 impl UserCoupon {
@@ -81,7 +85,8 @@ impl UserCoupon {
     }
 }
 
-/// A cart line. Names and prices never change, so the line keeps them.
+/// A cart line, with the product's name and price when it was set; the
+/// engine answers carts with the product's current name and price.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CartLine {
     pub product_id: ProductId,
@@ -131,6 +136,12 @@ pub enum UserEvent {
     CartLineSet(CartLine),
     /// `CartLineRemoved`, and each line of an order placed from the cart.
     CartLineRemoved(ProductId),
+    /// `OrderPlacedCounted`: the units of the lines that count per user
+    /// are held for good ([`crate::domain::purchase_limit`]).
+    UnitsHeld(Vec<(ProductId, u64)>),
+    /// An order ended unpaid (or units were refunded): the units of these
+    /// lines are freed.
+    UnitsReleased(Vec<(ProductId, u64)>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,6 +153,12 @@ pub struct User {
     pub history: Vec<BalanceEntry>,
     pub coupons: Vec<UserCoupon>,
     pub cart: Vec<CartLine>,
+    /// Units held in live orders of products limited per user (since
+    /// format version 3; see [`crate::domain::purchase_limit`]).
+    pub limited: HeldUnits,
+    /// Such units taken by orders being placed (holds, not yet durable).
+    #[serde(skip)]
+    pub limited_pending: HeldUnits,
     /// Sum of charges decided but not yet durable.
     #[serde(skip)]
     pub credits_pending: Krw,
@@ -165,6 +182,8 @@ impl User {
             history: Vec::new(),
             coupons: self.coupons.clone(),
             cart: self.cart.clone(),
+            limited: self.limited.clone(),
+            limited_pending: self.limited_pending.clone(),
             credits_pending: self.credits_pending,
             debits_pending: self.debits_pending,
             history_base: self.history_base,
@@ -199,6 +218,8 @@ impl User {
             history: Vec::new(),
             coupons: Vec::new(),
             cart: Vec::new(),
+            limited: HeldUnits::default(),
+            limited_pending: HeldUnits::default(),
             credits_pending: Krw::ZERO,
             debits_pending: Krw::ZERO,
             history_base: 0,
@@ -252,6 +273,8 @@ impl User {
             UserEvent::CouponRestored(coupon) => self.apply_coupon_restored(coupon),
             UserEvent::CartLineSet(line) => self.apply_cart_line_set(line),
             UserEvent::CartLineRemoved(product_id) => self.apply_cart_line_removed(product_id),
+            UserEvent::UnitsHeld(lines) => self.apply_units_placed(&lines),
+            UserEvent::UnitsReleased(lines) => self.release_units(lines),
         }
     }
 
@@ -401,8 +424,14 @@ impl User {
         self.coupons.iter().any(|c| c.coupon_id == coupon_id)
     }
 
-    /// A coupon can pay toward an order: it is this user's, available and not expired.
-    pub fn decide_use_coupon(&self, id: UserCouponId, now: Timestamp) -> Decision<Discount> {
+    /// A coupon can pay toward an order of `total`: it is this user's,
+    /// available, not expired, and the total reaches its minimum.
+    pub fn decide_use_coupon(
+        &self,
+        id: UserCouponId,
+        total: Krw,
+        now: Timestamp,
+    ) -> Decision<Offer> {
         let coupon = self.coupon(id).ok_or_else(|| {
             Rejection::InvalidCoupon(format!("user {} holds no coupon {id}", self.id))
         })?;
@@ -414,7 +443,7 @@ impl User {
         if coupon.is_expired(now) {
             return Err(Rejection::InvalidCoupon(format!("coupon {id} has expired")));
         }
-        Ok(coupon.discount)
+        coupon.terms.decide_offer(coupon.discount, total)
     }
 
     pub fn hold_coupon(&mut self, id: UserCouponId) {
@@ -641,6 +670,7 @@ mod tests {
             discount: Discount::Fixed { amount: Krw(10) },
             expires_at,
             state: CouponUse::Available,
+            terms: CouponTerms::default(),
         });
         u
     }
@@ -648,31 +678,37 @@ mod tests {
     #[test]
     fn a_used_or_held_coupon_cannot_be_used_again() {
         let mut u = with_coupon(None);
-        assert!(u.decide_use_coupon(UserCouponId(3), Timestamp(0)).is_ok());
+        assert!(u
+            .decide_use_coupon(UserCouponId(3), Krw(100), Timestamp(0))
+            .is_ok());
         u.hold_coupon(UserCouponId(3));
         assert!(matches!(
-            u.decide_use_coupon(UserCouponId(3), Timestamp(0)),
+            u.decide_use_coupon(UserCouponId(3), Krw(100), Timestamp(0)),
             Err(Rejection::InvalidCoupon(_))
         ));
         u.apply_coupon_used(UserCouponId(3), OrderId(1));
         assert!(matches!(
-            u.decide_use_coupon(UserCouponId(3), Timestamp(0)),
+            u.decide_use_coupon(UserCouponId(3), Krw(100), Timestamp(0)),
             Err(Rejection::InvalidCoupon(_))
         ));
         u.apply_coupon_restored(UserCouponId(3));
-        assert!(u.decide_use_coupon(UserCouponId(3), Timestamp(0)).is_ok());
+        assert!(u
+            .decide_use_coupon(UserCouponId(3), Krw(100), Timestamp(0))
+            .is_ok());
     }
 
     #[test]
     fn an_expired_or_foreign_coupon_is_invalid() {
         let u = with_coupon(Some(Timestamp(50)));
-        assert!(u.decide_use_coupon(UserCouponId(3), Timestamp(49)).is_ok());
+        assert!(u
+            .decide_use_coupon(UserCouponId(3), Krw(100), Timestamp(49))
+            .is_ok());
         assert!(matches!(
-            u.decide_use_coupon(UserCouponId(3), Timestamp(50)),
+            u.decide_use_coupon(UserCouponId(3), Krw(100), Timestamp(50)),
             Err(Rejection::InvalidCoupon(_))
         ));
         assert!(matches!(
-            u.decide_use_coupon(UserCouponId(4), Timestamp(0)),
+            u.decide_use_coupon(UserCouponId(4), Krw(100), Timestamp(0)),
             Err(Rejection::InvalidCoupon(_))
         ));
     }

@@ -277,12 +277,22 @@ impl World {
                 price,
                 stock,
             } => {
-                self.expect_next(seq, product_id.0, self.products.len())?;
-                self.products
-                    .push(Product::new(*product_id, name.clone(), *price, *stock));
-                self.dirty.products.insert(*product_id);
-                self.meta.product_count = self.products.len() as u64;
-                self.dirty.meta = true;
+                let p = Product::new(*product_id, name.clone(), *price, *stock);
+                self.apply_product_created(seq, p)?;
+            }
+            Event::ProductCreatedWithLimit {
+                product_id,
+                name,
+                price,
+                stock,
+                max_per_user,
+            } => {
+                let p = Product::new(*product_id, name.clone(), *price, *stock)
+                    .with_limit(Some(*max_per_user));
+                self.apply_product_created(seq, p)?;
+            }
+            Event::ProductUpdated { product_id, patch } => {
+                self.product_mut(seq, *product_id)?.apply_updated(patch);
             }
             Event::ProductRestocked {
                 product_id,
@@ -305,12 +315,20 @@ impl World {
                 quantity,
                 expires_at,
             } => {
-                self.expect_next(seq, coupon_id.0, self.campaigns.len())?;
                 let c = Campaign::new(*coupon_id, name.clone(), *discount, *quantity, *expires_at);
-                self.campaigns.push(c);
-                self.dirty.campaigns.insert(*coupon_id);
-                self.meta.campaign_count = self.campaigns.len() as u64;
-                self.dirty.meta = true;
+                self.apply_campaign_created(seq, c)?;
+            }
+            Event::CampaignCreatedWithTerms {
+                coupon_id,
+                name,
+                discount,
+                quantity,
+                expires_at,
+                terms,
+            } => {
+                let c = Campaign::new(*coupon_id, name.clone(), *discount, *quantity, *expires_at)
+                    .with_terms(**terms);
+                self.apply_campaign_created(seq, c)?;
             }
             Event::CouponIssued {
                 coupon_id,
@@ -343,6 +361,16 @@ impl World {
             Event::OrderPlaced { order, from_cart } => {
                 self.apply_placed(seq, at, order, *from_cart)?
             }
+            Event::OrderPlacedCounted {
+                order,
+                from_cart,
+                counted,
+            } => {
+                self.apply_placed(seq, at, order, *from_cart)?;
+                let lines = counted_lines(order, counted);
+                self.user_mut(seq, order.user_id)?
+                    .apply(UserEvent::UnitsHeld(lines), at);
+            }
             Event::OrderPaid {
                 order_id,
                 user_id,
@@ -362,6 +390,24 @@ impl World {
             // store of its own (`store::outbox`); nothing to apply now.
             Event::OutboxDelivered { .. } => {}
         }
+        Ok(())
+    }
+
+    fn apply_product_created(&mut self, seq: u64, p: Product) -> Result<(), ApplyError> {
+        self.expect_next(seq, p.id.0, self.products.len())?;
+        self.dirty.products.insert(p.id);
+        self.products.push(p);
+        self.meta.product_count = self.products.len() as u64;
+        self.dirty.meta = true;
+        Ok(())
+    }
+
+    fn apply_campaign_created(&mut self, seq: u64, c: Campaign) -> Result<(), ApplyError> {
+        self.expect_next(seq, c.id.0, self.campaigns.len())?;
+        self.dirty.campaigns.insert(c.id);
+        self.campaigns.push(c);
+        self.meta.campaign_count = self.campaigns.len() as u64;
+        self.dirty.meta = true;
         Ok(())
     }
 
@@ -536,13 +582,22 @@ impl World {
                 .apply(ProductEvent::Released(quantity), at);
         }
         let (user_id, coupon) = (order.user_id, order.user_coupon_id);
-        self.orders.insert(order.id, order);
+        let user = self.user_mut(seq, user_id)?;
+        user.apply(UserEvent::UnitsReleased(order.quantities().collect()), at);
         if let Some(coupon) = coupon {
-            self.user_mut(seq, user_id)?
-                .apply(UserEvent::CouponRestored(coupon), at);
+            user.apply(UserEvent::CouponRestored(coupon), at);
         }
+        self.orders.insert(order.id, order);
         Ok(())
     }
+}
+
+/// The (product, quantity) of the lines of `order` whose products are in `counted`.
+pub fn counted_lines(order: &Order, counted: &[ProductId]) -> Vec<(ProductId, u64)> {
+    order
+        .quantities()
+        .filter(|(p, _)| counted.contains(p))
+        .collect()
 }
 
 #[cfg(test)]

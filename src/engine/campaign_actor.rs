@@ -118,7 +118,9 @@ impl Handler<Issue> for CampaignActor {
                 user_id: msg.user_id,
                 user_coupon_id: id,
             },
-            idempotency: msg.tag.map(|t| t.entry(Reply::UserCoupon(view.clone()))),
+            idempotency: msg
+                .tag
+                .map(|t| t.entry(Reply::UserCouponV3(Box::new(view.clone())))),
         };
         self.campaign.hold(msg.user_id);
         let (reply, response) = reply_channel();

@@ -22,14 +22,16 @@
 //! While an order is being paid or returned it is `busy`, and a concurrent
 //! pay or cancel is refused as not payable / not cancellable.
 
-use crate::domain::coupon::Discount;
+use crate::domain::coupon_terms::Offer;
 use crate::domain::event::{Event, Record};
 use crate::domain::ids::{IdMap, IdSet, OrderId, UserCouponId, UserId};
 use crate::domain::limits::Limits;
 use crate::domain::order::{
-    price, validate_lines, LineRequest, Order, OrderCommand, OrderEvent, OrderLine, OrderStatus,
+    price, total, validate_lines, LineRequest, Order, OrderCommand, OrderEvent, OrderLine,
+    OrderStatus,
 };
 use crate::domain::product::ProductEvent;
+use crate::domain::purchase_limit::CountedLine;
 use crate::domain::rejection::Rejection;
 use crate::domain::time::Timestamp;
 use crate::domain::user::{User, UserEvent};
@@ -39,10 +41,10 @@ use crate::engine::clock::Clock;
 use crate::engine::commit::CommitQueue;
 use crate::engine::error::{Error, Result};
 use crate::engine::idempotency::Tag;
-use crate::engine::product_actor::{ProductRef, Reserve, StockNews};
+use crate::engine::product_actor::{ProductRef, Reserve, Reserved, StockNews};
 use crate::engine::registry::Registry;
 use crate::engine::stats_actor::{Sold, StatsActor};
-use crate::engine::user_actor::{Debit, HoldCoupon, OrderNews, UserActor};
+use crate::engine::user_actor::{Debit, HoldForOrder, OrderNews, UserActor};
 use crate::store::archive_statuses::status_bit;
 use crate::store::writer::{Ack, ArchiveWatch, JournalHandle};
 use actix::prelude::*;
@@ -311,11 +313,12 @@ impl Journaled for Coordinator {
                     for (product, quantity) in self.products_of(&order) {
                         product.tell(StockNews::Durable(ProductEvent::Released(quantity), at));
                     }
-                    if let (Some(coupon), Some(user)) = (
-                        order.user_coupon_id,
-                        self.registry.users.get(order.user_id.0),
-                    ) {
-                        user.do_send(OrderNews::Durable(UserEvent::CouponRestored(coupon), at));
+                    if let Some(user) = self.registry.users.get(order.user_id.0) {
+                        if let Some(coupon) = order.user_coupon_id {
+                            user.do_send(OrderNews::Durable(UserEvent::CouponRestored(coupon), at));
+                        }
+                        let lines = order.quantities().collect();
+                        user.do_send(OrderNews::Durable(UserEvent::UnitsReleased(lines), at));
                     }
                     match refusal {
                         Some(e) => Err(e),
@@ -364,17 +367,32 @@ struct Held {
     items: Vec<OrderLine>,
     holds: Vec<(ProductRef, u64)>,
     coupon: Option<UserCouponId>,
-    discount: Option<Discount>,
+    offer: Option<Offer>,
+    /// Lines whose products count per user, held on the user once `user_held`.
+    counted: Vec<CountedLine>,
+    user_held: bool,
     from_cart: bool,
 }
 
 impl Held {
+    /// (product, quantity) of the lines that count per user.
+    fn counted_units(&self) -> Vec<(crate::domain::ids::ProductId, u64)> {
+        self.counted
+            .iter()
+            .map(|l| (l.product_id, l.quantity))
+            .collect()
+    }
+
     fn abandon(self) {
-        for (product, quantity) in self.holds {
-            product.tell(StockNews::Abandoned(quantity));
+        for (product, quantity) in &self.holds {
+            product.tell(StockNews::Abandoned(*quantity));
         }
-        if let Some(coupon) = self.coupon {
-            self.user.do_send(OrderNews::Abandoned { coupon });
+        if self.user_held {
+            let counted = self.counted_units();
+            self.user.do_send(OrderNews::Abandoned {
+                coupon: self.coupon,
+                counted,
+            });
         }
     }
 }
@@ -429,18 +447,25 @@ async fn hold_all(
         items: Vec::with_capacity(lines.len()),
         holds: Vec::new(),
         coupon: None,
-        discount: None,
+        offer: None,
+        counted: Vec::new(),
+        user_held: false,
         from_cart,
     };
     let mut refusal: Option<Error> = None;
     for ((addr, line), reply) in addrs.into_iter().zip(&lines).zip(replies) {
         match reply.map_err(Error::from).and_then(|r| r) {
-            Ok((name, unit_price)) => {
+            Ok(Reserved {
+                name,
+                price,
+                counted,
+            }) => {
                 held.holds.push((addr, line.quantity));
+                held.counted.extend(counted);
                 held.items.push(OrderLine {
                     product_id: line.product_id,
                     name,
-                    unit_price,
+                    unit_price: price,
                     quantity: line.quantity,
                 });
             }
@@ -453,25 +478,40 @@ async fn hold_all(
         held.abandon();
         return Err(e);
     }
-    if let Some(id) = coupon {
-        match held
-            .user
-            .send(HoldCoupon { id, at })
-            .await
-            .map_err(Error::from)
-            .and_then(|r| r)
-        {
-            Ok(discount) => {
-                held.coupon = Some(id);
-                held.discount = Some(discount);
-            }
-            Err(e) => {
-                held.abandon();
-                return Err(e);
-            }
+    if coupon.is_none() && held.counted.is_empty() {
+        return Ok(held);
+    }
+    let total = match total(&held.items) {
+        Ok(t) => t,
+        Err(r) => {
+            held.abandon();
+            return Err(r.into());
+        }
+    };
+    let ask = HoldForOrder {
+        coupon,
+        total,
+        counted: held.counted.clone(),
+        at,
+    };
+    match held
+        .user
+        .send(ask)
+        .await
+        .map_err(Error::from)
+        .and_then(|r| r)
+    {
+        Ok(offer) => {
+            held.user_held = true;
+            held.coupon = coupon;
+            held.offer = offer;
+            Ok(held)
+        }
+        Err(e) => {
+            held.abandon();
+            Err(e)
         }
     }
-    Ok(held)
 }
 
 /// The placing saga. It runs on the caller's task, not in a coordinator:
@@ -517,7 +557,7 @@ impl Placement {
             at,
         )
         .await?;
-        let amounts = match price(&held.items, held.discount) {
+        let amounts = match price(&held.items, held.offer) {
             Ok(a) => a,
             Err(r) => {
                 held.abandon();
@@ -542,12 +582,21 @@ impl Placement {
             expires_at: at.plus_ms(self.order_ttl_ms),
             paid_at: None,
         };
-        let record = Record {
-            at,
-            event: Event::OrderPlaced {
+        let event = if held.counted.is_empty() {
+            Event::OrderPlaced {
                 order: Box::new(order.clone()),
                 from_cart: held.from_cart,
-            },
+            }
+        } else {
+            Event::OrderPlacedCounted {
+                order: Box::new(order.clone()),
+                from_cart: held.from_cart,
+                counted: held.counted.iter().map(|l| l.product_id).collect(),
+            }
+        };
+        let record = Record {
+            at,
+            event,
             idempotency: tag.map(|t| t.entry(Reply::Order(Box::new(order.clone())))),
         };
         let ack = match self.journal.submit(record) {
@@ -581,6 +630,7 @@ impl Placement {
             order_id: id,
             coupon: order.user_coupon_id,
             cart_products,
+            counted: held.counted_units(),
         });
         // Sent before the answer: any request about this order reaches its shard after it.
         self.shard(id).do_send(Adopt(Box::new(order.clone())));

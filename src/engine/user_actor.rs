@@ -1,11 +1,12 @@
 //! One actor per user: wallet, balance history, coupons held, cart.
 
-use crate::domain::coupon::Discount;
+use crate::domain::coupon_terms::Offer;
 use crate::domain::event::{Event, Record};
 use crate::domain::ids::{OrderId, ProductId, UserCouponId, UserId};
 use crate::domain::limits::Limits;
 use crate::domain::money::Krw;
 use crate::domain::order::Order;
+use crate::domain::purchase_limit::CountedLine;
 use crate::domain::time::Timestamp;
 use crate::domain::user::HISTORY_CHUNK;
 use crate::domain::user::{CartLine, User, UserCommand, UserEvent};
@@ -424,21 +425,32 @@ impl Handler<ChangeCart> for UserActor {
     }
 }
 
-/// Takes a coupon for an order being placed (a hold until the order is durable).
+/// Takes what an order being placed needs of its user, all or nothing:
+/// the coupon for an order of `total`, and the units of lines whose
+/// products count per user. Holds until the order is durable or abandoned.
 #[derive(Message)]
-#[rtype(result = "Result<Discount>")]
-pub struct HoldCoupon {
-    pub id: UserCouponId,
+#[rtype(result = "Result<Option<Offer>>")]
+pub struct HoldForOrder {
+    pub coupon: Option<UserCouponId>,
+    pub total: Krw,
+    pub counted: Vec<CountedLine>,
     pub at: Timestamp,
 }
 
-impl Handler<HoldCoupon> for UserActor {
-    type Result = Result<Discount>;
+impl Handler<HoldForOrder> for UserActor {
+    type Result = Result<Option<Offer>>;
 
-    fn handle(&mut self, msg: HoldCoupon, _: &mut Context<Self>) -> Self::Result {
-        let discount = self.user.decide_use_coupon(msg.id, msg.at)?;
-        self.user.hold_coupon(msg.id);
-        Ok(discount)
+    fn handle(&mut self, msg: HoldForOrder, _: &mut Context<Self>) -> Self::Result {
+        self.user.decide_hold_units(&msg.counted)?;
+        let offer = match msg.coupon {
+            Some(id) => Some(self.user.decide_use_coupon(id, msg.total, msg.at)?),
+            None => None,
+        };
+        self.user.hold_units(&msg.counted);
+        if let Some(id) = msg.coupon {
+            self.user.hold_coupon(id);
+        }
+        Ok(offer)
     }
 }
 
@@ -457,12 +469,17 @@ pub enum OrderNews {
         order_id: OrderId,
         coupon: Option<UserCouponId>,
         cart_products: Vec<ProductId>,
+        /// Lines whose products count per user: their units are held for good.
+        counted: Vec<(ProductId, u64)>,
     },
-    /// Placing failed before anything was durable: the coupon hold is dropped.
-    Abandoned { coupon: UserCouponId },
+    /// Placing failed before anything was durable: the holds are dropped.
+    Abandoned {
+        coupon: Option<UserCouponId>,
+        counted: Vec<(ProductId, u64)>,
+    },
     /// A record of another actor is durable, and this is its part for the
-    /// user (its coupon issued, its coupon restored by an order ended
-    /// unpaid), decided at `.1`.
+    /// user (its coupon issued, its coupon restored and its units freed by
+    /// an order ended unpaid), decided at `.1`.
     Durable(UserEvent, Timestamp),
 }
 
@@ -477,10 +494,15 @@ impl Handler<OrderNews> for UserActor {
                 order_id,
                 coupon,
                 cart_products,
+                counted,
             } => {
                 if let Some(coupon) = coupon {
                     self.user
                         .apply(UserEvent::CouponUsed { coupon, order_id }, at);
+                }
+                self.user.drop_units_hold(&counted);
+                if !counted.is_empty() {
+                    self.user.apply(UserEvent::UnitsHeld(counted), at);
                 }
                 if !cart_products.is_empty() {
                     self.placed.push(Placed {
@@ -493,7 +515,12 @@ impl Handler<OrderNews> for UserActor {
                     }
                 }
             }
-            OrderNews::Abandoned { coupon } => self.user.drop_coupon_hold(coupon),
+            OrderNews::Abandoned { coupon, counted } => {
+                self.user.drop_units_hold(&counted);
+                if let Some(c) = coupon {
+                    self.user.drop_coupon_hold(c);
+                }
+            }
             OrderNews::Durable(event, at) => self.user.apply(event, at),
         }
     }

@@ -1,6 +1,7 @@
 //! The one place bytes are made: every record and snapshot goes through here.
 //!
-//! A frame is `magic (2) | version (1) | kind (1) | length (4, LE) | crc32 (4, LE) | payload`.
+//! A frame is `magic (2) | version (1) | kind (1) | length (4, LE) | crc32 (4, LE) | payload`;
+//! the CRC covers the payload, and from version 3 the version and kind bytes before it.
 //! The payload is bincode 1.3.3 (pinned: the crate is no longer maintained;
 //! 1.x's byte format is also read by wincode, so a switch stays possible and
 //! only this module would change). The checksum is asserted right after a
@@ -10,10 +11,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub const MAGIC: [u8; 2] = *b"CE";
-/// The version every frame is written with. Version 1 frames are still
-/// read: of the kinds whose layout changed since ([`Kind::current_since`]),
+/// The version every frame is written with. Version 1 and 2 frames are
+/// still read: of the kinds whose layout changed since ([`Kind::current_since`]),
 /// through [`crate::store::legacy`].
-pub const FORMAT_VERSION: u8 = 2;
+pub const FORMAT_VERSION: u8 = 3;
 pub const HEADER_LEN: usize = 12;
 /// No frame is larger than this (a record is a few KiB at most).
 pub const PAYLOAD_LEN_MAX: usize = 16 * 1024 * 1024;
@@ -70,10 +71,14 @@ impl Kind {
     /// [`crate::store::legacy`], never by [`decode`]).
     pub fn current_since(self) -> u8 {
         match self {
+            // Version 3: products carry their per-user limit, campaigns and
+            // held coupons their terms, users the units they hold of
+            // limited products.
+            Kind::User | Kind::Product | Kind::Campaign => 3,
             // Version 2: products carry their recent sales; campaigns are a
             // header plus issued chunks; the meta lost the sales window;
             // the tally is counts plus sold chunks.
-            Kind::Product | Kind::Campaign | Kind::Meta | Kind::Tally => 2,
+            Kind::Meta | Kind::Tally => 2,
             _ => 1,
         }
     }
@@ -143,7 +148,7 @@ pub fn encode_into_limited<T: Serialize + ?Sized>(
         out.truncate(start);
         return Err(CodecError::TooLong(payload_len));
     }
-    let crc = crc32fast::hash(&out[start + HEADER_LEN..]);
+    let crc = checksum(FORMAT_VERSION, kind as u8, &out[start + HEADER_LEN..]);
     let header = &mut out[start..start + HEADER_LEN];
     header[0..2].copy_from_slice(&MAGIC);
     header[2] = FORMAT_VERSION;
@@ -160,6 +165,21 @@ pub fn encode<T: Serialize + ?Sized>(kind: Kind, value: &T) -> Result<Vec<u8>, C
     let mut out = Vec::with_capacity(128);
     encode_into(kind, value, &mut out)?;
     Ok(out)
+}
+
+/// The CRC-32 a frame stores. From version 3 on it covers the version and
+/// kind bytes too: with three versions read, a flipped bit of the version
+/// byte could otherwise name another readable version and go unnoticed.
+/// Frames of versions 1 and 2 keep the checksum of their payload alone.
+fn checksum(version: u8, kind: u8, payload: &[u8]) -> u32 {
+    if version >= 3 {
+        let mut h = crc32fast::Hasher::new();
+        h.update(&[version, kind]);
+        h.update(payload);
+        h.finalize()
+    } else {
+        crc32fast::hash(payload)
+    }
 }
 
 /// A frame split off a run of bytes, and the rest.
@@ -188,7 +208,7 @@ pub fn split_frame(bytes: &[u8]) -> Result<Split<'_>, CodecError> {
         return Err(CodecError::Truncated(bytes.len(), end));
     }
     let payload = &bytes[HEADER_LEN..end];
-    let computed = crc32fast::hash(payload);
+    let computed = checksum(bytes[2], bytes[3], payload);
     if stored != computed {
         return Err(CodecError::Checksum { stored, computed });
     }

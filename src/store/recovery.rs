@@ -256,7 +256,13 @@ fn load_entry(
     match key {
         SnapshotKey::User(id) => {
             // A user written before history chunks has its history inline.
-            let u: User = codec::decode(Kind::User, bytes)?;
+            let frame = codec::open(bytes)?;
+            let u: User = if frame.version < Kind::User.current_since() {
+                // Rewritten in the current layout when the user next changes.
+                legacy::user(frame)?
+            } else {
+                codec::decode_frame(Kind::User, frame)?
+            };
             dense(world.users.len(), *id, u.id.0, "user")?;
             world.users.push(u);
         }
@@ -295,7 +301,12 @@ fn load_entry(
         }
         SnapshotKey::Campaign(id) => {
             let frame = codec::open(bytes)?;
-            let c = if frame.version < Kind::Campaign.current_since() {
+            let c = if frame.version == 2 {
+                let header = legacy::campaign_header(frame)?;
+                load.issued_counts.insert(header.id, header.issued_count);
+                world.dirty.campaigns.insert(header.id);
+                header.into_campaign()
+            } else if frame.version < Kind::Campaign.current_since() {
                 let c = legacy::campaign(frame)?;
                 world.dirty.campaigns.insert(c.id);
                 world

@@ -616,6 +616,7 @@ impl Sut {
                                 discount,
                                 quantity,
                                 expires_at,
+                                terms: Default::default(),
                             },
                             None,
                         )

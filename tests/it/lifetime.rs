@@ -133,6 +133,7 @@ async fn set_up(engine: &Engine, ledger: &mut Ledger) -> CouponId {
                 discount: Discount::Fixed { amount: Krw(500) },
                 quantity: USERS,
                 expires_at: None,
+                terms: Default::default(),
             },
             None,
         )

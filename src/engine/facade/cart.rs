@@ -13,7 +13,8 @@ use crate::engine::user_actor::{CartChange, ChangeCart};
 
 impl Engine {
     pub async fn cart(&self, user_id: UserId) -> Result<CartView> {
-        self.read_user(user_id, |u| CartView::from(u)).await
+        let cart = self.read_user(user_id, |u| CartView::from(u)).await?;
+        Ok(self.priced_now(cart))
     }
 
     /// Adds a line, or sets the quantity of a product already in the cart.
@@ -68,6 +69,7 @@ impl Engine {
             .await?
         })
         .await
+        .map(|cart| self.priced_now(cart))
     }
 
     pub async fn remove_cart_item(
@@ -86,11 +88,13 @@ impl Engine {
             self.product_ref(product_id)?;
             return self.cart(user_id).await;
         }
-        user.send(ChangeCart {
-            change: CartChange::Remove(product_id),
-            at: self.now(),
-            tag: None,
-        })
-        .await?
+        let cart = user
+            .send(ChangeCart {
+                change: CartChange::Remove(product_id),
+                at: self.now(),
+                tag: None,
+            })
+            .await??;
+        Ok(self.priced_now(cart))
     }
 }

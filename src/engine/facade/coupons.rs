@@ -20,6 +20,7 @@ impl Engine {
         let limits = &self.inner.limits;
         let name = check_name("name", &new.name, limits)?;
         let discount = new.discount.validate(limits)?;
+        let terms = new.terms.validate(discount, new.expires_at, limits)?;
         if new.quantity == 0 || new.quantity > limits.coupon_quantity_max {
             return Err(Error::invalid(format!(
                 "quantity must be between 1 and {}",
@@ -31,6 +32,7 @@ impl Engine {
             discount: &discount,
             quantity: new.quantity,
             expires_at: new.expires_at,
+            terms,
         };
         self.keyed(key, request.fingerprint(), move |engine, tag| async move {
             let msg = CreateCampaign {
@@ -38,6 +40,7 @@ impl Engine {
                 discount,
                 quantity: new.quantity,
                 expires_at: new.expires_at,
+                terms,
                 at: engine.now(),
                 tag,
             };

@@ -12,6 +12,7 @@ mod cart;
 mod coupons;
 mod ops;
 mod orders;
+mod product_admin;
 mod products;
 mod start;
 mod users;
@@ -19,6 +20,7 @@ mod users;
 pub use start::current_thread_runtime;
 
 use crate::domain::coupon::Discount;
+use crate::domain::coupon_terms::CouponTerms;
 use crate::domain::event::{Event, Record};
 use crate::domain::ids::{CouponId, ProductId, UserCouponId, UserId};
 use crate::domain::key_hash::{key_hash, KeyHash};
@@ -95,6 +97,8 @@ pub struct NewCoupon {
     pub discount: Discount,
     pub quantity: u64,
     pub expires_at: Option<Timestamp>,
+    /// Start, minimum order and discount cap; default: none.
+    pub terms: CouponTerms,
 }
 
 /// A new order.

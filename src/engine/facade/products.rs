@@ -1,13 +1,12 @@
 //! [`Engine`]: products, stock and the top products.
 
-use super::{check_name, Engine, PageRequest};
+use super::{Engine, PageRequest};
 use crate::domain::ids::ProductId;
 use crate::domain::money::Krw;
 use crate::domain::rejection::Rejection;
 use crate::domain::stats::TopProducts;
 use crate::domain::views::{Page, ProductView};
-use crate::engine::directory::CreateProduct;
-use crate::engine::error::{Error, Result};
+use crate::engine::error::Result;
 use crate::engine::idempotency::IdempotencyKey;
 use crate::engine::keyed_request::KeyedRequest;
 use crate::engine::product_actor::{ProductRef, Restock};
@@ -21,39 +20,8 @@ impl Engine {
         stock: u64,
         key: Option<IdempotencyKey>,
     ) -> Result<ProductView> {
-        let limits = &self.inner.limits;
-        let name = check_name("name", name, limits)?;
-        if price < limits.price_krw_min || price > limits.price_krw_max {
-            return Err(Error::invalid(format!(
-                "price must be between {} and {}",
-                limits.price_krw_min.0, limits.price_krw_max.0
-            )));
-        }
-        if stock > limits.stock_count_max {
-            return Err(Error::invalid(format!(
-                "stock must be between 0 and {}",
-                limits.stock_count_max
-            )));
-        }
-        let request = KeyedRequest::CreateProduct {
-            name: &name,
-            price,
-            stock,
-        };
-        self.keyed(key, request.fingerprint(), move |engine, tag| async move {
-            engine
-                .inner
-                .directory
-                .send(CreateProduct {
-                    name,
-                    price,
-                    stock,
-                    at: engine.now(),
-                    tag,
-                })
-                .await?
-        })
-        .await
+        self.create_limited_product(name, price, stock, None, key)
+            .await
     }
 
     pub async fn product(&self, id: ProductId) -> Result<ProductView> {
@@ -111,11 +79,11 @@ impl Engine {
 
     /// The ranking as of the last refresh.
     pub async fn top_products(&self) -> Result<TopProducts> {
-        Ok(self.inner.stats.send(Top).await?)
+        Ok(self.named_now(self.inner.stats.send(Top).await?))
     }
 
     /// Recomputes the ranking now.
     pub async fn refresh_stats(&self) -> Result<TopProducts> {
-        Ok(self.inner.stats.send(Refresh).await?)
+        Ok(self.named_now(self.inner.stats.send(Refresh).await?))
     }
 }

@@ -2,7 +2,9 @@
 //! `/api/v1/users/{user_id}/coupons`.
 
 use crate::domain::coupon::Discount;
+use crate::domain::coupon_terms::CouponTerms;
 use crate::domain::ids::{CouponId, UserId};
+use crate::domain::money::Krw;
 use crate::domain::time::Timestamp;
 use crate::domain::views::{CouponView, Page, UserCouponView};
 use crate::engine::NewCoupon;
@@ -38,6 +40,17 @@ pub struct NewCouponRequest {
     /// When the campaign's coupons stop being usable (RFC 3339); none: never.
     #[serde(default)]
     pub expires_at: Option<Timestamp>,
+    /// No coupon is issued before it (RFC 3339, before `expires_at`); none: at once.
+    #[serde(default)]
+    pub starts_at: Option<Timestamp>,
+    /// KRW, 1..=1,000,000,000: an order whose total is below it cannot use the coupon.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
+    pub min_order_amount: Option<u64>,
+    /// KRW, 1..=100,000,000, percent discounts only: the most taken off an order.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 100_000_000)]
+    pub max_discount: Option<u64>,
 }
 
 /// Who gets a coupon.
@@ -69,6 +82,11 @@ async fn create_coupon(
         discount: body.discount,
         quantity: body.quantity,
         expires_at: body.expires_at,
+        terms: CouponTerms {
+            starts_at: body.starts_at,
+            min_order_amount: body.min_order_amount.map(Krw),
+            max_discount: body.max_discount.map(Krw),
+        },
     };
     let engine = &s.engine;
     let coupon = engine.create_coupon(new, key).await?;
@@ -116,7 +134,7 @@ async fn get_coupon(
         (status = 201, description = "The user's coupon", body = UserCouponView),
         (status = 400, description = "INVALID_REQUEST", body = ErrorBody),
         (status = 404, description = "USER_NOT_FOUND or COUPON_NOT_FOUND", body = ErrorBody),
-        (status = 409, description = "COUPON_SOLD_OUT, COUPON_ALREADY_ISSUED or COUPON_EXPIRED", body = ErrorBody),
+        (status = 409, description = "COUPON_SOLD_OUT, COUPON_ALREADY_ISSUED, COUPON_EXPIRED or COUPON_NOT_STARTED", body = ErrorBody),
         (status = 422, description = "IDEMPOTENCY_KEY_REUSED", body = ErrorBody),
     ))]
 async fn issue_coupon(

@@ -106,7 +106,7 @@ impl PlaceOrderRequest {
         (status = 201, description = "The order, status pending", body = Order),
         (status = 400, description = "INVALID_REQUEST", body = ErrorBody),
         (status = 404, description = "USER_NOT_FOUND or PRODUCT_NOT_FOUND", body = ErrorBody),
-        (status = 409, description = "OUT_OF_STOCK or INVALID_COUPON", body = ErrorBody),
+        (status = 409, description = "OUT_OF_STOCK, INVALID_COUPON or PURCHASE_LIMIT_EXCEEDED", body = ErrorBody),
         (status = 422, description = "IDEMPOTENCY_KEY_REUSED", body = ErrorBody),
     ))]
 async fn place_order(
