@@ -260,13 +260,17 @@ macro_rules! replied_v3 {
     };
 }
 
-fn unbox<T>(b: Box<T>) -> T {
-    *b
-}
-
 replied_v3!(ProductView, ProductV3, Product, |v| v, |v| v);
-replied_v3!(CouponView, CouponV3, Coupon, Box::new, unbox);
-replied_v3!(UserCouponView, UserCouponV3, UserCoupon, Box::new, unbox);
+replied_v3!(CouponView, CouponV3, Coupon, Box::new, |v: Box<
+    CouponView,
+>| *v);
+replied_v3!(
+    UserCouponView,
+    UserCouponV3,
+    UserCoupon,
+    Box::new,
+    |v: Box<UserCouponView>| *v
+);
 
 /// A product answer as stored before format version 3, field for field.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
