@@ -229,6 +229,33 @@ pub(crate) fn sample_paid_order(id: u64) -> Order {
     }
 }
 
+/// A pending order of user 1 with `(product, quantity)` lines at 10 KRW
+/// and no amounts, for tests of what orders do to the world.
+#[cfg(test)]
+pub(crate) fn sample_pending_order(lines: &[(u64, u64)]) -> Order {
+    Order {
+        id: OrderId(1),
+        user_id: UserId(1),
+        status: OrderStatus::Pending,
+        items: lines
+            .iter()
+            .map(|&(p, q)| OrderLine {
+                product_id: ProductId(p),
+                name: "x".into(),
+                unit_price: Krw(10),
+                quantity: q,
+            })
+            .collect(),
+        total_amount: Krw(0),
+        discount_amount: Krw(0),
+        pay_amount: Krw(0),
+        user_coupon_id: None,
+        created_at: Timestamp(1),
+        expires_at: Timestamp(100),
+        paid_at: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -604,7 +604,6 @@ pub fn counted_lines(order: &Order, counted: &[ProductId]) -> Vec<(ProductId, u6
 mod tests {
     use super::*;
     use crate::domain::limits::Limits;
-    use crate::domain::order::OrderLine;
 
     fn world() -> World {
         let mut w = World::default();
@@ -634,27 +633,7 @@ mod tests {
     }
 
     fn order(lines: &[(u64, u64)]) -> Order {
-        Order {
-            id: OrderId(1),
-            user_id: UserId(1),
-            status: OrderStatus::Pending,
-            items: lines
-                .iter()
-                .map(|&(p, q)| OrderLine {
-                    product_id: ProductId(p),
-                    name: "x".into(),
-                    unit_price: Krw(10),
-                    quantity: q,
-                })
-                .collect(),
-            total_amount: Krw(0),
-            discount_amount: Krw(0),
-            pay_amount: Krw(0),
-            user_coupon_id: None,
-            created_at: Timestamp(1),
-            expires_at: Timestamp(100),
-            paid_at: None,
-        }
+        crate::domain::order::sample_pending_order(lines)
     }
 
     #[test]
