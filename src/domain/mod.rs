@@ -14,6 +14,7 @@ pub mod money;
 pub mod order;
 pub mod platform;
 pub mod product;
+pub mod refund;
 pub mod rejection;
 pub mod stats;
 pub mod time;

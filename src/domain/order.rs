@@ -1,25 +1,31 @@
-//! Orders: pricing, and the status machine pending → paid | failed | cancelled | expired.
+//! Orders: pricing, and the status machine pending → paid | failed |
+//! cancelled | expired, then paid → partially_refunded → refunded
+//! ([`crate::domain::refund`]).
 
 use crate::domain::coupon::Discount;
 use crate::domain::ids::{OrderId, ProductId, UserCouponId, UserId};
 use crate::domain::limits::Limits;
 use crate::domain::money::Krw;
+use crate::domain::refund::Refund;
 use crate::domain::rejection::{Decision, Rejection};
 use crate::domain::time::Timestamp;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, Serializer};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum OrderStatus {
     Pending,
     Paid,
     Failed,
     Cancelled,
     Expired,
+    PartiallyRefunded,
+    Refunded,
 }
 
 impl OrderStatus {
-    /// Whether the order can still change (only a pending one can).
+    /// Whether the order is no longer pending. A paid order may still be
+    /// refunded ([`crate::domain::refund`]); nothing else changes a final one.
     pub fn is_final(self) -> bool {
         self != OrderStatus::Pending
     }
@@ -33,7 +39,12 @@ pub struct OrderLine {
     pub quantity: u64,
 }
 
+/// An order. Its stored layout (bincode: field order) gained
+/// `refunded_amount` and `refunds` in format version 3; older frames hold
+/// the version 2 layout, which `store::legacy` reads (its `Deserialize`
+/// impl picks the layout of the frame being decoded).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(remote = "Self")]
 pub struct Order {
     pub id: OrderId,
     pub user_id: UserId,
@@ -50,6 +61,16 @@ pub struct Order {
     /// Always present; null when none.
     #[schema(required = true)]
     pub paid_at: Option<Timestamp>,
+    /// KRW returned by refunds so far.
+    pub refunded_amount: Krw,
+    /// Refunds so far, oldest first.
+    pub refunds: Vec<Refund>,
+}
+
+impl Serialize for Order {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        Order::serialize(self, s)
+    }
 }
 
 /// A requested line before prices are known.
@@ -182,6 +203,8 @@ pub(crate) fn sample_paid_order(id: u64) -> Order {
         created_at: Timestamp(1_000),
         expires_at: Timestamp(601_000),
         paid_at: Some(Timestamp(2_000)),
+        refunded_amount: Krw(0),
+        refunds: Vec::new(),
     }
 }
 
@@ -211,6 +234,8 @@ mod tests {
             created_at: Timestamp(0),
             expires_at: Timestamp(1000),
             paid_at: None,
+            refunded_amount: Krw(0),
+            refunds: Vec::new(),
         }
     }
 

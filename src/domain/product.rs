@@ -50,6 +50,18 @@ impl RecentSales {
         }
     }
 
+    /// Takes back `units` counted as paid at `paid_at` (a refund); a day
+    /// no longer held has nothing to take back.
+    pub fn unrecord(&mut self, paid_at: Timestamp, units: u64) {
+        let day = paid_at.day();
+        if let Some(i) = self.0.iter().position(|(d, _)| *d == day) {
+            self.0[i].1 = self.0[i].1.saturating_sub(units);
+            if self.0[i].1 == 0 {
+                self.0.remove(i);
+            }
+        }
+    }
+
     /// Units paid in the window that ends on `now`'s day.
     pub fn in_window(&self, now: Timestamp) -> u64 {
         let today = now.day();
@@ -136,6 +148,14 @@ impl Product {
         self.reserved -= quantity;
         self.sold += quantity;
         self.recent_sales.record(at, quantity);
+    }
+
+    /// Refunded units of an order paid at `paid_at` come back to stock
+    /// and leave the sales count.
+    pub fn apply_refunded(&mut self, quantity: u64, paid_at: Timestamp) {
+        self.sold -= quantity;
+        self.stock += quantity;
+        self.recent_sales.unrecord(paid_at, quantity);
     }
 
     pub fn is_conserved(&self) -> bool {

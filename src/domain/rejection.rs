@@ -39,6 +39,10 @@ pub enum Rejection {
     OrderNotCancellable(OrderId),
     #[error("order {0} is not pending and cannot be paid")]
     OrderNotPayable(OrderId),
+    #[error("order {0} is not paid (or is refunded whole) and cannot be refunded")]
+    OrderNotRefundable(OrderId),
+    #[error("the refund exceeds order {order_id}: {why}")]
+    RefundExceedsOrder { order_id: OrderId, why: String },
 }
 
 impl Rejection {
@@ -60,6 +64,8 @@ impl Rejection {
             Rejection::InvalidCoupon(_) => "INVALID_COUPON",
             Rejection::OrderNotCancellable(_) => "ORDER_NOT_CANCELLABLE",
             Rejection::OrderNotPayable(_) => "ORDER_NOT_PAYABLE",
+            Rejection::OrderNotRefundable(_) => "ORDER_NOT_REFUNDABLE",
+            Rejection::RefundExceedsOrder { .. } => "REFUND_EXCEEDS_ORDER",
         }
     }
 }

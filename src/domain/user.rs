@@ -270,6 +270,26 @@ impl User {
         self.push_entry(EntryKind::Payment, amount, Some(order_id), at);
     }
 
+    /// Applies a refund to the wallet: it may take the balance above
+    /// its limit (money back is never refused). The caller checked that
+    /// the sum fits.
+    pub fn apply_refunded(&mut self, order_id: OrderId, amount: Krw, at: Timestamp) {
+        self.balance = self
+            .balance
+            .checked_add(amount)
+            .expect("a refund was checked to fit the balance");
+        self.push_entry(EntryKind::Refund, amount, Some(order_id), at);
+    }
+
+    /// Whether every charge in memory left the balance within `max`
+    /// (only a refund may take it above).
+    pub fn charges_within(&self, max: Krw) -> bool {
+        self.history
+            .iter()
+            .filter(|e| e.kind == EntryKind::Charge)
+            .all(|e| e.balance_after <= max)
+    }
+
     // ---- coupons ----
 
     pub fn coupon(&self, id: UserCouponId) -> Option<&UserCoupon> {

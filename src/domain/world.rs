@@ -13,6 +13,7 @@ use crate::domain::key_hash::{key_hash, KeyHash};
 use crate::domain::limits::Limits;
 use crate::domain::order::{Order, OrderStatus};
 use crate::domain::product::Product;
+use crate::domain::refund::RefundRequest;
 use crate::domain::time::Timestamp;
 use crate::domain::user::{CartLine, CouponUse, User, UserCoupon};
 use crate::domain::views::Reply;
@@ -78,17 +79,36 @@ pub struct TallyCounts {
 }
 
 impl ArchiveTally {
-    /// Counts a finished order in.
+    /// Counts a finished order in: the units it still counts as sold
+    /// (a paid order's, less any refunded), and its coupon if it still
+    /// holds it.
     pub fn add(&mut self, order: &Order) {
         self.orders += 1;
         self.counts_dirty = true;
-        if order.status == OrderStatus::Paid {
-            for (p, q) in order.quantities() {
-                self.add_sold(p, q);
+        for (p, q) in order.units_kept() {
+            self.add_sold(p, q);
+        }
+        if order.holds_coupon() {
+            self.coupons_used += 1;
+        }
+    }
+
+    /// Counts an archived order out (it is back in memory, refunded).
+    /// Saturating: while a written snapshot is let go of a step at a
+    /// time, the tally may not count it yet ([`World::archived_step`]
+    /// takes it out again once it does).
+    pub fn remove(&mut self, order: &Order) {
+        self.orders = self.orders.saturating_sub(1);
+        self.counts_dirty = true;
+        for (p, q) in order.units_kept() {
+            let i = p.index();
+            if let Some(sold) = self.sold.get_mut(i) {
+                *sold = sold.saturating_sub(q);
+                self.sold_dirty.insert(i as u64 / SOLD_CHUNK_PRODUCTS);
             }
-            if order.user_coupon_id.is_some() {
-                self.coupons_used += 1;
-            }
+        }
+        if order.holds_coupon() {
+            self.coupons_used = self.coupons_used.saturating_sub(1);
         }
     }
 
@@ -156,6 +176,19 @@ pub struct Archiving {
     pub history: Vec<(UserId, u64)>,
     /// The tally once these orders are in.
     pub tally: ArchiveTally,
+    /// Of `orders`, those refunded since the cut began: they stay in
+    /// memory, to be archived again as they are now.
+    pub kept: Vec<OrderId>,
+}
+
+/// A refund applied since the current cut began, as the archive's tally
+/// must learn it when the snapshot's tally replaces the world's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RefundedSince {
+    /// Of an order in memory: `.1` refunds it held before.
+    InMemory(OrderId, usize),
+    /// Of an archived order, brought back into memory: as it was archived.
+    Archived(Box<Order>),
 }
 
 /// Which entities changed since the last snapshot.
@@ -284,6 +317,9 @@ pub struct World {
     pub archived: ArchiveTally,
     /// Orders that snapshots hold as pending: archiving one deletes that.
     pub orders_in_snapshots: IdSet<OrderId>,
+    /// Refunds applied since the current cut began (bounded by the
+    /// records between two snapshots).
+    pub refunded_since_cut: Vec<RefundedSince>,
 }
 
 fn unfit(seq: u64, reason: String) -> ApplyError {
@@ -302,6 +338,7 @@ impl World {
     /// is now; returns the marks it takes (to give back if writing fails).
     pub fn begin_cut(&mut self) -> Dirty {
         let marks = std::mem::take(&mut self.dirty);
+        self.refunded_since_cut.clear();
         let mut cut = Cut::default();
         cut.archiving.tally = self.archived.clone();
         for id in &marks.products {
@@ -357,9 +394,18 @@ impl World {
     /// then the world counts some archived orders nowhere (gone from
     /// memory, not in the tally yet), so nothing may read or cut it before
     /// the last step.
+    ///
+    /// An order refunded since the cut began stays (it changed: the next
+    /// snapshot archives it again), and the tally learns every refund
+    /// since the cut began: those orders count as they are now, not as
+    /// the snapshot archived them.
     pub fn archived_step(&mut self, done: &mut Archiving, budget: usize) -> bool {
         for _ in 0..budget {
             if let Some(id) = done.orders.pop() {
+                if self.dirty.orders.contains(&id) {
+                    done.kept.push(id);
+                    continue;
+                }
                 self.orders.remove(&id);
                 self.orders_in_snapshots.remove(&id);
             } else if let Some((id, base)) = done.history.pop() {
@@ -367,7 +413,22 @@ impl World {
                     u.archive_history_before(base);
                 }
             } else {
-                self.archived = std::mem::take(&mut done.tally);
+                let mut tally = std::mem::take(&mut done.tally);
+                let mut seen = IdSet::default();
+                for since in &self.refunded_since_cut {
+                    match since {
+                        RefundedSince::Archived(before) => tally.remove(before),
+                        RefundedSince::InMemory(id, count) => {
+                            // The snapshot archived it as it was before its first refund since.
+                            if seen.insert(*id) && done.kept.contains(id) {
+                                if let Some(o) = self.orders.get(id) {
+                                    tally.remove(&o.after_refunds(*count));
+                                }
+                            }
+                        }
+                    }
+                }
+                self.archived = tally;
                 return true;
             }
         }
@@ -563,6 +624,7 @@ impl World {
             Event::OrderExpired { order_id } => {
                 self.apply_returned(seq, *order_id, OrderStatus::Expired, at)?
             }
+            Event::OrderRefunded { order } => self.apply_refunded(seq, at, order)?,
             Event::RequestRefused => {}
             // Legacy: deliveries were journaled before the outbox had a
             // store of its own (`store::outbox`); nothing to apply now.
@@ -691,6 +753,81 @@ impl World {
         Ok(())
     }
 
+    /// A paid order refunded: `refunded` as it reads after the refund. The
+    /// refund is checked against the order as it was (in memory, or as
+    /// the archive holds it: `refunded` less its last refund) by deciding
+    /// it again; then the user is credited, the units return to stock and
+    /// leave the sales count, and a wholly refunded order's coupon is
+    /// available again.
+    fn apply_refunded(
+        &mut self,
+        seq: u64,
+        at: Timestamp,
+        refunded: &Order,
+    ) -> Result<(), ApplyError> {
+        let id = refunded.id;
+        let Some(refund) = refunded.refunds.last() else {
+            return Err(unfit(seq, format!("order {id} refunded without a refund")));
+        };
+        let count = refunded.refunds.len() - 1;
+        let before = refunded.after_refunds(count);
+        let in_memory = match self.orders.get(&id) {
+            Some(o) if *o != before => {
+                return Err(unfit(seq, format!("order {id} is not as its refund says")))
+            }
+            Some(_) => true,
+            None => false,
+        };
+        let request = RefundRequest {
+            items: Some(refund.items.clone()),
+            reason: refund.reason.clone(),
+        };
+        let fits = before.decide_refund(&request, at).as_ref() == Ok(refund) && {
+            let mut after = before.clone();
+            after.apply_refund(refund.clone());
+            after == *refunded
+        };
+        if !fits {
+            return Err(unfit(seq, format!("refund of order {id} does not fit it")));
+        }
+        let paid_at = before.paid_at.unwrap_or_default();
+        for line in &refund.items {
+            if self.product_mut(seq, line.product_id)?.sold < line.quantity {
+                return Err(unfit(
+                    seq,
+                    format!("product {} sold less than refunded", line.product_id),
+                ));
+            }
+        }
+        let user = self.user_mut(seq, refunded.user_id)?;
+        if user.balance.checked_add(refund.amount).is_none() {
+            return Err(unfit(
+                seq,
+                format!("user {} balance would overflow", user.id),
+            ));
+        }
+        user.apply_refunded(id, refund.amount, at);
+        if let (Some(coupon), false) = (refunded.user_coupon_id, refunded.holds_coupon()) {
+            user.apply_coupon_restored(coupon);
+        }
+        for line in &refund.items {
+            self.product_mut(seq, line.product_id)?
+                .apply_refunded(line.quantity, paid_at);
+        }
+        if in_memory {
+            *self.order_mut(seq, id)? = refunded.clone();
+            self.refunded_since_cut
+                .push(RefundedSince::InMemory(id, count));
+        } else {
+            self.archived.remove(&before);
+            self.refunded_since_cut
+                .push(RefundedSince::Archived(Box::new(before)));
+            self.dirty.orders.insert(id);
+            self.orders.insert(id, refunded.clone());
+        }
+        Ok(())
+    }
+
     /// Checks every invariant of DESIGN.md under the limits of API.md.
     pub fn violations(&self) -> Vec<String> {
         self.violations_under(&Limits::API)
@@ -711,15 +848,15 @@ impl World {
     fn live_order_sums(&self, out: &mut Vec<String>) -> LiveSums {
         let mut live = LiveSums::default();
         for order in self.orders.values() {
-            let tally = match order.status {
-                OrderStatus::Pending => &mut live.reserved,
-                OrderStatus::Paid => &mut live.sold,
-                _ => continue,
-            };
-            for (p, q) in order.quantities() {
-                *tally.entry(p).or_default() += q;
+            if order.status == OrderStatus::Pending {
+                for (p, q) in order.quantities() {
+                    *live.reserved.entry(p).or_default() += q;
+                }
             }
-            if let Some(c) = order.user_coupon_id {
+            for (p, q) in order.units_kept() {
+                *live.sold.entry(p).or_default() += q;
+            }
+            if let (Some(c), true) = (order.user_coupon_id, order.holds_coupon()) {
                 if live.coupons.insert(c, order.id).is_some() {
                     out.push(format!("user coupon {c} used by two live orders"));
                 }
@@ -758,10 +895,11 @@ impl World {
                     u.id, u.balance.0
                 ));
             }
-            if u.balance > limits.balance_krw_max {
+            // Only a refund may take a balance above the limit.
+            if !u.charges_within(limits.balance_krw_max) {
                 out.push(format!(
-                    "user {}: balance {} above the limit",
-                    u.id, u.balance.0
+                    "user {}: a charge took the balance above the limit",
+                    u.id
                 ));
             }
             for c in &u.coupons {
@@ -881,6 +1019,8 @@ mod tests {
             created_at: Timestamp(1),
             expires_at: Timestamp(100),
             paid_at: None,
+            refunded_amount: Krw(0),
+            refunds: Vec::new(),
         }
     }
 
@@ -905,6 +1045,7 @@ mod tests {
             orders: (1..=5).map(OrderId).collect(),
             history: vec![(UserId(1), 0)],
             tally: tally.clone(),
+            kept: Vec::new(),
         };
         let mut at_once = w.clone();
         at_once.archived(done.clone());

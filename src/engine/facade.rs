@@ -551,6 +551,11 @@ impl Engine {
             .ok_or(Error::ShuttingDown)
     }
 
+    /// The coordinator shard that owns order `id`.
+    pub(super) fn order_shard(&self, id: OrderId) -> &Addr<Coordinator> {
+        self.inner.placement.shard(id)
+    }
+
     pub fn limits(&self) -> &Limits {
         &self.inner.limits
     }
@@ -562,7 +567,12 @@ impl Engine {
     /// Runs `op` under an idempotency key: the first answer is stored with
     /// its record (a refusal in a record of its own); a retry with the same
     /// request gets it back; another request with the same key is refused.
-    async fn keyed<T, F, Fut>(&self, key: Option<IdempotencyKey>, fp: u64, op: F) -> Result<T>
+    pub(super) async fn keyed<T, F, Fut>(
+        &self,
+        key: Option<IdempotencyKey>,
+        fp: u64,
+        op: F,
+    ) -> Result<T>
     where
         T: Replied + Send + 'static,
         F: FnOnce(Engine, Option<Tag>) -> Fut + Send + 'static,
@@ -1086,7 +1096,7 @@ impl Engine {
     }
 
     /// A finished order from the archive.
-    async fn archived_order(&self, id: OrderId) -> Result<Option<Order>> {
+    pub(super) async fn archived_order(&self, id: OrderId) -> Result<Option<Order>> {
         let archive = self.archive()?;
         blocking(move || archive.order(id)).await
     }

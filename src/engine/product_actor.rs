@@ -214,6 +214,8 @@ pub enum StockNews {
     Released(u64),
     /// A pending order was paid (at `.1`): its reservation is sold.
     Sold(u64, Timestamp),
+    /// Units of an order paid at `.1` were refunded: back in stock, out of the sales count.
+    Refunded(u64, Timestamp),
 }
 
 /// News as sent by [`ProductRef::tell`]: private, so none goes uncounted.
@@ -233,6 +235,7 @@ impl Handler<Told> for ProductActor {
             StockNews::Abandoned(q) => self.product.drop_hold(q),
             StockNews::Released(q) => self.product.apply_released(q),
             StockNews::Sold(q, at) => self.product.apply_sold(q, at),
+            StockNews::Refunded(q, paid_at) => self.product.apply_refunded(q, paid_at),
         }
         self.publish();
         // Release: whoever sees the news taken sees what was published.

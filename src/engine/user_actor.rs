@@ -78,6 +78,14 @@ pub enum UserOp {
         view: CartView,
         reply: oneshot::Sender<Result<CartView>>,
     },
+    Refund {
+        order_id: OrderId,
+        amount: Krw,
+        at: Timestamp,
+        /// A wholly refunded order's coupon, available again.
+        coupon: Option<UserCouponId>,
+        reply: oneshot::Sender<Result<()>>,
+    },
 }
 
 #[derive(Clone)]
@@ -270,6 +278,23 @@ impl Journaled for UserActor {
                 }
                 let _ = reply.send(ok.map(|()| view));
             }
+            UserOp::Refund {
+                order_id,
+                amount,
+                at,
+                coupon,
+                reply,
+            } => {
+                self.user.drop_credit(amount);
+                if ok.is_ok() {
+                    self.user.apply_refunded(order_id, amount, at);
+                    self.history_grew();
+                    if let Some(c) = coupon {
+                        self.user.apply_coupon_restored(c);
+                    }
+                }
+                let _ = reply.send(ok);
+            }
         }
     }
 }
@@ -373,6 +398,53 @@ impl Handler<Debit> for UserActor {
             },
         ) {
             self.user.drop_debit(amount);
+            return ready(Err(e));
+        }
+        response
+    }
+}
+
+/// Credits a refund decided by the order's coordinator: journals its
+/// record (`OrderRefunded`, which holds every effect of the refund) among
+/// this user's own records, so the balance history reads in journal
+/// order, and answers once it is durable. A refund may take the balance
+/// above its limit.
+#[derive(Message)]
+#[rtype(result = "Result<()>")]
+pub struct CreditRefund {
+    pub record: Record,
+    pub order_id: OrderId,
+    pub amount: Krw,
+    pub coupon: Option<UserCouponId>,
+}
+
+impl Handler<CreditRefund> for UserActor {
+    type Result = ResponseFuture<Result<()>>;
+
+    fn handle(&mut self, msg: CreditRefund, ctx: &mut Context<Self>) -> Self::Result {
+        let fits = self
+            .user
+            .balance
+            .checked_add(self.user.credits_pending)
+            .and_then(|b| b.checked_add(msg.amount));
+        if fits.is_none() {
+            return ready(Err(crate::domain::rejection::Rejection::InvalidRequest(
+                "the refund does not fit the balance".into(),
+            )
+            .into()));
+        }
+        let at = msg.record.at;
+        self.user.hold_credit(msg.amount);
+        let (reply, response) = reply_channel();
+        let op = UserOp::Refund {
+            order_id: msg.order_id,
+            amount: msg.amount,
+            at,
+            coupon: msg.coupon,
+            reply,
+        };
+        if let Err((_, e)) = submit(self, ctx, msg.record, op) {
+            self.user.drop_credit(msg.amount);
             return ready(Err(e));
         }
         response

@@ -1,6 +1,7 @@
 //! The one place bytes are made: every record and snapshot goes through here.
 //!
-//! A frame is `magic (2) | version (1) | kind (1) | length (4, LE) | crc32 (4, LE) | payload`.
+//! A frame is `magic (2) | version (1) | kind (1) | length (4, LE) | crc32 (4, LE) | payload`;
+//! the crc32 covers version, kind and payload (before version 3, the payload).
 //! The payload is bincode 1.3.3 (pinned: the crate is no longer maintained;
 //! 1.x's byte format is also read by wincode, so a switch stays possible and
 //! only this module would change). The checksum is asserted right after a
@@ -10,10 +11,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub const MAGIC: [u8; 2] = *b"CE";
-/// The version every frame is written with. Version 1 frames are still
-/// read: of the kinds whose layout changed since ([`Kind::current_since`]),
-/// through [`crate::store::legacy`].
-pub const FORMAT_VERSION: u8 = 2;
+/// The version every frame is written with. Version 1 and 2 frames are
+/// still read: of the kinds whose layout changed since
+/// ([`Kind::current_since`]), through [`crate::store::legacy`].
+pub const FORMAT_VERSION: u8 = 3;
 pub const HEADER_LEN: usize = 12;
 /// No frame is larger than this (a record is a few KiB at most).
 pub const PAYLOAD_LEN_MAX: usize = 16 * 1024 * 1024;
@@ -74,6 +75,10 @@ impl Kind {
             // header plus issued chunks; the meta lost the sales window;
             // the tally is counts plus sold chunks.
             Kind::Product | Kind::Campaign | Kind::Meta | Kind::Tally => 2,
+            // Version 3: orders hold their refunds. Values holding an
+            // order (records, keys, platform events) read an older
+            // frame's order in its layout (see `legacy`).
+            Kind::Order => 3,
             _ => 1,
         }
     }
@@ -143,7 +148,7 @@ pub fn encode_into_limited<T: Serialize + ?Sized>(
         out.truncate(start);
         return Err(CodecError::TooLong(payload_len));
     }
-    let crc = crc32fast::hash(&out[start + HEADER_LEN..]);
+    let crc = checksum(FORMAT_VERSION, kind as u8, &out[start + HEADER_LEN..]);
     let header = &mut out[start..start + HEADER_LEN];
     header[0..2].copy_from_slice(&MAGIC);
     header[2] = FORMAT_VERSION;
@@ -160,6 +165,20 @@ pub fn encode<T: Serialize + ?Sized>(kind: Kind, value: &T) -> Result<Vec<u8>, C
     let mut out = Vec::with_capacity(128);
     encode_into(kind, value, &mut out)?;
     Ok(out)
+}
+
+/// The checksum of a frame: from version 3 over its version, kind and
+/// payload, so that no flipped bit of the header goes unseen either (a
+/// version byte flipped to an older version whose layout reads the same
+/// payload would); before, over the payload.
+fn checksum(version: u8, kind: u8, payload: &[u8]) -> u32 {
+    if version < 3 {
+        return crc32fast::hash(payload);
+    }
+    let mut h = crc32fast::Hasher::new();
+    h.update(&[version, kind]);
+    h.update(payload);
+    h.finalize()
 }
 
 /// A frame split off a run of bytes, and the rest.
@@ -188,7 +207,7 @@ pub fn split_frame(bytes: &[u8]) -> Result<Split<'_>, CodecError> {
         return Err(CodecError::Truncated(bytes.len(), end));
     }
     let payload = &bytes[HEADER_LEN..end];
-    let computed = crc32fast::hash(payload);
+    let computed = checksum(bytes[2], bytes[3], payload);
     if stored != computed {
         return Err(CodecError::Checksum { stored, computed });
     }
@@ -235,7 +254,7 @@ pub fn decode_frame<T: DeserializeOwned>(
             version: frame.version,
         });
     }
-    decode_payload(frame.payload)
+    crate::store::legacy::decoding(frame.version, || decode_payload(frame.payload))
 }
 
 /// The payload as `T`, whatever layout its frame declares (the legacy module's).

@@ -1974,6 +1974,8 @@ mod tests {
             created_at: Timestamp(1),
             expires_at: Timestamp(2),
             paid_at: Some(Timestamp(1)),
+            refunded_amount: Krw(0),
+            refunds: Vec::new(),
         };
         let placed = [(1, 5), (2, 6), (3, 5), (700, 5), (701, 6)];
         {

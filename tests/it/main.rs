@@ -39,5 +39,6 @@ mod lifetime;
 mod ops_files;
 mod outbox_delivery;
 mod outbox_http;
+mod refunds;
 mod simulate_flash_sale;
 mod stored_values;
