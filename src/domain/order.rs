@@ -39,10 +39,10 @@ pub struct OrderLine {
     pub quantity: u64,
 }
 
-/// An order. Its stored layout (bincode: field order) gained
-/// `refunded_amount` and `refunds` in format version 3; older frames hold
-/// the version 2 layout, which `store::legacy` reads (its `Deserialize`
-/// impl picks the layout of the frame being decoded).
+// Stored layout (bincode: field order): `refunded_amount` and `refunds`
+// came in format version 3; older frames hold the version 2 layout, which
+// `store::legacy` reads (its `Deserialize` impl picks the layout of the
+// frame being decoded).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(remote = "Self")]
 pub struct Order {
