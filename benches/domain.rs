@@ -6,14 +6,15 @@
 //! `cargo bench --bench domain -- --warm-up-time 1 --measurement-time 3`
 
 use commerce_engine::domain::coupon::Discount;
+use commerce_engine::domain::coupon_terms::Offer;
 use commerce_engine::domain::event::{Event, Record};
 use commerce_engine::domain::ids::{OrderId, ProductId, UserId};
 use commerce_engine::domain::limits::Limits;
 use commerce_engine::domain::money::Krw;
 use commerce_engine::domain::order::{price, Order, OrderLine, OrderStatus};
-use commerce_engine::domain::product::Product;
+use commerce_engine::domain::product::{Product, ProductCommand};
 use commerce_engine::domain::time::Timestamp;
-use commerce_engine::domain::user::User;
+use commerce_engine::domain::user::{User, UserCommand, UserEvent};
 use commerce_engine::domain::world::World;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use std::hint::black_box;
@@ -55,13 +56,23 @@ fn user_decide_and_apply(c: &mut Criterion) {
     let mut g = c.benchmark_group("user");
     let user = User::new(UserId(1), "buyer".into());
     g.bench_function("decide_charge", |b| {
-        b.iter(|| black_box(&user).decide_charge(black_box(Krw(1_000)), &limits))
+        b.iter(|| {
+            let charge = UserCommand::Charge {
+                amount: black_box(Krw(1_000)),
+            };
+            black_box(&user).decide(charge, T, &limits)
+        })
     });
     g.bench_function("apply_charged", |b| {
         // A fresh user per batch: history grows by one entry per charge.
         b.iter_batched_ref(
             || User::new(UserId(1), "buyer".into()),
-            |u| u.apply_charged(black_box(Krw(1_000)), T),
+            |u| {
+                let charged = UserEvent::Charged {
+                    amount: black_box(Krw(1_000)),
+                };
+                u.apply(charged, T)
+            },
             BatchSize::SmallInput,
         )
     });
@@ -71,13 +82,19 @@ fn user_decide_and_apply(c: &mut Criterion) {
 fn product_decide(c: &mut Criterion) {
     let product = Product::new(ProductId(1), "mug".into(), Krw(1_000), 1_000_000);
     c.bench_function("product/decide_reserve", |b| {
-        b.iter(|| black_box(&product).decide_reserve(black_box(3)))
+        b.iter(|| {
+            let reserve = ProductCommand::Reserve(black_box(3));
+            black_box(&product).decide(reserve, T, &Limits::API)
+        })
     });
 }
 
 fn order_price(c: &mut Criterion) {
     let mut g = c.benchmark_group("order/price");
-    let discount = Some(Discount::Percent { percent: 10 });
+    let discount = Some(Offer {
+        discount: Discount::Percent { percent: 10 },
+        max_discount: None,
+    });
     for n in [1u64, 5, 50] {
         let items = lines(n);
         g.bench_function(format!("{n}_lines"), |b| {

@@ -8,12 +8,14 @@
 //! ## A tour of the layout
 //!
 //! - [`domain`]: the business rules, pure. Each entity (user, product,
-//!   campaign, order) is a state machine: `decide_*` checks a command and
-//!   returns `Ok` or a [`Rejection`](domain::rejection::Rejection) without
-//!   changing anything; `hold*` marks what a decision takes until its record
-//!   is durable; `apply_*` applies a durable event and cannot fail.
-//!   [`World`](domain::world::World) replays journal records over every
-//!   entity and checks the invariants. No actors, I/O or clock in here.
+//!   campaign, order) is a state machine: `decide` checks a command and
+//!   returns the entity's event or a
+//!   [`Rejection`](domain::rejection::Rejection) without changing anything;
+//!   `hold*` marks what a decision takes until its record is durable;
+//!   `apply` applies a durable event and cannot fail. The actors and
+//!   [`World`](domain::world::World) (which replays journal records over
+//!   every entity and checks the invariants) call the same `apply`. No
+//!   actors, I/O or clock in here.
 //! - [`engine`]: one actix actor per user, product and coupon campaign,
 //!   an order coordinator running sagas, a stats actor, all thin shells
 //!   over the domain; and [`Engine`](engine::Engine), the async facade with

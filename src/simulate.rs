@@ -100,11 +100,16 @@ const REFUND_PCT: u64 = 15;
 const REFUND_WHOLE_PCT: u64 = 50;
 const REFUND_TWICE_PCT: u64 = 20;
 const PHASES: u64 = 10;
+/// Every `LIMITED_EVERY`th product allows `LIMIT_PER_USER` units per user.
+const LIMITED_EVERY: usize = 4;
+const LIMIT_PER_USER: u64 = 2;
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct OrderCounts {
     pub placed: u64,
     pub rejected_out_of_stock: u64,
+    /// Refused for a product's per-user limit (each checked against the ledger).
+    pub rejected_over_limit: u64,
     pub rejected_other: u64,
     pub paid: u64,
     pub failed_insufficient_balance: u64,
@@ -165,6 +170,36 @@ struct Ledger {
     refunded: HashMap<UserId, u64>,
     /// Event ids of the refunds answered.
     refund_events: Vec<String>,
+    /// The per-user limit of each limited product.
+    limits: BTreeMap<ProductId, u64>,
+}
+
+impl Ledger {
+    /// Units of `product` that `user` holds in orders answered pending or paid.
+    fn held(&self, user: UserId, product: ProductId) -> u64 {
+        self.orders
+            .values()
+            .filter(|o| o.user_id == user)
+            .filter(|o| {
+                matches!(
+                    self.status.get(&o.id),
+                    Some(OrderStatus::Pending | OrderStatus::Paid)
+                )
+            })
+            .flat_map(|o| o.quantities())
+            .filter(|(p, _)| *p == product)
+            .map(|(_, q)| q)
+            .sum()
+    }
+
+    /// Whether `lines` of `user` pass a limit, by what the ledger holds.
+    fn over_limit(&self, user: UserId, lines: &[LineRequest]) -> bool {
+        lines.iter().any(|l| {
+            self.limits
+                .get(&l.product_id)
+                .is_some_and(|max| self.held(user, l.product_id) + l.quantity > *max)
+        })
+    }
 }
 
 fn code(e: &Error) -> &'static str {
@@ -285,7 +320,7 @@ async fn scenario(
 ) -> Step<(CouponId, Vec<String>)> {
     let mut rng = Rng::new(args.seed);
     pb.set_message("setting up products, the campaign and users");
-    let products = create_products(engine, args, &mut rng).await?;
+    let products = create_products(engine, args, &mut rng, ledger).await?;
     let coupon = engine
         .create_coupon(
             NewCoupon {
@@ -295,6 +330,7 @@ async fn scenario(
                 },
                 quantity: args.coupon_quantity,
                 expires_at: Some(engine.now().plus_ms(86_400_000)),
+                terms: Default::default(),
             },
             None,
         )
@@ -405,15 +441,20 @@ async fn create_products(
     engine: &Engine,
     args: &SimulateArgs,
     rng: &mut Rng,
+    ledger: &mut Ledger,
 ) -> Step<Vec<ProductId>> {
     let prices: Vec<Krw> = (0..args.products)
         .map(|_| Krw(rng.between(50, 500) * 100))
         .collect();
     let mut ids = Vec::with_capacity(args.products);
     for (i, price) in prices.iter().enumerate() {
+        let limit = (i % LIMITED_EVERY == 0).then_some(LIMIT_PER_USER);
         let p = engine
-            .create_product(&format!("flash-item-{i}"), *price, args.stock, None)
+            .create_limited_product(&format!("flash-item-{i}"), *price, args.stock, limit, None)
             .await?;
+        if let Some(max) = limit {
+            ledger.limits.insert(p.id, max);
+        }
         ids.push(p.id);
     }
     Ok(ids)
@@ -528,10 +569,31 @@ async fn place_wave(
             }
         })
         .collect();
+    // One order per user in a wave: what the ledger holds decides each limit exactly.
+    let over: Vec<bool> = requests
+        .iter()
+        .map(|r| match &r.source {
+            OrderSource::Items(lines) => ledger.over_limit(r.user_id, lines),
+            OrderSource::Cart => false,
+        })
+        .collect();
     let results = join_all(requests.into_iter().map(|r| engine.place_order(r, None))).await;
     let mut placed = Vec::new();
-    for (u, r) in wave.iter().zip(results) {
+    for ((u, r), over) in wave.iter().zip(results).zip(over) {
+        match (&r, over) {
+            (Ok(order), true) => report.violations.push(format!(
+                "order {} of user {u} passed a per-user limit",
+                order.id
+            )),
+            (Err(e), false) if code(e) == "PURCHASE_LIMIT_EXCEEDED" => report
+                .violations
+                .push(format!("order of user {u} refused under its limit: {e}")),
+            _ => {}
+        }
         match r {
+            Err(e) if code(&e) == "PURCHASE_LIMIT_EXCEEDED" => {
+                report.orders.rejected_over_limit += 1
+            }
             Ok(order) => {
                 report.orders.placed += 1;
                 placed.push(order.id);
@@ -771,6 +833,26 @@ fn check_world(
         }
     }
     for u in &world.users {
+        for (&p, &max) in &ledger.limits {
+            // Every order has ended: paid ones hold their units, others freed them.
+            let paid: u64 = ledger
+                .orders
+                .values()
+                .filter(|o| {
+                    o.user_id == u.id && ledger.status.get(&o.id) == Some(&OrderStatus::Paid)
+                })
+                .flat_map(|o| o.quantities())
+                .filter(|(q, _)| *q == p)
+                .map(|(_, n)| n)
+                .sum();
+            let held = u.limited.of(p);
+            if held != paid || held > max {
+                out.push(format!(
+                    "user {} holds {held} units of limited product {p} (limit {max}), paid orders say {paid}",
+                    u.id
+                ));
+            }
+        }
         let expected = ledger
             .charged
             .get(&u.id)
@@ -826,8 +908,8 @@ impl SimulationReport {
         );
         let _ = writeln!(
             s,
-            "orders: {} placed ({} out of stock, {} other refusals); {} paid, {} failed (balance), {} cancelled, {} expired",
-            o.placed, o.rejected_out_of_stock, o.rejected_other, o.paid,
+            "orders: {} placed ({} out of stock, {} over a per-user limit, {} other refusals); {} paid, {} failed (balance), {} cancelled, {} expired",
+            o.placed, o.rejected_out_of_stock, o.rejected_over_limit, o.rejected_other, o.paid,
             o.failed_insufficient_balance, o.cancelled, o.expired
         );
         let _ = writeln!(

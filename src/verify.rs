@@ -17,7 +17,7 @@ use crate::domain::order::OrderStatus;
 use crate::domain::world::World;
 use crate::store::outbox::{self, OutboxState};
 use crate::store::recovery::{recover_store, RecoveryError, RecoveryReport};
-use crate::store::sled_store::DATABASE_DIRS;
+use crate::store::sled::DATABASE_DIRS;
 use crate::store::{SledStore, StorageError, Store};
 use serde::Serialize;
 use std::collections::BTreeMap;

@@ -108,6 +108,11 @@ pub struct BenchArgs {
     /// Bearer token for the admin calls of the setup (with --url).
     #[arg(long, env = "COMMERCE_ADMIN_TOKEN")]
     pub admin_token: Option<String>,
+    /// With --url, against a server started with --auth-jwt-secret: the
+    /// same secret; each request then carries an HS256 token of the user it
+    /// acts as (`sub` = user id), or an admin's (`"role":"admin"`).
+    #[arg(long, env = "COMMERCE_AUTH_JWT_SECRET", hide_env_values = true)]
+    pub auth_jwt_secret: Option<String>,
     /// Embedded engine's data dir (default: a temporary dir, removed afterwards).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -170,6 +175,7 @@ impl BenchArgs {
             workload,
             url: None,
             admin_token: None,
+            auth_jwt_secret: None,
             data_dir: None,
             store: StoreChoice::Sled,
             data_platform: SinkChoice::File,
@@ -880,7 +886,12 @@ pub fn execute(args: &BenchArgs) -> Result<BenchReport, crate::CliError> {
     let on = clients_on(args)?;
     let (target, embedded, target_name) = match &args.url {
         Some(url) => {
-            let http = HttpTarget::new(url, args.admin_token.clone(), args.keys)?;
+            let http = HttpTarget::new(
+                url,
+                args.admin_token.clone(),
+                args.keys,
+                args.auth_jwt_secret.as_deref(),
+            )?;
             (Target::Http(http), None, url.clone())
         }
         None => {

@@ -86,6 +86,60 @@ pub struct HttpTarget {
     reach: Arc<Reach>,
     /// With `--keys`: each change request carries a new key, `<prefix>-<n>`.
     keys: Option<Arc<KeySource>>,
+    /// With `--auth-jwt-secret`: the tokens it sends (the server checks them).
+    tokens: Option<Arc<Tokens>>,
+}
+
+/// Who a request acts as, for the token it carries when the server checks tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Who {
+    /// An admin route: the static admin token if given, else an admin JWT.
+    Admin,
+    /// A customer's request: that user's token.
+    User(UserId),
+    /// A request of the bench itself (creating users, reading a coupon or
+    /// an order to check the run): an admin JWT, and no token without one.
+    Bench,
+}
+
+/// Users whose token is kept once minted; past this, tokens are minted per request.
+const TOKENS_KEPT_MAX: usize = 100_000;
+/// How long minted tokens are valid: longer than any run.
+const TOKEN_TTL_SECS: u64 = 7 * 24 * 3600;
+
+/// HS256 tokens for a server started with `--auth-jwt-secret`: one per
+/// user (`sub` = the user id), minted on first use, and an admin's.
+pub struct Tokens {
+    secret: Vec<u8>,
+    admin: String,
+    users: Mutex<std::collections::HashMap<u64, Arc<str>>>,
+}
+
+impl Tokens {
+    pub fn new(secret: &str) -> Result<Tokens, String> {
+        let secret = secret.as_bytes().to_vec();
+        let admin = crate::http::auth::mint_hs256(&secret, None, true, TOKEN_TTL_SECS)?;
+        Ok(Tokens {
+            secret,
+            admin,
+            users: Mutex::new(std::collections::HashMap::new()),
+        })
+    }
+
+    fn user(&self, id: UserId) -> Arc<str> {
+        let mut kept = self.users.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(t) = kept.get(&id.0) {
+            return t.clone();
+        }
+        let token: Arc<str> =
+            crate::http::auth::mint_hs256(&self.secret, Some(id.0), false, TOKEN_TTL_SECS)
+                .unwrap_or_default()
+                .into();
+        if kept.len() < TOKENS_KEPT_MAX {
+            kept.insert(id.0, token.clone());
+        }
+        token
+    }
 }
 
 /// New idempotency keys, unique within a run and across runs.
@@ -239,7 +293,14 @@ struct ErrorBody {
 
 impl HttpTarget {
     /// With `keys`, every POST but the admin setup's carries an `Idempotency-Key`.
-    pub fn new(url: &str, admin_token: Option<String>, keys: bool) -> Result<HttpTarget, String> {
+    /// With `auth_secret`, requests carry HS256 tokens minted with it.
+    pub fn new(
+        url: &str,
+        admin_token: Option<String>,
+        keys: bool,
+        auth_secret: Option<&str>,
+    ) -> Result<HttpTarget, String> {
+        let tokens = auth_secret.map(Tokens::new).transpose()?.map(Arc::new);
         // Whatever path the URL has goes before `/api/v1`.
         let client = HttpClient::new(url, Duration::from_secs(30))?;
         Ok(HttpTarget {
@@ -248,6 +309,7 @@ impl HttpTarget {
             admin_token,
             reach: Arc::new(Reach::new()),
             keys: keys.then(|| Arc::new(KeySource::new())),
+            tokens,
             requests: Arc::new(RequestLatencies {
                 from: OnceLock::new(),
                 stopped: AtomicBool::new(false),
@@ -264,13 +326,19 @@ impl HttpTarget {
         method: Method,
         path: &str,
         body: Option<serde_json::Value>,
-        admin: bool,
+        who: Who,
     ) -> OpResult<T> {
         let body = body.map(|b| b.to_string().into_bytes());
-        let bearer = if admin {
-            self.admin_token.as_deref()
-        } else {
-            None
+        let admin = who == Who::Admin;
+        let user_token;
+        let bearer = match (who, &self.tokens) {
+            (Who::Admin, _) if self.admin_token.is_some() => self.admin_token.as_deref(),
+            (Who::Admin | Who::Bench, Some(t)) => Some(t.admin.as_str()),
+            (Who::User(id), Some(t)) => {
+                user_token = t.user(id);
+                Some(&*user_token)
+            }
+            _ => None,
         };
         if self.reach.gone.get().is_some() {
             return Err(OpError::unknown(UNREACHABLE));
@@ -332,8 +400,37 @@ impl OpError {
 }
 
 impl HttpTarget {
-    /// `GET /health` once: `Err` with a sentence when no server answers.
+    /// `GET /health` once: `Err` with a sentence when no server answers;
+    /// then whether the server checks tokens, and takes the bench's.
     pub async fn probe(&self) -> Result<(), String> {
+        self.probe_health().await?;
+        self.probe_auth().await
+    }
+
+    /// A user read (user 1, which may not exist): 401 means the server
+    /// checks tokens, and either the bench sends none or the server refuses them.
+    async fn probe_auth(&self) -> Result<(), String> {
+        let token = self.tokens.as_ref().map(|t| t.user(UserId(1)));
+        let answer = self
+            .client
+            .send(&Method::GET, "/api/v1/users/1", token.as_deref(), None)
+            .await;
+        match answer {
+            Ok(a) if a.status == 401 && token.is_none() => Err(format!(
+                "the server at {} requires customer authentication (401 UNAUTHORIZED without a token): \
+                 give --auth-jwt-secret with the server's secret",
+                self.url
+            )),
+            Ok(a) if a.status == 401 => Err(format!(
+                "the server at {} refuses the bench's tokens (401 UNAUTHORIZED): \
+                 is --auth-jwt-secret the server's secret?",
+                self.url
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    async fn probe_health(&self) -> Result<(), String> {
         match self.client.send(&Method::GET, "/health", None, None).await {
             Ok(a) if a.status == 200 => Ok(()),
             Ok(a) => Err(format!(
@@ -479,7 +576,12 @@ impl Target {
             Target::Embedded(e) => Ok(e.create_user(name, None).await?.id),
             Target::Http(h) => {
                 let b: IdBody = h
-                    .call(Method::POST, "/users", Some(json!({ "name": name })), false)
+                    .call(
+                        Method::POST,
+                        "/users",
+                        Some(json!({ "name": name })),
+                        Who::Bench,
+                    )
                     .await?;
                 Ok(UserId(b.id))
             }
@@ -500,7 +602,7 @@ impl Target {
                         Method::POST,
                         &path,
                         Some(json!({ "amount": amount.0 })),
-                        false,
+                        Who::User(user),
                     )
                     .await?;
                 Ok(())
@@ -513,7 +615,7 @@ impl Target {
             Target::Embedded(e) => Ok(e.balance(user).await?.balance),
             Target::Http(h) => {
                 let path = format!("/users/{user}/balance");
-                let b: BalanceBody = h.call(Method::GET, &path, None, false).await?;
+                let b: BalanceBody = h.call(Method::GET, &path, None, Who::User(user)).await?;
                 Ok(Krw(b.balance))
             }
         }
@@ -524,7 +626,9 @@ impl Target {
             Target::Embedded(e) => Ok(e.create_product(name, price, stock, None).await?.id),
             Target::Http(h) => {
                 let body = json!({ "name": name, "price": price.0, "stock": stock });
-                let b: IdBody = h.call(Method::POST, "/products", Some(body), true).await?;
+                let b: IdBody = h
+                    .call(Method::POST, "/products", Some(body), Who::Admin)
+                    .await?;
                 Ok(ProductId(b.id))
             }
         }
@@ -536,7 +640,7 @@ impl Target {
             Target::Embedded(e) => Ok(e.product(id).await?.stock),
             Target::Http(h) => {
                 let b: ProductBody = h
-                    .call(Method::GET, &format!("/products/{id}"), None, false)
+                    .call(Method::GET, &format!("/products/{id}"), None, Who::Bench)
                     .await?;
                 Ok(b.stock)
             }
@@ -551,6 +655,7 @@ impl Target {
                     discount: Discount::Fixed { amount: off },
                     quantity,
                     expires_at: None,
+                    terms: Default::default(),
                 };
                 Ok(e.create_coupon(new, None).await?.id)
             }
@@ -560,7 +665,9 @@ impl Target {
                     "discount": { "kind": "fixed", "amount": off.0 },
                     "quantity": quantity,
                 });
-                let b: IdBody = h.call(Method::POST, "/coupons", Some(body), true).await?;
+                let b: IdBody = h
+                    .call(Method::POST, "/coupons", Some(body), Who::Admin)
+                    .await?;
                 Ok(CouponId(b.id))
             }
         }
@@ -572,7 +679,7 @@ impl Target {
             Target::Embedded(e) => Ok(e.coupon(id).await?.remaining),
             Target::Http(h) => {
                 let b: CouponBody = h
-                    .call(Method::GET, &format!("/coupons/{id}"), None, false)
+                    .call(Method::GET, &format!("/coupons/{id}"), None, Who::Bench)
                     .await?;
                 Ok(b.remaining)
             }
@@ -593,7 +700,7 @@ impl Target {
                         Method::POST,
                         &path,
                         Some(json!({ "user_id": user.0 })),
-                        false,
+                        Who::User(user),
                     )
                     .await?;
                 Ok(())
@@ -624,7 +731,9 @@ impl Target {
                     "user_id": user.0,
                     "items": [{ "product_id": product.0, "quantity": quantity }],
                 });
-                let o: OrderBody = h.call(Method::POST, "/orders", Some(body), false).await?;
+                let o: OrderBody = h
+                    .call(Method::POST, "/orders", Some(body), Who::User(user))
+                    .await?;
                 Ok(Placed {
                     order_id: OrderId(o.id),
                     pay_amount: Krw(o.pay_amount),
@@ -633,12 +742,13 @@ impl Target {
         }
     }
 
-    pub async fn pay(&self, order: OrderId) -> OpResult<()> {
+    /// Pays `order`, as its user `user`.
+    pub async fn pay(&self, user: UserId, order: OrderId) -> OpResult<()> {
         match self {
             Target::Embedded(e) => e.pay_order(order, None).await.map(drop).map_err(Into::into),
             Target::Http(h) => {
                 let path = format!("/orders/{order}/payment");
-                let _: IdBody = h.call(Method::POST, &path, None, false).await?;
+                let _: IdBody = h.call(Method::POST, &path, None, Who::User(user)).await?;
                 Ok(())
             }
         }
@@ -655,7 +765,7 @@ impl Target {
             }
             Target::Http(h) => {
                 let b: StatusBody = h
-                    .call(Method::GET, &format!("/orders/{order}"), None, false)
+                    .call(Method::GET, &format!("/orders/{order}"), None, Who::Bench)
                     .await?;
                 Ok(b.status)
             }

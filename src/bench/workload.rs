@@ -300,7 +300,7 @@ async fn order_pay(
         )
         .await?;
     tally.placed_units[product_index].fetch_add(1, Ordering::Relaxed);
-    match target.pay(placed.order_id).await {
+    match target.pay(fixture.users[user_index], placed.order_id).await {
         Ok(()) => {
             tally.sold_units[product_index].fetch_add(1, Ordering::Relaxed);
             tally.paid[user_index].fetch_add(placed.pay_amount.0, Ordering::Relaxed);

@@ -213,6 +213,28 @@ impl JournalStream {
         Ok(info.state.last_sequence)
     }
 
+    /// The first and last sequence the stream holds; `None` when it holds
+    /// no message (never had one, or everything was purged).
+    pub async fn bounds(&self) -> Result<Option<(u64, u64)>, ClusterError> {
+        let info = self
+            .stream
+            .get_info()
+            .await
+            .map_err(|e| ClusterError::JetStream(format!("journal info: {e}")))?;
+        let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+        Ok((info.state.messages > 0 && first >= 1 && first <= last).then_some((first, last)))
+    }
+
+    /// The body of the message at `seq` (empty for a term marker), read
+    /// from the stream's leader.
+    pub async fn get(&self, seq: u64) -> Result<Bytes, ClusterError> {
+        self.stream
+            .get_raw_message(seq)
+            .await
+            .map(|m| m.payload)
+            .map_err(|e| ClusterError::JetStream(format!("journal message {seq}: {e}")))
+    }
+
     /// Every message from `seq` on, in order, and then each new one as it
     /// is stored: an ordered consumer, which the client recreates where it
     /// left off when a server goes away. The stream never ends by itself.

@@ -2,9 +2,10 @@
 //! leader by a lease, every stale writer fenced by the stream itself.
 //!
 //! In a cluster **the stream is the only truth**. A node's local sled
-//! store is a copy of what the stream holds (plus snapshots); a batch that
-//! a node flushed locally but the stream never took was never
-//! acknowledged, and a node that rejoins discards it before it follows.
+//! store is a copy of what the stream holds (plus snapshots), written only
+//! after the stream stored each batch, so a node that rejoins finds its
+//! last local record in the stream and follows from there; a store the
+//! stream does not hold is refused.
 //! The design, the server configuration and the failure table are in
 //! `docs/cluster.md`.
 //!

@@ -1,11 +1,13 @@
 //! Coupon campaigns (first come, first served) and their discounts.
 
+use crate::domain::coupon_terms::CouponTerms;
 use crate::domain::id_bitmap::IdBitmap;
-use crate::domain::ids::{CouponId, IdSet, UserId};
+use crate::domain::ids::{CouponId, IdSet, UserCouponId, UserId};
 use crate::domain::limits::Limits;
 use crate::domain::money::Krw;
 use crate::domain::rejection::{Decision, Rejection};
 use crate::domain::time::Timestamp;
+use crate::domain::user::{CouponUse, UserCoupon};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// What a coupon takes off an order.
@@ -160,6 +162,8 @@ pub struct Campaign {
     pub discount: Discount,
     pub quantity: u64,
     pub expires_at: Option<Timestamp>,
+    /// Start, minimum order and discount cap ([`CouponTerms`]).
+    pub terms: CouponTerms,
     /// Users whose coupon is durable.
     pub issued: IdBitmap,
     /// Users whose coupon is decided but not yet durable (a hold).
@@ -176,6 +180,8 @@ pub struct CampaignHeader {
     pub expires_at: Option<Timestamp>,
     /// Coupons issued: the members of every stored chunk, checked at load.
     pub issued_count: u64,
+    /// Since format version 3.
+    pub terms: CouponTerms,
 }
 
 impl CampaignHeader {
@@ -188,6 +194,7 @@ impl CampaignHeader {
             self.quantity,
             self.expires_at,
         )
+        .with_terms(self.terms)
     }
 }
 
@@ -205,9 +212,16 @@ impl Campaign {
             discount,
             quantity,
             expires_at,
+            terms: CouponTerms::default(),
             issued: IdBitmap::new(),
             pending: IdSet::default(),
         }
+    }
+
+    /// The campaign with `terms` (checked by [`CouponTerms::validate`]).
+    pub fn with_terms(mut self, terms: CouponTerms) -> Campaign {
+        self.terms = terms;
+        self
     }
 
     pub fn header(&self) -> CampaignHeader {
@@ -218,6 +232,7 @@ impl Campaign {
             quantity: self.quantity,
             expires_at: self.expires_at,
             issued_count: self.issued.len(),
+            terms: self.terms,
         }
     }
 
@@ -231,8 +246,11 @@ impl Campaign {
             .saturating_sub(self.issued.len() + self.pending.len() as u64)
     }
 
-    /// Rules of issuing: not expired, one per user, never more than `quantity`.
-    pub fn decide_issue(&self, user_id: UserId, now: Timestamp) -> Decision<()> {
+    /// Rules of issuing: started, not expired, one per user, never more than
+    /// `quantity` (holds counted as issued). Changes nothing.
+    pub fn decide(&self, command: CampaignCommand, now: Timestamp) -> Decision<CampaignEvent> {
+        let CampaignCommand::Issue(user_id) = command;
+        self.terms.decide_started(self.id, now)?;
         if self.is_expired(now) {
             return Err(Rejection::CouponExpired(self.id));
         }
@@ -242,22 +260,64 @@ impl Campaign {
         if self.remaining() == 0 {
             return Err(Rejection::CouponSoldOut(self.id));
         }
-        Ok(())
+        Ok(CampaignEvent::Issued(user_id))
     }
 
     pub fn hold(&mut self, user_id: UserId) {
         self.pending.insert(user_id);
+        assert!(
+            self.issued.len() + self.pending.len() as u64 <= self.quantity,
+            "coupon {}: held beyond its quantity",
+            self.id
+        );
     }
 
     pub fn drop_hold(&mut self, user_id: UserId) {
         self.pending.remove(&user_id);
     }
 
-    /// Applies `CouponIssued`; answers the chunk of `issued` it changed.
-    pub fn apply_issued(&mut self, user_id: UserId) -> u64 {
-        self.pending.remove(&user_id);
-        self.issued.insert(user_id.0).1
+    /// Applies a durable event.
+    pub fn apply(&mut self, event: CampaignEvent, _at: Timestamp) {
+        match event {
+            CampaignEvent::Issued(user_id) => {
+                let (new, _) = self.issued.insert(user_id.0);
+                assert!(new, "coupon {}: issued twice to user {user_id}", self.id);
+            }
+        }
+        assert!(
+            self.issued.len() <= self.quantity,
+            "coupon {}: issued beyond its quantity",
+            self.id
+        );
     }
+
+    /// The coupon `id` of this campaign, as its holder keeps it: what
+    /// `CouponIssued` hands the user.
+    pub fn coupon(&self, id: UserCouponId) -> UserCoupon {
+        UserCoupon {
+            id,
+            coupon_id: self.id,
+            name: self.name.clone(),
+            discount: self.discount,
+            expires_at: self.expires_at,
+            state: CouponUse::Available,
+            terms: self.terms,
+        }
+    }
+}
+
+/// What is asked of a campaign.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CampaignCommand {
+    /// One coupon for this user.
+    Issue(UserId),
+}
+
+/// What a durable record does to a campaign (creating it aside).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CampaignEvent {
+    /// `CouponIssued`: this user's coupon is durable.
+    Issued(UserId),
 }
 
 #[cfg(test)]
@@ -309,16 +369,19 @@ mod tests {
     fn issue_is_refused_once_quantity_is_reached_counting_holds() {
         // given a campaign of 2 with one issued and one held
         let mut c = campaign(2);
-        c.apply_issued(UserId(1));
+        c.apply(CampaignEvent::Issued(UserId(1)), Timestamp(0));
         c.hold(UserId(2));
         // when a third user asks, then it is sold out
         assert_eq!(
-            c.decide_issue(UserId(3), Timestamp(0)),
+            c.decide(CampaignCommand::Issue(UserId(3)), Timestamp(0)),
             Err(Rejection::CouponSoldOut(CouponId(1)))
         );
         // and when the hold is dropped, then it can be issued again
         c.drop_hold(UserId(2));
-        assert_eq!(c.decide_issue(UserId(3), Timestamp(0)), Ok(()));
+        assert_eq!(
+            c.decide(CampaignCommand::Issue(UserId(3)), Timestamp(0)),
+            Ok(CampaignEvent::Issued(UserId(3)))
+        );
     }
 
     #[test]
@@ -326,12 +389,13 @@ mod tests {
         let mut c = campaign(10);
         c.hold(UserId(1));
         assert_eq!(
-            c.decide_issue(UserId(1), Timestamp(0)),
+            c.decide(CampaignCommand::Issue(UserId(1)), Timestamp(0)),
             Err(Rejection::CouponAlreadyIssued(CouponId(1)))
         );
-        c.apply_issued(UserId(1));
+        c.drop_hold(UserId(1));
+        c.apply(CampaignEvent::Issued(UserId(1)), Timestamp(0));
         assert_eq!(
-            c.decide_issue(UserId(1), Timestamp(0)),
+            c.decide(CampaignCommand::Issue(UserId(1)), Timestamp(0)),
             Err(Rejection::CouponAlreadyIssued(CouponId(1)))
         );
     }
@@ -339,9 +403,12 @@ mod tests {
     #[test]
     fn issue_is_refused_from_the_expiry_instant_on() {
         let c = campaign(10);
-        assert_eq!(c.decide_issue(UserId(1), Timestamp(999)), Ok(()));
         assert_eq!(
-            c.decide_issue(UserId(1), Timestamp(1000)),
+            c.decide(CampaignCommand::Issue(UserId(1)), Timestamp(999)),
+            Ok(CampaignEvent::Issued(UserId(1)))
+        );
+        assert_eq!(
+            c.decide(CampaignCommand::Issue(UserId(1)), Timestamp(1000)),
             Err(Rejection::CouponExpired(CouponId(1)))
         );
     }

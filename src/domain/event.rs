@@ -3,9 +3,11 @@
 //! placed order (stock on several products, a coupon, the order) is atomic.
 
 use crate::domain::coupon::Discount;
+use crate::domain::coupon_terms::CouponTerms;
 use crate::domain::ids::{CouponId, OrderId, ProductId, UserCouponId, UserId};
 use crate::domain::money::Krw;
 use crate::domain::order::Order;
+use crate::domain::product::ProductPatch;
 use crate::domain::time::Timestamp;
 use crate::domain::views::Reply;
 use serde::{Deserialize, Serialize};
@@ -86,6 +88,37 @@ pub enum Event {
     /// nothing: the record only keeps the refusal under its key, so a retry
     /// gets the same answer.
     RequestRefused,
+    /// `CampaignCreated` with terms (written only when some term is given).
+    CampaignCreatedWithTerms {
+        coupon_id: CouponId,
+        name: String,
+        discount: Discount,
+        quantity: u64,
+        expires_at: Option<Timestamp>,
+        /// Boxed (the same bytes stored): it would widen every record.
+        terms: Box<CouponTerms>,
+    },
+    /// `ProductCreated` with a per-user limit.
+    ProductCreatedWithLimit {
+        product_id: ProductId,
+        name: String,
+        price: Krw,
+        stock: u64,
+        max_per_user: u64,
+    },
+    /// A product's name, price or limit changed; orders placed after it see it.
+    ProductUpdated {
+        product_id: ProductId,
+        /// Boxed (the same bytes stored): it would widen every record.
+        patch: Box<ProductPatch>,
+    },
+    /// `OrderPlaced` with lines whose products count per user: those lines'
+    /// units are held by the user from now on.
+    OrderPlacedCounted {
+        order: Box<Order>,
+        from_cart: bool,
+        counted: Vec<ProductId>,
+    },
     /// A paid order was refunded, whole or in part: `order` as it reads
     /// after the refund, whose last refund is this one. One record holds
     /// every effect (the user's credit, the units back in stock and out of

@@ -35,6 +35,11 @@ impl IdBitmap {
         IdBitmap::default()
     }
 
+    /// The chunk id `id` (≥ 1) lies in.
+    pub fn chunk_of(id: u64) -> u64 {
+        place(id).0 as u64
+    }
+
     /// Members.
     pub fn len(&self) -> u64 {
         self.len

@@ -19,6 +19,10 @@ pub struct Limits {
     pub discount_fixed_krw_max: Krw,
     pub discount_percent_max: u8,
     pub coupon_quantity_max: u64,
+    /// A coupon's `min_order_amount` (no order above the balance limit can be paid).
+    pub min_order_krw_max: Krw,
+    /// A product's `max_per_user`: units one user may hold.
+    pub purchase_limit_count_max: u64,
     pub page_size_max: usize,
     pub page_size_default: usize,
     pub idempotency_key_chars_max: usize,
@@ -42,6 +46,8 @@ impl Limits {
         discount_fixed_krw_max: Krw(100_000_000),
         discount_percent_max: 100,
         coupon_quantity_max: 10_000_000,
+        min_order_krw_max: Krw(1_000_000_000),
+        purchase_limit_count_max: 1_000,
         page_size_max: 100,
         page_size_default: 20,
         idempotency_key_chars_max: 128,

@@ -2,7 +2,9 @@
 //! cancelled | expired, then paid → partially_refunded → refunded
 //! ([`crate::domain::refund`]).
 
+#[cfg(test)]
 use crate::domain::coupon::Discount;
+use crate::domain::coupon_terms::Offer;
 use crate::domain::ids::{OrderId, ProductId, UserCouponId, UserId};
 use crate::domain::limits::Limits;
 use crate::domain::money::Krw;
@@ -113,7 +115,8 @@ pub struct Amounts {
     pub pay: Krw,
 }
 
-pub fn price(lines: &[OrderLine], discount: Option<Discount>) -> Decision<Amounts> {
+/// The sum of the lines, before any discount.
+pub fn total(lines: &[OrderLine]) -> Decision<Krw> {
     let mut total = Krw::ZERO;
     for line in lines {
         total = line
@@ -122,7 +125,12 @@ pub fn price(lines: &[OrderLine], discount: Option<Discount>) -> Decision<Amount
             .and_then(|sub| total.checked_add(sub))
             .ok_or_else(|| Rejection::InvalidRequest("order total is too large".into()))?;
     }
-    let off = discount.map_or(Krw::ZERO, |d| d.amount_off(total));
+    Ok(total)
+}
+
+pub fn price(lines: &[OrderLine], offer: Option<Offer>) -> Decision<Amounts> {
+    let total = total(lines)?;
+    let off = offer.map_or(Krw::ZERO, |o| o.amount_off(total));
     let pay = total
         .checked_sub(off)
         .expect("a discount never exceeds the total");
@@ -133,17 +141,48 @@ pub fn price(lines: &[OrderLine], discount: Option<Discount>) -> Decision<Amount
     })
 }
 
-/// What a payment or a cancellation may do with a pending order.
-///
-/// An order whose time is up is expired, whether or not the expiry sweep
-/// has reached it yet: paying or cancelling it expires it and is refused,
-/// so the answer never depends on when the sweep ran.
+/// [`price`] with a plain discount (no cap).
+#[cfg(test)]
+pub fn price_with(lines: &[OrderLine], discount: Option<Discount>) -> Decision<Amounts> {
+    price(
+        lines,
+        discount.map(|discount| Offer {
+            discount,
+            max_discount: None,
+        }),
+    )
+}
+
+/// What is asked of an order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Settle {
-    /// Pending and within its time: go ahead.
-    Proceed,
-    /// Pending but its time is up: expire it first, then refuse.
-    ExpireThenRefuse,
+pub enum OrderCommand {
+    Pay,
+    Cancel,
+}
+
+/// What a durable record does to an order (placing creates it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OrderEvent {
+    /// `OrderPaid`.
+    Paid,
+    /// `OrderPaymentFailed`.
+    PaymentFailed,
+    /// `OrderCancelled`.
+    Cancelled,
+    /// `OrderExpired`.
+    Expired,
+}
+
+impl OrderEvent {
+    /// The status the order ends in.
+    pub fn status(self) -> OrderStatus {
+        match self {
+            OrderEvent::Paid => OrderStatus::Paid,
+            OrderEvent::PaymentFailed => OrderStatus::Failed,
+            OrderEvent::Cancelled => OrderStatus::Cancelled,
+            OrderEvent::Expired => OrderStatus::Expired,
+        }
+    }
 }
 
 impl Order {
@@ -151,27 +190,32 @@ impl Order {
         self.status == OrderStatus::Pending && now >= self.expires_at
     }
 
-    pub fn decide_pay(&self, now: Timestamp) -> Decision<Settle> {
-        match self.status {
-            OrderStatus::Pending if now >= self.expires_at => Ok(Settle::ExpireThenRefuse),
-            OrderStatus::Pending => Ok(Settle::Proceed),
-            _ => Err(Rejection::OrderNotPayable(self.id)),
+    /// What a payment or a cancellation does to the order. An order whose
+    /// time is up is expired, whether or not the expiry sweep has reached
+    /// it yet: paying or cancelling it decides `Expired`, and the caller
+    /// refuses the request once that is durable, so the answer never
+    /// depends on when the sweep ran. (A payment decided `Paid` may still
+    /// end `PaymentFailed`: the balance is the user's to decide.)
+    pub fn decide(&self, command: OrderCommand, now: Timestamp) -> Decision<OrderEvent> {
+        match (self.status, command) {
+            (OrderStatus::Pending, _) if now >= self.expires_at => Ok(OrderEvent::Expired),
+            (OrderStatus::Pending, OrderCommand::Pay) => Ok(OrderEvent::Paid),
+            (OrderStatus::Pending, OrderCommand::Cancel) => Ok(OrderEvent::Cancelled),
+            (_, OrderCommand::Pay) => Err(Rejection::OrderNotPayable(self.id)),
+            (_, OrderCommand::Cancel) => Err(Rejection::OrderNotCancellable(self.id)),
         }
     }
 
-    pub fn decide_cancel(&self, now: Timestamp) -> Decision<Settle> {
-        match self.status {
-            OrderStatus::Pending if now >= self.expires_at => Ok(Settle::ExpireThenRefuse),
-            OrderStatus::Pending => Ok(Settle::Proceed),
-            _ => Err(Rejection::OrderNotCancellable(self.id)),
-        }
-    }
-
-    /// Applies the end of a pending order (paid, failed, cancelled, expired).
-    pub fn apply_settled(&mut self, status: OrderStatus, at: Timestamp) {
-        debug_assert_eq!(self.status, OrderStatus::Pending);
-        self.status = status;
-        if status == OrderStatus::Paid {
+    /// Applies a durable event: the end of a pending order.
+    pub fn apply(&mut self, event: OrderEvent, at: Timestamp) {
+        assert_eq!(
+            self.status,
+            OrderStatus::Pending,
+            "order {}: {event:?} applied to a finished order",
+            self.id
+        );
+        self.status = event.status();
+        if event == OrderEvent::Paid {
             self.paid_at = Some(at);
         }
     }
@@ -241,7 +285,7 @@ mod tests {
 
     #[test]
     fn price_sums_lines_and_subtracts_the_discount() {
-        let a = price(
+        let a = price_with(
             &[line(1, 1000, 3), line(2, 999, 1)],
             Some(Discount::Percent { percent: 10 }),
         )
@@ -258,7 +302,7 @@ mod tests {
 
     #[test]
     fn a_fixed_discount_larger_than_the_total_pays_nothing() {
-        let a = price(
+        let a = price_with(
             &[line(1, 500, 1)],
             Some(Discount::Fixed { amount: Krw(800) }),
         )
@@ -295,7 +339,7 @@ mod tests {
     #[test]
     fn only_a_pending_order_can_be_cancelled_or_paid() {
         assert!(order(OrderStatus::Pending)
-            .decide_cancel(Timestamp(0))
+            .decide(OrderCommand::Cancel, Timestamp(0))
             .is_ok());
         for s in [
             OrderStatus::Paid,
@@ -304,11 +348,11 @@ mod tests {
             OrderStatus::Expired,
         ] {
             assert_eq!(
-                order(s).decide_cancel(Timestamp(0)),
+                order(s).decide(OrderCommand::Cancel, Timestamp(0)),
                 Err(Rejection::OrderNotCancellable(OrderId(1)))
             );
             assert_eq!(
-                order(s).decide_pay(Timestamp(0)),
+                order(s).decide(OrderCommand::Pay, Timestamp(0)),
                 Err(Rejection::OrderNotPayable(OrderId(1)))
             );
         }
@@ -317,13 +361,11 @@ mod tests {
     #[test]
     fn a_pending_order_past_its_expiry_is_expired_not_paid_nor_cancelled() {
         let o = order(OrderStatus::Pending);
-        assert_eq!(o.decide_pay(Timestamp(999)), Ok(Settle::Proceed));
-        assert_eq!(o.decide_pay(Timestamp(1000)), Ok(Settle::ExpireThenRefuse));
-        assert_eq!(o.decide_cancel(Timestamp(999)), Ok(Settle::Proceed));
-        assert_eq!(
-            o.decide_cancel(Timestamp(1000)),
-            Ok(Settle::ExpireThenRefuse)
-        );
+        let decide = |c, t| o.decide(c, Timestamp(t));
+        assert_eq!(decide(OrderCommand::Pay, 999), Ok(OrderEvent::Paid));
+        assert_eq!(decide(OrderCommand::Pay, 1000), Ok(OrderEvent::Expired));
+        assert_eq!(decide(OrderCommand::Cancel, 999), Ok(OrderEvent::Cancelled));
+        assert_eq!(decide(OrderCommand::Cancel, 1000), Ok(OrderEvent::Expired));
         assert!(o.is_due_to_expire(Timestamp(1000)));
     }
 }

@@ -39,6 +39,17 @@ pub enum Rejection {
     OrderNotCancellable(OrderId),
     #[error("order {0} is not pending and cannot be paid")]
     OrderNotPayable(OrderId),
+    #[error("coupon {0} is not issued yet")]
+    CouponNotStarted(CouponId),
+    #[error(
+        "product {product_id} allows at most {max} per user ({held} held, {requested} requested)"
+    )]
+    PurchaseLimitExceeded {
+        product_id: ProductId,
+        max: u64,
+        held: u64,
+        requested: u64,
+    },
     #[error("order {0} is not paid (or is refunded whole) and cannot be refunded")]
     OrderNotRefundable(OrderId),
     #[error("the refund exceeds order {order_id}: {why}")]
@@ -64,6 +75,8 @@ impl Rejection {
             Rejection::InvalidCoupon(_) => "INVALID_COUPON",
             Rejection::OrderNotCancellable(_) => "ORDER_NOT_CANCELLABLE",
             Rejection::OrderNotPayable(_) => "ORDER_NOT_PAYABLE",
+            Rejection::CouponNotStarted(_) => "COUPON_NOT_STARTED",
+            Rejection::PurchaseLimitExceeded { .. } => "PURCHASE_LIMIT_EXCEEDED",
             Rejection::OrderNotRefundable(_) => "ORDER_NOT_REFUNDABLE",
             Rejection::RefundExceedsOrder { .. } => "REFUND_EXCEEDS_ORDER",
         }

@@ -7,9 +7,11 @@
 //! the holds decided before it.
 
 use crate::domain::coupon::Discount;
+use crate::domain::coupon_terms::{CouponTerms, Offer};
 use crate::domain::ids::{CouponId, OrderId, ProductId, UserCouponId, UserId};
 use crate::domain::limits::Limits;
 use crate::domain::money::Krw;
+use crate::domain::purchase_limit::HeldUnits;
 use crate::domain::rejection::{Decision, Rejection};
 use crate::domain::time::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -73,6 +75,8 @@ pub struct UserCoupon {
     pub discount: Discount,
     pub expires_at: Option<Timestamp>,
     pub state: CouponUse,
+    /// The campaign's terms (since format version 3).
+    pub terms: CouponTerms,
 }
 
 impl UserCoupon {
@@ -81,13 +85,66 @@ impl UserCoupon {
     }
 }
 
-/// A cart line. Names and prices never change, so the line keeps them.
+/// A cart line, with the product's name and price when it was set; the
+/// engine answers carts with the product's current name and price.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CartLine {
     pub product_id: ProductId,
     pub name: String,
     pub price: Krw,
     pub quantity: u64,
+}
+
+/// What is asked of a user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UserCommand {
+    /// Add money to the wallet.
+    Charge {
+        amount: Krw,
+    },
+    /// Pay for an order from the wallet.
+    Pay {
+        order_id: OrderId,
+        amount: Krw,
+    },
+    /// Put a product in the cart, or set its quantity there.
+    SetCartLine(CartLine),
+    RemoveCartLine(ProductId),
+}
+
+/// What a durable record does to a user (registering creates one). One
+/// journal event may touch a user through several of these: an order
+/// placed from the cart with a coupon is `CouponUsed` and one
+/// `CartLineRemoved` per line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UserEvent {
+    /// `BalanceCharged`.
+    Charged { amount: Krw },
+    /// `OrderPaid`: the wallet is debited.
+    Paid { order_id: OrderId, amount: Krw },
+    /// `CouponIssued`: the campaign's coupon, as the holder keeps it
+    /// ([`crate::domain::coupon::Campaign::coupon`]).
+    CouponIssued(UserCoupon),
+    /// `OrderPlaced` with a coupon.
+    CouponUsed {
+        coupon: UserCouponId,
+        order_id: OrderId,
+    },
+    /// The order that used the coupon ended unpaid.
+    CouponRestored(UserCouponId),
+    /// `CartLineSet`: adding a product already in the cart sets its quantity.
+    CartLineSet(CartLine),
+    /// `CartLineRemoved`, and each line of an order placed from the cart.
+    CartLineRemoved(ProductId),
+    /// `OrderPlacedCounted`: the units of the lines that count per user
+    /// are held for good ([`crate::domain::purchase_limit`]).
+    UnitsHeld(Vec<(ProductId, u64)>),
+    /// An order ended unpaid (or units were refunded): the units of these
+    /// lines are freed.
+    UnitsReleased(Vec<(ProductId, u64)>),
+    /// `OrderRefunded`: the wallet is credited, even above the balance
+    /// limit (money back is never refused).
+    Refunded { order_id: OrderId, amount: Krw },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,6 +156,12 @@ pub struct User {
     pub history: Vec<BalanceEntry>,
     pub coupons: Vec<UserCoupon>,
     pub cart: Vec<CartLine>,
+    /// Units held in live orders of products limited per user (since
+    /// format version 3; see [`crate::domain::purchase_limit`]).
+    pub limited: HeldUnits,
+    /// Such units taken by orders being placed (holds, not yet durable).
+    #[serde(skip)]
+    pub limited_pending: HeldUnits,
     /// Sum of charges decided but not yet durable.
     #[serde(skip)]
     pub credits_pending: Krw,
@@ -122,6 +185,8 @@ impl User {
             history: Vec::new(),
             coupons: self.coupons.clone(),
             cart: self.cart.clone(),
+            limited: self.limited.clone(),
+            limited_pending: self.limited_pending.clone(),
             credits_pending: self.credits_pending,
             debits_pending: self.debits_pending,
             history_base: self.history_base,
@@ -156,15 +221,70 @@ impl User {
             history: Vec::new(),
             coupons: Vec::new(),
             cart: Vec::new(),
+            limited: HeldUnits::default(),
+            limited_pending: HeldUnits::default(),
             credits_pending: Krw::ZERO,
             debits_pending: Krw::ZERO,
             history_base: 0,
         }
     }
 
+    /// Checks a command against the user, counting every hold; changes
+    /// nothing.
+    pub fn decide(
+        &self,
+        command: UserCommand,
+        _now: Timestamp,
+        limits: &Limits,
+    ) -> Decision<UserEvent> {
+        match command {
+            UserCommand::Charge { amount } => {
+                self.decide_charge(amount, limits)?;
+                Ok(UserEvent::Charged { amount })
+            }
+            UserCommand::Pay { order_id, amount } => {
+                self.decide_debit(amount)?;
+                Ok(UserEvent::Paid { order_id, amount })
+            }
+            UserCommand::SetCartLine(line) => {
+                self.decide_set_cart_line(line.product_id, line.quantity, limits)?;
+                Ok(UserEvent::CartLineSet(line))
+            }
+            UserCommand::RemoveCartLine(product_id) => Ok(UserEvent::CartLineRemoved(product_id)),
+        }
+    }
+
+    /// Applies a durable event. Cannot fail: the record was decided against
+    /// this state (recovery checks that a record fits before applying it).
+    pub fn apply(&mut self, event: UserEvent, at: Timestamp) {
+        self.apply_event(event, at);
+        // A payment drops its hold before it is applied, so what is still
+        // held was decided within what is left.
+        assert!(
+            self.debits_pending <= self.balance,
+            "user {}: debit holds beyond the balance",
+            self.id
+        );
+    }
+
+    fn apply_event(&mut self, event: UserEvent, at: Timestamp) {
+        match event {
+            UserEvent::Charged { amount } => self.apply_charged(amount, at),
+            UserEvent::Paid { order_id, amount } => self.apply_paid(order_id, amount, at),
+            UserEvent::CouponIssued(coupon) => self.apply_coupon_issued(coupon),
+            UserEvent::CouponUsed { coupon, order_id } => self.apply_coupon_used(coupon, order_id),
+            UserEvent::CouponRestored(coupon) => self.apply_coupon_restored(coupon),
+            UserEvent::CartLineSet(line) => self.apply_cart_line_set(line),
+            UserEvent::CartLineRemoved(product_id) => self.apply_cart_line_removed(product_id),
+            UserEvent::UnitsHeld(lines) => self.apply_units_placed(&lines),
+            UserEvent::UnitsReleased(lines) => self.release_units(lines),
+            UserEvent::Refunded { order_id, amount } => self.apply_refunded(order_id, amount, at),
+        }
+    }
+
     // ---- wallet ----
 
-    pub fn decide_charge(&self, amount: Krw, limits: &Limits) -> Decision<()> {
+    fn decide_charge(&self, amount: Krw, limits: &Limits) -> Decision<()> {
         if amount < limits.charge_krw_min || amount > limits.charge_krw_max {
             return Err(Rejection::InvalidAmount {
                 min: limits.charge_krw_min.0,
@@ -183,14 +303,37 @@ impl User {
         }
     }
 
-    pub fn hold_credit(&mut self, amount: Krw) {
+    /// Marks what a decided event takes until its record is durable: a
+    /// charge counts toward the limit, a payment lowers what can be spent.
+    pub fn hold(&mut self, event: &UserEvent) {
+        match *event {
+            UserEvent::Charged { amount } | UserEvent::Refunded { amount, .. } => {
+                self.hold_credit(amount)
+            }
+            UserEvent::Paid { amount, .. } => self.hold_debit(amount),
+            _ => {}
+        }
+    }
+
+    /// Drops what [`hold`](User::hold) marked for `event`.
+    pub fn drop_hold(&mut self, event: &UserEvent) {
+        match *event {
+            UserEvent::Charged { amount } | UserEvent::Refunded { amount, .. } => {
+                self.drop_credit(amount)
+            }
+            UserEvent::Paid { amount, .. } => self.drop_debit(amount),
+            _ => {}
+        }
+    }
+
+    fn hold_credit(&mut self, amount: Krw) {
         self.credits_pending = self
             .credits_pending
             .checked_add(amount)
             .expect("credit holds are bounded by the balance limit");
     }
 
-    pub fn drop_credit(&mut self, amount: Krw) {
+    fn drop_credit(&mut self, amount: Krw) {
         self.credits_pending = self
             .credits_pending
             .checked_sub(amount)
@@ -204,7 +347,7 @@ impl User {
             .unwrap_or(Krw::ZERO)
     }
 
-    pub fn decide_debit(&self, due: Krw) -> Decision<()> {
+    fn decide_debit(&self, due: Krw) -> Decision<()> {
         if due <= self.spendable() {
             Ok(())
         } else {
@@ -215,14 +358,19 @@ impl User {
         }
     }
 
-    pub fn hold_debit(&mut self, due: Krw) {
+    fn hold_debit(&mut self, due: Krw) {
         self.debits_pending = self
             .debits_pending
             .checked_add(due)
             .expect("debit holds never exceed the balance");
+        assert!(
+            self.debits_pending <= self.balance,
+            "user {}: debit holds beyond the balance",
+            self.id
+        );
     }
 
-    pub fn drop_debit(&mut self, due: Krw) {
+    fn drop_debit(&mut self, due: Krw) {
         self.debits_pending = self
             .debits_pending
             .checked_sub(due)
@@ -253,7 +401,7 @@ impl User {
     }
 
     /// Applies `BalanceCharged`.
-    pub fn apply_charged(&mut self, amount: Krw, at: Timestamp) {
+    fn apply_charged(&mut self, amount: Krw, at: Timestamp) {
         self.balance = self
             .balance
             .checked_add(amount)
@@ -262,7 +410,7 @@ impl User {
     }
 
     /// Applies `OrderPaid` to the wallet.
-    pub fn apply_paid(&mut self, order_id: OrderId, amount: Krw, at: Timestamp) {
+    fn apply_paid(&mut self, order_id: OrderId, amount: Krw, at: Timestamp) {
         self.balance = self
             .balance
             .checked_sub(amount)
@@ -273,7 +421,7 @@ impl User {
     /// Applies a refund to the wallet: it may take the balance above
     /// its limit (money back is never refused). The caller checked that
     /// the sum fits.
-    pub fn apply_refunded(&mut self, order_id: OrderId, amount: Krw, at: Timestamp) {
+    fn apply_refunded(&mut self, order_id: OrderId, amount: Krw, at: Timestamp) {
         self.balance = self
             .balance
             .checked_add(amount)
@@ -304,8 +452,14 @@ impl User {
         self.coupons.iter().any(|c| c.coupon_id == coupon_id)
     }
 
-    /// A coupon can pay toward an order: it is this user's, available and not expired.
-    pub fn decide_use_coupon(&self, id: UserCouponId, now: Timestamp) -> Decision<Discount> {
+    /// A coupon can pay toward an order of `total`: it is this user's,
+    /// available, not expired, and the total reaches its minimum.
+    pub fn decide_use_coupon(
+        &self,
+        id: UserCouponId,
+        total: Krw,
+        now: Timestamp,
+    ) -> Decision<Offer> {
         let coupon = self.coupon(id).ok_or_else(|| {
             Rejection::InvalidCoupon(format!("user {} holds no coupon {id}", self.id))
         })?;
@@ -317,7 +471,7 @@ impl User {
         if coupon.is_expired(now) {
             return Err(Rejection::InvalidCoupon(format!("coupon {id} has expired")));
         }
-        Ok(coupon.discount)
+        coupon.terms.decide_offer(coupon.discount, total)
     }
 
     pub fn hold_coupon(&mut self, id: UserCouponId) {
@@ -335,19 +489,19 @@ impl User {
     }
 
     /// Applies `CouponIssued` to the holder.
-    pub fn apply_coupon_issued(&mut self, coupon: UserCoupon) {
+    fn apply_coupon_issued(&mut self, coupon: UserCoupon) {
         self.coupons.push(coupon);
     }
 
     /// The coupon is used by a placed order.
-    pub fn apply_coupon_used(&mut self, id: UserCouponId, order_id: OrderId) {
+    fn apply_coupon_used(&mut self, id: UserCouponId, order_id: OrderId) {
         if let Some(c) = self.coupon_mut(id) {
             c.state = CouponUse::Used(order_id);
         }
     }
 
     /// The order that used the coupon gave it back.
-    pub fn apply_coupon_restored(&mut self, id: UserCouponId) {
+    fn apply_coupon_restored(&mut self, id: UserCouponId) {
         if let Some(c) = self.coupon_mut(id) {
             c.state = CouponUse::Available;
         }
@@ -355,7 +509,7 @@ impl User {
 
     // ---- cart ----
 
-    pub fn decide_set_cart_line(
+    fn decide_set_cart_line(
         &self,
         product_id: ProductId,
         quantity: u64,
@@ -378,7 +532,7 @@ impl User {
     }
 
     /// Applies `CartLineSet`: adding a product already in the cart sets its quantity.
-    pub fn apply_cart_line_set(&mut self, line: CartLine) {
+    fn apply_cart_line_set(&mut self, line: CartLine) {
         match self
             .cart
             .iter_mut()
@@ -390,15 +544,8 @@ impl User {
     }
 
     /// Applies `CartLineRemoved`.
-    pub fn apply_cart_line_removed(&mut self, product_id: ProductId) {
+    fn apply_cart_line_removed(&mut self, product_id: ProductId) {
         self.cart.retain(|l| l.product_id != product_id);
-    }
-
-    /// An order placed from the cart empties the cart of its lines.
-    pub fn apply_cart_ordered(&mut self, ordered: impl Iterator<Item = ProductId>) {
-        for product_id in ordered {
-            self.apply_cart_line_removed(product_id);
-        }
     }
 
     /// The history adds up to the balance: each entry moves the balance
@@ -551,6 +698,7 @@ mod tests {
             discount: Discount::Fixed { amount: Krw(10) },
             expires_at,
             state: CouponUse::Available,
+            terms: CouponTerms::default(),
         });
         u
     }
@@ -558,31 +706,37 @@ mod tests {
     #[test]
     fn a_used_or_held_coupon_cannot_be_used_again() {
         let mut u = with_coupon(None);
-        assert!(u.decide_use_coupon(UserCouponId(3), Timestamp(0)).is_ok());
+        assert!(u
+            .decide_use_coupon(UserCouponId(3), Krw(100), Timestamp(0))
+            .is_ok());
         u.hold_coupon(UserCouponId(3));
         assert!(matches!(
-            u.decide_use_coupon(UserCouponId(3), Timestamp(0)),
+            u.decide_use_coupon(UserCouponId(3), Krw(100), Timestamp(0)),
             Err(Rejection::InvalidCoupon(_))
         ));
         u.apply_coupon_used(UserCouponId(3), OrderId(1));
         assert!(matches!(
-            u.decide_use_coupon(UserCouponId(3), Timestamp(0)),
+            u.decide_use_coupon(UserCouponId(3), Krw(100), Timestamp(0)),
             Err(Rejection::InvalidCoupon(_))
         ));
         u.apply_coupon_restored(UserCouponId(3));
-        assert!(u.decide_use_coupon(UserCouponId(3), Timestamp(0)).is_ok());
+        assert!(u
+            .decide_use_coupon(UserCouponId(3), Krw(100), Timestamp(0))
+            .is_ok());
     }
 
     #[test]
     fn an_expired_or_foreign_coupon_is_invalid() {
         let u = with_coupon(Some(Timestamp(50)));
-        assert!(u.decide_use_coupon(UserCouponId(3), Timestamp(49)).is_ok());
+        assert!(u
+            .decide_use_coupon(UserCouponId(3), Krw(100), Timestamp(49))
+            .is_ok());
         assert!(matches!(
-            u.decide_use_coupon(UserCouponId(3), Timestamp(50)),
+            u.decide_use_coupon(UserCouponId(3), Krw(100), Timestamp(50)),
             Err(Rejection::InvalidCoupon(_))
         ));
         assert!(matches!(
-            u.decide_use_coupon(UserCouponId(4), Timestamp(0)),
+            u.decide_use_coupon(UserCouponId(4), Krw(100), Timestamp(0)),
             Err(Rejection::InvalidCoupon(_))
         ));
     }

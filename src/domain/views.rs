@@ -42,6 +42,10 @@ pub struct ProductView {
     pub price: Krw,
     /// What can still be ordered now (reserved units are not in it).
     pub stock: u64,
+    /// Units one user may hold in pending, paid and partially refunded
+    /// orders; null when unlimited.
+    #[schema(required = true)]
+    pub max_per_user: Option<u64>,
 }
 
 impl From<&Product> for ProductView {
@@ -51,6 +55,7 @@ impl From<&Product> for ProductView {
             name: p.name.clone(),
             price: p.price,
             stock: p.available(),
+            max_per_user: p.max_per_user,
         }
     }
 }
@@ -65,6 +70,15 @@ pub struct CouponView {
     /// Always present; null when the coupons never expire.
     #[schema(required = true)]
     pub expires_at: Option<Timestamp>,
+    /// No coupon is issued before it; null when issuing starts at once.
+    #[schema(required = true)]
+    pub starts_at: Option<Timestamp>,
+    /// An order's total must reach it to use the coupon; null for none.
+    #[schema(required = true)]
+    pub min_order_amount: Option<Krw>,
+    /// The most a percent discount takes off; null for no cap.
+    #[schema(required = true)]
+    pub max_discount: Option<Krw>,
 }
 
 impl From<&Campaign> for CouponView {
@@ -76,6 +90,9 @@ impl From<&Campaign> for CouponView {
             quantity: c.quantity,
             remaining: c.remaining(),
             expires_at: c.expires_at,
+            starts_at: c.terms.starts_at,
+            min_order_amount: c.terms.min_order_amount,
+            max_discount: c.terms.max_discount,
         }
     }
 }
@@ -99,6 +116,12 @@ pub struct UserCouponView {
     /// Always present; null when the coupons never expire.
     #[schema(required = true)]
     pub expires_at: Option<Timestamp>,
+    /// An order's total must reach it to use the coupon; null for none.
+    #[schema(required = true)]
+    pub min_order_amount: Option<Krw>,
+    /// The most a percent discount takes off; null for no cap.
+    #[schema(required = true)]
+    pub max_discount: Option<Krw>,
 }
 
 impl UserCouponView {
@@ -116,6 +139,8 @@ impl UserCouponView {
             discount: c.discount,
             status,
             expires_at: c.expires_at,
+            min_order_amount: c.terms.min_order_amount,
+            max_discount: c.terms.max_discount,
         }
     }
 }
@@ -173,15 +198,22 @@ pub struct Page<T> {
 pub enum Reply {
     User(UserView),
     Balance(BalanceView),
-    Product(ProductView),
-    Coupon(CouponView),
-    UserCoupon(UserCouponView),
+    /// As answered before format version 3 (no limit); read, no longer written.
+    Product(ProductViewV2),
+    /// As answered before format version 3 (no terms); read, no longer written.
+    Coupon(CouponViewV2),
+    /// As answered before format version 3 (no terms); read, no longer written.
+    UserCoupon(UserCouponViewV2),
     Cart(CartView),
     Order(Box<Order>),
     Top(TopProducts),
     /// A request that changed state and still failed (a payment refused for
     /// want of balance marks the order failed): the retry gets the same error.
     Rejected(Rejection),
+    ProductV3(ProductView),
+    /// Boxed: the widest answers would widen every journal record.
+    CouponV3(Box<CouponView>),
+    UserCouponV3(Box<UserCouponView>),
 }
 
 /// A view that can be kept as the first answer of an idempotent request.
@@ -208,9 +240,113 @@ macro_rules! replied {
 
 replied!(UserView, User);
 replied!(BalanceView, Balance);
-replied!(ProductView, Product);
-replied!(CouponView, Coupon);
-replied!(UserCouponView, UserCoupon);
+
+/// Views whose stored layout changed in format version 3: written as the
+/// new variant, the old one read with the new fields empty.
+macro_rules! replied_v3 {
+    ($ty:ty, $new:ident, $old:ident, $wrap:expr, $unwrap:expr) => {
+        impl Replied for $ty {
+            fn to_reply(&self) -> Reply {
+                Reply::$new($wrap(self.clone()))
+            }
+            fn from_reply(reply: Reply) -> Option<Self> {
+                match reply {
+                    Reply::$new(v) => Some($unwrap(v)),
+                    Reply::$old(v) => Some(v.into()),
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+replied_v3!(ProductView, ProductV3, Product, |v| v, |v| v);
+replied_v3!(CouponView, CouponV3, Coupon, Box::new, |v: Box<
+    CouponView,
+>| *v);
+replied_v3!(
+    UserCouponView,
+    UserCouponV3,
+    UserCoupon,
+    Box::new,
+    |v: Box<UserCouponView>| *v
+);
+
+/// A product answer as stored before format version 3, field for field.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProductViewV2 {
+    pub id: ProductId,
+    pub name: String,
+    pub price: Krw,
+    pub stock: u64,
+}
+
+impl From<ProductViewV2> for ProductView {
+    fn from(v: ProductViewV2) -> Self {
+        ProductView {
+            id: v.id,
+            name: v.name,
+            price: v.price,
+            stock: v.stock,
+            max_per_user: None,
+        }
+    }
+}
+
+/// A coupon answer as stored before format version 3, field for field.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CouponViewV2 {
+    pub id: CouponId,
+    pub name: String,
+    pub discount: Discount,
+    pub quantity: u64,
+    pub remaining: u64,
+    pub expires_at: Option<Timestamp>,
+}
+
+impl From<CouponViewV2> for CouponView {
+    fn from(v: CouponViewV2) -> Self {
+        CouponView {
+            id: v.id,
+            name: v.name,
+            discount: v.discount,
+            quantity: v.quantity,
+            remaining: v.remaining,
+            expires_at: v.expires_at,
+            starts_at: None,
+            min_order_amount: None,
+            max_discount: None,
+        }
+    }
+}
+
+/// A user coupon answer as stored before format version 3, field for field.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserCouponViewV2 {
+    pub id: UserCouponId,
+    pub coupon_id: CouponId,
+    pub user_id: UserId,
+    pub name: String,
+    pub discount: Discount,
+    pub status: UserCouponStatus,
+    pub expires_at: Option<Timestamp>,
+}
+
+impl From<UserCouponViewV2> for UserCouponView {
+    fn from(v: UserCouponViewV2) -> Self {
+        UserCouponView {
+            id: v.id,
+            coupon_id: v.coupon_id,
+            user_id: v.user_id,
+            name: v.name,
+            discount: v.discount,
+            status: v.status,
+            expires_at: v.expires_at,
+            min_order_amount: None,
+            max_discount: None,
+        }
+    }
+}
 replied!(CartView, Cart);
 replied!(TopProducts, Top);
 

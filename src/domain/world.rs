@@ -1,24 +1,27 @@
 //! The durable state of everything, as the journal says it is.
 //!
-//! `World` applies records in journal order. Recovery builds one from
-//! snapshots and the journal, `verify` checks one, the journal writer keeps
-//! one as its materialised view (to write incremental snapshots without
-//! asking any actor), and the engine starts its actors from one.
+//! `World` applies records in journal order: each journal event goes to
+//! the entities it touches, through the same `apply` the actors call.
+//! Recovery builds one from snapshots and the journal, `verify` checks one
+//! ([`crate::domain::invariants`]), the journal writer keeps one as its
+//! materialised view (to write incremental snapshots without asking any
+//! actor: [`crate::store::cut`]), and the engine starts its actors from one.
 
-use crate::domain::coupon::{Campaign, CampaignHeader};
+use crate::domain::coupon::{Campaign, CampaignEvent};
 use crate::domain::event::{Event, Record};
-use crate::domain::id_bitmap::CHUNK_WORDS;
+use crate::domain::id_bitmap::IdBitmap;
 use crate::domain::ids::{CouponId, IdSet, OrderId, ProductId, UserCouponId, UserId};
-use crate::domain::key_hash::{key_hash, KeyHash};
-use crate::domain::limits::Limits;
-use crate::domain::order::{Order, OrderStatus};
-use crate::domain::product::Product;
+use crate::domain::key_hash::key_hash;
+use crate::domain::money::Krw;
+use crate::domain::order::{Order, OrderEvent, OrderStatus};
+use crate::domain::product::{Product, ProductEvent};
 use crate::domain::refund::RefundRequest;
 use crate::domain::time::Timestamp;
-use crate::domain::user::{CartLine, CouponUse, User, UserCoupon};
+use crate::domain::user::{CartLine, User, UserEvent};
 use crate::domain::views::Reply;
+use crate::store::cut::{Cut, Dirty, NewKey, RefundedSince};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// How long an idempotency key is kept at least.
 pub const IDEMPOTENCY_TTL_MS: u64 = 24 * 60 * 60 * 1000;
@@ -166,133 +169,6 @@ impl ArchiveTally {
     }
 }
 
-/// What a snapshot moves to the archive; the world lets go of it once the
-/// snapshot is written ([`World::archived`]).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Archiving {
-    /// Finished orders written to the archive.
-    pub orders: Vec<OrderId>,
-    /// Users whose history is archived up to (not including) entry `.1`.
-    pub history: Vec<(UserId, u64)>,
-    /// The tally once these orders are in.
-    pub tally: ArchiveTally,
-    /// Of `orders`, those refunded since the cut began: they stay in
-    /// memory, to be archived again as they are now.
-    pub kept: Vec<OrderId>,
-}
-
-/// A refund applied since the current cut began, as the archive's tally
-/// must learn it when the snapshot's tally replaces the world's.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum RefundedSince {
-    /// Of an order in memory: `.1` refunds it held before.
-    InMemory(OrderId, usize),
-    /// Of an archived order, brought back into memory: as it was archived.
-    Archived(Box<Order>),
-}
-
-/// Which entities changed since the last snapshot.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Dirty {
-    pub users: IdSet<UserId>,
-    pub products: IdSet<ProductId>,
-    pub campaigns: IdSet<CouponId>,
-    /// Chunks of campaigns' issued sets: (campaign, chunk).
-    pub issued: HashSet<(CouponId, u64)>,
-    pub orders: IdSet<OrderId>,
-    /// Idempotency keys recorded since, with their answers: the snapshot
-    /// moves them to the store's key tables ([`crate::store::keys`]).
-    pub keys: Vec<NewKey>,
-    /// Keys a store from before the key tables kept among the snapshot
-    /// entries: the snapshot deletes them there (they are among `keys`).
-    pub legacy_keys: Vec<String>,
-    pub meta: bool,
-}
-
-/// An idempotency key recorded by the record at `seq`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NewKey {
-    pub hash: KeyHash,
-    pub seq: u64,
-    pub key: StoredKey,
-}
-
-impl Dirty {
-    /// Adds marks back (a snapshot that failed must be written again).
-    pub fn merge(&mut self, other: Dirty) {
-        self.users.extend(other.users);
-        self.products.extend(other.products);
-        self.campaigns.extend(other.campaigns);
-        self.issued.extend(other.issued);
-        self.orders.extend(other.orders);
-        self.keys.extend(other.keys);
-        self.legacy_keys.extend(other.legacy_keys);
-        self.meta |= other.meta;
-    }
-
-    pub fn is_empty(&self) -> bool {
-        !self.meta
-            && self.users.is_empty()
-            && self.products.is_empty()
-            && self.campaigns.is_empty()
-            && self.issued.is_empty()
-            && self.orders.is_empty()
-            && self.keys.is_empty()
-            && self.legacy_keys.is_empty()
-    }
-}
-
-/// A snapshot being taken without stopping the world: every changed entity
-/// as it was when the cut began. Products, campaigns and the meta are few and change all the
-/// time, so they are copied when the cut begins; so are the idempotency
-/// keys recorded since the last cut (the world keeps no other). Users and
-/// orders are many: they stay where they are, listed here, until they are encoded
-/// (a step at a time, between journal batches) or until a record is about
-/// to change one, which copies it first. So a cut costs no pause.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Cut {
-    /// Unchanged since the cut began: read them from the world.
-    pub users: Vec<UserId>,
-    pub orders: Vec<OrderId>,
-    /// The same ids, to look up an entity about to change: those still here are uncaptured.
-    waiting_users: IdSet<UserId>,
-    waiting_orders: IdSet<OrderId>,
-    /// Copies as they were when the cut began.
-    pub captured: Vec<Captured>,
-    /// What this snapshot moves to the archive.
-    pub archiving: Archiving,
-}
-
-/// An entity as it was when a [`Cut`] began.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Captured {
-    User(User),
-    Product(Product),
-    Campaign(CampaignHeader),
-    /// A chunk of a campaign's issued set.
-    IssuedChunk(CouponId, u64, Box<[u64; CHUNK_WORDS]>),
-    Order(Order),
-    Key(NewKey),
-    /// A key of the snapshot entries of an older store, to delete there.
-    LegacyKey(String),
-    Meta(Meta),
-}
-
-impl Cut {
-    /// Whether `id` still waits in the world (and is no longer after this call).
-    pub fn take_user(&mut self, id: UserId) -> bool {
-        self.waiting_users.remove(&id)
-    }
-    pub fn take_order(&mut self, id: OrderId) -> bool {
-        self.waiting_orders.remove(&id)
-    }
-
-    /// Nothing is left to encode.
-    pub fn is_done(&self) -> bool {
-        self.users.is_empty() && self.orders.is_empty() && self.captured.is_empty()
-    }
-}
-
 /// A record that does not fit the state it is applied to.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("record {seq} cannot be applied: {reason}")]
@@ -326,6 +202,23 @@ fn unfit(seq: u64, reason: String) -> ApplyError {
     ApplyError { seq, reason }
 }
 
+/// An order names each product once, as placing checks: its lines can
+/// then be checked against their products one by one.
+fn distinct_lines(seq: u64, order: &Order) -> Result<(), ApplyError> {
+    for (i, line) in order.items.iter().enumerate() {
+        if order.items[..i]
+            .iter()
+            .any(|l| l.product_id == line.product_id)
+        {
+            return Err(unfit(
+                seq,
+                format!("order {} lists product {} twice", order.id, line.product_id),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn miss(seq: u64, what: impl std::fmt::Display) -> ApplyError {
     ApplyError {
         seq,
@@ -334,128 +227,6 @@ fn miss(seq: u64, what: impl std::fmt::Display) -> ApplyError {
 }
 
 impl World {
-    /// Begins a snapshot of every entity changed since the last one, as it
-    /// is now; returns the marks it takes (to give back if writing fails).
-    pub fn begin_cut(&mut self) -> Dirty {
-        let marks = std::mem::take(&mut self.dirty);
-        self.refunded_since_cut.clear();
-        let mut cut = Cut::default();
-        cut.archiving.tally = self.archived.clone();
-        for id in &marks.products {
-            if let Some(p) = self.products.get(id.index()) {
-                cut.captured.push(Captured::Product(p.clone()));
-            }
-        }
-        for id in &marks.campaigns {
-            if let Some(c) = self.campaigns.get(id.index()) {
-                cut.captured.push(Captured::Campaign(c.header()));
-            }
-        }
-        for &(id, chunk) in &marks.issued {
-            let words = self
-                .campaigns
-                .get(id.index())
-                .and_then(|c| c.issued.chunk(chunk));
-            if let Some(words) = words {
-                cut.captured
-                    .push(Captured::IssuedChunk(id, chunk, Box::new(*words)));
-            }
-        }
-        if marks.meta {
-            cut.captured.push(Captured::Meta(self.meta.clone()));
-        }
-        cut.captured
-            .extend(marks.keys.iter().cloned().map(Captured::Key));
-        cut.captured
-            .extend(marks.legacy_keys.iter().cloned().map(Captured::LegacyKey));
-        cut.users = marks.users.iter().copied().collect();
-        cut.orders = marks.orders.iter().copied().collect();
-        cut.waiting_users = marks.users.clone();
-        cut.waiting_orders = marks.orders.clone();
-        self.cut = Some(cut);
-        marks
-    }
-
-    /// A snapshot was not written: its marks come back, to be written by the next one.
-    pub fn snapshot_failed(&mut self, marks: Dirty) {
-        self.dirty.merge(marks);
-    }
-
-    /// A snapshot was written, with what it archived: those orders and
-    /// history entries leave memory (finished orders never change, and
-    /// history only grows at its end, so nothing of them changed since).
-    pub fn archived(&mut self, mut done: Archiving) {
-        self.archived_step(&mut done, usize::MAX);
-    }
-
-    /// [`archived`](World::archived) a step at a time: lets go of up to
-    /// `budget` of `done`'s orders and users' histories, taking them out of
-    /// `done`; once none is left, takes its tally and answers true. Until
-    /// then the world counts some archived orders nowhere (gone from
-    /// memory, not in the tally yet), so nothing may read or cut it before
-    /// the last step.
-    ///
-    /// An order refunded since the cut began stays (it changed: the next
-    /// snapshot archives it again), and the tally learns every refund
-    /// since the cut began: those orders count as they are now, not as
-    /// the snapshot archived them.
-    pub fn archived_step(&mut self, done: &mut Archiving, budget: usize) -> bool {
-        for _ in 0..budget {
-            if let Some(id) = done.orders.pop() {
-                if self.dirty.orders.contains(&id) {
-                    done.kept.push(id);
-                    continue;
-                }
-                self.orders.remove(&id);
-                self.orders_in_snapshots.remove(&id);
-            } else if let Some((id, base)) = done.history.pop() {
-                if let Some(u) = self.users.get_mut(id.index()) {
-                    u.archive_history_before(base);
-                }
-            } else {
-                let mut tally = std::mem::take(&mut done.tally);
-                let mut seen = IdSet::default();
-                for since in &self.refunded_since_cut {
-                    match since {
-                        RefundedSince::Archived(before) => tally.remove(before),
-                        RefundedSince::InMemory(id, count) => {
-                            // The snapshot archived it as it was before its first refund since.
-                            if seen.insert(*id) && done.kept.contains(id) {
-                                if let Some(o) = self.orders.get(id) {
-                                    tally.remove(&o.after_refunds(*count));
-                                }
-                            }
-                        }
-                    }
-                }
-                self.archived = tally;
-                return true;
-            }
-        }
-        false
-    }
-
-    /// A user is about to change: if a cut still needs it as it was, copy it first.
-    fn capture_user(&mut self, id: UserId) {
-        if let Some(cut) = &mut self.cut {
-            if cut.take_user(id) {
-                if let Some(u) = self.users.get(id.index()) {
-                    cut.captured.push(Captured::User(u.clone()));
-                }
-            }
-        }
-    }
-
-    fn capture_order(&mut self, id: OrderId) {
-        if let Some(cut) = &mut self.cut {
-            if cut.take_order(id) {
-                if let Some(o) = self.orders.get(&id) {
-                    cut.captured.push(Captured::Order(o.clone()));
-                }
-            }
-        }
-    }
-
     pub fn user_mut(&mut self, seq: u64, id: UserId) -> Result<&mut User, ApplyError> {
         self.capture_user(id);
         self.dirty.users.insert(id);
@@ -504,6 +275,9 @@ impl World {
         Ok(())
     }
 
+    /// Which entities `event` touches, each given its part through its
+    /// `apply` (the same the actors call once a record is durable), after
+    /// the checks that refuse a record that does not fit.
     fn apply_event(&mut self, seq: u64, at: Timestamp, event: &Event) -> Result<(), ApplyError> {
         match event {
             Event::UserRegistered { user_id, name } => {
@@ -518,7 +292,7 @@ impl World {
                 if user.balance.checked_add(*amount).is_none() {
                     return Err(unfit(seq, format!("user {user_id} balance would overflow")));
                 }
-                user.apply_charged(*amount, at);
+                user.apply(UserEvent::Charged { amount: *amount }, at);
             }
             Event::ProductCreated {
                 product_id,
@@ -526,19 +300,36 @@ impl World {
                 price,
                 stock,
             } => {
-                self.expect_next(seq, product_id.0, self.products.len())?;
-                self.products
-                    .push(Product::new(*product_id, name.clone(), *price, *stock));
-                self.dirty.products.insert(*product_id);
-                self.meta.product_count = self.products.len() as u64;
-                self.dirty.meta = true;
+                let p = Product::new(*product_id, name.clone(), *price, *stock);
+                self.apply_product_created(seq, p)?;
+            }
+            Event::ProductCreatedWithLimit {
+                product_id,
+                name,
+                price,
+                stock,
+                max_per_user,
+            } => {
+                let p = Product::new(*product_id, name.clone(), *price, *stock)
+                    .with_limit(Some(*max_per_user));
+                self.apply_product_created(seq, p)?;
+            }
+            Event::ProductUpdated { product_id, patch } => {
+                self.product_mut(seq, *product_id)?.apply_updated(patch);
             }
             Event::ProductRestocked {
                 product_id,
                 quantity,
             } => {
-                self.product_mut(seq, *product_id)?
-                    .apply_restocked(*quantity);
+                let product = self.product_mut(seq, *product_id)?;
+                let fits = |n: u64| n.checked_add(*quantity).is_some();
+                if !fits(product.stock) || !fits(product.stocked_total) {
+                    return Err(unfit(
+                        seq,
+                        format!("product {product_id} stock would overflow"),
+                    ));
+                }
+                product.apply(ProductEvent::Restocked(*quantity), at);
             }
             Event::CampaignCreated {
                 coupon_id,
@@ -547,20 +338,26 @@ impl World {
                 quantity,
                 expires_at,
             } => {
-                self.expect_next(seq, coupon_id.0, self.campaigns.len())?;
                 let c = Campaign::new(*coupon_id, name.clone(), *discount, *quantity, *expires_at);
-                self.campaigns.push(c);
-                self.dirty.campaigns.insert(*coupon_id);
-                self.meta.campaign_count = self.campaigns.len() as u64;
-                self.dirty.meta = true;
+                self.apply_campaign_created(seq, c)?;
+            }
+            Event::CampaignCreatedWithTerms {
+                coupon_id,
+                name,
+                discount,
+                quantity,
+                expires_at,
+                terms,
+            } => {
+                let c = Campaign::new(*coupon_id, name.clone(), *discount, *quantity, *expires_at)
+                    .with_terms(**terms);
+                self.apply_campaign_created(seq, c)?;
             }
             Event::CouponIssued {
                 coupon_id,
                 user_id,
                 user_coupon_id,
-            } => {
-                self.apply_coupon_issued(seq, *coupon_id, *user_id, *user_coupon_id)?;
-            }
+            } => self.apply_coupon_issued(seq, at, *coupon_id, *user_id, *user_coupon_id)?,
             Event::CartLineSet {
                 user_id,
                 product_id,
@@ -574,55 +371,42 @@ impl World {
                     price: *price,
                     quantity: *quantity,
                 };
-                self.user_mut(seq, *user_id)?.apply_cart_line_set(line);
+                self.user_mut(seq, *user_id)?
+                    .apply(UserEvent::CartLineSet(line), at);
             }
             Event::CartLineRemoved {
                 user_id,
                 product_id,
             } => {
                 self.user_mut(seq, *user_id)?
-                    .apply_cart_line_removed(*product_id);
+                    .apply(UserEvent::CartLineRemoved(*product_id), at);
             }
-            Event::OrderPlaced { order, from_cart } => self.apply_placed(seq, order, *from_cart)?,
+            Event::OrderPlaced { order, from_cart } => {
+                self.apply_placed(seq, at, order, *from_cart)?
+            }
+            Event::OrderPlacedCounted {
+                order,
+                from_cart,
+                counted,
+            } => {
+                self.apply_placed(seq, at, order, *from_cart)?;
+                let lines = counted_lines(order, counted);
+                self.user_mut(seq, order.user_id)?
+                    .apply(UserEvent::UnitsHeld(lines), at);
+            }
             Event::OrderPaid {
                 order_id,
                 user_id,
                 amount,
-            } => {
-                // Taken out while the products change, put back settled: no clone.
-                let mut order = self.take_pending(seq, *order_id)?;
-                let fits = self.check_reserved(seq, &order).and_then(|()| {
-                    let user = self.user_mut(seq, *user_id)?;
-                    if user.balance < *amount || order.user_id != *user_id {
-                        return Err(unfit(
-                            seq,
-                            format!("user {user_id} cannot pay order {order_id}"),
-                        ));
-                    }
-                    Ok(())
-                });
-                if let Err(e) = fits {
-                    self.orders.insert(order.id, order);
-                    return Err(e);
-                }
-                order.apply_settled(OrderStatus::Paid, at);
-                for line in &order.items {
-                    self.product_mut(seq, line.product_id)?
-                        .apply_sold(line.quantity, at);
-                }
-                self.orders.insert(order.id, order);
-                self.user_mut(seq, *user_id)?
-                    .apply_paid(*order_id, *amount, at);
-                self.dirty.meta = true;
-            }
+            } => self.apply_paid(seq, at, *order_id, *user_id, *amount)?,
             Event::OrderPaymentFailed { order_id } => {
-                self.apply_returned(seq, *order_id, OrderStatus::Failed, at)?
+                self.apply_returned(seq, *order_id, OrderEvent::PaymentFailed, at)?
             }
             Event::OrderCancelled { order_id } => {
-                self.apply_returned(seq, *order_id, OrderStatus::Cancelled, at)?
+                self.apply_returned(seq, *order_id, OrderEvent::Cancelled, at)?
             }
             Event::OrderExpired { order_id } => {
-                self.apply_returned(seq, *order_id, OrderStatus::Expired, at)?
+                self.apply_returned(seq, *order_id, OrderEvent::Expired, at)?
             }
             Event::OrderRefunded { order } => self.apply_refunded(seq, at, order)?,
             Event::RequestRefused => {}
@@ -630,6 +414,24 @@ impl World {
             // store of its own (`store::outbox`); nothing to apply now.
             Event::OutboxDelivered { .. } => {}
         }
+        Ok(())
+    }
+
+    fn apply_product_created(&mut self, seq: u64, p: Product) -> Result<(), ApplyError> {
+        self.expect_next(seq, p.id.0, self.products.len())?;
+        self.dirty.products.insert(p.id);
+        self.products.push(p);
+        self.meta.product_count = self.products.len() as u64;
+        self.dirty.meta = true;
+        Ok(())
+    }
+
+    fn apply_campaign_created(&mut self, seq: u64, c: Campaign) -> Result<(), ApplyError> {
+        self.expect_next(seq, c.id.0, self.campaigns.len())?;
+        self.dirty.campaigns.insert(c.id);
+        self.campaigns.push(c);
+        self.meta.campaign_count = self.campaigns.len() as u64;
+        self.dirty.meta = true;
         Ok(())
     }
 
@@ -644,36 +446,49 @@ impl World {
         }
     }
 
+    /// `CouponIssued`: the campaign counts the user in, the user holds the campaign's coupon.
     fn apply_coupon_issued(
         &mut self,
         seq: u64,
+        at: Timestamp,
         coupon_id: CouponId,
         user_id: UserId,
         user_coupon_id: UserCouponId,
     ) -> Result<(), ApplyError> {
+        self.user_mut(seq, user_id)?;
         let campaign = self
             .campaigns
             .get_mut(coupon_id.index())
             .ok_or_else(|| miss(seq, format!("coupon {coupon_id}")))?;
-        let chunk = campaign.apply_issued(user_id);
-        let coupon = UserCoupon {
-            id: user_coupon_id,
-            coupon_id,
-            name: campaign.name.clone(),
-            discount: campaign.discount,
-            expires_at: campaign.expires_at,
-            state: CouponUse::Available,
-        };
+        if campaign.issued.contains(user_id.0) || campaign.issued.len() >= campaign.quantity {
+            return Err(unfit(
+                seq,
+                format!("coupon {coupon_id} cannot be issued to user {user_id}"),
+            ));
+        }
+        campaign.apply(CampaignEvent::Issued(user_id), at);
+        let coupon = campaign.coupon(user_coupon_id);
         self.dirty.campaigns.insert(coupon_id);
-        self.dirty.issued.insert((coupon_id, chunk));
-        self.user_mut(seq, user_id)?.apply_coupon_issued(coupon);
+        self.dirty
+            .issued
+            .insert((coupon_id, IdBitmap::chunk_of(user_id.0)));
+        self.user_mut(seq, user_id)?
+            .apply(UserEvent::CouponIssued(coupon), at);
         self.meta.user_coupon_count = self.meta.user_coupon_count.max(user_coupon_id.0);
         self.dirty.meta = true;
         Ok(())
     }
 
-    fn apply_placed(&mut self, seq: u64, order: &Order, from_cart: bool) -> Result<(), ApplyError> {
+    /// `OrderPlaced`: every line reserved, the coupon used, ordered cart lines removed.
+    fn apply_placed(
+        &mut self,
+        seq: u64,
+        at: Timestamp,
+        order: &Order,
+        from_cart: bool,
+    ) -> Result<(), ApplyError> {
         // Check every line before changing any: a record applies whole or not at all.
+        distinct_lines(seq, order)?;
         for line in &order.items {
             if self.product_mut(seq, line.product_id)?.stock < line.quantity {
                 return Err(unfit(
@@ -686,21 +501,64 @@ impl World {
         if self.orders.contains_key(&order.id) {
             return Err(unfit(seq, format!("order {} placed twice", order.id)));
         }
-        for line in &order.items {
-            self.product_mut(seq, line.product_id)?
-                .apply_reserved(line.quantity);
+        for (product_id, quantity) in order.quantities() {
+            self.product_mut(seq, product_id)?
+                .apply(ProductEvent::Reserved(quantity), at);
         }
         let user = self.user_mut(seq, order.user_id)?;
         if let Some(coupon) = order.user_coupon_id {
-            user.apply_coupon_used(coupon, order.id);
+            let used = UserEvent::CouponUsed {
+                coupon,
+                order_id: order.id,
+            };
+            user.apply(used, at);
         }
         if from_cart {
-            user.apply_cart_ordered(order.items.iter().map(|l| l.product_id));
+            for line in &order.items {
+                user.apply(UserEvent::CartLineRemoved(line.product_id), at);
+            }
         }
         self.meta.order_id_max = self.meta.order_id_max.max(order.id.0);
         self.dirty.meta = true;
         self.dirty.orders.insert(order.id);
         self.orders.insert(order.id, order.clone());
+        Ok(())
+    }
+
+    /// `OrderPaid`: the order paid, its reserved units sold, the wallet debited.
+    fn apply_paid(
+        &mut self,
+        seq: u64,
+        at: Timestamp,
+        order_id: OrderId,
+        user_id: UserId,
+        amount: Krw,
+    ) -> Result<(), ApplyError> {
+        // Taken out while the products change, put back settled: no clone.
+        let mut order = self.take_pending(seq, order_id)?;
+        let fits = self.check_reserved(seq, &order).and_then(|()| {
+            let user = self.user_mut(seq, user_id)?;
+            if user.balance < amount || order.user_id != user_id {
+                return Err(unfit(
+                    seq,
+                    format!("user {user_id} cannot pay order {order_id}"),
+                ));
+            }
+            Ok(())
+        });
+        if let Err(e) = fits {
+            self.orders.insert(order.id, order);
+            return Err(e);
+        }
+        order.apply(OrderEvent::Paid, at);
+        for (product_id, quantity) in order.quantities() {
+            self.product_mut(seq, product_id)?
+                .apply(ProductEvent::Sold(quantity), at);
+        }
+        self.orders.insert(order.id, order);
+        self.user_mut(seq, user_id)?
+            .apply(UserEvent::Paid { order_id, amount }, at);
+        self.dirty.meta = true;
         Ok(())
     }
 
@@ -714,6 +572,7 @@ impl World {
 
     /// Every line of a pending order is still reserved on its product.
     fn check_reserved(&mut self, seq: u64, order: &Order) -> Result<(), ApplyError> {
+        distinct_lines(seq, order)?;
         for (product_id, quantity) in order.quantities() {
             if self.product_mut(seq, product_id)?.reserved < quantity {
                 return Err(unfit(
@@ -733,7 +592,7 @@ impl World {
         &mut self,
         seq: u64,
         order_id: OrderId,
-        status: OrderStatus,
+        event: OrderEvent,
         at: Timestamp,
     ) -> Result<(), ApplyError> {
         let mut order = self.take_pending(seq, order_id)?;
@@ -741,15 +600,18 @@ impl World {
             self.orders.insert(order.id, order);
             return Err(e);
         }
-        order.apply_settled(status, at);
+        order.apply(event, at);
         for (product_id, quantity) in order.quantities() {
-            self.product_mut(seq, product_id)?.apply_released(quantity);
+            self.product_mut(seq, product_id)?
+                .apply(ProductEvent::Released(quantity), at);
         }
         let (user_id, coupon) = (order.user_id, order.user_coupon_id);
-        self.orders.insert(order.id, order);
+        let user = self.user_mut(seq, user_id)?;
+        user.apply(UserEvent::UnitsReleased(order.quantities().collect()), at);
         if let Some(coupon) = coupon {
-            self.user_mut(seq, user_id)?.apply_coupon_restored(coupon);
+            user.apply(UserEvent::CouponRestored(coupon), at);
         }
+        self.orders.insert(order.id, order);
         Ok(())
     }
 
@@ -757,8 +619,8 @@ impl World {
     /// refund is checked against the order as it was (in memory, or as
     /// the archive holds it: `refunded` less its last refund) by deciding
     /// it again; then the user is credited, the units return to stock and
-    /// leave the sales count, and a wholly refunded order's coupon is
-    /// available again.
+    /// leave the sales count (and any purchase limit's count), and a wholly
+    /// refunded order's coupon is available again.
     fn apply_refunded(
         &mut self,
         seq: u64,
@@ -806,13 +668,27 @@ impl World {
                 format!("user {} balance would overflow", user.id),
             ));
         }
-        user.apply_refunded(id, refund.amount, at);
+        user.apply(
+            UserEvent::Refunded {
+                order_id: id,
+                amount: refund.amount,
+            },
+            at,
+        );
         if let (Some(coupon), false) = (refunded.user_coupon_id, refunded.holds_coupon()) {
-            user.apply_coupon_restored(coupon);
+            user.apply(UserEvent::CouponRestored(coupon), at);
         }
+        // The refunded units no longer count toward a purchase limit.
+        let lines = refund.items.iter().map(|l| (l.product_id, l.quantity));
+        user.apply(UserEvent::UnitsReleased(lines.collect()), at);
         for line in &refund.items {
-            self.product_mut(seq, line.product_id)?
-                .apply_refunded(line.quantity, paid_at);
+            self.product_mut(seq, line.product_id)?.apply(
+                ProductEvent::Refunded {
+                    quantity: line.quantity,
+                    paid_at,
+                },
+                at,
+            );
         }
         if in_memory {
             *self.order_mut(seq, id)? = refunded.clone();
@@ -827,148 +703,20 @@ impl World {
         }
         Ok(())
     }
-
-    /// Checks every invariant of DESIGN.md under the limits of API.md.
-    pub fn violations(&self) -> Vec<String> {
-        self.violations_under(&Limits::API)
-    }
-
-    /// Checks every invariant of DESIGN.md under `limits`; returns what is violated.
-    pub fn violations_under(&self, limits: &Limits) -> Vec<String> {
-        let mut out = Vec::new();
-        let live = self.live_order_sums(&mut out);
-        self.check_products(&live, &mut out);
-        self.check_users(&live, limits, &mut out);
-        self.check_campaigns(&mut out);
-        out
-    }
-
-    /// Units reserved and sold by the orders in memory, per product, and
-    /// the coupon each live (pending or paid) order uses.
-    fn live_order_sums(&self, out: &mut Vec<String>) -> LiveSums {
-        let mut live = LiveSums::default();
-        for order in self.orders.values() {
-            if order.status == OrderStatus::Pending {
-                for (p, q) in order.quantities() {
-                    *live.reserved.entry(p).or_default() += q;
-                }
-            }
-            for (p, q) in order.units_kept() {
-                *live.sold.entry(p).or_default() += q;
-            }
-            if let (Some(c), true) = (order.user_coupon_id, order.holds_coupon()) {
-                if live.coupons.insert(c, order.id).is_some() {
-                    out.push(format!("user coupon {c} used by two live orders"));
-                }
-            }
-        }
-        live
-    }
-
-    fn check_products(&self, live: &LiveSums, out: &mut Vec<String>) {
-        for p in &self.products {
-            if !p.is_conserved() {
-                out.push(format!(
-                    "product {}: stock {} + reserved {} + sold {} != stocked {}",
-                    p.id, p.stock, p.reserved, p.sold, p.stocked_total
-                ));
-            }
-            let r = live.reserved.get(&p.id).copied().unwrap_or(0);
-            let s = live.sold.get(&p.id).copied().unwrap_or(0) + self.archived.sold_of(p.id);
-            if p.reserved != r || p.sold != s {
-                out.push(format!(
-                    "product {}: reserved {} sold {} but orders say {r} and {s}",
-                    p.id, p.reserved, p.sold
-                ));
-            }
-        }
-    }
-
-    /// Balances, and coupons: a used coupon is used by a live order, or by
-    /// an archived paid one (counted in the tally); an available one by none.
-    fn check_users(&self, live: &LiveSums, limits: &Limits, out: &mut Vec<String>) {
-        let mut used_by_archived = 0u64;
-        for u in &self.users {
-            if !u.is_conserved() {
-                out.push(format!(
-                    "user {}: balance {} does not match its history",
-                    u.id, u.balance.0
-                ));
-            }
-            // Only a refund may take a balance above the limit.
-            if !u.charges_within(limits.balance_krw_max) {
-                out.push(format!(
-                    "user {}: a charge took the balance above the limit",
-                    u.id
-                ));
-            }
-            for c in &u.coupons {
-                match (c.state, live.coupons.get(&c.id)) {
-                    (CouponUse::Used(o), Some(lo)) if o == *lo => {}
-                    (CouponUse::Used(o), None) if !self.orders.contains_key(&o) => {
-                        used_by_archived += 1
-                    }
-                    (CouponUse::Available, None) => {}
-                    (state, live) => out.push(format!(
-                        "user coupon {}: state {state:?} but live order {live:?}",
-                        c.id
-                    )),
-                }
-            }
-        }
-        if used_by_archived != self.archived.coupons_used {
-            out.push(format!(
-                "{used_by_archived} coupons used by orders not in memory, but the archive counts {}",
-                self.archived.coupons_used
-            ));
-        }
-    }
-
-    fn check_campaigns(&self, out: &mut Vec<String>) {
-        for c in &self.campaigns {
-            if c.issued.len() > c.quantity {
-                out.push(format!(
-                    "coupon {}: {} issued of {}",
-                    c.id,
-                    c.issued.len(),
-                    c.quantity
-                ));
-            }
-            for user in c.issued.iter() {
-                let held = self.users.get(UserId(user).index()).map_or(0, |u| {
-                    u.coupons.iter().filter(|k| k.coupon_id == c.id).count()
-                });
-                if held != 1 {
-                    out.push(format!(
-                        "coupon {}: user {user} holds {held} coupons of it",
-                        c.id
-                    ));
-                }
-            }
-        }
-        let held_total: u64 = self.users.iter().map(|u| u.coupons.len() as u64).sum();
-        let issued_total: u64 = self.campaigns.iter().map(|c| c.issued.len()).sum();
-        if held_total != issued_total {
-            out.push(format!(
-                "{held_total} coupons held but {issued_total} issued"
-            ));
-        }
-    }
 }
 
-/// What the orders in memory add up to, for the invariants.
-#[derive(Default)]
-struct LiveSums {
-    reserved: HashMap<ProductId, u64>,
-    sold: HashMap<ProductId, u64>,
-    coupons: HashMap<UserCouponId, OrderId>,
+/// The (product, quantity) of the lines of `order` whose products are in `counted`.
+pub fn counted_lines(order: &Order, counted: &[ProductId]) -> Vec<(ProductId, u64)> {
+    order
+        .quantities()
+        .filter(|(p, _)| counted.contains(p))
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::ids::{OrderId, ProductId, UserId};
-    use crate::domain::money::Krw;
+    use crate::domain::limits::Limits;
     use crate::domain::order::OrderLine;
 
     fn world() -> World {
@@ -1025,44 +773,6 @@ mod tests {
     }
 
     #[test]
-    fn archiving_a_step_at_a_time_ends_as_archiving_at_once() {
-        // given 5 finished orders in memory, when they are archived 2 entries
-        // a step, then they leave memory step by step and the tally comes last
-        let finished = |id| Order {
-            id: OrderId(id),
-            status: OrderStatus::Paid,
-            ..order(&[(1, 1)])
-        };
-        let mut w = world();
-        let mut tally = ArchiveTally::default();
-        for id in 1..=5 {
-            let o = finished(id);
-            tally.add(&o);
-            w.orders_in_snapshots.insert(o.id);
-            w.orders.insert(o.id, o);
-        }
-        let done = Archiving {
-            orders: (1..=5).map(OrderId).collect(),
-            history: vec![(UserId(1), 0)],
-            tally: tally.clone(),
-            kept: Vec::new(),
-        };
-        let mut at_once = w.clone();
-        at_once.archived(done.clone());
-
-        let mut stepped = done;
-        let mut left = Vec::new();
-        while !w.archived_step(&mut stepped, 2) {
-            assert_eq!(w.archived, ArchiveTally::default(), "the tally comes last");
-            left.push(w.orders.len());
-        }
-        assert_eq!(left, [3, 1, 0]);
-        assert_eq!(w.archived, tally);
-        assert!(w.orders.is_empty() && w.orders_in_snapshots.is_empty());
-        assert_eq!(w, at_once);
-    }
-
-    #[test]
     fn the_balance_limit_checked_is_the_configured_one() {
         // given a balance over API.md's limit, when checked under a higher configured limit, then it holds
         let mut w = world();
@@ -1094,6 +804,42 @@ mod tests {
         assert!(w.apply(4, &Record::new(Timestamp(2), placed)).is_err());
         assert_eq!((w.products[0].stock, w.products[0].reserved), (5, 0));
         assert!(w.orders.is_empty());
+    }
+
+    #[test]
+    fn records_the_entities_would_assert_on_are_refused_not_applied() {
+        // given stock 5, when a journal lists a product twice in one order, restocks past
+        // u64, or issues a coupon twice or past its quantity, then each is an error, no panic
+        use crate::domain::coupon::Discount;
+        let mut w = world();
+        let at = Timestamp(2);
+        let twice = Event::OrderPlaced {
+            order: Box::new(order(&[(1, 3), (1, 3)])),
+            from_cart: false,
+        };
+        assert!(w.apply(4, &Record::new(at, twice)).is_err());
+        let overflow = Event::ProductRestocked {
+            product_id: ProductId(1),
+            quantity: u64::MAX,
+        };
+        assert!(w.apply(5, &Record::new(at, overflow)).is_err());
+        let campaign = Event::CampaignCreated {
+            coupon_id: CouponId(1),
+            name: "c".into(),
+            discount: Discount::Fixed { amount: Krw(1) },
+            quantity: 1,
+            expires_at: None,
+        };
+        w.apply(6, &Record::new(at, campaign)).unwrap();
+        let issue = |user_coupon| Event::CouponIssued {
+            coupon_id: CouponId(1),
+            user_id: UserId(1),
+            user_coupon_id: UserCouponId(user_coupon),
+        };
+        w.apply(7, &Record::new(at, issue(1))).unwrap();
+        assert!(w.apply(8, &Record::new(at, issue(2))).is_err());
+        assert_eq!((w.products[0].stock, w.products[0].reserved), (5, 0));
+        assert!(w.violations().is_empty());
     }
 
     #[test]

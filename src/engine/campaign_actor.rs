@@ -1,10 +1,10 @@
 //! One actor per coupon campaign: who got a coupon, how many are left.
 
-use crate::domain::coupon::Campaign;
+use crate::domain::coupon::{Campaign, CampaignCommand, CampaignEvent};
 use crate::domain::event::{Event, Record};
 use crate::domain::ids::{UserCouponId, UserId};
 use crate::domain::time::Timestamp;
-use crate::domain::user::{CouponUse, UserCoupon};
+use crate::domain::user::{UserCoupon, UserEvent};
 use crate::domain::views::{Reply, UserCouponView};
 use crate::engine::actor::{acked, ready, reply_channel, submit, Journaled, Read};
 use crate::engine::commit::CommitQueue;
@@ -26,7 +26,8 @@ pub struct CampaignActor {
 }
 
 pub struct IssueOp {
-    user_id: UserId,
+    event: CampaignEvent,
+    at: Timestamp,
     user: Addr<UserActor>,
     coupon: UserCoupon,
     view: UserCouponView,
@@ -65,12 +66,13 @@ impl Journaled for CampaignActor {
 
     fn finish(&mut self, op: IssueOp, ack: Ack, _: &mut Context<Self>) {
         let ok = acked(&ack);
+        let CampaignEvent::Issued(user_id) = op.event;
+        self.campaign.drop_hold(user_id);
         if ok.is_ok() {
-            let _chunk = self.campaign.apply_issued(op.user_id);
+            self.campaign.apply(op.event, op.at);
             // Sent before the reply: a read of the user's coupons after it sees the coupon.
-            op.user.do_send(OrderNews::CouponIssued(op.coupon));
-        } else {
-            self.campaign.drop_hold(op.user_id);
+            let issued = UserEvent::CouponIssued(op.coupon);
+            op.user.do_send(OrderNews::Durable(issued, op.at));
         }
         let _ = op.reply.send(ok.map(|()| op.view));
     }
@@ -98,19 +100,16 @@ impl Handler<Issue> for CampaignActor {
     type Result = ResponseFuture<Result<UserCouponView>>;
 
     fn handle(&mut self, msg: Issue, ctx: &mut Context<Self>) -> Self::Result {
-        if let Err(r) = self.campaign.decide_issue(msg.user_id, msg.at) {
-            return ready(Err(r.into()));
-        }
+        let event = match self
+            .campaign
+            .decide(CampaignCommand::Issue(msg.user_id), msg.at)
+        {
+            Ok(event) => event,
+            Err(r) => return ready(Err(r.into())),
+        };
         let id = UserCouponId(self.user_coupon_ids.fetch_add(1, Ordering::Relaxed) + 1);
         let c = &self.campaign;
-        let coupon = UserCoupon {
-            id,
-            coupon_id: c.id,
-            name: c.name.clone(),
-            discount: c.discount,
-            expires_at: c.expires_at,
-            state: CouponUse::Available,
-        };
+        let coupon = c.coupon(id);
         let view = UserCouponView::new(msg.user_id, &coupon, msg.at);
         let record = Record {
             at: msg.at,
@@ -119,12 +118,15 @@ impl Handler<Issue> for CampaignActor {
                 user_id: msg.user_id,
                 user_coupon_id: id,
             },
-            idempotency: msg.tag.map(|t| t.entry(Reply::UserCoupon(view.clone()))),
+            idempotency: msg
+                .tag
+                .map(|t| t.entry(Reply::UserCouponV3(Box::new(view.clone())))),
         };
         self.campaign.hold(msg.user_id);
         let (reply, response) = reply_channel();
         let op = IssueOp {
-            user_id: msg.user_id,
+            event,
+            at: msg.at,
             user: msg.user,
             coupon,
             view,

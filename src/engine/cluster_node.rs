@@ -2,8 +2,9 @@
 //! as a standby until the lease makes it leader, then runs the engine with
 //! a journal writer that publishes every batch to the stream first.
 //!
-//! - [`ClusterNode::join`]: connects, starts the lease, and checks the
-//!   local store against the stream (its [`StreamPosition`]).
+//! - [`ClusterNode::join`]: connects, starts the lease, and places the
+//!   local store in the stream (its [`StreamPosition`], kept in a file or
+//!   found by a search of the stream).
 //! - [`ClusterNode::follow_until_leader`]: the standby. It reads the
 //!   stream from the message after its position, applies every batch to
 //!   its world through recovery's code and writes it to the local store
@@ -23,7 +24,8 @@ use crate::cluster::{
 };
 use crate::domain::world::World;
 use crate::store::replicated::{
-    decode_batch, encode_batch, follow_batch, snapshot_world, Replica, StreamPosition,
+    decode_batch, encode_batch, follow_batch, locate, snapshot_world, LocateError, Replica,
+    StreamPosition,
 };
 use crate::store::writer::JournalConfig;
 use crate::store::{StorageError, Store};
@@ -249,9 +251,10 @@ pub struct Leading {
 
 impl ClusterNode {
     /// Joins the cluster on `runtime` with the local store recovered as
-    /// `world`. The store's position must be one this cluster's stream
-    /// holds: a data dir that never was a cluster node's, or a stream that
-    /// holds less than the store, is refused.
+    /// `world`. Where the store stands in the stream comes from its
+    /// `cluster-position` file, or, without one that fits, from a search
+    /// of the stream ([`locate`]); a store whose records the stream does
+    /// not hold (another cluster's, or one trimmed past it) is refused.
     pub fn join(
         runtime: Handle,
         settings: &ClusterSettings,
@@ -260,24 +263,7 @@ impl ClusterNode {
         store: Box<dyn Store>,
         journal: JournalConfig,
     ) -> Result<ClusterNode, NodeError> {
-        let position = StreamPosition::load(&data_dir)?;
-        let position = match position {
-            Some(p) if p.record_seq <= world.seq => p,
-            Some(p) => {
-                return Err(NodeError::Mismatch(format!(
-                    "the local store ends at record {} but its cluster position says {}",
-                    world.seq, p.record_seq
-                )))
-            }
-            None if world.seq == 0 => StreamPosition::default(),
-            None => {
-                return Err(NodeError::Mismatch(format!(
-                    "{} holds {} journal records that no cluster stream holds: give a new data dir to a new cluster node",
-                    data_dir.display(),
-                    world.seq
-                )))
-            }
-        };
+        let kept = StreamPosition::load(&data_dir)?;
         let cluster = runtime.block_on(async {
             tokio::time::timeout(
                 Duration::from_secs(30),
@@ -292,12 +278,22 @@ impl ClusterNode {
             })
         })?;
         let stream_last = runtime.block_on(cluster.journal.last_seq())?;
-        if stream_last < position.stream_seq {
-            return Err(NodeError::Mismatch(format!(
-                "the journal stream ends at {stream_last}, before this node's position {}: another or a reset NATS cluster",
-                position.stream_seq
-            )));
-        }
+        let position = match kept {
+            // The fast path: the position kept after a local flush. It may
+            // be older than the store (a longer read), never newer.
+            Some(p) if p.record_seq <= world.seq && p.stream_seq <= stream_last => p,
+            _ if world.seq == 0 => StreamPosition::default(),
+            kept => {
+                let found = locate_in_stream(&runtime, &cluster, &*store, world.seq)?;
+                tracing::info!(
+                    kept = ?kept,
+                    record_seq = found.record_seq,
+                    stream_seq = found.stream_seq,
+                    "the local store was placed in the journal stream by a search"
+                );
+                found
+            }
+        };
         let lease_task = {
             let _inside = runtime.enter();
             LeaseTask::start(
@@ -600,4 +596,43 @@ impl Replica for StreamReplica {
     fn written(&mut self, last_seq: u64) {
         self.position.set(last_seq, self.last_stream_seq);
     }
+}
+
+/// Where a local store ending at record `record_seq` stands in the stream,
+/// found by [`locate`]; the stream's batch that ends there must be the
+/// local journal's, byte for byte, when the local journal still holds it.
+fn locate_in_stream(
+    runtime: &Handle,
+    cluster: &Cluster,
+    store: &dyn Store,
+    record_seq: u64,
+) -> Result<StreamPosition, NodeError> {
+    let journal = &cluster.journal;
+    let read = |e: ClusterError| LocateError::Read(e.to_string());
+    let bounds = runtime.block_on(journal.bounds())?;
+    let found = locate(record_seq, bounds, &mut |seq| {
+        runtime
+            .block_on(async {
+                tokio::time::timeout(Duration::from_secs(5), journal.get(seq))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(ClusterError::JetStream(format!(
+                            "journal message {seq}: timed out"
+                        )))
+                    })
+            })
+            .map_err(read)
+    })
+    .map_err(|e| NodeError::Mismatch(format!("{e}: this data dir cannot follow this cluster")))?;
+    if let Some((first, frames)) = &found.batch {
+        let local = store.journal_after(record_seq.saturating_sub(1))?;
+        if let Some((_, held)) = local.iter().find(|(f, _)| f == first) {
+            if held[..] != frames[..] {
+                return Err(NodeError::Mismatch(format!(
+                    "the local journal's batch at record {first} differs from the stream's: this data dir belongs to another cluster"
+                )));
+            }
+        }
+    }
+    Ok(found.position)
 }

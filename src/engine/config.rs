@@ -12,6 +12,8 @@ pub enum DataPlatform {
     Off,
     /// POST batches of events, as JSON arrays, to this URL.
     Http(String),
+    /// Publish each event to a NATS JetStream subject, `Nats-Msg-Id` = `event_id`.
+    Nats(crate::engine::delivery::nats::NatsTarget),
     /// Append each event as a JSON line to this file.
     File(PathBuf),
 }

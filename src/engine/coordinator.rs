@@ -22,27 +22,31 @@
 //! While an order is being paid or returned it is `busy`, and a concurrent
 //! pay or cancel is refused as not payable / not cancellable.
 
-use crate::domain::coupon::Discount;
+use crate::domain::coupon_terms::Offer;
 use crate::domain::event::{Event, Record};
 use crate::domain::ids::{IdMap, IdSet, OrderId, UserCouponId, UserId};
 use crate::domain::limits::Limits;
 use crate::domain::order::{
-    price, validate_lines, LineRequest, Order, OrderLine, OrderStatus, Settle,
+    price, total, validate_lines, LineRequest, Order, OrderCommand, OrderEvent, OrderLine,
+    OrderStatus,
 };
+use crate::domain::product::ProductEvent;
+use crate::domain::purchase_limit::CountedLine;
 use crate::domain::rejection::Rejection;
 use crate::domain::time::Timestamp;
-use crate::domain::user::User;
+use crate::domain::user::{User, UserEvent};
 use crate::domain::views::Reply;
 use crate::engine::actor::{acked, submit, Journaled, Read};
 use crate::engine::clock::Clock;
 use crate::engine::commit::CommitQueue;
 use crate::engine::error::{Error, Result};
 use crate::engine::idempotency::Tag;
-use crate::engine::product_actor::{ProductRef, Reserve, StockNews};
+use crate::engine::product_actor::{ProductRef, Reserve, Reserved, StockNews};
 use crate::engine::refund::RefundsWaiting;
 use crate::engine::registry::Registry;
 use crate::engine::stats_actor::{Sold, StatsActor};
-use crate::engine::user_actor::{Debit, HoldCoupon, OrderNews, UserActor};
+use crate::engine::user_actor::{Debit, HoldForOrder, OrderNews, UserActor};
+use crate::store::archive_statuses::status_bit;
 use crate::store::writer::{Ack, ArchiveWatch, JournalHandle};
 use actix::prelude::*;
 use futures_util::future::join_all;
@@ -65,6 +69,8 @@ pub struct OrderBook {
     /// Ids of each user's orders in `orders`, ascending.
     pub by_user: IdMap<UserId, Vec<OrderId>>,
     pub due: BTreeSet<(Timestamp, OrderId)>,
+    /// Ids in `orders` by status (`status_bit`, id), for the admin list.
+    pub by_status: BTreeSet<(u16, OrderId)>,
     /// Finished orders, oldest first, each with the archive mark taken
     /// when it finished: it leaves `orders` once that is written.
     settled: VecDeque<(u64, OrderId)>,
@@ -115,10 +121,13 @@ impl OrderBook {
                 }
                 None => {}
             }
-            let user = match self.orders.get(&id) {
-                Some(o) if o.status.is_final() => o.user_id,
+            let (user, status) = match self.orders.get(&id) {
+                Some(o) if o.status.is_final() => (o.user_id, o.status),
                 _ => continue,
             };
+            // Marked before it leaves: a list reads the book, then the marks.
+            watch.statuses.mark([(id.0, status)]);
+            self.by_status.remove(&(status_bit(status), id));
             self.orders.remove(&id);
             if let Some(ids) = self.by_user.get_mut(&user) {
                 if let Ok(at) = ids.binary_search(&id) {
@@ -135,6 +144,7 @@ impl OrderBook {
         if order.status == OrderStatus::Pending {
             self.due.insert((order.expires_at, order.id));
         }
+        self.by_status.insert((status_bit(order.status), order.id));
         let ids = self.by_user.entry(order.user_id).or_default();
         if ids.last().is_none_or(|last| *last < order.id) {
             ids.push(order.id);
@@ -142,6 +152,12 @@ impl OrderBook {
             ids.insert(pos, order.id);
         }
         self.orders.insert(order.id, order);
+    }
+
+    /// An order held here changed status from `from` to `to`.
+    pub(super) fn restatus(&mut self, id: OrderId, from: OrderStatus, to: OrderStatus) {
+        self.by_status.remove(&(status_bit(from), id));
+        self.by_status.insert((status_bit(to), id));
     }
 }
 
@@ -162,7 +178,7 @@ pub struct Coordinator {
 pub enum CoordOp {
     Returned {
         order_id: OrderId,
-        status: OrderStatus,
+        event: OrderEvent,
         at: Timestamp,
         /// A failed payment answers its refusal once the failure is durable.
         refusal: Option<Error>,
@@ -206,21 +222,22 @@ impl Coordinator {
         &mut self,
         ctx: &mut Context<Self>,
         order_id: OrderId,
-        status: OrderStatus,
+        event: OrderEvent,
         at: Timestamp,
         tag: Option<Tag>,
         refusal: Option<Error>,
     ) -> Result<oneshot::Receiver<Result<Order>>> {
-        let event = match status {
-            OrderStatus::Cancelled => Event::OrderCancelled { order_id },
-            OrderStatus::Expired => Event::OrderExpired { order_id },
-            _ => Event::OrderPaymentFailed { order_id },
+        let journal_event = match event {
+            OrderEvent::Cancelled => Event::OrderCancelled { order_id },
+            OrderEvent::Expired => Event::OrderExpired { order_id },
+            OrderEvent::PaymentFailed | OrderEvent::Paid => Event::OrderPaymentFailed { order_id },
         };
+        debug_assert_ne!(event, OrderEvent::Paid, "a payment is the user's record");
         let reply_of = |order: &Order| match &refusal {
             Some(Error::Rejected(r)) => Reply::Rejected(r.clone()),
             _ => {
                 let mut settled = order.clone();
-                settled.apply_settled(status, at);
+                settled.apply(event, at);
                 Reply::Order(Box::new(settled))
             }
         };
@@ -232,14 +249,14 @@ impl Coordinator {
         let idempotency = tag.map(|t| t.entry(reply_of(order)));
         let record = Record {
             at,
-            event,
+            event: journal_event,
             idempotency,
         };
         let (reply, rx) = oneshot::channel();
         self.busy.insert(order_id);
         let op = CoordOp::Returned {
             order_id,
-            status,
+            event,
             at,
             refusal,
             reply,
@@ -263,7 +280,7 @@ impl Coordinator {
             .collect();
         due.into_iter()
             .filter_map(|id| {
-                self.settle_unpaid(ctx, id, OrderStatus::Expired, now, None, None)
+                self.settle_unpaid(ctx, id, OrderEvent::Expired, now, None, None)
                     .ok()
             })
             .collect()
@@ -300,7 +317,7 @@ impl Journaled for Coordinator {
         match op {
             CoordOp::Returned {
                 order_id,
-                status,
+                event,
                 at,
                 refusal,
                 reply,
@@ -313,17 +330,20 @@ impl Journaled for Coordinator {
                         .get_mut(&order_id)
                         .ok_or(Rejection::OrderNotFound(order_id))?;
                     self.book.due.remove(&(order.expires_at, order_id));
-                    order.apply_settled(status, at);
+                    let before = order.status;
+                    order.apply(event, at);
                     let order = order.clone();
+                    self.book.restatus(order_id, before, order.status);
                     self.book.settled(order_id, &self.journal.archive);
                     for (product, quantity) in self.products_of(&order) {
-                        product.tell(StockNews::Released(quantity));
+                        product.tell(StockNews::Durable(ProductEvent::Released(quantity), at));
                     }
-                    if let (Some(coupon), Some(user)) = (
-                        order.user_coupon_id,
-                        self.registry.users.get(order.user_id.0),
-                    ) {
-                        user.do_send(OrderNews::Returned { coupon });
+                    if let Some(user) = self.registry.users.get(order.user_id.0) {
+                        if let Some(coupon) = order.user_coupon_id {
+                            user.do_send(OrderNews::Durable(UserEvent::CouponRestored(coupon), at));
+                        }
+                        let lines = order.quantities().collect();
+                        user.do_send(OrderNews::Durable(UserEvent::UnitsReleased(lines), at));
                     }
                     match refusal {
                         Some(e) => Err(e),
@@ -372,17 +392,32 @@ struct Held {
     items: Vec<OrderLine>,
     holds: Vec<(ProductRef, u64)>,
     coupon: Option<UserCouponId>,
-    discount: Option<Discount>,
+    offer: Option<Offer>,
+    /// Lines whose products count per user, held on the user once `user_held`.
+    counted: Vec<CountedLine>,
+    user_held: bool,
     from_cart: bool,
 }
 
 impl Held {
+    /// (product, quantity) of the lines that count per user.
+    fn counted_units(&self) -> Vec<(crate::domain::ids::ProductId, u64)> {
+        self.counted
+            .iter()
+            .map(|l| (l.product_id, l.quantity))
+            .collect()
+    }
+
     fn abandon(self) {
-        for (product, quantity) in self.holds {
-            product.tell(StockNews::Abandoned(quantity));
+        for (product, quantity) in &self.holds {
+            product.tell(StockNews::Abandoned(*quantity));
         }
-        if let Some(coupon) = self.coupon {
-            self.user.do_send(OrderNews::Abandoned { coupon });
+        if self.user_held {
+            let counted = self.counted_units();
+            self.user.do_send(OrderNews::Abandoned {
+                coupon: self.coupon,
+                counted,
+            });
         }
     }
 }
@@ -428,6 +463,7 @@ async fn hold_all(
     let replies = join_all(addrs.iter().zip(&lines).map(|(a, l)| {
         a.addr.send(Reserve {
             quantity: l.quantity,
+            at,
         })
     }))
     .await;
@@ -436,18 +472,25 @@ async fn hold_all(
         items: Vec::with_capacity(lines.len()),
         holds: Vec::new(),
         coupon: None,
-        discount: None,
+        offer: None,
+        counted: Vec::new(),
+        user_held: false,
         from_cart,
     };
     let mut refusal: Option<Error> = None;
     for ((addr, line), reply) in addrs.into_iter().zip(&lines).zip(replies) {
         match reply.map_err(Error::from).and_then(|r| r) {
-            Ok((name, unit_price)) => {
+            Ok(Reserved {
+                name,
+                price,
+                counted,
+            }) => {
                 held.holds.push((addr, line.quantity));
+                held.counted.extend(counted);
                 held.items.push(OrderLine {
                     product_id: line.product_id,
                     name,
-                    unit_price,
+                    unit_price: price,
                     quantity: line.quantity,
                 });
             }
@@ -460,25 +503,40 @@ async fn hold_all(
         held.abandon();
         return Err(e);
     }
-    if let Some(id) = coupon {
-        match held
-            .user
-            .send(HoldCoupon { id, at })
-            .await
-            .map_err(Error::from)
-            .and_then(|r| r)
-        {
-            Ok(discount) => {
-                held.coupon = Some(id);
-                held.discount = Some(discount);
-            }
-            Err(e) => {
-                held.abandon();
-                return Err(e);
-            }
+    if coupon.is_none() && held.counted.is_empty() {
+        return Ok(held);
+    }
+    let total = match total(&held.items) {
+        Ok(t) => t,
+        Err(r) => {
+            held.abandon();
+            return Err(r.into());
+        }
+    };
+    let ask = HoldForOrder {
+        coupon,
+        total,
+        counted: held.counted.clone(),
+        at,
+    };
+    match held
+        .user
+        .send(ask)
+        .await
+        .map_err(Error::from)
+        .and_then(|r| r)
+    {
+        Ok(offer) => {
+            held.user_held = true;
+            held.coupon = coupon;
+            held.offer = offer;
+            Ok(held)
+        }
+        Err(e) => {
+            held.abandon();
+            Err(e)
         }
     }
-    Ok(held)
 }
 
 /// The placing saga. It runs on the caller's task, not in a coordinator:
@@ -524,7 +582,7 @@ impl Placement {
             at,
         )
         .await?;
-        let amounts = match price(&held.items, held.discount) {
+        let amounts = match price(&held.items, held.offer) {
             Ok(a) => a,
             Err(r) => {
                 held.abandon();
@@ -551,12 +609,21 @@ impl Placement {
             refunded_amount: crate::domain::money::Krw::ZERO,
             refunds: Vec::new(),
         };
-        let record = Record {
-            at,
-            event: Event::OrderPlaced {
+        let event = if held.counted.is_empty() {
+            Event::OrderPlaced {
                 order: Box::new(order.clone()),
                 from_cart: held.from_cart,
-            },
+            }
+        } else {
+            Event::OrderPlacedCounted {
+                order: Box::new(order.clone()),
+                from_cart: held.from_cart,
+                counted: held.counted.iter().map(|l| l.product_id).collect(),
+            }
+        };
+        let record = Record {
+            at,
+            event,
             idempotency: tag.map(|t| t.entry(Reply::Order(Box::new(order.clone())))),
         };
         let ack = match self.journal.submit(record) {
@@ -577,7 +644,7 @@ impl Placement {
             }
         };
         for (product, quantity) in &held.holds {
-            product.tell(StockNews::Reserved(*quantity));
+            product.tell(StockNews::Durable(ProductEvent::Reserved(*quantity), at));
         }
         let cart_products = if held.from_cart {
             order.items.iter().map(|l| l.product_id).collect()
@@ -586,9 +653,11 @@ impl Placement {
         };
         held.user.do_send(OrderNews::Placed {
             seq,
+            at,
             order_id: id,
             coupon: order.user_coupon_id,
             cart_products,
+            counted: held.counted_units(),
         });
         // Sent before the answer: any request about this order reaches its shard after it.
         self.shard(id).do_send(Adopt(Box::new(order.clone())));
@@ -624,58 +693,16 @@ impl Handler<Pay> for Coordinator {
         let decision = match self.book.orders.get(&order_id) {
             None => Err(Rejection::OrderNotFound(order_id)),
             Some(_) if self.busy.contains(&order_id) => Err(Rejection::OrderNotPayable(order_id)),
-            Some(order) => order.decide_pay(now),
+            Some(order) => order.decide(OrderCommand::Pay, now),
         };
         match decision {
             Err(r) => Box::pin(fut::ready(Err(r.into()))),
-            Ok(Settle::ExpireThenRefuse) => {
-                let step = self.settle_unpaid(ctx, order_id, OrderStatus::Expired, now, None, None);
+            Ok(OrderEvent::Paid) => self.pay(order_id, now, msg.tag),
+            Ok(event) => {
+                let step = self.settle_unpaid(ctx, order_id, event, now, None, None);
                 Box::pin(
                     answer(step).map(move |r, _, _| {
                         r.and(Err(Rejection::OrderNotPayable(order_id).into()))
-                    }),
-                )
-            }
-            Ok(Settle::Proceed) => {
-                let order = &self.book.orders[&order_id];
-                let Some(user) = self.registry.users.get(order.user_id.0) else {
-                    return Box::pin(fut::ready(Err(
-                        Rejection::UserNotFound(order.user_id).into()
-                    )));
-                };
-                let mut paid = order.clone();
-                paid.apply_settled(OrderStatus::Paid, now);
-                self.busy.insert(order_id);
-                let debit = user.send(Debit {
-                    order_id,
-                    amount: paid.pay_amount,
-                    at: now,
-                    keyed: msg.tag.clone().map(|tag| (tag, Box::new(paid.clone()))),
-                });
-                Box::pin(
-                    fut::wrap_future::<_, Self>(debit).then(move |res, act, ctx| {
-                        match res.map_err(Error::from).and_then(|r| r) {
-                            Ok(()) => {
-                                act.busy.remove(&order_id);
-                                act.paid(&paid);
-                                fut::ready(Ok(paid)).boxed_local()
-                            }
-                            Err(e @ Error::Rejected(Rejection::InsufficientBalance { .. })) => {
-                                let step = act.settle_unpaid(
-                                    ctx,
-                                    order_id,
-                                    OrderStatus::Failed,
-                                    now,
-                                    msg.tag,
-                                    Some(e),
-                                );
-                                answer(step).boxed_local()
-                            }
-                            Err(e) => {
-                                act.busy.remove(&order_id);
-                                fut::ready(Err(e)).boxed_local()
-                            }
-                        }
                     }),
                 )
             }
@@ -684,16 +711,65 @@ impl Handler<Pay> for Coordinator {
 }
 
 impl Coordinator {
-    /// A payment is durable: the order is paid, its stock sold, the sale counted.
-    fn paid(&mut self, paid: &Order) {
+    /// Pays a pending order within its time: the user decides the debit
+    /// and journals `OrderPaid`; a balance too short fails the order.
+    fn pay(
+        &mut self,
+        order_id: OrderId,
+        now: Timestamp,
+        tag: Option<Tag>,
+    ) -> ResponseActFuture<Self, Result<Order>> {
+        let order = &self.book.orders[&order_id];
+        let Some(user) = self.registry.users.get(order.user_id.0) else {
+            return Box::pin(fut::ready(Err(
+                Rejection::UserNotFound(order.user_id).into()
+            )));
+        };
+        // The order as the answer reads once paid.
+        let mut paid = order.clone();
+        paid.apply(OrderEvent::Paid, now);
+        self.busy.insert(order_id);
+        let debit = user.send(Debit {
+            order_id,
+            amount: paid.pay_amount,
+            at: now,
+            keyed: tag.clone().map(|tag| (tag, Box::new(paid.clone()))),
+        });
+        Box::pin(
+            fut::wrap_future::<_, Self>(debit).then(move |res, act, ctx| {
+                match res.map_err(Error::from).and_then(|r| r) {
+                    Ok(()) => {
+                        act.busy.remove(&order_id);
+                        act.paid(&paid, now);
+                        fut::ready(Ok(paid)).boxed_local()
+                    }
+                    Err(e @ Error::Rejected(Rejection::InsufficientBalance { .. })) => {
+                        let failed = OrderEvent::PaymentFailed;
+                        let step = act.settle_unpaid(ctx, order_id, failed, now, tag, Some(e));
+                        answer(step).boxed_local()
+                    }
+                    Err(e) => {
+                        act.busy.remove(&order_id);
+                        fut::ready(Err(e)).boxed_local()
+                    }
+                }
+            }),
+        )
+    }
+
+    /// A payment is durable (decided at `at`): the order is paid, its
+    /// stock sold, the sale counted.
+    fn paid(&mut self, paid: &Order, at: Timestamp) {
         if let Some(order) = self.book.orders.get_mut(&paid.id) {
             self.book.due.remove(&(order.expires_at, order.id));
-            *order = paid.clone();
+            let before = order.status;
+            order.apply(OrderEvent::Paid, at);
+            let after = order.status;
+            self.book.restatus(paid.id, before, after);
             self.book.settled(paid.id, &self.journal.archive);
         }
-        let at = paid.paid_at.unwrap_or_default();
         for (product, quantity) in self.products_of(paid) {
-            product.tell(StockNews::Sold(quantity, at));
+            product.tell(StockNews::Durable(ProductEvent::Sold(quantity), at));
         }
         let lines = paid
             .items
@@ -723,19 +799,19 @@ impl Handler<Cancel> for Coordinator {
             Some(_) if self.busy.contains(&order_id) => {
                 Err(Rejection::OrderNotCancellable(order_id))
             }
-            Some(order) => order.decide_cancel(now),
+            Some(order) => order.decide(OrderCommand::Cancel, now),
         };
         match decision {
             Err(r) => Box::pin(fut::ready(Err(r.into()))),
-            Ok(Settle::ExpireThenRefuse) => {
-                let step = self.settle_unpaid(ctx, order_id, OrderStatus::Expired, now, None, None);
+            Ok(OrderEvent::Cancelled) => {
+                let cancelled = OrderEvent::Cancelled;
+                let step = self.settle_unpaid(ctx, order_id, cancelled, now, msg.tag, None);
+                Box::pin(answer(step))
+            }
+            Ok(event) => {
+                let step = self.settle_unpaid(ctx, order_id, event, now, None, None);
                 let refusal = Rejection::OrderNotCancellable(order_id);
                 Box::pin(answer(step).map(move |r, _, _| r.and(Err(refusal.into()))))
-            }
-            Ok(Settle::Proceed) => {
-                let step =
-                    self.settle_unpaid(ctx, order_id, OrderStatus::Cancelled, now, msg.tag, None);
-                Box::pin(answer(step))
             }
         }
     }

@@ -3,6 +3,7 @@
 //! creation is not on the hot path.
 
 use crate::domain::coupon::{Campaign, Discount};
+use crate::domain::coupon_terms::CouponTerms;
 use crate::domain::event::{Event, Record};
 use crate::domain::ids::{CouponId, ProductId, UserId};
 use crate::domain::limits::Limits;
@@ -163,6 +164,7 @@ pub struct CreateProduct {
     pub name: String,
     pub price: Krw,
     pub stock: u64,
+    pub max_per_user: Option<u64>,
     pub at: Timestamp,
     pub tag: Option<Tag>,
 }
@@ -176,18 +178,28 @@ impl Handler<CreateProduct> for Directory {
             msg.name.clone(),
             msg.price,
             msg.stock,
-        );
-        let event = Event::ProductCreated {
-            product_id: product.id,
-            name: msg.name,
-            price: msg.price,
-            stock: msg.stock,
+        )
+        .with_limit(msg.max_per_user);
+        let event = match msg.max_per_user {
+            None => Event::ProductCreated {
+                product_id: product.id,
+                name: msg.name,
+                price: msg.price,
+                stock: msg.stock,
+            },
+            Some(max_per_user) => Event::ProductCreatedWithLimit {
+                product_id: product.id,
+                name: msg.name,
+                price: msg.price,
+                stock: msg.stock,
+                max_per_user,
+            },
         };
         let record = Self::record(
             msg.at,
             event,
             msg.tag,
-            Reply::Product(ProductView::from(&product)),
+            Reply::ProductV3(ProductView::from(&product)),
         );
         let (reply, response) = reply_channel();
         match submit(self, ctx, record, Created::Product(product, reply)) {
@@ -207,6 +219,7 @@ pub struct CreateCampaign {
     pub discount: Discount,
     pub quantity: u64,
     pub expires_at: Option<Timestamp>,
+    pub terms: CouponTerms,
     pub at: Timestamp,
     pub tag: Option<Tag>,
 }
@@ -222,19 +235,32 @@ impl Handler<CreateCampaign> for Directory {
             msg.discount,
             msg.quantity,
             msg.expires_at,
-        );
-        let event = Event::CampaignCreated {
-            coupon_id: id,
-            name: msg.name,
-            discount: msg.discount,
-            quantity: msg.quantity,
-            expires_at: msg.expires_at,
+        )
+        .with_terms(msg.terms);
+        // Without terms, the record is the one written before they existed.
+        let event = if msg.terms == CouponTerms::default() {
+            Event::CampaignCreated {
+                coupon_id: id,
+                name: msg.name,
+                discount: msg.discount,
+                quantity: msg.quantity,
+                expires_at: msg.expires_at,
+            }
+        } else {
+            Event::CampaignCreatedWithTerms {
+                coupon_id: id,
+                name: msg.name,
+                discount: msg.discount,
+                quantity: msg.quantity,
+                expires_at: msg.expires_at,
+                terms: Box::new(msg.terms),
+            }
         };
         let record = Self::record(
             msg.at,
             event,
             msg.tag,
-            Reply::Coupon(CouponView::from(&campaign)),
+            Reply::CouponV3(Box::new(CouponView::from(&campaign))),
         );
         let (reply, response) = reply_channel();
         match submit(self, ctx, record, Created::Campaign(campaign, reply)) {

@@ -9,8 +9,10 @@
 //! text never changes.
 
 use crate::domain::coupon::Discount;
+use crate::domain::coupon_terms::CouponTerms;
 use crate::domain::ids::{CouponId, OrderId, ProductId, UserId};
 use crate::domain::money::Krw;
+use crate::domain::product::ProductPatch;
 use crate::domain::refund::RefundRequest;
 use crate::domain::time::Timestamp;
 use crate::engine::coordinator::OrderSource;
@@ -31,6 +33,11 @@ pub enum KeyedRequest<'a> {
         name: &'a str,
         price: Krw,
         stock: u64,
+        max_per_user: Option<u64>,
+    },
+    UpdateProduct {
+        product: ProductId,
+        patch: &'a ProductPatch,
     },
     Restock {
         product: ProductId,
@@ -41,6 +48,7 @@ pub enum KeyedRequest<'a> {
         discount: &'a Discount,
         quantity: u64,
         expires_at: Option<Timestamp>,
+        terms: CouponTerms,
     },
     IssueCoupon {
         coupon: CouponId,
@@ -75,8 +83,21 @@ impl KeyedRequest<'_> {
         match *self {
             KeyedRequest::CreateUser { name } => write!(w, "create_user|{name:?}"),
             KeyedRequest::Charge { user, amount } => write!(w, "charge|{user}|{}", amount.0),
-            KeyedRequest::CreateProduct { name, price, stock } => {
-                write!(w, "create_product|{name:?}|{}|{stock}", price.0)
+            KeyedRequest::CreateProduct {
+                name,
+                price,
+                stock,
+                max_per_user,
+            } => {
+                write!(w, "create_product|{name:?}|{}|{stock}", price.0)?;
+                // Absent, the text is as it was before limits: stored keys keep matching.
+                match max_per_user {
+                    Some(max) => write!(w, "|max_per_user={max}"),
+                    None => Ok(()),
+                }
+            }
+            KeyedRequest::UpdateProduct { product, patch } => {
+                write!(w, "update_product|{product}|{patch:?}")
             }
             KeyedRequest::Restock { product, quantity } => {
                 write!(w, "restock|{product}|{quantity}")
@@ -86,10 +107,19 @@ impl KeyedRequest<'_> {
                 discount,
                 quantity,
                 expires_at,
-            } => write!(
-                w,
-                "create_coupon|{name:?}|{discount:?}|{quantity}|{expires_at:?}"
-            ),
+                terms,
+            } => {
+                write!(
+                    w,
+                    "create_coupon|{name:?}|{discount:?}|{quantity}|{expires_at:?}"
+                )?;
+                // Without terms, the text is as it was before them.
+                if terms == CouponTerms::default() {
+                    Ok(())
+                } else {
+                    write!(w, "|{terms:?}")
+                }
+            }
             KeyedRequest::IssueCoupon { coupon, user } => write!(w, "issue_coupon|{coupon}|{user}"),
             KeyedRequest::SetCartItem {
                 user,
@@ -216,6 +246,7 @@ mod tests {
                     name: "tea",
                     price: Krw(300),
                     stock: 9,
+                    max_per_user: None,
                 },
                 "create_product|\"tea\"|300|9".into(),
             ),
@@ -232,6 +263,7 @@ mod tests {
                     discount: &discount,
                     quantity: 100,
                     expires_at: Some(Timestamp(1_000)),
+                    terms: CouponTerms::default(),
                 },
                 format!(
                     "create_coupon|\"ten\"|{discount:?}|100|{:?}",

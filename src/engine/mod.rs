@@ -1,4 +1,5 @@
 pub mod actor;
+pub mod admin_lists;
 pub mod campaign_actor;
 pub mod clock;
 pub mod cluster_node;
@@ -18,6 +19,7 @@ pub mod registry;
 pub mod stats_actor;
 pub mod user_actor;
 
+pub use admin_lists::OrderFilter;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{DataPlatform, EngineConfig};
 pub use coordinator::OrderSource;

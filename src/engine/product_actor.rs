@@ -11,7 +11,8 @@
 use crate::domain::event::{Event, Record};
 use crate::domain::limits::Limits;
 use crate::domain::money::Krw;
-use crate::domain::product::Product;
+use crate::domain::product::{Product, ProductCommand, ProductEvent, ProductPatch};
+use crate::domain::purchase_limit::CountedLine;
 use crate::domain::time::Timestamp;
 use crate::domain::views::{ProductView, Reply};
 use crate::engine::actor::{acked, ready, reply_channel, submit, Journaled, Read};
@@ -21,7 +22,7 @@ use crate::engine::idempotency::Tag;
 use crate::store::writer::{Ack, JournalHandle};
 use actix::prelude::*;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use tokio::sync::oneshot;
 
 pub struct ProductActor {
@@ -29,15 +30,31 @@ pub struct ProductActor {
     shelf: Arc<Shelf>,
     journal: JournalHandle,
     limits: Arc<Limits>,
-    queue: CommitQueue<RestockOp>,
+    queue: CommitQueue<ProductOp>,
     /// Restocks decided but not yet durable: they count toward the stock limit.
     restocks_pending: u64,
 }
 
-pub struct RestockOp {
-    quantity: u64,
+/// A change of the product waiting to be durable, and its answer.
+pub struct ProductOp {
+    change: ProductChange,
+    at: Timestamp,
     view: ProductView,
     reply: oneshot::Sender<Result<ProductView>>,
+}
+
+enum ProductChange {
+    Restock(u64),
+    Update(ProductPatch),
+}
+
+impl ProductChange {
+    fn apply(&self, product: &mut Product, at: Timestamp) {
+        match self {
+            ProductChange::Restock(q) => product.apply(ProductEvent::Restocked(*q), at),
+            ProductChange::Update(patch) => product.apply_updated(patch),
+        }
+    }
 }
 
 impl ProductActor {
@@ -79,16 +96,61 @@ impl ProductActor {
             .available
             .store(self.product.available(), Ordering::Release);
     }
+
+    /// The product as it will be once every change already submitted is
+    /// durable (in journal order, as recovery applies them).
+    fn projected(&self) -> Product {
+        let mut projected = self.product.clone();
+        for op in self.queue.iter() {
+            op.change.apply(&mut projected, op.at);
+        }
+        projected
+    }
+
+    fn submit_change(
+        &mut self,
+        ctx: &mut Context<Self>,
+        change: ProductChange,
+        event: Event,
+        at: Timestamp,
+        tag: Option<Tag>,
+    ) -> ResponseFuture<Result<ProductView>> {
+        let mut projected = self.projected();
+        change.apply(&mut projected, at);
+        let view = ProductView::from(&projected);
+        let record = Record {
+            at,
+            event,
+            idempotency: tag.map(|t| t.entry(Reply::ProductV3(view.clone()))),
+        };
+        let restock = match change {
+            ProductChange::Restock(q) => q,
+            ProductChange::Update(_) => 0,
+        };
+        self.restocks_pending += restock;
+        let (reply, response) = reply_channel();
+        let op = ProductOp {
+            change,
+            at,
+            view,
+            reply,
+        };
+        if let Err((_, e)) = submit(self, ctx, record, op) {
+            self.restocks_pending -= restock;
+            return ready(Err(e));
+        }
+        response
+    }
 }
 
 /// What a product read answers, published by the product's actor.
 ///
-/// Name and price never change after creation (`view` keeps them; its
-/// `stock` is replaced on every read); `available` is stored by the actor
-/// after each change. `unheard` counts news sent to the actor and
-/// not taken yet.
+/// Name, price and limit change only by an update (`view` keeps them,
+/// replaced by the actor once an update is durable; its `stock` is
+/// replaced on every read); `available` is stored by the actor after each
+/// change. `unheard` counts news sent to the actor and not taken yet.
 pub struct Shelf {
-    view: ProductView,
+    view: RwLock<ProductView>,
     available: AtomicU64,
     unheard: AtomicU64,
 }
@@ -96,10 +158,29 @@ pub struct Shelf {
 impl Shelf {
     fn new(product: &Product) -> Shelf {
         Shelf {
-            view: ProductView::from(product),
+            view: RwLock::new(ProductView::from(product)),
             available: AtomicU64::new(product.available()),
             unheard: AtomicU64::new(0),
         }
+    }
+
+    /// The name, price and limit as published (whatever news is in flight:
+    /// news never changes them).
+    pub fn identity(&self) -> ProductView {
+        // A writer holds the lock only to replace the value: a poisoned
+        // lock still holds a whole view.
+        self.view
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    fn set_identity(&self, product: &Product) {
+        let mut view = self
+            .view
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *view = ProductView::from(product);
     }
 
     /// The product as of now, or `None` while news is on its way to the
@@ -110,7 +191,7 @@ impl Shelf {
         if self.unheard.load(Ordering::Acquire) != 0 {
             return None;
         }
-        let mut view = self.view.clone();
+        let mut view = self.identity();
         view.stock = self.available.load(Ordering::Acquire);
         Some(view)
     }
@@ -143,6 +224,11 @@ impl ProductRef {
         }
     }
 
+    /// The name, price and limit as published.
+    pub fn identity(&self) -> ProductView {
+        self.shelf.identity()
+    }
+
     /// Sends news to the actor, counted in flight until it is taken.
     pub fn tell(&self, news: StockNews) {
         self.shelf.unheard.fetch_add(1, Ordering::AcqRel);
@@ -155,9 +241,9 @@ impl Actor for ProductActor {
 }
 
 impl Journaled for ProductActor {
-    type Op = RestockOp;
+    type Op = ProductOp;
 
-    fn queue(&mut self) -> &mut CommitQueue<RestockOp> {
+    fn queue(&mut self) -> &mut CommitQueue<ProductOp> {
         &mut self.queue
     }
 
@@ -165,11 +251,16 @@ impl Journaled for ProductActor {
         &self.journal
     }
 
-    fn finish(&mut self, op: RestockOp, ack: Ack, _: &mut Context<Self>) {
-        self.restocks_pending -= op.quantity;
+    fn finish(&mut self, op: ProductOp, ack: Ack, _: &mut Context<Self>) {
+        if let ProductChange::Restock(q) = op.change {
+            self.restocks_pending -= q;
+        }
         let ok = acked(&ack);
         if ok.is_ok() {
-            self.product.apply_restocked(op.quantity);
+            op.change.apply(&mut self.product, op.at);
+            if let ProductChange::Update(_) = op.change {
+                self.shelf.set_identity(&self.product);
+            }
             self.publish();
         }
         let _ = op.reply.send(ok.map(|()| op.view));
@@ -184,38 +275,49 @@ impl<R: 'static> Handler<Read<Product, R>> for ProductActor {
     }
 }
 
-/// Holds `quantity` for an order being placed; answers the line's name and price.
+/// Holds `quantity` for an order being placed; answers the line's name
+/// and price now, and how the line counts per user.
 #[derive(Message)]
-#[rtype(result = "Result<(String, Krw)>")]
+#[rtype(result = "Result<Reserved>")]
 pub struct Reserve {
     pub quantity: u64,
+    pub at: Timestamp,
+}
+
+/// What a product answers an order reserving it.
+pub struct Reserved {
+    pub name: String,
+    pub price: Krw,
+    /// `Some` when the product counts units per user.
+    pub counted: Option<CountedLine>,
 }
 
 impl Handler<Reserve> for ProductActor {
-    type Result = Result<(String, Krw)>;
+    type Result = Result<Reserved>;
 
     fn handle(&mut self, msg: Reserve, _: &mut Context<Self>) -> Self::Result {
-        self.product.decide_reserve(msg.quantity)?;
+        let command = ProductCommand::Reserve(msg.quantity);
+        self.product.decide(command, msg.at, &self.limits)?;
         self.product.hold(msg.quantity);
         self.publish();
-        Ok((self.product.name.clone(), self.product.price))
+        Ok(Reserved {
+            name: self.product.name.clone(),
+            price: self.product.price,
+            counted: self.product.counted_line(msg.quantity),
+        })
     }
 }
 
-/// What became of units held or reserved here, once it is durable. Sent
-/// only by [`ProductRef::tell`], which counts it in flight.
+/// What became of units held or reserved here. Sent only by
+/// [`ProductRef::tell`], which counts it in flight.
 #[derive(Clone, Copy, Debug)]
 pub enum StockNews {
-    /// The order was placed: the hold becomes a reservation.
-    Reserved(u64),
+    /// A record that touches this product is durable: the hold it took,
+    /// if any, is dropped and the event applied (`Reserved` when an order
+    /// was placed, `Released` when it ended unpaid, `Sold` when paid).
+    Durable(ProductEvent, Timestamp),
     /// Placing failed before anything was durable: the hold is dropped.
     Abandoned(u64),
-    /// A pending order ended unpaid: its reservation returns to stock.
-    Released(u64),
-    /// A pending order was paid (at `.1`): its reservation is sold.
-    Sold(u64, Timestamp),
-    /// Units of an order paid at `.1` were refunded: back in stock, out of the sales count.
-    Refunded(u64, Timestamp),
 }
 
 /// News as sent by [`ProductRef::tell`]: private, so none goes uncounted.
@@ -228,14 +330,13 @@ impl Handler<Told> for ProductActor {
 
     fn handle(&mut self, Told(msg): Told, _: &mut Context<Self>) {
         match msg {
-            StockNews::Reserved(q) => {
-                self.product.drop_hold(q);
-                self.product.apply_reserved(q);
+            StockNews::Durable(event, at) => {
+                if let ProductEvent::Reserved(q) = event {
+                    self.product.drop_hold(q);
+                }
+                self.product.apply(event, at);
             }
             StockNews::Abandoned(q) => self.product.drop_hold(q),
-            StockNews::Released(q) => self.product.apply_released(q),
-            StockNews::Sold(q, at) => self.product.apply_sold(q, at),
-            StockNews::Refunded(q, paid_at) => self.product.apply_refunded(q, paid_at),
         }
         self.publish();
         // Release: whoever sees the news taken sees what was published.
@@ -257,34 +358,38 @@ impl Handler<Restock> for ProductActor {
     fn handle(&mut self, msg: Restock, ctx: &mut Context<Self>) -> Self::Result {
         let mut projected = self.product.clone();
         projected.stock += self.restocks_pending;
-        if let Err(r) = projected.decide_restock(msg.quantity, &self.limits) {
+        let command = ProductCommand::Restock(msg.quantity);
+        if let Err(r) = projected.decide(command, msg.at, &self.limits) {
             return ready(Err(r.into()));
         }
-        projected.apply_restocked(msg.quantity);
-        let view = ProductView::from(&projected);
-        let record = Record {
-            at: msg.at,
-            event: Event::ProductRestocked {
-                product_id: self.product.id,
-                quantity: msg.quantity,
-            },
-            idempotency: msg.tag.map(|t| t.entry(Reply::Product(view.clone()))),
+        let event = Event::ProductRestocked {
+            product_id: self.product.id,
+            quantity: msg.quantity,
         };
-        self.restocks_pending += msg.quantity;
-        let (reply, response) = reply_channel();
-        if let Err((_, e)) = submit(
-            self,
-            ctx,
-            record,
-            RestockOp {
-                quantity: msg.quantity,
-                view,
-                reply,
-            },
-        ) {
-            self.restocks_pending -= msg.quantity;
-            return ready(Err(e));
-        }
-        response
+        let change = ProductChange::Restock(msg.quantity);
+        self.submit_change(ctx, change, event, msg.at, msg.tag)
+    }
+}
+
+/// Changes the name, price or limit (checked by [`ProductPatch::validate`]).
+/// A price change applies to orders that reserve after it is durable.
+#[derive(Message)]
+#[rtype(result = "Result<ProductView>")]
+pub struct Update {
+    pub patch: ProductPatch,
+    pub at: Timestamp,
+    pub tag: Option<Tag>,
+}
+
+impl Handler<Update> for ProductActor {
+    type Result = ResponseFuture<Result<ProductView>>;
+
+    fn handle(&mut self, msg: Update, ctx: &mut Context<Self>) -> Self::Result {
+        let event = Event::ProductUpdated {
+            product_id: self.product.id,
+            patch: Box::new(msg.patch.clone()),
+        };
+        let change = ProductChange::Update(msg.patch);
+        self.submit_change(ctx, change, event, msg.at, msg.tag)
     }
 }

@@ -24,6 +24,7 @@
 use crate::domain::event::{Event, Record};
 use crate::domain::ids::{IdMap, IdSet, OrderId};
 use crate::domain::order::Order;
+use crate::domain::product::ProductEvent;
 use crate::domain::refund::{validate_request, Refund, RefundRequest};
 use crate::domain::rejection::Rejection;
 use crate::domain::views::Reply;
@@ -169,6 +170,11 @@ impl Coordinator {
             order_id: id,
             amount: refund.amount,
             coupon,
+            lines: refund
+                .items
+                .iter()
+                .map(|l| (l.product_id, l.quantity))
+                .collect(),
         });
         let reply = job.reply;
         ctx.spawn(
@@ -191,17 +197,23 @@ impl Coordinator {
         }
     }
 
-    /// A refund is durable: the order reads refunded, its units go back to
-    /// stock and leave the ranking, and it is archived again as it is now.
+    /// A refund is durable: the order reads refunded (in the admin lists'
+    /// status index too), its units go back to stock and leave the
+    /// ranking, and it is archived again as it is now.
     fn refunded(&mut self, after: &Order, refund: &Refund) {
         if let Some(order) = self.book.orders.get_mut(&after.id) {
-            *order = after.clone();
+            let before = std::mem::replace(order, after.clone()).status;
+            self.book.restatus(after.id, before, after.status);
         }
         self.book.resettled(after.id, &self.journal.archive);
         let paid_at = after.paid_at.unwrap_or_default();
         for line in &refund.items {
             if let Some(product) = self.registry.products.get(line.product_id.0) {
-                product.tell(StockNews::Refunded(line.quantity, paid_at));
+                let event = ProductEvent::Refunded {
+                    quantity: line.quantity,
+                    paid_at,
+                };
+                product.tell(StockNews::Durable(event, self.clock.now()));
             }
         }
         let lines = refund

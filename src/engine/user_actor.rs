@@ -1,14 +1,15 @@
 //! One actor per user: wallet, balance history, coupons held, cart.
 
-use crate::domain::coupon::Discount;
+use crate::domain::coupon_terms::Offer;
 use crate::domain::event::{Event, Record};
-use crate::domain::ids::{OrderId, ProductId, UserCouponId};
+use crate::domain::ids::{OrderId, ProductId, UserCouponId, UserId};
 use crate::domain::limits::Limits;
 use crate::domain::money::Krw;
 use crate::domain::order::Order;
+use crate::domain::purchase_limit::CountedLine;
 use crate::domain::time::Timestamp;
 use crate::domain::user::HISTORY_CHUNK;
-use crate::domain::user::{CartLine, User, UserCoupon};
+use crate::domain::user::{CartLine, User, UserCommand, UserEvent};
 use crate::domain::views::{BalanceView, CartView, Reply};
 use crate::engine::actor::{acked, ready, reply_channel, submit, Journaled, Read};
 use crate::engine::commit::CommitQueue;
@@ -46,6 +47,7 @@ pub struct UserActor {
 /// the coupon can only come after.)
 struct Placed {
     seq: u64,
+    at: Timestamp,
     cart_products: Vec<ProductId>,
 }
 
@@ -56,34 +58,31 @@ impl Placed {
     fn apply(self, user: &mut User, cart_changed: &[(ProductId, u64)]) {
         let seq = self.seq;
         let changed_later = |p: &ProductId| cart_changed.iter().any(|&(q, at)| q == *p && at > seq);
-        user.apply_cart_ordered(self.cart_products.into_iter().filter(|p| !changed_later(p)));
+        for p in self.cart_products {
+            if !changed_later(&p) {
+                user.apply(UserEvent::CartLineRemoved(p), self.at);
+            }
+        }
     }
 }
 
-pub enum UserOp {
-    Charge {
-        amount: Krw,
-        at: Timestamp,
-        view: BalanceView,
-        reply: oneshot::Sender<Result<BalanceView>>,
-    },
-    Pay {
-        order_id: OrderId,
-        amount: Krw,
-        at: Timestamp,
-        reply: oneshot::Sender<Result<()>>,
-    },
-    Cart {
-        change: CartChange,
-        view: CartView,
-        reply: oneshot::Sender<Result<CartView>>,
-    },
-    Refund {
-        order_id: OrderId,
-        amount: Krw,
-        at: Timestamp,
-        /// A wholly refunded order's coupon, available again.
-        coupon: Option<UserCouponId>,
+/// A record this user submitted, finished once it is durable (or failed):
+/// the hold its event took is dropped, and on durability the event is applied.
+pub struct UserOp {
+    event: UserEvent,
+    at: Timestamp,
+    reply: UserReply,
+}
+
+/// Whom to answer once a [`UserOp`] is finished, and with what.
+enum UserReply {
+    Balance(BalanceView, oneshot::Sender<Result<BalanceView>>),
+    Paid(oneshot::Sender<Result<()>>),
+    Cart(CartView, oneshot::Sender<Result<CartView>>),
+    /// A refund's credit; once durable, `also` (its coupon back, its units
+    /// freed) is applied after it.
+    Refunded {
+        also: Vec<UserEvent>,
         reply: oneshot::Sender<Result<()>>,
     },
 }
@@ -102,11 +101,36 @@ impl CartChange {
         }
     }
 
-    fn apply(&self, user: &mut User) {
+    /// The command, and the journal event that records it once decided.
+    fn command(self, user_id: UserId) -> (UserCommand, Event) {
         match self {
-            CartChange::Set(line) => user.apply_cart_line_set(line.clone()),
-            CartChange::Remove(id) => user.apply_cart_line_removed(*id),
+            CartChange::Set(line) => {
+                let event = Event::CartLineSet {
+                    user_id,
+                    product_id: line.product_id,
+                    name: line.name.clone(),
+                    price: line.price,
+                    quantity: line.quantity,
+                };
+                (UserCommand::SetCartLine(line), event)
+            }
+            CartChange::Remove(product_id) => (
+                UserCommand::RemoveCartLine(product_id),
+                Event::CartLineRemoved {
+                    user_id,
+                    product_id,
+                },
+            ),
         }
+    }
+}
+
+/// The cart line a cart event changes.
+fn cart_product(event: &UserEvent) -> Option<ProductId> {
+    match event {
+        UserEvent::CartLineSet(line) => Some(line.product_id),
+        UserEvent::CartLineRemoved(product_id) => Some(*product_id),
+        _ => None,
     }
 }
 
@@ -187,28 +211,44 @@ impl UserActor {
         }
     }
 
+    /// Holds what `event` takes and submits `record`; on refusal drops the hold.
+    fn submit_held(
+        &mut self,
+        ctx: &mut Context<Self>,
+        record: Record,
+        op: UserOp,
+    ) -> Result<(), crate::engine::error::Error> {
+        self.user.hold(&op.event);
+        submit(self, ctx, record, op).map_err(|(op, e)| {
+            self.user.drop_hold(&op.event);
+            e
+        })
+    }
+
     /// The cart as it will be once every cart change already submitted
     /// and every placed order heard of are applied, plus `change`. (A cart
     /// change submitted after an order's record but before this user heard
     /// of it is projected before the order, though applied after it: the
     /// answer to that change may then show a line the order took.)
-    fn projected_cart(&self, change: &CartChange) -> CartView {
+    fn projected_cart(&self, change: &UserEvent, at: Timestamp) -> CartView {
         let mut user = User {
             history: Vec::new(),
             coupons: Vec::new(),
             ..self.user.clone()
         };
         for op in self.queue.iter() {
-            if let UserOp::Cart { change, .. } = op {
-                change.apply(&mut user);
+            if cart_product(&op.event).is_some() {
+                user.apply(op.event.clone(), op.at);
             }
         }
         let mut placed: Vec<&Placed> = self.placed.iter().collect();
         placed.sort_unstable_by_key(|p| p.seq);
         for p in placed {
-            user.apply_cart_ordered(p.cart_products.iter().copied());
+            for &product_id in &p.cart_products {
+                user.apply(UserEvent::CartLineRemoved(product_id), p.at);
+            }
         }
-        change.apply(&mut user);
+        user.apply(change.clone(), at);
         CartView::from(&user)
     }
 }
@@ -239,61 +279,28 @@ impl Journaled for UserActor {
         if let Ok(seq) = ack {
             self.apply_placed_before(seq);
         }
+        self.user.drop_hold(&op.event);
+        if let Ok(seq) = ack {
+            let cart = cart_product(&op.event);
+            self.user.apply(op.event, op.at);
+            match cart {
+                Some(product_id) => self.cart_line_changed(product_id, seq),
+                None => self.history_grew(),
+            }
+        }
         let ok = acked(&ack);
-        match op {
-            UserOp::Charge {
-                amount,
-                at,
-                view,
-                reply,
-            } => {
-                self.user.drop_credit(amount);
+        // A requester that went away needs no answer.
+        match op.reply {
+            UserReply::Balance(view, reply) => drop(reply.send(ok.map(|()| view))),
+            UserReply::Paid(reply) => drop(reply.send(ok)),
+            UserReply::Cart(view, reply) => drop(reply.send(ok.map(|()| view))),
+            UserReply::Refunded { also, reply } => {
                 if ok.is_ok() {
-                    self.user.apply_charged(amount, at);
-                    self.history_grew();
-                }
-                let _ = reply.send(ok.map(|()| view));
-            }
-            UserOp::Pay {
-                order_id,
-                amount,
-                at,
-                reply,
-            } => {
-                self.user.drop_debit(amount);
-                if ok.is_ok() {
-                    self.user.apply_paid(order_id, amount, at);
-                    self.history_grew();
-                }
-                let _ = reply.send(ok);
-            }
-            UserOp::Cart {
-                change,
-                view,
-                reply,
-            } => {
-                if let Ok(seq) = ack {
-                    change.apply(&mut self.user);
-                    self.cart_line_changed(change.product_id(), seq);
-                }
-                let _ = reply.send(ok.map(|()| view));
-            }
-            UserOp::Refund {
-                order_id,
-                amount,
-                at,
-                coupon,
-                reply,
-            } => {
-                self.user.drop_credit(amount);
-                if ok.is_ok() {
-                    self.user.apply_refunded(order_id, amount, at);
-                    self.history_grew();
-                    if let Some(c) = coupon {
-                        self.user.apply_coupon_restored(c);
+                    for event in also {
+                        self.user.apply(event, op.at);
                     }
                 }
-                let _ = reply.send(ok);
+                drop(reply.send(ok))
             }
         }
     }
@@ -321,9 +328,11 @@ impl Handler<Charge> for UserActor {
     type Result = ResponseFuture<Result<BalanceView>>;
 
     fn handle(&mut self, msg: Charge, ctx: &mut Context<Self>) -> Self::Result {
-        if let Err(r) = self.user.decide_charge(msg.amount, &self.limits) {
-            return ready(Err(r.into()));
-        }
+        let command = UserCommand::Charge { amount: msg.amount };
+        let event = match self.user.decide(command, msg.at, &self.limits) {
+            Ok(event) => event,
+            Err(r) => return ready(Err(r.into())),
+        };
         // In journal order every pending credit and debit of this user comes first.
         let balance = self.user.balance.0 + self.user.credits_pending.0
             - self.user.debits_pending.0
@@ -332,24 +341,23 @@ impl Handler<Charge> for UserActor {
             user_id: self.user.id,
             balance: Krw(balance),
         };
-        let event = Event::BalanceCharged {
+        let journal_event = Event::BalanceCharged {
             user_id: self.user.id,
             amount: msg.amount,
         };
-        let record = Self::record(msg.at, event, msg.tag, || Reply::Balance(view.clone()));
-        self.user.hold_credit(msg.amount);
+        let record = Self::record(msg.at, journal_event, msg.tag, || {
+            Reply::Balance(view.clone())
+        });
         let (reply, response) = reply_channel();
-        let op = UserOp::Charge {
-            amount: msg.amount,
+        let op = UserOp {
+            event,
             at: msg.at,
-            view,
-            reply,
+            reply: UserReply::Balance(view, reply),
         };
-        if let Err((_, e)) = submit(self, ctx, record, op) {
-            self.user.drop_credit(msg.amount);
-            return ready(Err(e));
+        match self.submit_held(ctx, record, op) {
+            Ok(()) => response,
+            Err(e) => ready(Err(e)),
         }
-        response
     }
 }
 
@@ -371,36 +379,30 @@ impl Handler<Debit> for UserActor {
 
     fn handle(&mut self, msg: Debit, ctx: &mut Context<Self>) -> Self::Result {
         let (order_id, amount, at) = (msg.order_id, msg.amount, msg.at);
-        if let Err(r) = self.user.decide_debit(amount) {
-            return ready(Err(r.into()));
-        }
-        let event = Event::OrderPaid {
-            order_id,
-            user_id: self.user.id,
-            amount,
+        let command = UserCommand::Pay { order_id, amount };
+        let event = match self.user.decide(command, at, &self.limits) {
+            Ok(event) => event,
+            Err(r) => return ready(Err(r.into())),
         };
         let record = Record {
             at,
-            event,
+            event: Event::OrderPaid {
+                order_id,
+                user_id: self.user.id,
+                amount,
+            },
             idempotency: msg.keyed.map(|(tag, paid)| tag.entry(Reply::Order(paid))),
         };
-        self.user.hold_debit(amount);
         let (reply, response) = reply_channel();
-        if let Err((_, e)) = submit(
-            self,
-            ctx,
-            record,
-            UserOp::Pay {
-                order_id,
-                amount,
-                at,
-                reply,
-            },
-        ) {
-            self.user.drop_debit(amount);
-            return ready(Err(e));
+        let op = UserOp {
+            event,
+            at,
+            reply: UserReply::Paid(reply),
+        };
+        match self.submit_held(ctx, record, op) {
+            Ok(()) => response,
+            Err(e) => ready(Err(e)),
         }
-        response
     }
 }
 
@@ -416,6 +418,8 @@ pub struct CreditRefund {
     pub order_id: OrderId,
     pub amount: Krw,
     pub coupon: Option<UserCouponId>,
+    /// The refunded lines: their units no longer count toward a purchase limit.
+    pub lines: Vec<(ProductId, u64)>,
 }
 
 impl Handler<CreditRefund> for UserActor {
@@ -433,18 +437,23 @@ impl Handler<CreditRefund> for UserActor {
             )
             .into()));
         }
-        let at = msg.record.at;
-        self.user.hold_credit(msg.amount);
-        let (reply, response) = reply_channel();
-        let op = UserOp::Refund {
+        let event = UserEvent::Refunded {
             order_id: msg.order_id,
             amount: msg.amount,
-            at,
-            coupon: msg.coupon,
-            reply,
         };
-        if let Err((_, e)) = submit(self, ctx, msg.record, op) {
-            self.user.drop_credit(msg.amount);
+        let mut also: Vec<UserEvent> = msg
+            .coupon
+            .map(UserEvent::CouponRestored)
+            .into_iter()
+            .collect();
+        also.push(UserEvent::UnitsReleased(msg.lines));
+        let (reply, response) = reply_channel();
+        let op = UserOp {
+            event,
+            at: msg.record.at,
+            reply: UserReply::Refunded { also, reply },
+        };
+        if let Err(e) = self.submit_held(ctx, msg.record, op) {
             return ready(Err(e));
         }
         response
@@ -464,85 +473,82 @@ impl Handler<ChangeCart> for UserActor {
     type Result = ResponseFuture<Result<CartView>>;
 
     fn handle(&mut self, msg: ChangeCart, ctx: &mut Context<Self>) -> Self::Result {
-        let user_id = self.user.id;
-        let event = match &msg.change {
-            CartChange::Set(line) => {
-                if let Err(r) =
-                    self.user
-                        .decide_set_cart_line(line.product_id, line.quantity, &self.limits)
-                {
-                    return ready(Err(r.into()));
-                }
-                Event::CartLineSet {
-                    user_id,
-                    product_id: line.product_id,
-                    name: line.name.clone(),
-                    price: line.price,
-                    quantity: line.quantity,
-                }
-            }
-            CartChange::Remove(product_id) => Event::CartLineRemoved {
-                user_id,
-                product_id: *product_id,
-            },
+        let (command, journal_event) = msg.change.command(self.user.id);
+        let event = match self.user.decide(command, msg.at, &self.limits) {
+            Ok(event) => event,
+            Err(r) => return ready(Err(r.into())),
         };
-        let view = self.projected_cart(&msg.change);
-        let record = Self::record(msg.at, event, msg.tag, || Reply::Cart(view.clone()));
+        let view = self.projected_cart(&event, msg.at);
+        let record = Self::record(msg.at, journal_event, msg.tag, || Reply::Cart(view.clone()));
         let (reply, response) = reply_channel();
-        if let Err((_, e)) = submit(
-            self,
-            ctx,
-            record,
-            UserOp::Cart {
-                change: msg.change,
-                view,
-                reply,
-            },
-        ) {
-            return ready(Err(e));
+        let op = UserOp {
+            event,
+            at: msg.at,
+            reply: UserReply::Cart(view, reply),
+        };
+        match self.submit_held(ctx, record, op) {
+            Ok(()) => response,
+            Err(e) => ready(Err(e)),
         }
-        response
     }
 }
 
-/// Takes a coupon for an order being placed (a hold until the order is durable).
+/// Takes what an order being placed needs of its user, all or nothing:
+/// the coupon for an order of `total`, and the units of lines whose
+/// products count per user. Holds until the order is durable or abandoned.
 #[derive(Message)]
-#[rtype(result = "Result<Discount>")]
-pub struct HoldCoupon {
-    pub id: UserCouponId,
+#[rtype(result = "Result<Option<Offer>>")]
+pub struct HoldForOrder {
+    pub coupon: Option<UserCouponId>,
+    pub total: Krw,
+    pub counted: Vec<CountedLine>,
     pub at: Timestamp,
 }
 
-impl Handler<HoldCoupon> for UserActor {
-    type Result = Result<Discount>;
+impl Handler<HoldForOrder> for UserActor {
+    type Result = Result<Option<Offer>>;
 
-    fn handle(&mut self, msg: HoldCoupon, _: &mut Context<Self>) -> Self::Result {
-        let discount = self.user.decide_use_coupon(msg.id, msg.at)?;
-        self.user.hold_coupon(msg.id);
-        Ok(discount)
+    fn handle(&mut self, msg: HoldForOrder, _: &mut Context<Self>) -> Self::Result {
+        self.user.decide_hold_units(&msg.counted)?;
+        let offer = match msg.coupon {
+            Some(id) => Some(self.user.decide_use_coupon(id, msg.total, msg.at)?),
+            None => None,
+        };
+        self.user.hold_units(&msg.counted);
+        if let Some(id) = msg.coupon {
+            self.user.hold_coupon(id);
+        }
+        Ok(offer)
     }
 }
 
-/// What became of an order that touched this user, once it is durable.
+/// What became of a record of another actor that touched this user.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub enum OrderNews {
-    /// The order was placed (its record is `seq`): the held coupon is
-    /// used at once; ordered cart lines leave the cart in journal order
-    /// among this user's own records still in flight, as recovery replays
-    /// them: a cart change journaled before the order is applied before it.
+    /// The order was placed (its record is `seq`, decided at `at`): the
+    /// held coupon is used at once; ordered cart lines leave the cart in
+    /// journal order among this user's own records still in flight, as
+    /// recovery replays them: a cart change journaled before the order is
+    /// applied before it.
     Placed {
         seq: u64,
+        at: Timestamp,
         order_id: OrderId,
         coupon: Option<UserCouponId>,
         cart_products: Vec<ProductId>,
+        /// Lines whose products count per user: their units are held for good.
+        counted: Vec<(ProductId, u64)>,
     },
-    /// Placing failed before anything was durable: the coupon hold is dropped.
-    Abandoned { coupon: UserCouponId },
-    /// The order ended unpaid (cancelled, failed, expired): the coupon is available again.
-    Returned { coupon: UserCouponId },
-    /// A coupon of a campaign was issued to this user.
-    CouponIssued(UserCoupon),
+    /// Placing failed before anything was durable: the holds are dropped.
+    Abandoned {
+        coupon: Option<UserCouponId>,
+        counted: Vec<(ProductId, u64)>,
+    },
+    /// A record of another actor is durable, and this is its part for the
+    /// user (its coupon issued, its coupon restored and its units freed by
+    /// an order ended unpaid), decided at `.1`.
+    Durable(UserEvent, Timestamp),
 }
 
 impl Handler<OrderNews> for UserActor {
@@ -552,23 +558,38 @@ impl Handler<OrderNews> for UserActor {
         match msg {
             OrderNews::Placed {
                 seq,
+                at,
                 order_id,
                 coupon,
                 cart_products,
+                counted,
             } => {
-                if let Some(c) = coupon {
-                    self.user.apply_coupon_used(c, order_id);
+                if let Some(coupon) = coupon {
+                    self.user
+                        .apply(UserEvent::CouponUsed { coupon, order_id }, at);
+                }
+                self.user.drop_units_hold(&counted);
+                if !counted.is_empty() {
+                    self.user.apply(UserEvent::UnitsHeld(counted), at);
                 }
                 if !cart_products.is_empty() {
-                    self.placed.push(Placed { seq, cart_products });
+                    self.placed.push(Placed {
+                        seq,
+                        at,
+                        cart_products,
+                    });
                     if self.queue.is_empty() {
                         self.apply_placed_before(u64::MAX);
                     }
                 }
             }
-            OrderNews::Abandoned { coupon } => self.user.drop_coupon_hold(coupon),
-            OrderNews::Returned { coupon } => self.user.apply_coupon_restored(coupon),
-            OrderNews::CouponIssued(coupon) => self.user.apply_coupon_issued(coupon),
+            OrderNews::Abandoned { coupon, counted } => {
+                self.user.drop_units_hold(&counted);
+                if let Some(c) = coupon {
+                    self.user.drop_coupon_hold(c);
+                }
+            }
+            OrderNews::Durable(event, at) => self.user.apply(event, at),
         }
     }
 }

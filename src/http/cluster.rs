@@ -26,7 +26,7 @@ use crate::http::layers::CorsOrigins;
 use crate::http::serve::{engine_config, shutdown_signal, ServeArgs};
 use crate::http::server::{serve_on_engine_threads, HttpSettings};
 use crate::store::recovery::recover_for_serving_under;
-use crate::store::sled_store::SledStore;
+use crate::store::SledStore;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
@@ -306,6 +306,7 @@ pub fn run(
         // starts again: not long.
         shutdown_grace_ms: 2_000,
         cluster: Some(status.clone()),
+        auth: crate::http::serve::auth_verifier(args)?,
         ..HttpSettings::new(admin_token)
     };
     let signalled = Arc::new(AtomicBool::new(false));

@@ -97,6 +97,7 @@ pub async fn seed(engine: &Engine) -> Result<Seeded, SeedError> {
             discount: c.discount,
             quantity: c.quantity,
             expires_at,
+            terms: Default::default(),
         };
         engine
             .create_coupon(new, key(format!("demo-seed:coupon:{i}"))?)

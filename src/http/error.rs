@@ -53,6 +53,16 @@ impl ApiError {
         )
     }
 
+    /// No token, or a bad one, where authentication is on: `why` says which.
+    pub fn unauthorized_token(why: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", why)
+    }
+
+    /// A valid token that may not act on what the request acts on.
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, "FORBIDDEN", message)
+    }
+
     pub fn not_found() -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such endpoint")
     }
@@ -107,6 +117,7 @@ impl ApiError {
         match status {
             StatusCode::BAD_REQUEST => ApiError::invalid("the request is malformed"),
             StatusCode::UNAUTHORIZED => ApiError::unauthorized(),
+            StatusCode::FORBIDDEN => ApiError::forbidden("the request was refused"),
             StatusCode::NOT_FOUND => ApiError::not_found(),
             StatusCode::METHOD_NOT_ALLOWED => ApiError::method_not_allowed(),
             StatusCode::PAYLOAD_TOO_LARGE => ApiError::payload_too_large(

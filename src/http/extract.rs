@@ -7,11 +7,13 @@
 //!   `Content-Type` is not checked: a body that parses as JSON is accepted.
 //! - [`Id`]: one positive integer path id, looked up by its name.
 //! - [`IdemKey`]: the optional `Idempotency-Key` header.
-//! - [`Admin`]: `Authorization: Bearer <admin token>`, compared in constant time.
-//! - [`Paging`]: `?limit=` and `?after=`.
+//! - [`Admin`]: `Authorization: Bearer <admin token>`, compared in constant time,
+//!   or, with authentication on, a caller the auth layer found to be an admin.
+//! - [`Paging`]: `?limit=` and `?after=`; [`ApiQuery`]: other query parameters.
 
 use crate::domain::ids::{CouponId, OrderId, ProductId, UserCouponId, UserId};
 use crate::engine::{IdempotencyKey, PageRequest};
+use crate::http::auth::Principal;
 use crate::http::error::ApiError;
 use crate::http::server::AppState;
 use axum::body::Bytes;
@@ -183,6 +185,14 @@ impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        // Authentication on: the auth layer has named the caller.
+        match parts.extensions.get::<Principal>() {
+            Some(Principal::Admin) => return Ok(Admin),
+            Some(Principal::User(_)) => {
+                return Err(ApiError::forbidden("this endpoint needs an admin"))
+            }
+            None => {}
+        }
         let token = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -197,6 +207,19 @@ impl FromRequestParts<AppState> for Admin {
         } else {
             Err(ApiError::unauthorized())
         }
+    }
+}
+
+/// A query string: unparsable → 400 `INVALID_REQUEST`.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        Query::<T>::try_from_uri(&parts.uri)
+            .map(|Query(q)| ApiQuery(q))
+            .map_err(|e| ApiError::invalid(format!("invalid query string: {}", e.body_text())))
     }
 }
 

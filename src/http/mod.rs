@@ -2,6 +2,8 @@
 //! [`Engine`](crate::engine::Engine) method, and map errors to the codes of
 //! `API.md` in one place.
 //!
+//! - [`auth`]: customer authentication (optional): JWTs (HS256, or
+//!   RS256/ES256 from a JWKS file), who a request acts as, 401 and 403.
 //! - [`error`]: [`ApiError`](error::ApiError), the one error type and its
 //!   status mapping.
 //! - [`extract`]: extractors that answer malformed input with 400/413 JSON.
@@ -23,6 +25,7 @@
 //! - [`metrics`]: `/metrics` in Prometheus text.
 //! - [`schema`]: OpenAPI schemas of the hand-serialized domain types.
 
+pub mod auth;
 pub mod cluster;
 pub mod dashboard;
 pub mod demo;

@@ -18,7 +18,7 @@ use crate::http::layers::CorsOrigins;
 use crate::http::log_lines::Lines;
 use crate::http::logs::{BufferedStderr, FlushOnDrop};
 use crate::http::server::{serve_on_engine_threads, HttpSettings};
-use crate::store::sled_store::SledStore;
+use crate::store::SledStore;
 use crate::store::Store;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -50,7 +50,8 @@ pub struct ServeArgs {
     #[arg(long, env = "COMMERCE_STATS_INTERVAL_SECS", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub stats_interval_secs: u64,
-    /// POST the data platform's events here, as JSON arrays; without it,
+    /// POST the data platform's events here, as JSON arrays, or, for
+    /// nats://host:port/subject, publish each to that JetStream subject; without it,
     /// they are appended as JSON lines to <data-dir>/data-platform.jsonl.
     #[arg(long, env = "COMMERCE_DATA_PLATFORM_URL", value_parser = platform_url)]
     pub data_platform_url: Option<String>,
@@ -97,6 +98,39 @@ pub struct ServeArgs {
     /// http://<--addr>.
     #[arg(long, env = "COMMERCE_ADVERTISE_URL")]
     pub advertise_url: Option<String>,
+    /// Customer authentication with HS256 tokens signed with this secret:
+    /// every /api/v1 route but the product reads and the OpenAPI document
+    /// then needs Authorization: Bearer <JWT> (see API.md). Off without it.
+    #[arg(long, env = "COMMERCE_AUTH_JWT_SECRET", hide_env_values = true)]
+    pub auth_jwt_secret: Option<String>,
+    /// Customer authentication with RS256/ES256 tokens, checked against the
+    /// public keys of this JWKS file (not with --auth-jwt-secret).
+    #[arg(long, env = "COMMERCE_AUTH_JWKS")]
+    pub auth_jwks: Option<PathBuf>,
+}
+
+/// The token checker of `--auth-jwt-secret` or `--auth-jwks`; `None`: off.
+/// Both given, an empty secret or an unreadable key file stop the start.
+pub(crate) fn auth_verifier(
+    args: &ServeArgs,
+) -> Result<Option<Arc<crate::http::auth::Verifier>>, crate::CliError> {
+    use crate::http::auth::Verifier;
+    let verifier = match (&args.auth_jwt_secret, &args.auth_jwks) {
+        (None, None) => return Ok(None),
+        (Some(_), Some(_)) => {
+            return Err(
+                "give --auth-jwt-secret or --auth-jwks, not both: tokens are checked one way"
+                    .into(),
+            )
+        }
+        (Some(secret), None) => {
+            Verifier::hs256(secret.as_bytes()).map_err(|e| format!("--auth-jwt-secret: {e}"))?
+        }
+        (None, Some(path)) => {
+            Verifier::from_jwks_file(path).map_err(|e| format!("--auth-jwks: {e}"))?
+        }
+    };
+    Ok(Some(Arc::new(verifier)))
 }
 
 /// Logs to stderr through [`BufferedStderr`], in the line format of
@@ -145,21 +179,26 @@ fn generate_token() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// An `http://` URL with a host. This build's HTTP client has no TLS, so
-/// `https://` is refused here rather than failing every delivery later.
+/// An `http://` URL with a host, or `nats://host:port/subject`. This
+/// build's HTTP client has no TLS, so `https://` is refused here rather
+/// than failing every delivery later.
 fn platform_url(text: &str) -> Result<String, String> {
     let url = reqwest::Url::parse(text).map_err(|e| format!("not a URL: {e}"))?;
     match url.scheme() {
         "http" if url.host().is_some() => Ok(text.to_owned()),
         "http" => Err("the URL has no host".into()),
+        "nats" => crate::engine::delivery::nats::NatsTarget::parse(text).map(|_| text.to_owned()),
         "https" => Err("https is not supported by this build (no TLS): use http://".into()),
-        other => Err(format!("the scheme must be http, not {other}")),
+        other => Err(format!("the scheme must be http or nats, not {other}")),
     }
 }
 
 pub(crate) fn engine_config(args: &ServeArgs) -> EngineConfig {
     let data_platform = match &args.data_platform_url {
-        Some(url) => DataPlatform::Http(url.clone()),
+        Some(url) => match crate::engine::delivery::nats::NatsTarget::parse(url) {
+            Ok(target) => DataPlatform::Nats(target),
+            Err(_) => DataPlatform::Http(url.clone()),
+        },
         None => DataPlatform::File(args.data_dir.join("data-platform.jsonl")),
     };
     EngineConfig {
@@ -303,6 +342,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, crate::CliError> {
     {
         return Err("--admin-token must not be empty".into());
     }
+    let auth = auth_verifier(&args)?;
     let cluster = crate::http::cluster::settings(&args, addr)?;
     let listener =
         std::net::TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
@@ -350,6 +390,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, crate::CliError> {
     let settings = HttpSettings {
         request_timeout_ms: args.request_timeout_secs.saturating_mul(1_000),
         cors,
+        auth,
         ..HttpSettings::new(admin_token)
     };
     let served = runtime.block_on(async {
@@ -421,6 +462,21 @@ mod tests {
     }
 
     #[test]
+    fn authentication_is_off_by_default_and_one_way_only() {
+        // proves no flag leaves it off, a secret turns it on, and both flags (or a bad file) stop the start
+        assert!(auth_verifier(&parse(&[]).unwrap()).unwrap().is_none());
+        let secret = parse(&["--auth-jwt-secret", "s3cret"]).unwrap();
+        assert!(auth_verifier(&secret).unwrap().is_some());
+        let both = parse(&["--auth-jwt-secret", "s3cret", "--auth-jwks", "keys.json"]).unwrap();
+        let e = auth_verifier(&both).unwrap_err().to_string();
+        assert!(e.contains("not both"), "{e}");
+        let missing = parse(&["--auth-jwks", "/nonexistent/keys.json"]).unwrap();
+        assert!(auth_verifier(&missing).is_err());
+        let empty = parse(&["--auth-jwt-secret", ""]).unwrap();
+        assert!(auth_verifier(&empty).is_err());
+    }
+
+    #[test]
     fn data_platform_flags_are_validated_and_reach_the_engine() {
         // proves the defaults, the ranges of API.md, the env var and the engine config
         let d = parse(&[]).unwrap();
@@ -432,6 +488,8 @@ mod tests {
             &["--data-platform-url", "localhost:9000/events"][..],
             &["--data-platform-url", "https://platform.example/events"],
             &["--data-platform-url", "ftp://platform.example/events"],
+            &["--data-platform-url", "nats://127.0.0.1:4222"],
+            &["--data-platform-url", "nats://127.0.0.1:4222/shop.*"],
             &["--data-platform-batch", "0"],
             &["--data-platform-batch", "10001"],
             &["--data-platform-batch", "-1"],
@@ -456,6 +514,14 @@ mod tests {
         assert_eq!(
             c.data_platform,
             DataPlatform::Http("http://127.0.0.1:9000/events".into())
+        );
+        let n = parse(&["--data-platform-url", "nats://127.0.0.1:4222/shop.events"]).unwrap();
+        assert_eq!(
+            engine_config(&n).data_platform,
+            DataPlatform::Nats(crate::engine::delivery::nats::NatsTarget {
+                server: "nats://127.0.0.1:4222".into(),
+                subject: "shop.events".into(),
+            })
         );
         std::env::set_var("COMMERCE_DATA_PLATFORM_BATCH", "7");
         let from_env = parse(&[]);

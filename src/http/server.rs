@@ -61,6 +61,9 @@ pub struct HttpSettings {
     /// In a cluster: once this node stops leading, `/api/v1` answers 503
     /// `NOT_LEADER` and `/ready` 503 `standby` ([`crate::http::cluster::gate`]).
     pub cluster: Option<Arc<crate::engine::cluster_node::ClusterStatus>>,
+    /// Customer authentication: `None` (the default) leaves it off; with a
+    /// verifier, `/api/v1` needs tokens ([`crate::http::auth`]).
+    pub auth: Option<Arc<crate::http::auth::Verifier>>,
 }
 
 impl HttpSettings {
@@ -75,6 +78,7 @@ impl HttpSettings {
             cors: None,
             shutdown_grace_ms: 5_000,
             cluster: None,
+            auth: None,
         }
     }
 }
@@ -111,6 +115,13 @@ fn app(engine: Engine, settings: &HttpSettings, dashboard: Arc<Dashboard>) -> Ro
         metrics: crate::http::metrics::install(),
         dashboard,
     };
+    let auth = settings
+        .auth
+        .clone()
+        .map(|verifier| crate::http::auth::AuthState {
+            verifier,
+            admin_token: state.admin_token.clone(),
+        });
     let (api, openapi) = routes::api().split_for_parts();
     api.merge(SwaggerUi::new("/docs").url("/api/v1/openapi.json", openapi))
         .fallback(|| async { ApiError::not_found() })
@@ -135,7 +146,11 @@ fn app(engine: Engine, settings: &HttpSettings, dashboard: Arc<Dashboard>) -> Ro
                     settings.requests_in_flight_max,
                     Duration::from_millis(settings.request_timeout_ms),
                     body_bytes_max,
-                )),
+                ))
+                // Inside the edge: a refusal is logged, counted and JSON.
+                .option_layer(auth.map(|auth| {
+                    axum::middleware::from_fn_with_state(auth, crate::http::auth::layer)
+                })),
         )
 }
 

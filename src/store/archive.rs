@@ -95,6 +95,16 @@ impl ArchiveReader {
             .collect()
     }
 
+    /// The archived orders of block `block` (`id / ORDER_BLOCK`), by id;
+    /// of an order written twice, the copy written last.
+    pub fn order_block(&self, block: u64) -> Result<Vec<Order>, StorageError> {
+        let frames = self.0.order_block(block)?;
+        let orders: Vec<Order> = codec::decode_all(Kind::Order, &frames).map_err(corrupt)?;
+        let by_id: std::collections::BTreeMap<_, _> =
+            orders.into_iter().map(|o| (o.id, o)).collect();
+        Ok(by_id.into_values().collect())
+    }
+
     pub fn history_chunk(
         &self,
         user: UserId,

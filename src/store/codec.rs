@@ -1,7 +1,7 @@
 //! The one place bytes are made: every record and snapshot goes through here.
 //!
 //! A frame is `magic (2) | version (1) | kind (1) | length (4, LE) | crc32 (4, LE) | payload`;
-//! the crc32 covers version, kind and payload (before version 3, the payload).
+//! the CRC covers the payload, and from version 3 the version and kind bytes before it.
 //! The payload is bincode 1.3.3 (pinned: the crate is no longer maintained;
 //! 1.x's byte format is also read by wincode, so a switch stays possible and
 //! only this module would change). The checksum is asserted right after a
@@ -12,8 +12,8 @@ use serde::Serialize;
 
 pub const MAGIC: [u8; 2] = *b"CE";
 /// The version every frame is written with. Version 1 and 2 frames are
-/// still read: of the kinds whose layout changed since
-/// ([`Kind::current_since`]), through [`crate::store::legacy`].
+/// still read: of the kinds whose layout changed since ([`Kind::current_since`]),
+/// through [`crate::store::legacy`].
 pub const FORMAT_VERSION: u8 = 3;
 pub const HEADER_LEN: usize = 12;
 /// No frame is larger than this (a record is a few KiB at most).
@@ -71,14 +71,16 @@ impl Kind {
     /// [`crate::store::legacy`], never by [`decode`]).
     pub fn current_since(self) -> u8 {
         match self {
+            // Version 3: products carry their per-user limit, campaigns and
+            // held coupons their terms, users the units they hold of
+            // limited products; orders hold their refunds (values holding an
+            // order, such as records, keys and platform events, read an older
+            // frame's order in its layout: see `legacy`).
+            Kind::User | Kind::Product | Kind::Campaign | Kind::Order => 3,
             // Version 2: products carry their recent sales; campaigns are a
             // header plus issued chunks; the meta lost the sales window;
             // the tally is counts plus sold chunks.
-            Kind::Product | Kind::Campaign | Kind::Meta | Kind::Tally => 2,
-            // Version 3: orders hold their refunds. Values holding an
-            // order (records, keys, platform events) read an older
-            // frame's order in its layout (see `legacy`).
-            Kind::Order => 3,
+            Kind::Meta | Kind::Tally => 2,
             _ => 1,
         }
     }
@@ -167,18 +169,19 @@ pub fn encode<T: Serialize + ?Sized>(kind: Kind, value: &T) -> Result<Vec<u8>, C
     Ok(out)
 }
 
-/// The checksum of a frame: from version 3 over its version, kind and
-/// payload, so that no flipped bit of the header goes unseen either (a
-/// version byte flipped to an older version whose layout reads the same
-/// payload would); before, over the payload.
+/// The CRC-32 a frame stores. From version 3 on it covers the version and
+/// kind bytes too: with three versions read, a flipped bit of the version
+/// byte could otherwise name another readable version and go unnoticed.
+/// Frames of versions 1 and 2 keep the checksum of their payload alone.
 fn checksum(version: u8, kind: u8, payload: &[u8]) -> u32 {
-    if version < 3 {
-        return crc32fast::hash(payload);
+    if version >= 3 {
+        let mut h = crc32fast::Hasher::new();
+        h.update(&[version, kind]);
+        h.update(payload);
+        h.finalize()
+    } else {
+        crc32fast::hash(payload)
     }
-    let mut h = crc32fast::Hasher::new();
-    h.update(&[version, kind]);
-    h.update(payload);
-    h.finalize()
 }
 
 /// A frame split off a run of bytes, and the rest.

@@ -9,7 +9,13 @@
 //! so the next snapshot rewrites it in the current layout; until then it is
 //! read here at every start.
 //!
-//! Format version 3 added the refunds to an order (`refunded_amount`,
+//! Format version 3 added per-user purchase limits and coupon windows:
+//! products gained `max_per_user`, campaigns and the coupons users hold
+//! gained their terms, users the units they hold of limited products. A
+//! user, product or campaign of version 1 or 2 is decoded here with the
+//! new fields empty (users' layout did not change from 1 to 2).
+//!
+//! Version 3 also added the refunds to an order (`refunded_amount`,
 //! `refunds`). An order is also part of other values (a placed order's
 //! record, an idempotent answer, a paid order's platform event), so the
 //! order's `Deserialize` reads the layout of the frame being decoded:
@@ -18,18 +24,26 @@
 //!
 //! Each layout below is the serde shape the older type had, field for
 //! field: bincode has no field names, so these must never change.
+//!
+//! The sled store's own older layouts (keys and values it no longer
+//! writes) are read by [`store_layouts`].
 
-use crate::domain::coupon::{Campaign, Discount};
+use crate::domain::coupon::{Campaign, CampaignHeader, Discount};
+use crate::domain::coupon_terms::CouponTerms;
 use crate::domain::ids::{CouponId, IdMap, IdSet, OrderId, ProductId, UserCouponId, UserId};
 use crate::domain::money::Krw;
 use crate::domain::order::{Order, OrderLine, OrderStatus};
 use crate::domain::product::{Product, RecentSales};
+use crate::domain::purchase_limit::HeldUnits;
 use crate::domain::time::Timestamp;
+use crate::domain::user::{BalanceEntry, CartLine, CouponUse, User, UserCoupon};
 use crate::domain::world::{ArchiveTally, Meta};
 use crate::store::codec::{self, CodecError, Frame, Kind};
 use serde::{Deserialize, Deserializer};
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
+
+pub(crate) mod store_layouts;
 
 thread_local! {
     /// The format version of the frame whose payload this thread decodes.
@@ -119,6 +133,52 @@ struct ProductV1 {
     stocked_total: u64,
 }
 
+/// A product of version 2: with its recent sales, before `max_per_user`.
+#[derive(Deserialize)]
+struct ProductV2 {
+    id: ProductId,
+    name: String,
+    price: Krw,
+    stock: u64,
+    reserved: u64,
+    sold: u64,
+    stocked_total: u64,
+    recent_sales: RecentSales,
+}
+
+/// A campaign header of version 2, before its terms.
+#[derive(Deserialize)]
+struct CampaignHeaderV2 {
+    id: CouponId,
+    name: String,
+    discount: Discount,
+    quantity: u64,
+    expires_at: Option<Timestamp>,
+    issued_count: u64,
+}
+
+/// A coupon held by a user, versions 1 and 2, before its terms.
+#[derive(Deserialize)]
+struct UserCouponV2 {
+    id: UserCouponId,
+    coupon_id: CouponId,
+    name: String,
+    discount: Discount,
+    expires_at: Option<Timestamp>,
+    state: CouponUse,
+}
+
+/// A user, versions 1 and 2, before the units held of limited products.
+#[derive(Deserialize)]
+struct UserV2 {
+    id: UserId,
+    name: String,
+    balance: Krw,
+    history: Vec<BalanceEntry>,
+    coupons: Vec<UserCouponV2>,
+    cart: Vec<CartLine>,
+}
+
 /// A campaign with its whole issued set inline.
 #[derive(Deserialize)]
 struct CampaignV1 {
@@ -190,21 +250,44 @@ impl LegacySales {
 }
 
 fn check(frame: &Frame<'_>, kind: Kind) -> Result<(), CodecError> {
+    check_in(frame, kind, 1..=1)
+}
+
+fn check_in(
+    frame: &Frame<'_>,
+    kind: Kind,
+    versions: std::ops::RangeInclusive<u8>,
+) -> Result<(), CodecError> {
     if frame.kind != kind {
         return Err(CodecError::WrongKind {
             expected: kind,
             found: frame.kind,
         });
     }
-    if frame.version != 1 {
+    if !versions.contains(&frame.version) {
         return Err(CodecError::UnknownVersion(frame.version));
     }
     Ok(())
 }
 
+/// A product of version 1 or 2.
 pub fn product(frame: Frame<'_>) -> Result<Product, CodecError> {
-    check(&frame, Kind::Product)?;
-    let p: ProductV1 = codec::decode_payload(frame.payload)?;
+    check_in(&frame, Kind::Product, 1..=2)?;
+    let p = if frame.version == 1 {
+        let p: ProductV1 = codec::decode_payload(frame.payload)?;
+        ProductV2 {
+            id: p.id,
+            name: p.name,
+            price: p.price,
+            stock: p.stock,
+            reserved: p.reserved,
+            sold: p.sold,
+            stocked_total: p.stocked_total,
+            recent_sales: RecentSales::default(),
+        }
+    } else {
+        codec::decode_payload(frame.payload)?
+    };
     Ok(Product {
         id: p.id,
         name: p.name,
@@ -213,11 +296,54 @@ pub fn product(frame: Frame<'_>) -> Result<Product, CodecError> {
         reserved: p.reserved,
         sold: p.sold,
         stocked_total: p.stocked_total,
-        recent_sales: RecentSales::default(),
+        recent_sales: p.recent_sales,
+        max_per_user: None,
+        counts_per_user: false,
         held: 0,
     })
 }
 
+/// A campaign header of version 2 (its issued set is in chunks, as today).
+pub fn campaign_header(frame: Frame<'_>) -> Result<CampaignHeader, CodecError> {
+    check_in(&frame, Kind::Campaign, 2..=2)?;
+    let c: CampaignHeaderV2 = codec::decode_payload(frame.payload)?;
+    Ok(CampaignHeader {
+        id: c.id,
+        name: c.name,
+        discount: c.discount,
+        quantity: c.quantity,
+        expires_at: c.expires_at,
+        issued_count: c.issued_count,
+        terms: CouponTerms::default(),
+    })
+}
+
+/// A user of version 1 or 2.
+pub fn user(frame: Frame<'_>) -> Result<User, CodecError> {
+    check_in(&frame, Kind::User, 1..=2)?;
+    let u: UserV2 = codec::decode_payload(frame.payload)?;
+    let mut user = User::new(u.id, u.name);
+    user.balance = u.balance;
+    user.history = u.history;
+    user.cart = u.cart;
+    user.limited = HeldUnits::default();
+    user.coupons = u
+        .coupons
+        .into_iter()
+        .map(|c| UserCoupon {
+            id: c.id,
+            coupon_id: c.coupon_id,
+            name: c.name,
+            discount: c.discount,
+            expires_at: c.expires_at,
+            state: c.state,
+            terms: CouponTerms::default(),
+        })
+        .collect();
+    Ok(user)
+}
+
+/// A campaign of version 1, its issued set inline.
 pub fn campaign(frame: Frame<'_>) -> Result<Campaign, CodecError> {
     check(&frame, Kind::Campaign)?;
     let c: CampaignV1 = codec::decode_payload(frame.payload)?;

@@ -13,7 +13,9 @@
 //!   snapshots and the journal and checks its invariants.
 
 pub mod archive;
+pub mod archive_statuses;
 pub mod codec;
+pub mod cut;
 pub mod entries;
 pub mod fault;
 pub mod keys;
@@ -24,17 +26,17 @@ pub mod outbox_legacy;
 pub mod recent_keys;
 pub mod recovery;
 pub mod replicated;
+pub mod sled;
 pub mod sled_outbox;
-pub mod sled_store;
 mod sled_sync;
 pub mod writer;
 
+pub use self::sled::SledStore;
 pub use archive::{Archive, ArchiveReader, ORDER_BLOCK};
 pub use entries::SnapshotEntries;
 pub use fault::{FaultPlan, FaultyStore};
 pub use memory::MemoryStore;
 pub use outbox::OutboxStore;
-pub use sled_store::SledStore;
 use std::sync::Arc;
 
 /// A storage operation failed. Once it has, the journal acknowledges nothing more.

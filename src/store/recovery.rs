@@ -8,8 +8,9 @@ use crate::domain::key_hash::key_hash;
 use crate::domain::limits::Limits;
 use crate::domain::order::Order;
 use crate::domain::user::{BalanceEntry, User, HISTORY_CHUNK};
-use crate::domain::world::{Archiving, Captured, Meta, NewKey, StoredKey, TallyCounts, World};
+use crate::domain::world::{Meta, StoredKey, TallyCounts, World};
 use crate::store::codec::{self, CodecError, Kind};
+use crate::store::cut::{Archiving, Captured, NewKey};
 use crate::store::legacy::{self, LegacySales};
 use crate::store::{ArchiveReader, Loaded, SnapshotEntries, SnapshotKey, StorageError, Store};
 use std::collections::{HashMap, HashSet};
@@ -136,6 +137,11 @@ pub fn recover_under(
     Ok((world, report))
 }
 
+/// How many records the journal batch `frames` holds (each decoded).
+pub fn batch_records(frames: &[u8]) -> Result<u64, CodecError> {
+    codec::decode_all::<Record>(Kind::Record, frames).map(|records| records.len() as u64)
+}
+
 /// Applies one journal batch (records `first_seq..`, encoded as `frames`)
 /// to `world`: records it already holds are skipped, a batch that starts
 /// past its next record is a gap. How many records it applied. Recovery
@@ -257,7 +263,13 @@ fn load_entry(
     match key {
         SnapshotKey::User(id) => {
             // A user written before history chunks has its history inline.
-            let u: User = codec::decode(Kind::User, bytes)?;
+            let frame = codec::open(bytes)?;
+            let u: User = if frame.version < Kind::User.current_since() {
+                // Rewritten in the current layout when the user next changes.
+                legacy::user(frame)?
+            } else {
+                codec::decode_frame(Kind::User, frame)?
+            };
             dense(world.users.len(), *id, u.id.0, "user")?;
             world.users.push(u);
         }
@@ -296,7 +308,12 @@ fn load_entry(
         }
         SnapshotKey::Campaign(id) => {
             let frame = codec::open(bytes)?;
-            let c = if frame.version < Kind::Campaign.current_since() {
+            let c = if frame.version == 2 {
+                let header = legacy::campaign_header(frame)?;
+                load.issued_counts.insert(header.id, header.issued_count);
+                world.dirty.campaigns.insert(header.id);
+                header.into_campaign()
+            } else if frame.version < Kind::Campaign.current_since() {
                 let c = legacy::campaign(frame)?;
                 world.dirty.campaigns.insert(c.id);
                 world
@@ -454,7 +471,7 @@ fn encode_order(
     Ok(())
 }
 
-/// Encodes up to `budget` entries of the world's [`Cut`](crate::domain::world::Cut)
+/// Encodes up to `budget` entries of the world's [`Cut`](crate::store::cut::Cut)
 /// into `out`. Once the cut is complete it ends it and answers what it
 /// archives (to hand to [`World::archived`] once the snapshot is written).
 /// No record is applied during a step, so the cut is taken out meanwhile.

@@ -2,7 +2,8 @@
 //! hands the replicated stream per batch ([`Replica`]), the bytes of one
 //! stream message ([`encode_batch`], [`decode_batch`]), how a standby
 //! applies a batch and snapshots ([`follow_batch`], [`snapshot_world`]),
-//! and where a node's local store stands in the stream ([`StreamPosition`]).
+//! and where a node's local store stands in the stream ([`StreamPosition`],
+//! kept in a file, or found by a search of the stream: [`locate`]).
 //!
 //! The local store is written only after the stream has stored a batch
 //! (the leader's writer publishes, then flushes locally; a standby reads
@@ -107,6 +108,141 @@ pub fn snapshot_world(
     }
 }
 
+/// Why a local store could not be placed in the stream.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LocateError {
+    /// The stream could not be read; trying again may work.
+    #[error("reading the journal stream: {0}")]
+    Read(String),
+    /// The stream does not hold the local store's records: it is another
+    /// cluster's stream, a reset one, or it was trimmed past them.
+    #[error("{0}")]
+    NotHeld(String),
+}
+
+/// Where a local store ending at record `record_seq` stands in the stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Located {
+    pub position: StreamPosition,
+    /// The stream's batch that ends at `record_seq` (first record, frames),
+    /// for a comparison with the local journal's; `None` when the local
+    /// store ends inside a batch (the position is then just before it).
+    pub batch: Option<(u64, bytes::Bytes)>,
+}
+
+/// Finds where a local store whose last record is `record_seq` stands in a
+/// stream holding messages `first..=last`, reading message bodies with
+/// `get`: a binary search on the first record sequence every batch message
+/// starts with (term markers, empty, hold none and are stepped over). About
+/// `2 log2(last - first)` reads, and one batch decoded. What a node uses
+/// when its `cluster-position` file is missing (killed before the first
+/// one was written) or does not fit its store.
+///
+/// The local store is written only after the stream stored a batch, so it
+/// is a prefix of the stream: its last record is the last of some batch.
+/// A store that ends inside a batch is placed before that batch (its
+/// records are skipped on the read); one that holds records the stream
+/// does not, or that the stream was trimmed past, is refused.
+pub fn locate(
+    record_seq: u64,
+    bounds: Option<(u64, u64)>,
+    get: &mut dyn FnMut(u64) -> Result<bytes::Bytes, LocateError>,
+) -> Result<Located, LocateError> {
+    if record_seq == 0 {
+        return Ok(Located {
+            position: StreamPosition::default(),
+            batch: None,
+        });
+    }
+    let Some((first, last)) = bounds else {
+        return Err(LocateError::NotHeld(format!(
+            "the local store holds records up to {record_seq} but the journal stream holds none"
+        )));
+    };
+    // The first batch at or after `seq` (up to `last`): (its stream
+    // sequence, first record, body).
+    let mut batch_from = |seq: u64| -> Result<Option<(u64, u64, bytes::Bytes)>, LocateError> {
+        for s in seq..=last {
+            let body = get(s)?;
+            if body.is_empty() {
+                continue; // a term marker
+            }
+            let (first_record, _) =
+                decode_batch(&body).map_err(|e| LocateError::NotHeld(e.to_string()))?;
+            return Ok(Some((s, first_record, body)));
+        }
+        Ok(None)
+    };
+    let mut at = match batch_from(first)? {
+        Some(b) if b.1 <= record_seq => b,
+        // Trimmed up to the store's last record exactly: it reads on
+        // from the stream's first batch.
+        Some((seq, first_record, _)) if first_record.checked_sub(1) == Some(record_seq) => {
+            return Ok(Located {
+                position: StreamPosition {
+                    record_seq,
+                    stream_seq: seq - 1,
+                },
+                batch: None,
+            })
+        }
+        Some((_, first_record, _)) if first == 1 => {
+            return Err(LocateError::NotHeld(format!(
+                "the journal stream starts at record {first_record}, yet the local store ends at {record_seq}"
+            )))
+        }
+        Some((_, first_record, _)) => {
+            return Err(LocateError::NotHeld(format!(
+                "the journal stream was trimmed to record {first_record}, past this store's last record {record_seq}: this node needs a data dir restored from a newer snapshot"
+            )))
+        }
+        None => {
+            return Err(LocateError::NotHeld(format!(
+                "the local store holds records up to {record_seq} but the journal stream holds no batch"
+            )))
+        }
+    };
+    // The largest `s` whose first batch at or after it starts at or below
+    // `record_seq` (monotone in `s`); that batch is the message `s` itself.
+    let (mut lo, mut hi) = (first, last);
+    while lo < hi {
+        let mid = lo + (hi - lo).div_ceil(2);
+        match batch_from(mid)? {
+            Some(b) if b.1 <= record_seq => {
+                lo = mid;
+                at = b;
+            }
+            _ => hi = mid - 1,
+        }
+    }
+    let (seq, first_record, body) = at;
+    let (_, frames) = decode_batch(&body).map_err(|e| LocateError::NotHeld(e.to_string()))?;
+    let count = crate::store::recovery::batch_records(frames)
+        .map_err(|e| LocateError::NotHeld(format!("stream message {seq}: {e}")))?;
+    let last_record = first_record + count.saturating_sub(1);
+    if last_record < record_seq {
+        return Err(LocateError::NotHeld(format!(
+            "the local store holds records up to {record_seq} but the journal stream only up to {last_record} (message {seq}): another or a reset NATS cluster"
+        )));
+    }
+    if last_record == record_seq {
+        return Ok(Located {
+            position: StreamPosition {
+                record_seq,
+                stream_seq: seq,
+            },
+            batch: Some((first_record, body.slice(HEADER_BYTES..))),
+        });
+    }
+    Ok(Located {
+        position: StreamPosition {
+            record_seq: first_record.saturating_sub(1),
+            stream_seq: seq - 1,
+        },
+        batch: None,
+    })
+}
+
 /// Where a local store stands in the stream: the batch ending at record
 /// `record_seq` is the stream's message `stream_seq`. Kept in
 /// `<data-dir>/cluster-position` and written only after that batch is
@@ -173,6 +309,157 @@ mod tests {
         assert_eq!(decode_batch(&bytes), Ok((42, &b"frames"[..])));
         assert!(decode_batch(&bytes[..8]).is_err());
         assert!(decode_batch(&[]).is_err());
+    }
+
+    /// A batch of `count` records from `first`, as a stream message body.
+    fn batch(first: u64, count: u64) -> bytes::Bytes {
+        use crate::domain::event::{Event, Record};
+        use crate::domain::ids::{ProductId, UserId};
+        use crate::domain::money::Krw;
+        use crate::domain::time::Timestamp;
+        use crate::store::codec::{self, Kind};
+        let mut frames = Vec::new();
+        for i in 0..count {
+            let record = Record::new(
+                Timestamp(i),
+                Event::CartLineSet {
+                    user_id: UserId(1),
+                    product_id: ProductId(2),
+                    name: "mug".into(),
+                    price: Krw(3000),
+                    quantity: 1,
+                },
+            );
+            codec::encode_into(Kind::Record, &record, &mut frames).unwrap();
+        }
+        bytes::Bytes::from(encode_batch(first, &frames))
+    }
+
+    /// A stream of `messages` (stream sequence `first` on); every read counted.
+    struct FakeStream {
+        first: u64,
+        messages: Vec<bytes::Bytes>,
+        reads: usize,
+    }
+
+    impl FakeStream {
+        /// Batches of `sizes` records, one after the other from record 1,
+        /// with a term marker before the batches whose index `markers` holds.
+        fn new(sizes: &[u64], markers: &[usize]) -> FakeStream {
+            let (mut messages, mut next) = (Vec::new(), 1);
+            for (i, &n) in sizes.iter().enumerate() {
+                if markers.contains(&i) {
+                    messages.push(bytes::Bytes::new());
+                }
+                messages.push(batch(next, n));
+                next += n;
+            }
+            FakeStream {
+                first: 1,
+                messages,
+                reads: 0,
+            }
+        }
+
+        /// Drops the first `n` messages (a purge).
+        fn purge(mut self, n: usize) -> FakeStream {
+            self.messages.drain(..n);
+            self.first += n as u64;
+            self
+        }
+
+        fn locate(&mut self, record_seq: u64) -> Result<Located, LocateError> {
+            let bounds = (!self.messages.is_empty())
+                .then(|| (self.first, self.first + self.messages.len() as u64 - 1));
+            let (first, messages, reads) = (self.first, &self.messages, &mut self.reads);
+            locate(record_seq, bounds, &mut |seq| {
+                *reads += 1;
+                messages
+                    .get((seq - first) as usize)
+                    .cloned()
+                    .ok_or_else(|| LocateError::Read(format!("no message {seq}")))
+            })
+        }
+    }
+
+    #[test]
+    fn a_store_ending_at_any_batch_end_is_placed_after_that_batch() {
+        // proves the search finds, for every batch boundary, the message that ends there, over term markers anywhere (first, between, last)
+        let sizes = [3, 1, 5, 2, 2, 7, 1, 4, 3];
+        let mut stream = FakeStream::new(&sizes, &[0, 3, 4, 8]);
+        stream.messages.push(bytes::Bytes::new()); // a marker last
+        let (mut end, mut seq) = (0, 0);
+        for (i, &n) in sizes.iter().enumerate() {
+            seq += 1 + u64::from([0, 3, 4, 8].contains(&i));
+            end += n;
+            let found = stream.locate(end).unwrap();
+            assert_eq!(
+                found.position,
+                StreamPosition {
+                    record_seq: end,
+                    stream_seq: seq
+                },
+                "store ending at record {end}"
+            );
+            let (first, frames) = found.batch.unwrap();
+            assert_eq!(first, end - n + 1);
+            assert_eq!(&frames[..], &stream.messages[(seq - 1) as usize][8..]);
+        }
+        assert_eq!(
+            stream.locate(0).unwrap().position,
+            StreamPosition::default()
+        );
+    }
+
+    #[test]
+    fn a_store_ending_inside_a_batch_is_placed_before_it() {
+        // proves a store that ends mid-batch reads that batch again (its held records are skipped by replay) rather than miss its tail
+        let mut stream = FakeStream::new(&[3, 5, 2], &[1]);
+        let found = stream.locate(5).unwrap();
+        assert_eq!(
+            found.position,
+            StreamPosition {
+                record_seq: 3,
+                stream_seq: 2
+            }
+        );
+        assert_eq!(found.batch, None);
+    }
+
+    #[test]
+    fn a_store_the_stream_does_not_hold_is_refused() {
+        // proves records beyond the stream's end, a stream trimmed past the store, and an empty stream are each refused, never placed; a store ending just before a trimmed stream's first batch reads on
+        let mut stream = FakeStream::new(&[3, 5, 2], &[]);
+        assert!(matches!(stream.locate(11), Err(LocateError::NotHeld(_))));
+        let mut trimmed = FakeStream::new(&[3, 5, 2], &[]).purge(2);
+        assert!(matches!(trimmed.locate(3), Err(LocateError::NotHeld(m)) if m.contains("trimmed")));
+        assert_eq!(
+            trimmed.locate(8).unwrap().position,
+            StreamPosition {
+                record_seq: 8,
+                stream_seq: 2
+            },
+            "a store that ends where the trimmed stream starts reads on"
+        );
+        assert_eq!(
+            trimmed.locate(10).unwrap().position,
+            StreamPosition {
+                record_seq: 10,
+                stream_seq: 3
+            }
+        );
+        let mut empty = FakeStream::new(&[], &[]);
+        assert!(matches!(empty.locate(1), Err(LocateError::NotHeld(_))));
+    }
+
+    #[test]
+    fn the_search_reads_about_twice_log2_of_the_stream() {
+        // proves the cost bound: a stream of 100,000 batches is searched in under 60 reads
+        let sizes = vec![2; 100_000];
+        let mut stream = FakeStream::new(&sizes, &[50_000]);
+        let found = stream.locate(2 * 77_777).unwrap();
+        assert_eq!(found.position.stream_seq, 77_778);
+        assert!(stream.reads < 60, "{} reads", stream.reads);
     }
 
     #[test]

@@ -23,8 +23,8 @@ use crate::domain::event::{Event, Record};
 use crate::domain::key_hash::key_hash;
 use crate::domain::platform::PlatformEventRef;
 use crate::domain::world::World;
-use crate::domain::world::{Archiving, Dirty};
 use crate::store::codec::{self, Kind};
+use crate::store::cut::{Archiving, Dirty};
 use crate::store::outbox::{BlockBuilder, OutboxLive, OutboxStore, BLOCK_EVENTS_MAX};
 use crate::store::recent_keys::{RecentKey, RecentKeys};
 use crate::store::recovery::cut_step;
@@ -78,6 +78,9 @@ pub enum SubmitError {
     Storage(#[from] StorageError),
 }
 
+// Nearly every command is an append: boxing its record would cost an
+// allocation per record to save room only in the rare other commands.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     Append(Record, oneshot::Sender<Ack>),
     /// Write a snapshot now (tests, shutdown); answers with the sequence it covers.
@@ -307,6 +310,8 @@ impl WriterSteps {
 pub struct ArchiveWatch {
     begun: AtomicU64,
     written: AtomicU64,
+    /// Statuses by archive block, for the admin list of orders.
+    pub statuses: crate::store::archive_statuses::ArchivedStatuses,
 }
 
 impl ArchiveWatch {

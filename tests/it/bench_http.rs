@@ -235,7 +235,7 @@ async fn checks_that_cannot_reach_the_server_are_unreachable_not_violations() {
     use commerce_engine::bench::workload::{Fixture, Tally};
     use commerce_engine::domain::ids::{CouponId, OrderId, ProductId, UserId};
     let url = format!("http://127.0.0.1:{}", closed_port());
-    let target = Target::Http(HttpTarget::new(&url, None, false).expect("target"));
+    let target = Target::Http(HttpTarget::new(&url, None, false, None).expect("target"));
     let fixture = Fixture {
         users: (1..=30).map(UserId).collect(),
         products: (1..=5).map(ProductId).collect(),

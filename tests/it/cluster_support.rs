@@ -33,7 +33,7 @@ pub struct NatsCluster {
     dir: tempfile::TempDir,
     servers: Vec<Server>,
     /// Dropped last, after the servers are gone.
-    _one_at_a_time: OneAtATime,
+    one_at_a_time: Option<OneAtATime>,
 }
 
 /// One NATS cluster at a time in this test process: several clusters
@@ -67,9 +67,25 @@ impl Drop for OneAtATime {
 
 impl NatsCluster {
     /// Starts `n` (1 or 3) servers and waits until JetStream is ready on each.
+    /// A port taken by another test between its choice and the server's
+    /// bind (the server exits) makes a new start, on new ports, twice at most.
     pub fn start(n: usize) -> NatsCluster {
         assert!(n == 1 || n == 3, "1 or 3 servers");
-        let one_at_a_time = OneAtATime::take();
+        let mut one_at_a_time = OneAtATime::take();
+        for attempt in 1.. {
+            match NatsCluster::try_start(n, one_at_a_time) {
+                Ok(cluster) => return cluster,
+                Err((guard, why)) if attempt < 3 => {
+                    eprintln!("NATS cluster start {attempt} failed, again on new ports: {why}");
+                    one_at_a_time = guard;
+                }
+                Err((_, why)) => panic!("{why}"),
+            }
+        }
+        unreachable!("the loop returns or panics")
+    }
+
+    fn try_start(n: usize, one_at_a_time: OneAtATime) -> Result<NatsCluster, (OneAtATime, String)> {
         let bin = nats_server_bin();
         let dir = tempfile::tempdir().expect("tempdir");
         let ports: Vec<(u16, u16, u16)> = (0..n)
@@ -100,13 +116,26 @@ impl NatsCluster {
         let mut cluster = NatsCluster {
             dir,
             servers,
-            _one_at_a_time: one_at_a_time,
+            one_at_a_time: Some(one_at_a_time),
         };
         for i in 0..n {
             cluster.spawn(i, &bin);
         }
-        cluster.wait_ready();
-        cluster
+        let deadline = Instant::now() + READY_WITHIN;
+        for i in 0..n {
+            if let Err(why) = cluster.try_wait_server_ready(i, deadline) {
+                return Err((cluster.stop_all(), why));
+            }
+        }
+        Ok(cluster)
+    }
+
+    /// Kills every server; hands back the guard for the next start.
+    fn stop_all(mut self) -> OneAtATime {
+        for i in 0..self.servers.len() {
+            self.kill(i);
+        }
+        self.one_at_a_time.take().expect("held until dropped")
     }
 
     /// `nats://127.0.0.1:PORT` of every server.
@@ -181,30 +210,40 @@ impl NatsCluster {
         server.child = Some(child);
     }
 
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + READY_WITHIN;
-        for i in 0..self.servers.len() {
-            self.wait_server_ready(i, deadline);
+    fn wait_server_ready(&mut self, i: usize, deadline: Instant) {
+        if let Err(why) = self.try_wait_server_ready(i, deadline) {
+            panic!("{why}");
         }
     }
 
     /// `/healthz` answers ok once the server's JetStream is current with a
-    /// meta leader; `/jsz` names that leader.
-    fn wait_server_ready(&self, i: usize, deadline: Instant) {
+    /// meta leader; `/jsz` names that leader. An error if the server
+    /// exited or the deadline passed.
+    fn try_wait_server_ready(&mut self, i: usize, deadline: Instant) -> Result<(), String> {
         let port = self.servers[i].http_port;
         loop {
             let healthy = http_get(port, "/healthz").is_some_and(|b| b.contains("\"ok\""));
             let led = self.servers.len() == 1
                 || http_get(port, "/jsz").is_some_and(|b| b.contains("\"leader\""));
             if healthy && led {
-                return;
+                return Ok(());
             }
-            assert!(
-                Instant::now() < deadline,
-                "{} not ready within {READY_WITHIN:?}:\n{}",
-                self.servers[i].name,
-                self.log_tail(i)
-            );
+            let exited = self.servers[i]
+                .child
+                .as_mut()
+                .is_some_and(|c| c.try_wait().ok().flatten().is_some());
+            if exited || Instant::now() >= deadline {
+                return Err(format!(
+                    "{} {}:\n{}",
+                    self.servers[i].name,
+                    if exited {
+                        "exited".to_owned()
+                    } else {
+                        format!("not ready within {READY_WITHIN:?}")
+                    },
+                    self.log_tail(i)
+                ));
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }

@@ -107,6 +107,7 @@ async fn setup(engine: &Engine, round: u32) {
                 discount: commerce_engine::domain::coupon::Discount::Percent { percent: 10 },
                 quantity: 3,
                 expires_at: None,
+                terms: Default::default(),
             },
             None,
         )
@@ -221,6 +222,7 @@ async fn worker_task(engine: Engine, round: u32, task: u64, seed: u64, shared: A
                     },
                     quantity,
                     expires_at: None,
+                    terms: Default::default(),
                 };
                 if let Ok(c) = engine.create_coupon(new, key(&k)).await {
                     ack(format!("coupon key={k} id={} quantity={quantity}", c.id));

@@ -12,8 +12,8 @@ use commerce_engine::domain::rejection::Rejection;
 use commerce_engine::domain::stats::{TopItem, TopProducts};
 use commerce_engine::domain::time::Timestamp;
 use commerce_engine::domain::views::{
-    BalanceView, CartItemView, CartView, CouponView, ProductView, Reply, UserCouponStatus,
-    UserCouponView, UserView,
+    BalanceView, CartItemView, CartView, CouponViewV2, ProductViewV2, Reply, UserCouponStatus,
+    UserCouponViewV2, UserView,
 };
 use commerce_engine::engine::{Engine, StartError};
 use commerce_engine::store::codec::{self, Kind};
@@ -132,7 +132,7 @@ fn reply() -> impl Strategy<Value = Reply> {
             balance
         })),
         (any::<u64>(), text(), krw(), any::<u64>()).prop_map(|(id, name, price, stock)| {
-            Reply::Product(ProductView {
+            Reply::Product(ProductViewV2 {
                 id: ProductId(id),
                 name,
                 price,
@@ -147,7 +147,7 @@ fn reply() -> impl Strategy<Value = Reply> {
             prop::option::of(ts())
         )
             .prop_map(|(id, name, discount, quantity, expires_at)| Reply::Coupon(
-                CouponView {
+                CouponViewV2 {
                     id: CouponId(id),
                     name,
                     discount,
@@ -157,7 +157,7 @@ fn reply() -> impl Strategy<Value = Reply> {
                 }
             )),
         (any::<u64>(), any::<u64>(), text(), discount()).prop_map(|(id, user, name, discount)| {
-            Reply::UserCoupon(UserCouponView {
+            Reply::UserCoupon(UserCouponViewV2 {
                 id: UserCouponId(id),
                 coupon_id: CouponId(id / 2),
                 user_id: UserId(user),

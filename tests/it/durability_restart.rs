@@ -293,6 +293,7 @@ fn pending_orders_keep_their_expiry_across_a_restart() {
                     discount: Discount::Fixed { amount: Krw(500) },
                     quantity: 1,
                     expires_at: None,
+                    terms: Default::default(),
                 },
                 None,
             )

@@ -207,6 +207,7 @@ pub async fn populate(engine: &Engine, tag: &str) -> Populated {
                 discount: Discount::Percent { percent: 10 },
                 quantity: 2,
                 expires_at: None,
+                terms: Default::default(),
             },
             None,
         )
@@ -219,6 +220,7 @@ pub async fn populate(engine: &Engine, tag: &str) -> Populated {
                 discount: Discount::Fixed { amount: Krw(500) },
                 quantity: 10,
                 expires_at: Some(T0.plus_ms(86_400_000 * 30)),
+                terms: Default::default(),
             },
             k("coupon-2"),
         )

@@ -140,6 +140,36 @@ fn verify_fails_on_a_violated_invariant() {
     assert!(err.contains("above the limit"), "{err}");
 }
 
+/// A journal record of a format version newer than this build's: exit 2,
+/// the version named, and nothing written; the store is opened as `serve`
+/// opens it, not only handed to the codec.
+#[test]
+fn verify_refuses_a_format_version_newer_than_the_build_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = SledStore::open(dir.path()).unwrap();
+        let event = Event::UserRegistered {
+            user_id: UserId(1),
+            name: "from a newer build".into(),
+        };
+        let mut frame = codec::encode(Kind::Record, &Record::new(T0, event)).unwrap();
+        // The checksum covers the payload: only the header's version changes.
+        frame[2] = codec::FORMAT_VERSION + 1;
+        store.append(1, &frame).unwrap();
+    }
+    let before = contents(dir.path());
+    let out = verify(dir.path(), false);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let newer = format!(
+        "format version {} is newer than this build reads ({})",
+        codec::FORMAT_VERSION + 1,
+        codec::FORMAT_VERSION
+    );
+    assert!(err.contains(&newer), "{err}");
+    assert_eq!(before, contents(dir.path()));
+}
+
 /// No data dir: exit 2, and none is created.
 #[test]
 fn verify_fails_on_a_missing_data_dir_without_creating_it() {

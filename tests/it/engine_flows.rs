@@ -66,6 +66,7 @@ async fn coupon_for(
                 discount,
                 quantity: 10,
                 expires_at,
+                terms: Default::default(),
             },
             None,
         )

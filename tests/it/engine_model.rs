@@ -2,7 +2,8 @@
 //! sequential reference model. Every reply is compared, and at the end of
 //! each case the engine is stopped, its store recovered, and the durable
 //! state compared with the model. 320 cases × at least 320 operations: at
-//! least 102,400 operations per run.
+//! least 102,400 operations per run. More on demand: `MODEL_CASES=3200
+//! cargo test --test it engine_model` runs ten times as many cases.
 
 use commerce_engine::domain::coupon::Discount;
 use commerce_engine::domain::ids::{CouponId, OrderId, ProductId, UserCouponId, UserId};
@@ -615,6 +616,7 @@ impl Sut {
                                 discount,
                                 quantity,
                                 expires_at,
+                                terms: Default::default(),
                             },
                             None,
                         )
@@ -775,8 +777,16 @@ impl StateMachineTest for EngineMatchesModel {
     }
 }
 
+/// Cases per run: `MODEL_CASES` if set, else 320 (at least 102,400 operations).
+fn model_cases() -> u32 {
+    std::env::var("MODEL_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(320)
+}
+
 prop_state_machine! {
-    #![proptest_config(ProptestConfig { cases: 320, max_shrink_iters: 2_000, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: model_cases(), max_shrink_iters: 2_000, failure_persistence: None, ..ProptestConfig::default() })]
     #[test]
     fn engine_replies_and_durable_state_match_the_reference_model(sequential 320..=400 => EngineMatchesModel);
 }

@@ -34,6 +34,7 @@ async fn campaign(engine: &Engine, quantity: u64) -> CouponId {
         discount: Discount::Percent { percent: 10 },
         quantity,
         expires_at: None,
+        terms: Default::default(),
     };
     engine.create_coupon(new, None).await.unwrap().id
 }

@@ -8,12 +8,12 @@
 //! `cargo test --test it -- --ignored golden_decode::generate_golden_files`;
 //! existing files are left as they are.
 
-use commerce_engine::domain::coupon::{Campaign, Discount};
+use commerce_engine::domain::coupon::{Campaign, CampaignHeader, Discount};
 use commerce_engine::domain::event::{Event, IdempotencyEntry, Record};
 use commerce_engine::domain::ids::{CouponId, OrderId, ProductId, UserCouponId, UserId};
 use commerce_engine::domain::money::Krw;
 use commerce_engine::domain::order::{Order, OrderLine, OrderStatus};
-use commerce_engine::domain::product::Product;
+use commerce_engine::domain::product::{Product, RecentSales};
 use commerce_engine::domain::rejection::Rejection;
 use commerce_engine::domain::stats::{TopItem, TopProducts};
 use commerce_engine::domain::time::Timestamp;
@@ -21,16 +21,16 @@ use commerce_engine::domain::user::{
     BalanceEntry, CartLine, CouponUse, EntryKind, User, UserCoupon,
 };
 use commerce_engine::domain::views::{
-    BalanceView, CartItemView, CartView, CouponView, ProductView, Reply, UserCouponStatus,
-    UserCouponView, UserView,
+    BalanceView, CartItemView, CartView, CouponViewV2, ProductViewV2, Reply, UserCouponStatus,
+    UserCouponViewV2, UserView,
 };
-use commerce_engine::domain::world::{Meta, StoredKey};
+use commerce_engine::domain::world::{ArchiveTally, Meta, StoredKey, TallyCounts};
 use commerce_engine::store::codec::{self, Kind, FORMAT_VERSION};
 use commerce_engine::store::legacy::{self, LegacySales};
 use commerce_engine::store::recovery::recover;
 use commerce_engine::store::Loaded;
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::path::PathBuf;
@@ -63,6 +63,10 @@ fn variant_name(e: &Event) -> &'static str {
         Event::OrderExpired { .. } => "order_expired",
         Event::OutboxDelivered { .. } => "outbox_delivered",
         Event::RequestRefused => "request_refused",
+        Event::CampaignCreatedWithTerms { .. } => "campaign_created_with_terms",
+        Event::ProductCreatedWithLimit { .. } => "product_created_with_limit",
+        Event::ProductUpdated { .. } => "product_updated",
+        Event::OrderPlacedCounted { .. } => "order_placed_counted",
         Event::OrderRefunded { .. } => "order_refunded",
     }
 }
@@ -72,7 +76,11 @@ fn variant_name(e: &Event) -> &'static str {
 fn written_in(e: &Event) -> u8 {
     match e {
         Event::RequestRefused => 2,
-        Event::OrderRefunded { .. } => 3,
+        Event::CampaignCreatedWithTerms { .. }
+        | Event::ProductCreatedWithLimit { .. }
+        | Event::ProductUpdated { .. }
+        | Event::OrderPlacedCounted { .. }
+        | Event::OrderRefunded { .. } => 3,
         _ => 1,
     }
 }
@@ -190,13 +198,13 @@ fn replies() -> Vec<Reply> {
             user_id: UserId(1),
             balance: Krw(50_000),
         }),
-        Reply::Product(ProductView {
+        Reply::Product(ProductViewV2 {
             id: ProductId(1),
             name: "머그컵".into(),
             price: Krw(12_000),
             stock: 100,
         }),
-        Reply::Coupon(CouponView {
+        Reply::Coupon(CouponViewV2 {
             id: CouponId(1),
             name: "10% off".into(),
             discount,
@@ -204,7 +212,7 @@ fn replies() -> Vec<Reply> {
             remaining: 499,
             expires_at: None,
         }),
-        Reply::UserCoupon(UserCouponView {
+        Reply::UserCoupon(UserCouponViewV2 {
             id: UserCouponId(3),
             coupon_id: CouponId(1),
             user_id: UserId(1),
@@ -296,6 +304,7 @@ fn user() -> User {
             discount: Discount::Percent { percent: 10 },
             expires_at: Some(T.plus_ms(86_400_000)),
             state: CouponUse::Used(OrderId(7)),
+            terms: Default::default(),
         }],
         cart: vec![CartLine {
             product_id: ProductId(2),
@@ -303,6 +312,8 @@ fn user() -> User {
             price: Krw(4_500),
             quantity: 3,
         }],
+        limited: Default::default(),
+        limited_pending: Default::default(),
         credits_pending: Krw(0),
         debits_pending: Krw(0),
         history_base: 0,
@@ -319,6 +330,8 @@ fn product() -> Product {
         sold: 2,
         stocked_total: 125,
         recent_sales: Default::default(),
+        max_per_user: None,
+        counts_per_user: false,
         held: 0,
     }
 }
@@ -391,7 +404,14 @@ fn golden_snapshots() -> Vec<(&'static str, Kind, Check)> {
         })
     }
     vec![
-        ("snapshots/user.bin", Kind::User, check(Kind::User, user())),
+        (
+            "snapshots/user.bin",
+            Kind::User,
+            Box::new(|bytes| {
+                let got = legacy::user(codec::open(bytes).unwrap()).unwrap();
+                assert_eq!(got, user(), "version 1 user");
+            }),
+        ),
         (
             "snapshots/product.bin",
             Kind::Product,
@@ -434,7 +454,169 @@ fn golden_snapshots() -> Vec<(&'static str, Kind, Check)> {
             Kind::History,
             check(Kind::History, user().history),
         ),
+        (
+            "snapshots/tally.bin",
+            Kind::Tally,
+            Box::new(|bytes| {
+                let got = legacy::tally(codec::open(bytes).unwrap()).unwrap();
+                let expected = tally_v1_read();
+                assert_eq!(got.orders, expected.orders, "version 1 tally: orders");
+                assert_eq!(
+                    got.coupons_used, expected.coupons_used,
+                    "version 1 tally: coupons used"
+                );
+                assert_eq!(got.sold, expected.sold, "version 1 tally: units sold");
+                assert!(
+                    got.counts_dirty,
+                    "version 1 tally: rewritten by the next snapshot"
+                );
+            }),
+        ),
     ]
+}
+
+/// Every snapshot kind in format version 2 (`snapshots/golden/v2/`), user,
+/// product and campaign through the legacy reader (version 3 layouts): the
+/// kinds whose layout changed (product, campaign header and its issued
+/// chunks, meta, tally and its sold chunks) and those that did not.
+fn golden_snapshots_v2() -> Vec<(&'static str, Kind, Check)> {
+    fn check<T: DeserializeOwned + PartialEq + Debug + 'static>(kind: Kind, expected: T) -> Check {
+        Box::new(move |bytes| {
+            let got: T = codec::decode(kind, bytes)
+                .unwrap_or_else(|e| panic!("{kind:?} snapshot does not decode: {e}"));
+            assert_eq!(got, expected, "version 2 {kind:?} snapshot");
+        })
+    }
+    vec![
+        (
+            "v2/user.bin",
+            Kind::User,
+            Box::new(|bytes| {
+                let got = legacy::user(codec::open(bytes).unwrap()).unwrap();
+                assert_eq!(got, user(), "version 2 user, read as version 3");
+            }),
+        ),
+        (
+            "v2/product.bin",
+            Kind::Product,
+            Box::new(|bytes| {
+                let got = legacy::product(codec::open(bytes).unwrap()).unwrap();
+                assert_eq!(got, product_v2(), "version 2 product, read as version 3");
+            }),
+        ),
+        (
+            "v2/campaign.bin",
+            Kind::Campaign,
+            Box::new(|bytes| {
+                let got = legacy::campaign_header(codec::open(bytes).unwrap()).unwrap();
+                assert_eq!(
+                    got,
+                    campaign_header(),
+                    "version 2 campaign, read as version 3"
+                );
+            }),
+        ),
+        (
+            "v2/issued.bin",
+            Kind::IssuedChunk,
+            check(Kind::IssuedChunk, issued_words()),
+        ),
+        (
+            "v2/order.bin",
+            Kind::Order,
+            Box::new(|bytes| {
+                let got = legacy::order(codec::open(bytes).unwrap()).unwrap();
+                assert_eq!(got, paid_order(), "version 2 order, read as version 3");
+            }),
+        ),
+        ("v2/key.bin", Kind::Key, check(Kind::Key, stored_key())),
+        ("v2/meta.bin", Kind::Meta, check(Kind::Meta, meta())),
+        (
+            "v2/history.bin",
+            Kind::History,
+            check(Kind::History, user().history),
+        ),
+        (
+            "v2/tally.bin",
+            Kind::Tally,
+            check(Kind::Tally, tally_counts()),
+        ),
+        (
+            "v2/sold.bin",
+            Kind::SoldChunk,
+            check(Kind::SoldChunk, sold_units()),
+        ),
+    ]
+}
+
+/// A product as version 2 stores it: with the units it sold per day.
+fn product_v2() -> Product {
+    Product {
+        recent_sales: RecentSales(vec![(T.day(), 2), (T.day() + 1, 1)]),
+        ..product()
+    }
+}
+
+/// [`campaign`] as version 2 stores it: a header; its issued set in chunks.
+fn campaign_header() -> CampaignHeader {
+    CampaignHeader {
+        id: CouponId(1),
+        name: "10% off".into(),
+        discount: Discount::Percent { percent: 10 },
+        quantity: 500,
+        expires_at: Some(T.plus_ms(86_400_000)),
+        issued_count: 3,
+        terms: Default::default(),
+    }
+}
+
+/// A chunk of an issued set: users 1, 4 and 9, and a full last word.
+fn issued_words() -> Vec<u64> {
+    vec![(1 << 1) | (1 << 4) | (1 << 9), 0, u64::MAX]
+}
+
+fn tally_counts() -> TallyCounts {
+    TallyCounts {
+        orders: 40,
+        coupons_used: 2,
+    }
+}
+
+/// A chunk of the archive's units sold, by product index.
+fn sold_units() -> Vec<u64> {
+    vec![5, 0, 12]
+}
+
+/// The tally in its version 1 layout (the serde shape of the version 1
+/// type, field for field, as `store::legacy` reads it).
+#[derive(Serialize, Deserialize)]
+struct TallyV1 {
+    orders: u64,
+    sold: BTreeMap<ProductId, u64>,
+    coupons: BTreeMap<UserCouponId, (UserId, OrderId)>,
+}
+
+fn tally_v1() -> TallyV1 {
+    TallyV1 {
+        orders: 40,
+        sold: BTreeMap::from([(ProductId(1), 5), (ProductId(3), 12)]),
+        coupons: BTreeMap::from([
+            (UserCouponId(1), (UserId(2), OrderId(7))),
+            (UserCouponId(4), (UserId(5), OrderId(9))),
+        ]),
+    }
+}
+
+/// [`tally_v1`] as read today: counts, and units sold by product index.
+fn tally_v1_read() -> ArchiveTally {
+    let mut tally = ArchiveTally {
+        orders: 40,
+        coupons_used: 2,
+        ..ArchiveTally::default()
+    };
+    tally.add_sold(ProductId(1), 5);
+    tally.add_sold(ProductId(3), 12);
+    tally
 }
 
 /// A journal batch as one group commit stores it (frames back to back),
@@ -540,11 +722,35 @@ fn golden_snapshot_frames_still_decode() {
     }
 }
 
+/// Every committed version 2 snapshot frame decodes to the value it was
+/// written from, field for field.
+#[test]
+fn golden_snapshot_frames_of_format_version_2_still_decode() {
+    for (name, kind, check) in golden_snapshots_v2() {
+        let bytes = read(name);
+        assert_golden_header(name, &bytes, kind, 2);
+        check(&bytes);
+    }
+}
+
 /// A committed journal batch decodes record by record and replays from an
 /// empty store to the state it describes, invariants included.
 #[test]
 fn golden_journal_batch_still_decodes_and_replays() {
-    let bytes = read("journal_batch.bin");
+    replays_as_described("journal_batch.bin", GOLDEN_VERSION);
+}
+
+/// The same batch written in format version 2 does too.
+#[test]
+fn golden_journal_batch_of_format_version_2_still_decodes_and_replays() {
+    replays_as_described("v2/journal_batch.bin", 2);
+}
+
+fn replays_as_described(name: &str, version: u8) {
+    let bytes = read(name);
+    for (i, frame) in frames(&bytes).into_iter().enumerate() {
+        assert_golden_header(&format!("{name} frame {i}"), frame, Kind::Record, version);
+    }
     let records: Vec<Record> = codec::decode_all(Kind::Record, &bytes).unwrap();
     assert_eq!(records, batch_records());
     let (world, report) = recover(Loaded {
@@ -562,6 +768,18 @@ fn golden_journal_batch_still_decodes_and_replays() {
     // state lives in a store of its own.
     assert!(world.meta.outbox.is_empty());
     assert_eq!(world.meta.sink_len, 0);
+}
+
+/// The frames of a batch, each with its header and payload.
+fn frames(mut bytes: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let (frame, rest) = codec::split_frame(bytes).expect("a frame");
+        let len = codec::HEADER_LEN + frame.payload.len();
+        out.push(&bytes[..len]);
+        bytes = rest;
+    }
+    out
 }
 
 fn write_new(name: &str, bytes: &[u8]) {
@@ -599,4 +817,33 @@ fn generate_golden_files() {
         codec::encode_into(Kind::Record, &r, &mut batch).unwrap();
     }
     write_new("journal_batch.bin", &batch);
+    generate_version_2_files(&batch);
+}
+
+/// The version 2 files (written by the build that introduced version 2's
+/// layouts) and the version 1 tally, written from its version 1 layout.
+fn generate_version_2_files(batch: &[u8]) {
+    assert_eq!(
+        FORMAT_VERSION, 2,
+        "version 2 files are written by a version 2 build"
+    );
+    write_new("v2/user.bin", &encode(Kind::User, &user()));
+    write_new("v2/product.bin", &encode(Kind::Product, &product_v2()));
+    write_new(
+        "v2/campaign.bin",
+        &encode(Kind::Campaign, &campaign_header()),
+    );
+    write_new("v2/issued.bin", &encode(Kind::IssuedChunk, &issued_words()));
+    write_new("v2/order.bin", &encode(Kind::Order, &paid_order()));
+    write_new("v2/key.bin", &encode(Kind::Key, &stored_key()));
+    write_new("v2/meta.bin", &encode(Kind::Meta, &meta()));
+    write_new("v2/history.bin", &encode(Kind::History, &user().history));
+    write_new("v2/tally.bin", &encode(Kind::Tally, &tally_counts()));
+    write_new("v2/sold.bin", &encode(Kind::SoldChunk, &sold_units()));
+    write_new("v2/journal_batch.bin", batch);
+    // The checksum covers the payload only: the header's version byte is
+    // the one difference between a version 1 frame and a version 2 one.
+    let mut tally = encode(Kind::Tally, &tally_v1());
+    tally[2] = 1;
+    write_new("snapshots/tally.bin", &tally);
 }

@@ -6,7 +6,7 @@ use crate::common_http;
 use commerce_engine::domain::time::Timestamp;
 use commerce_engine::engine::{Clock, ManualClock, SystemClock};
 use commerce_engine::http::HttpSettings;
-use commerce_engine::store::sled_store::SledStore;
+use commerce_engine::store::SledStore;
 use common_http::{assert_error, start_engine, TestServer, TOKEN};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -102,7 +102,7 @@ async fn products_are_created_by_admins_listed_by_id_and_restocked() {
     assert_eq!(st, StatusCode::OK);
     assert_eq!(
         page["items"][0],
-        json!({"id":1,"name":"상품 1","price":1000,"stock":10})
+        json!({"id":1,"name":"상품 1","price":1000,"stock":10,"max_per_user":null})
     );
     assert_eq!(page["items"].as_array().map(Vec::len), Some(2));
     let next = page["next"].as_str().expect("a next cursor");
@@ -114,7 +114,7 @@ async fn products_are_created_by_admins_listed_by_id_and_restocked() {
 
     assert_eq!(
         s.get("/api/v1/products/2").await.1,
-        json!({"id":2,"name":"상품 2","price":2000,"stock":10})
+        json!({"id":2,"name":"상품 2","price":2000,"stock":10,"max_per_user":null})
     );
     assert_error(&s.get("/api/v1/products/9").await, 404, "PRODUCT_NOT_FOUND");
 
@@ -167,7 +167,8 @@ async fn coupons_are_issued_once_per_user_and_never_beyond_quantity() {
     assert_eq!(
         c,
         json!({"id":1,"name":"5천원","discount":{"kind":"fixed","amount":5000},
-               "quantity":1,"remaining":1,"expires_at":null})
+               "quantity":1,"remaining":1,"expires_at":null,"starts_at":null,
+               "min_order_amount":null,"max_discount":null})
     );
     let (st, uc) = s
         .post("/api/v1/coupons/1/issue", json!({"user_id": a}))
@@ -644,7 +645,7 @@ async fn unknown_routes_and_methods_answer_json_errors() {
             405,
             "METHOD_NOT_ALLOWED",
         ),
-        (Method::GET, "/api/v1/orders", 405, "METHOD_NOT_ALLOWED"),
+        (Method::PUT, "/api/v1/orders", 405, "METHOD_NOT_ALLOWED"),
     ] {
         let resp = s
             .client

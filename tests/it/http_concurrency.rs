@@ -114,16 +114,40 @@ async fn order_race(s: TestServer) {
     s.stop().await;
 }
 
-/// Opens a connection and sends a request whose body never completes, so
-/// its handler holds an admission slot until the connection closes.
+/// Opens a connection and sends a request whose body never completes, and
+/// returns once its handler holds an admission slot: the request asks for
+/// `100 Continue`, which the server sends only when the handler, admitted,
+/// starts to read the body. The handler then waits for the rest of the
+/// body, holding its slot until the connection closes.
 async fn stuck_request(base: &str) -> tokio::net::TcpStream {
     let addr = base.trim_start_matches("http://");
     let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let head = format!(
-        "POST /api/v1/users HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"name\""
+        "POST /api/v1/users HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: 100\r\nexpect: 100-continue\r\n\r\n"
     );
     tcp.write_all(head.as_bytes()).await.expect("write");
+    let interim = tokio::time::timeout(Duration::from_secs(30), response_head(&mut tcp))
+        .await
+        .expect("the server answers the request's head");
+    assert!(
+        interim.starts_with("HTTP/1.1 100 Continue\r\n"),
+        "the stuck request is admitted and its body asked for; the server answered {interim:?}"
+    );
+    tcp.write_all(b"{\"name\"").await.expect("write");
     tcp
+}
+
+/// Reads one response head (up to its blank line; at most 4 KiB) from `tcp`.
+async fn response_head(tcp: &mut tokio::net::TcpStream) -> String {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        assert!(head.len() < 4096, "a response head of at most 4 KiB");
+        let mut byte = [0u8; 1];
+        let n = tcp.read(&mut byte).await.expect("read");
+        assert_eq!(n, 1, "the connection closed after {head:?}");
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,43 +164,37 @@ async fn requests_past_the_in_flight_limit_are_shed_with_503_overloaded() {
 }
 
 async fn shed_past_the_limit(s: TestServer) {
+    // Both slots are held before anything else is sent: a request sent
+    // while the stuck ones were still on their way could take a slot at the
+    // moment one of them arrived, and have it shed instead.
     let held = vec![stuck_request(&s.base).await, stuck_request(&s.base).await];
 
-    // The stuck requests reach the handlers shortly after their headers
-    // arrive; on a loaded 2-core machine running every test binary at once
-    // that has taken more than 2 s, so the wait is up to 10 s.
-    let mut shed = None;
-    let mut seen = Vec::new();
-    for _ in 0..100 {
-        let resp = s.client.get(s.url("/health")).send().await.expect("sent");
-        if resp.status() == StatusCode::SERVICE_UNAVAILABLE {
-            shed = Some(resp);
-            break;
-        }
-        seen.push(resp.status().as_u16());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let resp = shed.unwrap_or_else(|| {
-        panic!("a request is shed while two are in flight; answers seen instead: {seen:?}")
-    });
+    let resp = s.client.get(s.url("/health")).send().await.expect("sent");
+    assert_eq!(
+        resp.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "a request is shed while two are in flight"
+    );
     assert_eq!(resp.headers()["retry-after"], "1");
     assert_eq!(resp.headers()["content-type"], "application/json");
     assert_error(&common_http::read(resp).await, 503, "OVERLOADED");
 
+    // A stuck request's connection is closed by the server once its handler
+    // has answered, which is after its slot was given back.
     for mut tcp in held {
         let _ = tcp.shutdown().await;
         let mut rest = Vec::new();
-        let _ = tcp.read_to_end(&mut rest).await;
+        let read = tokio::time::timeout(Duration::from_secs(30), tcp.read_to_end(&mut rest)).await;
+        assert!(
+            read.is_ok(),
+            "the server ends a request whose body was cut short"
+        );
     }
-    let mut recovered = false;
-    for _ in 0..100 {
-        if s.get("/health").await.0 == StatusCode::OK {
-            recovered = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(recovered, "slots come back when the stuck requests end");
+    assert_eq!(
+        s.get("/health").await.0,
+        StatusCode::OK,
+        "slots come back when the stuck requests end"
+    );
     assert_eq!(
         s.engine.metrics().users,
         0,

@@ -34,6 +34,7 @@ fn every_endpoint_of_the_contract_is_documented() {
         ("post", "/api/v1/products", "201"),
         ("get", "/api/v1/products", "200"),
         ("get", "/api/v1/products/{product_id}", "200"),
+        ("patch", "/api/v1/products/{product_id}", "200"),
         ("post", "/api/v1/products/{product_id}/restock", "200"),
         ("get", "/api/v1/products/top", "200"),
         ("post", "/api/v1/admin/stats/refresh", "200"),

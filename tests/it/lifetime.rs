@@ -133,6 +133,7 @@ async fn set_up(engine: &Engine, ledger: &mut Ledger) -> CouponId {
                 discount: Discount::Fixed { amount: Krw(500) },
                 quantity: USERS,
                 expires_at: None,
+                terms: Default::default(),
             },
             None,
         )
@@ -247,7 +248,7 @@ async fn expire(engine: &Engine, clock: &ManualClock, ledger: &mut Ledger) {
 }
 
 fn key_tables(dir: &Path) -> usize {
-    std::fs::read_dir(dir.join(commerce_engine::store::sled_store::KEYS_DIR))
+    std::fs::read_dir(dir.join(commerce_engine::store::sled::KEYS_DIR))
         .map(|d| {
             d.filter(|e| {
                 e.as_ref()

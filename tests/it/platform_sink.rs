@@ -34,8 +34,8 @@ pub struct Platform {
     pub refuse_all: AtomicBool,
     /// Never answer (until the connection is dropped).
     pub hang: AtomicBool,
-    /// Hold each request until this many are in flight (or 2 s passed),
-    /// so that the delivery's concurrency shows.
+    /// Hold the first requests until this many are in flight, so that the
+    /// delivery's concurrency shows; then hold none (set back to 0).
     pub gather: AtomicUsize,
     pub requests: AtomicUsize,
     in_flight: AtomicUsize,
@@ -88,6 +88,11 @@ impl Drop for InFlight<'_> {
 }
 
 async fn receive(State(p): State<Arc<Platform>>, Json(batch): Json<Vec<Value>>) -> StatusCode {
+    // Listening before being counted, so the request that completes the
+    // gathering cannot notify before this one waits.
+    let gathered = p.gathered.notified();
+    tokio::pin!(gathered);
+    gathered.as_mut().enable();
     p.requests.fetch_add(1, Ordering::SeqCst);
     let now = p.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     let _guard = InFlight(&p);
@@ -95,9 +100,13 @@ async fn receive(State(p): State<Arc<Platform>>, Json(batch): Json<Vec<Value>>) 
     let gather = p.gather.load(Ordering::SeqCst);
     if gather > 0 {
         if now >= gather {
+            // Gathered once: the requests held go on, and later ones are not held.
+            p.gather.store(0, Ordering::SeqCst);
             p.gathered.notify_waiters();
         } else {
-            let _ = tokio::time::timeout(Duration::from_secs(2), p.gathered.notified()).await;
+            // Bounded only so that a delivery that never sends them all
+            // fails the test instead of hanging it.
+            let _ = tokio::time::timeout(Duration::from_secs(60), gathered).await;
         }
     }
     if p.hang.load(Ordering::SeqCst) {

@@ -8,11 +8,12 @@ use commerce_engine::domain::coupon::Discount;
 use commerce_engine::domain::ids::{ProductId, UserId};
 use commerce_engine::domain::money::Krw;
 use commerce_engine::domain::order::{Order, OrderStatus};
+use commerce_engine::domain::product::ProductPatch;
 use commerce_engine::domain::refund::{RefundLine, RefundRequest};
 use commerce_engine::domain::user::EntryKind;
 use commerce_engine::domain::views::UserCouponStatus;
 use commerce_engine::engine::{
-    DataPlatform, Engine, EngineConfig, Error, NewCoupon, PageRequest, SystemClock,
+    DataPlatform, Engine, EngineConfig, Error, NewCoupon, OrderFilter, PageRequest, SystemClock,
 };
 use commerce_engine::store::MemoryStore;
 use reqwest::{Method, StatusCode};
@@ -82,6 +83,7 @@ async fn a_refund_credits_the_share_paid_returns_stock_and_leaves_the_ranking() 
                 discount: Discount::Percent { percent: 10 },
                 quantity: 5,
                 expires_at: None,
+                terms: Default::default(),
             },
             None,
         )
@@ -529,4 +531,40 @@ async fn the_refund_route_answers_every_documented_code() {
     let (_, doc) = server.get("/api/v1/openapi.json").await;
     assert!(doc["paths"]["/api/v1/orders/{order_id}/refund"]["post"].is_object());
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_frees_the_units_a_purchase_limit_counts_and_moves_the_order_in_the_status_list() {
+    // proves refunded units of a limited product may be ordered again (no more), and the admin list by status follows the refund
+    let (engine, _store) = engine();
+    let (user, mug, _tea) = shop(&engine, 100_000).await;
+    let limit = ProductPatch {
+        max_per_user: Some(Some(2)),
+        ..ProductPatch::default()
+    };
+    engine.update_product(mug, limit, None).await.unwrap();
+    let o = paid(&engine, user, &[(mug, 2)]).await;
+    let one_more = || engine.place_order(order_of(user, &[(mug, 1)]), None);
+    assert_eq!(code(one_more().await), "PURCHASE_LIMIT_EXCEEDED");
+
+    let refunded = engine
+        .refund_order(o.id, lines(&[(mug, 1)]), None)
+        .await
+        .unwrap();
+    assert_eq!(refunded.status, OrderStatus::PartiallyRefunded);
+    assert_eq!(code(one_more().await), "OK");
+    assert_eq!(code(one_more().await), "PURCHASE_LIMIT_EXCEEDED");
+
+    let listed = |status| {
+        let engine = engine.clone();
+        async move {
+            let page = engine
+                .orders(OrderFilter::Status(status), PageRequest::first(20))
+                .await
+                .unwrap();
+            page.items.iter().map(|o| o.id).collect::<Vec<_>>()
+        }
+    };
+    assert!(!listed(OrderStatus::Paid).await.contains(&o.id));
+    assert_eq!(listed(OrderStatus::PartiallyRefunded).await, [o.id]);
 }

@@ -34,7 +34,7 @@ const SETTLE_LINGER_MS: u64 = 20;
 
 /// What became of one request.
 #[derive(Debug)]
-enum Outcome {
+pub(super) enum Outcome {
     Accepted,
     /// Worth sending again as it is.
     Retry(String),
@@ -68,6 +68,19 @@ async fn post(client: reqwest::Client, url: Arc<str>, body: Vec<u8>) -> Outcome 
 
 type InFlight = Pin<Box<dyn Future<Output = (Vec<EventRef>, Outcome)> + Send>>;
 
+/// Where batches go: POSTed as JSON arrays, or published to a JetStream
+/// subject one message per event ([`super::nats`]).
+pub(super) enum Transport {
+    Http {
+        client: reqwest::Client,
+        url: Arc<str>,
+    },
+    Nats {
+        js: Box<async_nats::jetstream::Context>,
+        subject: Arc<str>,
+    },
+}
+
 /// Events waiting to go: batches put back (in front) and events not yet batched.
 #[derive(Default)]
 struct Queue {
@@ -90,8 +103,7 @@ impl Queue {
 
 struct HttpSink {
     c: Common,
-    client: reqwest::Client,
-    url: Arc<str>,
+    transport: Transport,
     window: Window,
     queue: Queue,
     in_flight: FuturesUnordered<InFlight>,
@@ -121,11 +133,19 @@ pub(super) async fn run(c: Common, url: String) {
             return;
         }
     };
+    let transport = Transport::Http {
+        client,
+        url: url.into(),
+    };
+    run_with(c, transport).await;
+}
+
+/// The sink's loop over `transport`.
+pub(super) async fn run_with(c: Common, transport: Transport) {
     let window = Window::new(c.config.window_events_max, c.stats.clone());
     let mut sink = HttpSink {
         c,
-        client,
-        url: url.into(),
+        transport,
         window,
         queue: Queue::default(),
         in_flight: FuturesUnordered::new(),
@@ -215,28 +235,49 @@ impl HttpSink {
             let Some(batch) = self.queue.next(self.c.config.batch_events_max) else {
                 break;
             };
-            let mut body = Vec::with_capacity(batch.len() * 512 + 2);
-            body.push(b'[');
             let mut sent = Vec::with_capacity(batch.len());
+            let mut events = Vec::with_capacity(batch.len());
             for r in batch {
                 // An event settled meanwhile (a retry of one accepted) is not sent again.
                 let Some(event) = self.window.event(r) else {
                     continue;
                 };
-                if !sent.is_empty() {
-                    body.push(b',');
-                }
-                event.write_json(&mut body);
+                events.push(event);
                 sent.push(r);
             }
-            body.push(b']');
             if sent.is_empty() {
                 continue;
             }
-            let (client, url) = (self.client.clone(), self.url.clone());
-            self.in_flight.push(Box::pin(
-                async move { (sent, post(client, url, body).await) },
-            ));
+            let request: InFlight = match &self.transport {
+                Transport::Http { client, url } => {
+                    let mut body = Vec::with_capacity(events.len() * 512 + 2);
+                    body.push(b'[');
+                    for (i, event) in events.iter().enumerate() {
+                        if i > 0 {
+                            body.push(b',');
+                        }
+                        event.write_json(&mut body);
+                    }
+                    body.push(b']');
+                    let (client, url) = (client.clone(), url.clone());
+                    Box::pin(async move { (sent, post(client, url, body).await) })
+                }
+                Transport::Nats { js, subject } => {
+                    let messages = events
+                        .iter()
+                        .map(|event| {
+                            let mut json = Vec::with_capacity(512);
+                            event.write_json(&mut json);
+                            (event.event_id(), json)
+                        })
+                        .collect();
+                    let (js, subject) = ((**js).clone(), subject.clone());
+                    Box::pin(
+                        async move { (sent, super::nats::publish(js, subject, messages).await) },
+                    )
+                }
+            };
+            self.in_flight.push(request);
         }
     }
 

@@ -13,6 +13,9 @@
 //!   retried with backoff (doubling, capped); another 4xx splits the batch
 //!   in halves until the refused events are alone, and an event refused
 //!   `data_platform_max_refusals` times becomes a dead letter.
+//! - [`nats`]: the same batches published to a JetStream subject, one
+//!   message per event with `Nats-Msg-Id` = `event_id`, each batch
+//!   accepted once every message of it is acknowledged by the stream.
 //! - [`file`]: JSON lines appended to a file, each event once: the file's
 //!   length is recorded (durably) with the removal of the blocks written,
 //!   and every write starts at the recorded length, so lines written but
@@ -26,6 +29,7 @@
 pub mod admin;
 mod file;
 mod http;
+pub mod nats;
 pub mod window;
 
 use crate::domain::ids::OrderId;
@@ -197,6 +201,7 @@ pub struct DeliverySetup {
 
 enum Sink {
     Http(String),
+    Nats(nats::NatsTarget),
     File(PathBuf),
 }
 
@@ -206,6 +211,7 @@ impl Delivery {
         let sink = match &s.platform {
             DataPlatform::Off => return Ok(None),
             DataPlatform::Http(url) => Sink::Http(url.clone()),
+            DataPlatform::Nats(target) => Sink::Nats(target.clone()),
             DataPlatform::File(path) => Sink::File(path.clone()),
         };
         let stop = Arc::new(Stop::default());
@@ -226,6 +232,17 @@ impl Delivery {
             .name("data-platform".into())
             .spawn(move || match sink {
                 Sink::Http(url) => rt.block_on(http::run(common, url)),
+                Sink::Nats(target) => rt.block_on(async move {
+                    let timeout = Duration::from_millis(common.config.request_timeout_ms);
+                    match nats::connect(&target, timeout).await {
+                        Ok(js) => {
+                            let subject = target.subject.as_str().into();
+                            let js = Box::new(js);
+                            http::run_with(common, http::Transport::Nats { js, subject }).await
+                        }
+                        Err(e) => tracing::error!(error = %e, server = %target.server, "data platform: no NATS connection; nothing is delivered"),
+                    }
+                }),
                 Sink::File(path) => rt.block_on(file::run(common, path, file_len)),
             })?;
         Ok(Some(Delivery {

@@ -3,9 +3,12 @@
 use crate::domain::ids::{OrderId, ProductId, UserCouponId, UserId};
 use crate::domain::order::{validate_lines, LineRequest, Order};
 use crate::domain::views::Page;
-use crate::engine::{OrderSource, PlaceOrder};
+use crate::engine::{OrderFilter, OrderSource, PlaceOrder};
+use crate::http::auth::Caller;
 use crate::http::error::{ApiError, ErrorBody};
-use crate::http::extract::{positive_id, ApiJson, Id, IdemKey, PageParams, Paging};
+use crate::http::extract::{
+    positive_id, Admin, ApiJson, ApiQuery, Id, IdemKey, PageParams, Paging,
+};
 use crate::http::routes::IdempotencyHeader;
 use crate::http::server::AppState;
 use axum::extract::State;
@@ -17,7 +20,7 @@ use utoipa_axum::routes;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(place_order))
+        .routes(routes!(place_order, list_orders))
         .routes(routes!(get_order))
         .routes(routes!(user_orders))
         .routes(routes!(cancel_order))
@@ -103,18 +106,48 @@ impl PlaceOrderRequest {
         (status = 201, description = "The order, status pending", body = Order),
         (status = 400, description = "INVALID_REQUEST", body = ErrorBody),
         (status = 404, description = "USER_NOT_FOUND or PRODUCT_NOT_FOUND", body = ErrorBody),
-        (status = 409, description = "OUT_OF_STOCK or INVALID_COUPON", body = ErrorBody),
+        (status = 409, description = "OUT_OF_STOCK, INVALID_COUPON or PURCHASE_LIMIT_EXCEEDED", body = ErrorBody),
         (status = 422, description = "IDEMPOTENCY_KEY_REUSED", body = ErrorBody),
     ))]
 async fn place_order(
     State(s): State<AppState>,
+    caller: Caller,
     IdemKey(key): IdemKey,
     ApiJson(body): ApiJson<PlaceOrderRequest>,
 ) -> Result<(StatusCode, Json<Order>), ApiError> {
     let command = body.into_command(&s)?;
+    caller.check(command.user_id, "this order")?;
     let engine = &s.engine;
     let order = engine.place_order(command, key).await?;
     Ok((StatusCode::CREATED, Json(order)))
+}
+
+/// `?status=` of the admin list of orders.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StatusParam {
+    /// One of `pending`, `paid`, `failed`, `cancelled`, `expired`,
+    /// `partially_refunded`, `refunded`; none: every order.
+    pub status: Option<String>,
+}
+
+/// Every order, or those of one status, by id (admin).
+#[utoipa::path(get, path = "/api/v1/orders", tag = "orders",
+    security(("admin_token" = [])),
+    params(StatusParam, PageParams),
+    responses(
+        (status = 200, description = "A page of orders, by id", body = Page<Order>),
+        (status = 400, description = "INVALID_REQUEST (a status not of the API names `status`)", body = ErrorBody),
+        (status = 401, description = "UNAUTHORIZED", body = ErrorBody),
+    ))]
+async fn list_orders(
+    _: Admin,
+    State(s): State<AppState>,
+    ApiQuery(q): ApiQuery<StatusParam>,
+    Paging(page): Paging,
+) -> Result<Json<Page<Order>>, ApiError> {
+    let filter = OrderFilter::parse(q.status.as_deref())?;
+    Ok(Json(s.engine.orders(filter, page).await?))
 }
 
 /// An order.
@@ -127,9 +160,22 @@ async fn place_order(
     ))]
 async fn get_order(
     State(s): State<AppState>,
+    caller: Caller,
     Id(id): Id<OrderId>,
 ) -> Result<Json<Order>, ApiError> {
-    Ok(Json(s.engine.order(id).await?))
+    let order = s.engine.order(id).await?;
+    caller.check(order.user_id, "this order")?;
+    Ok(Json(order))
+}
+
+/// With authentication on, a customer acts only on their own orders: the
+/// order's user is read first (it never changes), before anything is done.
+async fn check_owner(s: &AppState, caller: &Caller, id: OrderId) -> Result<(), ApiError> {
+    if !caller.is_customer() {
+        return Ok(());
+    }
+    let order = s.engine.order(id).await?;
+    caller.check(order.user_id, "this order")
 }
 
 /// A user's orders, newest first.
@@ -160,9 +206,11 @@ async fn user_orders(
     ))]
 async fn cancel_order(
     State(s): State<AppState>,
+    caller: Caller,
     Id(id): Id<OrderId>,
     IdemKey(key): IdemKey,
 ) -> Result<Json<Order>, ApiError> {
+    check_owner(&s, &caller, id).await?;
     let engine = &s.engine;
     Ok(Json(engine.cancel_order(id, key).await?))
 }
@@ -180,9 +228,11 @@ async fn cancel_order(
     ))]
 async fn pay_order(
     State(s): State<AppState>,
+    caller: Caller,
     Id(id): Id<OrderId>,
     IdemKey(key): IdemKey,
 ) -> Result<Json<Order>, ApiError> {
+    check_owner(&s, &caller, id).await?;
     let engine = &s.engine;
     Ok(Json(engine.pay_order(id, key).await?))
 }

@@ -3,6 +3,7 @@
 
 use crate::domain::ids::ProductId;
 use crate::domain::money::Krw;
+use crate::domain::product::ProductPatch;
 use crate::domain::stats::TopProducts;
 use crate::domain::views::{Page, ProductView};
 use crate::http::error::{ApiError, ErrorBody};
@@ -20,7 +21,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_products, create_product))
         .routes(routes!(top_products))
-        .routes(routes!(get_product))
+        .routes(routes!(get_product, update_product))
         .routes(routes!(restock_product))
         .routes(routes!(refresh_stats))
 }
@@ -36,6 +37,36 @@ pub struct NewProduct {
     /// Units in stock, 0..=1,000,000,000.
     #[schema(maximum = 1_000_000_000)]
     pub stock: u64,
+    /// Units one user may hold in pending, paid and partially refunded
+    /// orders, 1..=1,000; absent or null: no limit.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 1_000)]
+    pub max_per_user: Option<u64>,
+}
+
+/// A change of a product: at least one field; absent fields stay.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct ProductUpdate {
+    /// 1..=200 characters.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// KRW, 1..=100,000,000; applies to orders placed after the change.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 100_000_000)]
+    pub price: Option<u64>,
+    /// 1..=1,000, or null to remove the limit.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u64>, minimum = 1, maximum = 1_000)]
+    pub max_per_user: Option<Option<u64>>,
+}
+
+/// A field that may be absent (`None`), null (`Some(None)`) or a value.
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// Units to add to a product's stock.
@@ -65,7 +96,13 @@ async fn create_product(
 ) -> Result<(StatusCode, Json<ProductView>), ApiError> {
     let engine = &s.engine;
     let product = engine
-        .create_product(&body.name, Krw(body.price), body.stock, key)
+        .create_limited_product(
+            &body.name,
+            Krw(body.price),
+            body.stock,
+            body.max_per_user,
+            key,
+        )
         .await?;
     Ok((StatusCode::CREATED, Json(product)))
 }
@@ -97,6 +134,35 @@ async fn get_product(
     Id(id): Id<ProductId>,
 ) -> Result<Json<ProductView>, ApiError> {
     Ok(Json(s.engine.product(id).await?))
+}
+
+/// Change a product's name, price or per-user limit (admin). A price
+/// change applies to orders placed after it; a limit lowered below what a
+/// user holds refuses that user's new units only.
+#[utoipa::path(patch, path = "/api/v1/products/{product_id}", tag = "products",
+    security(("admin_token" = [])),
+    params(("product_id" = u64, Path, description = "Product id", minimum = 1), IdempotencyHeader),
+    request_body = ProductUpdate,
+    responses(
+        (status = 200, description = "The product as changed", body = ProductView),
+        (status = 400, description = "INVALID_REQUEST", body = ErrorBody),
+        (status = 401, description = "UNAUTHORIZED", body = ErrorBody),
+        (status = 404, description = "PRODUCT_NOT_FOUND", body = ErrorBody),
+        (status = 422, description = "IDEMPOTENCY_KEY_REUSED", body = ErrorBody),
+    ))]
+async fn update_product(
+    _: Admin,
+    State(s): State<AppState>,
+    Id(id): Id<ProductId>,
+    IdemKey(key): IdemKey,
+    ApiJson(body): ApiJson<ProductUpdate>,
+) -> Result<Json<ProductView>, ApiError> {
+    let patch = ProductPatch {
+        name: body.name,
+        price: body.price.map(Krw),
+        max_per_user: body.max_per_user,
+    };
+    Ok(Json(s.engine.update_product(id, patch, key).await?))
 }
 
 /// Add stock to a product (admin).

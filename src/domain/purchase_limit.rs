@@ -1,0 +1,215 @@
+//! Per-user purchase limits (`max_per_user`).
+//!
+//! The count lives with the user: the user's actor handles one command at
+//! a time, so it decides exactly, whatever the concurrency, with no lock.
+//! An order being placed holds its units there as it holds a coupon (in
+//! the same all-or-nothing saga); the placed record makes them durable;
+//! cancel, failure and expiry release them, and so does a refund
+//! ([`User::release_units`]). The count is part of the stored user, so
+//! recovery rebuilds it exactly without reading any order (paid orders
+//! leave memory for the archive).
+//!
+//! Which units count: a product counts per user from the first moment it
+//! has a limit ([`crate::domain::product::Product::counts_per_user`], which
+//! stays set if the limit is later removed, so a limit put back later
+//! still sees every unit since). The product decides, when an order
+//! reserves its stock, whether that order's line counts; the placed record
+//! names the lines that count. A release frees the units of the user's
+//! count for that product, at most what the count holds, so units ordered
+//! before a product had any limit, released after it got one, free counted
+//! units: the one case the count can run below what the user holds.
+
+use crate::domain::ids::ProductId;
+use crate::domain::rejection::{Decision, Rejection};
+use crate::domain::user::User;
+use serde::{Deserialize, Serialize};
+
+/// Units per product, for the products that count; no entry holds zero.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldUnits(pub Vec<(ProductId, u64)>);
+
+impl HeldUnits {
+    pub fn of(&self, product: ProductId) -> u64 {
+        self.0
+            .iter()
+            .find(|(p, _)| *p == product)
+            .map_or(0, |(_, n)| *n)
+    }
+
+    pub fn add(&mut self, product: ProductId, units: u64) {
+        if units == 0 {
+            return;
+        }
+        match self.0.iter_mut().find(|(p, _)| *p == product) {
+            Some((_, n)) => *n = n.saturating_add(units),
+            None => self.0.push((product, units)),
+        }
+    }
+
+    /// Takes away up to `units` (never below zero); an emptied entry goes.
+    pub fn remove(&mut self, product: ProductId, units: u64) {
+        if let Some(i) = self.0.iter().position(|(p, _)| *p == product) {
+            let left = self.0[i].1.saturating_sub(units);
+            if left == 0 {
+                self.0.swap_remove(i);
+            } else {
+                self.0[i].1 = left;
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// A line of an order whose product counts per user, as the product
+/// answered when the order reserved it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CountedLine {
+    pub product_id: ProductId,
+    pub quantity: u64,
+    /// The product's limit then; `None` when it counts but has no limit now.
+    pub max_per_user: Option<u64>,
+}
+
+impl User {
+    /// Units of `product` this user holds, durable and being placed.
+    pub fn units_held(&self, product: ProductId) -> u64 {
+        self.limited
+            .of(product)
+            .saturating_add(self.limited_pending.of(product))
+    }
+
+    /// Every counted line fits its limit with what the user holds already
+    /// (orders being placed included). A limit lowered below what the user
+    /// holds refuses new units only.
+    pub fn decide_hold_units(&self, lines: &[CountedLine]) -> Decision<()> {
+        for line in lines {
+            let Some(max) = line.max_per_user else {
+                continue;
+            };
+            let held = self.units_held(line.product_id);
+            if held.saturating_add(line.quantity) > max {
+                return Err(Rejection::PurchaseLimitExceeded {
+                    product_id: line.product_id,
+                    max,
+                    held,
+                    requested: line.quantity,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the units of an order being placed until it is durable or abandoned.
+    pub fn hold_units(&mut self, lines: &[CountedLine]) {
+        for l in lines {
+            self.limited_pending.add(l.product_id, l.quantity);
+        }
+    }
+
+    /// The order being placed is durable or abandoned: its hold goes.
+    pub fn drop_units_hold(&mut self, lines: &[(ProductId, u64)]) {
+        for &(p, q) in lines {
+            self.limited_pending.remove(p, q);
+        }
+    }
+
+    /// Applies a placed order's counted lines: the units are held for good.
+    pub fn apply_units_placed(&mut self, lines: &[(ProductId, u64)]) {
+        for &(p, q) in lines {
+            self.limited.add(p, q);
+        }
+    }
+
+    /// Frees units of an order's lines: an order ended unpaid (cancelled,
+    /// failed, expired) or units refunded. Lines of products the user holds
+    /// no counted units of change nothing. The entry point for every
+    /// release, on the actor and in recovery alike.
+    pub fn release_units(&mut self, lines: impl IntoIterator<Item = (ProductId, u64)>) {
+        if self.limited.is_empty() {
+            return;
+        }
+        for (p, q) in lines {
+            self.limited.remove(p, q);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::ids::UserId;
+
+    fn line(p: u64, quantity: u64, max: Option<u64>) -> CountedLine {
+        CountedLine {
+            product_id: ProductId(p),
+            quantity,
+            max_per_user: max,
+        }
+    }
+
+    fn user() -> User {
+        User::new(UserId(1), "kim".into())
+    }
+
+    #[test]
+    fn units_beyond_the_limit_are_refused_counting_durable_and_pending_units() {
+        // given a limit of 3, 1 unit durable and 1 being placed, when 2 more are asked, then refused; 1 fits
+        let mut u = user();
+        u.apply_units_placed(&[(ProductId(7), 1)]);
+        u.hold_units(&[line(7, 1, Some(3))]);
+        assert_eq!(
+            u.decide_hold_units(&[line(7, 2, Some(3))]),
+            Err(Rejection::PurchaseLimitExceeded {
+                product_id: ProductId(7),
+                max: 3,
+                held: 2,
+                requested: 2
+            })
+        );
+        assert_eq!(u.decide_hold_units(&[line(7, 1, Some(3))]), Ok(()));
+    }
+
+    #[test]
+    fn a_dropped_hold_and_a_release_free_units() {
+        // proves holds, placement and releases move the count exactly, never below zero
+        let mut u = user();
+        u.hold_units(&[line(7, 2, Some(2))]);
+        assert!(u.decide_hold_units(&[line(7, 1, Some(2))]).is_err());
+        u.drop_units_hold(&[(ProductId(7), 2)]);
+        assert_eq!(u.units_held(ProductId(7)), 0);
+        u.hold_units(&[line(7, 2, Some(2))]);
+        u.drop_units_hold(&[(ProductId(7), 2)]);
+        u.apply_units_placed(&[(ProductId(7), 2)]);
+        assert_eq!(u.units_held(ProductId(7)), 2);
+        u.release_units([(ProductId(7), 1), (ProductId(8), 5)]);
+        assert_eq!(u.units_held(ProductId(7)), 1);
+        u.release_units([(ProductId(7), 5)]);
+        assert_eq!(u.units_held(ProductId(7)), 0);
+        assert!(u.limited.is_empty(), "no entry holds zero");
+    }
+
+    #[test]
+    fn a_lowered_limit_refuses_new_units_only() {
+        // given 3 units held, when the limit is 2, then nothing more fits, and what is held stays
+        let mut u = user();
+        u.apply_units_placed(&[(ProductId(7), 3)]);
+        assert!(u.decide_hold_units(&[line(7, 1, Some(2))]).is_err());
+        assert_eq!(u.units_held(ProductId(7)), 3);
+        // a product that counts but has no limit now takes any quantity
+        assert_eq!(u.decide_hold_units(&[line(7, 1000, None)]), Ok(()));
+    }
+
+    #[test]
+    fn every_line_of_an_order_is_checked() {
+        // proves the second line's product is checked too
+        let mut u = user();
+        u.apply_units_placed(&[(ProductId(9), 1)]);
+        assert!(matches!(
+            u.decide_hold_units(&[line(7, 1, Some(1)), line(9, 1, Some(1))]),
+            Err(Rejection::PurchaseLimitExceeded { product_id, .. }) if product_id == ProductId(9)
+        ));
+    }
+}

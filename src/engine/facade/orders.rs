@@ -1,0 +1,188 @@
+//! [`Engine`]: placing, reading, cancelling, paying and expiring orders.
+
+use super::{blocking, to_the_end, Engine, PageRequest, PlaceOrder};
+use crate::domain::ids::{OrderId, UserId};
+use crate::domain::order::Order;
+use crate::domain::rejection::Rejection;
+use crate::domain::views::Page;
+use crate::engine::actor::Read;
+use crate::engine::coordinator::{Cancel, Coordinator, ExpireDue, OrderBook, Pay};
+use crate::engine::error::{Error, Result};
+use crate::engine::idempotency::IdempotencyKey;
+use crate::engine::keyed_request::KeyedRequest;
+use crate::store::StorageError;
+use actix::Addr;
+
+impl Engine {
+    pub async fn place_order(
+        &self,
+        order: PlaceOrder,
+        key: Option<IdempotencyKey>,
+    ) -> Result<Order> {
+        let fp = KeyedRequest::PlaceOrder(&order).fingerprint();
+        // The placing saga runs on the caller's task: it must not stop half-way.
+        let engine = self.clone();
+        to_the_end(async move {
+            engine
+                .keyed(key, fp, move |engine, tag| async move {
+                    let placement = &engine.inner.placement;
+                    placement
+                        .place(order.user_id, order.source, order.user_coupon_id, tag)
+                        .await
+                })
+                .await
+        })
+        .await
+    }
+
+    pub async fn order(&self, id: OrderId) -> Result<Order> {
+        let found = self
+            .inner
+            .placement
+            .shard(id)
+            .send(Read::new(move |b: &OrderBook| b.orders.get(&id).cloned()))
+            .await?;
+        match found {
+            Some(order) => Ok(order),
+            None => self
+                .archived_order(id)
+                .await?
+                .ok_or_else(|| Rejection::OrderNotFound(id).into()),
+        }
+    }
+
+    /// The coordinator shard that owns order `id`.
+    pub(in crate::engine) fn order_shard(&self, id: OrderId) -> &Addr<Coordinator> {
+        self.inner.placement.shard(id)
+    }
+
+    /// A finished order from the archive.
+    pub(in crate::engine) async fn archived_order(&self, id: OrderId) -> Result<Option<Order>> {
+        let archive = self.archive()?;
+        blocking(move || archive.order(id)).await
+    }
+
+    /// A pay or cancel of an order the shard does not hold: an archived
+    /// order is finished, so it is refused as `finished`, not as not found.
+    async fn unless_archived(&self, result: Result<Order>, finished: Rejection) -> Result<Order> {
+        match result {
+            Err(Error::Rejected(Rejection::OrderNotFound(id))) => {
+                match self.archived_order(id).await? {
+                    Some(_) => Err(finished.into()),
+                    None => Err(Rejection::OrderNotFound(id).into()),
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// A user's orders, newest first; the cursor is the last id of the page.
+    pub async fn user_orders(&self, user_id: UserId, page: PageRequest) -> Result<Page<Order>> {
+        self.user_addr(user_id)?;
+        // Each shard answers its newest `limit + 1` below the cursor, then
+        // the archive its newest `limit + 1` ids: the page is the newest of
+        // all. In this order, an order archived meanwhile is in one or the
+        // other (a shard lets go of one only once the archive holds it).
+        let limit = page.limit;
+        let reads = self.inner.placement.shards.iter().map(|shard| {
+            shard.send(Read::new(move |b: &OrderBook| {
+                let ids = b.by_user.get(&user_id).map(Vec::as_slice).unwrap_or(&[]);
+                let upto = page
+                    .after
+                    .map_or(ids.len(), |a| ids.partition_point(|id| id.0 < a));
+                ids[..upto]
+                    .iter()
+                    .rev()
+                    .take(limit + 1)
+                    .filter_map(|id| b.orders.get(id).cloned())
+                    .collect::<Vec<Order>>()
+            }))
+        });
+        let mut found: Vec<(OrderId, Option<Order>)> = Vec::new();
+        for shard in futures_util::future::join_all(reads).await {
+            found.extend(shard?.into_iter().map(|o| (o.id, Some(o))));
+        }
+        let archive = self.archive()?;
+        let (items, more) = blocking(move || {
+            let before = page.after.map(OrderId);
+            for id in archive.user_orders(user_id, before, limit + 1)? {
+                found.push((id, None));
+            }
+            // Newest first; of an id in both, the one from memory.
+            found.sort_unstable_by_key(|(id, order)| (std::cmp::Reverse(*id), order.is_none()));
+            found.dedup_by_key(|(id, _)| *id);
+            let more = found.len() > limit;
+            found.truncate(limit);
+            let wanted: Vec<OrderId> = found
+                .iter()
+                .filter(|(_, order)| order.is_none())
+                .map(|(id, _)| *id)
+                .collect();
+            let mut archived = archive.orders(&wanted)?.into_iter();
+            let items = found
+                .into_iter()
+                .map(|(id, order)| match order {
+                    Some(o) => Ok(o),
+                    None => archived.next().flatten().ok_or_else(|| {
+                        StorageError::Corrupt(format!("order {id} is not in the archive"))
+                    }),
+                })
+                .collect::<Result<Vec<Order>, StorageError>>()?;
+            Ok((items, more))
+        })
+        .await?;
+        let next = if more {
+            items.last().map(|o| o.id.to_string())
+        } else {
+            None
+        };
+        Ok(Page { items, next })
+    }
+
+    pub async fn cancel_order(&self, id: OrderId, key: Option<IdempotencyKey>) -> Result<Order> {
+        let request = KeyedRequest::CancelOrder(id);
+        self.keyed(key, request.fingerprint(), move |engine, tag| async move {
+            let result = engine
+                .inner
+                .placement
+                .shard(id)
+                .send(Cancel { order_id: id, tag })
+                .await?;
+            engine
+                .unless_archived(result, Rejection::OrderNotCancellable(id))
+                .await
+        })
+        .await
+    }
+
+    pub async fn pay_order(&self, id: OrderId, key: Option<IdempotencyKey>) -> Result<Order> {
+        let request = KeyedRequest::PayOrder(id);
+        self.keyed(key, request.fingerprint(), move |engine, tag| async move {
+            let result = engine
+                .inner
+                .placement
+                .shard(id)
+                .send(Pay { order_id: id, tag })
+                .await?;
+            engine
+                .unless_archived(result, Rejection::OrderNotPayable(id))
+                .await
+        })
+        .await
+    }
+
+    /// Expires every pending order whose time is up now (also runs on a timer).
+    pub async fn expire_due_orders(&self) -> Result<usize> {
+        let sweeps = self
+            .inner
+            .placement
+            .shards
+            .iter()
+            .map(|shard| shard.send(ExpireDue));
+        let mut expired = 0;
+        for swept in futures_util::future::join_all(sweeps).await {
+            expired += swept?;
+        }
+        Ok(expired)
+    }
+}
