@@ -46,6 +46,8 @@ fn order_placed(id: u64) -> Record {
                 created_at: T,
                 expires_at: T.plus_ms(600_000),
                 paid_at: None,
+                refunded_amount: Krw(0),
+                refunds: Vec::new(),
             }),
             from_cart: false,
         },

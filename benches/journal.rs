@@ -190,6 +190,8 @@ fn placed_and_paid(id: OrderId, user: UserId) -> [Record; 2] {
         created_at: T,
         expires_at: T.plus_ms(600_000),
         paid_at: None,
+        refunded_amount: Krw(0),
+        refunds: Vec::new(),
     };
     [
         Record::new(

@@ -8,23 +8,26 @@
 //! 4. most users race to place an order (1–3 lines, the coupon if held);
 //! 5. each placed order is paid, cancelled, or left pending (seeded);
 //! 6. a second wave orders what cancels and failed payments gave back, and pays;
-//! 7. the clock moves past the order TTL and due orders expire;
-//! 8. the ranking is refreshed; paid orders reach the data platform (a JSON-lines file).
+//! 7. an operator refunds some paid orders, whole or one unit, some twice at once;
+//! 8. the clock moves past the order TTL and due orders expire;
+//! 9. the ranking is refreshed; paid orders and refunds reach the data platform (a JSON-lines file).
 //!
 //! Races make the exact winners vary between runs; what must hold does not:
 //! the simulation tallies every acknowledged effect and, after shutting the
 //! engine down and recovering the store from disk, demands the invariants
 //! (`World::violations`) and exact expectations: coupons issued =
 //! min(quantity, users who asked); units sold ≤ stock, nothing left
-//! reserved after expiry; each user's balance = charged − paid; order
-//! statuses as answered; the top 5 as computed from the payments; every paid
-//! order delivered. Any violation exits non-zero.
+//! reserved after expiry; each user's balance = charged − paid + refunded;
+//! units sold = paid − refunded; order statuses as answered; the top 5 as
+//! computed from the payments less the refunds; every paid order and every
+//! refund delivered. Any violation exits non-zero.
 
 use crate::bench::rng::Rng;
 use crate::domain::coupon::Discount;
 use crate::domain::ids::{CouponId, OrderId, ProductId, UserCouponId, UserId};
 use crate::domain::money::Krw;
 use crate::domain::order::{LineRequest, Order, OrderStatus};
+use crate::domain::refund::{RefundLine, RefundRequest};
 use crate::domain::time::Timestamp;
 use crate::domain::world::World;
 use crate::engine::{
@@ -91,7 +94,12 @@ const PAY_PCT: u64 = 65;
 const CANCEL_PCT: u64 = 15;
 const SECOND_WAVE_PCT: u64 = 20;
 const POOR_USER_PCT: u64 = 25;
-const PHASES: u64 = 9;
+/// Share of paid orders refunded; of those, refunded whole (else one unit),
+/// and asked twice at once (the second whole).
+const REFUND_PCT: u64 = 15;
+const REFUND_WHOLE_PCT: u64 = 50;
+const REFUND_TWICE_PCT: u64 = 20;
+const PHASES: u64 = 10;
 /// Every `LIMITED_EVERY`th product allows `LIMIT_PER_USER` units per user.
 const LIMITED_EVERY: usize = 4;
 const LIMIT_PER_USER: u64 = 2;
@@ -107,6 +115,9 @@ pub struct OrderCounts {
     pub failed_insufficient_balance: u64,
     pub cancelled: u64,
     pub expired: u64,
+    /// Refunds answered 200, and refused (a concurrent one took what was left).
+    pub refunds: u64,
+    pub refunds_refused: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -138,6 +149,7 @@ pub struct SimulationReport {
     pub units_sold: u64,
     pub revenue_krw: u64,
     pub discounts_krw: u64,
+    pub refunded_krw: u64,
     pub top5: Vec<RankedProduct>,
     pub outbox_pending: u64,
     pub delivered_events: u64,
@@ -155,6 +167,9 @@ struct Ledger {
     status: BTreeMap<OrderId, OrderStatus>,
     orders: HashMap<OrderId, Order>,
     coupon_of: HashMap<UserId, UserCouponId>,
+    refunded: HashMap<UserId, u64>,
+    /// Event ids of the refunds answered.
+    refund_events: Vec<String>,
     /// The per-user limit of each limited product.
     limits: BTreeMap<ProductId, u64>,
 }
@@ -380,6 +395,10 @@ async fn scenario(
         .collect();
     let placed = place_wave(engine, &second, &products, &mut rng, false, report, ledger).await;
     pay_all(engine, &placed, report, ledger).await;
+    pb.inc(1);
+
+    pb.set_message("an operator refunds some paid orders");
+    refund_some(engine, &mut rng, report, ledger).await?;
     pb.inc(1);
 
     pb.set_message("the clock moves past the order TTL");
@@ -626,6 +645,83 @@ async fn pay_all(
     }
 }
 
+/// Refunds a seeded share of the paid orders, whole or one unit of their
+/// first line; some are asked a second (whole) refund at the same time.
+async fn refund_some(
+    engine: &Engine,
+    rng: &mut Rng,
+    report: &mut SimulationReport,
+    ledger: &mut Ledger,
+) -> Step<()> {
+    let mut asks: Vec<(OrderId, RefundRequest)> = Vec::new();
+    for (id, status) in &ledger.status {
+        if *status != OrderStatus::Paid || !rng.percent(REFUND_PCT) {
+            continue;
+        }
+        let Some(placed) = ledger.orders.get(id) else {
+            continue;
+        };
+        let request = if rng.percent(REFUND_WHOLE_PCT) {
+            RefundRequest::default()
+        } else {
+            RefundRequest {
+                items: Some(vec![RefundLine {
+                    product_id: placed.items[0].product_id,
+                    quantity: 1,
+                }]),
+                reason: Some("one unit damaged".into()),
+            }
+        };
+        asks.push((*id, request));
+        if rng.percent(REFUND_TWICE_PCT) {
+            asks.push((*id, RefundRequest::default()));
+        }
+    }
+    let answers = join_all(
+        asks.iter()
+            .map(|(id, r)| engine.refund_order(*id, r.clone(), None)),
+    )
+    .await;
+    let mut refunded = Vec::new();
+    for ((id, _), answer) in asks.iter().zip(answers) {
+        match answer {
+            Ok(o) => {
+                let Some(refund) = o.refunds.last() else {
+                    report
+                        .violations
+                        .push(format!("refund of {id} answered without one"));
+                    continue;
+                };
+                report.orders.refunds += 1;
+                report.refunded_krw += refund.amount.0;
+                *ledger.refunded.entry(o.user_id).or_default() += refund.amount.0;
+                for l in &refund.items {
+                    if let Some(sold) = ledger.sold.get_mut(&l.product_id) {
+                        *sold = sold.saturating_sub(l.quantity);
+                    }
+                }
+                let number = o.refunds.len() as u32;
+                ledger
+                    .refund_events
+                    .push(crate::domain::platform::order_refunded_id(o.id, number));
+                refunded.push(*id);
+            }
+            Err(e) if matches!(code(&e), "ORDER_NOT_REFUNDABLE" | "REFUND_EXCEEDS_ORDER") => {
+                report.orders.refunds_refused += 1;
+            }
+            Err(e) => report
+                .violations
+                .push(format!("refund of order {id} failed unexpectedly: {e}")),
+        }
+    }
+    for id in refunded {
+        // Answers of refunds racing on one order come in any order: read the last state.
+        let o = engine.order(id).await?;
+        ledger.status.insert(id, o.status);
+    }
+    Ok(())
+}
+
 /// The ranking must be the top 5 of what was paid: most units, ties by lower id.
 pub fn check_ranking(top5: &[RankedProduct], sold: &BTreeMap<ProductId, u64>) -> Vec<String> {
     let mut expected: Vec<(ProductId, u64)> = sold
@@ -683,13 +779,20 @@ async fn await_delivery(
             report.outbox_pending
         ));
     }
-    let paid = ledger
-        .status
-        .iter()
-        .filter(|(_, s)| **s == OrderStatus::Paid);
+    let paid = ledger.status.iter().filter(|(_, s)| {
+        matches!(
+            s,
+            OrderStatus::Paid | OrderStatus::PartiallyRefunded | OrderStatus::Refunded
+        )
+    });
     for (id, _) in paid {
         if !seen.contains(&crate::engine::delivery::event_id(*id)) {
             out.push(format!("paid order {id} never reached the data platform"));
+        }
+    }
+    for id in &ledger.refund_events {
+        if !seen.contains(id) {
+            out.push(format!("refund {id} never reached the data platform"));
         }
     }
     out
@@ -755,10 +858,11 @@ fn check_world(
             .get(&u.id)
             .copied()
             .unwrap_or(0)
-            .checked_sub(ledger.paid.get(&u.id).copied().unwrap_or(0));
+            .checked_sub(ledger.paid.get(&u.id).copied().unwrap_or(0))
+            .and_then(|b| b.checked_add(ledger.refunded.get(&u.id).copied().unwrap_or(0)));
         if Some(u.balance.0) != expected {
             out.push(format!(
-                "user {}: balance {} but charged - paid = {expected:?}",
+                "user {}: balance {} but charged - paid + refunded = {expected:?}",
                 u.id, u.balance.0
             ));
         }
@@ -807,6 +911,11 @@ impl SimulationReport {
             "orders: {} placed ({} out of stock, {} over a per-user limit, {} other refusals); {} paid, {} failed (balance), {} cancelled, {} expired",
             o.placed, o.rejected_out_of_stock, o.rejected_over_limit, o.rejected_other, o.paid,
             o.failed_insufficient_balance, o.cancelled, o.expired
+        );
+        let _ = writeln!(
+            s,
+            "refunds: {} made ({} KRW), {} refused (a concurrent refund took what was left)",
+            o.refunds, self.refunded_krw, o.refunds_refused
         );
         let _ = writeln!(
             s,

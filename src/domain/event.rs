@@ -119,6 +119,16 @@ pub enum Event {
         from_cart: bool,
         counted: Vec<ProductId>,
     },
+    /// A paid order was refunded, whole or in part: `order` as it reads
+    /// after the refund, whose last refund is this one. One record holds
+    /// every effect (the user's credit, the units back in stock and out of
+    /// the sales count, a wholly refunded order's coupon available again),
+    /// so a crash never leaves half a refund. The whole order, not just
+    /// the refund, because a paid order may have left memory for the
+    /// archive: applying the record brings it back.
+    OrderRefunded {
+        order: Box<Order>,
+    },
 }
 
 /// An idempotency key stored in the same record as the effect it guards.

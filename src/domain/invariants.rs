@@ -32,15 +32,15 @@ impl World {
     fn live_order_sums(&self, out: &mut Vec<String>) -> LiveSums {
         let mut live = LiveSums::default();
         for order in self.orders.values() {
-            let tally = match order.status {
-                OrderStatus::Pending => &mut live.reserved,
-                OrderStatus::Paid => &mut live.sold,
-                _ => continue,
-            };
-            for (p, q) in order.quantities() {
-                *tally.entry(p).or_default() += q;
+            if order.status == OrderStatus::Pending {
+                for (p, q) in order.quantities() {
+                    *live.reserved.entry(p).or_default() += q;
+                }
             }
-            if let Some(c) = order.user_coupon_id {
+            for (p, q) in order.units_kept() {
+                *live.sold.entry(p).or_default() += q;
+            }
+            if let (Some(c), true) = (order.user_coupon_id, order.holds_coupon()) {
                 if live.coupons.insert(c, order.id).is_some() {
                     out.push(format!("user coupon {c} used by two live orders"));
                 }
@@ -79,10 +79,11 @@ impl World {
                     u.id, u.balance.0
                 ));
             }
-            if u.balance > limits.balance_krw_max {
+            // Only a refund may take a balance above the limit.
+            if !u.charges_within(limits.balance_krw_max) {
                 out.push(format!(
-                    "user {}: balance {} above the limit",
-                    u.id, u.balance.0
+                    "user {}: a charge took the balance above the limit",
+                    u.id
                 ));
             }
             for c in &u.coupons {

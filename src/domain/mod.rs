@@ -30,6 +30,7 @@ pub mod order;
 pub mod platform;
 pub mod product;
 pub mod purchase_limit;
+pub mod refund;
 pub mod rejection;
 pub mod stats;
 pub mod time;

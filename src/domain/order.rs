@@ -1,4 +1,6 @@
-//! Orders: pricing, and the status machine pending → paid | failed | cancelled | expired.
+//! Orders: pricing, and the status machine pending → paid | failed |
+//! cancelled | expired, then paid → partially_refunded → refunded
+//! ([`crate::domain::refund`]).
 
 #[cfg(test)]
 use crate::domain::coupon::Discount;
@@ -6,22 +8,26 @@ use crate::domain::coupon_terms::Offer;
 use crate::domain::ids::{OrderId, ProductId, UserCouponId, UserId};
 use crate::domain::limits::Limits;
 use crate::domain::money::Krw;
+use crate::domain::refund::Refund;
 use crate::domain::rejection::{Decision, Rejection};
 use crate::domain::time::Timestamp;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, Serializer};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum OrderStatus {
     Pending,
     Paid,
     Failed,
     Cancelled,
     Expired,
+    PartiallyRefunded,
+    Refunded,
 }
 
 impl OrderStatus {
-    /// Whether the order can still change (only a pending one can).
+    /// Whether the order is no longer pending. A paid order may still be
+    /// refunded ([`crate::domain::refund`]); nothing else changes a final one.
     pub fn is_final(self) -> bool {
         self != OrderStatus::Pending
     }
@@ -35,7 +41,12 @@ pub struct OrderLine {
     pub quantity: u64,
 }
 
+// Stored layout (bincode: field order): `refunded_amount` and `refunds`
+// came in format version 3; older frames hold the version 2 layout, which
+// `store::legacy` reads (its `Deserialize` impl picks the layout of the
+// frame being decoded).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(remote = "Self")]
 pub struct Order {
     pub id: OrderId,
     pub user_id: UserId,
@@ -52,6 +63,16 @@ pub struct Order {
     /// Always present; null when none.
     #[schema(required = true)]
     pub paid_at: Option<Timestamp>,
+    /// KRW returned by refunds so far.
+    pub refunded_amount: Krw,
+    /// Refunds so far, oldest first.
+    pub refunds: Vec<Refund>,
+}
+
+impl Serialize for Order {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        Order::serialize(self, s)
+    }
 }
 
 /// A requested line before prices are known.
@@ -226,6 +247,8 @@ pub(crate) fn sample_paid_order(id: u64) -> Order {
         created_at: Timestamp(1_000),
         expires_at: Timestamp(601_000),
         paid_at: Some(Timestamp(2_000)),
+        refunded_amount: Krw(0),
+        refunds: Vec::new(),
     }
 }
 
@@ -253,6 +276,8 @@ pub(crate) fn sample_pending_order(lines: &[(u64, u64)]) -> Order {
         created_at: Timestamp(1),
         expires_at: Timestamp(100),
         paid_at: None,
+        refunded_amount: Krw(0),
+        refunds: Vec::new(),
     }
 }
 
@@ -282,6 +307,8 @@ mod tests {
             created_at: Timestamp(0),
             expires_at: Timestamp(1000),
             paid_at: None,
+            refunded_amount: Krw(0),
+            refunds: Vec::new(),
         }
     }
 

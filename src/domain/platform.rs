@@ -5,12 +5,14 @@
 //! (through the codec, so bincode's field order is its layout: variants and
 //! fields are only ever added at the end), and the JSON of `API.md`
 //! written by [`PlatformEvent::write_json`]:
-//! `{"event_id","type":"order_paid","order","at"}`. A refund is one more
-//! variant here and one more arm in each `match` below.
+//! `{"event_id","type":"order_paid","order","at"}` and
+//! `{"event_id","type":"order_refunded","order_id","amount","items","at"}`.
 
 use crate::domain::event::{Event, Record};
 use crate::domain::ids::OrderId;
+use crate::domain::money::Krw;
 use crate::domain::order::Order;
+use crate::domain::refund::RefundLine;
 use crate::domain::time::Timestamp;
 use serde::{Deserialize, Serialize};
 
@@ -20,13 +22,32 @@ pub enum PlatformEvent {
     /// An order was paid; `order` as the durable world held it then, `at`
     /// the time of the payment.
     OrderPaid { order: Order, at: Timestamp },
+    /// Refund `number` (1, 2, ... of that order) returned `amount` for
+    /// `items`, at `at`.
+    OrderRefunded {
+        order_id: OrderId,
+        number: u32,
+        amount: Krw,
+        items: Vec<RefundLine>,
+        at: Timestamp,
+    },
 }
 
 /// [`PlatformEvent`] borrowing its order: encodes to the same bytes, so the
 /// journal writer hands events over without copying orders.
 #[derive(Serialize)]
 pub enum PlatformEventRef<'a> {
-    OrderPaid { order: &'a Order, at: Timestamp },
+    OrderPaid {
+        order: &'a Order,
+        at: Timestamp,
+    },
+    OrderRefunded {
+        order_id: OrderId,
+        number: u32,
+        amount: Krw,
+        items: &'a [RefundLine],
+        at: Timestamp,
+    },
 }
 
 /// The `type` of an order-paid event.
@@ -35,6 +56,14 @@ pub const ORDER_PAID: &str = "order_paid";
 /// The stable id of the event of order `id`'s payment: a redelivery carries the same.
 pub fn order_paid_id(id: OrderId) -> String {
     format!("order-paid-{id}")
+}
+
+/// The `type` of an order-refunded event.
+pub const ORDER_REFUNDED: &str = "order_refunded";
+
+/// The stable id of the event of refund `number` of order `id`.
+pub fn order_refunded_id(id: OrderId, number: u32) -> String {
+    format!("order-refunded-{id}-{number}")
 }
 
 /// The JSON `API.md` gives the data platform (field order as documented).
@@ -47,11 +76,26 @@ struct Wire<'a> {
     at: Timestamp,
 }
 
+/// The JSON of a refund.
+#[derive(Serialize)]
+struct RefundWire<'a> {
+    event_id: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    order_id: OrderId,
+    amount: Krw,
+    items: &'a [RefundLine],
+    at: Timestamp,
+}
+
 impl PlatformEvent {
     /// Stable across redeliveries and restarts.
     pub fn event_id(&self) -> String {
         match self {
             PlatformEvent::OrderPaid { order, .. } => order_paid_id(order.id),
+            PlatformEvent::OrderRefunded {
+                order_id, number, ..
+            } => order_refunded_id(*order_id, *number),
         }
     }
 
@@ -59,29 +103,50 @@ impl PlatformEvent {
     pub fn kind(&self) -> &'static str {
         match self {
             PlatformEvent::OrderPaid { .. } => ORDER_PAID,
+            PlatformEvent::OrderRefunded { .. } => ORDER_REFUNDED,
         }
     }
 
     /// When what it tells happened.
     pub fn at(&self) -> Timestamp {
         match self {
-            PlatformEvent::OrderPaid { at, .. } => *at,
+            PlatformEvent::OrderPaid { at, .. } | PlatformEvent::OrderRefunded { at, .. } => *at,
         }
     }
 
     /// Appends the event's JSON (one object, no newline) to `out`.
     pub fn write_json(&self, out: &mut Vec<u8>) {
-        let wire = match self {
-            PlatformEvent::OrderPaid { order, at } => Wire {
-                event_id: self.event_id(),
-                kind: ORDER_PAID,
-                order,
-                at: *at,
-            },
-        };
         // Serializing plain data into a Vec cannot fail: no map has
         // non-string keys and the writer never errs.
-        serde_json::to_writer(out, &wire).expect("an event serializes to JSON");
+        let written = match self {
+            PlatformEvent::OrderPaid { order, at } => serde_json::to_writer(
+                out,
+                &Wire {
+                    event_id: self.event_id(),
+                    kind: ORDER_PAID,
+                    order,
+                    at: *at,
+                },
+            ),
+            PlatformEvent::OrderRefunded {
+                order_id,
+                amount,
+                items,
+                at,
+                ..
+            } => serde_json::to_writer(
+                out,
+                &RefundWire {
+                    event_id: self.event_id(),
+                    kind: ORDER_REFUNDED,
+                    order_id: *order_id,
+                    amount: *amount,
+                    items,
+                    at: *at,
+                },
+            ),
+        };
+        written.expect("an event serializes to JSON");
     }
 
     /// The event's JSON as a value (for views that embed it).
@@ -96,7 +161,10 @@ impl<'a> PlatformEventRef<'a> {
     /// The event `record` (applied at `world`'s state) gives the data
     /// platform, if any: `order` is looked up in the orders the world
     /// holds, and a paid order is held until a snapshot archives it.
-    pub fn of(record: &Record, order: impl FnOnce(OrderId) -> Option<&'a Order>) -> Option<Self> {
+    pub fn of(
+        record: &'a Record,
+        order: impl FnOnce(OrderId) -> Option<&'a Order>,
+    ) -> Option<Self> {
         match &record.event {
             Event::OrderPaid { order_id, .. } => {
                 order(*order_id).map(|order| PlatformEventRef::OrderPaid {
@@ -104,7 +172,30 @@ impl<'a> PlatformEventRef<'a> {
                     at: record.at,
                 })
             }
+            Event::OrderRefunded { order } => Self::refunded(order),
             _ => None,
+        }
+    }
+
+    /// The event of an order's last refund (the record holds the order as
+    /// it reads after it: no lookup needed).
+    pub fn refunded(order: &'a Order) -> Option<Self> {
+        let refund = order.refunds.last()?;
+        Some(PlatformEventRef::OrderRefunded {
+            order_id: order.id,
+            number: order.refunds.len() as u32,
+            amount: refund.amount,
+            items: &refund.items,
+            at: refund.at,
+        })
+    }
+
+    /// When what it tells happened.
+    pub fn at(&self) -> Timestamp {
+        match self {
+            PlatformEventRef::OrderPaid { at, .. } | PlatformEventRef::OrderRefunded { at, .. } => {
+                *at
+            }
         }
     }
 
@@ -112,6 +203,19 @@ impl<'a> PlatformEventRef<'a> {
         match self {
             PlatformEventRef::OrderPaid { order, at } => PlatformEvent::OrderPaid {
                 order: (*order).clone(),
+                at: *at,
+            },
+            PlatformEventRef::OrderRefunded {
+                order_id,
+                number,
+                amount,
+                items,
+                at,
+            } => PlatformEvent::OrderRefunded {
+                order_id: *order_id,
+                number: *number,
+                amount: *amount,
+                items: items.to_vec(),
                 at: *at,
             },
         }
@@ -142,5 +246,44 @@ mod tests {
         assert_eq!(v["order"]["status"], "paid");
         assert_eq!(v["at"], "1970-01-01T00:00:02Z");
         assert_eq!(v.as_object().unwrap().len(), 4);
+    }
+
+    #[test]
+    fn an_order_refunded_event_is_the_json_of_the_contract_with_an_id_per_refund() {
+        // proves the fields of API.md and that each refund of an order has an id of its own
+        use crate::domain::refund::RefundRequest;
+        let mut o = order();
+        for at in [3_000, 4_000] {
+            let req = RefundRequest {
+                items: Some(vec![RefundLine {
+                    product_id: o.items[0].product_id,
+                    quantity: 1,
+                }]),
+                reason: None,
+            };
+            let refund = o.decide_refund(&req, Timestamp(at)).unwrap();
+            o.apply_refund(refund);
+        }
+        let record = Record::new(
+            Timestamp(4_000),
+            Event::OrderRefunded {
+                order: Box::new(o.clone()),
+            },
+        );
+        let event = PlatformEventRef::of(&record, |_| None).unwrap().to_owned();
+        let mut out = Vec::new();
+        event.write_json(&mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with(
+            r#"{"event_id":"order-refunded-7-2","type":"order_refunded","order_id":7,"amount":1000,"items":[{"product_id":2,"quantity":1}],"at":"1970-01-01T00:00:04Z"}"#
+        ));
+        assert_eq!(event.kind(), ORDER_REFUNDED);
+        // the borrowed form encodes to the owned form's bytes
+        let owned = crate::store::codec::encode(crate::store::codec::Kind::PlatformEvent, &event);
+        let borrowed = crate::store::codec::encode(
+            crate::store::codec::Kind::PlatformEvent,
+            &PlatformEventRef::refunded(&o).unwrap(),
+        );
+        assert_eq!(owned.unwrap(), borrowed.unwrap());
     }
 }

@@ -36,6 +36,9 @@ pub enum ProductEvent {
     /// `OrderPaid`: the order keeps this many for good; they count toward
     /// the ranking on the day of the record.
     Sold(u64),
+    /// `OrderRefunded`: units of an order paid at `paid_at` come back to
+    /// stock and leave the sales count of that day.
+    Refunded { quantity: u64, paid_at: Timestamp },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,6 +128,18 @@ impl RecentSales {
             None => {
                 self.0.push((day, units));
                 self.0.sort_unstable();
+            }
+        }
+    }
+
+    /// Takes back `units` counted as paid at `paid_at` (a refund); a day
+    /// no longer held has nothing to take back.
+    pub fn unrecord(&mut self, paid_at: Timestamp, units: u64) {
+        let day = paid_at.day();
+        if let Some(i) = self.0.iter().position(|(d, _)| *d == day) {
+            self.0[i].1 = self.0[i].1.saturating_sub(units);
+            if self.0[i].1 == 0 {
+                self.0.remove(i);
             }
         }
     }
@@ -284,6 +299,16 @@ impl Product {
                 self.reserved -= quantity;
                 self.sold += quantity;
                 self.recent_sales.record(at, quantity);
+            }
+            ProductEvent::Refunded { quantity, paid_at } => {
+                assert!(
+                    quantity <= self.sold,
+                    "product {}: refunded beyond sold",
+                    self.id
+                );
+                self.sold -= quantity;
+                self.stock += quantity;
+                self.recent_sales.unrecord(paid_at, quantity);
             }
         }
         assert!(

@@ -50,6 +50,10 @@ pub enum Rejection {
         held: u64,
         requested: u64,
     },
+    #[error("order {0} is not paid (or is refunded whole) and cannot be refunded")]
+    OrderNotRefundable(OrderId),
+    #[error("the refund exceeds order {order_id}: {why}")]
+    RefundExceedsOrder { order_id: OrderId, why: String },
 }
 
 impl Rejection {
@@ -73,6 +77,8 @@ impl Rejection {
             Rejection::OrderNotPayable(_) => "ORDER_NOT_PAYABLE",
             Rejection::CouponNotStarted(_) => "COUPON_NOT_STARTED",
             Rejection::PurchaseLimitExceeded { .. } => "PURCHASE_LIMIT_EXCEEDED",
+            Rejection::OrderNotRefundable(_) => "ORDER_NOT_REFUNDABLE",
+            Rejection::RefundExceedsOrder { .. } => "REFUND_EXCEEDS_ORDER",
         }
     }
 }

@@ -73,6 +73,19 @@ impl SalesWindow {
             .or_insert_with(|| (name.to_owned(), price));
     }
 
+    /// Takes back units counted as paid at `paid_at` (a refund); a day no
+    /// longer held has nothing to take back.
+    pub fn unrecord(&mut self, paid_at: Timestamp, product_id: ProductId, quantity: u64) {
+        if let Some(day) = self.days.get_mut(&paid_at.day()) {
+            if let Some(units) = day.get_mut(&product_id) {
+                *units = units.saturating_sub(quantity);
+                if *units == 0 {
+                    day.remove(&product_id);
+                }
+            }
+        }
+    }
+
     /// Drops the days that left the window at `now`.
     pub fn prune(&mut self, now: Timestamp) {
         let first = Self::first_day(now);

@@ -142,6 +142,9 @@ pub enum UserEvent {
     /// An order ended unpaid (or units were refunded): the units of these
     /// lines are freed.
     UnitsReleased(Vec<(ProductId, u64)>),
+    /// `OrderRefunded`: the wallet is credited, even above the balance
+    /// limit (money back is never refused).
+    Refunded { order_id: OrderId, amount: Krw },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -275,6 +278,7 @@ impl User {
             UserEvent::CartLineRemoved(product_id) => self.apply_cart_line_removed(product_id),
             UserEvent::UnitsHeld(lines) => self.apply_units_placed(&lines),
             UserEvent::UnitsReleased(lines) => self.release_units(lines),
+            UserEvent::Refunded { order_id, amount } => self.apply_refunded(order_id, amount, at),
         }
     }
 
@@ -303,7 +307,9 @@ impl User {
     /// charge counts toward the limit, a payment lowers what can be spent.
     pub fn hold(&mut self, event: &UserEvent) {
         match *event {
-            UserEvent::Charged { amount } => self.hold_credit(amount),
+            UserEvent::Charged { amount } | UserEvent::Refunded { amount, .. } => {
+                self.hold_credit(amount)
+            }
             UserEvent::Paid { amount, .. } => self.hold_debit(amount),
             _ => {}
         }
@@ -312,7 +318,9 @@ impl User {
     /// Drops what [`hold`](User::hold) marked for `event`.
     pub fn drop_hold(&mut self, event: &UserEvent) {
         match *event {
-            UserEvent::Charged { amount } => self.drop_credit(amount),
+            UserEvent::Charged { amount } | UserEvent::Refunded { amount, .. } => {
+                self.drop_credit(amount)
+            }
             UserEvent::Paid { amount, .. } => self.drop_debit(amount),
             _ => {}
         }
@@ -408,6 +416,26 @@ impl User {
             .checked_sub(amount)
             .expect("payment was decided within the balance");
         self.push_entry(EntryKind::Payment, amount, Some(order_id), at);
+    }
+
+    /// Applies a refund to the wallet: it may take the balance above
+    /// its limit (money back is never refused). The caller checked that
+    /// the sum fits.
+    fn apply_refunded(&mut self, order_id: OrderId, amount: Krw, at: Timestamp) {
+        self.balance = self
+            .balance
+            .checked_add(amount)
+            .expect("a refund was checked to fit the balance");
+        self.push_entry(EntryKind::Refund, amount, Some(order_id), at);
+    }
+
+    /// Whether every charge in memory left the balance within `max`
+    /// (only a refund may take it above).
+    pub fn charges_within(&self, max: Krw) -> bool {
+        self.history
+            .iter()
+            .filter(|e| e.kind == EntryKind::Charge)
+            .all(|e| e.balance_after <= max)
     }
 
     // ---- coupons ----

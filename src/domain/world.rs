@@ -15,10 +15,11 @@ use crate::domain::key_hash::key_hash;
 use crate::domain::money::Krw;
 use crate::domain::order::{Order, OrderEvent, OrderStatus};
 use crate::domain::product::{Product, ProductEvent};
+use crate::domain::refund::RefundRequest;
 use crate::domain::time::Timestamp;
 use crate::domain::user::{CartLine, User, UserEvent};
 use crate::domain::views::Reply;
-use crate::store::cut::{Cut, Dirty, NewKey};
+use crate::store::cut::{Cut, Dirty, NewKey, RefundedSince};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -81,17 +82,36 @@ pub struct TallyCounts {
 }
 
 impl ArchiveTally {
-    /// Counts a finished order in.
+    /// Counts a finished order in: the units it still counts as sold
+    /// (a paid order's, less any refunded), and its coupon if it still
+    /// holds it.
     pub fn add(&mut self, order: &Order) {
         self.orders += 1;
         self.counts_dirty = true;
-        if order.status == OrderStatus::Paid {
-            for (p, q) in order.quantities() {
-                self.add_sold(p, q);
+        for (p, q) in order.units_kept() {
+            self.add_sold(p, q);
+        }
+        if order.holds_coupon() {
+            self.coupons_used += 1;
+        }
+    }
+
+    /// Counts an archived order out (it is back in memory, refunded).
+    /// Saturating: while a written snapshot is let go of a step at a
+    /// time, the tally may not count it yet ([`World::archived_step`]
+    /// takes it out again once it does).
+    pub fn remove(&mut self, order: &Order) {
+        self.orders = self.orders.saturating_sub(1);
+        self.counts_dirty = true;
+        for (p, q) in order.units_kept() {
+            let i = p.index();
+            if let Some(sold) = self.sold.get_mut(i) {
+                *sold = sold.saturating_sub(q);
+                self.sold_dirty.insert(i as u64 / SOLD_CHUNK_PRODUCTS);
             }
-            if order.user_coupon_id.is_some() {
-                self.coupons_used += 1;
-            }
+        }
+        if order.holds_coupon() {
+            self.coupons_used = self.coupons_used.saturating_sub(1);
         }
     }
 
@@ -173,6 +193,9 @@ pub struct World {
     pub archived: ArchiveTally,
     /// Orders that snapshots hold as pending: archiving one deletes that.
     pub orders_in_snapshots: IdSet<OrderId>,
+    /// Refunds applied since the current cut began (bounded by the
+    /// records between two snapshots).
+    pub refunded_since_cut: Vec<RefundedSince>,
 }
 
 fn unfit(seq: u64, reason: String) -> ApplyError {
@@ -385,6 +408,7 @@ impl World {
             Event::OrderExpired { order_id } => {
                 self.apply_returned(seq, *order_id, OrderEvent::Expired, at)?
             }
+            Event::OrderRefunded { order } => self.apply_refunded(seq, at, order)?,
             Event::RequestRefused => {}
             // Legacy: deliveries were journaled before the outbox had a
             // store of its own (`store::outbox`); nothing to apply now.
@@ -588,6 +612,95 @@ impl World {
             user.apply(UserEvent::CouponRestored(coupon), at);
         }
         self.orders.insert(order.id, order);
+        Ok(())
+    }
+
+    /// A paid order refunded: `refunded` as it reads after the refund. The
+    /// refund is checked against the order as it was (in memory, or as
+    /// the archive holds it: `refunded` less its last refund) by deciding
+    /// it again; then the user is credited, the units return to stock and
+    /// leave the sales count (and any purchase limit's count), and a wholly
+    /// refunded order's coupon is available again.
+    fn apply_refunded(
+        &mut self,
+        seq: u64,
+        at: Timestamp,
+        refunded: &Order,
+    ) -> Result<(), ApplyError> {
+        let id = refunded.id;
+        let Some(refund) = refunded.refunds.last() else {
+            return Err(unfit(seq, format!("order {id} refunded without a refund")));
+        };
+        let count = refunded.refunds.len() - 1;
+        let before = refunded.after_refunds(count);
+        let in_memory = match self.orders.get(&id) {
+            Some(o) if *o != before => {
+                return Err(unfit(seq, format!("order {id} is not as its refund says")))
+            }
+            Some(_) => true,
+            None => false,
+        };
+        let request = RefundRequest {
+            items: Some(refund.items.clone()),
+            reason: refund.reason.clone(),
+        };
+        let fits = before.decide_refund(&request, at).as_ref() == Ok(refund) && {
+            let mut after = before.clone();
+            after.apply_refund(refund.clone());
+            after == *refunded
+        };
+        if !fits {
+            return Err(unfit(seq, format!("refund of order {id} does not fit it")));
+        }
+        let paid_at = before.paid_at.unwrap_or_default();
+        for line in &refund.items {
+            if self.product_mut(seq, line.product_id)?.sold < line.quantity {
+                return Err(unfit(
+                    seq,
+                    format!("product {} sold less than refunded", line.product_id),
+                ));
+            }
+        }
+        let user = self.user_mut(seq, refunded.user_id)?;
+        if user.balance.checked_add(refund.amount).is_none() {
+            return Err(unfit(
+                seq,
+                format!("user {} balance would overflow", user.id),
+            ));
+        }
+        user.apply(
+            UserEvent::Refunded {
+                order_id: id,
+                amount: refund.amount,
+            },
+            at,
+        );
+        if let (Some(coupon), false) = (refunded.user_coupon_id, refunded.holds_coupon()) {
+            user.apply(UserEvent::CouponRestored(coupon), at);
+        }
+        // The refunded units no longer count toward a purchase limit.
+        let lines = refund.items.iter().map(|l| (l.product_id, l.quantity));
+        user.apply(UserEvent::UnitsReleased(lines.collect()), at);
+        for line in &refund.items {
+            self.product_mut(seq, line.product_id)?.apply(
+                ProductEvent::Refunded {
+                    quantity: line.quantity,
+                    paid_at,
+                },
+                at,
+            );
+        }
+        if in_memory {
+            *self.order_mut(seq, id)? = refunded.clone();
+            self.refunded_since_cut
+                .push(RefundedSince::InMemory(id, count));
+        } else {
+            self.archived.remove(&before);
+            self.refunded_since_cut
+                .push(RefundedSince::Archived(Box::new(before)));
+            self.dirty.orders.insert(id);
+            self.orders.insert(id, refunded.clone());
+        }
         Ok(())
     }
 }

@@ -42,6 +42,7 @@ use crate::engine::commit::CommitQueue;
 use crate::engine::error::{Error, Result};
 use crate::engine::idempotency::Tag;
 use crate::engine::product_actor::{ProductRef, Reserve, Reserved, StockNews};
+use crate::engine::refund::RefundsWaiting;
 use crate::engine::registry::Registry;
 use crate::engine::stats_actor::{Sold, StatsActor};
 use crate::engine::user_actor::{Debit, HoldForOrder, OrderNews, UserActor};
@@ -73,6 +74,10 @@ pub struct OrderBook {
     /// Finished orders, oldest first, each with the archive mark taken
     /// when it finished: it leaves `orders` once that is written.
     settled: VecDeque<(u64, OrderId)>,
+    /// The last mark of each order refunded since it was settled (it
+    /// changed again: an earlier mark no longer lets it go). Bounded by
+    /// the orders refunded in a snapshot interval.
+    remarked: IdMap<OrderId, u64>,
 }
 
 impl OrderBook {
@@ -93,6 +98,15 @@ impl OrderBook {
         self.settled.push_back((watch.mark(), id));
     }
 
+    /// A finished order changed again (a refund, or brought back from the
+    /// archive to be refunded): it goes to the archive, as it is now, with
+    /// the next snapshot, and only then leaves memory.
+    pub(super) fn resettled(&mut self, id: OrderId, watch: &ArchiveWatch) {
+        let mark = watch.mark();
+        self.settled.push_back((mark, id));
+        self.remarked.insert(id, mark);
+    }
+
     /// Lets go of finished orders the archive holds now.
     fn let_go(&mut self, watch: &ArchiveWatch) {
         while let Some(&(mark, id)) = self.settled.front() {
@@ -100,6 +114,13 @@ impl OrderBook {
                 break;
             }
             self.settled.pop_front();
+            match self.remarked.get(&id) {
+                Some(&last) if last > mark => continue,
+                Some(_) => {
+                    self.remarked.remove(&id);
+                }
+                None => {}
+            }
             let (user, status) = match self.orders.get(&id) {
                 Some(o) if o.status.is_final() => (o.user_id, o.status),
                 _ => continue,
@@ -119,7 +140,7 @@ impl OrderBook {
         }
     }
 
-    fn insert(&mut self, order: Order) {
+    pub(super) fn insert(&mut self, order: Order) {
         if order.status == OrderStatus::Pending {
             self.due.insert((order.expires_at, order.id));
         }
@@ -134,21 +155,24 @@ impl OrderBook {
     }
 
     /// An order held here changed status from `from` to `to`.
-    fn restatus(&mut self, id: OrderId, from: OrderStatus, to: OrderStatus) {
+    pub(super) fn restatus(&mut self, id: OrderId, from: OrderStatus, to: OrderStatus) {
         self.by_status.remove(&(status_bit(from), id));
         self.by_status.insert((status_bit(to), id));
     }
 }
 
 pub struct Coordinator {
-    book: OrderBook,
-    busy: IdSet<OrderId>,
-    registry: Arc<Registry>,
-    journal: JournalHandle,
-    clock: Arc<dyn Clock>,
+    pub(super) book: OrderBook,
+    /// Orders being paid, returned or refunded.
+    pub(super) busy: IdSet<OrderId>,
+    pub(super) registry: Arc<Registry>,
+    pub(super) journal: JournalHandle,
+    pub(super) clock: Arc<dyn Clock>,
     sweep_interval_ms: u64,
-    stats: Addr<StatsActor>,
+    pub(super) stats: Addr<StatsActor>,
     queue: CommitQueue<CoordOp>,
+    /// Refunds waiting for the one under way on their order.
+    pub(super) refunds_waiting: RefundsWaiting,
 }
 
 pub enum CoordOp {
@@ -181,10 +205,11 @@ impl Coordinator {
             sweep_interval_ms: s.sweep_interval_ms,
             stats: s.stats,
             queue: CommitQueue::default(),
+            refunds_waiting: RefundsWaiting::default(),
         }
     }
 
-    fn products_of(&self, order: &Order) -> Vec<(ProductRef, u64)> {
+    pub(super) fn products_of(&self, order: &Order) -> Vec<(ProductRef, u64)> {
         order
             .quantities()
             .filter_map(|(p, q)| self.registry.products.get(p.0).map(|a| (a, q)))
@@ -581,6 +606,8 @@ impl Placement {
             created_at: at,
             expires_at: at.plus_ms(self.order_ttl_ms),
             paid_at: None,
+            refunded_amount: crate::domain::money::Krw::ZERO,
+            refunds: Vec::new(),
         };
         let event = if held.counted.is_empty() {
             Event::OrderPlaced {

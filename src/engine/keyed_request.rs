@@ -13,6 +13,7 @@ use crate::domain::coupon_terms::CouponTerms;
 use crate::domain::ids::{CouponId, OrderId, ProductId, UserId};
 use crate::domain::money::Krw;
 use crate::domain::product::ProductPatch;
+use crate::domain::refund::RefundRequest;
 use crate::domain::time::Timestamp;
 use crate::engine::coordinator::OrderSource;
 use crate::engine::facade::PlaceOrder;
@@ -61,6 +62,10 @@ pub enum KeyedRequest<'a> {
     PlaceOrder(&'a PlaceOrder),
     CancelOrder(OrderId),
     PayOrder(OrderId),
+    RefundOrder {
+        order: OrderId,
+        request: &'a RefundRequest,
+    },
 }
 
 impl KeyedRequest<'_> {
@@ -127,6 +132,19 @@ impl KeyedRequest<'_> {
             }
             KeyedRequest::CancelOrder(id) => write!(w, "cancel_order|{id}"),
             KeyedRequest::PayOrder(id) => write!(w, "pay_order|{id}"),
+            KeyedRequest::RefundOrder { order, request } => {
+                write!(w, "refund_order|{order}|")?;
+                match &request.items {
+                    None => w.write_str("all")?,
+                    Some(items) => {
+                        for (i, l) in items.iter().enumerate() {
+                            let sep = if i > 0 { "," } else { "" };
+                            write!(w, "{sep}{}x{}", l.product_id, l.quantity)?;
+                        }
+                    }
+                }
+                write!(w, "|{:?}", request.reason)
+            }
         }
     }
 }
@@ -330,5 +348,40 @@ mod tests {
         let c = KeyedRequest::PayOrder(OrderId(1)).fingerprint();
         let d = KeyedRequest::CancelOrder(OrderId(1)).fingerprint();
         assert!(a != b && c != d);
+    }
+
+    #[test]
+    fn a_refund_reads_as_its_order_items_and_reason() {
+        // given a whole and a partial refund, then each has its own text, and another reason another fingerprint
+        use crate::domain::refund::{RefundLine, RefundRequest};
+        let whole = RefundRequest::default();
+        let part = RefundRequest {
+            items: Some(vec![
+                RefundLine {
+                    product_id: ProductId(2),
+                    quantity: 1,
+                },
+                RefundLine {
+                    product_id: ProductId(5),
+                    quantity: 3,
+                },
+            ]),
+            reason: Some("broken \"lid\"".into()),
+        };
+        let refund = |request| KeyedRequest::RefundOrder {
+            order: OrderId(9),
+            request,
+        };
+        assert_eq!(text(refund(&whole)), "refund_order|9|all|None");
+        assert_eq!(
+            text(refund(&part)),
+            "refund_order|9|2x1,5x3|Some(\"broken \\\"lid\\\"\")"
+        );
+        let other = RefundRequest {
+            reason: Some("late".into()),
+            ..part.clone()
+        };
+        assert_ne!(refund(&part).fingerprint(), refund(&other).fingerprint());
+        assert_ne!(refund(&whole).fingerprint(), refund(&part).fingerprint());
     }
 }

@@ -14,6 +14,7 @@ pub mod idempotency;
 pub mod keyed_request;
 pub mod product_actor;
 pub mod readiness;
+pub mod refund;
 pub mod registry;
 pub mod stats_actor;
 pub mod user_actor;

@@ -64,6 +64,24 @@ impl Handler<Sold> for StatsActor {
     }
 }
 
+/// Units of an order paid at `paid_at` refunded: they leave the count.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Unsold {
+    pub paid_at: Timestamp,
+    pub lines: Vec<(ProductId, u64)>,
+}
+
+impl Handler<Unsold> for StatsActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Unsold, _: &mut Context<Self>) {
+        for (id, quantity) in msg.lines {
+            self.sales.unrecord(msg.paid_at, id, quantity);
+        }
+    }
+}
+
 /// The ranking as of the last refresh.
 #[derive(Message)]
 #[rtype(result = "TopProducts")]

@@ -79,6 +79,12 @@ enum UserReply {
     Balance(BalanceView, oneshot::Sender<Result<BalanceView>>),
     Paid(oneshot::Sender<Result<()>>),
     Cart(CartView, oneshot::Sender<Result<CartView>>),
+    /// A refund's credit; once durable, `also` (its coupon back, its units
+    /// freed) is applied after it.
+    Refunded {
+        also: Vec<UserEvent>,
+        reply: oneshot::Sender<Result<()>>,
+    },
 }
 
 #[derive(Clone)]
@@ -288,6 +294,14 @@ impl Journaled for UserActor {
             UserReply::Balance(view, reply) => drop(reply.send(ok.map(|()| view))),
             UserReply::Paid(reply) => drop(reply.send(ok)),
             UserReply::Cart(view, reply) => drop(reply.send(ok.map(|()| view))),
+            UserReply::Refunded { also, reply } => {
+                if ok.is_ok() {
+                    for event in also {
+                        self.user.apply(event, op.at);
+                    }
+                }
+                drop(reply.send(ok))
+            }
         }
     }
 }
@@ -389,6 +403,60 @@ impl Handler<Debit> for UserActor {
             Ok(()) => response,
             Err(e) => ready(Err(e)),
         }
+    }
+}
+
+/// Credits a refund decided by the order's coordinator: journals its
+/// record (`OrderRefunded`, which holds every effect of the refund) among
+/// this user's own records, so the balance history reads in journal
+/// order, and answers once it is durable. A refund may take the balance
+/// above its limit.
+#[derive(Message)]
+#[rtype(result = "Result<()>")]
+pub struct CreditRefund {
+    pub record: Record,
+    pub order_id: OrderId,
+    pub amount: Krw,
+    pub coupon: Option<UserCouponId>,
+    /// The refunded lines: their units no longer count toward a purchase limit.
+    pub lines: Vec<(ProductId, u64)>,
+}
+
+impl Handler<CreditRefund> for UserActor {
+    type Result = ResponseFuture<Result<()>>;
+
+    fn handle(&mut self, msg: CreditRefund, ctx: &mut Context<Self>) -> Self::Result {
+        let fits = self
+            .user
+            .balance
+            .checked_add(self.user.credits_pending)
+            .and_then(|b| b.checked_add(msg.amount));
+        if fits.is_none() {
+            return ready(Err(crate::domain::rejection::Rejection::InvalidRequest(
+                "the refund does not fit the balance".into(),
+            )
+            .into()));
+        }
+        let event = UserEvent::Refunded {
+            order_id: msg.order_id,
+            amount: msg.amount,
+        };
+        let mut also: Vec<UserEvent> = msg
+            .coupon
+            .map(UserEvent::CouponRestored)
+            .into_iter()
+            .collect();
+        also.push(UserEvent::UnitsReleased(msg.lines));
+        let (reply, response) = reply_channel();
+        let op = UserOp {
+            event,
+            at: msg.record.at,
+            reply: UserReply::Refunded { also, reply },
+        };
+        if let Err(e) = self.submit_held(ctx, msg.record, op) {
+            return ready(Err(e));
+        }
+        response
     }
 }
 

@@ -1,7 +1,8 @@
 //! The archive: what no longer changes, kept in the store rather than in memory.
 //!
-//! A finished order (paid, failed, cancelled, expired) never changes again,
-//! and a user's balance history only grows at its end. So a snapshot moves
+//! A finished order (paid, failed, cancelled, expired) changes again only
+//! if it is refunded, and then is archived again (the last written is
+//! read); a user's balance history only grows at its end. So a snapshot moves
 //! finished orders and whole chunks of history ([`HISTORY_CHUNK`] entries)
 //! to the archive, in the same commit as the rest of the snapshot, and once
 //! it is written the durable world and the actors let go of them: memory
@@ -23,8 +24,10 @@ use crate::domain::order::Order;
 use crate::domain::user::BalanceEntry;
 use crate::domain::world::StoredKey;
 use crate::store::codec::{self, Kind};
+use crate::store::legacy;
 use crate::store::StorageError;
 use std::collections::hash_map::{Entry, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Consecutive order ids archived together.
@@ -83,10 +86,11 @@ impl ArchiveReader {
                     Entry::Occupied(e) => e.into_mut(),
                     Entry::Vacant(e) => {
                         let frames = self.0.order_block(*e.key())?;
-                        e.insert(codec::decode_all(Kind::Order, &frames).map_err(corrupt)?)
+                        e.insert(legacy::orders(&frames).map_err(corrupt)?)
                     }
                 };
-                Ok(orders.iter().find(|o| o.id == *id).cloned())
+                // The last written: a refunded order is archived again.
+                Ok(orders.iter().rfind(|o| o.id == *id).cloned())
             })
             .collect()
     }
@@ -150,10 +154,13 @@ impl ArchiveReader {
     /// Every archived order once, in no set order.
     pub fn each_order(&self, mut f: impl FnMut(Order)) -> Result<(), StorageError> {
         self.0.each_order_block(&mut |frames| {
-            let mut orders: Vec<Order> = codec::decode_all(Kind::Order, frames).map_err(corrupt)?;
-            orders.sort_unstable_by_key(|o| o.id);
-            orders.dedup_by_key(|o| o.id);
-            orders.into_iter().for_each(&mut f);
+            // Of an order archived twice (refunded after it was archived,
+            // or a snapshot redone), the last written.
+            let mut latest: BTreeMap<OrderId, Order> = BTreeMap::new();
+            for o in legacy::orders(frames).map_err(corrupt)? {
+                latest.insert(o.id, o);
+            }
+            latest.into_values().for_each(&mut f);
             Ok(())
         })
     }

@@ -73,8 +73,10 @@ impl Kind {
         match self {
             // Version 3: products carry their per-user limit, campaigns and
             // held coupons their terms, users the units they hold of
-            // limited products.
-            Kind::User | Kind::Product | Kind::Campaign => 3,
+            // limited products; orders hold their refunds (values holding an
+            // order, such as records, keys and platform events, read an older
+            // frame's order in its layout: see `legacy`).
+            Kind::User | Kind::Product | Kind::Campaign | Kind::Order => 3,
             // Version 2: products carry their recent sales; campaigns are a
             // header plus issued chunks; the meta lost the sales window;
             // the tally is counts plus sold chunks.
@@ -255,7 +257,7 @@ pub fn decode_frame<T: DeserializeOwned>(
             version: frame.version,
         });
     }
-    decode_payload(frame.payload)
+    crate::store::legacy::decoding(frame.version, || decode_payload(frame.payload))
 }
 
 /// The payload as `T`, whatever layout its frame declares (the legacy module's).

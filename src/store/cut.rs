@@ -28,6 +28,19 @@ pub struct Archiving {
     pub history: Vec<(UserId, u64)>,
     /// The tally once these orders are in.
     pub tally: ArchiveTally,
+    /// Of `orders`, those refunded since the cut began: they stay in
+    /// memory, to be archived again as they are now.
+    pub kept: Vec<OrderId>,
+}
+
+/// A refund applied since the current cut began, as the archive's tally
+/// must learn it when the snapshot's tally replaces the world's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RefundedSince {
+    /// Of an order in memory: `.1` refunds it held before.
+    InMemory(OrderId, usize),
+    /// Of an archived order, brought back into memory: as it was archived.
+    Archived(Box<Order>),
 }
 
 /// Which entities changed since the last snapshot.
@@ -137,6 +150,7 @@ impl World {
     /// is now; returns the marks it takes (to give back if writing fails).
     pub fn begin_cut(&mut self) -> Dirty {
         let marks = std::mem::take(&mut self.dirty);
+        self.refunded_since_cut.clear();
         let mut cut = Cut::default();
         cut.archiving.tally = self.archived.clone();
         for id in &marks.products {
@@ -192,9 +206,18 @@ impl World {
     /// then the world counts some archived orders nowhere (gone from
     /// memory, not in the tally yet), so nothing may read or cut it before
     /// the last step.
+    ///
+    /// An order refunded since the cut began stays (it changed: the next
+    /// snapshot archives it again), and the tally learns every refund
+    /// since the cut began: those orders count as they are now, not as
+    /// the snapshot archived them.
     pub fn archived_step(&mut self, done: &mut Archiving, budget: usize) -> bool {
         for _ in 0..budget {
             if let Some(id) = done.orders.pop() {
+                if self.dirty.orders.contains(&id) {
+                    done.kept.push(id);
+                    continue;
+                }
                 self.orders.remove(&id);
                 self.orders_in_snapshots.remove(&id);
             } else if let Some((id, base)) = done.history.pop() {
@@ -202,7 +225,22 @@ impl World {
                     u.archive_history_before(base);
                 }
             } else {
-                self.archived = std::mem::take(&mut done.tally);
+                let mut tally = std::mem::take(&mut done.tally);
+                let mut seen = IdSet::default();
+                for since in &self.refunded_since_cut {
+                    match since {
+                        RefundedSince::Archived(before) => tally.remove(before),
+                        RefundedSince::InMemory(id, count) => {
+                            // The snapshot archived it as it was before its first refund since.
+                            if seen.insert(*id) && done.kept.contains(id) {
+                                if let Some(o) = self.orders.get(id) {
+                                    tally.remove(&o.after_refunds(*count));
+                                }
+                            }
+                        }
+                    }
+                }
+                self.archived = tally;
                 return true;
             }
         }
@@ -268,6 +306,7 @@ mod tests {
             orders: (1..=5).map(OrderId).collect(),
             history: vec![(UserId(1), 0)],
             tally: tally.clone(),
+            kept: Vec::new(),
         };
         let mut at_once = w.clone();
         at_once.archived(done.clone());

@@ -15,6 +15,13 @@
 //! user, product or campaign of version 1 or 2 is decoded here with the
 //! new fields empty (users' layout did not change from 1 to 2).
 //!
+//! Version 3 also added the refunds to an order (`refunded_amount`,
+//! `refunds`). An order is also part of other values (a placed order's
+//! record, an idempotent answer, a paid order's platform event), so the
+//! order's `Deserialize` reads the layout of the frame being decoded:
+//! [`decoding`] notes a frame's version while its payload is decoded,
+//! and an order of a frame before version 3 is read as [`OrderV2`].
+//!
 //! Each layout below is the serde shape the older type had, field for
 //! field: bincode has no field names, so these must never change.
 //!
@@ -25,16 +32,94 @@ use crate::domain::coupon::{Campaign, CampaignHeader, Discount};
 use crate::domain::coupon_terms::CouponTerms;
 use crate::domain::ids::{CouponId, IdMap, IdSet, OrderId, ProductId, UserCouponId, UserId};
 use crate::domain::money::Krw;
+use crate::domain::order::{Order, OrderLine, OrderStatus};
 use crate::domain::product::{Product, RecentSales};
 use crate::domain::purchase_limit::HeldUnits;
 use crate::domain::time::Timestamp;
 use crate::domain::user::{BalanceEntry, CartLine, CouponUse, User, UserCoupon};
 use crate::domain::world::{ArchiveTally, Meta};
 use crate::store::codec::{self, CodecError, Frame, Kind};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 
 pub(crate) mod store_layouts;
+
+thread_local! {
+    /// The format version of the frame whose payload this thread decodes.
+    static DECODING: Cell<u8> = const { Cell::new(codec::FORMAT_VERSION) };
+}
+
+/// Runs `decode` (a frame's payload) with `version` noted as the layout
+/// it is in; outside any frame (JSON, say) the current layout is read.
+pub fn decoding<T>(version: u8, decode: impl FnOnce() -> T) -> T {
+    let before = DECODING.with(|v| v.replace(version));
+    let out = decode();
+    DECODING.with(|v| v.set(before));
+    out
+}
+
+/// An order before it held refunds (format versions 1 and 2).
+#[derive(Deserialize)]
+struct OrderV2 {
+    id: OrderId,
+    user_id: UserId,
+    status: OrderStatus,
+    items: Vec<OrderLine>,
+    total_amount: Krw,
+    discount_amount: Krw,
+    pay_amount: Krw,
+    user_coupon_id: Option<UserCouponId>,
+    created_at: Timestamp,
+    expires_at: Timestamp,
+    paid_at: Option<Timestamp>,
+}
+
+impl<'de> Deserialize<'de> for Order {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Order, D::Error> {
+        if DECODING.with(Cell::get) >= 3 {
+            return Order::deserialize(d);
+        }
+        let o = OrderV2::deserialize(d)?;
+        Ok(Order {
+            id: o.id,
+            user_id: o.user_id,
+            status: o.status,
+            items: o.items,
+            total_amount: o.total_amount,
+            discount_amount: o.discount_amount,
+            pay_amount: o.pay_amount,
+            user_coupon_id: o.user_coupon_id,
+            created_at: o.created_at,
+            expires_at: o.expires_at,
+            paid_at: o.paid_at,
+            refunded_amount: Krw::ZERO,
+            refunds: Vec::new(),
+        })
+    }
+}
+
+/// An order frame of any version.
+pub fn order(frame: Frame<'_>) -> Result<Order, CodecError> {
+    if frame.kind != Kind::Order {
+        return Err(CodecError::WrongKind {
+            expected: Kind::Order,
+            found: frame.kind,
+        });
+    }
+    decoding(frame.version, || codec::decode_payload(frame.payload))
+}
+
+/// A run of order frames of any versions (an archive block).
+pub fn orders(mut bytes: &[u8]) -> Result<Vec<Order>, CodecError> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let (frame, rest) = codec::split_frame(bytes)?;
+        out.push(order(frame)?);
+        bytes = rest;
+    }
+    Ok(out)
+}
 
 /// A product before it carried its recent sales.
 #[derive(Deserialize)]

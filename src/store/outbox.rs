@@ -490,6 +490,19 @@ fn archived_event(
 pub fn borrow(event: &PlatformEvent) -> PlatformEventRef<'_> {
     match event {
         PlatformEvent::OrderPaid { order, at } => PlatformEventRef::OrderPaid { order, at: *at },
+        PlatformEvent::OrderRefunded {
+            order_id,
+            number,
+            amount,
+            items,
+            at,
+        } => PlatformEventRef::OrderRefunded {
+            order_id: *order_id,
+            number: *number,
+            amount: *amount,
+            items,
+            at: *at,
+        },
     }
 }
 

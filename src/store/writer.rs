@@ -746,8 +746,7 @@ impl Worker {
         let mut encoded = Ok(());
         for (i, record) in records.iter().enumerate() {
             if let Some(event) = PlatformEventRef::of(record, |id| orders.get(&id)) {
-                let PlatformEventRef::OrderPaid { at, .. } = event;
-                self.outbox.gathering(at);
+                self.outbox.gathering(event.at());
                 encoded = blocks.push(first_seq + i as u64, &event);
                 if encoded.is_err() {
                     break;

@@ -221,6 +221,8 @@ fn world_with_a_paid_order() -> World {
         created_at: at,
         expires_at: at.plus_ms(600_000),
         paid_at: None,
+        refunded_amount: Krw(0),
+        refunds: Vec::new(),
     };
     let events = [
         Event::UserRegistered {

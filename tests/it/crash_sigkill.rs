@@ -531,8 +531,9 @@ fn check_sink(w: &World, store: &SledStore, snapshot_seq: u64, dir: &Path) {
         assert!(delivered.insert(OrderId(id)), "order {id} delivered twice");
     }
     let mut pending = HashSet::new();
-    let stored = outbox.pending.iter().map(|e| match e {
-        PlatformEvent::OrderPaid { order, .. } => order.id,
+    let stored = outbox.pending.iter().filter_map(|e| match e {
+        PlatformEvent::OrderPaid { order, .. } => Some(order.id),
+        PlatformEvent::OrderRefunded { .. } => None,
     });
     for id in stored.chain(outbox.rederivable.iter().copied()) {
         assert!(pending.insert(id), "order {id} pending twice");

@@ -81,6 +81,8 @@ fn order() -> impl Strategy<Value = Order> {
                 created_at: c,
                 expires_at: e,
                 paid_at: paid,
+                refunded_amount: Krw(0),
+                refunds: Vec::new(),
             },
         )
 }

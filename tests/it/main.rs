@@ -44,5 +44,6 @@ mod ops_files;
 mod outbox_delivery;
 mod outbox_http;
 mod platform_nats;
+mod refunds;
 mod simulate_flash_sale;
 mod stored_values;

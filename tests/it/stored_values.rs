@@ -64,6 +64,8 @@ fn order(id: u64, user: u64, product: u64, coupon: Option<u64>, at: Timestamp) -
         created_at: at,
         expires_at: at.plus_ms(600_000),
         paid_at: None,
+        refunded_amount: Krw(0),
+        refunds: Vec::new(),
     }
 }
 

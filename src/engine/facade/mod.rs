@@ -248,7 +248,12 @@ impl Engine {
     /// Runs `op` under an idempotency key: the first answer is stored with
     /// its record (a refusal in a record of its own); a retry with the same
     /// request gets it back; another request with the same key is refused.
-    async fn keyed<T, F, Fut>(&self, key: Option<IdempotencyKey>, fp: u64, op: F) -> Result<T>
+    pub(in crate::engine) async fn keyed<T, F, Fut>(
+        &self,
+        key: Option<IdempotencyKey>,
+        fp: u64,
+        op: F,
+    ) -> Result<T>
     where
         T: Replied + Send + 'static,
         F: FnOnce(Engine, Option<Tag>) -> Fut + Send + 'static,

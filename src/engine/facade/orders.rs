@@ -6,11 +6,12 @@ use crate::domain::order::Order;
 use crate::domain::rejection::Rejection;
 use crate::domain::views::Page;
 use crate::engine::actor::Read;
-use crate::engine::coordinator::{Cancel, ExpireDue, OrderBook, Pay};
+use crate::engine::coordinator::{Cancel, Coordinator, ExpireDue, OrderBook, Pay};
 use crate::engine::error::{Error, Result};
 use crate::engine::idempotency::IdempotencyKey;
 use crate::engine::keyed_request::KeyedRequest;
 use crate::store::StorageError;
+use actix::Addr;
 
 impl Engine {
     pub async fn place_order(
@@ -50,8 +51,13 @@ impl Engine {
         }
     }
 
+    /// The coordinator shard that owns order `id`.
+    pub(in crate::engine) fn order_shard(&self, id: OrderId) -> &Addr<Coordinator> {
+        self.inner.placement.shard(id)
+    }
+
     /// A finished order from the archive.
-    async fn archived_order(&self, id: OrderId) -> Result<Option<Order>> {
+    pub(in crate::engine) async fn archived_order(&self, id: OrderId) -> Result<Option<Order>> {
         let archive = self.archive()?;
         blocking(move || archive.order(id)).await
     }

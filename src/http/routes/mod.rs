@@ -8,6 +8,7 @@ pub mod ops;
 pub mod orders;
 pub mod overview;
 pub mod products;
+pub mod refunds;
 pub mod users;
 
 use crate::http::server::AppState;
@@ -136,6 +137,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .merge(coupons::router())
         .merge(cart::router())
         .merge(orders::router())
+        .merge(refunds::router())
         .merge(data_platform::router())
         .merge(ops::router())
         .merge(overview::router())

@@ -602,6 +602,8 @@ fn the_index_by_user_is_built_for_a_store_archived_without_it() {
         created_at: Timestamp(1),
         expires_at: Timestamp(2),
         paid_at: Some(Timestamp(1)),
+        refunded_amount: Krw(0),
+        refunds: Vec::new(),
     };
     let placed = [(1, 5), (2, 6), (3, 5), (700, 5), (701, 6)];
     {
