@@ -30,9 +30,6 @@ pub enum OrderFilter {
     All,
     /// Orders of one status.
     Status(OrderStatus),
-    /// A status of the API no order has yet (`partially_refunded`,
-    /// `refunded` before refunds exist): an empty list.
-    Unreached,
 }
 
 /// The statuses `?status=` takes: those of API.md.
@@ -56,9 +53,6 @@ impl OrderFilter {
         if let Ok(status) = serde_json::from_value::<OrderStatus>(name.into()) {
             return Ok(OrderFilter::Status(status));
         }
-        if ORDER_STATUSES.contains(&name) {
-            return Ok(OrderFilter::Unreached);
-        }
         Err(Error::invalid(format!(
             "status must be one of {}",
             ORDER_STATUSES.join(", ")
@@ -70,7 +64,6 @@ impl OrderFilter {
         match self {
             OrderFilter::All => u16::MAX,
             OrderFilter::Status(s) => status_bit(s),
-            OrderFilter::Unreached => 0,
         }
     }
 }
@@ -159,7 +152,6 @@ fn held_after(book: &OrderBook, filter: OrderFilter, after: u64, want: usize) ->
                 .map(|(_, id)| *id)
                 .collect()
         }
-        OrderFilter::Unreached => Vec::new(),
     };
     ids.iter()
         .filter_map(|id| book.orders.get(id).cloned())
