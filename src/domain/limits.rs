@@ -55,6 +55,18 @@ impl Limits {
     };
 }
 
+/// Limits of the contract that no engine configures: fixed by its shape.
+impl Limits {
+    /// Refunds one order may hold; the last must take everything left.
+    pub const REFUNDS_PER_ORDER_MAX: usize = 20;
+    /// Characters of a refund's reason.
+    pub const REFUND_REASON_CHARS_MAX: usize = 200;
+    /// How long an idempotency key is kept at least.
+    pub const IDEMPOTENCY_TTL_MS: u64 = 24 * 60 * 60 * 1000;
+    /// Clock skew allowed on a customer token's `exp` and `nbf`, in seconds.
+    pub const TOKEN_LEEWAY_SECS: u64 = 30;
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits::API

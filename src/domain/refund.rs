@@ -7,7 +7,7 @@
 //! left of `pay_amount`, so an order refunded whole returns exactly what
 //! it paid, and the refunds of an order never add up to more.
 //!
-//! An order holds at most [`REFUNDS_PER_ORDER_MAX`] refunds (its stored
+//! An order holds at most [`Limits::REFUNDS_PER_ORDER_MAX`] refunds (its stored
 //! value stays bounded): the last of them must take everything left.
 
 use crate::domain::ids::{OrderId, ProductId};
@@ -18,10 +18,8 @@ use crate::domain::rejection::{Decision, Rejection};
 use crate::domain::time::Timestamp;
 use serde::{Deserialize, Serialize};
 
-/// Refunds one order may hold; the last must take everything left.
-pub const REFUNDS_PER_ORDER_MAX: usize = 20;
-/// Characters of a refund's reason.
-pub const REASON_CHARS_MAX: usize = 200;
+const REFUNDS_PER_ORDER_MAX: usize = Limits::REFUNDS_PER_ORDER_MAX;
+const REASON_CHARS_MAX: usize = Limits::REFUND_REASON_CHARS_MAX;
 
 /// Units of one product refunded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -51,7 +49,7 @@ pub struct RefundRequest {
 
 /// Shape rules of a refund request (400 `INVALID_REQUEST`, naming the
 /// field): 1..=`order_lines_max` lines, each product once, quantities
-/// 1..=`line_quantity_max`, a reason of at most [`REASON_CHARS_MAX`] characters.
+/// 1..=`line_quantity_max`, a reason of at most [`Limits::REFUND_REASON_CHARS_MAX`] characters.
 pub fn validate_request(req: &RefundRequest, limits: &Limits) -> Decision<()> {
     if let Some(reason) = &req.reason {
         if reason.chars().count() > REASON_CHARS_MAX {

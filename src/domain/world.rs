@@ -23,9 +23,6 @@ use crate::store::cut::{Cut, Dirty, NewKey, RefundedSince};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
-/// How long an idempotency key is kept at least.
-pub const IDEMPOTENCY_TTL_MS: u64 = 24 * 60 * 60 * 1000;
-
 /// A stored idempotency key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredKey {

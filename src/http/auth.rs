@@ -5,7 +5,7 @@
 //! `--auth-jwks FILE`, RS256 or ES256 signed by a key of that JWKS file
 //! (picked by the token's `kid`, or every key of the token's algorithm).
 //! A token needs a valid signature and `exp`; `exp` and `nbf` are checked
-//! with [`LEEWAY_SECS`] of clock skew. `"role":"admin"` makes the caller
+//! with [`Limits::TOKEN_LEEWAY_SECS`](crate::domain::limits::Limits::TOKEN_LEEWAY_SECS) of clock skew. `"role":"admin"` makes the caller
 //! an admin; otherwise the caller is the user named by `sub`. The static
 //! admin token (`--admin-token`) is accepted wherever a token is.
 //!
@@ -40,9 +40,6 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
-
-/// Clock skew allowed on `exp` and `nbf`, in seconds.
-pub const LEEWAY_SECS: u64 = 30;
 
 /// Who a request acts as, once its token is checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -193,7 +190,7 @@ impl Verifier {
         let mut last = format!("no key for a token signed with {:?}", header.alg);
         for key in candidates {
             let mut validation = Validation::new(key.algorithm);
-            validation.leeway = LEEWAY_SECS;
+            validation.leeway = crate::domain::limits::Limits::TOKEN_LEEWAY_SECS;
             validation.validate_nbf = true;
             validation.validate_aud = false;
             match jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {

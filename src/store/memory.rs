@@ -1,7 +1,7 @@
 //! The same bytes as on disk, kept in memory. Clones share the data, so a
 //! test can stop an engine and start another on what the first one wrote.
 
-use crate::domain::world::IDEMPOTENCY_TTL_MS;
+use crate::domain::limits::Limits;
 use crate::store::outbox::{BlockKey, OutboxState, OutboxStore, Requeue, Settlement, Space};
 use crate::store::{
     Archive, Loaded, SnapshotEntries, SnapshotKey, StorageError, Store, ORDER_BLOCK,
@@ -168,7 +168,7 @@ impl Store for MemoryStore {
             }
         }
         if newest_key_ms > 0 {
-            let horizon = newest_key_ms.saturating_sub(IDEMPOTENCY_TTL_MS);
+            let horizon = newest_key_ms.saturating_sub(Limits::IDEMPOTENCY_TTL_MS);
             inner.keys.retain(|_, (at, _)| *at >= horizon);
         }
         inner.snapshot_seq = seq;

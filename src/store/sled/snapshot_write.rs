@@ -5,7 +5,7 @@ use super::layout::{Layout, UNFINISHED};
 use super::packs::{pack_prefix, PackWriter};
 use super::snapshot_keys::encode_key_into;
 use super::{io, remove_chunked, SledStore};
-use crate::domain::world::IDEMPOTENCY_TTL_MS;
+use crate::domain::limits::Limits;
 use crate::store::keys::KeyToPut;
 use crate::store::{SnapshotEntries, SnapshotKey, StorageError, ORDER_BLOCK};
 use std::collections::BTreeMap;
@@ -163,8 +163,10 @@ impl SledStore {
         // the journal records that hold them are trimmed after it.
         let newest_key_ms = sorted.keys.iter().map(|k| k.at_ms).max();
         if let Some(newest) = newest_key_ms {
-            self.keys
-                .put(&sorted.keys, newest.saturating_sub(IDEMPOTENCY_TTL_MS))?;
+            self.keys.put(
+                &sorted.keys,
+                newest.saturating_sub(Limits::IDEMPOTENCY_TTL_MS),
+            )?;
         }
         sorted.by_user.sort_unstable();
         let mut ids = Vec::new();
