@@ -116,21 +116,65 @@ impl Engine {
         }
         let archive = self.archive()?;
         watch.statuses.scan(&archive).await?;
-        let engine = self.clone();
-        let archived = blocking(move || {
-            let (_, _, watch) = engine.parts();
-            archived_orders_after(&archive, &watch.statuses, bits, after, want)
-        })
-        .await?;
+        found.extend(self.archived_after(archive, bits, after, want).await?);
         // By id; of an id in both, the one from memory (pushed first, kept
         // first by the stable sort).
-        found.extend(archived);
         found.sort_by_key(|o| o.id);
         found.dedup_by_key(|o| o.id);
         let more = found.len() > page.limit;
         found.truncate(page.limit);
         let next = next_of(more, found.last().map(|o| o.id.0));
         Ok(Page { items: found, next })
+    }
+}
+
+impl Engine {
+    /// At least `want` archived orders above `after` with a status of
+    /// `bits` (fewer once the archive has no more), leaving out those a
+    /// shard's book holds again: a refund brings an archived order back,
+    /// and its archived copy keeps the status it had until the next
+    /// snapshot archives it again. The book's copy is the one listed.
+    async fn archived_after(
+        &self,
+        archive: crate::store::ArchiveReader,
+        bits: u16,
+        mut after: u64,
+        want: usize,
+    ) -> Result<Vec<Order>> {
+        let (_, placement, _) = self.parts();
+        let mut kept = Vec::new();
+        loop {
+            let engine = self.clone();
+            let reader = archive.clone();
+            let read = blocking(move || {
+                let (_, _, watch) = engine.parts();
+                archived_orders_after(&reader, &watch.statuses, bits, after, want)
+            })
+            .await?;
+            let exhausted = read.len() < want;
+            let Some(last) = read.last().map(|o| o.id.0) else {
+                return Ok(kept);
+            };
+            let ids: std::sync::Arc<[OrderId]> = read.iter().map(|o| o.id).collect();
+            let asks = placement.shards.iter().map(|shard| {
+                let ids = ids.clone();
+                shard.send(Read::new(move |b: &OrderBook| {
+                    ids.iter()
+                        .filter(|id| b.orders.contains_key(id))
+                        .copied()
+                        .collect::<Vec<_>>()
+                }))
+            });
+            let mut held = std::collections::HashSet::new();
+            for shard in futures_util::future::join_all(asks).await {
+                held.extend(shard?);
+            }
+            kept.extend(read.into_iter().filter(|o| !held.contains(&o.id)));
+            if exhausted || kept.len() >= want {
+                return Ok(kept);
+            }
+            after = last;
+        }
     }
 }
 

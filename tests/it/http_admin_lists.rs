@@ -1,7 +1,7 @@
 //! The admin lists: GET /api/v1/coupons and GET /api/v1/orders?status=,
 //! paged by id, through the real server: every item exactly once across
-//! pages, the status filter exact for orders in memory, archived, and
-//! after a restart, bad parameters answered 400 naming the field, and 401
+//! pages, the status filter exact for orders in memory, archived, refunded
+//! after they were archived, and after a restart, bad parameters answered 400 naming the field, and 401
 //! without the admin token.
 
 use crate::common_http;
@@ -57,7 +57,7 @@ async fn orders_of_every_status(s: &TestServer, clock: &ManualClock) -> BTreeMap
     let poor = s.user("poor", 0).await;
     let mug = s.product("mug", 1_000, 10_000).await;
     let place = |user: u64| {
-        let body = json!({"user_id": user, "items": [{"product_id": mug, "quantity": 1}]});
+        let body = json!({"user_id": user, "items": [{"product_id": mug, "quantity": 2}]});
         async move {
             let (st, o) = s.post("/api/v1/orders", body).await;
             assert_eq!(st, StatusCode::CREATED, "{o}");
@@ -136,7 +136,7 @@ async fn orders_list_by_status_exactly_in_memory_archived_and_after_a_restart() 
         HttpSettings::new(TOKEN),
     )
     .await;
-    let want = orders_of_every_status(&s, &clock).await;
+    let mut want = orders_of_every_status(&s, &clock).await;
     assert_lists(&s, &want).await;
 
     // when a snapshot archives the finished ones
@@ -144,6 +144,35 @@ async fn orders_list_by_status_exactly_in_memory_archived_and_after_a_restart() 
     let held = s.engine.orders_in_memory().await.unwrap();
     let pending = want.values().filter(|st| *st == "pending").count();
     assert_eq!(held, pending, "only the pending orders stay in memory");
+    assert_lists(&s, &want).await;
+
+    // when archived paid orders are refunded, by a line's unit and whole,
+    // they are listed by their new status (their archived copies are stale)
+    let paid: Vec<u64> = want
+        .iter()
+        .filter(|(_, st)| *st == "paid")
+        .map(|(id, _)| *id)
+        .take(2)
+        .collect();
+    let (_, order) = admin_get(&s, &format!("/api/v1/orders/{}", paid[0])).await;
+    let one_unit =
+        json!({"items": [{"product_id": order["items"][0]["product_id"], "quantity": 1}]});
+    for (id, body, status) in [
+        (paid[0], one_unit, "partially_refunded"),
+        (paid[1], json!({}), "refunded"),
+    ] {
+        let (st, o) = s
+            .admin_post(&format!("/api/v1/orders/{id}/refund"), body)
+            .await;
+        assert_eq!(
+            (st, o["status"].as_str()),
+            (StatusCode::OK, Some(status)),
+            "{o}"
+        );
+        want.insert(id, status.to_owned());
+    }
+    assert_lists(&s, &want).await;
+    s.engine.snapshot().await.unwrap();
     assert_lists(&s, &want).await;
 
     // and after a restart, the archive's statuses are read again
