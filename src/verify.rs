@@ -232,7 +232,7 @@ enum Failure {
 /// The outbox's counters, and what a start would add to them.
 pub struct OutboxSummary {
     pub state: OutboxState,
-    /// Paid orders in the journal above the watermark and the snapshot.
+    /// Payments and refunds in the journal above the watermark and the snapshot.
     pub rederivable: u64,
 }
 
@@ -240,7 +240,7 @@ impl OutboxSummary {
     pub fn read(store: &dyn Store, report: &RecoveryReport) -> Result<OutboxSummary, StorageError> {
         let state = store.outbox().state()?;
         let rederivable = if report.last_seq > state.watermark.max(report.snapshot_seq) {
-            outbox::rederivable(store, report.snapshot_seq)?.len() as u64
+            outbox::rederivable_events(store, report.snapshot_seq)?
         } else {
             0
         };

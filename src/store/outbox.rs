@@ -519,6 +519,22 @@ pub struct Inspection {
     pub dead_letters: Vec<(u64, DeadLetter)>,
 }
 
+/// How many events a start would derive again: one per payment and per
+/// refund in the journal above the watermark and `snapshot_seq`.
+pub fn rederivable_events(store: &dyn Store, snapshot_seq: u64) -> Result<u64, StorageError> {
+    let state = store.outbox().state()?;
+    Ok(journal_tail(store, state.watermark.max(snapshot_seq))?
+        .iter()
+        .filter(|(_, r)| {
+            matches!(
+                r.event,
+                crate::domain::event::Event::OrderPaid { .. }
+                    | crate::domain::event::Event::OrderRefunded { .. }
+            )
+        })
+        .count() as u64)
+}
+
 /// The orders whose payment a start would derive an event of again:
 /// those in the journal above the watermark and `snapshot_seq`.
 pub fn rederivable(store: &dyn Store, snapshot_seq: u64) -> Result<Vec<OrderId>, StorageError> {

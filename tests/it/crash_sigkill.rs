@@ -5,23 +5,35 @@
 //! there and that conservation is exact. Several rounds on one dir: each
 //! worker continues from what the previous one left.
 //!
+//! The workload refunds paid orders (whole and by line, in several steps,
+//! some on one order from two tasks at once) and orders products limited
+//! per user, whose limits one task changes as it runs: after each kill no
+//! refund is lost or doubled, money adds up with refunds, every refund's
+//! event is delivered or pending exactly once, and no user holds more of a
+//! limited product than its limit allowed ([`crate::crash_limits`]).
+//!
 //! Reproduce a run with `CRASH_SEED=<seed printed on failure>`.
 
+use crate::crash_limits::{position, LimitTracker};
 use crate::durability_support;
 
+use commerce_engine::domain::event::{Event, Record};
 use commerce_engine::domain::ids::{CouponId, OrderId, ProductId, UserCouponId, UserId};
 use commerce_engine::domain::money::Krw;
-use commerce_engine::domain::order::OrderStatus;
-use commerce_engine::domain::platform::PlatformEvent;
+use commerce_engine::domain::order::{Order, OrderStatus};
+use commerce_engine::domain::platform::{order_paid_id, order_refunded_id, PlatformEvent};
+use commerce_engine::domain::product::ProductPatch;
+use commerce_engine::domain::refund::{RefundLine, RefundRequest};
 use commerce_engine::domain::rejection::Rejection;
 use commerce_engine::domain::user::EntryKind;
 use commerce_engine::domain::world::World;
 use commerce_engine::engine::{
     DataPlatform, Engine, Error, NewCoupon, PageRequest, PlaceOrder, SystemClock,
 };
+use commerce_engine::store::codec::{decode_all, Kind};
 use commerce_engine::store::outbox::inspect;
 use commerce_engine::store::recovery::recover_store;
-use commerce_engine::store::SledStore;
+use commerce_engine::store::{SledStore, Store};
 use durability_support::{items, key};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read};
@@ -32,7 +44,12 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const USERS: u64 = 4;
+/// Products 1..=PRODUCTS have no limit; the next LIMITED are limited per
+/// user: the first from its creation, the second from a PATCH mid-run.
 const PRODUCTS: u64 = 3;
+const LIMITED: u64 = 2;
+/// The first limited product's limit at creation.
+const FIRST_LIMIT: u64 = 2;
 const INITIAL_STOCK: u64 = 100_000;
 const ROUNDS: u32 = 6;
 const WORKER_TASKS: u64 = 24;
@@ -76,12 +93,36 @@ fn ack(line: String) {
 }
 
 /// State shared by the worker's tasks: orders that may still be pending,
-/// coupons that may still be available.
+/// orders that may still be refunded (with their lines), coupons that may
+/// still be available.
 #[derive(Default)]
 struct Shared {
     pending: Vec<OrderId>,
+    paid: Vec<(OrderId, Vec<(u64, u64)>)>,
     coupons: Vec<(UserId, UserCouponId)>,
     campaigns: u64,
+}
+
+type SharedRef = Arc<Mutex<Shared>>;
+
+fn lock(shared: &SharedRef) -> std::sync::MutexGuard<'_, Shared> {
+    shared.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn lines_of(o: &Order) -> Vec<(u64, u64)> {
+    o.items
+        .iter()
+        .map(|l| (l.product_id.0, l.quantity))
+        .collect()
+}
+
+fn joined(lines: impl IntoIterator<Item = (u64, u64)>) -> String {
+    let parts: Vec<String> = lines.into_iter().map(|(p, q)| format!("{p}:{q}")).collect();
+    parts.join(",")
+}
+
+fn max_field(max: Option<u64>) -> String {
+    max.map_or("-".into(), |m| m.to_string())
 }
 
 async fn setup(engine: &Engine, round: u32) {
@@ -100,6 +141,16 @@ async fn setup(engine: &Engine, round: u32) {
             .unwrap();
         ack(format!("product id={}", p.id));
     }
+    // The first limited product has its limit from the start; the second
+    // sells without one until a PATCH sets it (its earlier units count too).
+    for i in 1..=LIMITED {
+        let max = (i == 1).then_some(FIRST_LIMIT);
+        let p = engine
+            .create_limited_product(&format!("limited {i}"), Krw(700), INITIAL_STOCK, max, None)
+            .await
+            .unwrap();
+        ack(format!("product id={} max={}", p.id, max_field(max)));
+    }
     let c = engine
         .create_coupon(
             NewCoupon {
@@ -116,14 +167,93 @@ async fn setup(engine: &Engine, round: u32) {
     ack(format!("coupon id={} quantity=3", c.id));
 }
 
-async fn worker_task(engine: Engine, round: u32, task: u64, seed: u64, shared: Arc<Mutex<Shared>>) {
+fn ack_placed(k: &str, o: &Order) {
+    let coupon = o.user_coupon_id.map_or("-".into(), |c| c.to_string());
+    ack(format!(
+        "place key={k} order={} user={} lines={} coupon={coupon}",
+        o.id,
+        o.user_id,
+        joined(lines_of(o))
+    ));
+}
+
+/// Places an order of a limited product, saying so before it asks.
+async fn place_limited(
+    engine: Engine,
+    user: UserId,
+    product: u64,
+    quantity: u64,
+    k: String,
+    shared: SharedRef,
+) {
+    println!("TRY place key={k}");
+    let order = PlaceOrder {
+        user_id: user,
+        source: items(&[(product, quantity)]),
+        user_coupon_id: None,
+    };
+    if let Ok(o) = engine.place_order(order, key(&k)).await {
+        ack_placed(&k, &o);
+        lock(&shared).pending.push(o.id);
+    }
+}
+
+/// Some units of a paid order: everything left (no items) a third of the
+/// time, else one or two of its lines, each in part or whole (asking more
+/// than is left is refused, and changes nothing).
+fn refund_request(rng: &mut Rng, lines: &[(u64, u64)]) -> RefundRequest {
+    if rng.range(0, 2) == 0 {
+        return RefundRequest::default();
+    }
+    let first = rng.range(0, lines.len() as u64 - 1) as usize;
+    let take = if lines.len() > 1 && rng.range(0, 2) == 0 {
+        2
+    } else {
+        1
+    };
+    let items = (0..take)
+        .map(|i| {
+            let (p, q) = lines[(first + i) % lines.len()];
+            RefundLine {
+                product_id: ProductId(p),
+                quantity: rng.range(1, q),
+            }
+        })
+        .collect();
+    RefundRequest {
+        items: Some(items),
+        reason: (rng.range(0, 1) == 0).then(|| "damaged".to_owned()),
+    }
+}
+
+async fn refund(engine: Engine, id: OrderId, request: RefundRequest, k: String, shared: SharedRef) {
+    let done = match engine.refund_order(id, request, key(&k)).await {
+        Ok(o) => {
+            let r = o.refunds.last().expect("a refunded order holds its refund");
+            ack(format!(
+                "refund key={k} order={id} n={} amount={} items={}",
+                o.refunds.len(),
+                r.amount.0,
+                joined(r.items.iter().map(|l| (l.product_id.0, l.quantity)))
+            ));
+            o.status == OrderStatus::Refunded
+        }
+        Err(Error::Rejected(Rejection::OrderNotRefundable(_))) => true,
+        Err(_) => false,
+    };
+    if done {
+        lock(&shared).paid.retain(|(o, _)| *o != id);
+    }
+}
+
+async fn worker_task(engine: Engine, round: u32, task: u64, seed: u64, shared: SharedRef) {
     let mut rng = Rng::new(seed ^ (task << 32) ^ u64::from(round));
-    let lock = || shared.lock().unwrap_or_else(|e| e.into_inner());
+    let lock = || lock(&shared);
     for n in 0.. {
         let k = format!("r{round}-t{task}-n{n}");
         let user = UserId(rng.range(1, USERS));
         match rng.range(0, 99) {
-            0..=29 => {
+            0..=24 => {
                 let amount = rng.range(1, 50_000);
                 if let Ok(b) = engine.charge(user, Krw(amount), key(&k)).await {
                     ack(format!(
@@ -132,7 +262,7 @@ async fn worker_task(engine: Engine, round: u32, task: u64, seed: u64, shared: A
                     ));
                 }
             }
-            30..=54 => {
+            25..=44 => {
                 let mut lines = vec![(rng.range(1, PRODUCTS), rng.range(1, 3))];
                 let other = rng.range(1, PRODUCTS);
                 if other != lines[0].0 && rng.range(0, 1) == 0 {
@@ -153,38 +283,52 @@ async fn worker_task(engine: Engine, round: u32, task: u64, seed: u64, shared: A
                     user_coupon_id: coupon,
                 };
                 if let Ok(o) = engine.place_order(order, key(&k)).await {
-                    let lines: Vec<String> = o
-                        .items
-                        .iter()
-                        .map(|l| format!("{}:{}", l.product_id, l.quantity))
-                        .collect();
-                    let coupon = o.user_coupon_id.map_or("-".into(), |c| c.to_string());
-                    ack(format!(
-                        "place key={k} order={} user={} lines={} coupon={coupon}",
-                        o.id,
-                        o.user_id,
-                        lines.join(",")
-                    ));
+                    ack_placed(&k, &o);
                     lock().pending.push(o.id);
                 }
             }
-            55..=74 => {
+            45..=51 => {
+                // One to three orders of one user and limited product at
+                // once, racing each other (and the other tasks) for the limit.
+                let product = rng.range(PRODUCTS + 1, PRODUCTS + LIMITED);
+                let burst = rng.range(1, 3);
+                let runs: Vec<_> = (0..burst)
+                    .map(|b| {
+                        let quantity = rng.range(1, 2);
+                        tokio::spawn(place_limited(
+                            engine.clone(),
+                            user,
+                            product,
+                            quantity,
+                            format!("{k}-{b}"),
+                            shared.clone(),
+                        ))
+                    })
+                    .collect();
+                for run in runs {
+                    let _ = run.await;
+                }
+            }
+            52..=66 => {
                 let Some(id) = take_pending(&mut rng, &mut lock()) else {
                     tokio::task::yield_now().await;
                     continue;
                 };
                 match engine.pay_order(id, key(&k)).await {
-                    Ok(o) => ack(format!(
-                        "pay key={k} order={} amount={}",
-                        o.id, o.pay_amount.0
-                    )),
+                    Ok(o) => {
+                        ack(format!(
+                            "pay key={k} order={} amount={}",
+                            o.id, o.pay_amount.0
+                        ));
+                        lock().paid.push((o.id, lines_of(&o)));
+                    }
                     Err(Error::Rejected(Rejection::InsufficientBalance { .. })) => {
                         ack(format!("payfail key={k} order={id}"))
                     }
                     Err(_) => {}
                 }
             }
-            75..=84 => {
+            67..=72 => {
                 let Some(id) = take_pending(&mut rng, &mut lock()) else {
                     tokio::task::yield_now().await;
                     continue;
@@ -193,7 +337,31 @@ async fn worker_task(engine: Engine, round: u32, task: u64, seed: u64, shared: A
                     ack(format!("cancel key={k} order={}", o.id));
                 }
             }
-            85..=94 => {
+            73..=84 => {
+                // One refund, or (a quarter of the time) two of the same
+                // order at once from two tasks.
+                let Some((id, lines)) = pick_paid(&mut rng, &lock()) else {
+                    tokio::task::yield_now().await;
+                    continue;
+                };
+                let racing = rng.range(0, 3) == 0;
+                let runs: Vec<_> = (0..if racing { 2 } else { 1 })
+                    .map(|r| {
+                        let request = refund_request(&mut rng, &lines);
+                        tokio::spawn(refund(
+                            engine.clone(),
+                            id,
+                            request,
+                            format!("{k}-{r}"),
+                            shared.clone(),
+                        ))
+                    })
+                    .collect();
+                for run in runs {
+                    let _ = run.await;
+                }
+            }
+            85..=92 => {
                 let campaigns = lock().campaigns.max(1);
                 let campaign = CouponId(rng.range(1, campaigns));
                 if let Ok(c) = engine.issue_coupon(campaign, user, key(&k)).await {
@@ -204,8 +372,26 @@ async fn worker_task(engine: Engine, round: u32, task: u64, seed: u64, shared: A
                     lock().coupons.push((user, c.id));
                 }
             }
-            95..=97 => {
-                let product = ProductId(rng.range(1, PRODUCTS));
+            93..=97 if task == 0 => {
+                // One task changes the limits, one PATCH at a time, so each
+                // took effect between its asking and its answer.
+                let product = rng.range(PRODUCTS + 1, PRODUCTS + LIMITED);
+                let max = rng.range(1, 3);
+                println!("TRY limit key={k} product={product} max={max}");
+                let patch = ProductPatch {
+                    max_per_user: Some(Some(max)),
+                    ..ProductPatch::default()
+                };
+                if engine
+                    .update_product(ProductId(product), patch, key(&k))
+                    .await
+                    .is_ok()
+                {
+                    ack(format!("limit key={k} product={product} max={max}"));
+                }
+            }
+            93..=97 => {
+                let product = ProductId(rng.range(1, PRODUCTS + LIMITED));
                 let quantity = rng.range(1, 20);
                 if engine.restock(product, quantity, key(&k)).await.is_ok() {
                     ack(format!(
@@ -232,6 +418,15 @@ async fn worker_task(engine: Engine, round: u32, task: u64, seed: u64, shared: A
             }
         }
     }
+}
+
+/// A paid order that may still be refunded; it stays for more refunds.
+fn pick_paid(rng: &mut Rng, s: &Shared) -> Option<(OrderId, Vec<(u64, u64)>)> {
+    if s.paid.is_empty() {
+        return None;
+    }
+    let i = rng.range(0, s.paid.len() as u64 - 1) as usize;
+    Some(s.paid[i].clone())
 }
 
 fn take_pending(rng: &mut Rng, s: &mut Shared) -> Option<OrderId> {
@@ -267,18 +462,21 @@ fn crash_worker() {
             campaigns: engine.metrics().campaigns,
             ..Shared::default()
         };
-        // Pending orders of earlier rounds are paid or cancelled too.
+        // Orders of earlier rounds are paid, cancelled or refunded too.
         for u in 1..=USERS {
             let page = engine
                 .user_orders(UserId(u), PageRequest::first(100))
                 .await
                 .unwrap();
-            shared.pending.extend(
-                page.items
-                    .iter()
-                    .filter(|o| o.status == OrderStatus::Pending)
-                    .map(|o| o.id),
-            );
+            for o in &page.items {
+                match o.status {
+                    OrderStatus::Pending => shared.pending.push(o.id),
+                    OrderStatus::Paid | OrderStatus::PartiallyRefunded => {
+                        shared.paid.push((o.id, lines_of(o)))
+                    }
+                    _ => {}
+                }
+            }
         }
         println!("READY");
         let shared = Arc::new(Mutex::new(shared));
@@ -302,6 +500,15 @@ fn crash_worker() {
 /// An acknowledged order: id, user, (product, quantity) lines, user coupon.
 type Placed = (OrderId, UserId, Vec<(u64, u64)>, Option<u64>);
 
+/// An acknowledged refund: the order, its number among the order's
+/// refunds (from 1), the amount credited and the units.
+struct AckedRefund {
+    order: OrderId,
+    number: usize,
+    amount: u64,
+    items: Vec<(u64, u64)>,
+}
+
 /// Every acknowledged operation, across rounds.
 #[derive(Default)]
 struct Acks {
@@ -316,6 +523,9 @@ struct Acks {
     cancelled: Vec<OrderId>,
     issued: Vec<(CouponId, UserId, UserCouponId)>,
     restocked: HashMap<ProductId, u64>,
+    refunds: Vec<AckedRefund>,
+    limit_patches: usize,
+    limits: LimitTracker,
     count: usize,
 }
 
@@ -326,8 +536,35 @@ fn fields(line: &str) -> HashMap<&str, &str> {
         .collect()
 }
 
+fn parse_lines(s: &str) -> Vec<(u64, u64)> {
+    s.split(',')
+        .map(|l| {
+            let (p, q) = l.split_once(':').unwrap();
+            (p.parse().unwrap(), q.parse().unwrap())
+        })
+        .collect()
+}
+
 impl Acks {
-    fn add(&mut self, line: &str) {
+    /// Takes in one line of a round's output, at position `at`.
+    fn read(&mut self, line: &str, at: u64) {
+        if let Some(a) = line.strip_prefix("ACK ") {
+            self.add(a, at);
+        } else if let Some(t) = line.strip_prefix("TRY ") {
+            let f = fields(t);
+            match t.split(' ').next().unwrap() {
+                "place" => self.limits.place_asked(f["key"], at),
+                "limit" => self.limits.patch_asked(
+                    ProductId(f["product"].parse().unwrap()),
+                    f["max"].parse().ok(),
+                    at,
+                ),
+                other => panic!("unknown request {other}: {t}"),
+            }
+        }
+    }
+
+    fn add(&mut self, line: &str, at: u64) {
         let f = fields(line);
         let num = |name: &str| -> u64 {
             f.get(name)
@@ -341,7 +578,13 @@ impl Acks {
         self.count += 1;
         match line.split(' ').next().unwrap() {
             "user" => self.users = self.users.max(num("id")),
-            "product" => self.products = self.products.max(num("id")),
+            "product" => {
+                self.products = self.products.max(num("id"));
+                if let Some(max) = f.get("max") {
+                    self.limits
+                        .created(ProductId(num("id")), max.parse().ok(), at);
+                }
+            }
             "coupon" => {
                 self.campaigns.insert(num("id"), num("quantity"));
             }
@@ -349,16 +592,11 @@ impl Acks {
                 .charges
                 .push((UserId(num("user")), num("amount"), num("balance"))),
             "place" => {
-                let lines = f["lines"]
-                    .split(',')
-                    .map(|l| {
-                        let (p, q) = l.split_once(':').unwrap();
-                        (p.parse().unwrap(), q.parse().unwrap())
-                    })
-                    .collect();
                 let coupon = f["coupon"].parse().ok();
+                let id = OrderId(num("order"));
+                self.limits.place_answered(f["key"], id, at);
                 self.placed
-                    .push((OrderId(num("order")), UserId(num("user")), lines, coupon));
+                    .push((id, UserId(num("user")), parse_lines(f["lines"]), coupon));
             }
             "pay" => self.paid.push((OrderId(num("order")), num("amount"))),
             "payfail" => self.failed.push(OrderId(num("order"))),
@@ -371,9 +609,28 @@ impl Acks {
             "restock" => {
                 *self.restocked.entry(ProductId(num("product"))).or_default() += num("quantity")
             }
+            "refund" => self.refunds.push(AckedRefund {
+                order: OrderId(num("order")),
+                number: num("n") as usize,
+                amount: num("amount"),
+                items: parse_lines(f["items"]),
+            }),
+            "limit" => {
+                self.limit_patches += 1;
+                self.limits
+                    .patch_answered(ProductId(num("product")), Some(num("max")), at);
+            }
             other => panic!("unknown acknowledgement {other}: {line}"),
         }
     }
+}
+
+/// Whether the order was paid (refunded since or not).
+fn was_paid(status: OrderStatus) -> bool {
+    matches!(
+        status,
+        OrderStatus::Paid | OrderStatus::PartiallyRefunded | OrderStatus::Refunded
+    )
 }
 
 /// Checks that every acknowledged effect is in `w` and that money and
@@ -426,8 +683,8 @@ fn check(w: &World, store: &SledStore, acks: &Acks) {
     }
     let status = |id: &OrderId| w.orders.get(id).map(|o| o.status);
     for (id, amount) in &acks.paid {
-        assert_eq!(status(id), Some(OrderStatus::Paid), "paid order {id}");
         let o = &w.orders[id];
+        assert!(was_paid(o.status), "paid order {id} is {:?}", o.status);
         assert_eq!(o.pay_amount.0, *amount);
         let u = &w.users[o.user_id.index()];
         assert!(
@@ -461,32 +718,123 @@ fn check(w: &World, store: &SledStore, acks: &Acks) {
             p.stocked_total
         );
     }
+    for r in &acks.refunds {
+        let o = &w.orders[&r.order];
+        let held = o.refunds.get(r.number - 1).map(|h| {
+            let items: Vec<(u64, u64)> = h
+                .items
+                .iter()
+                .map(|l| (l.product_id.0, l.quantity))
+                .collect();
+            (h.amount.0, items)
+        });
+        assert_eq!(
+            held,
+            Some((r.amount, r.items.clone())),
+            "acknowledged refund {} of order {} is in the order",
+            r.number,
+            r.order
+        );
+    }
+    check_refunds(w);
     check_conservation(w);
+    acks.limits.check(w);
 }
 
-/// Money: every user's balance is their charges less their payments, and
-/// their payments are exactly what their paid orders cost. Stock: every
-/// unit stocked is in stock, reserved by a pending order or sold.
+/// Every order's refunds: within what it paid and holds, its status
+/// following from them, and each one credited to its user's history
+/// exactly once, in the same order.
+fn check_refunds(w: &World) {
+    let mut credited: HashMap<OrderId, Vec<u64>> = HashMap::new();
+    for u in &w.users {
+        for e in u.history.iter().filter(|e| e.kind == EntryKind::Refund) {
+            let id = e.order_id.expect("a refund names its order");
+            assert_eq!(
+                w.orders.get(&id).map(|o| o.user_id),
+                Some(u.id),
+                "refund of order {id} credited to user {}",
+                u.id
+            );
+            credited.entry(id).or_default().push(e.amount.0);
+        }
+    }
+    for o in w.orders.values() {
+        let amounts: Vec<u64> = o.refunds.iter().map(|r| r.amount.0).collect();
+        assert_eq!(
+            credited.remove(&o.id).unwrap_or_default(),
+            amounts,
+            "order {}: each refund credited once",
+            o.id
+        );
+        let sum: u64 = amounts.iter().sum();
+        assert_eq!(o.refunded_amount.0, sum, "order {} refunded amount", o.id);
+        assert!(
+            sum <= o.pay_amount.0,
+            "order {} refunded {sum} of {} paid",
+            o.id,
+            o.pay_amount.0
+        );
+        for r in &o.refunds {
+            for l in &r.items {
+                assert!(
+                    o.items.iter().any(|i| i.product_id == l.product_id),
+                    "order {}: refunded product {} is in it",
+                    o.id,
+                    l.product_id
+                );
+            }
+        }
+        let left: u64 = o
+            .items
+            .iter()
+            .map(|l| {
+                let refunded = o.refunded_units(l.product_id);
+                assert!(
+                    refunded <= l.quantity,
+                    "order {}: {refunded} of {} units of product {} refunded",
+                    o.id,
+                    l.quantity,
+                    l.product_id
+                );
+                l.quantity - refunded
+            })
+            .sum();
+        let expected = match (o.refunds.is_empty(), left) {
+            (true, _) => o.status,
+            (false, 0) => OrderStatus::Refunded,
+            (false, _) => OrderStatus::PartiallyRefunded,
+        };
+        assert_eq!(o.status, expected, "order {} status", o.id);
+        if o.status == OrderStatus::Refunded {
+            assert_eq!(sum, o.pay_amount.0, "order {} refunded whole", o.id);
+        }
+    }
+    assert!(credited.is_empty(), "refunds of no order: {credited:?}");
+}
+
+/// Money: every user's balance is their charges less their payments plus
+/// their refunds; their payments are exactly what their paid orders cost,
+/// their refunds what those orders returned. Stock: every unit stocked is
+/// in stock, reserved by a pending order or sold and not refunded.
 fn check_conservation(w: &World) {
-    let mut paid_by_user: HashMap<UserId, u64> = HashMap::new();
+    let mut paid_by_user: HashMap<UserId, (u64, u64)> = HashMap::new();
     let mut sold: HashMap<ProductId, u64> = HashMap::new();
     let mut reserved: HashMap<ProductId, u64> = HashMap::new();
     for o in w.orders.values() {
-        match o.status {
-            OrderStatus::Paid => {
-                *paid_by_user.entry(o.user_id).or_default() += o.pay_amount.0;
-                for (p, q) in o.quantities() {
-                    *sold.entry(p).or_default() += q;
-                }
+        if was_paid(o.status) {
+            let e = paid_by_user.entry(o.user_id).or_default();
+            e.0 += o.pay_amount.0;
+            e.1 += o.refunded_amount.0;
+            for (p, q) in o.units_kept() {
+                *sold.entry(p).or_default() += q;
             }
-            OrderStatus::Pending => {
-                for (p, q) in o.quantities() {
-                    *reserved.entry(p).or_default() += q;
-                }
+        } else if o.status == OrderStatus::Pending {
+            for (p, q) in o.quantities() {
+                *reserved.entry(p).or_default() += q;
             }
-            _ => {}
         }
     }
+    let (mut balances, mut flows) = (0u64, 0i128);
     for u in &w.users {
         let sum = |kind| -> u64 {
             u.history
@@ -495,11 +843,32 @@ fn check_conservation(w: &World) {
                 .map(|e| e.amount.0)
                 .sum()
         };
-        let (charged, payments) = (sum(EntryKind::Charge), sum(EntryKind::Payment));
-        assert_eq!(u.balance.0, charged - payments, "user {} balance", u.id);
-        let paid = paid_by_user.get(&u.id).copied().unwrap_or(0);
+        let (charged, payments, refunds) = (
+            sum(EntryKind::Charge),
+            sum(EntryKind::Payment),
+            sum(EntryKind::Refund),
+        );
+        assert_eq!(
+            u.balance.0,
+            charged - payments + refunds,
+            "user {} balance",
+            u.id
+        );
+        let (paid, refunded) = paid_by_user.get(&u.id).copied().unwrap_or_default();
         assert_eq!(payments, paid, "user {} payments vs paid orders", u.id);
+        assert_eq!(
+            refunds, refunded,
+            "user {} refunds vs refunded orders",
+            u.id
+        );
+        balances += u.balance.0;
+        flows += i128::from(charged) - i128::from(payments) + i128::from(refunds);
     }
+    assert_eq!(
+        i128::from(balances),
+        flows,
+        "balances = charges - payments + refunds"
+    );
     for p in &w.products {
         let (s, r) = (
             sold.get(&p.id).copied().unwrap_or(0),
@@ -510,11 +879,75 @@ fn check_conservation(w: &World) {
     }
 }
 
+/// The id of every event the world's orders give the data platform: each
+/// paid order's payment, each refund.
+fn events_of(w: &World) -> HashSet<String> {
+    let mut ids = HashSet::new();
+    for o in w.orders.values().filter(|o| was_paid(o.status)) {
+        ids.insert(order_paid_id(o.id));
+        for n in 1..=o.refunds.len() {
+            ids.insert(order_refunded_id(o.id, n as u32));
+        }
+    }
+    ids
+}
+
+/// Checks a sink line against the order it tells of; answers its event id.
+fn sink_event(w: &World, line: &[u8]) -> String {
+    let v: serde_json::Value = serde_json::from_slice(line).expect("a JSON line");
+    let id = v["event_id"].as_str().expect("an event id").to_owned();
+    match v["type"].as_str() {
+        Some("order_paid") => {
+            let order = v["order"]["id"].as_u64().unwrap();
+            assert_eq!(id, order_paid_id(OrderId(order)));
+        }
+        Some("order_refunded") => {
+            let order = OrderId(v["order_id"].as_u64().unwrap());
+            let n = id
+                .rsplit('-')
+                .next()
+                .and_then(|n| n.parse::<usize>().ok())
+                .unwrap_or_else(|| panic!("a refund's number in {id}"));
+            assert_eq!(id, order_refunded_id(order, n as u32));
+            let r = w
+                .orders
+                .get(&order)
+                .and_then(|o| o.refunds.get(n.wrapping_sub(1)))
+                .unwrap_or_else(|| panic!("{id} tells of a refund the order holds"));
+            assert_eq!(v["amount"].as_u64(), Some(r.amount.0), "{id} amount");
+            let items: Vec<RefundLine> =
+                serde_json::from_value(v["items"].clone()).expect("refund items");
+            assert_eq!(items, r.items, "{id} items");
+        }
+        other => panic!("an event of type {other:?}"),
+    }
+    id
+}
+
+/// Event ids of the refunds in the journal records above `from`, where a
+/// start derives them again (`inspect` lists only the payments there).
+fn rederivable_refunds(store: &SledStore, from: u64) -> Vec<String> {
+    let mut ids = Vec::new();
+    for (first, frames) in store.journal_after(from).expect("the journal reads") {
+        let records: Vec<Record> = decode_all(Kind::Record, &frames).expect("journal records");
+        for (i, r) in records.into_iter().enumerate() {
+            if first + i as u64 <= from {
+                continue;
+            }
+            if let Event::OrderRefunded { order } = r.event {
+                ids.push(order_refunded_id(order.id, order.refunds.len() as u32));
+            }
+        }
+    }
+    ids
+}
+
 /// The JSON-lines sink, up to the length recorded with the last settled
-/// write, holds each delivered paid order exactly once; every paid order is
-/// either there or still pending in the outbox (stored in a block, or in
-/// the journal above the outbox's watermark, where a start derives it
-/// again), never both.
+/// write, holds each delivered event (payment or refund) exactly once;
+/// every event of the recovered orders is either there or still pending
+/// in the outbox (stored in a block, or in the journal above the outbox's
+/// watermark, where a start derives it again), never both, and nothing
+/// else is.
 fn check_sink(w: &World, store: &SledStore, snapshot_seq: u64, dir: &Path) {
     let bytes = std::fs::read(sink_path(dir)).unwrap_or_default();
     let outbox = inspect(store, snapshot_seq).expect("the outbox reads");
@@ -525,35 +958,57 @@ fn check_sink(w: &World, store: &SledStore, snapshot_seq: u64, dir: &Path) {
         .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
     {
-        let v: serde_json::Value = serde_json::from_slice(line).expect("a JSON line");
-        let id = v["order"]["id"].as_u64().unwrap();
-        assert_eq!(v["event_id"], format!("order-paid-{id}"));
-        assert!(delivered.insert(OrderId(id)), "order {id} delivered twice");
+        let id = sink_event(w, line);
+        assert!(delivered.insert(id.clone()), "{id} delivered twice");
     }
     let mut pending = HashSet::new();
-    let stored = outbox.pending.iter().filter_map(|e| match e {
-        PlatformEvent::OrderPaid { order, .. } => Some(order.id),
-        PlatformEvent::OrderRefunded { .. } => None,
-    });
-    for id in stored.chain(outbox.rederivable.iter().copied()) {
-        assert!(pending.insert(id), "order {id} pending twice");
+    let from = outbox.state.watermark.max(snapshot_seq);
+    let stored = outbox.pending.iter().map(PlatformEvent::event_id);
+    let derived = outbox.rederivable.iter().map(|id| order_paid_id(*id));
+    for id in stored
+        .chain(derived)
+        .chain(rederivable_refunds(store, from))
+    {
+        assert!(pending.insert(id.clone()), "{id} pending twice");
     }
     assert_eq!(
         outbox.state.delivered,
         delivered.len() as u64,
         "settled count"
     );
-    for (id, o) in &w.orders {
-        let paid = o.status == OrderStatus::Paid;
+    let expected = events_of(w);
+    for id in &expected {
         let (d, p) = (delivered.contains(id), pending.contains(id));
-        assert!(!(d && p), "order {id} is delivered and still pending");
-        assert_eq!(
-            paid,
-            d || p,
-            "order {id} ({:?}) in the sink or outbox",
-            o.status
-        );
+        assert!(!(d && p), "{id} is delivered and still pending");
+        assert!(d || p, "{id} is in the sink or the outbox");
     }
+    for id in delivered.iter().chain(&pending) {
+        assert!(expected.contains(id), "{id} tells of nothing recovered");
+    }
+}
+
+/// After the last round: an engine started on the dir delivers what was
+/// pending, and the sink then holds every event of the recovered orders,
+/// refunds included, each exactly once (lines a kill left unrecorded were
+/// cut off and written again).
+fn drain_sink(dir: &Path, w: &World) {
+    let store = SledStore::open(dir).expect("the data dir opens");
+    let engine = Engine::start(worker_config(dir), Box::new(store), Arc::new(SystemClock))
+        .expect("the engine recovers the data dir");
+    crate::platform_sink::wait_until("the outbox is delivered", || engine.outbox_pending() == 0);
+    engine.shutdown();
+    drop(engine);
+    let bytes = std::fs::read(sink_path(dir)).unwrap_or_default();
+    let mut seen = HashSet::new();
+    for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let id = sink_event(w, line);
+        assert!(seen.insert(id.clone()), "{id} is in the sink twice");
+    }
+    let expected = events_of(w);
+    let mut missing: Vec<&String> = expected.difference(&seen).collect();
+    missing.sort();
+    assert!(missing.is_empty(), "events never delivered: {missing:?}");
+    assert_eq!(seen.len(), expected.len(), "the sink tells of nothing else");
 }
 
 fn spawn_worker(dir: &Path, round: u32, seed: u64) -> Child {
@@ -652,8 +1107,10 @@ fn run_round(dir: &Path, round: u32, seed: u64, rng: &mut Rng) -> Vec<String> {
     lines
 }
 
-/// A worker killed with SIGKILL at random moments, five rounds on one sled
-/// dir: every acknowledged effect survives and money and stock add up.
+/// A worker killed with SIGKILL at random moments, several rounds on one
+/// sled dir: every acknowledged effect (refunds and limit changes among
+/// them) survives, money and stock add up, no purchase limit is exceeded,
+/// and every payment and refund reaches the data platform's sink.
 #[test]
 fn acknowledged_effects_survive_sigkill() {
     let seed = std::env::var("CRASH_SEED")
@@ -671,31 +1128,47 @@ fn acknowledged_effects_survive_sigkill() {
     let dir = std::env::var_os("CRASH_DATA_DIR").map_or(tmp.path().to_path_buf(), PathBuf::from);
     let mut rng = Rng::new(seed);
     let mut acks = Acks::default();
+    let mut last = None;
     for round in 0..ROUNDS {
         let lines = run_round(&dir, round, seed, &mut rng);
         let before = acks.count;
-        for l in lines.iter().filter_map(|l| l.strip_prefix("ACK ")) {
-            acks.add(l);
+        for (i, l) in lines.iter().enumerate() {
+            acks.read(l, position(round, i));
         }
         let store = SledStore::open(&dir)
             .unwrap_or_else(|e| panic!("round {round} (seed {seed}): sled reopens: {e}"));
         let (world, report) = recover_store(&store)
             .unwrap_or_else(|e| panic!("round {round} (seed {seed}): recovery: {e}"));
+        acks.limits.round_ended(round, &world, &store);
         eprintln!(
-            "round {round}: {} acknowledged ({} in all), {} orders, recovered {report:?}",
+            "round {round}: {} acknowledged ({} in all), {} orders, {} refunds, recovered {report:?}",
             acks.count - before,
             acks.count,
             world.orders.len(),
+            world.orders.values().map(|o| o.refunds.len()).sum::<usize>(),
         );
         check(&world, &store, &acks);
         check_sink(&world, &store, report.snapshot_seq, &dir);
         drop(store);
+        last = Some(world);
     }
+    drain_sink(&dir, &last.expect("a round ran"));
+    let steps = acks.refunds.iter().filter(|r| r.number > 1).count();
     assert!(
-        acks.paid.len() >= 10 && acks.charges.len() >= 10 && acks.placed.len() >= 10,
-        "the workload ran (seed {seed}): {} paid, {} charges, {} placed",
+        acks.paid.len() >= 10
+            && acks.charges.len() >= 10
+            && acks.placed.len() >= 10
+            && acks.refunds.len() >= 10
+            && steps >= 3
+            && acks.limits.orders_seen() >= 10
+            && acks.limit_patches >= 1,
+        "the workload ran (seed {seed}): {} paid, {} charges, {} placed, {} refunds \
+         ({steps} after another of the same order), {} orders of limited products, {} limit changes",
         acks.paid.len(),
         acks.charges.len(),
-        acks.placed.len()
+        acks.placed.len(),
+        acks.refunds.len(),
+        acks.limits.orders_seen(),
+        acks.limit_patches,
     );
 }

@@ -1,6 +1,7 @@
 //! Restarts: what an engine shows before a restart, it shows after it, on
 //! the in-memory store and on sled, with and without snapshots, and from a
-//! journal that holds records past its last snapshot (a crash image).
+//! journal that holds records past its last snapshot (a crash image), and
+//! from a crash image taken while refunds were under way.
 
 use crate::durability_support;
 
@@ -8,7 +9,9 @@ use commerce_engine::domain::coupon::Discount;
 use commerce_engine::domain::ids::{ProductId, UserId};
 use commerce_engine::domain::money::Krw;
 use commerce_engine::domain::order::OrderStatus;
+use commerce_engine::domain::refund::{RefundLine, RefundRequest};
 use commerce_engine::domain::rejection::Rejection;
+use commerce_engine::domain::user::EntryKind;
 use commerce_engine::domain::views::UserCouponStatus;
 use commerce_engine::engine::{Engine, EngineConfig, Error, NewCoupon, PageRequest};
 use commerce_engine::store::recovery::recover_store;
@@ -387,4 +390,176 @@ fn replayed_records_survive_the_first_snapshot_after_a_restart() {
     let engine = start(config(), crashed, clock);
     assert_eq!(before, rt.block_on(observe(&engine)));
     engine.shutdown();
+}
+
+/// A refund of one of four shapes: everything left, or some units of one line.
+fn refund_request(shape: u64) -> RefundRequest {
+    let line = |p: u64, quantity: u64| RefundRequest {
+        items: Some(vec![RefundLine {
+            product_id: ProductId(p),
+            quantity,
+        }]),
+        reason: None,
+    };
+    match shape % 4 {
+        0 => RefundRequest::default(),
+        1 => line(1, 1),
+        2 => line(2, 2),
+        _ => line(1, 2),
+    }
+}
+
+/// The refund an answered order holds last: (its number, amount).
+fn last_refund(o: &commerce_engine::domain::order::Order) -> (usize, Krw) {
+    (o.refunds.len(), o.refunds.last().expect("a refund").amount)
+}
+
+/// Refunds racing on the same orders when the process dies: the crash
+/// image holds each of them whole or not at all (every one acknowledged
+/// before the image, at its place in its order), and retrying every one
+/// with its key after the restart refunds each at most once: the ones
+/// answered before the crash answer the same, the others are decided now
+/// (or replayed if the image holds them), and the orders, balances,
+/// history and stock then add up.
+#[test]
+fn refunds_in_flight_at_a_crash_are_whole_or_absent_and_a_keyed_retry_refunds_once() {
+    let store = MemoryStore::new();
+    let rt = runtime();
+    let clock = manual_clock();
+    let engine = start(config(), store.clone(), clock.clone());
+    const ORDERS: u64 = 12;
+    const PER_ORDER: u64 = 4;
+    let (paid, charged) = rt.block_on(async {
+        engine.create_user("buyer", None).await.unwrap();
+        for (name, price) in [("mug", 1_000), ("tea", 2_500)] {
+            engine
+                .create_product(name, Krw(price), 1_000, None)
+                .await
+                .unwrap();
+        }
+        engine
+            .charge(UserId(1), Krw(1_000_000), None)
+            .await
+            .unwrap();
+        let mut paid = Vec::new();
+        for _ in 0..ORDERS {
+            let o = engine
+                .place_order(place(1, &[(1, 3), (2, 4)], None), None)
+                .await
+                .unwrap();
+            paid.push(engine.pay_order(o.id, None).await.unwrap());
+        }
+        (paid, Krw(1_000_000))
+    });
+    // Every order gets PER_ORDER refunds at once, each from its own task;
+    // the image is taken once a third of them are answered.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut asked = Vec::new();
+    for (i, o) in paid.iter().enumerate() {
+        for r in 0..PER_ORDER {
+            let k = format!("refund-{}-{r}", o.id);
+            let request = refund_request(i as u64 + r);
+            asked.push((o.id, k.clone(), request.clone()));
+            let (engine, tx, id) = (engine.clone(), tx.clone(), o.id);
+            rt.spawn(async move {
+                let answer = engine.refund_order(id, request, key(&k)).await;
+                let _ = tx.send((k, answer));
+            });
+        }
+    }
+    let mut before_image = Vec::new();
+    while before_image.len() < asked.len() / 3 {
+        before_image.push(rx.recv().unwrap());
+    }
+    let image = store.copy();
+    // Let the rest finish before stopping this engine (its answers are not
+    // the image's: they came after it).
+    for _ in before_image.len()..asked.len() {
+        let _after_image = rx.recv().unwrap();
+    }
+    engine.shutdown();
+    drop(engine);
+
+    let (world, _) = recover_store(&image).expect("the image recovers");
+    assert!(world.violations().is_empty(), "{:?}", world.violations());
+    for (k, answer) in &before_image {
+        if let Ok(o) = answer {
+            let (n, amount) = last_refund(o);
+            assert_eq!(
+                world.orders[&o.id].refunds.get(n - 1).map(|r| r.amount),
+                Some(amount),
+                "refund {k}, acknowledged before the crash, is in the image"
+            );
+        }
+    }
+    let in_image: usize = world.orders.values().map(|o| o.refunds.len()).sum();
+
+    let restarted = image.clone();
+    let engine = start(config(), image, clock);
+    rt.block_on(async {
+        let mut by_order: std::collections::BTreeMap<_, Vec<(usize, Krw)>> = Default::default();
+        for (id, k, request) in &asked {
+            let first = engine.refund_order(*id, request.clone(), key(k)).await;
+            let again = engine.refund_order(*id, request.clone(), key(k)).await;
+            assert_eq!(first, again, "refund {k} answers the same twice");
+            if let Some((_, answered)) = before_image.iter().find(|(ak, _)| ak == k) {
+                assert_eq!(&first, answered, "refund {k} answers as before the crash");
+            }
+            if let Ok(o) = first {
+                by_order.entry(*id).or_default().push(last_refund(&o));
+            }
+        }
+        let mut refunded_total = Krw::ZERO;
+        let mut refunds_total = 0;
+        for o in &paid {
+            let now = engine.order(o.id).await.unwrap();
+            let mut answered = by_order.remove(&o.id).unwrap_or_default();
+            answered.sort();
+            let held: Vec<(usize, Krw)> = now
+                .refunds
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (i + 1, r.amount))
+                .collect();
+            assert_eq!(
+                answered, held,
+                "order {}: each refund is answered by exactly one key",
+                o.id
+            );
+            assert!(now.refunded_amount <= now.pay_amount);
+            refunded_total = refunded_total.checked_add(now.refunded_amount).unwrap();
+            refunds_total += now.refunds.len();
+        }
+        assert!(refunds_total >= in_image);
+        let paid_total = paid
+            .iter()
+            .fold(Krw::ZERO, |t, o| t.checked_add(o.pay_amount).unwrap());
+        let balance = engine.balance(UserId(1)).await.unwrap().balance;
+        assert_eq!(
+            balance.0,
+            charged.0 - paid_total.0 + refunded_total.0,
+            "balance = charges - payments + refunds"
+        );
+        let history = observe(&engine).await.users[0].history.clone();
+        let credits = history
+            .iter()
+            .filter(|e| e.kind == EntryKind::Refund)
+            .count();
+        assert_eq!(credits, refunds_total, "each refund credited once");
+    });
+    engine.shutdown();
+    drop(engine);
+    // Every refunded unit is back in stock, and the state is consistent.
+    let (world, _) = recover_store(&restarted).expect("the store recovers");
+    assert!(world.violations().is_empty(), "{:?}", world.violations());
+    for p in &world.products {
+        let kept: u64 = world
+            .orders
+            .values()
+            .flat_map(|o| o.units_kept())
+            .filter(|(id, _)| *id == p.id)
+            .map(|(_, q)| q)
+            .sum();
+        assert_eq!((p.sold, p.stock), (kept, 1_000 - kept), "product {}", p.id);
+    }
 }

@@ -7,7 +7,10 @@ use crate::durability_support;
 use commerce_engine::domain::event::{Event, Record};
 use commerce_engine::domain::ids::UserId;
 use commerce_engine::domain::money::Krw;
+use commerce_engine::domain::order::OrderStatus;
+use commerce_engine::domain::refund::RefundRequest;
 use commerce_engine::store::codec::{self, Kind};
+use commerce_engine::store::recovery::recover_store;
 use commerce_engine::store::{SledStore, Store};
 use durability_support::*;
 use std::collections::BTreeMap;
@@ -178,4 +181,55 @@ fn verify_fails_on_a_missing_data_dir_without_creating_it() {
     let out = verify(&missing, false);
     assert_eq!(out.status.code(), Some(2));
     assert!(!missing.exists());
+}
+
+/// A refund in the journal above the outbox's watermark (a kill after the
+/// journal write, before its event reached the outbox): a start derives
+/// its event again, so verify counts it pending, as it counts payments.
+#[test]
+fn verify_counts_a_refund_a_start_would_deliver_again() {
+    let dir = populated_dir();
+    let pending = |dir: &Path| -> u64 {
+        let out = verify(dir, true);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        s["outbox_pending"].as_u64().unwrap()
+    };
+    let before = pending(dir.path());
+    {
+        let store = SledStore::open(dir.path()).unwrap();
+        let (world, report) = recover_store(&store).unwrap();
+        let paid = world
+            .orders
+            .values()
+            .find(|o| o.status == OrderStatus::Paid)
+            .expect("a paid order");
+        let refund = paid
+            .decide_refund(&RefundRequest::default(), T0)
+            .expect("a paid order is refundable");
+        let mut after = paid.clone();
+        after.apply_refund(refund);
+        let record = Record::new(
+            T0,
+            Event::OrderRefunded {
+                order: Box::new(after),
+            },
+        );
+        let mut frames = Vec::new();
+        codec::encode_into(Kind::Record, &record, &mut frames).unwrap();
+        store.append(report.last_seq + 1, &frames).unwrap();
+    }
+    assert_eq!(pending(dir.path()), before + 1);
+    // What a start finds pending, indeed.
+    let engine = start(
+        config(),
+        SledStore::open(dir.path()).unwrap(),
+        manual_clock(),
+    );
+    assert_eq!(engine.outbox_pending() as u64, before + 1);
+    engine.shutdown();
 }

@@ -16,6 +16,7 @@ mod cluster_failover;
 mod cluster_lease;
 mod cluster_model;
 mod cluster_stream;
+mod crash_limits;
 mod crash_sigkill;
 mod dashboard_browser;
 mod dashboard_http;
