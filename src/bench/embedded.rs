@@ -1,13 +1,12 @@
 //! The embedded engine a run loads: started on a store of the bench's
 //! choice, then shut down, recovered from its store and checked.
 
-use crate::bench::check;
+use crate::bench::check::{self, SettledOrders};
 use crate::bench::options::{BenchArgs, SinkChoice, StoreChoice};
 use crate::bench::report::InvariantReport;
 use crate::bench::sink::BenchSink;
 use crate::bench::temp_dir;
 use crate::bench::workload::{Fixture, Tally};
-use crate::domain::ids::OrderId;
 use crate::engine::{DataPlatform, Engine, EngineConfig, SystemClock};
 use crate::store::recovery::{recover_store, RecoveryError};
 use crate::store::{MemoryStore, SledStore, Store};
@@ -73,7 +72,7 @@ impl Embedded {
         self,
         fixture: &Fixture,
         tally: &Tally,
-        paid: &[OrderId],
+        orders: &SettledOrders,
     ) -> InvariantReport {
         self.engine.shutdown();
         drop(self.engine);
@@ -87,11 +86,11 @@ impl Embedded {
         let report = match recovered {
             Ok((world, r)) => InvariantReport {
                 checked: true,
-                violations: check::check_world(&world, fixture, tally, paid),
+                violations: check::check_world(&world, fixture, tally, orders),
                 unreachable: Vec::new(),
                 summary: format!(
-                    "recovered {} records after snapshot {}; every invariant and every acknowledged effect checked ({} paid orders)",
-                    r.records_replayed, r.snapshot_seq, paid.len()
+                    "recovered {} records after snapshot {}; every invariant and every acknowledged effect checked ({} paid orders, {} of them refunded)",
+                    r.records_replayed, r.snapshot_seq, orders.len(), orders.refunded.len()
                 ),
             },
             Err(RecoveryError::Invariants(v)) => InvariantReport {

@@ -56,8 +56,8 @@ use crate::bench::options::{clients_on, validate};
 use crate::bench::report::{merge, BenchReport, InvariantReport, KindReport, RssDrift};
 use crate::bench::runner::{drive, Driven};
 use crate::bench::target::{HttpTarget, Target};
+use crate::bench::worker::settled_orders;
 use crate::bench::workload::OpKind;
-use crate::domain::ids::OrderId;
 use hdrhistogram::Histogram;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -150,10 +150,10 @@ pub fn execute(args: &BenchArgs) -> Result<BenchReport, crate::CliError> {
             return Err(e);
         }
     };
-    let paid: Vec<OrderId> = driven.outs.iter().flat_map(|o| o.paid.iter()).collect();
+    let settled = settled_orders(&driven.outs);
     let run = &driven.run;
     let invariants = match embedded {
-        Some(emb) => emb.finish(&run.fixture, &run.tally, &paid),
+        Some(emb) => emb.finish(&run.fixture, &run.tally, &settled),
         None => match run.target.unreachable() {
             Some(gone) => InvariantReport {
                 checked: false,
@@ -166,13 +166,13 @@ pub fn execute(args: &BenchArgs) -> Result<BenchReport, crate::CliError> {
                     &run.target,
                     &run.fixture,
                     &run.tally,
-                    &paid,
+                    &settled,
                 ));
                 InvariantReport {
                     checked: checked.unreachable.is_empty(),
                     violations: checked.violations,
                     unreachable: checked.unreachable,
-                    summary: "through the API: stock, balances and coupons against acknowledgements; a sample of paid orders".into(),
+                    summary: "through the API: stock, balances and coupons against acknowledgements; a sample of paid and refunded orders".into(),
                 }
             }
         },

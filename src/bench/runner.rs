@@ -62,7 +62,7 @@ pub(crate) fn writes_warning(args: &BenchArgs, users: usize, products: usize) ->
         Workload::Charge => "charges balances",
         Workload::OrderPay | Workload::HotProduct => "places and pays orders",
         Workload::CouponFlash => "issues coupons",
-        Workload::Mixed => "places and pays orders, charges balances and issues coupons",
+        Workload::Mixed => "places, pays and refunds orders, charges balances and issues coupons",
     };
     format!(
         "bench: writing into {url}: creates {}, then {load} for {:.0} s. \

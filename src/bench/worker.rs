@@ -1,14 +1,18 @@
 //! The load's workers: each runs operations one after another (or as they
 //! fall due, open loop) and records their latencies and outcomes.
 
+use crate::bench::check::SettledOrders;
 use crate::bench::ids::IdLog;
 use crate::bench::options::ClientsOn;
 use crate::bench::rng::Rng;
 use crate::bench::target::{OpError, Target};
-use crate::bench::workload::{self, pick, Fixture, OpKind, Outcome, Tally, Workload};
+use crate::bench::workload::{
+    self, pick, Fixture, OpKind, Outcome, Refundable, Settled, Tally, Workload,
+};
+use crate::domain::ids::OrderId;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use hdrhistogram::Histogram;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,10 +20,13 @@ use std::time::{Duration, Instant};
 /// One worker's measurements.
 pub(crate) struct WorkerOut {
     pub(crate) hists: Vec<Option<Histogram<u64>>>,
-    pub(crate) ok: [u64; 4],
+    pub(crate) ok: [u64; OpKind::ALL.len()],
     pub(crate) errors: BTreeMap<String, u64>,
     pub(crate) requests: u64,
+    /// Orders it saw paid, refunded, and asked a refund of with no answer.
     pub(crate) paid: IdLog,
+    pub(crate) refunded: IdLog,
+    pub(crate) refund_unknown: IdLog,
     pub(crate) last_done: Option<Instant>,
 }
 
@@ -27,10 +34,12 @@ impl WorkerOut {
     fn new() -> WorkerOut {
         WorkerOut {
             hists: (0..OpKind::ALL.len()).map(|_| None).collect(),
-            ok: [0; 4],
+            ok: [0; OpKind::ALL.len()],
             errors: BTreeMap::new(),
             requests: 0,
             paid: IdLog::default(),
+            refunded: IdLog::default(),
+            refund_unknown: IdLog::default(),
             last_done: None,
         }
     }
@@ -66,6 +75,24 @@ pub(crate) fn is_place_error(e: &OpError) -> bool {
     )
 }
 
+/// What the workers saw of the orders they paid: each worker refunds
+/// only orders it paid, so its refunded ids leave its paid ones.
+pub(crate) fn settled_orders(outs: &[WorkerOut]) -> SettledOrders {
+    let mut all = SettledOrders::default();
+    for o in outs {
+        let refunded: HashSet<OrderId> = o.refunded.iter().collect();
+        let unknown: HashSet<OrderId> = o.refund_unknown.iter().collect();
+        all.paid.extend(
+            o.paid
+                .iter()
+                .filter(|id| !refunded.contains(id) && !unknown.contains(id)),
+        );
+        all.refunded.extend(refunded);
+        all.refund_unknown.extend(unknown);
+    }
+    all
+}
+
 /// What every worker shares during a run.
 pub(crate) struct Run {
     pub(crate) target: Target,
@@ -85,6 +112,7 @@ pub(crate) struct Run {
 pub(crate) async fn worker(run: Arc<Run>, index: u64, seed: u64) -> WorkerOut {
     let mut rng = Rng::stream(seed, index);
     let mut out = WorkerOut::new();
+    let mut refundable = Refundable::default();
     let mut sent: u64 = 0;
     // Over HTTP, a server taken for gone ends the run: no more attempts.
     while !run.exhausted.load(Ordering::Relaxed) && !run.target.is_gone() {
@@ -110,16 +138,25 @@ pub(crate) async fn worker(run: Arc<Run>, index: u64, seed: u64) -> WorkerOut {
             run.workload,
             kind,
             &mut rng,
+            &mut refundable,
         )
         .await;
-        let Outcome::Done { kind, result, paid } = outcome else {
+        let Outcome::Done {
+            kind,
+            result,
+            settled,
+        } = outcome
+        else {
             run.exhausted.store(true, Ordering::Relaxed);
             break;
         };
 
         let done = Instant::now();
-        if let Some(id) = paid {
-            out.paid.push(id);
+        match settled {
+            Some(Settled::Paid(id)) => out.paid.push(id),
+            Some(Settled::Refunded(id)) => out.refunded.push(id),
+            Some(Settled::RefundUnknown(id)) => out.refund_unknown.push(id),
+            None => {}
         }
         if due >= run.measure_from {
             out.record(kind, done - due, &result);
