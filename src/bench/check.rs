@@ -161,9 +161,8 @@ pub fn check_world(
         let units_ok = if exact {
             p.sold == kept && p.reserved == reserved && p.stock == expected_stock(tally, i)
         } else {
-            // A refund whose answer never came may have taken a unit back.
-            let unknown = tally.unknown.load(Ordering::Relaxed);
-            p.sold.saturating_add(unknown) >= kept
+            // A refund whose answer never came may have taken its unit back.
+            p.sold.saturating_add(get(&tally.refund_unknown_units, i)) >= kept
         };
         if !units_ok {
             out.push(format!(
@@ -271,7 +270,7 @@ pub async fn check_remote(
             let refunded = get(&tally.refunded_units, i);
             let expected = expected_stock(tally, i);
             // Unknown places may have taken units, unknown refunds given some back.
-            let unknown = tally.unknown.load(Ordering::Relaxed);
+            let unknown = get(&tally.refund_unknown_units, i);
             match target.product_stock(*id).await {
                 Ok(s) if s == expected || (!exact && s <= expected.saturating_add(unknown)) => {
                     Finding::Fine

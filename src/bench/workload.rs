@@ -139,6 +139,8 @@ pub struct Tally {
     /// KRW refunded to each user, and units refunded of each product.
     pub refunded: Vec<AtomicU64>,
     pub refunded_units: Vec<AtomicU64>,
+    /// Units of refunds whose answer never came: back in stock, or not.
+    pub refund_unknown_units: Vec<AtomicU64>,
     pub issued: AtomicU64,
     /// Operations whose outcome is unknown (timeouts, shutdown).
     pub unknown: AtomicU64,
@@ -160,6 +162,7 @@ impl Tally {
             sold_units: zeros(products),
             refunded: zeros(users),
             refunded_units: zeros(products),
+            refund_unknown_units: zeros(products),
             issued: AtomicU64::new(0),
             unknown: AtomicU64::new(0),
             coupon_cursor: AtomicUsize::new(0),
@@ -372,7 +375,10 @@ async fn refund_whole(target: &Target, tally: &Tally, order: PaidOrder) -> Outco
             tally.refunded_units[order.product_index].fetch_add(1, Ordering::Relaxed);
             Some(Settled::Refunded(order.order_id))
         }
-        Err(e) if e.unknown_outcome => Some(Settled::RefundUnknown(order.order_id)),
+        Err(e) if e.unknown_outcome => {
+            tally.refund_unknown_units[order.product_index].fetch_add(1, Ordering::Relaxed);
+            Some(Settled::RefundUnknown(order.order_id))
+        }
         // Refused: nothing changed, the order stays paid.
         Err(_) => None,
     };

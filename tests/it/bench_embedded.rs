@@ -337,6 +337,7 @@ fn a_refund_whose_answer_never_came_may_be_recovered_paid() {
     // proves an unknown refund relaxes the order's status check: recovered paid is accepted
     let (fixture, tally) = tally_of_that_world();
     tally.unknown.store(1, Ordering::Relaxed);
+    tally.refund_unknown_units[0].store(1, Ordering::Relaxed);
     let unsure = SettledOrders {
         refund_unknown: vec![OrderId(1)],
         ..SettledOrders::default()
