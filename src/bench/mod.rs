@@ -51,12 +51,13 @@ pub mod workload;
 
 pub use options::{BenchArgs, ClientsOn, SinkChoice, StoreChoice};
 
+use crate::bench::check::SettledOrders;
 use crate::bench::embedded::Embedded;
 use crate::bench::options::{clients_on, validate};
 use crate::bench::report::{merge, BenchReport, InvariantReport, KindReport, RssDrift};
 use crate::bench::runner::{drive, Driven};
 use crate::bench::target::{HttpTarget, Target};
-use crate::bench::worker::settled_orders;
+use crate::bench::worker::{settled_orders, Run};
 use crate::bench::workload::OpKind;
 use hdrhistogram::Histogram;
 use std::collections::BTreeMap;
@@ -104,38 +105,8 @@ pub fn execute(args: &BenchArgs) -> Result<BenchReport, crate::CliError> {
     let products = args.products.unwrap_or(args.workload.default_products());
     validate(args, products)?;
     let on = clients_on(args)?;
-    let (target, embedded, target_name) = match &args.url {
-        Some(url) => {
-            let http = HttpTarget::new(
-                url,
-                args.admin_token.clone(),
-                args.keys,
-                args.auth_jwt_secret.as_deref(),
-            )?;
-            (Target::Http(http), None, url.clone())
-        }
-        None => {
-            let e = Embedded::start(args)?;
-            let name = match args.store {
-                StoreChoice::Sled => format!("embedded engine (sled at {})", e.dir.display()),
-                StoreChoice::Memory => "embedded engine (memory store)".into(),
-            };
-            (Target::Embedded(e.engine.clone()), Some(e), name)
-        }
-    };
-    let threads = args
-        .client_threads
-        .unwrap_or(if embedded.is_some() { 1 } else { 2 });
-    let rt = if threads <= 1 {
-        // Embedded, the workers use no sockets: no I/O driver, so an answer
-        // from an actor thread wakes them with no system call while busy.
-        crate::engine::current_thread_runtime(embedded.is_none())?
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .enable_all()
-            .build()?
-    };
+    let (target, embedded, target_name) = open_target(args)?;
+    let rt = clients_runtime(args, embedded.is_some())?;
     let sink = embedded.as_ref().and_then(|e| e.sink.clone());
     let driven = rt.block_on(drive(target, args, on, users, products, sink));
     let driven = match driven {
@@ -154,28 +125,7 @@ pub fn execute(args: &BenchArgs) -> Result<BenchReport, crate::CliError> {
     let run = &driven.run;
     let invariants = match embedded {
         Some(emb) => emb.finish(&run.fixture, &run.tally, &settled),
-        None => match run.target.unreachable() {
-            Some(gone) => InvariantReport {
-                checked: false,
-                violations: Vec::new(),
-                unreachable: vec![gone],
-                summary: "the server could not be reached, so nothing could be checked".into(),
-            },
-            None => {
-                let checked = rt.block_on(check::check_remote(
-                    &run.target,
-                    &run.fixture,
-                    &run.tally,
-                    &settled,
-                ));
-                InvariantReport {
-                    checked: checked.unreachable.is_empty(),
-                    violations: checked.violations,
-                    unreachable: checked.unreachable,
-                    summary: "through the API: stock, balances and coupons against acknowledgements; a sample of paid and refunded orders".into(),
-                }
-            }
-        },
+        None => rt.block_on(check_through_api(run, &settled)),
     };
     Ok(build_report(
         args,
@@ -186,6 +136,69 @@ pub fn execute(args: &BenchArgs) -> Result<BenchReport, crate::CliError> {
         &driven,
         invariants,
     ))
+}
+
+/// The server of `--url`, or an embedded engine started for the run; and
+/// its name for the report.
+fn open_target(args: &BenchArgs) -> Result<(Target, Option<Embedded>, String), crate::CliError> {
+    match &args.url {
+        Some(url) => {
+            let http = HttpTarget::new(
+                url,
+                args.admin_token.clone(),
+                args.keys,
+                args.auth_jwt_secret.as_deref(),
+            )?;
+            Ok((Target::Http(http), None, url.clone()))
+        }
+        None => {
+            let e = Embedded::start(args)?;
+            let name = match args.store {
+                StoreChoice::Sled => format!("embedded engine (sled at {})", e.dir.display()),
+                StoreChoice::Memory => "embedded engine (memory store)".into(),
+            };
+            Ok((Target::Embedded(e.engine.clone()), Some(e), name))
+        }
+    }
+}
+
+/// The runtime the bench's own side runs on (setup, sampling, and the
+/// workers unless they go on the engine's threads).
+fn clients_runtime(
+    args: &BenchArgs,
+    embedded: bool,
+) -> Result<tokio::runtime::Runtime, crate::CliError> {
+    let threads = args.client_threads.unwrap_or(if embedded { 1 } else { 2 });
+    let rt = if threads <= 1 {
+        // Embedded, the workers use no sockets: no I/O driver, so an answer
+        // from an actor thread wakes them with no system call while busy.
+        crate::engine::current_thread_runtime(!embedded)?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()?
+    };
+    Ok(rt)
+}
+
+/// The check of a run over HTTP, unless the server is gone.
+async fn check_through_api(run: &Run, settled: &SettledOrders) -> InvariantReport {
+    if let Some(gone) = run.target.unreachable() {
+        return InvariantReport {
+            checked: false,
+            violations: Vec::new(),
+            unreachable: vec![gone],
+            summary: "the server could not be reached, so nothing could be checked".into(),
+        };
+    }
+    let checked = check::check_remote(&run.target, &run.fixture, &run.tally, settled).await;
+    InvariantReport {
+        checked: checked.unreachable.is_empty(),
+        violations: checked.violations,
+        unreachable: checked.unreachable,
+        summary: "through the API: stock, balances and coupons against acknowledgements; a sample of paid and refunded orders".into(),
+    }
 }
 
 fn build_report(

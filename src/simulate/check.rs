@@ -3,6 +3,7 @@
 
 use crate::domain::ids::{CouponId, ProductId};
 use crate::domain::order::OrderStatus;
+use crate::domain::user::User;
 use crate::domain::world::World;
 use crate::engine::Engine;
 use crate::simulate::ledger::Ledger;
@@ -97,6 +98,18 @@ pub(crate) fn check_world(
     report: &SimulationReport,
 ) -> Vec<String> {
     let mut out = world.violations();
+    out.extend(check_coupons(world, coupon, report));
+    out.extend(check_products(world, args, ledger));
+    for u in &world.users {
+        out.extend(check_user(u, ledger));
+    }
+    out.extend(check_orders(world, ledger));
+    out
+}
+
+/// Coupons issued = min(quantity, users who asked), recovered and answered.
+fn check_coupons(world: &World, coupon: CouponId, report: &SimulationReport) -> Vec<String> {
+    let mut out = Vec::new();
     let c = &report.coupons;
     let expected_issued = c.quantity.min(c.users_who_asked);
     let issued = world
@@ -109,6 +122,12 @@ pub(crate) fn check_world(
             c.issued, c.quantity, c.users_who_asked
         ));
     }
+    out
+}
+
+/// Units sold = paid − refunded, within the stock, none left reserved.
+fn check_products(world: &World, args: &SimulateArgs, ledger: &Ledger) -> Vec<String> {
+    let mut out = Vec::new();
     for p in &world.products {
         let sold = ledger.sold.get(&p.id).copied().unwrap_or(0);
         if p.sold != sold
@@ -122,41 +141,51 @@ pub(crate) fn check_world(
             ));
         }
     }
-    for u in &world.users {
-        for (&p, &max) in &ledger.limits {
-            // Every order has ended: paid ones hold their units, others freed them.
-            let paid: u64 = ledger
-                .orders
-                .values()
-                .filter(|o| {
-                    o.user_id == u.id && ledger.status.get(&o.id) == Some(&OrderStatus::Paid)
-                })
-                .flat_map(|o| o.quantities())
-                .filter(|(q, _)| *q == p)
-                .map(|(_, n)| n)
-                .sum();
-            let held = u.limited.of(p);
-            if held != paid || held > max {
-                out.push(format!(
-                    "user {} holds {held} units of limited product {p} (limit {max}), paid orders say {paid}",
-                    u.id
-                ));
-            }
-        }
-        let expected = ledger
-            .charged
-            .get(&u.id)
-            .copied()
-            .unwrap_or(0)
-            .checked_sub(ledger.paid.get(&u.id).copied().unwrap_or(0))
-            .and_then(|b| b.checked_add(ledger.refunded.get(&u.id).copied().unwrap_or(0)));
-        if Some(u.balance.0) != expected {
+    out
+}
+
+/// A user's limited units as its paid orders say, and its balance =
+/// charged − paid + refunded.
+fn check_user(u: &User, ledger: &Ledger) -> Vec<String> {
+    let mut out = Vec::new();
+    for (&p, &max) in &ledger.limits {
+        // Every order has ended: paid ones hold their units, others freed them.
+        let paid: u64 = ledger
+            .orders
+            .values()
+            .filter(|o| o.user_id == u.id && ledger.status.get(&o.id) == Some(&OrderStatus::Paid))
+            .flat_map(|o| o.quantities())
+            .filter(|(q, _)| *q == p)
+            .map(|(_, n)| n)
+            .sum();
+        let held = u.limited.of(p);
+        if held != paid || held > max {
             out.push(format!(
-                "user {}: balance {} but charged - paid + refunded = {expected:?}",
-                u.id, u.balance.0
+                "user {} holds {held} units of limited product {p} (limit {max}), paid orders say {paid}",
+                u.id
             ));
         }
     }
+    let expected = ledger
+        .charged
+        .get(&u.id)
+        .copied()
+        .unwrap_or(0)
+        .checked_sub(ledger.paid.get(&u.id).copied().unwrap_or(0))
+        .and_then(|b| b.checked_add(ledger.refunded.get(&u.id).copied().unwrap_or(0)));
+    if Some(u.balance.0) != expected {
+        out.push(format!(
+            "user {}: balance {} but charged - paid + refunded = {expected:?}",
+            u.id, u.balance.0
+        ));
+    }
+    out
+}
+
+/// Every order recovered as answered (a pending one expired), with the
+/// lines and amounts it was placed with.
+fn check_orders(world: &World, ledger: &Ledger) -> Vec<String> {
+    let mut out = Vec::new();
     if world.orders.len() != ledger.status.len() {
         out.push(format!(
             "{} orders recovered, {} placed",

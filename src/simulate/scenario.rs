@@ -2,7 +2,7 @@
 
 use crate::bench::rng::Rng;
 use crate::domain::coupon::Discount;
-use crate::domain::ids::{CouponId, OrderId, UserId};
+use crate::domain::ids::{CouponId, OrderId, ProductId, UserId};
 use crate::domain::order::OrderStatus;
 use crate::engine::{Engine, Error, ManualClock, NewCoupon};
 use crate::simulate::actors::{
@@ -39,7 +39,8 @@ pub(crate) const LIMITED_EVERY: usize = 4;
 pub(crate) const LIMIT_PER_USER: u64 = 2;
 pub(crate) type Step<T> = Result<T, crate::CliError>;
 
-/// Phases 1–8; answers the campaign and the ranking's violations.
+/// Phases 1–9 but the wait for delivery; answers the campaign and the
+/// ranking's violations.
 pub(crate) async fn scenario(
     engine: &Engine,
     clock: &ManualClock,
@@ -50,7 +51,55 @@ pub(crate) async fn scenario(
 ) -> Step<(CouponId, Vec<String>)> {
     let mut rng = Rng::new(args.seed);
     pb.set_message("setting up products, the campaign and users");
-    let products = create_products(engine, args, &mut rng, ledger).await?;
+    let (products, coupon, users) = set_up(engine, args, &mut rng, report, ledger).await?;
+    pb.inc(1);
+
+    pb.set_message("users charge their balance");
+    charge_all(engine, &users, &mut rng, ledger).await?;
+    pb.inc(1);
+
+    pb.set_message("users race for the coupon");
+    race_for_coupon(engine, coupon, args, &users, &mut rng, report, ledger).await;
+    pb.inc(1);
+
+    pb.set_message("users race to order scarce products");
+    let wave = some_of(&users, &mut rng, ORDER_PCT);
+    let placed = place_wave(engine, &wave, &products, &mut rng, true, report, ledger).await;
+    pb.inc(1);
+
+    pb.set_message("orders are paid, cancelled or left pending");
+    pay_or_cancel(engine, placed, &mut rng, report, ledger).await;
+    pb.inc(1);
+
+    pb.set_message("a second wave buys what came back");
+    let second = some_of(&users, &mut rng, SECOND_WAVE_PCT);
+    let placed = place_wave(engine, &second, &products, &mut rng, false, report, ledger).await;
+    pay_all(engine, &placed, report, ledger).await;
+    pb.inc(1);
+
+    pb.set_message("an operator refunds some paid orders");
+    refund_some(engine, &mut rng, report, ledger).await?;
+    pb.inc(1);
+
+    pb.set_message("the clock moves past the order TTL");
+    expire_pending(engine, clock, report, ledger).await?;
+    pb.inc(1);
+
+    pb.set_message("the ranking is refreshed");
+    let ranking = rank(engine, report, ledger).await?;
+    pb.inc(1);
+    Ok((coupon, ranking))
+}
+
+/// Phase 1: products (some limited), the coupon campaign, and the users.
+async fn set_up(
+    engine: &Engine,
+    args: &SimulateArgs,
+    rng: &mut Rng,
+    report: &mut SimulationReport,
+    ledger: &mut Ledger,
+) -> Step<(Vec<ProductId>, CouponId, Vec<UserId>)> {
+    let products = create_products(engine, args, rng, ledger).await?;
     let coupon = engine
         .create_coupon(
             NewCoupon {
@@ -73,26 +122,27 @@ pub(crate) async fn scenario(
         .map(|r| r.map(|u| u.id))
         .collect::<Result<Vec<UserId>, Error>>()?;
     report.units_stocked = args.stock * products.len() as u64;
-    pb.inc(1);
+    Ok((products, coupon, users))
+}
 
-    pb.set_message("users charge their balance");
-    charge_all(engine, &users, &mut rng, ledger).await?;
-    pb.inc(1);
-
-    pb.set_message("users race for the coupon");
-    race_for_coupon(engine, coupon, args, &users, &mut rng, report, ledger).await;
-    pb.inc(1);
-
-    pb.set_message("users race to order scarce products");
-    let wave: Vec<UserId> = users
+/// A seeded `percent` share of `users`.
+fn some_of(users: &[UserId], rng: &mut Rng, percent: u64) -> Vec<UserId> {
+    users
         .iter()
         .copied()
-        .filter(|_| rng.percent(ORDER_PCT))
-        .collect();
-    let placed = place_wave(engine, &wave, &products, &mut rng, true, report, ledger).await;
-    pb.inc(1);
+        .filter(|_| rng.percent(percent))
+        .collect()
+}
 
-    pb.set_message("orders are paid, cancelled or left pending");
+/// Phase 5: each placed order is paid, cancelled or left to expire (seeded);
+/// payments and cancels run at once.
+async fn pay_or_cancel(
+    engine: &Engine,
+    placed: Vec<OrderId>,
+    rng: &mut Rng,
+    report: &mut SimulationReport,
+    ledger: &mut Ledger,
+) {
     let mut pays = Vec::new();
     let mut cancels = Vec::new();
     for id in placed {
@@ -115,23 +165,15 @@ pub(crate) async fn scenario(
                 .push(format!("cancel of pending order {id} refused: {e}")),
         }
     }
-    pb.inc(1);
+}
 
-    pb.set_message("a second wave buys what came back");
-    let second: Vec<UserId> = users
-        .iter()
-        .copied()
-        .filter(|_| rng.percent(SECOND_WAVE_PCT))
-        .collect();
-    let placed = place_wave(engine, &second, &products, &mut rng, false, report, ledger).await;
-    pay_all(engine, &placed, report, ledger).await;
-    pb.inc(1);
-
-    pb.set_message("an operator refunds some paid orders");
-    refund_some(engine, &mut rng, report, ledger).await?;
-    pb.inc(1);
-
-    pb.set_message("the clock moves past the order TTL");
+/// Phase 8: the clock moves past the order TTL and due orders expire.
+async fn expire_pending(
+    engine: &Engine,
+    clock: &ManualClock,
+    report: &mut SimulationReport,
+    ledger: &mut Ledger,
+) -> Step<()> {
     clock.advance_ms(ORDER_TTL_MS + 1_000);
     engine.expire_due_orders().await?;
     let pending: Vec<OrderId> = ledger
@@ -148,9 +190,15 @@ pub(crate) async fn scenario(
             report.orders.expired += 1;
         }
     }
-    pb.inc(1);
+    Ok(())
+}
 
-    pb.set_message("the ranking is refreshed");
+/// Phase 9: the ranking is refreshed; answers its violations.
+async fn rank(
+    engine: &Engine,
+    report: &mut SimulationReport,
+    ledger: &Ledger,
+) -> Step<Vec<String>> {
     let top = engine.refresh_stats().await?;
     report.top5 = top
         .items
@@ -163,6 +211,5 @@ pub(crate) async fn scenario(
         .collect();
     let ranking = check_ranking(&report.top5, &ledger.sold);
     report.units_sold = ledger.sold.values().sum();
-    pb.inc(1);
-    Ok((coupon, ranking))
+    Ok(ranking)
 }
