@@ -2,9 +2,9 @@
 //!
 //! Every acknowledged effect is tallied (charges, payments and refunds per
 //! user, units placed, returned, sold and refunded per product, coupons
-//! issued, ids of paid and refunded orders) so that, after the run, the invariant check can demand that
-//! every acknowledgement is in the recovered state — "acknowledged means
-//! durable" is checked, not assumed.
+//! issued, ids of paid and refunded orders) so that, after the run, the
+//! invariant check can demand that every acknowledgement is in the
+//! recovered state — "acknowledged means durable" is checked, not assumed.
 
 use crate::bench::rng::Rng;
 use crate::bench::target::{OpError, OpResult, Target};
