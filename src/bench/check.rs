@@ -10,6 +10,11 @@
 //! answer) is reported apart, as unreachable: it neither passes nor
 //! violates anything.
 //!
+//! Money: each user's balance = charges − payments + refunds acknowledged;
+//! stock: each product's units = stocked − placed + returned + refunded,
+//! and sold = paid − refunded. Each order seen paid is recovered paid, or
+//! refunded if its refund was acknowledged.
+//!
 //! With no unknown outcome the tallies are exact (`==`); otherwise an
 //! operation may have happened without its answer arriving, so only
 //! "every acknowledgement is there" (`>=`) is demanded.
@@ -26,12 +31,97 @@ fn get(v: &[AtomicU64], i: usize) -> u64 {
     v[i].load(Ordering::Relaxed)
 }
 
+/// The orders a run saw paid, by what each must be recovered as.
+#[derive(Clone, Debug, Default)]
+pub struct SettledOrders {
+    /// Paid, and not refunded since.
+    pub paid: Vec<OrderId>,
+    /// Paid, then refunded whole.
+    pub refunded: Vec<OrderId>,
+    /// Paid, then asked a refund whose answer never came: either.
+    pub refund_unknown: Vec<OrderId>,
+}
+
+/// What an order seen paid may be recovered as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Expect {
+    Paid,
+    Refunded,
+    PaidOrRefunded,
+}
+
+impl Expect {
+    fn allows(self, status: OrderStatus) -> bool {
+        matches!(
+            (self, status),
+            (Expect::Paid | Expect::PaidOrRefunded, OrderStatus::Paid)
+                | (
+                    Expect::Refunded | Expect::PaidOrRefunded,
+                    OrderStatus::Refunded
+                )
+        )
+    }
+
+    /// The same, of a status as `API.md` spells it.
+    fn allows_name(self, status: &str) -> bool {
+        match status {
+            "paid" => self.allows(OrderStatus::Paid),
+            "refunded" => self.allows(OrderStatus::Refunded),
+            _ => false,
+        }
+    }
+}
+
+impl SettledOrders {
+    /// Orders seen paid, none refunded.
+    pub fn paid(ids: Vec<OrderId>) -> SettledOrders {
+        SettledOrders {
+            paid: ids,
+            ..SettledOrders::default()
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.paid.len() + self.refunded.len() + self.refund_unknown.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn expectations(&self) -> impl Iterator<Item = (OrderId, Expect)> + '_ {
+        fn with(ids: &[OrderId], e: Expect) -> impl Iterator<Item = (OrderId, Expect)> + '_ {
+            ids.iter().map(move |id| (*id, e))
+        }
+        with(&self.paid, Expect::Paid)
+            .chain(with(&self.refunded, Expect::Refunded))
+            .chain(with(&self.refund_unknown, Expect::PaidOrRefunded))
+    }
+}
+
+/// A user's balance as the acknowledgements say: charges − payments + refunds.
+fn expected_balance(tally: &Tally, i: usize) -> Option<u64> {
+    get(&tally.charged, i)
+        .checked_sub(get(&tally.paid, i))?
+        .checked_add(get(&tally.refunded, i))
+}
+
+/// A product's stock as the acknowledgements say.
+fn expected_stock(tally: &Tally, i: usize) -> u64 {
+    let (placed, returned, refunded) = (
+        get(&tally.placed_units, i),
+        get(&tally.returned_units, i),
+        get(&tally.refunded_units, i),
+    );
+    STOCK - placed + returned + refunded
+}
+
 /// Checks a recovered world against the run's tallies.
 pub fn check_world(
     world: &World,
     fixture: &Fixture,
     tally: &Tally,
-    paid_orders: &[OrderId],
+    orders: &SettledOrders,
 ) -> Vec<String> {
     let mut out = world.violations();
     let exact = tally.unknown.load(Ordering::Relaxed) == 0;
@@ -41,13 +131,14 @@ pub fn check_world(
             continue;
         };
         let (charged, paid) = (get(&tally.charged, i), get(&tally.paid, i));
-        let expected = charged.checked_sub(paid);
-        if expected.is_none() {
+        let refunded = get(&tally.refunded, i);
+        let expected = expected_balance(tally, i);
+        if charged.checked_sub(paid).is_none() {
             out.push(format!("user {id}: paid {paid} but only {charged} charged"));
         }
         if exact && Some(u.balance.0) != expected {
             out.push(format!(
-                "user {id}: balance {} but charges {charged} - payments {paid} acknowledged",
+                "user {id}: balance {} but charges {charged} - payments {paid} + refunds {refunded} acknowledged",
                 u.balance.0
             ));
         }
@@ -59,29 +150,32 @@ pub fn check_world(
             ));
             continue;
         };
-        let (placed, returned, sold) = (
+        let (placed, returned, sold, refunded) = (
             get(&tally.placed_units, i),
             get(&tally.returned_units, i),
             get(&tally.sold_units, i),
+            get(&tally.refunded_units, i),
         );
         let reserved = placed.saturating_sub(returned + sold);
-        let pending_ok = if exact {
-            p.sold == sold && p.reserved == reserved && p.stock == STOCK - placed + returned
+        let kept = sold.saturating_sub(refunded);
+        let units_ok = if exact {
+            p.sold == kept && p.reserved == reserved && p.stock == expected_stock(tally, i)
         } else {
-            p.sold >= sold
+            // A refund whose answer never came may have taken its unit back.
+            p.sold.saturating_add(get(&tally.refund_unknown_units, i)) >= kept
         };
-        if !pending_ok {
+        if !units_ok {
             out.push(format!(
-                "product {id}: stock {} reserved {} sold {}, but acknowledged: placed {placed}, returned {returned}, sold {sold}",
+                "product {id}: stock {} reserved {} sold {}, but acknowledged: placed {placed}, returned {returned}, sold {sold}, refunded {refunded}",
                 p.stock, p.reserved, p.sold
             ));
         }
     }
-    for id in paid_orders {
-        match world.orders.get(id).map(|o| o.status) {
-            Some(OrderStatus::Paid) => {}
+    for (id, expect) in orders.expectations() {
+        match world.orders.get(&id).map(|o| o.status) {
+            Some(status) if expect.allows(status) => {}
             other => out.push(format!(
-                "order {id}: payment acknowledged but recovered as {other:?}"
+                "order {id}: {expect:?} acknowledged but recovered as {other:?}"
             )),
         }
     }
@@ -166,18 +260,23 @@ pub async fn check_remote(
     target: &Target,
     fixture: &Fixture,
     tally: &Tally,
-    paid_orders: &[OrderId],
+    orders: &SettledOrders,
 ) -> RemoteCheck {
     let exact = tally.unknown.load(Ordering::Relaxed) == 0;
     let mut out = RemoteCheck::default();
     let stock: Vec<Finding> = stream::iter(fixture.products.iter().enumerate())
         .map(|(i, id)| async move {
             let (placed, returned) = (get(&tally.placed_units, i), get(&tally.returned_units, i));
-            let expected = STOCK - placed + returned;
+            let refunded = get(&tally.refunded_units, i);
+            let expected = expected_stock(tally, i);
+            // Unknown places may have taken units, unknown refunds given some back.
+            let unknown = get(&tally.refund_unknown_units, i);
             match target.product_stock(*id).await {
-                Ok(s) if s == expected || (!exact && s <= expected) => Finding::Fine,
+                Ok(s) if s == expected || (!exact && s <= expected.saturating_add(unknown)) => {
+                    Finding::Fine
+                }
                 Ok(s) => Finding::Violated(format!(
-                    "product {id}: stock {s}, expected {expected} (placed {placed}, returned {returned})"
+                    "product {id}: stock {s}, expected {expected} (placed {placed}, returned {returned}, refunded {refunded})"
                 )),
                 Err(e) => failed(format!("product {id}"), &e),
             }
@@ -189,7 +288,7 @@ pub async fn check_remote(
     out.add(stock);
     let balances: Vec<Finding> = stream::iter(fixture.users.iter().enumerate())
         .map(|(i, id)| async move {
-            let expected = get(&tally.charged, i).checked_sub(get(&tally.paid, i));
+            let expected = expected_balance(tally, i);
             match target.balance(*id).await {
                 // A negative balance cannot even be read as a u64.
                 Ok(b) if !exact || Some(b.0) == expected => Finding::Fine,
@@ -226,15 +325,15 @@ pub async fn check_remote(
         };
         out.add(vec![finding]);
     }
-    let step = (paid_orders.len() / PAID_SAMPLE_MAX).max(1);
-    let sample: Vec<OrderId> = paid_orders.iter().step_by(step).copied().collect();
+    let step = (orders.len() / PAID_SAMPLE_MAX).max(1);
+    let sample: Vec<(OrderId, Expect)> = orders.expectations().step_by(step).collect();
     let orders: Vec<Finding> = stream::iter(sample)
-        .map(|id| async move {
+        .map(|(id, expect)| async move {
             match target.order_status(id).await {
-                Ok(s) if s == "paid" => Finding::Fine,
-                Ok(s) => {
-                    Finding::Violated(format!("order {id}: payment acknowledged but status {s}"))
-                }
+                Ok(s) if expect.allows_name(&s) => Finding::Fine,
+                Ok(s) => Finding::Violated(format!(
+                    "order {id}: {expect:?} acknowledged but status {s}"
+                )),
                 Err(e) => failed(format!("order {id}"), &e),
             }
         })

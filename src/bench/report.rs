@@ -267,6 +267,15 @@ fn row(out: &mut String, r: &KindReport) {
 impl BenchReport {
     pub fn table(&self) -> String {
         let mut out = String::new();
+        self.write_header(&mut out);
+        self.write_latencies(&mut out);
+        self.write_resources(&mut out);
+        self.write_outcomes(&mut out);
+        out
+    }
+
+    /// What ran, against what, and setup.
+    fn write_header(&self, out: &mut String) {
         let mode = match self.rate {
             Some(r) => format!("open loop at {r:.0}/s"),
             None => "closed loop".into(),
@@ -306,19 +315,23 @@ impl BenchReport {
         if let Some(why) = &self.unreachable {
             let _ = writeln!(out, "UNREACHABLE: the run stopped early: {why}");
         }
+    }
+
+    /// One latency row per kind, the total, and each HTTP request.
+    fn write_latencies(&self, out: &mut String) {
         let _ = writeln!(
             out,
             "{:<13} {:>10} {:>10} {:>11} {:>8} {:>8} {:>8} {:>8} {:>8}",
             "kind", "ops", "ok", "ok/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms"
         );
         for k in &self.kinds {
-            row(&mut out, k);
+            row(out, k);
         }
         if self.kinds.len() > 1 {
-            row(&mut out, &self.total);
+            row(out, &self.total);
         }
         if let Some(r) = &self.http_requests {
-            row(&mut out, r);
+            row(out, r);
         }
         if self.total.ops == 0 {
             let _ = writeln!(
@@ -327,6 +340,10 @@ impl BenchReport {
             );
         }
         let _ = writeln!(out, "requests/s {:.0}", self.requests_per_sec);
+    }
+
+    /// The journal, the process, the data platform and the RSS drift.
+    fn write_resources(&self, out: &mut String) {
         if let Some(j) = &self.journal {
             let _ = writeln!(
                 out,
@@ -387,6 +404,10 @@ impl BenchReport {
                 d.of, d.early_lowest_mib, d.late_lowest_mib, d.change_percent
             );
         }
+    }
+
+    /// Errors by code, unknown outcomes, and the invariant check.
+    fn write_outcomes(&self, out: &mut String) {
         if self.errors.is_empty() {
             let _ = writeln!(out, "errors: none");
         } else {
@@ -430,7 +451,6 @@ impl BenchReport {
                 let _ = writeln!(out, "  - {v}");
             }
         }
-        out
     }
 }
 

@@ -9,6 +9,7 @@ use crate::domain::coupon::Discount;
 use crate::domain::ids::{CouponId, OrderId, ProductId, UserId};
 use crate::domain::money::Krw;
 use crate::domain::order::LineRequest;
+use crate::domain::refund::RefundRequest;
 use crate::engine::{Engine, Error, NewCoupon, OrderSource, PlaceOrder};
 use axum::http::{Method, StatusCode};
 use hdrhistogram::Histogram;
@@ -95,6 +96,9 @@ pub struct HttpTarget {
 enum Who {
     /// An admin route: the static admin token if given, else an admin JWT.
     Admin,
+    /// An admin route the load itself calls (a refund): the admin's token
+    /// as for `Admin`, and with `--keys` a key as on every change request.
+    Operator,
     /// A customer's request: that user's token.
     User(UserId),
     /// A request of the bench itself (creating users, reading a coupon or
@@ -332,8 +336,10 @@ impl HttpTarget {
         let admin = who == Who::Admin;
         let user_token;
         let bearer = match (who, &self.tokens) {
-            (Who::Admin, _) if self.admin_token.is_some() => self.admin_token.as_deref(),
-            (Who::Admin | Who::Bench, Some(t)) => Some(t.admin.as_str()),
+            (Who::Admin | Who::Operator, _) if self.admin_token.is_some() => {
+                self.admin_token.as_deref()
+            }
+            (Who::Admin | Who::Operator | Who::Bench, Some(t)) => Some(t.admin.as_str()),
             (Who::User(id), Some(t)) => {
                 user_token = t.user(id);
                 Some(&*user_token)
@@ -749,6 +755,24 @@ impl Target {
             Target::Http(h) => {
                 let path = format!("/orders/{order}/payment");
                 let _: IdBody = h.call(Method::POST, &path, None, Who::User(user)).await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Refunds all of `order` (admin).
+    pub async fn refund(&self, order: OrderId) -> OpResult<()> {
+        match self {
+            Target::Embedded(e) => e
+                .refund_order(order, RefundRequest::default(), None)
+                .await
+                .map(drop)
+                .map_err(Into::into),
+            Target::Http(h) => {
+                let path = format!("/orders/{order}/refund");
+                let _: IdBody = h
+                    .call(Method::POST, &path, Some(json!({})), Who::Operator)
+                    .await?;
                 Ok(())
             }
         }

@@ -1,10 +1,10 @@
 //! The workloads: what is set up before measuring, and what one operation does.
 //!
-//! Every acknowledged effect is tallied (charges and payments per user,
-//! units placed, returned and sold per product, coupons issued, ids of paid
-//! orders) so that, after the run, the invariant check can demand that
-//! every acknowledgement is in the recovered state — "acknowledged means
-//! durable" is checked, not assumed.
+//! Every acknowledged effect is tallied (charges, payments and refunds per
+//! user, units placed, returned, sold and refunded per product, coupons
+//! issued, ids of paid and refunded orders) so that, after the run, the
+//! invariant check can demand that every acknowledgement is in the
+//! recovered state — "acknowledged means durable" is checked, not assumed.
 
 use crate::bench::rng::Rng;
 use crate::bench::target::{OpError, OpResult, Target};
@@ -12,6 +12,7 @@ use crate::domain::ids::{CouponId, OrderId, ProductId, UserId};
 use crate::domain::money::Krw;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use serde::Serialize;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -26,7 +27,8 @@ pub enum Workload {
     HotProduct,
     /// Every user asks once for a coupon of one campaign.
     CouponFlash,
-    /// 60% product reads, 20% place+pay, 10% charges, 10% coupon issues.
+    /// 55% product reads, 20% place+pay, 10% charges, 10% coupon issues,
+    /// 5% whole refunds of paid orders (admin).
     Mixed,
 }
 
@@ -51,6 +53,11 @@ impl Workload {
         matches!(self, Workload::CouponFlash | Workload::Mixed)
     }
 
+    /// Whether the workload refunds paid orders.
+    pub(crate) fn refunds(self) -> bool {
+        self == Workload::Mixed
+    }
+
     pub(crate) fn needs_balance(self) -> bool {
         matches!(
             self,
@@ -68,14 +75,17 @@ pub enum OpKind {
     OrderPay,
     Charge,
     IssueCoupon,
+    /// A whole refund of an order the worker paid (one request, admin).
+    Refund,
 }
 
 impl OpKind {
-    pub const ALL: [OpKind; 4] = [
+    pub const ALL: [OpKind; 5] = [
         OpKind::ReadProduct,
         OpKind::OrderPay,
         OpKind::Charge,
         OpKind::IssueCoupon,
+        OpKind::Refund,
     ];
 
     pub fn index(self) -> usize {
@@ -88,6 +98,7 @@ impl OpKind {
             OpKind::OrderPay => "order_pay",
             OpKind::Charge => "charge",
             OpKind::IssueCoupon => "issue_coupon",
+            OpKind::Refund => "refund",
         }
     }
 
@@ -107,6 +118,9 @@ pub const CHARGE_AMOUNT: Krw = Krw(100);
 /// Enough that no run of any length sells out.
 pub const STOCK: u64 = 1_000_000_000;
 const SETUP_IN_FLIGHT: usize = 256;
+/// Paid orders a worker keeps for its refunds; past this the oldest is
+/// forgotten (it stays paid).
+pub const REFUNDABLE_MAX: usize = 64;
 
 /// The entities a run works on, made before measuring.
 pub struct Fixture {
@@ -122,6 +136,11 @@ pub struct Tally {
     pub placed_units: Vec<AtomicU64>,
     pub returned_units: Vec<AtomicU64>,
     pub sold_units: Vec<AtomicU64>,
+    /// KRW refunded to each user, and units refunded of each product.
+    pub refunded: Vec<AtomicU64>,
+    pub refunded_units: Vec<AtomicU64>,
+    /// Units of refunds whose answer never came: back in stock, or not.
+    pub refund_unknown_units: Vec<AtomicU64>,
     pub issued: AtomicU64,
     /// Operations whose outcome is unknown (timeouts, shutdown).
     pub unknown: AtomicU64,
@@ -141,6 +160,9 @@ impl Tally {
             placed_units: zeros(products),
             returned_units: zeros(products),
             sold_units: zeros(products),
+            refunded: zeros(users),
+            refunded_units: zeros(products),
+            refund_unknown_units: zeros(products),
             issued: AtomicU64::new(0),
             unknown: AtomicU64::new(0),
             coupon_cursor: AtomicUsize::new(0),
@@ -206,12 +228,48 @@ pub async fn setup(
     Ok((fixture, tally))
 }
 
+/// A paid order a worker may refund later.
+#[derive(Clone, Copy, Debug)]
+pub struct PaidOrder {
+    pub order_id: OrderId,
+    pub user_index: usize,
+    pub product_index: usize,
+    pub pay_amount: Krw,
+}
+
+/// A worker's paid orders not yet refunded, oldest first: its refunds take
+/// from here, so no two workers ask a refund of the same order.
+#[derive(Default)]
+pub struct Refundable(VecDeque<PaidOrder>);
+
+impl Refundable {
+    fn keep(&mut self, order: PaidOrder) {
+        if self.0.len() >= REFUNDABLE_MAX {
+            self.0.pop_front();
+        }
+        self.0.push_back(order);
+    }
+
+    fn take(&mut self) -> Option<PaidOrder> {
+        self.0.pop_front()
+    }
+}
+
+/// What became of an order in one operation, for the check after the run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settled {
+    Paid(OrderId),
+    Refunded(OrderId),
+    /// A refund asked whose answer never came: paid or refunded.
+    RefundUnknown(OrderId),
+}
+
 /// What a worker did in one operation.
 pub enum Outcome {
     Done {
         kind: OpKind,
         result: Result<(), OpError>,
-        paid: Option<OrderId>,
+        settled: Option<Settled>,
     },
     /// No more work of this kind exists (every user has asked for a coupon).
     Exhausted,
@@ -222,16 +280,19 @@ pub fn pick(workload: Workload, rng: &mut Rng) -> OpKind {
         Workload::Charge => OpKind::Charge,
         Workload::OrderPay | Workload::HotProduct => OpKind::OrderPay,
         Workload::CouponFlash => OpKind::IssueCoupon,
-        Workload::Mixed => match rng.below(10) {
-            0..=5 => OpKind::ReadProduct,
-            6 | 7 => OpKind::OrderPay,
-            8 => OpKind::Charge,
-            _ => OpKind::IssueCoupon,
+        Workload::Mixed => match rng.below(20) {
+            0..=10 => OpKind::ReadProduct,
+            11..=14 => OpKind::OrderPay,
+            15 | 16 => OpKind::Charge,
+            17 | 18 => OpKind::IssueCoupon,
+            _ => OpKind::Refund,
         },
     }
 }
 
-/// Runs one operation of `kind`, tallying what was acknowledged.
+/// Runs one operation of `kind`, tallying what was acknowledged. A refund
+/// with no paid order of the worker's to take (at the start of a run)
+/// places and pays one instead.
 pub async fn execute(
     target: &Target,
     fixture: &Fixture,
@@ -239,10 +300,20 @@ pub async fn execute(
     workload: Workload,
     kind: OpKind,
     rng: &mut Rng,
+    refundable: &mut Refundable,
 ) -> Outcome {
     let user_index = rng.below(fixture.users.len() as u64) as usize;
     let product_index = rng.below(fixture.products.len() as u64) as usize;
-    let mut paid = None;
+    if kind == OpKind::Refund {
+        if let Some(order) = refundable.take() {
+            return refund_whole(target, tally, order).await;
+        }
+    }
+    let kind = match kind {
+        OpKind::Refund => OpKind::OrderPay,
+        other => other,
+    };
+    let mut settled = None;
     let result = match kind {
         OpKind::ReadProduct => {
             let r = target.product_stock(fixture.products[product_index]).await;
@@ -257,9 +328,14 @@ pub async fn execute(
             }
             r
         }
-        OpKind::OrderPay => {
+        OpKind::OrderPay | OpKind::Refund => {
             let r = order_pay(target, fixture, tally, user_index, product_index).await;
-            r.map(|id| paid = Some(id))
+            r.map(|order| {
+                settled = Some(Settled::Paid(order.order_id));
+                if workload.refunds() {
+                    refundable.keep(order);
+                }
+            })
         }
         OpKind::IssueCoupon => {
             let Some((coupon, _)) = fixture.coupon else {
@@ -282,7 +358,36 @@ pub async fn execute(
         }
     };
     tally.note(&result);
-    Outcome::Done { kind, result, paid }
+    Outcome::Done {
+        kind,
+        result,
+        settled,
+    }
+}
+
+/// Refunds all of a paid one-line order: its `pay_amount` back to the
+/// balance, its unit back to stock.
+async fn refund_whole(target: &Target, tally: &Tally, order: PaidOrder) -> Outcome {
+    let result = target.refund(order.order_id).await;
+    let settled = match &result {
+        Ok(()) => {
+            tally.refunded[order.user_index].fetch_add(order.pay_amount.0, Ordering::Relaxed);
+            tally.refunded_units[order.product_index].fetch_add(1, Ordering::Relaxed);
+            Some(Settled::Refunded(order.order_id))
+        }
+        Err(e) if e.unknown_outcome => {
+            tally.refund_unknown_units[order.product_index].fetch_add(1, Ordering::Relaxed);
+            Some(Settled::RefundUnknown(order.order_id))
+        }
+        // Refused: nothing changed, the order stays paid.
+        Err(_) => None,
+    };
+    tally.note(&result);
+    Outcome::Done {
+        kind: OpKind::Refund,
+        result,
+        settled,
+    }
 }
 
 async fn order_pay(
@@ -291,7 +396,7 @@ async fn order_pay(
     tally: &Tally,
     user_index: usize,
     product_index: usize,
-) -> OpResult<OrderId> {
+) -> OpResult<PaidOrder> {
     let placed = target
         .place(
             fixture.users[user_index],
@@ -304,7 +409,12 @@ async fn order_pay(
         Ok(()) => {
             tally.sold_units[product_index].fetch_add(1, Ordering::Relaxed);
             tally.paid[user_index].fetch_add(placed.pay_amount.0, Ordering::Relaxed);
-            Ok(placed.order_id)
+            Ok(PaidOrder {
+                order_id: placed.order_id,
+                user_index,
+                product_index,
+                pay_amount: placed.pay_amount,
+            })
         }
         Err(e) => {
             // A refused payment fails the order and returns its stock.

@@ -2,7 +2,7 @@
 //! check catches what it claims to catch. Small and short: speed lives in
 //! the benchmark itself, not here.
 
-use commerce_engine::bench::check::check_world;
+use commerce_engine::bench::check::{check_world, SettledOrders};
 use commerce_engine::bench::workload::{Fixture, Tally, Workload, STOCK};
 use commerce_engine::bench::{execute, BenchArgs, ClientsOn, SinkChoice, StoreChoice};
 use commerce_engine::domain::event::{Event, Record};
@@ -270,10 +270,14 @@ fn tally_of_that_world() -> (Fixture, Tally) {
     (fixture, tally)
 }
 
+fn paid(id: u64) -> SettledOrders {
+    SettledOrders::paid(vec![OrderId(id)])
+}
+
 #[test]
 fn check_accepts_a_world_that_holds_every_acknowledgement() {
     let (fixture, tally) = tally_of_that_world();
-    let v = check_world(&world_with_a_paid_order(), &fixture, &tally, &[OrderId(1)]);
+    let v = check_world(&world_with_a_paid_order(), &fixture, &tally, &paid(1));
     assert!(v.is_empty(), "{v:?}");
 }
 
@@ -281,14 +285,14 @@ fn check_accepts_a_world_that_holds_every_acknowledgement() {
 fn check_reports_an_acknowledged_charge_that_is_missing() {
     let (fixture, tally) = tally_of_that_world();
     tally.charged[0].fetch_add(100, Ordering::Relaxed);
-    let v = check_world(&world_with_a_paid_order(), &fixture, &tally, &[OrderId(1)]);
+    let v = check_world(&world_with_a_paid_order(), &fixture, &tally, &paid(1));
     assert!(v.iter().any(|m| m.contains("balance")), "{v:?}");
 }
 
 #[test]
 fn check_reports_an_acknowledged_payment_that_did_not_survive() {
     let (fixture, tally) = tally_of_that_world();
-    let v = check_world(&world_with_a_paid_order(), &fixture, &tally, &[OrderId(2)]);
+    let v = check_world(&world_with_a_paid_order(), &fixture, &tally, &paid(2));
     assert!(v.iter().any(|m| m.contains("order 2")), "{v:?}");
 }
 
@@ -297,7 +301,7 @@ fn check_reports_broken_stock_conservation() {
     let (fixture, tally) = tally_of_that_world();
     let mut world = world_with_a_paid_order();
     world.products[0].stock += 1;
-    let v = check_world(&world, &fixture, &tally, &[OrderId(1)]);
+    let v = check_world(&world, &fixture, &tally, &paid(1));
     assert!(v.iter().any(|m| m.contains("product 1")), "{v:?}");
 }
 
@@ -307,7 +311,60 @@ fn with_unknown_outcomes_more_than_acknowledged_is_accepted_but_less_is_not() {
     tally.unknown.store(1, Ordering::Relaxed);
     tally.sold_units[0].store(0, Ordering::Relaxed);
     let world = world_with_a_paid_order();
-    assert!(check_world(&world, &fixture, &tally, &[]).is_empty());
+    assert!(check_world(&world, &fixture, &tally, &SettledOrders::default()).is_empty());
     tally.sold_units[0].store(2, Ordering::Relaxed);
-    assert!(!check_world(&world, &fixture, &tally, &[]).is_empty());
+    assert!(!check_world(&world, &fixture, &tally, &SettledOrders::default()).is_empty());
+}
+
+#[test]
+fn check_reports_an_acknowledged_refund_that_did_not_survive() {
+    // proves the refund checks: money (charges - payments + refunds), stock and the order's status each catch a refund the world lacks
+    let (fixture, tally) = tally_of_that_world();
+    tally.refunded[0].store(1_000, Ordering::Relaxed);
+    tally.refunded_units[0].store(1, Ordering::Relaxed);
+    let refunded = SettledOrders {
+        refunded: vec![OrderId(1)],
+        ..SettledOrders::default()
+    };
+    let v = check_world(&world_with_a_paid_order(), &fixture, &tally, &refunded);
+    for what in ["balance", "product 1", "order 1"] {
+        assert!(v.iter().any(|m| m.contains(what)), "{what}: {v:?}");
+    }
+}
+
+#[test]
+fn a_refund_whose_answer_never_came_may_be_recovered_paid() {
+    // proves an unknown refund relaxes the order's status check: recovered paid is accepted
+    let (fixture, tally) = tally_of_that_world();
+    tally.unknown.store(1, Ordering::Relaxed);
+    tally.refund_unknown_units[0].store(1, Ordering::Relaxed);
+    let unsure = SettledOrders {
+        refund_unknown: vec![OrderId(1)],
+        ..SettledOrders::default()
+    };
+    let world = world_with_a_paid_order();
+    let v = check_world(&world, &fixture, &tally, &unsure);
+    assert!(v.is_empty(), "{v:?}");
+}
+
+#[test]
+fn mixed_refunds_paid_orders_and_its_check_covers_them() {
+    // proves mixed's refund share: refunds succeed with a latency line of their own, and the recovered world matches money and stock with them
+    let args = BenchArgs {
+        duration_secs: 0.5,
+        ..small(Workload::Mixed)
+    };
+    let report = execute(&args).expect("the run completes");
+    assert!(report.invariants.ok(), "{:?}", report.invariants);
+    let refund = report
+        .kinds
+        .iter()
+        .find(|k| k.kind == "refund")
+        .expect("a refund line in the report");
+    assert!(refund.ok > 0, "{refund:?}");
+    assert!(
+        report.invariants.summary.contains("refunded"),
+        "{}",
+        report.invariants.summary
+    );
 }

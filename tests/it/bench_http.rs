@@ -40,6 +40,10 @@ async fn bench_over_http_times_each_request_and_passes_its_invariant_check() {
             report.invariants
         );
         assert!(report.total.ok > 0, "{workload:?} measured nothing");
+        if workload == Workload::Mixed {
+            let refunds = report.kinds.iter().find(|k| k.kind == "refund");
+            assert!(refunds.is_some_and(|k| k.ok > 0), "{:?}", report.kinds);
+        }
         for code in report.errors.keys() {
             assert_eq!(
                 code, "COUPON_ALREADY_ISSUED",
@@ -230,7 +234,7 @@ async fn a_server_killed_mid_run_ends_the_bench_as_unreachable_not_violated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checks_that_cannot_reach_the_server_are_unreachable_not_violations() {
     // proves the remote check's classification: every read of a dead address is listed as unreachable (bounded), none as a violation
-    use commerce_engine::bench::check::check_remote;
+    use commerce_engine::bench::check::{check_remote, SettledOrders};
     use commerce_engine::bench::target::{HttpTarget, Target};
     use commerce_engine::bench::workload::{Fixture, Tally};
     use commerce_engine::domain::ids::{CouponId, OrderId, ProductId, UserId};
@@ -242,7 +246,13 @@ async fn checks_that_cannot_reach_the_server_are_unreachable_not_violations() {
         coupon: Some((CouponId(1), 10)),
     };
     let tally = Tally::new(30, 5);
-    let checked = check_remote(&target, &fixture, &tally, &[OrderId(1), OrderId(2)]).await;
+    let checked = check_remote(
+        &target,
+        &fixture,
+        &tally,
+        &SettledOrders::paid(vec![OrderId(1), OrderId(2)]),
+    )
+    .await;
     assert_eq!(checked.violations, Vec::<String>::new());
     // 30 + 5 + 1 + 2 reads: 20 listed, then how many more.
     assert_eq!(checked.unreachable.len(), 21, "{:?}", checked.unreachable);

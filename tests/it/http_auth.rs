@@ -545,6 +545,9 @@ async fn the_bench_sends_tokens_to_a_server_that_checks_them_and_says_so_without
         .expect("the run completes");
     assert!(report.invariants.ok(), "{:?}", report.invariants);
     assert!(report.total.ok > 0, "measured nothing");
+    // Refunds are admin calls: they pass with the admin token the bench mints.
+    let refunds = report.kinds.iter().find(|k| k.kind == "refund");
+    assert!(refunds.is_some_and(|k| k.ok > 0), "{:?}", report.kinds);
     for code in report.errors.keys() {
         assert!(
             !["UNAUTHORIZED", "FORBIDDEN"].contains(&code.as_str()),

@@ -24,12 +24,14 @@ use crate::engine::registry::Registry;
 use crate::engine::stats_actor::StatsActor;
 use crate::engine::user_actor::UserActor;
 use crate::store::outbox::OutboxLive;
+use crate::store::outbox::OutboxState;
 use crate::store::recent_keys::{RecentKey, RecentKeys};
 use crate::store::recovery::{recover_for_serving_under, RecoveryError, RecoveryReport};
 use crate::store::replicated::Replica;
 use crate::store::writer::{JournalHandle, JournalWriter};
-use crate::store::{outbox, outbox_legacy, ArchiveReader, StorageError, Store};
+use crate::store::{outbox, outbox_legacy, ArchiveReader, OutboxStore, StorageError, Store};
 use actix::prelude::*;
+use actix::ArbiterHandle;
 use std::future::Future;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
@@ -67,12 +69,7 @@ fn start_actors(
     clock: Arc<dyn Clock>,
     limits: Arc<Limits>,
 ) -> Actors {
-    let mut arbiters = vec![Arbiter::current()];
-    for _ in 1..config.arbiter_count.max(1) {
-        let io = config.actor_threads_io;
-        arbiters.push(Arbiter::with_tokio_rt(move || actor_runtime(io)).handle());
-    }
-    let at = |id: u64| arbiters[(id as usize) % arbiters.len()].clone();
+    let arbiters = start_arbiters(config);
     let World {
         users,
         products,
@@ -83,54 +80,24 @@ fn start_actors(
     } = world;
     let user_coupon_ids = Arc::new(AtomicU64::new(meta.user_coupon_count));
     let sales = SalesWindow::of_products(&products);
-    let users = users
-        .into_iter()
-        .map(|u: User| {
-            let (j, l) = (journal.clone(), limits.clone());
-            UserActor::start_in_arbiter(&at(u.id.0), move |_| UserActor::new(u, j, l))
-        })
-        .collect();
-    let products = products
-        .into_iter()
-        .map(|p: Product| {
-            let arbiter = at(p.id.0);
-            ProductActor::launch(p, &arbiter, journal.clone(), limits.clone())
-        })
-        .collect();
-    let campaigns = campaigns
-        .into_iter()
-        .map(|c: Campaign| {
-            let (j, ids) = (journal.clone(), user_coupon_ids.clone());
-            CampaignActor::start_in_arbiter(&at(c.id.0), move |_| CampaignActor::new(c, j, ids))
-        })
-        .collect();
-    let registry = Arc::new(Registry::new(arbiters.clone(), users, products, campaigns));
+    let entities = Entities {
+        users,
+        products,
+        campaigns,
+    };
+    let registry = Arc::new(entities.start(&arbiters, &journal, &limits, &user_coupon_ids));
     let interval = config.stats_interval_ms;
     let stats_clock = clock.clone();
-    let stats = StatsActor::start_in_arbiter(&at(1), move |_| {
+    let stats = StatsActor::start_in_arbiter(&at(&arbiters, 1), move |_| {
         StatsActor::new(sales, stats_clock, interval)
     });
-    // One coordinator shard per Arbiter; an order lives in shard `id % shards`.
-    let shards = arbiters.len();
-    let mut books: Vec<Vec<Order>> = (0..shards).map(|_| Vec::new()).collect();
-    for order in orders.into_values() {
-        books[(order.id.0 as usize) % shards].push(order);
-    }
-    let coordinators: Vec<Addr<Coordinator>> = books
-        .into_iter()
-        .enumerate()
-        .map(|(shard, orders)| {
-            let setup = CoordinatorSetup {
-                registry: registry.clone(),
-                journal: journal.clone(),
-                clock: clock.clone(),
-                sweep_interval_ms: config.expiry_sweep_interval_ms,
-                stats: stats.clone(),
-            };
-            let book = OrderBook::from_orders(orders);
-            Coordinator::start_in_arbiter(&at(shard as u64), move |_| Coordinator::new(book, setup))
-        })
-        .collect();
+    let coordinators = start_coordinators(&arbiters, orders.into_values(), || CoordinatorSetup {
+        registry: registry.clone(),
+        journal: journal.clone(),
+        clock: clock.clone(),
+        sweep_interval_ms: config.expiry_sweep_interval_ms,
+        stats: stats.clone(),
+    });
     let placement = Arc::new(Placement {
         registry: registry.clone(),
         journal: journal.clone(),
@@ -141,7 +108,7 @@ fn start_actors(
         shards: coordinators,
     });
     let dir_registry = registry.clone();
-    let directory = Directory::start_in_arbiter(&at(0), move |_| {
+    let directory = Directory::start_in_arbiter(&at(&arbiters, 0), move |_| {
         Directory::new(dir_registry, journal, limits, user_coupon_ids)
     });
     Actors {
@@ -150,6 +117,208 @@ fn start_actors(
         placement,
         stats,
     }
+}
+
+/// The actor threads: the current one, then one more per extra arbiter.
+fn start_arbiters(config: &EngineConfig) -> Vec<ArbiterHandle> {
+    let mut arbiters = vec![Arbiter::current()];
+    for _ in 1..config.arbiter_count.max(1) {
+        let io = config.actor_threads_io;
+        arbiters.push(Arbiter::with_tokio_rt(move || actor_runtime(io)).handle());
+    }
+    arbiters
+}
+
+/// The thread an entity (or shard) with id `id` lives on.
+fn at(arbiters: &[ArbiterHandle], id: u64) -> ArbiterHandle {
+    arbiters[(id as usize) % arbiters.len()].clone()
+}
+
+/// The recovered users, products and campaigns, each to become an actor.
+struct Entities<U, P, C> {
+    users: U,
+    products: P,
+    campaigns: C,
+}
+
+impl<U, P, C> Entities<U, P, C>
+where
+    U: IntoIterator<Item = User>,
+    P: IntoIterator<Item = Product>,
+    C: IntoIterator<Item = Campaign>,
+{
+    /// Starts one actor per entity on its thread; the registry finds them.
+    fn start(
+        self,
+        arbiters: &[ArbiterHandle],
+        journal: &JournalHandle,
+        limits: &Arc<Limits>,
+        user_coupon_ids: &Arc<AtomicU64>,
+    ) -> Registry {
+        let users = self
+            .users
+            .into_iter()
+            .map(|u| {
+                let (j, l) = (journal.clone(), limits.clone());
+                UserActor::start_in_arbiter(&at(arbiters, u.id.0), move |_| UserActor::new(u, j, l))
+            })
+            .collect();
+        let products = self
+            .products
+            .into_iter()
+            .map(|p| {
+                let arbiter = at(arbiters, p.id.0);
+                ProductActor::launch(p, &arbiter, journal.clone(), limits.clone())
+            })
+            .collect();
+        let campaigns = self
+            .campaigns
+            .into_iter()
+            .map(|c| {
+                let (j, ids) = (journal.clone(), user_coupon_ids.clone());
+                CampaignActor::start_in_arbiter(&at(arbiters, c.id.0), move |_| {
+                    CampaignActor::new(c, j, ids)
+                })
+            })
+            .collect();
+        Registry::new(arbiters.to_vec(), users, products, campaigns)
+    }
+}
+
+/// One coordinator shard per arbiter; an order lives in shard `id % shards`.
+fn start_coordinators(
+    arbiters: &[ArbiterHandle],
+    orders: impl IntoIterator<Item = Order>,
+    setup: impl Fn() -> CoordinatorSetup,
+) -> Vec<Addr<Coordinator>> {
+    let shards = arbiters.len();
+    let mut books: Vec<Vec<Order>> = (0..shards).map(|_| Vec::new()).collect();
+    for order in orders {
+        books[(order.id.0 as usize) % shards].push(order);
+    }
+    books
+        .into_iter()
+        .enumerate()
+        .map(|(shard, orders)| {
+            let setup = setup();
+            let book = OrderBook::from_orders(orders);
+            Coordinator::start_in_arbiter(&at(arbiters, shard as u64), move |_| {
+                Coordinator::new(book, setup)
+            })
+        })
+        .collect()
+}
+
+/// The data platform's outbox as recovered, and what delivery reads live.
+struct RecoveredOutbox {
+    store: Arc<dyn OutboxStore>,
+    state: OutboxState,
+    live: Arc<OutboxLive>,
+}
+
+/// Recovers the outbox (events of the journal's tail derived again) and
+/// takes over an older store's outbox kept in the snapshot.
+fn recover_outbox(
+    store: &dyn Store,
+    world: &mut World,
+    archive: &ArchiveReader,
+    snapshot_seq: u64,
+) -> Result<RecoveredOutbox, StartError> {
+    let storage = |e: StorageError| StartError::Recovery(RecoveryError::Storage(e));
+    let outbox_store = store.outbox();
+    let outbox = outbox::recover(store, &*outbox_store, world, snapshot_seq).map_err(storage)?;
+    let state = outbox_legacy::take_over(&*outbox_store, world, archive).map_err(storage)?;
+    tracing::info!(
+        pending = state.pending(),
+        dead_letters = state.dead_letters(),
+        rederived = outbox.rederived,
+        "data platform outbox"
+    );
+    let live = Arc::new(OutboxLive::new(&state));
+    Ok(RecoveredOutbox {
+        store: outbox_store,
+        state,
+        live,
+    })
+}
+
+/// The keys of the journal's tail (and of an older store's snapshot),
+/// known in memory until a snapshot moves them.
+fn recent_keys_of(world: &World) -> Arc<RecentKeys> {
+    let recent_keys = Arc::new(RecentKeys::new());
+    for k in &world.dirty.keys {
+        let key = RecentKey {
+            fingerprint: k.key.fingerprint,
+            at: k.key.at,
+            seq: k.seq,
+        };
+        recent_keys.insert(k.hash, key);
+    }
+    recent_keys
+}
+
+/// The actor system, the thread it runs on (`actors-0`), and its actors.
+type ActorSystem = (System, std::thread::JoinHandle<()>, Actors);
+
+/// Starts the actor system on a thread of its own and the actors on it;
+/// answers once every actor is started.
+fn spawn_actor_system(
+    world: World,
+    config: &EngineConfig,
+    journal: JournalHandle,
+    clock: Arc<dyn Clock>,
+    limits: Arc<Limits>,
+) -> Result<ActorSystem, StartError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let cfg = config.clone();
+    let thread = std::thread::Builder::new()
+        .name("actors-0".into())
+        .spawn(move || {
+            let io = cfg.actor_threads_io;
+            let system = System::with_tokio_rt(move || actor_runtime(io));
+            system.block_on(async move {
+                let actors = start_actors(world, &cfg, journal, clock, limits);
+                let _ = tx.send((System::current(), actors));
+            });
+            let _ = system.run();
+        })
+        .map_err(|e| StartError::Runtime(e.to_string()))?;
+    let (system, actors) = rx.recv().map_err(|e| StartError::Runtime(e.to_string()))?;
+    Ok((system, thread, actors))
+}
+
+/// Starts delivery of the outbox to the data platform (none when it is off).
+fn start_delivery(
+    config: &EngineConfig,
+    outbox: &RecoveredOutbox,
+    stats: Arc<DeliveryStats>,
+    journal: JournalHandle,
+    clock: Arc<dyn Clock>,
+) -> Result<Option<Delivery>, StartError> {
+    Delivery::start(DeliverySetup {
+        platform: config.data_platform.clone(),
+        store: outbox.store.clone(),
+        live: outbox.live.clone(),
+        stats,
+        journal,
+        clock,
+        config: config.delivery(),
+        file_len: outbox.state.file_len.unwrap_or(0),
+    })
+    .map_err(|e| StartError::Runtime(format!("data platform delivery: {e}")))
+}
+
+fn log_recovered(report: &RecoveryReport, world: &World) {
+    tracing::info!(
+        snapshot_seq = report.snapshot_seq,
+        snapshot_entries = report.snapshot_entries,
+        records_replayed = report.records_replayed,
+        last_seq = report.last_seq,
+        users = world.users.len(),
+        products = world.products.len(),
+        orders = world.orders.len(),
+        "recovered"
+    );
 }
 
 impl Engine {
@@ -224,85 +393,37 @@ impl Engine {
         report: RecoveryReport,
         replica: Option<Box<dyn Replica>>,
     ) -> Result<Engine, StartError> {
-        tracing::info!(
-            snapshot_seq = report.snapshot_seq,
-            snapshot_entries = report.snapshot_entries,
-            records_replayed = report.records_replayed,
-            last_seq = report.last_seq,
-            users = world.users.len(),
-            products = world.products.len(),
-            orders = world.orders.len(),
-            "recovered"
-        );
+        log_recovered(&report, &world);
         let mut world = world;
         let archive = ArchiveReader(store.archive());
-        let storage = |e: StorageError| StartError::Recovery(RecoveryError::Storage(e));
-        let outbox_store = store.outbox();
-        let outbox = outbox::recover(&*store, &*outbox_store, &world, report.snapshot_seq)
-            .map_err(storage)?;
-        let state =
-            outbox_legacy::take_over(&*outbox_store, &mut world, &archive).map_err(storage)?;
-        tracing::info!(
-            pending = state.pending(),
-            dead_letters = state.dead_letters(),
-            rederived = outbox.rederived,
-            "data platform outbox"
-        );
-        let live = Arc::new(OutboxLive::new(&state));
-        let delivery_stats = Arc::new(DeliveryStats::default());
-        // The keys of the journal's tail (and of an older store's
-        // snapshot) are known in memory until a snapshot moves them.
-        let recent_keys = Arc::new(RecentKeys::new());
-        for k in &world.dirty.keys {
-            let key = RecentKey {
-                fingerprint: k.key.fingerprint,
-                at: k.key.at,
-                seq: k.seq,
-            };
-            recent_keys.insert(k.hash, key);
-        }
+        let outbox = recover_outbox(&*store, &mut world, &archive, report.snapshot_seq)?;
+        let recent_keys = recent_keys_of(&world);
         let keys = IdempotencyStore::new(recent_keys.clone());
         let writer = JournalWriter::start_replicated(
             store,
             world.clone(),
             config.journal.clone(),
-            live.clone(),
+            outbox.live.clone(),
             recent_keys,
             replica,
         );
         let journal = writer.handle();
         let limits = Arc::new(config.limits.clone());
-        let (tx, rx) = std::sync::mpsc::channel();
-        let (j, c, l, cfg) = (
+        let (system, thread, actors) = spawn_actor_system(
+            world,
+            &config,
             journal.clone(),
             clock.clone(),
             limits.clone(),
-            config.clone(),
-        );
-        let thread = std::thread::Builder::new()
-            .name("actors-0".into())
-            .spawn(move || {
-                let io = cfg.actor_threads_io;
-                let system = System::with_tokio_rt(move || actor_runtime(io));
-                system.block_on(async move {
-                    let actors = start_actors(world, &cfg, j, c, l);
-                    let _ = tx.send((System::current(), actors));
-                });
-                let _ = system.run();
-            })
-            .map_err(|e| StartError::Runtime(e.to_string()))?;
-        let (system, actors) = rx.recv().map_err(|e| StartError::Runtime(e.to_string()))?;
-        let delivery = Delivery::start(DeliverySetup {
-            platform: config.data_platform.clone(),
-            store: outbox_store.clone(),
-            live: live.clone(),
-            stats: delivery_stats.clone(),
-            journal: journal.clone(),
-            clock: clock.clone(),
-            config: config.delivery(),
-            file_len: state.file_len.unwrap_or(0),
-        })
-        .map_err(|e| StartError::Runtime(format!("data platform delivery: {e}")))?;
+        )?;
+        let delivery_stats = Arc::new(DeliveryStats::default());
+        let delivery = start_delivery(
+            &config,
+            &outbox,
+            delivery_stats.clone(),
+            journal.clone(),
+            clock.clone(),
+        )?;
         let journal_stats = journal.stats.clone();
         Ok(Engine {
             inner: Arc::new(Inner {
@@ -315,7 +436,7 @@ impl Engine {
                 clock,
                 limits,
                 keys,
-                data_platform: DataPlatformAdmin::new(outbox_store, live, delivery_stats),
+                data_platform: DataPlatformAdmin::new(outbox.store, outbox.live, delivery_stats),
                 archive: std::sync::RwLock::new(Some(archive)),
                 running: Mutex::new(Some(Running {
                     system,

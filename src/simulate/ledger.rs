@@ -1,0 +1,49 @@
+//! What the simulation saw acknowledged.
+
+use crate::domain::ids::{OrderId, ProductId, UserCouponId, UserId};
+use crate::domain::order::{LineRequest, Order, OrderStatus};
+use std::collections::{BTreeMap, HashMap};
+
+/// What the simulation saw acknowledged; the recovered state must match it.
+#[derive(Default)]
+pub(crate) struct Ledger {
+    pub(crate) charged: HashMap<UserId, u64>,
+    pub(crate) paid: HashMap<UserId, u64>,
+    pub(crate) sold: BTreeMap<ProductId, u64>,
+    pub(crate) status: BTreeMap<OrderId, OrderStatus>,
+    pub(crate) orders: HashMap<OrderId, Order>,
+    pub(crate) coupon_of: HashMap<UserId, UserCouponId>,
+    pub(crate) refunded: HashMap<UserId, u64>,
+    /// Event ids of the refunds answered.
+    pub(crate) refund_events: Vec<String>,
+    /// The per-user limit of each limited product.
+    pub(crate) limits: BTreeMap<ProductId, u64>,
+}
+
+impl Ledger {
+    /// Units of `product` that `user` holds in orders answered pending or paid.
+    pub(crate) fn held(&self, user: UserId, product: ProductId) -> u64 {
+        self.orders
+            .values()
+            .filter(|o| o.user_id == user)
+            .filter(|o| {
+                matches!(
+                    self.status.get(&o.id),
+                    Some(OrderStatus::Pending | OrderStatus::Paid)
+                )
+            })
+            .flat_map(|o| o.quantities())
+            .filter(|(p, _)| *p == product)
+            .map(|(_, q)| q)
+            .sum()
+    }
+
+    /// Whether `lines` of `user` pass a limit, by what the ledger holds.
+    pub(crate) fn over_limit(&self, user: UserId, lines: &[LineRequest]) -> bool {
+        lines.iter().any(|l| {
+            self.limits
+                .get(&l.product_id)
+                .is_some_and(|max| self.held(user, l.product_id) + l.quantity > *max)
+        })
+    }
+}
