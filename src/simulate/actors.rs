@@ -301,6 +301,7 @@ pub(crate) async fn refund_some(
         // Answers of refunds racing on one order come in any order: read the last state.
         let o = engine.order(id).await?;
         ledger.status.insert(id, o.status);
+        ledger.orders.insert(id, o);
     }
     Ok(())
 }

@@ -149,15 +149,11 @@ fn check_products(world: &World, args: &SimulateArgs, ledger: &Ledger) -> Vec<St
 fn check_user(u: &User, ledger: &Ledger) -> Vec<String> {
     let mut out = Vec::new();
     for (&p, &max) in &ledger.limits {
-        // Every order has ended: paid ones hold their units, others freed them.
-        let paid: u64 = ledger
-            .orders
-            .values()
-            .filter(|o| o.user_id == u.id && ledger.status.get(&o.id) == Some(&OrderStatus::Paid))
-            .flat_map(|o| o.quantities())
-            .filter(|(q, _)| *q == p)
-            .map(|(_, n)| n)
-            .sum();
+        // Every order has ended: paid and partially refunded ones hold
+        // their units not refunded; the others freed theirs.
+        let paid = ledger.held_in(u.id, p, |s| {
+            matches!(s, OrderStatus::Paid | OrderStatus::PartiallyRefunded)
+        });
         let held = u.limited.of(p);
         if held != paid || held > max {
             out.push(format!(

@@ -21,18 +21,33 @@ pub(crate) struct Ledger {
 }
 
 impl Ledger {
-    /// Units of `product` that `user` holds in orders answered pending or paid.
+    /// Units of `product` that `user` holds in orders answered pending,
+    /// paid or partially refunded (refunded units freed).
     pub(crate) fn held(&self, user: UserId, product: ProductId) -> u64 {
+        self.held_in(user, product, |s| {
+            matches!(
+                s,
+                OrderStatus::Pending | OrderStatus::Paid | OrderStatus::PartiallyRefunded
+            )
+        })
+    }
+
+    /// Units of `product` that `user` holds in orders whose status passes
+    /// `counts`, less the units refunded of them.
+    pub(crate) fn held_in(
+        &self,
+        user: UserId,
+        product: ProductId,
+        counts: impl Fn(OrderStatus) -> bool,
+    ) -> u64 {
         self.orders
             .values()
             .filter(|o| o.user_id == user)
-            .filter(|o| {
-                matches!(
-                    self.status.get(&o.id),
-                    Some(OrderStatus::Pending | OrderStatus::Paid)
-                )
+            .filter(|o| self.status.get(&o.id).is_some_and(|s| counts(*s)))
+            .flat_map(|o| {
+                o.quantities()
+                    .map(|(p, q)| (p, q.saturating_sub(o.refunded_units(p))))
             })
-            .flat_map(|o| o.quantities())
             .filter(|(p, _)| *p == product)
             .map(|(_, q)| q)
             .sum()

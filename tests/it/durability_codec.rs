@@ -399,7 +399,7 @@ fn corrupt_sled_value(dir: &Path, prefix: u8) {
     } else {
         ("sled", "commerce")
     };
-    let db = sled::open(dir.join(db)).unwrap();
+    let db = open_when_free(&dir.join(db));
     let tree = db.open_tree(tree).unwrap();
     let (k, v) = tree
         .scan_prefix([prefix])
@@ -411,6 +411,25 @@ fn corrupt_sled_value(dir: &Path, prefix: u8) {
     v[i] ^= 0x10;
     tree.insert(k, v).unwrap();
     db.flush().unwrap();
+}
+
+/// Opens the sled database at `path` once the last store that had it open
+/// has let go of its file lock: a store's background threads release it
+/// just after the store is dropped.
+fn open_when_free(path: &Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match sled::open(path) {
+            Ok(db) => return db,
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => panic!("{}: {e}", path.display()),
+        }
+    }
 }
 
 fn populated_sled_dir() -> tempfile::TempDir {
