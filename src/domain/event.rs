@@ -55,7 +55,8 @@ pub enum Event {
         user_id: UserId,
         product_id: ProductId,
     },
-    /// Stock of every line reserved, the coupon used, cart lines removed when `from_cart`.
+    /// Stock of every line reserved, the coupon used, cart lines removed
+    /// when `from_cart`, every line's units held by the user (purchase limits).
     OrderPlaced {
         order: Box<Order>,
         from_cart: bool,
@@ -112,8 +113,9 @@ pub enum Event {
         /// Boxed (the same bytes stored): it would widen every record.
         patch: Box<ProductPatch>,
     },
-    /// `OrderPlaced` with lines whose products count per user: those lines'
-    /// units are held by the user from now on.
+    /// `OrderPlaced` as journaled when only some products counted per user
+    /// (`counted` names them). No longer written: replayed as `OrderPlaced`,
+    /// every line counting, as every unit counts now.
     OrderPlacedCounted {
         order: Box<Order>,
         from_cart: bool,

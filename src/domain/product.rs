@@ -57,8 +57,9 @@ pub struct Product {
     pub recent_sales: RecentSales,
     /// Units one user may hold in live orders (since format version 3).
     pub max_per_user: Option<u64>,
-    /// Set once the product first has a limit, and kept: orders count
-    /// their units per user from then on ([`crate::domain::purchase_limit`]).
+    /// Whether the product has ever had a limit. Part of the stored layout
+    /// of format version 3 and read by nothing: every product's units count
+    /// per user, whatever its limit history ([`crate::domain::purchase_limit`]).
     pub counts_per_user: bool,
     #[serde(skip)]
     pub held: u64,
@@ -196,14 +197,14 @@ impl Product {
         }
     }
 
-    /// How an order's line of `quantity` counts per user: `None` when the
-    /// product does not count; else the line with the limit now.
-    pub fn counted_line(&self, quantity: u64) -> Option<CountedLine> {
-        self.counts_per_user.then_some(CountedLine {
+    /// An order's line of `quantity` as it counts per user: every line
+    /// counts, checked against the limit now (if any).
+    pub fn counted_line(&self, quantity: u64) -> CountedLine {
+        CountedLine {
             product_id: self.id,
             quantity,
             max_per_user: self.max_per_user,
-        })
+        }
     }
 
     /// What can still be ordered now.
@@ -407,22 +408,20 @@ mod tests {
     }
 
     #[test]
-    fn a_product_counts_per_user_from_its_first_limit_on_even_once_removed() {
-        // proves the sticky count: no limit, no count; a limit counts; the limit removed still counts, with no cap
+    fn every_line_counts_per_user_with_the_limit_the_product_has_now() {
+        // proves a line counts before any limit, under one, and once it is removed, with the limit of that moment
         let mut p = product(10);
-        assert_eq!(p.counted_line(1), None);
+        let limit_of = |p: &Product| p.counted_line(3).max_per_user;
+        assert_eq!(limit_of(&p), None);
         let limit = |max| ProductPatch {
             max_per_user: Some(max),
             ..ProductPatch::default()
         };
         p.apply_updated(&limit(Some(2)));
-        assert_eq!(
-            p.counted_line(3).map(|l| (l.quantity, l.max_per_user)),
-            Some((3, Some(2)))
-        );
+        assert_eq!(p.counted_line(3).quantity, 3);
+        assert_eq!(limit_of(&p), Some(2));
         p.apply_updated(&limit(None));
-        assert_eq!(p.counted_line(3).map(|l| l.max_per_user), Some(None));
-        assert!(p.counts_per_user);
+        assert_eq!(limit_of(&p), None);
     }
 
     #[test]

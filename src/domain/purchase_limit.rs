@@ -9,15 +9,15 @@
 //! recovery rebuilds it exactly without reading any order (paid orders
 //! leave memory for the archive).
 //!
-//! Which units count: a product counts per user from the first moment it
-//! has a limit ([`crate::domain::product::Product::counts_per_user`], which
-//! stays set if the limit is later removed, so a limit put back later
-//! still sees every unit since). The product decides, when an order
-//! reserves its stock, whether that order's line counts; the placed record
-//! names the lines that count. A release frees the units of the user's
-//! count for that product, at most what the count holds, so units ordered
-//! before a product had any limit, released after it got one, free counted
-//! units: the one case the count can run below what the user holds.
+//! Which units count: every unit of every product, whatever its limit
+//! history, so a limit first set on a product already sold counts what its
+//! buyers hold ([`crate::domain::product::Product::counted_line`]). An order
+//! with no coupon and no limited line takes no hold on its user (the hot
+//! path stays one actor shorter); its units are counted when the user hears
+//! it placed. The product keeps that exact: once a limit appears, it answers
+//! no reservation until every reservation it answered unlimited is placed
+//! or abandoned (`engine::product_actor`), and a placed order's news reaches
+//! its user before its product's. The placed record counts every line.
 
 use crate::domain::ids::ProductId;
 use crate::domain::rejection::{Decision, Rejection};

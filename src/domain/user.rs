@@ -136,8 +136,8 @@ pub enum UserEvent {
     CartLineSet(CartLine),
     /// `CartLineRemoved`, and each line of an order placed from the cart.
     CartLineRemoved(ProductId),
-    /// `OrderPlacedCounted`: the units of the lines that count per user
-    /// are held for good ([`crate::domain::purchase_limit`]).
+    /// `OrderPlaced`: the units of every line are held for good
+    /// ([`crate::domain::purchase_limit`]).
     UnitsHeld(Vec<(ProductId, u64)>),
     /// An order ended unpaid (or units were refunded): the units of these
     /// lines are freed.

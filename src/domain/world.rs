@@ -381,19 +381,10 @@ impl World {
                 self.user_mut(seq, *user_id)?
                     .apply(UserEvent::CartLineRemoved(*product_id), at);
             }
-            Event::OrderPlaced { order, from_cart } => {
-                self.apply_placed(seq, at, order, *from_cart)?
-            }
-            Event::OrderPlacedCounted {
-                order,
-                from_cart,
-                counted,
-            } => {
-                self.apply_placed(seq, at, order, *from_cart)?;
-                let lines = counted_lines(order, counted);
-                self.user_mut(seq, order.user_id)?
-                    .apply(UserEvent::UnitsHeld(lines), at);
-            }
+            Event::OrderPlaced { order, from_cart }
+            | Event::OrderPlacedCounted {
+                order, from_cart, ..
+            } => self.apply_placed(seq, at, order, *from_cart)?,
             Event::OrderPaid {
                 order_id,
                 user_id,
@@ -518,6 +509,7 @@ impl World {
                 user.apply(UserEvent::CartLineRemoved(line.product_id), at);
             }
         }
+        user.apply(UserEvent::UnitsHeld(order.quantities().collect()), at);
         self.meta.order_id_max = self.meta.order_id_max.max(order.id.0);
         self.dirty.meta = true;
         self.dirty.orders.insert(order.id);
@@ -703,14 +695,6 @@ impl World {
         }
         Ok(())
     }
-}
-
-/// The (product, quantity) of the lines of `order` whose products are in `counted`.
-pub fn counted_lines(order: &Order, counted: &[ProductId]) -> Vec<(ProductId, u64)> {
-    order
-        .quantities()
-        .filter(|(p, _)| counted.contains(p))
-        .collect()
 }
 
 #[cfg(test)]

@@ -393,14 +393,14 @@ struct Held {
     holds: Vec<(ProductRef, u64)>,
     coupon: Option<UserCouponId>,
     offer: Option<Offer>,
-    /// Lines whose products count per user, held on the user once `user_held`.
+    /// Every line as it counts per user, held on the user once `user_held`.
     counted: Vec<CountedLine>,
     user_held: bool,
     from_cart: bool,
 }
 
 impl Held {
-    /// (product, quantity) of the lines that count per user.
+    /// (product, quantity) of every line.
     fn counted_units(&self) -> Vec<(crate::domain::ids::ProductId, u64)> {
         self.counted
             .iter()
@@ -486,7 +486,7 @@ async fn hold_all(
                 counted,
             }) => {
                 held.holds.push((addr, line.quantity));
-                held.counted.extend(counted);
+                held.counted.push(counted);
                 held.items.push(OrderLine {
                     product_id: line.product_id,
                     name,
@@ -503,7 +503,9 @@ async fn hold_all(
         held.abandon();
         return Err(e);
     }
-    if coupon.is_none() && held.counted.is_empty() {
+    // With no coupon and no limit there is nothing to decide on the user:
+    // the units are counted when the user hears the order placed.
+    if coupon.is_none() && held.counted.iter().all(|l| l.max_per_user.is_none()) {
         return Ok(held);
     }
     let total = match total(&held.items) {
@@ -609,17 +611,9 @@ impl Placement {
             refunded_amount: crate::domain::money::Krw::ZERO,
             refunds: Vec::new(),
         };
-        let event = if held.counted.is_empty() {
-            Event::OrderPlaced {
-                order: Box::new(order.clone()),
-                from_cart: held.from_cart,
-            }
-        } else {
-            Event::OrderPlacedCounted {
-                order: Box::new(order.clone()),
-                from_cart: held.from_cart,
-                counted: held.counted.iter().map(|l| l.product_id).collect(),
-            }
+        let event = Event::OrderPlaced {
+            order: Box::new(order.clone()),
+            from_cart: held.from_cart,
         };
         let record = Record {
             at,
@@ -643,22 +637,27 @@ impl Placement {
                 return Err(Error::from(e));
             }
         };
-        for (product, quantity) in &held.holds {
-            product.tell(StockNews::Durable(ProductEvent::Reserved(*quantity), at));
-        }
         let cart_products = if held.from_cart {
             order.items.iter().map(|l| l.product_id).collect()
         } else {
             Vec::new()
         };
+        // The user hears first: a product that waits for its unlimited
+        // reservations to settle (a limit just set) answers the next order
+        // only after this news, so that order's hold on this user comes
+        // after these units are counted (one mailbox, in order).
         held.user.do_send(OrderNews::Placed {
             seq,
             at,
             order_id: id,
             coupon: order.user_coupon_id,
             cart_products,
-            counted: held.counted_units(),
+            units: held.counted_units(),
+            units_were_held: held.user_held,
         });
+        for (product, quantity) in &held.holds {
+            product.tell(StockNews::Durable(ProductEvent::Reserved(*quantity), at));
+        }
         // Sent before the answer: any request about this order reaches its shard after it.
         self.shard(id).do_send(Adopt(Box::new(order.clone())));
         Ok(order)

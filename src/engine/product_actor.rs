@@ -17,7 +17,7 @@ use crate::domain::time::Timestamp;
 use crate::domain::views::{ProductView, Reply};
 use crate::engine::actor::{acked, ready, reply_channel, submit, Journaled, Read};
 use crate::engine::commit::CommitQueue;
-use crate::engine::error::Result;
+use crate::engine::error::{Error, Result};
 use crate::engine::idempotency::Tag;
 use crate::store::writer::{Ack, JournalHandle};
 use actix::prelude::*;
@@ -33,6 +33,10 @@ pub struct ProductActor {
     queue: CommitQueue<ProductOp>,
     /// Restocks decided but not yet durable: they count toward the stock limit.
     restocks_pending: u64,
+    /// Reservations that wait for the ones answered before the product had
+    /// a limit to settle (see [`ProductActor::settle_before_limit`]).
+    waiting: Vec<(Reserve, oneshot::Sender<Result<Reserved>>)>,
+    settling: bool,
 }
 
 /// A change of the product waiting to be durable, and its answer.
@@ -71,7 +75,46 @@ impl ProductActor {
             limits,
             queue: CommitQueue::default(),
             restocks_pending: 0,
+            waiting: Vec::new(),
+            settling: false,
         }
+    }
+
+    /// A limit just appeared on a product with reservations in flight.
+    /// Those were answered unlimited, so their orders took no hold on
+    /// their users, who count the units only once they hear the orders
+    /// placed. Until every one of them is placed or abandoned, reservations
+    /// wait: an order answered after that holds its units on a user who
+    /// has already heard (its news is sent before the product's), so the
+    /// limit counts every unit. In flight means held and not yet durable:
+    /// a commit's time, as no new hold is taken meanwhile.
+    fn settle_before_limit(&mut self, had_limit: bool) {
+        if !had_limit && self.product.max_per_user.is_some() && self.product.held > 0 {
+            self.settling = true;
+        }
+    }
+
+    /// Answers the waiting reservations once nothing answered unlimited is in flight.
+    fn end_settling(&mut self) {
+        if !self.settling || self.product.held > 0 {
+            return;
+        }
+        self.settling = false;
+        for (msg, reply) in std::mem::take(&mut self.waiting) {
+            let _ = reply.send(self.reserve(&msg));
+        }
+    }
+
+    fn reserve(&mut self, msg: &Reserve) -> Result<Reserved> {
+        let command = ProductCommand::Reserve(msg.quantity);
+        self.product.decide(command, msg.at, &self.limits)?;
+        self.product.hold(msg.quantity);
+        self.publish();
+        Ok(Reserved {
+            name: self.product.name.clone(),
+            price: self.product.price,
+            counted: self.product.counted_line(msg.quantity),
+        })
     }
 
     /// Starts the actor of `product` on `arbiter`; the returned reference
@@ -257,9 +300,11 @@ impl Journaled for ProductActor {
         }
         let ok = acked(&ack);
         if ok.is_ok() {
+            let had_limit = self.product.max_per_user.is_some();
             op.change.apply(&mut self.product, op.at);
             if let ProductChange::Update(_) = op.change {
                 self.shelf.set_identity(&self.product);
+                self.settle_before_limit(had_limit);
             }
             self.publish();
         }
@@ -288,23 +333,20 @@ pub struct Reserve {
 pub struct Reserved {
     pub name: String,
     pub price: Krw,
-    /// `Some` when the product counts units per user.
-    pub counted: Option<CountedLine>,
+    /// The line as it counts per user, with the limit now.
+    pub counted: CountedLine,
 }
 
 impl Handler<Reserve> for ProductActor {
-    type Result = Result<Reserved>;
+    type Result = Response<Result<Reserved>>;
 
     fn handle(&mut self, msg: Reserve, _: &mut Context<Self>) -> Self::Result {
-        let command = ProductCommand::Reserve(msg.quantity);
-        self.product.decide(command, msg.at, &self.limits)?;
-        self.product.hold(msg.quantity);
-        self.publish();
-        Ok(Reserved {
-            name: self.product.name.clone(),
-            price: self.product.price,
-            counted: self.product.counted_line(msg.quantity),
-        })
+        if !self.settling {
+            return Response::reply(self.reserve(&msg));
+        }
+        let (reply, answer) = oneshot::channel();
+        self.waiting.push((msg, reply));
+        Response::fut(async move { answer.await.unwrap_or(Err(Error::ShuttingDown)) })
     }
 }
 
@@ -338,6 +380,7 @@ impl Handler<Told> for ProductActor {
             }
             StockNews::Abandoned(q) => self.product.drop_hold(q),
         }
+        self.end_settling();
         self.publish();
         // Release: whoever sees the news taken sees what was published.
         self.shelf.unheard.fetch_sub(1, Ordering::AcqRel);

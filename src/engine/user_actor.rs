@@ -494,8 +494,8 @@ impl Handler<ChangeCart> for UserActor {
 }
 
 /// Takes what an order being placed needs of its user, all or nothing:
-/// the coupon for an order of `total`, and the units of lines whose
-/// products count per user. Holds until the order is durable or abandoned.
+/// the coupon for an order of `total`, and the units of its lines (each
+/// checked against its product's limit, if any). Holds until the order is durable or abandoned.
 #[derive(Message)]
 #[rtype(result = "Result<Option<Offer>>")]
 pub struct HoldForOrder {
@@ -537,8 +537,11 @@ pub enum OrderNews {
         order_id: OrderId,
         coupon: Option<UserCouponId>,
         cart_products: Vec<ProductId>,
-        /// Lines whose products count per user: their units are held for good.
-        counted: Vec<(ProductId, u64)>,
+        /// Every line's units: held for good.
+        units: Vec<(ProductId, u64)>,
+        /// Whether the order took a hold of them here ([`HoldForOrder`]),
+        /// which goes now; an order with no coupon and no limit took none.
+        units_were_held: bool,
     },
     /// Placing failed before anything was durable: the holds are dropped.
     Abandoned {
@@ -562,16 +565,17 @@ impl Handler<OrderNews> for UserActor {
                 order_id,
                 coupon,
                 cart_products,
-                counted,
+                units,
+                units_were_held,
             } => {
                 if let Some(coupon) = coupon {
                     self.user
                         .apply(UserEvent::CouponUsed { coupon, order_id }, at);
                 }
-                self.user.drop_units_hold(&counted);
-                if !counted.is_empty() {
-                    self.user.apply(UserEvent::UnitsHeld(counted), at);
+                if units_were_held {
+                    self.user.drop_units_hold(&units);
                 }
+                self.user.apply(UserEvent::UnitsHeld(units), at);
                 if !cart_products.is_empty() {
                     self.placed.push(Placed {
                         seq,

@@ -203,6 +203,95 @@ async fn a_lowered_limit_refuses_new_units_and_a_removed_one_still_counts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limit_first_set_on_a_product_already_sold_counts_the_units_bought_before_it() {
+    // proves every unit counts: 2 paid and 1 pending before any limit, then a limit of 3 refuses a fourth, live and after recovery
+    let (engine, store) = engine();
+    let user = user_with(&engine, "kim", 10_000).await;
+    let product = engine
+        .create_product("mug", Krw(1_000), 100, None)
+        .await
+        .unwrap()
+        .id;
+    let paid = engine
+        .place_order(order_of(user, &[(product, 2)]), None)
+        .await
+        .unwrap();
+    engine.pay_order(paid.id, None).await.unwrap();
+    engine
+        .place_order(order_of(user, &[(product, 1)]), None)
+        .await
+        .unwrap();
+    assert_eq!(engine.units_held(user, product).await.unwrap(), 3);
+    let limit = ProductPatch {
+        max_per_user: Some(Some(3)),
+        ..ProductPatch::default()
+    };
+    engine.update_product(product, limit, None).await.unwrap();
+    let refused = engine
+        .place_order(order_of(user, &[(product, 1)]), None)
+        .await;
+    assert_eq!(refused.unwrap_err().code(), "PURCHASE_LIMIT_EXCEEDED");
+    let world = stop_and_recover(engine, &store).await;
+    assert_eq!(world.users[0].limited.of(product), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limit_set_while_unlimited_orders_are_in_flight_still_counts_them() {
+    // proves the switch to a limit waits for orders answered unlimited: orders begun after the limit's
+    // answer are placed only while the user's units, those in flight included, stay within it (24 rounds)
+    const MAX: u64 = 6;
+    let spawn_orders = |engine: &Engine, user, product, n| -> Vec<_> {
+        (0..n)
+            .map(|_| {
+                let e = engine.clone();
+                tokio::spawn(async move {
+                    match e.place_order(order_of(user, &[(product, 1)]), None).await {
+                        Ok(_) => true,
+                        Err(e) if e.code() == "PURCHASE_LIMIT_EXCEEDED" => false,
+                        Err(e) => panic!("only the limit refuses: {e:?}"),
+                    }
+                })
+            })
+            .collect()
+    };
+    let placed = |results: Vec<Result<bool, tokio::task::JoinError>>| -> u64 {
+        results.into_iter().map(|r| u64::from(r.unwrap())).sum()
+    };
+    for round in 0..24u64 {
+        let (engine, store) = engine();
+        let user = user_with(&engine, "kim", 0).await;
+        let product = engine
+            .create_product("drop", Krw(1_000), 1_000, None)
+            .await
+            .unwrap()
+            .id;
+        // before: 0 to 11 orders, in flight as the limit is set
+        let before = spawn_orders(&engine, user, product, round % 12);
+        tokio::task::yield_now().await;
+        let limit = ProductPatch {
+            max_per_user: Some(Some(MAX)),
+            ..ProductPatch::default()
+        };
+        engine.update_product(product, limit, None).await.unwrap();
+        let after = spawn_orders(&engine, user, product, 8);
+        let tried_before = before.len() as u64;
+        let before = placed(futures_util::future::join_all(before).await);
+        let after = placed(futures_util::future::join_all(after).await);
+        let (total, refused) = (before + after, tried_before + 8 - before - after);
+        let seen =
+            format!("round {round}: {before} placed before the limit of {MAX}, {after} after it");
+        // Orders answered before the limit may pass it; none answered under it may.
+        assert!(after == 0 || total <= MAX, "{seen}");
+        // Units are never freed here, so a refusal means the limit was reached.
+        assert!(refused == 0 || total >= MAX, "{seen}, {refused} refused");
+        let held = engine.units_held(user, product).await.unwrap();
+        assert_eq!(held, total, "{seen}: the count is every unit placed");
+        let world = stop_and_recover(engine, &store).await;
+        assert_eq!(world.users[0].limited.of(product), held, "round {round}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_price_change_applies_to_orders_placed_after_it_and_carts_show_the_current_price() {
     // proves PATCH price and name: the order before keeps its price, the order after and the cart take the new one
     let (engine, store) = engine();
