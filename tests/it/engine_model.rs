@@ -23,7 +23,7 @@ use commerce_engine::domain::coupon_terms::CouponTerms;
 use commerce_engine::domain::ids::{CouponId, OrderId, ProductId, UserCouponId, UserId};
 use commerce_engine::domain::limits::Limits;
 use commerce_engine::domain::money::Krw;
-use commerce_engine::domain::order::{LineRequest, Order};
+use commerce_engine::domain::order::{LineRequest, Order, OrderStatus};
 use commerce_engine::domain::product::ProductPatch;
 use commerce_engine::domain::refund::{RefundLine, RefundRequest};
 use commerce_engine::domain::time::{Timestamp, MS_PER_DAY};
@@ -53,10 +53,23 @@ fn id_up_to(count: usize) -> BoxedStrategy<u64> {
     prop_oneof![20 => 1..=(count as u64).max(1), 2 => Just(count as u64 + 1), 1 => Just(0)].boxed()
 }
 
+/// An order id: mostly of a pending order, if there is one.
+fn pending_or(s: &Model, any: BoxedStrategy<u64>) -> BoxedStrategy<u64> {
+    let pending: Vec<u64> = (1u64..)
+        .zip(&s.orders)
+        .filter(|(_, o)| o.status == OrderStatus::Pending)
+        .map(|(id, _)| id)
+        .collect();
+    if pending.is_empty() {
+        return any;
+    }
+    prop_oneof![1 => any, 2 => select(pending)].boxed()
+}
+
 /// Quantities of order and cart lines: mostly small, sometimes large
 /// enough for 20 refunds of one order, sometimes out of range.
 fn quantity() -> BoxedStrategy<u64> {
-    prop_oneof![20 => 1u64..=5, 3 => 10u64..=25, 1 => Just(0u64), 1 => 999u64..=1001].boxed()
+    prop_oneof![20 => 1u64..=5, 6 => 10u64..=25, 1 => Just(0u64), 1 => 999u64..=1001].boxed()
 }
 
 /// A limit: mostly small (so it is reached), sometimes out of range.
@@ -65,8 +78,9 @@ fn max_per_user() -> BoxedStrategy<u64> {
 }
 
 fn create_product() -> BoxedStrategy<Op> {
-    let price = prop_oneof![1 => Just(0u64), 20 => 1u64..=5_000];
-    let stock = prop_oneof![5 => 0u64..=8, 2 => 20u64..=60];
+    // Cheap products make orders of more than 20 units payable.
+    let price = prop_oneof![1 => Just(0u64), 14 => 1u64..=5_000, 6 => 1u64..=300];
+    let stock = prop_oneof![5 => 0u64..=8, 3 => 20u64..=80];
     let max = proptest::option::weighted(0.4, max_per_user());
     (price, stock, max)
         .prop_map(|(price, stock, max_per_user)| Op::CreateProduct {
@@ -204,6 +218,26 @@ fn refund_units(refundable: Vec<(u64, Vec<(u64, u64)>)>) -> Option<(u32, BoxedSt
     Some((weight, op.boxed()))
 }
 
+/// An order of more than 20 units of one product without a limit, when
+/// one has the stock: what a refund in more than 20 steps needs.
+fn big_order(s: &Model, u: BoxedStrategy<u64>) -> Option<(u32, BoxedStrategy<Op>)> {
+    let products: Vec<(u64, u64)> = (1u64..)
+        .zip(&s.products)
+        .filter(|(_, p)| p.stock > 20 && p.max_per_user.is_none())
+        .map(|(id, p)| (id, p.stock.min(40)))
+        .collect();
+    if products.is_empty() {
+        return None;
+    }
+    let line = select(products).prop_flat_map(|(p, most)| (Just(p), 21..=most));
+    let op = (u, line).prop_map(|(user, line)| Op::Place {
+        user,
+        lines: vec![line],
+        coupon: None,
+    });
+    Some((2, op.boxed()))
+}
+
 /// Units held toward a limit: mostly of a user and product of a recent order.
 fn read_held(s: &Model, u: BoxedStrategy<u64>, p: BoxedStrategy<u64>) -> BoxedStrategy<Op> {
     let any = (u, p).prop_map(|(user, product)| Op::ReadHeld { user, product });
@@ -256,8 +290,8 @@ impl ReferenceStateMachine for Reference {
             2 => (u.clone(), p.clone()).prop_map(|(user, product)| Op::CartRemove { user, product }),
             12 => (u.clone(), proptest::collection::vec(line, 0..=3), user_coupon.clone()).prop_map(|(user, lines, coupon)| Op::Place { user, lines, coupon }),
             3 => (u.clone(), user_coupon).prop_map(|(user, coupon)| Op::PlaceFromCart { user, coupon }),
-            10 => o.clone().prop_map(|order| Op::Pay { order }),
-            4 => o.prop_map(|order| Op::Cancel { order }),
+            10 => pending_or(s, o.clone()).prop_map(|order| Op::Pay { order }),
+            4 => pending_or(s, o).prop_map(|order| Op::Cancel { order }),
             3 => prop_oneof![10 => 1u64..=6_000, 1 => Just(MS_PER_DAY)].prop_map(|ms| Op::Advance { ms }),
             2 => Just(Op::ExpireDue),
             2 => Just(Op::Refresh),
@@ -265,27 +299,13 @@ impl ReferenceStateMachine for Reference {
             3 => u.clone().prop_map(|user| Op::ReadBalance { user }),
             2 => c.prop_map(|coupon| Op::ReadCoupon { coupon }),
             2 => read_held(s, u.clone(), p.clone()),
-            2 => u.prop_map(|user| Op::ReadHistory { user }),
+            2 => u.clone().prop_map(|user| Op::ReadHistory { user }),
         ];
         // About 1.3 restarts per case: each costs as much as a few hundred operations.
         let mut choices = vec![(260, ops.boxed()), (1, Just(Op::Restart).boxed())];
+        choices.extend(big_order(s, u));
         choices.extend(refunds(s, p));
         Union::new_weighted(choices).boxed()
-    }
-
-    /// Until the engine counts units ordered before a product's first limit
-    /// (it does not yet): a product created without a limit never gets one.
-    fn preconditions(state: &Model, op: &Op) -> bool {
-        match op {
-            Op::UpdateProduct {
-                product,
-                max_per_user: Some(Some(_)),
-                ..
-            } => state
-                .product(*product)
-                .is_none_or(|p| state.products[p].had_limit),
-            _ => true,
-        }
     }
 
     fn apply(mut state: Model, op: &Op) -> Model {
@@ -534,8 +554,7 @@ impl Sut {
                 format!("remaining {}", c.remaining)
             }),
             Op::ReadHeld { user, product } => {
-                let limited = matches!(e.product(ProductId(product)).await, Ok(v) if v.max_per_user.is_some());
-                if !limited {
+                if e.product(ProductId(product)).await.is_err() {
                     return "held -".into();
                 }
                 show(e.units_held(UserId(user), ProductId(product)).await, |n| {

@@ -57,8 +57,6 @@ pub struct MProduct {
     pub stock: u64,
     pub sold: u64,
     pub max_per_user: Option<u64>,
-    /// Whether it ever had a limit (see `engine_model`'s preconditions).
-    pub had_limit: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -232,7 +230,8 @@ pub enum Op {
     ReadCoupon {
         coupon: u64,
     },
-    /// Units of a limited product the user holds (`held -` when not limited).
+    /// Units of a product the user holds toward its limit, if it has one
+    /// now or gets one later (`held -` for no such product).
     ReadHeld {
         user: u64,
         product: u64,
@@ -297,10 +296,10 @@ impl Model {
         }
     }
 
-    pub fn user(&self, id: u64) -> Option<usize> {
+    fn user(&self, id: u64) -> Option<usize> {
         (id >= 1 && id as usize <= self.users.len()).then(|| id as usize - 1)
     }
-    pub fn product(&self, id: u64) -> Option<usize> {
+    fn product(&self, id: u64) -> Option<usize> {
         (id >= 1 && id as usize <= self.products.len()).then(|| id as usize - 1)
     }
     fn campaign(&self, id: u64) -> Option<usize> {
@@ -596,7 +595,6 @@ impl Model {
             stock,
             sold: 0,
             max_per_user,
-            had_limit: max_per_user.is_some(),
         });
         format!("product {}", self.products.len())
     }
@@ -625,7 +623,6 @@ impl Model {
         }
         m.price = price.unwrap_or(m.price);
         m.max_per_user = max_per_user.unwrap_or(m.max_per_user);
-        m.had_limit |= m.max_per_user.is_some();
         show_product(&m.name, m.price, m.stock, m.max_per_user)
     }
 
@@ -791,11 +788,7 @@ impl Model {
     }
 
     fn read_held(&self, user: u64, product: u64) -> String {
-        if self
-            .product(product)
-            .and_then(|p| self.products[p].max_per_user)
-            .is_none()
-        {
+        if self.product(product).is_none() {
             return "held -".into();
         }
         match self.user(user) {
