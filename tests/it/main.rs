@@ -7,6 +7,7 @@ mod cluster_support;
 mod common_http;
 mod durability_support;
 mod engine_support;
+mod model_reference;
 mod platform_sink;
 
 mod bench_embedded;
