@@ -306,17 +306,26 @@ impl Stream for Follow {
     type Item = Result<JournalEntry, ReadError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
-        let message = match self.messages.poll_next_unpin(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(None) => return Poll::Ready(None),
-            Poll::Ready(Some(Err(e))) => {
-                return Poll::Ready(Some(Err(ReadError::Nats(e.to_string()))))
+        let (message, seq) = loop {
+            let message = match self.messages.poll_next_unpin(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Ready(Some(Err(e))) => {
+                    return Poll::Ready(Some(Err(ReadError::Nats(e.to_string()))))
+                }
+                Poll::Ready(Some(Ok(message))) => message,
+            };
+            let seq = match message.info() {
+                Ok(info) => info.stream_sequence,
+                Err(e) => return Poll::Ready(Some(Err(ReadError::Nats(e.to_string())))),
+            };
+            // The client recreates its consumer from the last sequence it
+            // delivered, or from the stream's start if it delivered none
+            // yet (async-nats' ordered consumer): what comes before the
+            // next sequence was asked for by no one, and is passed over.
+            if seq >= self.next_seq {
+                break (message, seq);
             }
-            Poll::Ready(Some(Ok(message))) => message,
-        };
-        let seq = match message.info() {
-            Ok(info) => info.stream_sequence,
-            Err(e) => return Poll::Ready(Some(Err(ReadError::Nats(e.to_string())))),
         };
         if seq != self.next_seq {
             return Poll::Ready(Some(Err(ReadError::Gap {
