@@ -455,17 +455,27 @@ impl Model {
         format!("order {} total {total} off {off}", self.orders.len())
     }
 
-    fn pay(&mut self, order: u64) -> String {
+    /// The pending order `order` within its time; one past it expires
+    /// first. Otherwise the refusal: not found, or `refused`.
+    fn pending_in_time(&mut self, order: u64, refused: &str) -> Result<usize, String> {
         let Some(o) = self.order(order) else {
-            return err("ORDER_NOT_FOUND");
+            return Err(err("ORDER_NOT_FOUND"));
         };
         if self.orders[o].status != OrderStatus::Pending {
-            return err("ORDER_NOT_PAYABLE");
+            return Err(err(refused));
         }
         if self.now >= self.orders[o].expires_at {
             self.give_back(o, OrderStatus::Expired);
-            return err("ORDER_NOT_PAYABLE");
+            return Err(err(refused));
         }
+        Ok(o)
+    }
+
+    fn pay(&mut self, order: u64) -> String {
+        let o = match self.pending_in_time(order, "ORDER_NOT_PAYABLE") {
+            Ok(o) => o,
+            Err(refusal) => return refusal,
+        };
         let (u, pay) = (self.orders[o].user, self.orders[o].pay);
         if self.users[u].balance < pay {
             self.give_back(o, OrderStatus::Failed);
@@ -745,16 +755,10 @@ impl Model {
     }
 
     fn cancel(&mut self, order: u64) -> String {
-        let Some(o) = self.order(order) else {
-            return err("ORDER_NOT_FOUND");
+        let o = match self.pending_in_time(order, "ORDER_NOT_CANCELLABLE") {
+            Ok(o) => o,
+            Err(refusal) => return refusal,
         };
-        if self.orders[o].status != OrderStatus::Pending {
-            return err("ORDER_NOT_CANCELLABLE");
-        }
-        if self.now >= self.orders[o].expires_at {
-            self.give_back(o, OrderStatus::Expired);
-            return err("ORDER_NOT_CANCELLABLE");
-        }
         self.give_back(o, OrderStatus::Cancelled);
         format!("cancelled {order}")
     }
