@@ -14,6 +14,7 @@
 //! the stream, and (with clocks within the guard) a node with a permit is
 //! the key's current holder, so two nodes never hold permits at once.
 
+use crate::engine_support::Rng;
 use commerce_engine::cluster::fence::{Refusal, Ticket};
 use commerce_engine::cluster::{Action, Fence, LeaseConfig, LeaseState, LeaseValue, StepDown};
 use std::collections::HashMap;
@@ -689,17 +690,12 @@ fn every_schedule_of_six_steps_from_a_paused_leader_with_a_send_in_flight_keeps_
     assert_eq!(exhaust(&start, &alphabet, 6), 7u64.pow(6));
 }
 
-/// A small deterministic generator (xorshift64*).
-struct Rng(u64);
+/// Random schedules' events, from the tests' one generator.
+trait Events {
+    fn event(&mut self) -> Event;
+}
 
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
-    }
-
+impl Events for Rng {
     fn event(&mut self) -> Event {
         let n = self.below(2) as usize;
         let net = match self.below(10) {

@@ -16,6 +16,7 @@
 
 use crate::crash_limits::{position, LimitTracker};
 use crate::durability_support;
+use crate::engine_support::Rng;
 
 use commerce_engine::domain::event::{Event, Record};
 use commerce_engine::domain::ids::{CouponId, OrderId, ProductId, UserCouponId, UserId};
@@ -53,25 +54,6 @@ const FIRST_LIMIT: u64 = 2;
 const INITIAL_STOCK: u64 = 100_000;
 const ROUNDS: u32 = 6;
 const WORKER_TASKS: u64 = 24;
-
-/// A small deterministic generator (xorshift64*), so a seed replays a run.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    /// Uniform in `lo..=hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
-}
 
 fn sink_path(dir: &Path) -> PathBuf {
     dir.join("data-platform.jsonl")

@@ -56,10 +56,15 @@ pub fn order_of(user_id: UserId, lines: &[(ProductId, u64)]) -> PlaceOrder {
     }
 }
 
-/// A tiny seeded generator (SplitMix64): deterministic workloads without a crate.
+/// The tests' one seeded generator (SplitMix64): deterministic workloads
+/// without a crate; a seed replays a run.
 pub struct Rng(pub u64);
 
 impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
     pub fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
@@ -70,5 +75,10 @@ impl Rng {
 
     pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
+    }
+
+    /// Uniform in `lo..=hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.below(hi - lo + 1)
     }
 }
