@@ -433,8 +433,8 @@ fn crash_worker() {
     let round: u32 = std::env::var("CRASH_ROUND").unwrap().parse().unwrap();
     let seed: u64 = std::env::var("CRASH_SEED").unwrap().parse().unwrap();
     let store = SledStore::open(&dir).expect("the data dir opens");
-    let engine = Engine::start(worker_config(&dir), Box::new(store), Arc::new(SystemClock))
-        .expect("the engine recovers the data dir");
+    let engine =
+        crate::engine_support::start(worker_config(&dir), Box::new(store), Arc::new(SystemClock));
     let rt = durability_support::runtime();
     rt.block_on(async {
         if engine.metrics().users == 0 {
@@ -975,8 +975,8 @@ fn check_sink(w: &World, store: &SledStore, snapshot_seq: u64, dir: &Path) {
 /// cut off and written again).
 fn drain_sink(dir: &Path, w: &World) {
     let store = SledStore::open(dir).expect("the data dir opens");
-    let engine = Engine::start(worker_config(dir), Box::new(store), Arc::new(SystemClock))
-        .expect("the engine recovers the data dir");
+    let engine =
+        crate::engine_support::start(worker_config(dir), Box::new(store), Arc::new(SystemClock));
     crate::platform_sink::wait_until("the outbox is delivered", || engine.outbox_pending() == 0);
     engine.shutdown();
     drop(engine);

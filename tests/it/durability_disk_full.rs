@@ -57,7 +57,7 @@ fn fill(path: &Path) {
 
 fn start(dir: &Path) -> Engine {
     let store = SledStore::open(dir).expect("the store opens");
-    Engine::start(config(), Box::new(store), Arc::new(SystemClock)).expect("the engine starts")
+    crate::engine_support::start(config(), Box::new(store), Arc::new(SystemClock))
 }
 
 #[test]

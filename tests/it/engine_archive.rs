@@ -71,7 +71,7 @@ async fn seen(engine: &Engine, user: UserId, ids: &[OrderId]) -> Seen {
 }
 
 fn start(open: &dyn Fn() -> Box<dyn Store>) -> Engine {
-    Engine::start(EngineConfig::default(), open(), Arc::new(SystemClock)).expect("engine starts")
+    crate::engine_support::start(EngineConfig::default(), open(), Arc::new(SystemClock))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

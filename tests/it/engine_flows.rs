@@ -469,12 +469,11 @@ async fn a_refusal_is_replayed_under_its_key_even_once_the_request_would_succeed
     assert_eq!(engine.place_order(order(), key()).await.unwrap_err(), first);
     let world = stop_and_recover(engine, &store).await;
     assert_eq!(world.products[s.mug.index()].reserved, 0);
-    let engine = Engine::start(
+    let engine = crate::engine_support::start(
         EngineConfig::default(),
         Box::new(store.clone()),
         Arc::new(commerce_engine::engine::SystemClock),
-    )
-    .unwrap();
+    );
     assert_eq!(engine.place_order(order(), key()).await.unwrap_err(), first);
     let other = engine
         .place_order(order_of(s.user, &[(s.mug, 1)]), key())

@@ -404,7 +404,7 @@ async fn a_full_journal_queue_answers_overloaded_and_changes_nothing() {
     config.journal.queue_records_max = 4;
     let store = SlowStore(commerce_engine::store::MemoryStore::new());
     let clock = Arc::new(commerce_engine::engine::SystemClock);
-    let engine = Engine::start(config, Box::new(store.clone()), clock).unwrap();
+    let engine = crate::engine_support::start(config, Box::new(store.clone()), clock);
     let ids = users(&engine, 20).await;
     let t = race(&engine, ids.clone(), |e, u| async move {
         e.charge(u, Krw(1_000), None).await

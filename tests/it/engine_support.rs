@@ -6,13 +6,18 @@ use commerce_engine::domain::order::LineRequest;
 use commerce_engine::domain::world::World;
 use commerce_engine::engine::{Clock, Engine, EngineConfig, OrderSource, PlaceOrder};
 use commerce_engine::store::recovery::recover_store;
-use commerce_engine::store::MemoryStore;
+use commerce_engine::store::{MemoryStore, Store};
 use std::sync::Arc;
+
+/// The tests' one engine starter: an engine on `store`, which must start.
+pub fn start(config: EngineConfig, store: Box<dyn Store>, clock: Arc<dyn Clock>) -> Engine {
+    Engine::start(config, store, clock).expect("the engine starts on its store")
+}
 
 /// An engine on a fresh in-memory store (the same bytes a disk would hold).
 pub fn engine_with(config: EngineConfig, clock: Arc<dyn Clock>) -> (Engine, MemoryStore) {
     let store = MemoryStore::new();
-    let engine = Engine::start(config, Box::new(store.clone()), clock).expect("engine starts");
+    let engine = start(config, Box::new(store.clone()), clock);
     (engine, store)
 }
 

@@ -291,15 +291,14 @@ async fn health(tcp: &mut tokio::net::TcpStream, wait: Duration) -> bool {
 async fn serving_on_engine_threads_without_their_io_driver_is_refused() {
     // embedded default: the actor threads run no I/O driver, so sockets
     // cannot be served on them; serving says so instead of panicking there
-    let engine = commerce_engine::engine::Engine::start(
+    let engine = crate::engine_support::start(
         commerce_engine::engine::EngineConfig {
             arbiter_count: 2,
             ..commerce_engine::engine::EngineConfig::default()
         },
         Box::new(MemoryStore::new()),
         Arc::new(SystemClock),
-    )
-    .expect("engine starts");
+    );
     assert!(!engine.engine_threads_have_io());
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let served = commerce_engine::http::server::serve_on_engine_threads(

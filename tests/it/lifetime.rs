@@ -52,7 +52,7 @@ fn lifetime_config(sink: &Path) -> EngineConfig {
 fn start(dir: &Path, clock: Arc<ManualClock>) -> Engine {
     let store = SledStore::open(dir).expect("the store opens");
     let config = lifetime_config(&sink(dir));
-    Engine::start(config, Box::new(store), clock).expect("the engine starts")
+    crate::engine_support::start(config, Box::new(store), clock)
 }
 
 fn sink(dir: &Path) -> std::path::PathBuf {

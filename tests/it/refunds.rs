@@ -186,12 +186,11 @@ async fn an_archived_order_is_refunded_brought_back_and_archived_again() {
     // proves refunds of orders a snapshot archived, across snapshots and a restart
     let store = MemoryStore::new();
     let start = || {
-        Engine::start(
+        crate::engine_support::start(
             EngineConfig::default(),
             Box::new(store.clone()),
             Arc::new(SystemClock),
         )
-        .unwrap()
     };
     let engine = start();
     let (user, mug, tea) = shop(&engine, 100_000).await;
