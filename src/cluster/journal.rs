@@ -115,10 +115,21 @@ impl JournalStream {
             deny_delete: true,
             ..Default::default()
         };
-        let stream = js
-            .get_or_create_stream(config)
-            .await
-            .map_err(|e| ClusterError::JetStream(format!("journal stream: {e}")))?;
+        let stream = js.get_or_create_stream(config).await.map_err(|e| {
+            let why = format!("journal stream: {e}");
+            let not_ready = match e.kind() {
+                context::CreateStreamErrorKind::TimedOut
+                | context::CreateStreamErrorKind::JetStreamUnavailable => true,
+                // 503: no meta leader yet, or too few servers up for the replicas.
+                context::CreateStreamErrorKind::JetStream(e) => e.code() == 503,
+                _ => false,
+            };
+            if not_ready {
+                ClusterError::NotReady(why)
+            } else {
+                ClusterError::JetStream(why)
+            }
+        })?;
         Ok(JournalStream {
             js: js.clone(),
             stream,

@@ -8,6 +8,7 @@
 
 use super::lease::LeaseValue;
 use super::{ClusterError, ClusterName};
+use async_nats::jetstream::context::{CreateKeyValueErrorKind, GetStreamErrorKind};
 use async_nats::jetstream::{self, kv, stream};
 use bytes::Bytes;
 use std::time::Duration;
@@ -65,22 +66,37 @@ impl LeaseBucket {
                     ..Default::default()
                 })
                 .await
-                .map_err(|e| ClusterError::JetStream(format!("lease bucket: {e}")))?,
+                .map_err(|e| {
+                    let why = format!("lease bucket: {e}");
+                    match e.kind() {
+                        // Timed out, or the account's JetStream did not answer.
+                        CreateKeyValueErrorKind::TimedOut | CreateKeyValueErrorKind::JetStream => {
+                            ClusterError::NotReady(why)
+                        }
+                        _ => ClusterError::JetStream(why),
+                    }
+                })?,
         };
-        let status = kv
-            .status()
-            .await
-            .map_err(|e| ClusterError::JetStream(format!("lease bucket: {e}")))?;
+        let status = kv.status().await.map_err(|e| {
+            let why = format!("lease bucket: {e}");
+            match e.kind() {
+                kv::StatusErrorKind::TimedOut => ClusterError::NotReady(why),
+                _ => ClusterError::JetStream(why),
+            }
+        })?;
         if status.max_age() != ttl {
             return Err(ClusterError::LeaseTtl {
                 bucket_ms: status.max_age().as_millis() as u64,
                 node_ms: ttl.as_millis() as u64,
             });
         }
-        let stream = js
-            .get_stream(format!("KV_{bucket}"))
-            .await
-            .map_err(|e| ClusterError::JetStream(format!("lease bucket stream: {e}")))?;
+        let stream = js.get_stream(format!("KV_{bucket}")).await.map_err(|e| {
+            let why = format!("lease bucket stream: {e}");
+            match e.kind() {
+                GetStreamErrorKind::Request => ClusterError::NotReady(why),
+                _ => ClusterError::JetStream(why),
+            }
+        })?;
         Ok(LeaseBucket {
             kv,
             stream,

@@ -17,10 +17,10 @@
 //! - [`lease_bucket`]: the bucket's I/O; [`lease_task`]: the task driving the lease.
 //! - [`replicator`]: what the journal writer calls, per batch.
 //!
-//! # The interface the engine will use
+//! # How the engine uses it
 //!
-//! Not wired into the engine yet (nor the `serve --cluster` flags, nor the
-//! HTTP `NOT_LEADER` answers). The journal writer, per group-commit batch:
+//! `serve --cluster` runs a node (`engine::cluster_node`, `http::cluster`).
+//! The leader's journal writer, per group-commit batch:
 //! 1. appends the batch's frames with [`Replicator::append`] and awaits it
 //!    (the publish ack: stored and fsynced by a quorum of servers). It
 //!    expects the stream's last sequence to be the one it appended last, so
@@ -39,9 +39,8 @@
 //! leader, it reads to the stream's end, opens its term with
 //! [`Replicator::begin_term`] (on `Behind`: apply what is new and begin
 //! again), and only then serves. Snapshots name the stream sequence they
-//! cover; the stream is trimmed below the oldest one with
-//! [`JournalStream::purge_up_to`]. A term marker (an empty message) holds
-//! no records: appliers skip it.
+//! cover. A term marker (an empty message) holds no records: appliers
+//! skip it.
 //!
 //! Stream sequences are not the journal's record sequences: a batch is one
 //! stream message and many records. The engine keeps both (the record
@@ -74,6 +73,10 @@ pub enum ClusterError {
     Connect { urls: String, error: String },
     #[error("JetStream request failed: {0}")]
     JetStream(String),
+    /// A request timed out or JetStream is not ready (no meta leader, or
+    /// too few servers up for the replicas): worth another try.
+    #[error("JetStream not ready: {0}")]
+    NotReady(String),
     #[error("the lease bucket's TTL is {bucket_ms} ms but this node's lease assumes {node_ms} ms")]
     LeaseTtl { bucket_ms: u64, node_ms: u64 },
     #[error(transparent)]
@@ -125,45 +128,83 @@ pub struct Cluster {
     pub lease_bucket: LeaseBucket,
 }
 
+/// How long [`Cluster::join`] keeps trying: a node started with its NATS
+/// cluster waits for the servers to elect a JetStream leader and for the
+/// stream's replicas to answer.
+pub const JOIN_WITHIN: Duration = Duration::from_secs(30);
+
+/// Pause between attempts to bind the stream and the bucket.
+const BIND_RETRY: Duration = Duration::from_millis(500);
+
 impl Cluster {
     /// Connects to any of `urls` and binds (or creates) the journal stream
-    /// and the lease bucket, with [`replicas_for`] replicas.
+    /// and the lease bucket, with [`replicas_for`] replicas. A bind that
+    /// times out or finds JetStream not ready yet (a cluster electing its
+    /// leaders) is tried again, for [`JOIN_WITHIN`] in all; any other
+    /// failure is final at once.
     pub async fn join(
         urls: &[String],
         name: &ClusterName,
         lease: &LeaseConfig,
     ) -> Result<Cluster, ClusterError> {
         lease.validate()?;
+        let deadline = tokio::time::Instant::now() + JOIN_WITHIN;
         let joined = urls.join(",");
-        let client = async_nats::ConnectOptions::new()
-            .connection_timeout(Duration::from_secs(5))
-            // A hung server (SIGSTOP, a stalled machine) keeps its socket
-            // open: pings find it out and the client moves to another
-            // server within a few seconds instead of the default minutes.
-            .ping_interval(Duration::from_secs(1))
-            .retry_on_initial_connect()
-            .connect(urls)
+        let connect = async {
+            let client = async_nats::ConnectOptions::new()
+                .connection_timeout(Duration::from_secs(5))
+                // A hung server (SIGSTOP, a stalled machine) keeps its socket
+                // open: pings find it out and the client moves to another
+                // server within a few seconds instead of the default minutes.
+                .ping_interval(Duration::from_secs(1))
+                .retry_on_initial_connect()
+                .connect(urls)
+                .await
+                .map_err(|e| e.to_string())?;
+            // The first INFO arrives with the connection; with
+            // `retry_on_initial_connect` the call returns before it, so wait.
+            client.flush().await.map_err(|e| e.to_string())?;
+            Ok(client)
+        };
+        let client = tokio::time::timeout_at(deadline, connect)
             .await
-            .map_err(|e| ClusterError::Connect {
+            .unwrap_or_else(|_| Err(format!("timed out after {JOIN_WITHIN:?}")))
+            .map_err(|error| ClusterError::Connect {
                 urls: joined.clone(),
-                error: e.to_string(),
+                error,
             })?;
-        // The first INFO arrives with the connection; with
-        // `retry_on_initial_connect` the call returns before it, so wait.
-        client.flush().await.map_err(|e| ClusterError::Connect {
-            urls: joined.clone(),
-            error: e.to_string(),
-        })?;
         let js = async_nats::jetstream::new(client.clone());
         let replicas = replicas_for(urls.len(), client.server_info().connect_urls.len());
-        let journal = JournalStream::open(&js, name, replicas).await?;
-        let lease_bucket = LeaseBucket::open(
-            &js,
-            name,
-            journal.replicas(),
-            Duration::from_millis(lease.ttl_ms),
-        )
-        .await?;
+        let mut attempt = 1u32;
+        let (journal, lease_bucket) = loop {
+            let bound = async {
+                let journal = JournalStream::open(&js, name, replicas).await?;
+                let bucket = LeaseBucket::open(
+                    &js,
+                    name,
+                    journal.replicas(),
+                    Duration::from_millis(lease.ttl_ms),
+                )
+                .await?;
+                Ok::<_, ClusterError>((journal, bucket))
+            };
+            match bound.await {
+                Ok(bound) => break bound,
+                Err(ClusterError::NotReady(why))
+                    if tokio::time::Instant::now() + BIND_RETRY < deadline =>
+                {
+                    tracing::warn!(attempt, error = %why, "JetStream not ready; binding again");
+                    attempt += 1;
+                    tokio::time::sleep(BIND_RETRY).await;
+                }
+                Err(ClusterError::NotReady(why)) => {
+                    return Err(ClusterError::JetStream(format!(
+                        "{why} (still after {JOIN_WITHIN:?})"
+                    )))
+                }
+                Err(e) => return Err(e),
+            }
+        };
         Ok(Cluster {
             client,
             journal,

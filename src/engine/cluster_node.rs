@@ -264,19 +264,12 @@ impl ClusterNode {
         journal: JournalConfig,
     ) -> Result<ClusterNode, NodeError> {
         let kept = StreamPosition::load(&data_dir)?;
-        let cluster = runtime.block_on(async {
-            tokio::time::timeout(
-                Duration::from_secs(30),
-                Cluster::join(&settings.urls, &settings.name, &settings.lease),
-            )
-            .await
-            .unwrap_or_else(|_| {
-                Err(ClusterError::Connect {
-                    urls: settings.urls.join(","),
-                    error: "timed out after 30 s".into(),
-                })
-            })
-        })?;
+        // Bounded by `cluster::JOIN_WITHIN`.
+        let cluster = runtime.block_on(Cluster::join(
+            &settings.urls,
+            &settings.name,
+            &settings.lease,
+        ))?;
         let stream_last = runtime.block_on(cluster.journal.last_seq())?;
         let position = match kept {
             // The fast path: the position kept after a local flush. It may

@@ -5,6 +5,7 @@ use crate::cluster_support::{runtime, NatsCluster};
 use bytes::Bytes;
 use commerce_engine::cluster::{
     AppendError, Cluster, ClusterName, Fence, JournalEntry, JournalStream, LeaseConfig, ReadError,
+    Ticket,
 };
 use futures_util::StreamExt;
 use std::time::Duration;
@@ -19,16 +20,31 @@ async fn join(nats: &NatsCluster, name: &str) -> Cluster {
     .expect("joins the cluster")
 }
 
+/// [`JournalStream::append`], sent again under the same ticket while its
+/// outcome is unknown (a timeout on a loaded machine), as the replicator
+/// does: the stream deduplicates it or refuses it, never stores it twice.
+async fn send(journal: &JournalStream, ticket: &Ticket, batch: Bytes) -> Result<u64, AppendError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match journal.append(ticket, batch.clone()).await {
+            Err(AppendError::Unknown(why)) if tokio::time::Instant::now() < deadline => {
+                eprintln!("append outcome unknown, sent again: {why}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            settled => return settled,
+        }
+    }
+}
+
 /// Appends `batch` as the fence's next append (a marker first if it has no term).
 async fn append(journal: &JournalStream, fence: &mut Fence, term: u64, batch: &[u8]) -> u64 {
     if fence.term() != Some(term) {
         let marker = fence.marker(term).unwrap();
-        let seq = journal.append(&marker, Bytes::new()).await.expect("marker");
+        let seq = send(journal, &marker, Bytes::new()).await.expect("marker");
         fence.on_appended(&marker, seq).unwrap();
     }
     let ticket = fence.batch(Some(term)).unwrap();
-    let seq = journal
-        .append(&ticket, Bytes::copy_from_slice(batch))
+    let seq = send(journal, &ticket, Bytes::copy_from_slice(batch))
         .await
         .expect("append");
     fence.on_appended(&ticket, seq).unwrap();
@@ -89,19 +105,17 @@ fn a_second_writer_whose_expected_sequence_is_stale_is_refused_as_fenced() {
         let mut old = Fence::new("old", 0);
         let mut new = Fence::new("new", 0);
         let marker = old.marker(1).unwrap();
-        let seq = journal.append(&marker, Bytes::new()).await.unwrap();
+        let seq = send(journal, &marker, Bytes::new()).await.unwrap();
         old.on_appended(&marker, seq).unwrap();
         let stale_ticket = old.batch(Some(1)).unwrap();
 
         // The new leader applied everything (message 1) and opens term 2.
         new.on_applied(1, 1).unwrap();
         let marker = new.marker(2).unwrap();
-        let seq = journal.append(&marker, Bytes::new()).await.unwrap();
+        let seq = send(journal, &marker, Bytes::new()).await.unwrap();
         new.on_appended(&marker, seq).unwrap();
 
-        let refused = journal
-            .append(&stale_ticket, Bytes::from_static(b"stale"))
-            .await;
+        let refused = send(journal, &stale_ticket, Bytes::from_static(b"stale")).await;
         assert_eq!(
             refused,
             Err(AppendError::Fenced {
@@ -114,10 +128,7 @@ fn a_second_writer_whose_expected_sequence_is_stale_is_refused_as_fenced() {
             "nothing of the old writer's stored"
         );
         let fresh = new.batch(Some(2)).unwrap();
-        assert_eq!(
-            journal.append(&fresh, Bytes::from_static(b"b")).await,
-            Ok(3)
-        );
+        assert_eq!(send(journal, &fresh, Bytes::from_static(b"b")).await, Ok(3));
     });
 }
 
@@ -130,26 +141,24 @@ fn an_append_sent_again_after_a_lost_ack_is_deduplicated_not_stored_twice() {
         let journal = &cluster.journal;
         let mut fence = Fence::new("a", 0);
         let marker = fence.marker(1).unwrap();
-        let seq = journal.append(&marker, Bytes::new()).await.unwrap();
+        let seq = send(journal, &marker, Bytes::new()).await.unwrap();
         fence.on_appended(&marker, seq).unwrap();
         let ticket = fence.batch(Some(1)).unwrap();
         let batch = Bytes::from_static(b"once");
-        let first = journal.append(&ticket, batch.clone()).await.unwrap();
+        let first = send(journal, &ticket, batch.clone()).await.unwrap();
         // The ack was "lost": the writer sends the same ticket again.
-        let again = journal.append(&ticket, batch.clone()).await.unwrap();
+        let again = send(journal, &ticket, batch.clone()).await.unwrap();
         assert_eq!(first, again);
         assert_eq!(journal.last_seq().await.unwrap(), first);
         fence.on_appended(&ticket, again).unwrap();
         let next_ticket = fence.batch(Some(1)).unwrap();
         assert_eq!(
-            journal
-                .append(&next_ticket, Bytes::from_static(b"next"))
-                .await,
+            send(journal, &next_ticket, Bytes::from_static(b"next")).await,
             Ok(first + 1)
         );
         // And a resend of the earlier ticket once the stream moved on: still
         // the earlier sequence, still nothing stored.
-        assert_eq!(journal.append(&ticket, batch).await, Ok(first));
+        assert_eq!(send(journal, &ticket, batch).await, Ok(first));
         assert_eq!(journal.last_seq().await.unwrap(), first + 1);
     });
 }
@@ -173,7 +182,7 @@ fn a_batch_of_several_mib_is_one_message_and_one_above_the_limit_is_refused_unse
         let too_big = Bytes::from(vec![0u8; journal.max_batch_bytes() + 1]);
         let ticket = fence.batch(Some(1)).unwrap();
         assert!(matches!(
-            journal.append(&ticket, too_big).await,
+            send(journal, &ticket, too_big).await,
             Err(AppendError::TooLarge { .. })
         ));
         assert_eq!(journal.last_seq().await.unwrap(), seq);
