@@ -54,6 +54,14 @@ pub trait Archive: Send + Sync {
         f: &mut dyn FnMut(&[u8]) -> Result<(), StorageError>,
     ) -> Result<(), StorageError>;
 
+    /// The status masks of the archive's blocks as the store keeps them
+    /// (`(block, mask)`, a block maybe more than once: the masks of one
+    /// block OR together), or `None` if this store does not keep them and
+    /// the blocks themselves must be read ([`crate::store::archive_statuses`]).
+    fn status_masks(&self) -> Result<Option<Vec<(u64, u16)>>, StorageError> {
+        Ok(None)
+    }
+
     /// The frame (`Kind::Key`) of the idempotency key of `hash`, if a
     /// snapshot moved it to the key tables and it has not expired.
     fn key(&self, hash: u128) -> Result<Option<Vec<u8>>, StorageError>;

@@ -20,17 +20,27 @@
 //!   so a reader that reads the shard and then the masks finds it in one
 //!   or the other;
 //! - [`ArchivedStatuses::scan`]: once per process, the first list that
-//!   needs the masks marks every order the archive held before (a full
-//!   read of the archive, once, on a blocking thread). Bits only grow, so
-//!   the two sides can run in any order.
+//!   needs the masks marks every order the archive held before, from the
+//!   masks the store writes with each block (sled: 2 bytes per block and
+//!   snapshot; a store archived before it kept them gets them built at
+//!   its next open), or, from a store that keeps none, by reading every
+//!   block once, on a blocking thread. Bits only grow, so the two sides
+//!   can run in any order.
 
 use crate::domain::order::{Order, OrderStatus};
 use crate::store::{ArchiveReader, StorageError, ORDER_BLOCK};
 use std::sync::Mutex;
 
+/// What [`ArchivedStatuses::scan`] found.
+enum Found {
+    Masks(Vec<(u64, u16)>),
+    Orders(Vec<(u64, OrderStatus)>),
+}
+
 /// The bit of `status` in a block's mask.
-pub fn status_bit(status: OrderStatus) -> u16 {
-    1u16 << (status as u8 as u32).min(15)
+pub const fn status_bit(status: OrderStatus) -> u16 {
+    let n = status as u8 as u32;
+    1u16 << if n > 15 { 15 } else { n }
 }
 
 /// Masks of statuses by archive block; see the module's docs.
@@ -55,17 +65,35 @@ impl ArchivedStatuses {
         }
     }
 
-    /// Marks every order the archive holds (once per process; the first
-    /// caller reads the whole archive, on a blocking thread, and the others
-    /// wait for it). A storage error leaves it to be tried again.
+    /// ORs whole masks into blocks: `(block, mask)` each.
+    pub fn mark_blocks(&self, masks: impl IntoIterator<Item = (u64, u16)>) {
+        let mut all = self.masks.lock().unwrap_or_else(|e| e.into_inner());
+        for (block, mask) in masks {
+            let Ok(block) = usize::try_from(block) else {
+                continue;
+            };
+            if all.len() <= block {
+                all.resize(block + 1, 0);
+            }
+            all[block] |= mask;
+        }
+    }
+
+    /// Marks every order the archive holds (once per process, on a
+    /// blocking thread, the others waiting for it): from the masks the
+    /// store keeps with its blocks, or, from a store that keeps none, by
+    /// reading every block. A storage error leaves it to be tried again.
     pub async fn scan(&self, archive: &ArchiveReader) -> Result<(), StorageError> {
         self.scanned
             .get_or_try_init(|| async {
                 let archive = archive.clone();
                 let run = move || {
+                    if let Some(masks) = archive.0.status_masks()? {
+                        return Ok::<_, StorageError>(Found::Masks(masks));
+                    }
                     let mut found: Vec<(u64, OrderStatus)> = Vec::new();
                     archive.each_order(|o: Order| found.push((o.id.0, o.status)))?;
-                    Ok::<_, StorageError>(found)
+                    Ok(Found::Orders(found))
                 };
                 let found = match tokio::runtime::Handle::try_current() {
                     Ok(_) => tokio::task::spawn_blocking(run)
@@ -73,7 +101,10 @@ impl ArchivedStatuses {
                         .map_err(|_| StorageError::Closed)??,
                     Err(_) => run()?,
                 };
-                self.mark(found);
+                match found {
+                    Found::Masks(masks) => self.mark_blocks(masks),
+                    Found::Orders(orders) => self.mark(orders),
+                }
                 Ok(())
             })
             .await

@@ -148,7 +148,7 @@ impl Store for MemoryStore {
         let mut newest_key_ms = 0;
         for (key, value) in entries.iter() {
             match (key, value) {
-                (SnapshotKey::ArchivedOrder { user, id }, Some(v)) => {
+                (SnapshotKey::ArchivedOrder { user, id, .. }, Some(v)) => {
                     inner.orders.insert(*id, v.to_vec());
                     inner.by_user.insert((*user, *id));
                 }

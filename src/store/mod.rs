@@ -93,6 +93,9 @@ pub enum SnapshotKey {
     ArchivedOrder {
         user: u64,
         id: u64,
+        /// The order's status as its bit (`archive_statuses::status_bit`),
+        /// kept with its block so that lists by status find it after a start.
+        status_bit: u16,
     },
     /// A whole chunk of user `.0`'s history moved to the archive, likewise.
     ArchivedHistory(u64, u64),

@@ -9,6 +9,7 @@ use crate::domain::limits::Limits;
 use crate::domain::order::Order;
 use crate::domain::user::{BalanceEntry, User, HISTORY_CHUNK};
 use crate::domain::world::{Meta, StoredKey, TallyCounts, World};
+use crate::store::archive_statuses::status_bit;
 use crate::store::codec::{self, CodecError, Kind};
 use crate::store::cut::{Archiving, Captured, NewKey};
 use crate::store::legacy::{self, LegacySales};
@@ -457,6 +458,7 @@ fn encode_order(
         let key = SnapshotKey::ArchivedOrder {
             user: o.user_id.0,
             id: o.id.0,
+            status_bit: status_bit(o.status),
         };
         out.push_frame(key, Kind::Order, o)?;
         if in_snapshots.contains(&o.id) {

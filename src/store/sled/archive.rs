@@ -29,13 +29,22 @@
 //!   next (readers drop the repeat), so never tidied.
 //! - `ai`: the `au` index is complete. A store archived by a version
 //!   without it gets it built from `ao` at its next open.
+//! - `as` + block (u64) + generation (u64): the statuses (a mask of
+//!   `archive_statuses::status_bit`s, u16 little-endian) of the orders of
+//!   the `ao` part under the same key, written with it. Lists by status
+//!   read these at a start instead of every block. Read like the parts:
+//!   committed generations only; an unfinished snapshot's are removed
+//!   with its parts.
+//! - `am`: the `as` masks are complete. A store archived by a version
+//!   without them gets them built from `ao` at its next open.
 
 use super::journal::{journal_key, journal_seq};
 use super::layout::Layout;
 use super::{io, word_at, SledStore};
+use crate::store::archive_statuses::status_bit;
 use crate::store::keys::KeyTables;
 use crate::store::legacy::store_layouts;
-use crate::store::{Archive, ArchiveReader, StorageError};
+use crate::store::{Archive, ArchiveReader, StorageError, ORDER_BLOCK};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
@@ -53,6 +62,8 @@ pub(super) const ARCHIVED_HISTORY_GROUP: [u8; 2] = *b"ag";
 pub(super) const ARCHIVED_BY_USER: [u8; 2] = *b"au";
 pub(super) const OPEN_BY_USER: [u8; 2] = *b"av";
 pub(super) const BY_USER_BUILT: &[u8] = b"ai";
+pub(super) const STATUS_MASKS: [u8; 2] = *b"as";
+pub(super) const STATUS_MASKS_BUILT: &[u8] = b"am";
 
 pub(in crate::store) fn archive_key(prefix: [u8; 2], a: u64, b: u64) -> [u8; 18] {
     let mut k = [0u8; 18];
@@ -64,6 +75,11 @@ pub(in crate::store) fn archive_key(prefix: [u8; 2], a: u64, b: u64) -> [u8; 18]
 
 pub(super) fn part_key(block: u64, generation: u64) -> [u8; 18] {
     archive_key(ARCHIVED_ORDERS, block, generation)
+}
+
+/// The status mask of the part [`part_key`]`(block, generation)`.
+pub(super) fn status_mask_key(block: u64, generation: u64) -> [u8; 18] {
+    archive_key(STATUS_MASKS, block, generation)
 }
 
 pub(super) fn group_key(user: u64, chunk: u64) -> [u8; 18] {
@@ -228,6 +244,22 @@ impl Archive for SledArchive {
         Ok(())
     }
 
+    fn status_masks(&self) -> Result<Option<Vec<(u64, u16)>>, StorageError> {
+        let committed = self.committed_generation();
+        let mut masks = Vec::new();
+        for kv in self.tree.scan_prefix(STATUS_MASKS) {
+            let (k, v) = kv.map_err(io)?;
+            let (block, generation) = (word_at(&k, 2)?, word_at(&k, 10)?);
+            let mask = <[u8; 2]>::try_from(v.as_ref())
+                .map(u16::from_le_bytes)
+                .map_err(|_| StorageError::Corrupt(format!("status mask of block {block}")))?;
+            if generation <= committed {
+                masks.push((block, mask));
+            }
+        }
+        Ok(Some(masks))
+    }
+
     fn key(&self, hash: u128) -> Result<Option<Vec<u8>>, StorageError> {
         Ok(self.keys.get(hash)?.map(|found| found.frame))
     }
@@ -260,6 +292,25 @@ impl SledStore {
             }
         }
         self.tree.insert(BY_USER_BUILT, &[][..]).map_err(io)?;
+        self.flush()?;
+        Ok(())
+    }
+
+    /// Writes the status mask of every archived block (a store archived
+    /// before masks were kept; on a new store there is nothing to mark),
+    /// then marks them complete. Redone whole if interrupted.
+    pub(super) fn build_status_masks(&self) -> Result<(), StorageError> {
+        let mut masks: BTreeMap<u64, u16> = BTreeMap::new();
+        ArchiveReader(Arc::new(self.archive.clone())).each_order(|o| {
+            *masks.entry(o.id.0 / ORDER_BLOCK).or_default() |= status_bit(o.status)
+        })?;
+        let generation = self.archive.committed_generation();
+        for (block, mask) in masks {
+            self.tree
+                .insert(status_mask_key(block, generation), &mask.to_le_bytes())
+                .map_err(io)?;
+        }
+        self.tree.insert(STATUS_MASKS_BUILT, &[][..]).map_err(io)?;
         self.flush()?;
         Ok(())
     }

@@ -27,7 +27,7 @@
 //! layout; what lies outside it is removed at the next open, which `x` asks for.
 //!
 
-use super::archive::part_key;
+use super::archive::{part_key, status_mask_key};
 use super::packs::{pack_generation, PACK};
 use super::{io, remove_chunked, word_at, SledStore};
 use crate::store::legacy::store_layouts;
@@ -111,6 +111,10 @@ impl SledStore {
                     self.archive
                         .tree
                         .remove(part_key(block, generation))
+                        .map_err(io)?;
+                    self.archive
+                        .tree
+                        .remove(status_mask_key(block, generation))
                         .map_err(io)?;
                 }
             }

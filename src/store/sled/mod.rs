@@ -29,7 +29,7 @@ mod snapshot_write;
 mod tests;
 
 pub(in crate::store) use self::archive::archive_key;
-use self::archive::{SledArchive, BY_USER_BUILT};
+use self::archive::{SledArchive, BY_USER_BUILT, STATUS_MASKS_BUILT};
 use self::journal::{journal_key, journal_seq, JournalDb, JOURNAL};
 use self::layout::{Layout, META, UNFINISHED};
 use self::snapshot_keys::decode_key;
@@ -177,6 +177,9 @@ impl SledStore {
         }
         if !store.tree.contains_key(BY_USER_BUILT).map_err(io)? {
             store.build_by_user()?;
+        }
+        if !store.tree.contains_key(STATUS_MASKS_BUILT).map_err(io)? {
+            store.build_status_masks()?;
         }
         Ok(store)
     }

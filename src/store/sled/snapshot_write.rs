@@ -1,6 +1,6 @@
 //! Writing a snapshot as a new generation, and merging generations into a new base.
 
-use super::archive::{group_key, part_key};
+use super::archive::{group_key, part_key, status_mask_key};
 use super::layout::{Layout, UNFINISHED};
 use super::packs::{pack_prefix, PackWriter};
 use super::snapshot_keys::encode_key_into;
@@ -18,8 +18,9 @@ pub(super) const GENERATIONS_MAX: u64 = 64;
 
 /// A snapshot's entries, sorted by where they are written.
 struct Sorted<'e> {
-    /// Finished orders by block of ids, their frames back to back.
-    parts: BTreeMap<u64, Vec<u8>>,
+    /// Finished orders by block of ids, their frames back to back, and the
+    /// mask of their statuses.
+    parts: BTreeMap<u64, (Vec<u8>, u16)>,
     /// (user, order id) of each finished order. Flat lists, sorted when
     /// written, rather than a small `Vec` per user or group: a snapshot
     /// archives tens of thousands of them.
@@ -45,12 +46,17 @@ impl<'e> Sorted<'e> {
         };
         for (key, value) in entries.iter() {
             match (key, value) {
-                (SnapshotKey::ArchivedOrder { user, id }, Some(frame)) => {
-                    sorted
-                        .parts
-                        .entry(id / ORDER_BLOCK)
-                        .or_default()
-                        .extend_from_slice(frame);
+                (
+                    SnapshotKey::ArchivedOrder {
+                        user,
+                        id,
+                        status_bit,
+                    },
+                    Some(frame),
+                ) => {
+                    let part = sorted.parts.entry(id / ORDER_BLOCK).or_default();
+                    part.0.extend_from_slice(frame);
+                    part.1 |= status_bit;
                     sorted.by_user.push((*user, *id));
                 }
                 (SnapshotKey::ArchivedHistory(user, chunk), Some(frame)) => {
@@ -145,10 +151,14 @@ impl SledStore {
     /// committed), history chunks (the same bytes if redone), the
     /// idempotency keys, and the index by user.
     fn write_archived(&self, generation: u64, sorted: &mut Sorted<'_>) -> Result<(), StorageError> {
-        for (block, frames) in std::mem::take(&mut sorted.parts) {
+        for (block, (frames, statuses)) in std::mem::take(&mut sorted.parts) {
             self.archive
                 .tree
                 .insert(part_key(block, generation), frames)
+                .map_err(io)?;
+            self.archive
+                .tree
+                .insert(status_mask_key(block, generation), &statuses.to_le_bytes())
                 .map_err(io)?;
         }
         // Stable: of two frames for one chunk, the one pushed last wins.

@@ -5,9 +5,13 @@ use super::packs::*;
 use super::snapshot_keys::*;
 use super::snapshot_write::*;
 use super::*;
+use crate::domain::order::OrderStatus;
+use crate::store::archive_statuses::status_bit;
 use crate::store::legacy::store_layouts::chunk_key;
 use crate::store::SnapshotKey;
 use std::collections::{BTreeMap, BTreeSet};
+
+const PAID: u16 = status_bit(OrderStatus::Paid);
 
 #[test]
 fn snapshot_keys_round_trip() {
@@ -282,11 +286,19 @@ fn archived_entries_are_read_by_block_and_an_unfinished_snapshots_parts_removed(
             4,
             vec![
                 (
-                    SnapshotKey::ArchivedOrder { user: 1, id: 3 },
+                    SnapshotKey::ArchivedOrder {
+                        user: 1,
+                        id: 3,
+                        status_bit: PAID,
+                    },
                     Some(frame("o3")),
                 ),
                 (
-                    SnapshotKey::ArchivedOrder { user: 2, id: 300 },
+                    SnapshotKey::ArchivedOrder {
+                        user: 2,
+                        id: 300,
+                        status_bit: PAID,
+                    },
                     Some(frame("o300")),
                 ),
                 (SnapshotKey::ArchivedHistory(1, 0), Some(frame("h10"))),
@@ -298,7 +310,11 @@ fn archived_entries_are_read_by_block_and_an_unfinished_snapshots_parts_removed(
         s.snapshot(
             5,
             vec![(
-                SnapshotKey::ArchivedOrder { user: 1, id: 5 },
+                SnapshotKey::ArchivedOrder {
+                    user: 1,
+                    id: 5,
+                    status_bit: PAID,
+                },
                 Some(frame("o5")),
             )]
             .into(),
@@ -356,7 +372,11 @@ fn a_users_archived_orders_read_in_id_order_across_overlapping_parts() {
             .iter()
             .map(|id| {
                 (
-                    SnapshotKey::ArchivedOrder { user: 7, id: *id },
+                    SnapshotKey::ArchivedOrder {
+                        user: 7,
+                        id: *id,
+                        status_bit: PAID,
+                    },
                     Some(vec![1]),
                 )
             })
@@ -365,6 +385,7 @@ fn a_users_archived_orders_read_in_id_order_across_overlapping_parts() {
             SnapshotKey::ArchivedOrder {
                 user: 8,
                 id: 100 + i as u64,
+                status_bit: PAID,
             },
             Some(&[1]),
         );
@@ -418,7 +439,11 @@ fn the_index_by_user_seals_full_parts_and_pages_read_exactly_across_them() {
             .iter()
             .map(|id| {
                 (
-                    SnapshotKey::ArchivedOrder { user: 7, id: *id },
+                    SnapshotKey::ArchivedOrder {
+                        user: 7,
+                        id: *id,
+                        status_bit: PAID,
+                    },
                     Some(vec![1]),
                 )
             })
@@ -464,7 +489,16 @@ fn a_reader_racing_sealing_snapshots_sees_every_id_archived_before_it() {
                 let ids = n * per_snapshot + 1..=(n + 1) * per_snapshot;
                 let entries = ids
                     .clone()
-                    .map(|id| (SnapshotKey::ArchivedOrder { user: 7, id }, Some(vec![1])))
+                    .map(|id| {
+                        (
+                            SnapshotKey::ArchivedOrder {
+                                user: 7,
+                                id,
+                                status_bit: PAID,
+                            },
+                            Some(vec![1]),
+                        )
+                    })
                     .collect();
                 s.snapshot(n + 1, entries).unwrap();
                 archived.store(*ids.end(), Ordering::SeqCst);
@@ -615,6 +649,7 @@ fn the_index_by_user_is_built_for_a_store_archived_without_it() {
                     SnapshotKey::ArchivedOrder {
                         user: *user,
                         id: *id,
+                        status_bit: PAID,
                     },
                     Some(codec::encode(Kind::Order, &order(*id, *user)).unwrap()),
                 )
@@ -639,6 +674,111 @@ fn the_index_by_user_is_built_for_a_store_archived_without_it() {
     assert_eq!(a.user_orders(5, u64::MAX, 9).unwrap(), vec![700, 3, 1]);
     assert_eq!(a.user_orders(6, u64::MAX, 9).unwrap(), vec![701, 2]);
     assert_eq!(a.user_orders(5, 700, 1).unwrap(), vec![3]);
+}
+
+/// Proves each archived block's statuses are kept with it (committed
+/// generations only), and built at open for a store archived without them.
+#[test]
+fn status_masks_are_kept_with_each_block_and_built_for_a_store_archived_without_them() {
+    use crate::domain::ids::{OrderId, UserId};
+    use crate::domain::money::Krw;
+    use crate::domain::order::Order;
+    use crate::domain::time::Timestamp;
+    use crate::store::codec::{self, Kind};
+    let dir = tempfile::tempdir().unwrap();
+    let order = |id: u64, status: OrderStatus| Order {
+        id: OrderId(id),
+        user_id: UserId(1),
+        status,
+        items: Vec::new(),
+        total_amount: Krw(0),
+        discount_amount: Krw(0),
+        pay_amount: Krw(0),
+        user_coupon_id: None,
+        created_at: Timestamp(1),
+        expires_at: Timestamp(2),
+        paid_at: None,
+        refunded_amount: Krw(0),
+        refunds: Vec::new(),
+    };
+    let archived = |orders: &[(u64, OrderStatus)]| -> SnapshotEntries {
+        orders
+            .iter()
+            .map(|&(id, status)| {
+                (
+                    SnapshotKey::ArchivedOrder {
+                        user: 1,
+                        id,
+                        status_bit: status_bit(status),
+                    },
+                    Some(codec::encode(Kind::Order, &order(id, status)).unwrap()),
+                )
+            })
+            .collect::<Vec<_>>()
+            .into()
+    };
+    let block = crate::store::ORDER_BLOCK;
+    let by_block = |masks: Option<Vec<(u64, u16)>>| -> BTreeMap<u64, u16> {
+        let mut all = BTreeMap::new();
+        for (b, m) in masks.expect("sled keeps masks") {
+            *all.entry(b).or_insert(0) |= m;
+        }
+        all
+    };
+    let (paid, cancelled, refunded) = (
+        status_bit(OrderStatus::Paid),
+        status_bit(OrderStatus::Cancelled),
+        status_bit(OrderStatus::Refunded),
+    );
+    let expected = BTreeMap::from([(0, paid | cancelled | refunded), (3, cancelled)]);
+    {
+        let s = SledStore::open(dir.path()).unwrap();
+        s.snapshot(
+            1,
+            archived(&[(1, OrderStatus::Paid), (2, OrderStatus::Cancelled)]),
+        )
+        .unwrap();
+        s.snapshot(
+            2,
+            archived(&[
+                (1, OrderStatus::Refunded),
+                (3 * block + 5, OrderStatus::Cancelled),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(by_block(s.archive().status_masks().unwrap()), expected);
+        // An unfinished snapshot's masks are not read, and removed at open.
+        let mut mark = 3u64.to_be_bytes().to_vec();
+        mark.extend_from_slice(&9u64.to_be_bytes());
+        s.tree.insert(UNFINISHED, mark).unwrap();
+        s.tree
+            .insert(status_mask_key(9, 3), &paid.to_le_bytes())
+            .unwrap();
+        s.tree.flush().unwrap();
+        assert_eq!(by_block(s.archive().status_masks().unwrap()), expected);
+    }
+    {
+        let s = SledStore::open(dir.path()).unwrap();
+        assert!(
+            !s.tree.contains_key(status_mask_key(9, 3)).unwrap(),
+            "tidied"
+        );
+        assert_eq!(by_block(s.archive().status_masks().unwrap()), expected);
+        // As a version before the masks left the store.
+        for k in s.tree.scan_prefix(STATUS_MASKS).keys() {
+            s.tree.remove(k.unwrap()).unwrap();
+        }
+        s.tree.remove(STATUS_MASKS_BUILT).unwrap();
+        s.tree.flush().unwrap();
+    }
+    // Built from the blocks as they read now: order 1's later copy
+    // (refunded) stands for it, so the paid bit, a hint no longer true, is gone.
+    let s = SledStore::open(dir.path()).unwrap();
+    assert!(s.tree.contains_key(STATUS_MASKS_BUILT).unwrap());
+    assert_eq!(
+        by_block(s.archive().status_masks().unwrap()),
+        BTreeMap::from([(0, cancelled | refunded), (3, cancelled)])
+    );
 }
 
 /// A crash while a snapshot's packs were being written: recovery sees
