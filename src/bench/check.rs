@@ -21,7 +21,7 @@
 
 use crate::bench::target::{OpError, Target};
 use crate::bench::workload::{Fixture, Tally, STOCK};
-use crate::domain::ids::OrderId;
+use crate::domain::ids::{CouponId, OrderId};
 use crate::domain::order::OrderStatus;
 use crate::domain::world::World;
 use futures_util::stream::{self, StreamExt};
@@ -125,6 +125,28 @@ pub fn check_world(
 ) -> Vec<String> {
     let mut out = world.violations();
     let exact = tally.unknown.load(Ordering::Relaxed) == 0;
+    check_balances(world, fixture, tally, exact, &mut out);
+    check_units(world, fixture, tally, exact, &mut out);
+    for (id, expect) in orders.expectations() {
+        match world.orders.get(&id).map(|o| o.status) {
+            Some(status) if expect.allows(status) => {}
+            other => out.push(format!(
+                "order {id}: {expect:?} acknowledged but recovered as {other:?}"
+            )),
+        }
+    }
+    check_coupon(world, fixture, tally, exact, &mut out);
+    out
+}
+
+/// Every user recovered, with the balance its acknowledgements say.
+fn check_balances(
+    world: &World,
+    fixture: &Fixture,
+    tally: &Tally,
+    exact: bool,
+    out: &mut Vec<String>,
+) {
     for (i, id) in fixture.users.iter().enumerate() {
         let Some(u) = world.users.get(id.index()) else {
             out.push(format!("user {id} was acknowledged but is not recovered"));
@@ -143,6 +165,17 @@ pub fn check_world(
             ));
         }
     }
+}
+
+/// Every product recovered, its units in stock, reserved and sold as its
+/// acknowledgements say.
+fn check_units(
+    world: &World,
+    fixture: &Fixture,
+    tally: &Tally,
+    exact: bool,
+    out: &mut Vec<String>,
+) {
     for (i, id) in fixture.products.iter().enumerate() {
         let Some(p) = world.products.get(id.index()) else {
             out.push(format!(
@@ -171,29 +204,32 @@ pub fn check_world(
             ));
         }
     }
-    for (id, expect) in orders.expectations() {
-        match world.orders.get(&id).map(|o| o.status) {
-            Some(status) if expect.allows(status) => {}
-            other => out.push(format!(
-                "order {id}: {expect:?} acknowledged but recovered as {other:?}"
-            )),
-        }
-    }
-    if let Some((coupon, quantity)) = fixture.coupon {
-        let issued_ok = tally.issued.load(Ordering::Relaxed);
-        match world.campaigns.get(coupon.index()) {
-            None => out.push(format!("coupon {coupon} is not recovered")),
-            Some(c) => {
-                let issued = c.issued.len();
-                if (exact && issued != issued_ok) || issued < issued_ok || issued > quantity {
-                    out.push(format!(
-                        "coupon {coupon}: {issued} issued of {quantity}, {issued_ok} acknowledged"
-                    ));
-                }
+}
+
+/// The fixture's coupon recovered, with as many issued as acknowledged
+/// and no more than its quantity.
+fn check_coupon(
+    world: &World,
+    fixture: &Fixture,
+    tally: &Tally,
+    exact: bool,
+    out: &mut Vec<String>,
+) {
+    let Some((coupon, quantity)) = fixture.coupon else {
+        return;
+    };
+    let issued_ok = tally.issued.load(Ordering::Relaxed);
+    match world.campaigns.get(coupon.index()) {
+        None => out.push(format!("coupon {coupon} is not recovered")),
+        Some(c) => {
+            let issued = c.issued.len();
+            if (exact && issued != issued_ok) || issued < issued_ok || issued > quantity {
+                out.push(format!(
+                    "coupon {coupon}: {issued} issued of {quantity}, {issued_ok} acknowledged"
+                ));
             }
         }
     }
-    out
 }
 
 /// How many paid orders a check over HTTP reads back at most.
@@ -264,7 +300,24 @@ pub async fn check_remote(
 ) -> RemoteCheck {
     let exact = tally.unknown.load(Ordering::Relaxed) == 0;
     let mut out = RemoteCheck::default();
-    let stock: Vec<Finding> = stream::iter(fixture.products.iter().enumerate())
+    out.add(remote_stock(target, fixture, tally, exact).await);
+    out.add(remote_balances(target, fixture, tally, exact).await);
+    if let Some((coupon, quantity)) = fixture.coupon {
+        let finding = remote_coupon(target, coupon, quantity, tally, exact).await;
+        out.add(vec![finding]);
+    }
+    out.add(remote_orders(target, orders).await);
+    out.bounded()
+}
+
+/// Each product's stock as the server shows it, against the tallies.
+async fn remote_stock(
+    target: &Target,
+    fixture: &Fixture,
+    tally: &Tally,
+    exact: bool,
+) -> Vec<Finding> {
+    stream::iter(fixture.products.iter().enumerate())
         .map(|(i, id)| async move {
             let (placed, returned) = (get(&tally.placed_units, i), get(&tally.returned_units, i));
             let refunded = get(&tally.refunded_units, i);
@@ -284,9 +337,17 @@ pub async fn check_remote(
         .buffer_unordered(CHECK_IN_FLIGHT)
         .filter(|f| std::future::ready(!matches!(f, Finding::Fine)))
         .collect()
-        .await;
-    out.add(stock);
-    let balances: Vec<Finding> = stream::iter(fixture.users.iter().enumerate())
+        .await
+}
+
+/// Each user's balance as the server shows it, against the tallies.
+async fn remote_balances(
+    target: &Target,
+    fixture: &Fixture,
+    tally: &Tally,
+    exact: bool,
+) -> Vec<Finding> {
+    stream::iter(fixture.users.iter().enumerate())
         .map(|(i, id)| async move {
             let expected = expected_balance(tally, i);
             match target.balance(*id).await {
@@ -301,33 +362,44 @@ pub async fn check_remote(
         .buffer_unordered(CHECK_IN_FLIGHT)
         .filter(|f| std::future::ready(!matches!(f, Finding::Fine)))
         .collect()
-        .await;
-    out.add(balances);
-    if let Some((coupon, quantity)) = fixture.coupon {
-        let issued_ok = tally.issued.load(Ordering::Relaxed);
-        let finding = match target.coupon_remaining(coupon).await {
-            Ok(left) => {
-                let issued = quantity.checked_sub(left);
-                let fine = match issued {
-                    Some(n) if exact => n == issued_ok,
-                    Some(n) => n >= issued_ok,
-                    None => false,
-                };
-                if fine {
-                    Finding::Fine
-                } else {
-                    Finding::Violated(format!(
-                        "coupon {coupon}: {left} left of {quantity}, {issued_ok} acknowledged"
-                    ))
-                }
+        .await
+}
+
+/// The coupons left of the fixture's coupon, against those issued.
+async fn remote_coupon(
+    target: &Target,
+    coupon: CouponId,
+    quantity: u64,
+    tally: &Tally,
+    exact: bool,
+) -> Finding {
+    let issued_ok = tally.issued.load(Ordering::Relaxed);
+    match target.coupon_remaining(coupon).await {
+        Ok(left) => {
+            let issued = quantity.checked_sub(left);
+            let fine = match issued {
+                Some(n) if exact => n == issued_ok,
+                Some(n) => n >= issued_ok,
+                None => false,
+            };
+            if fine {
+                Finding::Fine
+            } else {
+                Finding::Violated(format!(
+                    "coupon {coupon}: {left} left of {quantity}, {issued_ok} acknowledged"
+                ))
             }
-            Err(e) => failed(format!("coupon {coupon}"), &e),
-        };
-        out.add(vec![finding]);
+        }
+        Err(e) => failed(format!("coupon {coupon}"), &e),
     }
+}
+
+/// A sample of the orders seen paid (at most [`PAID_SAMPLE_MAX`], evenly
+/// spread), each with a status it may have.
+async fn remote_orders(target: &Target, orders: &SettledOrders) -> Vec<Finding> {
     let step = (orders.len() / PAID_SAMPLE_MAX).max(1);
     let sample: Vec<(OrderId, Expect)> = orders.expectations().step_by(step).collect();
-    let orders: Vec<Finding> = stream::iter(sample)
+    stream::iter(sample)
         .map(|(id, expect)| async move {
             match target.order_status(id).await {
                 Ok(s) if expect.allows_name(&s) => Finding::Fine,
@@ -340,7 +412,5 @@ pub async fn check_remote(
         .buffer_unordered(CHECK_IN_FLIGHT)
         .filter(|f| std::future::ready(!matches!(f, Finding::Fine)))
         .collect()
-        .await;
-    out.add(orders);
-    out.bounded()
+        .await
 }

@@ -319,15 +319,7 @@ pub async fn execute(
             let r = target.product_stock(fixture.products[product_index]).await;
             r.map(drop)
         }
-        OpKind::Charge => {
-            let r = target
-                .charge(fixture.users[user_index], CHARGE_AMOUNT)
-                .await;
-            if r.is_ok() {
-                tally.charged[user_index].fetch_add(CHARGE_AMOUNT.0, Ordering::Relaxed);
-            }
-            r
-        }
+        OpKind::Charge => charge(target, fixture, tally, user_index).await,
         OpKind::OrderPay | OpKind::Refund => {
             let r = order_pay(target, fixture, tally, user_index, product_index).await;
             r.map(|order| {
@@ -338,23 +330,10 @@ pub async fn execute(
             })
         }
         OpKind::IssueCoupon => {
-            let Some((coupon, _)) = fixture.coupon else {
-                return Outcome::Exhausted;
-            };
-            let user_index = if workload == Workload::CouponFlash {
-                let next = tally.coupon_cursor.fetch_add(1, Ordering::Relaxed);
-                if next >= fixture.users.len() {
-                    return Outcome::Exhausted;
-                }
-                next
-            } else {
-                user_index
-            };
-            let r = target.issue_coupon(coupon, fixture.users[user_index]).await;
-            if r.is_ok() {
-                tally.issued.fetch_add(1, Ordering::Relaxed);
+            match issue_coupon(target, fixture, tally, workload, user_index).await {
+                Some(r) => r,
+                None => return Outcome::Exhausted,
             }
-            r
         }
     };
     tally.note(&result);
@@ -363,6 +342,49 @@ pub async fn execute(
         result,
         settled,
     }
+}
+
+/// Charges the user at `user_index` [`CHARGE_AMOUNT`], tallied if acknowledged.
+async fn charge(
+    target: &Target,
+    fixture: &Fixture,
+    tally: &Tally,
+    user_index: usize,
+) -> Result<(), OpError> {
+    let r = target
+        .charge(fixture.users[user_index], CHARGE_AMOUNT)
+        .await;
+    if r.is_ok() {
+        tally.charged[user_index].fetch_add(CHARGE_AMOUNT.0, Ordering::Relaxed);
+    }
+    r
+}
+
+/// Issues the fixture's coupon, tallied if acknowledged: to the user at
+/// `user_index`, or in a coupon flash to each user in turn. `None` when
+/// there is no such work left (no coupon, or every user has asked).
+async fn issue_coupon(
+    target: &Target,
+    fixture: &Fixture,
+    tally: &Tally,
+    workload: Workload,
+    user_index: usize,
+) -> Option<Result<(), OpError>> {
+    let (coupon, _) = fixture.coupon?;
+    let user_index = if workload == Workload::CouponFlash {
+        let next = tally.coupon_cursor.fetch_add(1, Ordering::Relaxed);
+        if next >= fixture.users.len() {
+            return None;
+        }
+        next
+    } else {
+        user_index
+    };
+    let r = target.issue_coupon(coupon, fixture.users[user_index]).await;
+    if r.is_ok() {
+        tally.issued.fetch_add(1, Ordering::Relaxed);
+    }
+    Some(r)
 }
 
 /// Refunds all of a paid one-line order: its `pay_amount` back to the

@@ -15,7 +15,7 @@ use crate::domain::key_hash::key_hash;
 use crate::domain::money::Krw;
 use crate::domain::order::{Order, OrderEvent, OrderStatus};
 use crate::domain::product::{Product, ProductEvent};
-use crate::domain::refund::RefundRequest;
+use crate::domain::refund::{Refund, RefundRequest};
 use crate::domain::time::Timestamp;
 use crate::domain::user::{CartLine, User, UserEvent};
 use crate::domain::views::Reply;
@@ -278,18 +278,10 @@ impl World {
     fn apply_event(&mut self, seq: u64, at: Timestamp, event: &Event) -> Result<(), ApplyError> {
         match event {
             Event::UserRegistered { user_id, name } => {
-                self.expect_next(seq, user_id.0, self.users.len())?;
-                self.users.push(User::new(*user_id, name.clone()));
-                self.dirty.users.insert(*user_id);
-                self.meta.user_count = self.users.len() as u64;
-                self.dirty.meta = true;
+                self.apply_user_registered(seq, *user_id, name)
             }
             Event::BalanceCharged { user_id, amount } => {
-                let user = self.user_mut(seq, *user_id)?;
-                if user.balance.checked_add(*amount).is_none() {
-                    return Err(unfit(seq, format!("user {user_id} balance would overflow")));
-                }
-                user.apply(UserEvent::Charged { amount: *amount }, at);
+                self.apply_charged(seq, at, *user_id, *amount)
             }
             Event::ProductCreated {
                 product_id,
@@ -298,7 +290,7 @@ impl World {
                 stock,
             } => {
                 let p = Product::new(*product_id, name.clone(), *price, *stock);
-                self.apply_product_created(seq, p)?;
+                self.apply_product_created(seq, p)
             }
             Event::ProductCreatedWithLimit {
                 product_id,
@@ -309,25 +301,16 @@ impl World {
             } => {
                 let p = Product::new(*product_id, name.clone(), *price, *stock)
                     .with_limit(Some(*max_per_user));
-                self.apply_product_created(seq, p)?;
+                self.apply_product_created(seq, p)
             }
             Event::ProductUpdated { product_id, patch } => {
                 self.product_mut(seq, *product_id)?.apply_updated(patch);
+                Ok(())
             }
             Event::ProductRestocked {
                 product_id,
                 quantity,
-            } => {
-                let product = self.product_mut(seq, *product_id)?;
-                let fits = |n: u64| n.checked_add(*quantity).is_some();
-                if !fits(product.stock) || !fits(product.stocked_total) {
-                    return Err(unfit(
-                        seq,
-                        format!("product {product_id} stock would overflow"),
-                    ));
-                }
-                product.apply(ProductEvent::Restocked(*quantity), at);
-            }
+            } => self.apply_restocked(seq, at, *product_id, *quantity),
             Event::CampaignCreated {
                 coupon_id,
                 name,
@@ -336,7 +319,7 @@ impl World {
                 expires_at,
             } => {
                 let c = Campaign::new(*coupon_id, name.clone(), *discount, *quantity, *expires_at);
-                self.apply_campaign_created(seq, c)?;
+                self.apply_campaign_created(seq, c)
             }
             Event::CampaignCreatedWithTerms {
                 coupon_id,
@@ -348,13 +331,13 @@ impl World {
             } => {
                 let c = Campaign::new(*coupon_id, name.clone(), *discount, *quantity, *expires_at)
                     .with_terms(**terms);
-                self.apply_campaign_created(seq, c)?;
+                self.apply_campaign_created(seq, c)
             }
             Event::CouponIssued {
                 coupon_id,
                 user_id,
                 user_coupon_id,
-            } => self.apply_coupon_issued(seq, at, *coupon_id, *user_id, *user_coupon_id)?,
+            } => self.apply_coupon_issued(seq, at, *coupon_id, *user_id, *user_coupon_id),
             Event::CartLineSet {
                 user_id,
                 product_id,
@@ -368,40 +351,97 @@ impl World {
                     price: *price,
                     quantity: *quantity,
                 };
-                self.user_mut(seq, *user_id)?
-                    .apply(UserEvent::CartLineSet(line), at);
+                self.apply_to_user(seq, at, *user_id, UserEvent::CartLineSet(line))
             }
             Event::CartLineRemoved {
                 user_id,
                 product_id,
-            } => {
-                self.user_mut(seq, *user_id)?
-                    .apply(UserEvent::CartLineRemoved(*product_id), at);
-            }
+            } => self.apply_to_user(seq, at, *user_id, UserEvent::CartLineRemoved(*product_id)),
             Event::OrderPlaced { order, from_cart }
             | Event::OrderPlacedCounted {
                 order, from_cart, ..
-            } => self.apply_placed(seq, at, order, *from_cart)?,
+            } => self.apply_placed(seq, at, order, *from_cart),
             Event::OrderPaid {
                 order_id,
                 user_id,
                 amount,
-            } => self.apply_paid(seq, at, *order_id, *user_id, *amount)?,
+            } => self.apply_paid(seq, at, *order_id, *user_id, *amount),
             Event::OrderPaymentFailed { order_id } => {
-                self.apply_returned(seq, *order_id, OrderEvent::PaymentFailed, at)?
+                self.apply_returned(seq, *order_id, OrderEvent::PaymentFailed, at)
             }
             Event::OrderCancelled { order_id } => {
-                self.apply_returned(seq, *order_id, OrderEvent::Cancelled, at)?
+                self.apply_returned(seq, *order_id, OrderEvent::Cancelled, at)
             }
             Event::OrderExpired { order_id } => {
-                self.apply_returned(seq, *order_id, OrderEvent::Expired, at)?
+                self.apply_returned(seq, *order_id, OrderEvent::Expired, at)
             }
-            Event::OrderRefunded { order } => self.apply_refunded(seq, at, order)?,
-            Event::RequestRefused => {}
+            Event::OrderRefunded { order } => self.apply_refunded(seq, at, order),
+            Event::RequestRefused => Ok(()),
             // Legacy: deliveries were journaled before the outbox had a
             // store of its own (`store::outbox`); nothing to apply now.
-            Event::OutboxDelivered { .. } => {}
+            Event::OutboxDelivered { .. } => Ok(()),
         }
+    }
+
+    fn apply_user_registered(
+        &mut self,
+        seq: u64,
+        user_id: UserId,
+        name: &str,
+    ) -> Result<(), ApplyError> {
+        self.expect_next(seq, user_id.0, self.users.len())?;
+        self.users.push(User::new(user_id, name.to_owned()));
+        self.dirty.users.insert(user_id);
+        self.meta.user_count = self.users.len() as u64;
+        self.dirty.meta = true;
+        Ok(())
+    }
+
+    /// `BalanceCharged`: the wallet credited, if its balance stays within range.
+    fn apply_charged(
+        &mut self,
+        seq: u64,
+        at: Timestamp,
+        user_id: UserId,
+        amount: Krw,
+    ) -> Result<(), ApplyError> {
+        let user = self.user_mut(seq, user_id)?;
+        if user.balance.checked_add(amount).is_none() {
+            return Err(unfit(seq, format!("user {user_id} balance would overflow")));
+        }
+        user.apply(UserEvent::Charged { amount }, at);
+        Ok(())
+    }
+
+    /// `ProductRestocked`: stock and the total ever stocked grow, if both stay within range.
+    fn apply_restocked(
+        &mut self,
+        seq: u64,
+        at: Timestamp,
+        product_id: ProductId,
+        quantity: u64,
+    ) -> Result<(), ApplyError> {
+        let product = self.product_mut(seq, product_id)?;
+        let fits = |n: u64| n.checked_add(quantity).is_some();
+        if !fits(product.stock) || !fits(product.stocked_total) {
+            return Err(unfit(
+                seq,
+                format!("product {product_id} stock would overflow"),
+            ));
+        }
+        product.apply(ProductEvent::Restocked(quantity), at);
+        Ok(())
+    }
+
+    /// An event that touches one user's cart and nothing else.
+    fn apply_to_user(
+        &mut self,
+        seq: u64,
+        at: Timestamp,
+        user_id: UserId,
+        event: UserEvent,
+    ) -> Result<(), ApplyError> {
+        self.user_mut(seq, user_id)?.apply(event, at);
         Ok(())
     }
 
@@ -622,25 +662,7 @@ impl World {
         };
         let count = refunded.refunds.len() - 1;
         let before = refunded.after_refunds(count);
-        let in_memory = match self.orders.get(&id) {
-            Some(o) if *o != before => {
-                return Err(unfit(seq, format!("order {id} is not as its refund says")))
-            }
-            Some(_) => true,
-            None => false,
-        };
-        let request = RefundRequest {
-            items: Some(refund.items.clone()),
-            reason: refund.reason.clone(),
-        };
-        let fits = before.decide_refund(&request, at).as_ref() == Ok(refund) && {
-            let mut after = before.clone();
-            after.apply_refund(refund.clone());
-            after == *refunded
-        };
-        if !fits {
-            return Err(unfit(seq, format!("refund of order {id} does not fit it")));
-        }
+        let in_memory = self.check_refund_fits(seq, at, refunded, refund, &before)?;
         let paid_at = before.paid_at.unwrap_or_default();
         for line in &refund.items {
             if self.product_mut(seq, line.product_id)?.sold < line.quantity {
@@ -650,26 +672,7 @@ impl World {
                 ));
             }
         }
-        let user = self.user_mut(seq, refunded.user_id)?;
-        if user.balance.checked_add(refund.amount).is_none() {
-            return Err(unfit(
-                seq,
-                format!("user {} balance would overflow", user.id),
-            ));
-        }
-        user.apply(
-            UserEvent::Refunded {
-                order_id: id,
-                amount: refund.amount,
-            },
-            at,
-        );
-        if let (Some(coupon), false) = (refunded.user_coupon_id, refunded.holds_coupon()) {
-            user.apply(UserEvent::CouponRestored(coupon), at);
-        }
-        // The refunded units no longer count toward a purchase limit.
-        let lines = refund.items.iter().map(|l| (l.product_id, l.quantity));
-        user.apply(UserEvent::UnitsReleased(lines.collect()), at);
+        self.credit_refund(seq, at, refunded, refund)?;
         for line in &refund.items {
             self.product_mut(seq, line.product_id)?.apply(
                 ProductEvent::Refunded {
@@ -690,6 +693,73 @@ impl World {
             self.dirty.orders.insert(id);
             self.orders.insert(id, refunded.clone());
         }
+        Ok(())
+    }
+
+    /// Whether `refund`, the last of `refunded`'s, is the one `before` (the
+    /// order as it was) decides again for the same request, and leaves it
+    /// as `refunded` reads. Says whether `before` is in memory (else it is
+    /// archived); one in memory must equal `before`.
+    fn check_refund_fits(
+        &self,
+        seq: u64,
+        at: Timestamp,
+        refunded: &Order,
+        refund: &Refund,
+        before: &Order,
+    ) -> Result<bool, ApplyError> {
+        let id = refunded.id;
+        let in_memory = match self.orders.get(&id) {
+            Some(o) if o != before => {
+                return Err(unfit(seq, format!("order {id} is not as its refund says")))
+            }
+            Some(_) => true,
+            None => false,
+        };
+        let request = RefundRequest {
+            items: Some(refund.items.clone()),
+            reason: refund.reason.clone(),
+        };
+        let fits = before.decide_refund(&request, at).as_ref() == Ok(refund) && {
+            let mut after = before.clone();
+            after.apply_refund(refund.clone());
+            after == *refunded
+        };
+        if !fits {
+            return Err(unfit(seq, format!("refund of order {id} does not fit it")));
+        }
+        Ok(in_memory)
+    }
+
+    /// The user's part of a refund: credited, a wholly refunded order's
+    /// coupon available again, the refunded units no longer counted toward
+    /// a purchase limit.
+    fn credit_refund(
+        &mut self,
+        seq: u64,
+        at: Timestamp,
+        refunded: &Order,
+        refund: &Refund,
+    ) -> Result<(), ApplyError> {
+        let user = self.user_mut(seq, refunded.user_id)?;
+        if user.balance.checked_add(refund.amount).is_none() {
+            return Err(unfit(
+                seq,
+                format!("user {} balance would overflow", user.id),
+            ));
+        }
+        user.apply(
+            UserEvent::Refunded {
+                order_id: refunded.id,
+                amount: refund.amount,
+            },
+            at,
+        );
+        if let (Some(coupon), false) = (refunded.user_coupon_id, refunded.holds_coupon()) {
+            user.apply(UserEvent::CouponRestored(coupon), at);
+        }
+        let lines = refund.items.iter().map(|l| (l.product_id, l.quantity));
+        user.apply(UserEvent::UnitsReleased(lines.collect()), at);
         Ok(())
     }
 }

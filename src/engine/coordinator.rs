@@ -431,8 +431,25 @@ async fn hold_all(
     coupon: Option<UserCouponId>,
     at: Timestamp,
 ) -> Result<Held> {
-    let (lines, from_cart) = match source {
-        OrderSource::Items(lines) => (lines, false),
+    let (lines, from_cart) = order_lines(&user, source).await?;
+    validate_lines(&lines, &limits)?;
+    let held = reserve_stock(&registry, user, &lines, from_cart, at).await?;
+    // With no coupon and no limit there is nothing to decide on the user:
+    // the units are counted when the user hears the order placed.
+    if coupon.is_none() && held.counted.iter().all(|l| l.max_per_user.is_none()) {
+        return Ok(held);
+    }
+    hold_on_user(held, coupon, at).await
+}
+
+/// The lines an order asks for, and whether they are the user's cart
+/// (which must not be empty).
+async fn order_lines(
+    user: &Addr<UserActor>,
+    source: OrderSource,
+) -> Result<(Vec<LineRequest>, bool)> {
+    match source {
+        OrderSource::Items(lines) => Ok((lines, false)),
         OrderSource::Cart => {
             let read = Read::new(|u: &User| {
                 u.cart
@@ -447,10 +464,21 @@ async fn hold_all(
             if lines.is_empty() {
                 return Err(Error::invalid("from_cart: the cart is empty"));
             }
-            (lines, true)
+            Ok((lines, true))
         }
-    };
-    validate_lines(&lines, &limits)?;
+    }
+}
+
+/// Reserves every line on its product, all asked at once; if any refuses,
+/// the holds the others took are given back and the first refusal is the
+/// answer.
+async fn reserve_stock(
+    registry: &Registry,
+    user: Addr<UserActor>,
+    lines: &[LineRequest],
+    from_cart: bool,
+    at: Timestamp,
+) -> Result<Held> {
     let addrs = lines
         .iter()
         .map(|l| {
@@ -460,7 +488,7 @@ async fn hold_all(
                 .ok_or(Rejection::ProductNotFound(l.product_id))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let replies = join_all(addrs.iter().zip(&lines).map(|(a, l)| {
+    let replies = join_all(addrs.iter().zip(lines).map(|(a, l)| {
         a.addr.send(Reserve {
             quantity: l.quantity,
             at,
@@ -478,7 +506,7 @@ async fn hold_all(
         from_cart,
     };
     let mut refusal: Option<Error> = None;
-    for ((addr, line), reply) in addrs.into_iter().zip(&lines).zip(replies) {
+    for ((addr, line), reply) in addrs.into_iter().zip(lines).zip(replies) {
         match reply.map_err(Error::from).and_then(|r| r) {
             Ok(Reserved {
                 name,
@@ -503,11 +531,13 @@ async fn hold_all(
         held.abandon();
         return Err(e);
     }
-    // With no coupon and no limit there is nothing to decide on the user:
-    // the units are counted when the user hears the order placed.
-    if coupon.is_none() && held.counted.iter().all(|l| l.max_per_user.is_none()) {
-        return Ok(held);
-    }
+    Ok(held)
+}
+
+/// Asks the user to hold `coupon` and count the units toward any purchase
+/// limit (both decided in the user actor); if it refuses, every hold is
+/// given back.
+async fn hold_on_user(mut held: Held, coupon: Option<UserCouponId>, at: Timestamp) -> Result<Held> {
     let total = match total(&held.items) {
         Ok(t) => t,
         Err(r) => {
@@ -584,19 +614,48 @@ impl Placement {
             at,
         )
         .await?;
-        let amounts = match price(&held.items, held.offer) {
-            Ok(a) => a,
+        let order = match self.new_order(user_id, &held, at) {
+            Ok(order) => order,
             Err(r) => {
                 held.abandon();
                 return Err(r.into());
             }
         };
+        let event = Event::OrderPlaced {
+            order: Box::new(order.clone()),
+            from_cart: held.from_cart,
+        };
+        let record = Record {
+            at,
+            event,
+            idempotency: tag.map(|t| t.entry(Reply::Order(Box::new(order.clone())))),
+        };
+        let seq = match self.journal_placed(record).await {
+            Ok(seq) => seq,
+            Err(e) => {
+                held.abandon();
+                return Err(e);
+            }
+        };
+        self.announce_placed(&held, &order, seq, at);
+        Ok(order)
+    }
+
+    /// The pending order the holds make, priced, under the next order id
+    /// (taken only once it prices).
+    fn new_order(
+        &self,
+        user_id: UserId,
+        held: &Held,
+        at: Timestamp,
+    ) -> std::result::Result<Order, Rejection> {
+        let amounts = price(&held.items, held.offer)?;
         let id = OrderId(
             self.order_ids
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
                 + 1,
         );
-        let order = Order {
+        Ok(Order {
             id,
             user_id,
             status: OrderStatus::Pending,
@@ -610,33 +669,24 @@ impl Placement {
             paid_at: None,
             refunded_amount: crate::domain::money::Krw::ZERO,
             refunds: Vec::new(),
-        };
-        let event = Event::OrderPlaced {
-            order: Box::new(order.clone()),
-            from_cart: held.from_cart,
-        };
-        let record = Record {
-            at,
-            event,
-            idempotency: tag.map(|t| t.entry(Reply::Order(Box::new(order.clone())))),
-        };
+        })
+    }
+
+    /// Journals the `OrderPlaced` record and waits until it is durable: its sequence.
+    async fn journal_placed(&self, record: Record) -> Result<u64> {
         let ack = match self.journal.submit(record) {
             Ok(rx) => rx.await.unwrap_or(Err(crate::store::StorageError::Closed)),
             Err(e) => Err(match Error::from(e) {
                 Error::Storage(s) => s,
-                other => {
-                    held.abandon();
-                    return Err(other);
-                }
+                other => return Err(other),
             }),
         };
-        let seq = match ack {
-            Ok(seq) => seq,
-            Err(e) => {
-                held.abandon();
-                return Err(Error::from(e));
-            }
-        };
+        ack.map_err(Error::from)
+    }
+
+    /// A durable order's news: the user, then every product holding its
+    /// units, then the shard that keeps it from now on.
+    fn announce_placed(&self, held: &Held, order: &Order, seq: u64, at: Timestamp) {
         let cart_products = if held.from_cart {
             order.items.iter().map(|l| l.product_id).collect()
         } else {
@@ -649,7 +699,7 @@ impl Placement {
         held.user.do_send(OrderNews::Placed {
             seq,
             at,
-            order_id: id,
+            order_id: order.id,
             coupon: order.user_coupon_id,
             cart_products,
             units: held.counted_units(),
@@ -659,8 +709,7 @@ impl Placement {
             product.tell(StockNews::Durable(ProductEvent::Reserved(*quantity), at));
         }
         // Sent before the answer: any request about this order reaches its shard after it.
-        self.shard(id).do_send(Adopt(Box::new(order.clone())));
-        Ok(order)
+        self.shard(order.id).do_send(Adopt(Box::new(order.clone())));
     }
 }
 

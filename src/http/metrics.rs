@@ -186,6 +186,15 @@ fn counter<'a>(name: &'a str, help: &'a str) -> Family<'a> {
 /// counters named `*_total`.
 fn engine_families(m: &EngineMetrics, readiness: &Readiness) -> String {
     let mut out = String::with_capacity(4096);
+    level_families(m, readiness, &mut out);
+    total_families(m, &mut out);
+    process_families(&mut out);
+    out
+}
+
+/// The engine's gauges: its sizes, queues and backlogs, and whether it is
+/// ready and its storage available.
+fn level_families(m: &EngineMetrics, readiness: &Readiness, out: &mut String) {
     let gauges: [(&str, &str, u64); 12] = [
         ("engine_users", "Users known to the engine.", m.users),
         (
@@ -236,6 +245,28 @@ fn engine_families(m: &EngineMetrics, readiness: &Readiness) -> String {
             m.data_platform_events_in_memory,
         ),
     ];
+    for (name, help, value) in gauges {
+        gauge(name, help).one(out, value);
+    }
+    gauge(
+        "engine_ready",
+        "1 while this node accepts changes (GET /ready answers 200), else 0.",
+    )
+    .one(out, u8::from(readiness.is_ready()));
+    gauge(
+        "engine_storage_available",
+        "0 once storage has failed and changes are refused until restart, else 1.",
+    )
+    .one(
+        out,
+        u8::from(!matches!(readiness, Readiness::StorageUnavailable(_))),
+    );
+}
+
+/// The engine's counters: running totals since start (the data
+/// platform's deliveries ever), of the journal, the business and the
+/// journal writer's time.
+fn total_families(m: &EngineMetrics, out: &mut String) {
     let platform_counters: [(&str, &str, u64); 2] = [
         (
             "data_platform_delivered_total",
@@ -248,22 +279,6 @@ fn engine_families(m: &EngineMetrics, readiness: &Readiness) -> String {
             m.data_platform_failures,
         ),
     ];
-    for (name, help, value) in gauges {
-        gauge(name, help).one(&mut out, value);
-    }
-    gauge(
-        "engine_ready",
-        "1 while this node accepts changes (GET /ready answers 200), else 0.",
-    )
-    .one(&mut out, u8::from(readiness.is_ready()));
-    gauge(
-        "engine_storage_available",
-        "0 once storage has failed and changes are refused until restart, else 1.",
-    )
-    .one(
-        &mut out,
-        u8::from(!matches!(readiness, Readiness::StorageUnavailable(_))),
-    );
     let counters: [(&str, &str, u64); 4] = [
         (
             "engine_journal_records_total",
@@ -287,7 +302,7 @@ fn engine_families(m: &EngineMetrics, readiness: &Readiness) -> String {
         ),
     ];
     for (name, help, value) in counters {
-        counter(name, help).one(&mut out, value);
+        counter(name, help).one(out, value);
     }
     let b = &m.business;
     let orders = counter(
@@ -295,7 +310,7 @@ fn engine_families(m: &EngineMetrics, readiness: &Readiness) -> String {
         "Orders made durable since start, by outcome: placed, paid, failed (payment refused), \
          cancelled, expired.",
     );
-    orders.head(&mut out);
+    orders.head(out);
     for (outcome, n) in [
         ("placed", b.orders_placed),
         ("paid", b.orders_paid),
@@ -308,32 +323,30 @@ fn engine_families(m: &EngineMetrics, readiness: &Readiness) -> String {
         ));
     }
     for (name, help, value) in platform_counters {
-        counter(name, help).one(&mut out, value);
+        counter(name, help).one(out, value);
     }
     counter(
         "commerce_paid_krw_total",
         "KRW debited for paid orders since start.",
     )
-    .one(&mut out, b.paid_krw);
+    .one(out, b.paid_krw);
     counter(
         "commerce_coupons_issued_total",
         "Coupons issued since start.",
     )
-    .one(&mut out, b.coupons_issued);
+    .one(out, b.coupons_issued);
     let steps = counter(
         "engine_journal_writer_seconds_total",
         "The journal writer's time since start by step: waiting for records, preparing a \
          batch, writing and flushing it, acknowledging it, snapshotting.",
     );
-    steps.head(&mut out);
+    steps.head(out);
     for (step, us) in m.journal_steps.named() {
         out.push_str(&format!(
             "engine_journal_writer_seconds_total{{step=\"{step}\"}} {}\n",
             us as f64 / 1e6
         ));
     }
-    process_families(&mut out);
-    out
 }
 
 /// The process: memory, CPU, start time, build.

@@ -332,7 +332,45 @@ fn listen_addr(addr: &str) -> Result<std::net::SocketAddr, crate::CliError> {
 
 pub fn run(args: ServeArgs) -> Result<ExitCode, crate::CliError> {
     let logs = init_logs(args.log_json);
-    // Every flag is checked, and the address bound, before anything is written.
+    let opened = open(&args)?;
+    if let Some(settings) = opened.cluster {
+        use crate::http::cluster::{rejoin, run, ClusterExit};
+        let ended = run(
+            &args,
+            settings,
+            opened.listener,
+            opened.store,
+            opened.admin_token,
+            opened.cors,
+        );
+        drop(opened.lock);
+        return match ended? {
+            ClusterExit::Stopped => Ok(ExitCode::SUCCESS),
+            ClusterExit::Rejoin => {
+                tracing::info!("starting again as a standby");
+                drop(logs);
+                Err(rejoin())
+            }
+        };
+    }
+    serve_alone(&args, opened)
+}
+
+/// What `serve` has checked and opened before it starts an engine.
+struct Opened {
+    listener: std::net::TcpListener,
+    cors: Option<CorsOrigins>,
+    auth: Option<Arc<crate::http::auth::Verifier>>,
+    cluster: Option<crate::engine::cluster_node::ClusterSettings>,
+    lock: DataDirLock,
+    admin_token: String,
+    store: SledStore,
+}
+
+/// Checks every flag and binds the address before anything is written;
+/// then creates and locks the data dir, finds its admin token and opens
+/// its store.
+fn open(args: &ServeArgs) -> Result<Opened, crate::CliError> {
     let addr = listen_addr(&args.addr)?;
     let cors = CorsOrigins::parse(&args.cors_origin)?;
     if args
@@ -342,8 +380,8 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, crate::CliError> {
     {
         return Err("--admin-token must not be empty".into());
     }
-    let auth = auth_verifier(&args)?;
-    let cluster = crate::http::cluster::settings(&args, addr)?;
+    let auth = auth_verifier(args)?;
+    let cluster = crate::http::cluster::settings(args, addr)?;
     let listener =
         std::net::TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     // Before the engine starts, so the journal writer's first flushes count.
@@ -359,20 +397,30 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, crate::CliError> {
         bytes_on_disk = store.size_on_disk(),
         "data dir opened"
     );
-    if let Some(settings) = cluster {
-        use crate::http::cluster::{rejoin, run, ClusterExit};
-        let ended = run(&args, settings, listener, store, admin_token, cors);
-        drop(lock);
-        return match ended? {
-            ClusterExit::Stopped => Ok(ExitCode::SUCCESS),
-            ClusterExit::Rejoin => {
-                tracing::info!("starting again as a standby");
-                drop(logs);
-                Err(rejoin())
-            }
-        };
-    }
-    let engine = Engine::start(engine_config(&args), Box::new(store), Arc::new(SystemClock))
+    Ok(Opened {
+        listener,
+        cors,
+        auth,
+        cluster,
+        lock,
+        admin_token,
+        store,
+    })
+}
+
+/// A single node: starts the engine on the store, serves (and seeds a new
+/// data dir) until the signal, then shuts the engine down.
+fn serve_alone(args: &ServeArgs, opened: Opened) -> Result<ExitCode, crate::CliError> {
+    let Opened {
+        listener,
+        cors,
+        auth,
+        lock,
+        admin_token,
+        store,
+        ..
+    } = opened;
+    let engine = Engine::start(engine_config(args), Box::new(store), Arc::new(SystemClock))
         .map_err(|e| {
             format!(
                 "cannot start the engine on {}: {e}",
@@ -393,49 +441,13 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, crate::CliError> {
         auth,
         ..HttpSettings::new(admin_token)
     };
-    let served = runtime.block_on(async {
-        tracing::info!(addr = %listener.local_addr()?, data_dir = %args.data_dir.display(), "listening");
-        // The seed's failure stops the server as a signal would.
-        let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<crate::CliError>();
-        let stopping = engine.clone();
-        let stop = async move {
-            tokio::select! {
-                () = shutdown_signal() => {}
-                Ok(_) = failed_rx => {}
-            }
-            stopping.begin_stopping();
-        };
-        let serving = serve_on_engine_threads(engine.clone(), listener, settings, stop);
-        let seeding = async {
-            if !seed {
-                return None;
-            }
-            match demo::seed(&engine).await {
-                Ok(seeded) => {
-                    tracing::info!(
-                        products = seeded.products,
-                        coupons = seeded.coupons,
-                        users = seeded.users,
-                        "new data dir seeded with the demo catalogue"
-                    );
-                    engine.set_starting(false);
-                    None
-                }
-                Err(e) => {
-                    let message = format!("the demo catalogue could not be seeded: {e}");
-                    tracing::error!(error = %e, "the demo catalogue could not be seeded; stopping");
-                    let _ = failed_tx.send(message.clone().into());
-                    Some(message)
-                }
-            }
-        };
-        let (served, seed_failed) = tokio::join!(serving, seeding);
-        served?;
-        match seed_failed {
-            Some(message) => Err(message.into()),
-            None => Ok::<(), crate::CliError>(()),
-        }
-    });
+    let served = runtime.block_on(serve_until_stopped(
+        &engine,
+        listener,
+        settings,
+        seed,
+        &args.data_dir,
+    ));
     runtime.shutdown_timeout(Duration::from_secs(1));
     // Connections still open past the grace period live on the engine's
     // threads: they are dropped as it stops.
@@ -444,6 +456,66 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, crate::CliError> {
     served?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Serves until SIGINT or SIGTERM, or until seeding the demo catalogue
+/// (when `seed`) fails, which stops the server as a signal would.
+async fn serve_until_stopped(
+    engine: &Engine,
+    listener: std::net::TcpListener,
+    settings: HttpSettings,
+    seed: bool,
+    data_dir: &Path,
+) -> Result<(), crate::CliError> {
+    tracing::info!(addr = %listener.local_addr()?, data_dir = %data_dir.display(), "listening");
+    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<crate::CliError>();
+    let stopping = engine.clone();
+    let stop = async move {
+        tokio::select! {
+            () = shutdown_signal() => {}
+            Ok(_) = failed_rx => {}
+        }
+        stopping.begin_stopping();
+    };
+    let serving = serve_on_engine_threads(engine.clone(), listener, settings, stop);
+    let seeding = async {
+        if !seed {
+            return None;
+        }
+        seed_demo(engine, failed_tx).await
+    };
+    let (served, seed_failed) = tokio::join!(serving, seeding);
+    served?;
+    match seed_failed {
+        Some(message) => Err(message.into()),
+        None => Ok(()),
+    }
+}
+
+/// Seeds the demo catalogue, then `/ready` answers ready; if it fails,
+/// says so on `failed` (stopping the server) and returns the message.
+async fn seed_demo(
+    engine: &Engine,
+    failed: tokio::sync::oneshot::Sender<crate::CliError>,
+) -> Option<String> {
+    match demo::seed(engine).await {
+        Ok(seeded) => {
+            tracing::info!(
+                products = seeded.products,
+                coupons = seeded.coupons,
+                users = seeded.users,
+                "new data dir seeded with the demo catalogue"
+            );
+            engine.set_starting(false);
+            None
+        }
+        Err(e) => {
+            let message = format!("the demo catalogue could not be seeded: {e}");
+            tracing::error!(error = %e, "the demo catalogue could not be seeded; stopping");
+            let _ = failed.send(message.clone().into());
+            Some(message)
+        }
+    }
 }
 
 #[cfg(test)]

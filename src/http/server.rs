@@ -392,6 +392,32 @@ pub async fn serve_on_engine_threads(
     let upkeep = metrics_upkeep();
     let (stop_tx, stop_rx) = watch::channel(false);
     let permits = Arc::new(Semaphore::new(settings.connections_max.max(1)));
+    let (to_threads, done_rx) = serve_on_each_thread(&engine, app, local, &settings, stop_rx)?;
+    let sampler = dashboard::spawn_sampler(engine.clone(), dashboard);
+    let failed =
+        accept_until_stopped(&listener, &permits, to_threads, done_rx, &stop_tx, shutdown).await;
+    sampler.abort();
+    if let Some(u) = upkeep {
+        u.abort();
+    }
+    failed.map_or(Ok(()), Err)
+}
+
+/// Where the acceptor hands one engine thread its connections.
+type ToThread = tokio::sync::mpsc::UnboundedSender<Handed>;
+/// Where each engine thread's server says how it ended.
+type ThreadsDone = tokio::sync::mpsc::UnboundedReceiver<io::Result<()>>;
+
+/// Starts a server on each engine thread, serving the connections handed
+/// to it until `stop` turns true. Returns a sender per thread, and where
+/// each thread's server says how it ended.
+fn serve_on_each_thread(
+    engine: &Engine,
+    app: Router,
+    local: SocketAddr,
+    settings: &HttpSettings,
+    stop_rx: watch::Receiver<bool>,
+) -> io::Result<(Vec<ToThread>, ThreadsDone)> {
     let grace = Duration::from_millis(settings.shutdown_grace_ms);
     let head = Duration::from_millis(settings.request_head_timeout_ms.max(1));
     let idle = Duration::from_millis(settings.connection_idle_ms.max(1));
@@ -404,7 +430,7 @@ pub async fn serve_on_engine_threads(
         from_acceptor.push(Some(rx));
     }
     let from_acceptor = std::sync::Mutex::new(from_acceptor);
-    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<io::Result<()>>();
+    let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel::<io::Result<()>>();
     engine
         .spawn_on_engine_threads(|i| {
             let connections = from_acceptor
@@ -429,10 +455,21 @@ pub async fn serve_on_engine_threads(
             }
         })
         .map_err(|_| io::Error::other("the engine is shutting down"))?;
-    drop(done_tx);
-    let sampler = dashboard::spawn_sampler(engine.clone(), dashboard);
-    // Accept until the signal, or until a thread's server ends on its own
-    // (an error): then all of them stop; each ends within the grace period.
+    Ok((to_threads, done_rx))
+}
+
+/// Accepts connections and hands them to the threads in turn until
+/// `shutdown`, or until a thread's server ends on its own (an error): then
+/// all of them stop; each ends within the grace period. Returns the first
+/// thread's error, if any.
+async fn accept_until_stopped(
+    listener: &TcpListener,
+    permits: &Arc<Semaphore>,
+    mut to_threads: Vec<ToThread>,
+    mut done_rx: ThreadsDone,
+    stop_tx: &watch::Sender<bool>,
+    shutdown: impl Future<Output = ()>,
+) -> Option<io::Error> {
     let mut shutdown = std::pin::pin!(shutdown);
     let mut next = 0;
     let mut failed = None;
@@ -444,7 +481,7 @@ pub async fn serve_on_engine_threads(
                 let _ = stop_tx.send(true);
                 to_threads.clear();
             }
-            handed = accept_one(&listener, &permits), if !stopping => match handed {
+            handed = accept_one(listener, permits), if !stopping => match handed {
                 Ok(handed) => {
                     if let Some(thread) = to_threads.get(next % to_threads.len()) {
                         let _ = thread.send(handed);
@@ -473,11 +510,7 @@ pub async fn serve_on_engine_threads(
             }
         }
     }
-    sampler.abort();
-    if let Some(u) = upkeep {
-        u.abort();
-    }
-    failed.map_or(Ok(()), Err)
+    failed
 }
 
 /// Takes a connection permit, then accepts one connection.

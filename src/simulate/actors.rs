@@ -5,7 +5,7 @@
 use crate::bench::rng::Rng;
 use crate::domain::ids::{CouponId, OrderId, ProductId, UserId};
 use crate::domain::money::Krw;
-use crate::domain::order::{LineRequest, OrderStatus};
+use crate::domain::order::{LineRequest, Order, OrderStatus};
 use crate::domain::refund::{RefundLine, RefundRequest};
 use crate::engine::{Engine, Error, OrderSource, PlaceOrder};
 use crate::simulate::ledger::Ledger;
@@ -128,8 +128,35 @@ pub(crate) async fn place_wave(
     report: &mut SimulationReport,
     ledger: &mut Ledger,
 ) -> Vec<OrderId> {
-    let requests: Vec<PlaceOrder> = wave
+    let requests = wave_requests(wave, products, rng, with_coupons, ledger);
+    // One order per user in a wave: what the ledger holds decides each limit exactly.
+    let over: Vec<bool> = requests
         .iter()
+        .map(|r| match &r.source {
+            OrderSource::Items(lines) => ledger.over_limit(r.user_id, lines),
+            OrderSource::Cart => false,
+        })
+        .collect();
+    let results = join_all(requests.into_iter().map(|r| engine.place_order(r, None))).await;
+    let mut placed = Vec::new();
+    for ((u, r), over) in wave.iter().zip(results).zip(over) {
+        if let Some(id) = record_placed(*u, r, over, report, ledger) {
+            placed.push(id);
+        }
+    }
+    placed
+}
+
+/// Each user's order: one to three distinct products, one or two units of
+/// each, with the user's coupon now and then (if `with_coupons`).
+fn wave_requests(
+    wave: &[UserId],
+    products: &[ProductId],
+    rng: &mut Rng,
+    with_coupons: bool,
+    ledger: &Ledger,
+) -> Vec<PlaceOrder> {
+    wave.iter()
         .map(|u| {
             let lines_count = rng.between(1, 3) as usize;
             let mut lines: Vec<LineRequest> = Vec::with_capacity(lines_count);
@@ -151,48 +178,47 @@ pub(crate) async fn place_wave(
                 user_coupon_id: coupon.filter(|_| use_coupon),
             }
         })
-        .collect();
-    // One order per user in a wave: what the ledger holds decides each limit exactly.
-    let over: Vec<bool> = requests
-        .iter()
-        .map(|r| match &r.source {
-            OrderSource::Items(lines) => ledger.over_limit(r.user_id, lines),
-            OrderSource::Cart => false,
-        })
-        .collect();
-    let results = join_all(requests.into_iter().map(|r| engine.place_order(r, None))).await;
-    let mut placed = Vec::new();
-    for ((u, r), over) in wave.iter().zip(results).zip(over) {
-        match (&r, over) {
-            (Ok(order), true) => report.violations.push(format!(
-                "order {} of user {u} passed a per-user limit",
-                order.id
-            )),
-            (Err(e), false) if code(e) == "PURCHASE_LIMIT_EXCEEDED" => report
-                .violations
-                .push(format!("order of user {u} refused under its limit: {e}")),
-            _ => {}
+        .collect()
+}
+
+/// One user's answer to placing, to the report and the ledger; `over`:
+/// whether the ledger says it passes a per-user limit. Answers the id
+/// placed, if it was.
+fn record_placed(
+    u: UserId,
+    r: Result<Order, Error>,
+    over: bool,
+    report: &mut SimulationReport,
+    ledger: &mut Ledger,
+) -> Option<OrderId> {
+    match (&r, over) {
+        (Ok(order), true) => report.violations.push(format!(
+            "order {} of user {u} passed a per-user limit",
+            order.id
+        )),
+        (Err(e), false) if code(e) == "PURCHASE_LIMIT_EXCEEDED" => report
+            .violations
+            .push(format!("order of user {u} refused under its limit: {e}")),
+        _ => {}
+    }
+    match r {
+        Err(e) if code(&e) == "PURCHASE_LIMIT_EXCEEDED" => report.orders.rejected_over_limit += 1,
+        Ok(order) => {
+            report.orders.placed += 1;
+            let id = order.id;
+            ledger.status.insert(order.id, order.status);
+            ledger.orders.insert(order.id, order);
+            return Some(id);
         }
-        match r {
-            Err(e) if code(&e) == "PURCHASE_LIMIT_EXCEEDED" => {
-                report.orders.rejected_over_limit += 1
-            }
-            Ok(order) => {
-                report.orders.placed += 1;
-                placed.push(order.id);
-                ledger.status.insert(order.id, order.status);
-                ledger.orders.insert(order.id, order);
-            }
-            Err(e) if code(&e) == "OUT_OF_STOCK" => report.orders.rejected_out_of_stock += 1,
-            Err(e) => {
-                report.orders.rejected_other += 1;
-                report
-                    .violations
-                    .push(format!("order of user {u} refused unexpectedly: {e}"));
-            }
+        Err(e) if code(&e) == "OUT_OF_STOCK" => report.orders.rejected_out_of_stock += 1,
+        Err(e) => {
+            report.orders.rejected_other += 1;
+            report
+                .violations
+                .push(format!("order of user {u} refused unexpectedly: {e}"));
         }
     }
-    placed
+    None
 }
 
 pub(crate) async fn pay_all(
@@ -236,6 +262,30 @@ pub(crate) async fn refund_some(
     report: &mut SimulationReport,
     ledger: &mut Ledger,
 ) -> Step<()> {
+    let asks = refund_asks(rng, ledger);
+    let answers = join_all(
+        asks.iter()
+            .map(|(id, r)| engine.refund_order(*id, r.clone(), None)),
+    )
+    .await;
+    let mut refunded = Vec::new();
+    for ((id, _), answer) in asks.iter().zip(answers) {
+        if record_refund(*id, answer, report, ledger) {
+            refunded.push(*id);
+        }
+    }
+    for id in refunded {
+        // Answers of refunds racing on one order come in any order: read the last state.
+        let o = engine.order(id).await?;
+        ledger.status.insert(id, o.status);
+        ledger.orders.insert(id, o);
+    }
+    Ok(())
+}
+
+/// The refunds to ask: of the paid orders, the seeded share, each whole or
+/// of one unit of its first line, some asked again whole.
+fn refund_asks(rng: &mut Rng, ledger: &Ledger) -> Vec<(OrderId, RefundRequest)> {
     let mut asks: Vec<(OrderId, RefundRequest)> = Vec::new();
     for (id, status) in &ledger.status {
         if *status != OrderStatus::Paid || !rng.percent(REFUND_PCT) {
@@ -260,48 +310,48 @@ pub(crate) async fn refund_some(
             asks.push((*id, RefundRequest::default()));
         }
     }
-    let answers = join_all(
-        asks.iter()
-            .map(|(id, r)| engine.refund_order(*id, r.clone(), None)),
-    )
-    .await;
-    let mut refunded = Vec::new();
-    for ((id, _), answer) in asks.iter().zip(answers) {
-        match answer {
-            Ok(o) => {
-                let Some(refund) = o.refunds.last() else {
-                    report
-                        .violations
-                        .push(format!("refund of {id} answered without one"));
-                    continue;
-                };
-                report.orders.refunds += 1;
-                report.refunded_krw += refund.amount.0;
-                *ledger.refunded.entry(o.user_id).or_default() += refund.amount.0;
-                for l in &refund.items {
-                    if let Some(sold) = ledger.sold.get_mut(&l.product_id) {
-                        *sold = sold.saturating_sub(l.quantity);
-                    }
+    asks
+}
+
+/// One refund's answer, to the report and the ledger. Answers whether the
+/// order was refunded.
+fn record_refund(
+    id: OrderId,
+    answer: Result<Order, Error>,
+    report: &mut SimulationReport,
+    ledger: &mut Ledger,
+) -> bool {
+    match answer {
+        Ok(o) => {
+            let Some(refund) = o.refunds.last() else {
+                report
+                    .violations
+                    .push(format!("refund of {id} answered without one"));
+                return false;
+            };
+            report.orders.refunds += 1;
+            report.refunded_krw += refund.amount.0;
+            *ledger.refunded.entry(o.user_id).or_default() += refund.amount.0;
+            for l in &refund.items {
+                if let Some(sold) = ledger.sold.get_mut(&l.product_id) {
+                    *sold = sold.saturating_sub(l.quantity);
                 }
-                let number = o.refunds.len() as u32;
-                ledger
-                    .refund_events
-                    .push(crate::domain::platform::order_refunded_id(o.id, number));
-                refunded.push(*id);
             }
-            Err(e) if matches!(code(&e), "ORDER_NOT_REFUNDABLE" | "REFUND_EXCEEDS_ORDER") => {
-                report.orders.refunds_refused += 1;
-            }
-            Err(e) => report
+            let number = o.refunds.len() as u32;
+            ledger
+                .refund_events
+                .push(crate::domain::platform::order_refunded_id(o.id, number));
+            true
+        }
+        Err(e) if matches!(code(&e), "ORDER_NOT_REFUNDABLE" | "REFUND_EXCEEDS_ORDER") => {
+            report.orders.refunds_refused += 1;
+            false
+        }
+        Err(e) => {
+            report
                 .violations
-                .push(format!("refund of order {id} failed unexpectedly: {e}")),
+                .push(format!("refund of order {id} failed unexpectedly: {e}"));
+            false
         }
     }
-    for id in refunded {
-        // Answers of refunds racing on one order come in any order: read the last state.
-        let o = engine.order(id).await?;
-        ledger.status.insert(id, o.status);
-        ledger.orders.insert(id, o);
-    }
-    Ok(())
 }

@@ -262,150 +262,180 @@ fn load_entry(
     bytes: &[u8],
 ) -> Result<(), Load> {
     match key {
-        SnapshotKey::User(id) => {
-            // A user written before history chunks has its history inline.
-            let frame = codec::open(bytes)?;
-            let u: User = if frame.version < Kind::User.current_since() {
-                // Rewritten in the current layout when the user next changes.
-                legacy::user(frame)?
-            } else {
-                codec::decode_frame(Kind::User, frame)?
-            };
-            dense(world.users.len(), *id, u.id.0, "user")?;
-            world.users.push(u);
-        }
-        SnapshotKey::History(id, chunk) => {
-            let entries: Vec<BalanceEntry> = codec::decode(Kind::History, bytes)?;
-            let user = world
-                .users
-                .get_mut(UserId(*id).index())
-                .filter(|u| u.id.0 == *id)
-                .ok_or_else(|| sparse(format!("history of user {id}, who is not there")))?;
-            if load.chunked.insert(*id) && user.history.is_empty() {
-                // Chunks before the first one here are in the archive.
-                user.history_base = chunk * HISTORY_CHUNK as u64;
-            }
-            if user.history_len() != chunk * HISTORY_CHUNK as u64 {
-                return Err(sparse(format!(
-                    "history chunk {chunk} of user {id} after {} entries",
-                    user.history_len()
-                )));
-            }
-            user.history.extend(entries);
-        }
-        SnapshotKey::Product(id) => {
-            let frame = codec::open(bytes)?;
-            let p = if frame.version < Kind::Product.current_since() {
-                world
-                    .dirty
-                    .products
-                    .insert(crate::domain::ids::ProductId(*id));
-                legacy::product(frame)?
-            } else {
-                codec::decode_frame(Kind::Product, frame)?
-            };
-            dense(world.products.len(), *id, p.id.0, "product")?;
-            world.products.push(p);
-        }
-        SnapshotKey::Campaign(id) => {
-            let frame = codec::open(bytes)?;
-            let c = if frame.version == 2 {
-                let header = legacy::campaign_header(frame)?;
-                load.issued_counts.insert(header.id, header.issued_count);
-                world.dirty.campaigns.insert(header.id);
-                header.into_campaign()
-            } else if frame.version < Kind::Campaign.current_since() {
-                let c = legacy::campaign(frame)?;
-                world.dirty.campaigns.insert(c.id);
-                world
-                    .dirty
-                    .issued
-                    .extend(c.issued.chunk_indexes().map(|chunk| (c.id, chunk)));
-                c
-            } else {
-                let header: CampaignHeader = codec::decode_frame(Kind::Campaign, frame)?;
-                load.issued_counts.insert(header.id, header.issued_count);
-                header.into_campaign()
-            };
-            dense(world.campaigns.len(), *id, c.id.0, "coupon")?;
-            world.campaigns.push(c);
-        }
-        SnapshotKey::Issued(id, chunk) => {
-            let words: Vec<u64> = codec::decode(Kind::IssuedChunk, bytes)?;
-            if words.len() != CHUNK_WORDS {
-                return Err(sparse(format!(
-                    "issued chunk {chunk} of coupon {id}: {} words",
-                    words.len()
-                )));
-            }
-            let campaign = world
-                .campaigns
-                .get_mut(CouponId(*id).index())
-                .filter(|c| c.id.0 == *id)
-                .ok_or_else(|| {
-                    sparse(format!("issued chunk of coupon {id}, which is not there"))
-                })?;
-            campaign
-                .issued
-                .load_chunk(*chunk, &words)
-                .map_err(|e| sparse(format!("coupon {id}: {e}")))?;
-        }
-        SnapshotKey::Order(_) => {
-            let o: Order = legacy::order(codec::open(bytes)?)?;
-            if o.status.is_final() {
-                // Snapshotted before the archive: the next snapshot archives it.
-                world.dirty.orders.insert(o.id);
-            }
-            world.orders_in_snapshots.insert(o.id);
-            world.orders.insert(o.id, o);
-        }
-        SnapshotKey::Key(k) => {
-            // A store from before the key tables: the key moves there with
-            // the next snapshot, which deletes it here.
-            let key: StoredKey = codec::decode(Kind::Key, bytes)?;
-            world.dirty.keys.push(NewKey {
-                hash: key_hash(k),
-                seq: load.snapshot_seq,
-                key,
-            });
-            world.dirty.legacy_keys.push(k.clone());
-        }
-        SnapshotKey::IdemKey { .. } => {
-            return Err(sparse(format!("{key:?} among the snapshot entries")))
-        }
-        SnapshotKey::Meta => {
-            let frame = codec::open(bytes)?;
-            world.meta = if frame.version < Kind::Meta.current_since() {
-                let (meta, sales) = legacy::meta(frame)?;
-                load.legacy_sales = Some(sales);
-                world.dirty.meta = true;
-                meta
-            } else {
-                codec::decode_frame::<Meta>(Kind::Meta, frame)?
-            };
-        }
-        SnapshotKey::Tally => {
-            let frame = codec::open(bytes)?;
-            if frame.version < Kind::Tally.current_since() {
-                world.archived = legacy::tally(frame)?;
-            } else {
-                let counts: TallyCounts = codec::decode_frame(Kind::Tally, frame)?;
-                world.archived.orders = counts.orders;
-                world.archived.coupons_used = counts.coupons_used;
-            }
-        }
-        SnapshotKey::TallySold(chunk) => {
-            let units: Vec<u64> = codec::decode(Kind::SoldChunk, bytes)?;
-            world
-                .archived
-                .load_sold_chunk(*chunk, &units)
-                .map_err(|e| sparse(format!("tally: {e}")))?;
-        }
-        SnapshotKey::ArchivedOrder { .. } | SnapshotKey::ArchivedHistory(..) => {
-            return Err(sparse(format!("{key:?} among the snapshot entries")))
+        SnapshotKey::User(id) => load_user(world, *id, bytes),
+        SnapshotKey::History(id, chunk) => load_history(world, load, *id, *chunk, bytes),
+        SnapshotKey::Product(id) => load_product(world, *id, bytes),
+        SnapshotKey::Campaign(id) => load_campaign(world, load, *id, bytes),
+        SnapshotKey::Issued(id, chunk) => load_issued(world, *id, *chunk, bytes),
+        SnapshotKey::Order(_) => load_order(world, bytes),
+        SnapshotKey::Key(k) => load_legacy_key(world, load, k, bytes),
+        SnapshotKey::Meta => load_meta(world, load, bytes),
+        SnapshotKey::Tally => load_tally(world, bytes),
+        SnapshotKey::TallySold(chunk) => load_sold_chunk(world, *chunk, bytes),
+        SnapshotKey::IdemKey { .. }
+        | SnapshotKey::ArchivedOrder { .. }
+        | SnapshotKey::ArchivedHistory(..) => {
+            Err(sparse(format!("{key:?} among the snapshot entries")))
         }
     }
+}
+
+fn load_user(world: &mut World, id: u64, bytes: &[u8]) -> Result<(), Load> {
+    // A user written before history chunks has its history inline.
+    let frame = codec::open(bytes)?;
+    let u: User = if frame.version < Kind::User.current_since() {
+        // Rewritten in the current layout when the user next changes.
+        legacy::user(frame)?
+    } else {
+        codec::decode_frame(Kind::User, frame)?
+    };
+    dense(world.users.len(), id, u.id.0, "user")?;
+    world.users.push(u);
     Ok(())
+}
+
+fn load_history(
+    world: &mut World,
+    load: &mut Loading,
+    id: u64,
+    chunk: u64,
+    bytes: &[u8],
+) -> Result<(), Load> {
+    let entries: Vec<BalanceEntry> = codec::decode(Kind::History, bytes)?;
+    let user = world
+        .users
+        .get_mut(UserId(id).index())
+        .filter(|u| u.id.0 == id)
+        .ok_or_else(|| sparse(format!("history of user {id}, who is not there")))?;
+    if load.chunked.insert(id) && user.history.is_empty() {
+        // Chunks before the first one here are in the archive.
+        user.history_base = chunk * HISTORY_CHUNK as u64;
+    }
+    if user.history_len() != chunk * HISTORY_CHUNK as u64 {
+        return Err(sparse(format!(
+            "history chunk {chunk} of user {id} after {} entries",
+            user.history_len()
+        )));
+    }
+    user.history.extend(entries);
+    Ok(())
+}
+
+fn load_product(world: &mut World, id: u64, bytes: &[u8]) -> Result<(), Load> {
+    let frame = codec::open(bytes)?;
+    let p = if frame.version < Kind::Product.current_since() {
+        world
+            .dirty
+            .products
+            .insert(crate::domain::ids::ProductId(id));
+        legacy::product(frame)?
+    } else {
+        codec::decode_frame(Kind::Product, frame)?
+    };
+    dense(world.products.len(), id, p.id.0, "product")?;
+    world.products.push(p);
+    Ok(())
+}
+
+fn load_campaign(world: &mut World, load: &mut Loading, id: u64, bytes: &[u8]) -> Result<(), Load> {
+    let frame = codec::open(bytes)?;
+    let c = if frame.version == 2 {
+        let header = legacy::campaign_header(frame)?;
+        load.issued_counts.insert(header.id, header.issued_count);
+        world.dirty.campaigns.insert(header.id);
+        header.into_campaign()
+    } else if frame.version < Kind::Campaign.current_since() {
+        let c = legacy::campaign(frame)?;
+        world.dirty.campaigns.insert(c.id);
+        world
+            .dirty
+            .issued
+            .extend(c.issued.chunk_indexes().map(|chunk| (c.id, chunk)));
+        c
+    } else {
+        let header: CampaignHeader = codec::decode_frame(Kind::Campaign, frame)?;
+        load.issued_counts.insert(header.id, header.issued_count);
+        header.into_campaign()
+    };
+    dense(world.campaigns.len(), id, c.id.0, "coupon")?;
+    world.campaigns.push(c);
+    Ok(())
+}
+
+fn load_issued(world: &mut World, id: u64, chunk: u64, bytes: &[u8]) -> Result<(), Load> {
+    let words: Vec<u64> = codec::decode(Kind::IssuedChunk, bytes)?;
+    if words.len() != CHUNK_WORDS {
+        return Err(sparse(format!(
+            "issued chunk {chunk} of coupon {id}: {} words",
+            words.len()
+        )));
+    }
+    let campaign = world
+        .campaigns
+        .get_mut(CouponId(id).index())
+        .filter(|c| c.id.0 == id)
+        .ok_or_else(|| sparse(format!("issued chunk of coupon {id}, which is not there")))?;
+    campaign
+        .issued
+        .load_chunk(chunk, &words)
+        .map_err(|e| sparse(format!("coupon {id}: {e}")))
+}
+
+fn load_order(world: &mut World, bytes: &[u8]) -> Result<(), Load> {
+    let o: Order = legacy::order(codec::open(bytes)?)?;
+    if o.status.is_final() {
+        // Snapshotted before the archive: the next snapshot archives it.
+        world.dirty.orders.insert(o.id);
+    }
+    world.orders_in_snapshots.insert(o.id);
+    world.orders.insert(o.id, o);
+    Ok(())
+}
+
+/// A store from before the key tables: the key moves there with the next
+/// snapshot, which deletes it here.
+fn load_legacy_key(world: &mut World, load: &Loading, k: &str, bytes: &[u8]) -> Result<(), Load> {
+    let key: StoredKey = codec::decode(Kind::Key, bytes)?;
+    world.dirty.keys.push(NewKey {
+        hash: key_hash(k),
+        seq: load.snapshot_seq,
+        key,
+    });
+    world.dirty.legacy_keys.push(k.to_owned());
+    Ok(())
+}
+
+fn load_meta(world: &mut World, load: &mut Loading, bytes: &[u8]) -> Result<(), Load> {
+    let frame = codec::open(bytes)?;
+    world.meta = if frame.version < Kind::Meta.current_since() {
+        let (meta, sales) = legacy::meta(frame)?;
+        load.legacy_sales = Some(sales);
+        world.dirty.meta = true;
+        meta
+    } else {
+        codec::decode_frame::<Meta>(Kind::Meta, frame)?
+    };
+    Ok(())
+}
+
+fn load_tally(world: &mut World, bytes: &[u8]) -> Result<(), Load> {
+    let frame = codec::open(bytes)?;
+    if frame.version < Kind::Tally.current_since() {
+        world.archived = legacy::tally(frame)?;
+    } else {
+        let counts: TallyCounts = codec::decode_frame(Kind::Tally, frame)?;
+        world.archived.orders = counts.orders;
+        world.archived.coupons_used = counts.coupons_used;
+    }
+    Ok(())
+}
+
+fn load_sold_chunk(world: &mut World, chunk: u64, bytes: &[u8]) -> Result<(), Load> {
+    let units: Vec<u64> = codec::decode(Kind::SoldChunk, bytes)?;
+    world
+        .archived
+        .load_sold_chunk(chunk, &units)
+        .map_err(|e| sparse(format!("tally: {e}")))
 }
 
 fn dense(len: usize, key: u64, id: u64, what: &str) -> Result<(), Load> {
@@ -637,11 +667,10 @@ mod tests {
         map
     }
 
-    /// A cut is the world as it was when the cut began, whatever changes
-    /// while it is encoded a step at a time: entities changed after the cut
-    /// are copied before they change, the others are read in place.
-    #[test]
-    fn a_cut_encoded_a_step_at_a_time_is_the_world_as_it_was_at_the_cut() {
+    /// Four users charged, two products, a campaign, three pending orders
+    /// and two keyed charges (`old`, `young`): the world a cut begins on,
+    /// and the last sequence applied.
+    fn world_to_cut() -> (World, u64) {
         let mut world = World::default();
         let mut seq = 0;
         let mut apply = |world: &mut World, record: Record| {
@@ -697,11 +726,13 @@ mod tests {
         }
         apply(&mut world, keyed(2, charge(1, 5), "old"));
         apply(&mut world, keyed(3, charge(2, 5), "young"));
+        (world, seq)
+    }
 
-        let expected = dirty_snapshot(&mut world.clone()).unwrap();
-        world.begin_cut();
-        let mut entries = SnapshotEntries::new();
-        let later = [
+    /// Changes to [`world_to_cut`]'s entities: a charge, a payment, a
+    /// cancel, a coupon issued, the key `young` recorded again, a new order.
+    fn records_after_the_cut() -> [Record; 6] {
+        [
             Record::new(Timestamp(4), charge(1, 1)),
             Record::new(
                 Timestamp(4),
@@ -733,12 +764,24 @@ mod tests {
                     from_cart: false,
                 },
             ),
-        ];
+        ]
+    }
+
+    /// A cut is the world as it was when the cut began, whatever changes
+    /// while it is encoded a step at a time: entities changed after the cut
+    /// are copied before they change, the others are read in place.
+    #[test]
+    fn a_cut_encoded_a_step_at_a_time_is_the_world_as_it_was_at_the_cut() {
+        let (mut world, mut seq) = world_to_cut();
+        let expected = dirty_snapshot(&mut world.clone()).unwrap();
+        world.begin_cut();
+        let mut entries = SnapshotEntries::new();
         // One entry, one change, in turn: some entities are encoded before
         // they change, others are copied first.
-        for record in later {
+        for record in records_after_the_cut() {
             assert!(cut_step(&mut world, &mut entries, 1).unwrap().is_none());
-            apply(&mut world, record);
+            seq += 1;
+            world.apply(seq, &record).unwrap();
         }
         while cut_step(&mut world, &mut entries, 1).unwrap().is_none() {}
         assert!(world.cut.is_none());

@@ -559,11 +559,37 @@ struct Worker {
     refusal: StorageError,
 }
 
+/// The batch being gathered: its records, who waits for each, and the
+/// records encoded as journal frames (buffers reused from batch to batch).
+struct Batch {
+    records: Vec<Record>,
+    acks: Vec<oneshot::Sender<Ack>>,
+    frames: Vec<u8>,
+}
+
+impl Batch {
+    fn with_capacity(records_max: usize) -> Batch {
+        Batch {
+            records: Vec::with_capacity(records_max),
+            acks: Vec::with_capacity(records_max),
+            frames: Vec::with_capacity(1 << 20),
+        }
+    }
+
+    /// Adds a record, or answers at once that it does not encode.
+    fn push(&mut self, record: Record, ack: oneshot::Sender<Ack>) {
+        if let Err(e) = codec::encode_into(Kind::Record, &record, &mut self.frames) {
+            let _ = ack.send(Err(StorageError::Corrupt(e.to_string())));
+        } else {
+            self.records.push(record);
+            self.acks.push(ack);
+        }
+    }
+}
+
 impl Worker {
     fn run(&mut self, rx: Receiver<Command>) {
-        let mut records: Vec<Record> = Vec::with_capacity(self.config.batch_records_max);
-        let mut acks: Vec<oneshot::Sender<Ack>> = Vec::with_capacity(self.config.batch_records_max);
-        let mut frames: Vec<u8> = Vec::with_capacity(1 << 20);
+        let mut batch = Batch::with_capacity(self.config.batch_records_max);
         let tick = Duration::from_millis(self.config.snapshot_every_ms.clamp(10, 1000));
         let mut since = Instant::now();
         loop {
@@ -576,62 +602,22 @@ impl Worker {
             let first = match received {
                 Ok(c) => c,
                 Err(RecvTimeoutError::Timeout) => {
-                    if self.poisoned.load(Ordering::Acquire) {
-                        // Make it durable that the failed batches are gone.
-                        let _ = self.store.forget_failed_appends();
-                    }
-                    if self.outbox_due() {
-                        self.write_outbox();
-                        since = self.stats.time.add(Step::Acknowledging, since);
-                    }
-                    // Idle: finish the release and the snapshot under way at once.
-                    self.advance_release(usize::MAX);
-                    self.advance_cut(usize::MAX);
-                    self.maybe_snapshot(false);
-                    since = self.stats.time.add(Step::Snapshotting, since);
+                    since = self.idle(since);
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
             };
-            let mut next = Some(first);
-            let mut stopping = false;
-            while let Some(cmd) = next.take() {
-                match cmd {
-                    Command::Shutdown => stopping = true,
-                    Command::Append(record, ack) => {
-                        if let Err(e) = codec::encode_into(Kind::Record, &record, &mut frames) {
-                            let _ = ack.send(Err(StorageError::Corrupt(e.to_string())));
-                        } else {
-                            records.push(record);
-                            acks.push(ack);
-                        }
-                    }
-                    Command::Snapshot(ack) => {
-                        since = self.stats.time.add(Step::Preparing, since);
-                        since = self.commit(&mut records, &mut acks, &mut frames, since);
-                        // Whatever is under way first, then everything durable now.
-                        self.advance_cut(usize::MAX);
-                        self.begin_cut(Some(ack));
-                        self.advance_cut(usize::MAX);
-                        since = self.stats.time.add(Step::Snapshotting, since);
-                    }
-                }
-                if !stopping
-                    && records.len() < self.config.batch_records_max
-                    && frames.len() < self.config.batch_bytes_max
-                {
-                    next = rx.try_recv().ok();
-                }
-            }
+            let (stopping, gathered) = self.gather(first, &rx, &mut batch, since);
+            since = gathered;
             since = self.stats.time.add(Step::Preparing, since);
-            since = self.commit(&mut records, &mut acks, &mut frames, since);
+            since = self.commit(&mut batch, since);
             if stopping {
                 break;
             }
             self.maybe_snapshot(false);
             since = self.stats.time.add(Step::Snapshotting, since);
         }
-        self.commit(&mut records, &mut acks, &mut frames, Instant::now());
+        self.commit(&mut batch, Instant::now());
         self.write_outbox();
         self.maybe_snapshot(true);
         self.collect_snapshots(true);
@@ -642,19 +628,66 @@ impl Worker {
         }
     }
 
+    /// Nothing arrived for a tick: the outbox written if due, the release
+    /// and the snapshot under way finished at once. Returns when it finished.
+    fn idle(&mut self, mut since: Instant) -> Instant {
+        if self.poisoned.load(Ordering::Acquire) {
+            // Make it durable that the failed batches are gone.
+            let _ = self.store.forget_failed_appends();
+        }
+        if self.outbox_due() {
+            self.write_outbox();
+            since = self.stats.time.add(Step::Acknowledging, since);
+        }
+        self.advance_release(usize::MAX);
+        self.advance_cut(usize::MAX);
+        self.maybe_snapshot(false);
+        self.stats.time.add(Step::Snapshotting, since)
+    }
+
+    /// Gathers `first` and whatever else is queued into `batch`, up to the
+    /// batch limits; a snapshot asked for commits what was gathered before
+    /// it. Returns whether shutdown was asked, and when it finished.
+    fn gather(
+        &mut self,
+        first: Command,
+        rx: &Receiver<Command>,
+        batch: &mut Batch,
+        mut since: Instant,
+    ) -> (bool, Instant) {
+        let mut next = Some(first);
+        let mut stopping = false;
+        while let Some(cmd) = next.take() {
+            match cmd {
+                Command::Shutdown => stopping = true,
+                Command::Append(record, ack) => batch.push(record, ack),
+                Command::Snapshot(ack) => {
+                    since = self.stats.time.add(Step::Preparing, since);
+                    since = self.commit(batch, since);
+                    // Whatever is under way first, then everything durable now.
+                    self.advance_cut(usize::MAX);
+                    self.begin_cut(Some(ack));
+                    self.advance_cut(usize::MAX);
+                    since = self.stats.time.add(Step::Snapshotting, since);
+                }
+            }
+            if !stopping
+                && batch.records.len() < self.config.batch_records_max
+                && batch.frames.len() < self.config.batch_bytes_max
+            {
+                next = rx.try_recv().ok();
+            }
+        }
+        (stopping, since)
+    }
+
     /// Applies, writes and acknowledges the batch; its steps' time since
     /// `since` goes to [`WriterTime`]. Returns when it finished.
-    fn commit(
-        &mut self,
-        records: &mut Vec<Record>,
-        acks: &mut Vec<oneshot::Sender<Ack>>,
-        frames: &mut Vec<u8>,
-        mut since: Instant,
-    ) -> Instant {
-        if records.is_empty() {
+    fn commit(&mut self, batch: &mut Batch, mut since: Instant) -> Instant {
+        if batch.records.is_empty() {
             return since;
         }
-        let count = records.len() as u64;
+        let count = batch.records.len() as u64;
         self.stats.queued.fetch_sub(count, Ordering::Relaxed);
         let first_seq = self.world.seq + 1;
         let result = if self.poisoned.load(Ordering::Acquire) {
@@ -663,79 +696,100 @@ impl Worker {
             // Assert the batch against the durable state right before it goes
             // to disk: a record the state cannot take is a bug, and it must
             // not become durable (every later recovery would refuse it).
-            self.apply_batch(first_seq, records)
+            self.apply_batch(first_seq, &batch.records)
         };
         since = self.stats.time.add(Step::Preparing, since);
-        let result = result.and_then(|()| {
-            // In a cluster the stream stores the batch first: the local
-            // store only ever holds what the stream holds.
-            if let Some(replica) = self.replica.as_mut() {
-                replica.publish(first_seq, frames)?;
-            }
-            let written = self.store.append(first_seq, frames);
-            let (now, flush_us) = self.stats.time.add_timed(Step::Writing, since);
-            since = now;
-            self.stats.last_flush_us.store(flush_us, Ordering::Relaxed);
-            metrics::histogram!("journal_flush_seconds").record(flush_us as f64 / 1e6);
-            metrics::histogram!("journal_batch_records").record(count as f64);
-            written
-        });
+        let result = result.and_then(|()| self.write_batch(first_seq, count, batch, &mut since));
         match result {
-            Ok(()) => {
-                if let Some(replica) = self.replica.as_mut() {
-                    replica.written(first_seq + count - 1);
-                }
-                for (i, record) in records.iter().enumerate() {
-                    self.stats.business.count(&record.event);
-                    if let Some(entry) = &record.idempotency {
-                        // Known before anyone hears back, so a retry finds it.
-                        let key = RecentKey {
-                            fingerprint: entry.fingerprint,
-                            at: record.at,
-                            seq: first_seq + i as u64,
-                        };
-                        self.recent_keys.insert(key_hash(&entry.key), key);
-                    }
-                }
-                // Counted before anyone hears back: whoever got an answer
-                // reads metrics that include its record, and its event as
-                // pending (written to the outbox after the answers).
-                let encoded = self.encode_events(first_seq, records);
-                self.stats.records.fetch_add(count, Ordering::Relaxed);
-                self.stats.batches.fetch_add(1, Ordering::Relaxed);
-                self.stats
-                    .last_batch_records
-                    .store(count, Ordering::Relaxed);
-                self.since_snapshot += count;
-                for (i, ack) in acks.drain(..).enumerate() {
-                    let _ = ack.send(Ok(first_seq + i as u64));
-                }
-                match encoded {
-                    Ok(()) if self.outbox_due() => self.write_outbox(),
-                    Ok(()) => {}
-                    Err(e) => self.outbox_failed(e),
-                }
-            }
-            Err(e) => {
-                if matches!(e, StorageError::NotLeader | StorageError::OutcomeUnknown) {
-                    self.refusal = StorageError::NotLeader;
-                    if e == StorageError::OutcomeUnknown {
-                        tracing::warn!("leadership ended during a batch's replication; acknowledging nothing more");
-                    }
-                } else if e != self.refusal {
-                    tracing::error!(error = %e, "journal batch failed; acknowledging nothing more");
-                }
-                // The world may now hold records that are not on disk: with
-                // the journal poisoned it is never snapshotted again.
-                self.poisoned.store(true, Ordering::Release);
-                for ack in acks.drain(..) {
-                    let _ = ack.send(Err(e.clone()));
-                }
+            Ok(()) => self.acknowledge_batch(first_seq, batch),
+            Err(e) => self.refuse_batch(e, batch),
+        }
+        batch.records.clear();
+        batch.frames.clear();
+        self.stats.time.add(Step::Acknowledging, since)
+    }
+
+    /// Writes the batch's frames: to a cluster's stream first, then to the
+    /// store. `since` moves to when the write finished.
+    fn write_batch(
+        &mut self,
+        first_seq: u64,
+        count: u64,
+        batch: &Batch,
+        since: &mut Instant,
+    ) -> Result<(), StorageError> {
+        // In a cluster the stream stores the batch first: the local
+        // store only ever holds what the stream holds.
+        if let Some(replica) = self.replica.as_mut() {
+            replica.publish(first_seq, &batch.frames)?;
+        }
+        let written = self.store.append(first_seq, &batch.frames);
+        let (now, flush_us) = self.stats.time.add_timed(Step::Writing, *since);
+        *since = now;
+        self.stats.last_flush_us.store(flush_us, Ordering::Relaxed);
+        metrics::histogram!("journal_flush_seconds").record(flush_us as f64 / 1e6);
+        metrics::histogram!("journal_batch_records").record(count as f64);
+        written
+    }
+
+    /// A durable batch: its keys known and its records counted, then every
+    /// waiter answered with its sequence, then its events to the outbox.
+    fn acknowledge_batch(&mut self, first_seq: u64, batch: &mut Batch) {
+        let count = batch.records.len() as u64;
+        if let Some(replica) = self.replica.as_mut() {
+            replica.written(first_seq + count - 1);
+        }
+        for (i, record) in batch.records.iter().enumerate() {
+            self.stats.business.count(&record.event);
+            if let Some(entry) = &record.idempotency {
+                // Known before anyone hears back, so a retry finds it.
+                let key = RecentKey {
+                    fingerprint: entry.fingerprint,
+                    at: record.at,
+                    seq: first_seq + i as u64,
+                };
+                self.recent_keys.insert(key_hash(&entry.key), key);
             }
         }
-        records.clear();
-        frames.clear();
-        self.stats.time.add(Step::Acknowledging, since)
+        // Counted before anyone hears back: whoever got an answer
+        // reads metrics that include its record, and its event as
+        // pending (written to the outbox after the answers).
+        let encoded = self.encode_events(first_seq, &batch.records);
+        self.stats.records.fetch_add(count, Ordering::Relaxed);
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .last_batch_records
+            .store(count, Ordering::Relaxed);
+        self.since_snapshot += count;
+        for (i, ack) in batch.acks.drain(..).enumerate() {
+            let _ = ack.send(Ok(first_seq + i as u64));
+        }
+        match encoded {
+            Ok(()) if self.outbox_due() => self.write_outbox(),
+            Ok(()) => {}
+            Err(e) => self.outbox_failed(e),
+        }
+    }
+
+    /// A batch that failed, or came after a failure: the journal is
+    /// poisoned and every waiter hears the error.
+    fn refuse_batch(&mut self, e: StorageError, batch: &mut Batch) {
+        if matches!(e, StorageError::NotLeader | StorageError::OutcomeUnknown) {
+            self.refusal = StorageError::NotLeader;
+            if e == StorageError::OutcomeUnknown {
+                tracing::warn!(
+                    "leadership ended during a batch's replication; acknowledging nothing more"
+                );
+            }
+        } else if e != self.refusal {
+            tracing::error!(error = %e, "journal batch failed; acknowledging nothing more");
+        }
+        // The world may now hold records that are not on disk: with
+        // the journal poisoned it is never snapshotted again.
+        self.poisoned.store(true, Ordering::Release);
+        for ack in batch.acks.drain(..) {
+            let _ = ack.send(Err(e.clone()));
+        }
     }
 
     /// Encodes the events of a durable batch into the outbox's next blocks

@@ -11,6 +11,7 @@
 
 use crate::engine::delivery::window::Window;
 use crate::engine::delivery::{Common, PAUSE_POLL_MS};
+use crate::store::outbox::{BlockKey, Settlement};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -57,19 +58,8 @@ fn cut_back(path: &Path, recorded: u64) -> std::io::Result<u64> {
 }
 
 pub(super) async fn run(c: Common, path: PathBuf, recorded: u64) {
-    let mut len = loop {
-        match cut_back(&path, recorded) {
-            Ok(len) => break len,
-            Err(e) => {
-                tracing::error!(error = %e, path = %path.display(), "data platform file cannot be opened");
-                c.stats.failed();
-                c.sleep(Duration::from_millis(c.config.backoff_ms_max))
-                    .await;
-                if c.stop.asked() {
-                    return;
-                }
-            }
-        }
+    let Some(mut len) = cut_back_until_done(&c, &path, recorded).await else {
+        return;
     };
     let mut window = Window::new(c.config.window_events_max, c.stats.clone());
     let mut failures: u32 = 0;
@@ -95,25 +85,7 @@ pub(super) async fn run(c: Common, path: PathBuf, recorded: u64) {
         }
         let full = !window.has_room();
         let blocks = window.all();
-        lines.clear();
-        let mut events = 0u64;
-        for event in window.open_events(&blocks) {
-            event.write_json(&mut lines);
-            lines.push(b'\n');
-            events += 1;
-        }
-        let round = write_at(&path, len, &lines)
-            .map_err(|e| e.to_string())
-            .and_then(|new_len| {
-                let mut s = window
-                    .settlement(&blocks, &c.live, events)
-                    .map_err(|e| e.to_string())?;
-                s.file_len = Some(new_len);
-                s.flush = true;
-                c.store.settle(&s).map_err(|e| e.to_string())?;
-                Ok((new_len, s))
-            });
-        match round {
+        match write_round(&c, &path, len, &window, &blocks, &mut lines) {
             Ok((new_len, s)) => {
                 len = new_len;
                 c.settled(s.delivered, s.dead_lettered);
@@ -133,4 +105,51 @@ pub(super) async fn run(c: Common, path: PathBuf, recorded: u64) {
             }
         }
     }
+}
+
+/// [`cut_back`], tried again after each failure until it is done: the
+/// length writing goes on at. `None` if stopping was asked meanwhile.
+async fn cut_back_until_done(c: &Common, path: &Path, recorded: u64) -> Option<u64> {
+    loop {
+        match cut_back(path, recorded) {
+            Ok(len) => return Some(len),
+            Err(e) => {
+                tracing::error!(error = %e, path = %path.display(), "data platform file cannot be opened");
+                c.stats.failed();
+                c.sleep(Duration::from_millis(c.config.backoff_ms_max))
+                    .await;
+                if c.stop.asked() {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// One round: every event of `blocks` as a JSON line (in `lines`, reused)
+/// written at `len`, then the blocks settled with the new length, flushed.
+/// Returns the new length and the settlement.
+fn write_round(
+    c: &Common,
+    path: &Path,
+    len: u64,
+    window: &Window,
+    blocks: &[BlockKey],
+    lines: &mut Vec<u8>,
+) -> Result<(u64, Settlement), String> {
+    lines.clear();
+    let mut events = 0u64;
+    for event in window.open_events(blocks) {
+        event.write_json(lines);
+        lines.push(b'\n');
+        events += 1;
+    }
+    let new_len = write_at(path, len, lines).map_err(|e| e.to_string())?;
+    let mut s = window
+        .settlement(blocks, &c.live, events)
+        .map_err(|e| e.to_string())?;
+    s.file_len = Some(new_len);
+    s.flush = true;
+    c.store.settle(&s).map_err(|e| e.to_string())?;
+    Ok((new_len, s))
 }
