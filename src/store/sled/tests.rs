@@ -13,6 +13,28 @@ use std::collections::{BTreeMap, BTreeSet};
 
 const PAID: u16 = status_bit(OrderStatus::Paid);
 
+/// A finished order of no lines, as the archive tests store them.
+fn finished_order(id: u64, user: u64, status: OrderStatus) -> crate::domain::order::Order {
+    use crate::domain::ids::{OrderId, UserId};
+    use crate::domain::money::Krw;
+    use crate::domain::time::Timestamp;
+    crate::domain::order::Order {
+        id: OrderId(id),
+        user_id: UserId(user),
+        status,
+        items: Vec::new(),
+        total_amount: Krw(0),
+        discount_amount: Krw(0),
+        pay_amount: Krw(0),
+        user_coupon_id: None,
+        created_at: Timestamp(1),
+        expires_at: Timestamp(2),
+        paid_at: (status == OrderStatus::Paid).then_some(Timestamp(1)),
+        refunded_amount: Krw(0),
+        refunds: Vec::new(),
+    }
+}
+
 #[test]
 fn snapshot_keys_round_trip() {
     for key in [
@@ -618,27 +640,9 @@ fn history_chunks_are_archived_in_groups_and_old_single_chunks_still_read() {
 /// from the archived orders at its next open.
 #[test]
 fn the_index_by_user_is_built_for_a_store_archived_without_it() {
-    use crate::domain::ids::{OrderId, UserId};
-    use crate::domain::money::Krw;
-    use crate::domain::order::{Order, OrderStatus};
-    use crate::domain::time::Timestamp;
     use crate::store::codec::{self, Kind};
     let dir = tempfile::tempdir().unwrap();
-    let order = |id: u64, user: u64| Order {
-        id: OrderId(id),
-        user_id: UserId(user),
-        status: OrderStatus::Paid,
-        items: Vec::new(),
-        total_amount: Krw(0),
-        discount_amount: Krw(0),
-        pay_amount: Krw(0),
-        user_coupon_id: None,
-        created_at: Timestamp(1),
-        expires_at: Timestamp(2),
-        paid_at: Some(Timestamp(1)),
-        refunded_amount: Krw(0),
-        refunds: Vec::new(),
-    };
+    let order = |id: u64, user: u64| finished_order(id, user, OrderStatus::Paid);
     let placed = [(1, 5), (2, 6), (3, 5), (700, 5), (701, 6)];
     {
         let s = SledStore::open(dir.path()).unwrap();
@@ -680,27 +684,9 @@ fn the_index_by_user_is_built_for_a_store_archived_without_it() {
 /// generations only), and built at open for a store archived without them.
 #[test]
 fn status_masks_are_kept_with_each_block_and_built_for_a_store_archived_without_them() {
-    use crate::domain::ids::{OrderId, UserId};
-    use crate::domain::money::Krw;
-    use crate::domain::order::Order;
-    use crate::domain::time::Timestamp;
     use crate::store::codec::{self, Kind};
     let dir = tempfile::tempdir().unwrap();
-    let order = |id: u64, status: OrderStatus| Order {
-        id: OrderId(id),
-        user_id: UserId(1),
-        status,
-        items: Vec::new(),
-        total_amount: Krw(0),
-        discount_amount: Krw(0),
-        pay_amount: Krw(0),
-        user_coupon_id: None,
-        created_at: Timestamp(1),
-        expires_at: Timestamp(2),
-        paid_at: None,
-        refunded_amount: Krw(0),
-        refunds: Vec::new(),
-    };
+    let order = |id: u64, status: OrderStatus| finished_order(id, 1, status);
     let archived = |orders: &[(u64, OrderStatus)]| -> SnapshotEntries {
         orders
             .iter()
