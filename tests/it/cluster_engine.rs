@@ -652,7 +652,7 @@ fn cluster_flags_are_checked_before_anything_is_written() {
     // proves serve's cluster flags: each bad combination exits non-zero, says which flag, and creates no data dir
     let dir = tempfile::tempdir().expect("tempdir");
     let nats = ["--cluster", "nats://127.0.0.1:1"];
-    let cases: [(Vec<&str>, &str); 5] = [
+    let cases: [(Vec<&str>, &str); 6] = [
         (
             vec!["--cluster", "http://127.0.0.1:1", "--node-id", "a"],
             "--cluster",
@@ -663,6 +663,10 @@ fn cluster_flags_are_checked_before_anything_is_written() {
         (
             [&nats[..], &["--node-id", "a", "--advertise-url", "ftp://a"]].concat(),
             "--advertise-url",
+        ),
+        (
+            [&nats[..], &["--node-id", "a", "--cluster-trim-secs", "0"]].concat(),
+            "--cluster-trim-secs",
         ),
     ];
     for (flags, says) in cases {

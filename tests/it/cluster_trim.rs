@@ -282,3 +282,38 @@ async fn the_stream_is_trimmed_below_the_least_report_held_by_a_node_away_and_re
     let acked = std::mem::take(&mut *acked.lock().unwrap());
     assert_holds(&shop, &b.base(), &acked).await;
 }
+
+#[test]
+fn cluster_forget_says_why_it_did_nothing_without_a_server_or_with_a_bad_name() {
+    // proves cluster-forget's failures exit non-zero with a sentence naming the cause, before or without touching a cluster
+    let cases = [
+        (
+            vec!["--cluster", "nats://127.0.0.1:1", "--node-id", "a"],
+            "no NATS server answered",
+        ),
+        (
+            vec![
+                "--cluster",
+                "nats://127.0.0.1:1",
+                "--cluster-name",
+                "a.b",
+                "--node-id",
+                "a",
+            ],
+            "--cluster-name",
+        ),
+        (vec!["--cluster", "nats://127.0.0.1:1"], "--node-id"),
+    ];
+    for (flags, says) in cases {
+        let out = Command::new(env!("CARGO_BIN_EXE_commerce-engine"))
+            .arg("cluster-forget")
+            .args(&flags)
+            .env_remove("COMMERCE_CLUSTER")
+            .env_remove("COMMERCE_CLUSTER_NAME")
+            .output()
+            .expect("runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flags:?} succeeded");
+        assert!(stderr.contains(says), "{flags:?}: {stderr}");
+    }
+}
