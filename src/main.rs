@@ -39,6 +39,9 @@ enum Command {
     Bench(commerce_engine::bench::BenchArgs),
     /// Recover a data dir read-only, check every invariant, print a summary.
     Verify(commerce_engine::verify::VerifyArgs),
+    /// Remove a decommissioned node's report from a cluster, so that the
+    /// journal stream's trimming no longer waits for it.
+    ClusterForget(commerce_engine::cluster::forget::ForgetArgs),
 }
 
 fn main() -> anyhow::Result<ExitCode> {
@@ -56,6 +59,13 @@ fn main() -> anyhow::Result<ExitCode> {
         Some(Command::Verify(args)) => {
             Ok(commerce_engine::verify::run(args).map_err(anyhow::Error::from_boxed)?)
         }
+        Some(Command::ClusterForget(args)) => match commerce_engine::cluster::forget::run(args) {
+            Ok(code) => Ok(code),
+            Err(e) => {
+                eprintln!("error: {e}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
     }
 }
 

@@ -4,8 +4,8 @@
 //! Stream `<cluster>-journal` on subject `<cluster>.journal`, file storage,
 //! replicas 3 on a NATS cluster of three servers or more (else 1), and no
 //! limits: nothing acknowledged is ever discarded by the servers. The
-//! engine trims it itself, below the sequence its snapshots cover
-//! ([`JournalStream::purge_up_to`]).
+//! leader trims it itself, up to the least position the nodes report
+//! their stores hold (`super::trim`, [`JournalStream::purge_up_to`]).
 //!
 //! A batch goes as it is, in one message, so that a batch is stored whole
 //! or not at all. Its size is bounded by the servers' `max_payload`

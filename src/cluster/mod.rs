@@ -16,6 +16,9 @@
 //! - [`journal`]: the stream itself (append, follow, last sequence, purge).
 //! - [`lease_bucket`]: the bucket's I/O; [`lease_task`]: the task driving the lease.
 //! - [`replicator`]: what the journal writer calls, per batch.
+//! - [`nodes`]: each node's report of where its store stands in the
+//!   stream; [`trim`]: what the leader may purge from the stream, given
+//!   the reports (pure).
 //!
 //! # How the engine uses it
 //!
@@ -47,17 +50,21 @@
 //! sequence of a batch's first record travels inside its frames).
 
 pub mod fence;
+pub mod forget;
 pub mod journal;
 pub mod lease;
 pub mod lease_bucket;
 pub mod lease_task;
+pub mod nodes;
 pub mod replicator;
+pub mod trim;
 
 pub use fence::{Fence, Ticket};
 pub use journal::{AppendError, Follow, JournalEntry, JournalStream, ReadError};
 pub use lease::{Action, LeaseConfig, LeaseState, LeaseValue, Role, StepDown};
 pub use lease_bucket::{LeaseBucket, LeaseOpError};
 pub use lease_task::{LeaseHandle, LeaseTask, MonotonicClock};
+pub use nodes::{NodeReport, NodeReports};
 pub use replicator::{ReplicateError, Replicator, ReplicatorConfig};
 
 use std::time::Duration;
@@ -119,6 +126,11 @@ impl ClusterName {
     pub fn lease_bucket(&self) -> String {
         format!("{}-lease", self.0)
     }
+
+    /// `<name>-nodes`
+    pub fn nodes_bucket(&self) -> String {
+        format!("{}-nodes", self.0)
+    }
 }
 
 /// A node's connection to the NATS cluster, with its stream and bucket bound.
@@ -126,6 +138,7 @@ pub struct Cluster {
     pub client: async_nats::Client,
     pub journal: JournalStream,
     pub lease_bucket: LeaseBucket,
+    pub nodes: NodeReports,
 }
 
 /// How long [`Cluster::join`] keeps trying: a node started with its NATS
@@ -137,8 +150,8 @@ pub const JOIN_WITHIN: Duration = Duration::from_secs(30);
 const BIND_RETRY: Duration = Duration::from_millis(500);
 
 impl Cluster {
-    /// Connects to any of `urls` and binds (or creates) the journal stream
-    /// and the lease bucket, with [`replicas_for`] replicas. A bind that
+    /// Connects to any of `urls` and binds (or creates) the journal stream,
+    /// the lease bucket and the node report bucket, with [`replicas_for`] replicas. A bind that
     /// times out or finds JetStream not ready yet (a cluster electing its
     /// leaders) is tried again, for [`JOIN_WITHIN`] in all; any other
     /// failure is final at once.
@@ -176,7 +189,7 @@ impl Cluster {
         let js = async_nats::jetstream::new(client.clone());
         let replicas = replicas_for(urls.len(), client.server_info().connect_urls.len());
         let mut attempt = 1u32;
-        let (journal, lease_bucket) = loop {
+        let (journal, lease_bucket, nodes) = loop {
             let bound = async {
                 let journal = JournalStream::open(&js, name, replicas).await?;
                 let bucket = LeaseBucket::open(
@@ -186,7 +199,8 @@ impl Cluster {
                     Duration::from_millis(lease.ttl_ms),
                 )
                 .await?;
-                Ok::<_, ClusterError>((journal, bucket))
+                let nodes = NodeReports::open(&js, name, journal.replicas()).await?;
+                Ok::<_, ClusterError>((journal, bucket, nodes))
             };
             match bound.await {
                 Ok(bound) => break bound,
@@ -209,6 +223,7 @@ impl Cluster {
             client,
             journal,
             lease_bucket,
+            nodes,
         })
     }
 }

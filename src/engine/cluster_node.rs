@@ -20,9 +20,10 @@
 
 use crate::cluster::{
     Cluster, ClusterError, ClusterName, JournalEntry, LeaseConfig, LeaseHandle, LeaseState,
-    LeaseTask, ReadError, ReplicateError, Replicator, ReplicatorConfig,
+    LeaseTask, NodeReport, ReadError, ReplicateError, Replicator, ReplicatorConfig,
 };
 use crate::domain::world::World;
+use crate::engine::cluster_trim;
 use crate::store::replicated::{
     decode_batch, encode_batch, follow_batch, locate, snapshot_world, LocateError, Replica,
     StreamPosition,
@@ -49,6 +50,8 @@ pub struct ClusterSettings {
     /// Where clients reach this node's API (`X-Leader` on the standbys).
     pub advertise_url: String,
     pub lease: LeaseConfig,
+    /// How often the leader trims the journal stream below the nodes' reports.
+    pub trim_every: Duration,
 }
 
 /// Why a node cannot go on.
@@ -180,19 +183,37 @@ pub fn describe_metrics() {
         "cluster_applied_seq",
         "The last journal stream sequence this node applied or appended."
     );
+    metrics::describe_gauge!(
+        "cluster_stream_first_seq",
+        "The journal stream's first sequence: everything before it was trimmed."
+    );
+    metrics::describe_gauge!(
+        "cluster_trim_floor_seq",
+        "The least stream sequence the nodes report their stores hold: the stream is trimmed up to it, never past."
+    );
+    metrics::describe_counter!(
+        "cluster_stream_purged_total",
+        "Journal stream messages this node purged as the leader."
+    );
 }
 
 /// Where the local store stands, kept to disk by a thread of its own (a
-/// sync at most every 200 ms, off the journal writer's path).
+/// sync at most every 200 ms, off the journal writer's path). What the
+/// file holds, once synced, is published on `kept`: that is what the node
+/// reports for trimming (`cluster_trim`), never a position the disk does
+/// not hold yet.
 #[derive(Clone)]
 struct PositionKeeper {
     latest: Arc<Mutex<StreamPosition>>,
+    kept: watch::Receiver<StreamPosition>,
 }
 
 impl PositionKeeper {
+    /// `at` is what `data_dir`'s file holds already.
     fn start(data_dir: PathBuf, at: StreamPosition) -> PositionKeeper {
         let latest = Arc::new(Mutex::new(at));
         let shared = latest.clone();
+        let (kept_tx, kept) = watch::channel(at);
         let spawned = std::thread::Builder::new()
             .name("cluster-position".into())
             .spawn(move || {
@@ -202,7 +223,10 @@ impl PositionKeeper {
                     let now = *shared.lock().unwrap_or_else(|e| e.into_inner());
                     if now != saved {
                         match now.save(&data_dir) {
-                            Ok(()) => saved = now,
+                            Ok(()) => {
+                                saved = now;
+                                kept_tx.send_replace(now);
+                            }
                             Err(e) => tracing::error!(error = %e, "the cluster position could not be kept; a restart reads more of the stream"),
                         }
                     }
@@ -211,7 +235,7 @@ impl PositionKeeper {
         if let Err(e) = spawned {
             tracing::error!(error = %e, "the cluster position thread did not start");
         }
-        PositionKeeper { latest }
+        PositionKeeper { latest, kept }
     }
 
     /// The local store now holds the stream up to `stream_seq`, whose last record is `record_seq`.
@@ -270,11 +294,26 @@ impl ClusterNode {
             &settings.name,
             &settings.lease,
         ))?;
-        let stream_last = runtime.block_on(cluster.journal.last_seq())?;
+        let bounds = runtime.block_on(cluster.journal.bounds())?;
+        // Everything before `first` was trimmed (a stream that holds no
+        // message never had one: purges keep the last).
+        let (first, stream_last) = bounds.unwrap_or((1, 0));
         let position = match kept {
             // The fast path: the position kept after a local flush. It may
-            // be older than the store (a longer read), never newer.
-            Some(p) if p.record_seq <= world.seq && p.stream_seq <= stream_last => p,
+            // be older than the store (a longer read), never newer; the
+            // stream must still hold the message after it.
+            Some(p)
+                if p.record_seq <= world.seq
+                    && p.stream_seq <= stream_last
+                    && p.stream_seq.saturating_add(1) >= first =>
+            {
+                p
+            }
+            _ if world.seq == 0 && first > 1 => {
+                return Err(needs_copy(format!(
+                    "this node's store is empty and the journal stream was trimmed (it starts at message {first})"
+                )))
+            }
             _ if world.seq == 0 => StreamPosition::default(),
             kept => {
                 let found = locate_in_stream(&runtime, &cluster, &*store, world.seq)?;
@@ -287,6 +326,25 @@ impl ClusterNode {
                 found
             }
         };
+        if kept != Some(position) {
+            // What the node reports must be what its disk holds.
+            position.save(&data_dir)?;
+        }
+        // Reported before anything is read: the stream keeps everything
+        // after this position from the leader's next trim on.
+        let reported = runtime
+            .block_on(async {
+                tokio::time::timeout(
+                    Duration::from_secs(5),
+                    cluster.nodes.report(&settings.node_id, report_of(position)),
+                )
+                .await
+            })
+            .map_err(|_| "timed out".to_owned())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        if let Err(e) = &reported {
+            tracing::warn!(error = %e, "this node's position could not be reported yet; it is reported again in a few seconds");
+        }
         let lease_task = {
             let _inside = runtime.enter();
             LeaseTask::start(
@@ -310,6 +368,23 @@ impl ClusterNode {
         status.applied(position.stream_seq, 0);
         status.stream_last_seq.store(stream_last, Ordering::Relaxed);
         status.publish_metrics();
+        let keeper = PositionKeeper::start(data_dir, position);
+        {
+            let _inside = runtime.enter();
+            cluster_trim::start_reporter(
+                cluster.nodes.clone(),
+                settings.node_id.clone(),
+                keeper.kept.clone(),
+                reported.ok().map(|()| position),
+            );
+            cluster_trim::start_trimmer(
+                cluster.journal.clone(),
+                cluster.nodes.clone(),
+                status.clone(),
+                lease.clone(),
+                settings.trim_every,
+            );
+        }
         tracing::info!(
             node = %settings.node_id,
             stream_seq = position.stream_seq,
@@ -324,7 +399,7 @@ impl ClusterNode {
             lease,
             replicator,
             status,
-            position: PositionKeeper::start(data_dir, position),
+            position: keeper,
             world,
             store,
             journal,
@@ -394,8 +469,8 @@ impl ClusterNode {
                 Err(_) => {} // nothing new: check the lease, snapshot
                 Ok(Some(Ok(entry))) => self.apply(entry)?,
                 Ok(Some(Err(ReadError::Gap { expected, found }))) => {
-                    return Err(NodeError::Mismatch(format!(
-                        "the journal stream no longer holds message {expected} (it goes on at {found}): this node needs a data dir restored from a newer snapshot"
+                    return Err(needs_copy(format!(
+                        "the journal stream no longer holds message {expected} (it goes on at {found})"
                     )))
                 }
                 Ok(Some(Err(e))) => {
@@ -591,6 +666,22 @@ impl Replica for StreamReplica {
     }
 }
 
+/// The refusal of a node whose store ends below the stream's first
+/// message: following on would skip what was trimmed.
+fn needs_copy(why: String) -> NodeError {
+    NodeError::Mismatch(format!(
+        "{why}: this node needs a copy of a current node's data dir (stop a node that follows the cluster, copy its data dir here, start both)"
+    ))
+}
+
+/// What a node reports for `position`.
+fn report_of(position: StreamPosition) -> NodeReport {
+    NodeReport {
+        stream_seq: position.stream_seq,
+        record_seq: position.record_seq,
+    }
+}
+
 /// Where a local store ending at record `record_seq` stands in the stream,
 /// found by [`locate`]; the stream's batch that ends there must be the
 /// local journal's, byte for byte, when the local journal still holds it.
@@ -616,7 +707,10 @@ fn locate_in_stream(
             })
             .map_err(read)
     })
-    .map_err(|e| NodeError::Mismatch(format!("{e}: this data dir cannot follow this cluster")))?;
+    .map_err(|e| match e {
+        LocateError::Trimmed(why) => needs_copy(why),
+        e => NodeError::Mismatch(format!("{e}: this data dir cannot follow this cluster")),
+    })?;
     if let Some((first, frames)) = &found.batch {
         let local = store.journal_after(record_seq.saturating_sub(1))?;
         if let Some((_, held)) = local.iter().find(|(f, _)| f == first) {

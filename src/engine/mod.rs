@@ -3,6 +3,7 @@ pub mod admin_lists;
 pub mod campaign_actor;
 pub mod clock;
 pub mod cluster_node;
+pub mod cluster_trim;
 pub mod commit;
 pub mod config;
 pub mod coordinator;

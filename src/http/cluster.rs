@@ -111,6 +111,7 @@ pub fn settings(
         node_id,
         advertise_url,
         lease: LeaseConfig::default(),
+        trim_every: Duration::from_secs(args.cluster_trim_secs),
     }))
 }
 

@@ -98,6 +98,10 @@ pub struct ServeArgs {
     /// http://<--addr>.
     #[arg(long, env = "COMMERCE_ADVERTISE_URL")]
     pub advertise_url: Option<String>,
+    /// Seconds between the leader's trims of the journal stream: it
+    /// removes what every node that reported holds in its own store.
+    #[arg(long, env = "COMMERCE_CLUSTER_TRIM_SECS", default_value_t = crate::engine::cluster_trim::TRIM_EVERY_DEFAULT_SECS, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub cluster_trim_secs: u64,
     /// Customer authentication with HS256 tokens signed with this secret:
     /// every /api/v1 route but the product reads and the OpenAPI document
     /// then needs Authorization: Bearer <JWT> (see API.md). Off without it.

@@ -118,6 +118,10 @@ pub enum LocateError {
     /// cluster's stream, a reset one, or it was trimmed past them.
     #[error("{0}")]
     NotHeld(String),
+    /// The stream was trimmed past the local store's end: the store is
+    /// this cluster's, but too old to follow it.
+    #[error("{0}")]
+    Trimmed(String),
 }
 
 /// Where a local store ending at record `record_seq` stands in the stream.
@@ -192,8 +196,8 @@ pub fn locate(
             )))
         }
         Some((_, first_record, _)) => {
-            return Err(LocateError::NotHeld(format!(
-                "the journal stream was trimmed to record {first_record}, past this store's last record {record_seq}: this node needs a data dir restored from a newer snapshot"
+            return Err(LocateError::Trimmed(format!(
+                "the journal stream was trimmed to record {first_record} (message {first}), past this store's last record {record_seq}"
             )))
         }
         None => {
@@ -432,7 +436,7 @@ mod tests {
         let mut stream = FakeStream::new(&[3, 5, 2], &[]);
         assert!(matches!(stream.locate(11), Err(LocateError::NotHeld(_))));
         let mut trimmed = FakeStream::new(&[3, 5, 2], &[]).purge(2);
-        assert!(matches!(trimmed.locate(3), Err(LocateError::NotHeld(m)) if m.contains("trimmed")));
+        assert!(matches!(trimmed.locate(3), Err(LocateError::Trimmed(m)) if m.contains("trimmed")));
         assert_eq!(
             trimmed.locate(8).unwrap().position,
             StreamPosition {

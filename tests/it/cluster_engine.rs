@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const TOKEN: &str = "cluster-token";
+pub(crate) const TOKEN: &str = "cluster-token";
 const USERS: u64 = 6;
 const PRODUCTS: u64 = 3;
 const PRICE: u64 = 700;
@@ -28,32 +28,35 @@ fn free_port() -> u16 {
 }
 
 /// One engine node: its process, address and data dir.
-struct Node {
-    id: &'static str,
+pub(crate) struct Node {
+    pub(crate) id: &'static str,
     port: u16,
-    data: PathBuf,
-    log: PathBuf,
+    pub(crate) data: PathBuf,
+    pub(crate) log: PathBuf,
     urls: Vec<String>,
+    /// More `serve` flags.
+    pub(crate) extra: Vec<String>,
     child: Option<Child>,
 }
 
 impl Node {
-    fn new(id: &'static str, dir: &Path, urls: Vec<String>) -> Node {
+    pub(crate) fn new(id: &'static str, dir: &Path, urls: Vec<String>) -> Node {
         Node {
             id,
             port: free_port(),
             data: dir.join(id),
             log: dir.join(format!("{id}.log")),
             urls,
+            extra: Vec::new(),
             child: None,
         }
     }
 
-    fn base(&self) -> String {
+    pub(crate) fn base(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    fn start(&mut self) {
+    pub(crate) fn start(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -67,6 +70,7 @@ impl Node {
             .arg(self.urls.join(","))
             .args(["--node-id", self.id, "--cluster-name", "shop"])
             .args(["--advertise-url", &self.base()])
+            .args(&self.extra)
             .env("RUST_LOG", "info")
             .env_remove("COMMERCE_ADDR")
             .env_remove("COMMERCE_DATA_DIR")
@@ -88,7 +92,7 @@ impl Node {
         assert_eq!(rc, 0, "signal {signal} to node {}", self.id);
     }
 
-    fn kill9(&mut self) {
+    pub(crate) fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -97,13 +101,13 @@ impl Node {
 
     /// Whether the process still runs (it is the same process after it
     /// starts itself again as a standby).
-    fn alive(&mut self) -> bool {
+    pub(crate) fn alive(&mut self) -> bool {
         self.child
             .as_mut()
             .is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
-    fn log_tail(&self) -> String {
+    pub(crate) fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(30)..].join("\n")
@@ -137,7 +141,7 @@ async fn ready(client: &reqwest::Client, base: &str) -> Option<(StatusCode, Stri
 }
 
 /// Waits until `/ready` on `base` says `want`; how long it took.
-async fn wait_ready(
+pub(crate) async fn wait_ready(
     client: &reqwest::Client,
     node: &Node,
     want: &str,
@@ -161,7 +165,7 @@ async fn wait_ready(
 }
 
 /// A gauge's value on `/metrics`.
-async fn gauge(client: &reqwest::Client, base: &str, line_start: &str) -> Option<f64> {
+pub(crate) async fn gauge(client: &reqwest::Client, base: &str, line_start: &str) -> Option<f64> {
     let text = client
         .get(format!("{base}/metrics"))
         .send()
@@ -179,11 +183,11 @@ async fn gauge(client: &reqwest::Client, base: &str, line_start: &str) -> Option
 /// A client that sends each request to whichever node leads, and retries
 /// it under its Idempotency-Key until the answer is definite.
 #[derive(Clone)]
-struct Shop {
-    client: reqwest::Client,
-    bases: Vec<String>,
+pub(crate) struct Shop {
+    pub(crate) client: reqwest::Client,
+    pub(crate) bases: Vec<String>,
     /// The node that answered last: where the next request goes first.
-    leader: Arc<AtomicUsize>,
+    pub(crate) leader: Arc<AtomicUsize>,
 }
 
 impl Shop {
@@ -243,7 +247,7 @@ impl Shop {
 
 /// What the clients were told, definitively.
 #[derive(Default)]
-struct Acked {
+pub(crate) struct Acked {
     /// KRW charged per user (index user id - 1).
     charged: Vec<u64>,
     /// Paid orders: (order id, user, product, pay amount).
@@ -251,7 +255,7 @@ struct Acked {
 }
 
 /// Users with no balance and products with `STOCK` each, on the leader.
-async fn populate(shop: &Shop) {
+pub(crate) async fn populate(shop: &Shop) {
     for u in 1..=USERS {
         let (st, user) = shop
             .send(
@@ -325,7 +329,7 @@ async fn load(shop: Shop, stop: Arc<AtomicBool>, acked: Arc<Mutex<Acked>>) {
 /// The leader at `base` holds exactly what was acknowledged: each user's
 /// balance is what was charged minus what was paid, each acknowledged
 /// order is paid, and each product's stock is what was not sold.
-async fn assert_holds(shop: &Shop, base: &str, acked: &Acked) {
+pub(crate) async fn assert_holds(shop: &Shop, base: &str, acked: &Acked) {
     for u in 1..=USERS {
         let paid: u64 = acked.paid.iter().filter(|p| p.1 == u).map(|p| p.3).sum();
         let balance = shop.get(base, &format!("/api/v1/users/{u}/balance")).await;
@@ -381,7 +385,7 @@ async fn setup() -> Setup {
 }
 
 /// Runs the load until `stop` is set; returns it and its task.
-fn start_load(
+pub(crate) fn start_load(
     shop: &Shop,
 ) -> (
     Arc<AtomicBool>,
@@ -398,7 +402,7 @@ fn start_load(
 }
 
 /// Waits until the clients have `n` more paid orders than `from`.
-async fn wait_paid(acked: &Mutex<Acked>, n: usize) {
+pub(crate) async fn wait_paid(acked: &Mutex<Acked>, n: usize) {
     let from = acked.lock().unwrap().paid.len();
     let deadline = Instant::now() + Duration::from_secs(20);
     while acked.lock().unwrap().paid.len() < from + n {
@@ -513,7 +517,7 @@ async fn a_paused_leader_loses_nothing_acknowledged_after_the_takeover_and_ends_
 }
 
 /// Waits until the standby `node` has applied the whole stream.
-async fn wait_caught_up(client: &reqwest::Client, node: &Node) {
+pub(crate) async fn wait_caught_up(client: &reqwest::Client, node: &Node) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while gauge(client, &node.base(), "cluster_replication_lag").await != Some(0.0) {
         assert!(
@@ -591,7 +595,7 @@ async fn stream_leader(nats: &NatsCluster) -> usize {
 }
 
 /// Paid orders acknowledged so far.
-fn paid(acked: &Mutex<Acked>) -> usize {
+pub(crate) fn paid(acked: &Mutex<Acked>) -> usize {
     acked.lock().unwrap().paid.len()
 }
 
@@ -648,7 +652,7 @@ fn cluster_flags_are_checked_before_anything_is_written() {
     // proves serve's cluster flags: each bad combination exits non-zero, says which flag, and creates no data dir
     let dir = tempfile::tempdir().expect("tempdir");
     let nats = ["--cluster", "nats://127.0.0.1:1"];
-    let cases: [(Vec<&str>, &str); 5] = [
+    let cases: [(Vec<&str>, &str); 6] = [
         (
             vec!["--cluster", "http://127.0.0.1:1", "--node-id", "a"],
             "--cluster",
@@ -659,6 +663,10 @@ fn cluster_flags_are_checked_before_anything_is_written() {
         (
             [&nats[..], &["--node-id", "a", "--advertise-url", "ftp://a"]].concat(),
             "--advertise-url",
+        ),
+        (
+            [&nats[..], &["--node-id", "a", "--cluster-trim-secs", "0"]].concat(),
+            "--cluster-trim-secs",
         ),
     ];
     for (flags, says) in cases {

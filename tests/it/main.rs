@@ -17,6 +17,7 @@ mod cluster_failover;
 mod cluster_lease;
 mod cluster_model;
 mod cluster_stream;
+mod cluster_trim;
 mod crash_limits;
 mod crash_sigkill;
 mod dashboard_browser;
