@@ -338,6 +338,10 @@ pub fn run(
     if !signalled.load(Ordering::Acquire) {
         // Stopped leading: whatever is in memory may hold a batch the
         // stream never took; the program starts again from its disk.
+        // The runtime is left running until the program is replaced: the
+        // journal writer may still be settling an append on it, and a
+        // runtime shut down under it would panic its thread.
+        std::mem::forget(runtime);
         return Ok(ClusterExit::Rejoin);
     }
     // A signal: the last batches and snapshot as the leader, then the
