@@ -8,7 +8,6 @@
 
 use super::lease::LeaseValue;
 use super::{ClusterError, ClusterName};
-use async_nats::jetstream::context::{CreateKeyValueErrorKind, GetStreamErrorKind};
 use async_nats::jetstream::{self, kv, stream};
 use bytes::Bytes;
 use std::time::Duration;
@@ -66,16 +65,7 @@ impl LeaseBucket {
                     ..Default::default()
                 })
                 .await
-                .map_err(|e| {
-                    let why = format!("lease bucket: {e}");
-                    match e.kind() {
-                        // Timed out, or the account's JetStream did not answer.
-                        CreateKeyValueErrorKind::TimedOut | CreateKeyValueErrorKind::JetStream => {
-                            ClusterError::NotReady(why)
-                        }
-                        _ => ClusterError::JetStream(why),
-                    }
-                })?,
+                .map_err(|e| super::create_kv_error("lease bucket", e))?,
         };
         let status = kv.status().await.map_err(|e| {
             let why = format!("lease bucket: {e}");
@@ -90,13 +80,10 @@ impl LeaseBucket {
                 node_ms: ttl.as_millis() as u64,
             });
         }
-        let stream = js.get_stream(format!("KV_{bucket}")).await.map_err(|e| {
-            let why = format!("lease bucket stream: {e}");
-            match e.kind() {
-                GetStreamErrorKind::Request => ClusterError::NotReady(why),
-                _ => ClusterError::JetStream(why),
-            }
-        })?;
+        let stream = js
+            .get_stream(format!("KV_{bucket}"))
+            .await
+            .map_err(|e| super::get_stream_error("lease bucket stream", e))?;
         Ok(LeaseBucket {
             kv,
             stream,

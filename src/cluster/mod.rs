@@ -141,6 +141,31 @@ pub struct Cluster {
     pub nodes: NodeReports,
 }
 
+/// A bucket's creation failed: worth another try when it timed out or
+/// the account's JetStream did not answer.
+fn create_kv_error(
+    what: &str,
+    e: async_nats::jetstream::context::CreateKeyValueError,
+) -> ClusterError {
+    use async_nats::jetstream::context::CreateKeyValueErrorKind as Kind;
+    let why = format!("{what}: {e}");
+    match e.kind() {
+        Kind::TimedOut | Kind::JetStream => ClusterError::NotReady(why),
+        _ => ClusterError::JetStream(why),
+    }
+}
+
+/// A bucket's stream could not be bound: worth another try when the
+/// request itself failed.
+fn get_stream_error(what: &str, e: async_nats::jetstream::context::GetStreamError) -> ClusterError {
+    use async_nats::jetstream::context::GetStreamErrorKind as Kind;
+    let why = format!("{what}: {e}");
+    match e.kind() {
+        Kind::Request => ClusterError::NotReady(why),
+        _ => ClusterError::JetStream(why),
+    }
+}
+
 /// How long [`Cluster::join`] keeps trying: a node started with its NATS
 /// cluster waits for the servers to elect a JetStream leader and for the
 /// stream's replicas to answer.
@@ -162,47 +187,12 @@ impl Cluster {
     ) -> Result<Cluster, ClusterError> {
         lease.validate()?;
         let deadline = tokio::time::Instant::now() + JOIN_WITHIN;
-        let joined = urls.join(",");
-        let connect = async {
-            let client = async_nats::ConnectOptions::new()
-                .connection_timeout(Duration::from_secs(5))
-                // A hung server (SIGSTOP, a stalled machine) keeps its socket
-                // open: pings find it out and the client moves to another
-                // server within a few seconds instead of the default minutes.
-                .ping_interval(Duration::from_secs(1))
-                .retry_on_initial_connect()
-                .connect(urls)
-                .await
-                .map_err(|e| e.to_string())?;
-            // The first INFO arrives with the connection; with
-            // `retry_on_initial_connect` the call returns before it, so wait.
-            client.flush().await.map_err(|e| e.to_string())?;
-            Ok(client)
-        };
-        let client = tokio::time::timeout_at(deadline, connect)
-            .await
-            .unwrap_or_else(|_| Err(format!("timed out after {JOIN_WITHIN:?}")))
-            .map_err(|error| ClusterError::Connect {
-                urls: joined.clone(),
-                error,
-            })?;
+        let client = connect(urls, deadline).await?;
         let js = async_nats::jetstream::new(client.clone());
         let replicas = replicas_for(urls.len(), client.server_info().connect_urls.len());
         let mut attempt = 1u32;
         let (journal, lease_bucket, nodes) = loop {
-            let bound = async {
-                let journal = JournalStream::open(&js, name, replicas).await?;
-                let bucket = LeaseBucket::open(
-                    &js,
-                    name,
-                    journal.replicas(),
-                    Duration::from_millis(lease.ttl_ms),
-                )
-                .await?;
-                let nodes = NodeReports::open(&js, name, journal.replicas()).await?;
-                Ok::<_, ClusterError>((journal, bucket, nodes))
-            };
-            match bound.await {
+            match bind(&js, name, replicas, lease).await {
                 Ok(bound) => break bound,
                 Err(ClusterError::NotReady(why))
                     if tokio::time::Instant::now() + BIND_RETRY < deadline =>
@@ -226,6 +216,51 @@ impl Cluster {
             nodes,
         })
     }
+}
+
+/// A connection to any of `urls`, by `deadline`.
+async fn connect(
+    urls: &[String],
+    deadline: tokio::time::Instant,
+) -> Result<async_nats::Client, ClusterError> {
+    let connect = async {
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(5))
+            // A hung server (SIGSTOP, a stalled machine) keeps its socket
+            // open: pings find it out and the client moves to another
+            // server within a few seconds instead of the default minutes.
+            .ping_interval(Duration::from_secs(1))
+            .retry_on_initial_connect()
+            .connect(urls)
+            .await
+            .map_err(|e| e.to_string())?;
+        // The first INFO arrives with the connection; with
+        // `retry_on_initial_connect` the call returns before it, so wait.
+        client.flush().await.map_err(|e| e.to_string())?;
+        Ok(client)
+    };
+    tokio::time::timeout_at(deadline, connect)
+        .await
+        .unwrap_or_else(|_| Err(format!("timed out after {JOIN_WITHIN:?}")))
+        .map_err(|error| ClusterError::Connect {
+            urls: urls.join(","),
+            error,
+        })
+}
+
+/// The journal stream, the lease bucket and the report bucket, each bound
+/// or created, once.
+async fn bind(
+    js: &async_nats::jetstream::Context,
+    name: &ClusterName,
+    replicas: usize,
+    lease: &LeaseConfig,
+) -> Result<(JournalStream, LeaseBucket, NodeReports), ClusterError> {
+    let journal = JournalStream::open(js, name, replicas).await?;
+    let ttl = Duration::from_millis(lease.ttl_ms);
+    let bucket = LeaseBucket::open(js, name, journal.replicas(), ttl).await?;
+    let nodes = NodeReports::open(js, name, journal.replicas()).await?;
+    Ok((journal, bucket, nodes))
 }
 
 /// Replicas for a NATS cluster of which `given` servers were named and the

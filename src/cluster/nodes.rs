@@ -10,7 +10,6 @@
 use super::lease::LeaseValue;
 use super::lease_bucket::LEASE_KEY;
 use super::{ClusterError, ClusterName};
-use async_nats::jetstream::context::{CreateKeyValueErrorKind, GetStreamErrorKind};
 use async_nats::jetstream::{self, kv, stream};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -58,15 +57,7 @@ impl NodeReports {
                     ..Default::default()
                 })
                 .await
-                .map_err(|e| {
-                    let why = format!("node report bucket: {e}");
-                    match e.kind() {
-                        CreateKeyValueErrorKind::TimedOut | CreateKeyValueErrorKind::JetStream => {
-                            ClusterError::NotReady(why)
-                        }
-                        _ => ClusterError::JetStream(why),
-                    }
-                })?,
+                .map_err(|e| super::create_kv_error("node report bucket", e))?,
         };
         NodeReports::bind(js, kv, bucket).await
     }
@@ -92,13 +83,10 @@ impl NodeReports {
         kv: kv::Store,
         bucket: String,
     ) -> Result<NodeReports, ClusterError> {
-        let stream = js.get_stream(format!("KV_{bucket}")).await.map_err(|e| {
-            let why = format!("node report bucket stream: {e}");
-            match e.kind() {
-                GetStreamErrorKind::Request => ClusterError::NotReady(why),
-                _ => ClusterError::JetStream(why),
-            }
-        })?;
+        let stream = js
+            .get_stream(format!("KV_{bucket}"))
+            .await
+            .map_err(|e| super::get_stream_error("node report bucket stream", e))?;
         Ok(NodeReports { kv, stream, bucket })
     }
 

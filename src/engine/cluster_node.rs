@@ -298,53 +298,19 @@ impl ClusterNode {
         // Everything before `first` was trimmed (a stream that holds no
         // message never had one: purges keep the last).
         let (first, stream_last) = bounds.unwrap_or((1, 0));
-        let position = match kept {
-            // The fast path: the position kept after a local flush. It may
-            // be older than the store (a longer read), never newer; the
-            // stream must still hold the message after it.
-            Some(p)
-                if p.record_seq <= world.seq
-                    && p.stream_seq <= stream_last
-                    && p.stream_seq.saturating_add(1) >= first =>
-            {
-                p
-            }
-            _ if world.seq == 0 && first > 1 => {
-                return Err(needs_copy(format!(
-                    "this node's store is empty and the journal stream was trimmed (it starts at message {first})"
-                )))
-            }
-            _ if world.seq == 0 => StreamPosition::default(),
-            kept => {
-                let found = locate_in_stream(&runtime, &cluster, &*store, world.seq)?;
-                tracing::info!(
-                    kept = ?kept,
-                    record_seq = found.record_seq,
-                    stream_seq = found.stream_seq,
-                    "the local store was placed in the journal stream by a search"
-                );
-                found
-            }
-        };
+        let position = place_store(
+            &runtime,
+            &cluster,
+            kept,
+            (first, stream_last),
+            &*store,
+            world.seq,
+        )?;
         if kept != Some(position) {
             // What the node reports must be what its disk holds.
             position.save(&data_dir)?;
         }
-        // Reported before anything is read: the stream keeps everything
-        // after this position from the leader's next trim on.
-        let reported = runtime
-            .block_on(async {
-                tokio::time::timeout(
-                    Duration::from_secs(5),
-                    cluster.nodes.report(&settings.node_id, report_of(position)),
-                )
-                .await
-            })
-            .map_err(|_| "timed out".to_owned())
-            .and_then(|r| r.map_err(|e| e.to_string()));
-        if let Err(e) = &reported {
-            tracing::warn!(error = %e, "this node's position could not be reported yet; it is reported again in a few seconds");
-        }
+        let reported = report_now(&runtime, &cluster, &settings.node_id, position);
         let lease_task = {
             let _inside = runtime.enter();
             LeaseTask::start(
@@ -375,7 +341,7 @@ impl ClusterNode {
                 cluster.nodes.clone(),
                 settings.node_id.clone(),
                 keeper.kept.clone(),
-                reported.ok().map(|()| position),
+                reported,
             );
             cluster_trim::start_trimmer(
                 cluster.journal.clone(),
@@ -663,6 +629,74 @@ impl Replica for StreamReplica {
 
     fn written(&mut self, last_seq: u64) {
         self.position.set(last_seq, self.last_stream_seq);
+    }
+}
+
+/// Where the local store (ending at record `record_seq`) stands in a
+/// stream holding messages `first..=stream_last`: the position kept after
+/// a local flush when it fits, else one found by a search of the stream;
+/// refused when the stream was trimmed past what the store holds.
+fn place_store(
+    runtime: &Handle,
+    cluster: &Cluster,
+    kept: Option<StreamPosition>,
+    (first, stream_last): (u64, u64),
+    store: &dyn Store,
+    record_seq: u64,
+) -> Result<StreamPosition, NodeError> {
+    match kept {
+        // The fast path: the position kept after a local flush. It may
+        // be older than the store (a longer read), never newer; the
+        // stream must still hold the message after it.
+        Some(p)
+            if p.record_seq <= record_seq
+                && p.stream_seq <= stream_last
+                && p.stream_seq.saturating_add(1) >= first =>
+        {
+            Ok(p)
+        }
+        _ if record_seq == 0 && first > 1 => Err(needs_copy(format!(
+            "this node's store is empty and the journal stream was trimmed (it starts at message {first})"
+        ))),
+        _ if record_seq == 0 => Ok(StreamPosition::default()),
+        kept => {
+            let found = locate_in_stream(runtime, cluster, store, record_seq)?;
+            tracing::info!(
+                kept = ?kept,
+                record_seq = found.record_seq,
+                stream_seq = found.stream_seq,
+                "the local store was placed in the journal stream by a search"
+            );
+            Ok(found)
+        }
+    }
+}
+
+/// Reports `position` before anything is read, so the stream keeps
+/// everything after it from the leader's next trim on; `Some(position)`
+/// once reported (a failed report is made again by the reporter).
+fn report_now(
+    runtime: &Handle,
+    cluster: &Cluster,
+    node: &str,
+    position: StreamPosition,
+) -> Option<StreamPosition> {
+    let reported = runtime
+        .block_on(async {
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                cluster.nodes.report(node, report_of(position)),
+            )
+            .await
+        })
+        .map_err(|_| "timed out".to_owned())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    match reported {
+        Ok(()) => Some(position),
+        Err(e) => {
+            tracing::warn!(error = %e, "this node's position could not be reported yet; it is reported again in a few seconds");
+            None
+        }
     }
 }
 

@@ -19,7 +19,7 @@
 
 use crate::cluster::{ClusterName, LeaseConfig};
 use crate::engine::cluster_node::{describe_metrics, ClusterNode, ClusterSettings, ClusterStatus};
-use crate::engine::{Engine, Readiness, SystemClock};
+use crate::engine::{Engine, EngineConfig, Readiness, SystemClock};
 use crate::http::demo;
 use crate::http::error::ApiError;
 use crate::http::layers::CorsOrigins;
@@ -210,18 +210,6 @@ pub fn run(
     cors: Option<CorsOrigins>,
 ) -> Result<ClusterExit, crate::CliError> {
     let mut config = engine_config(args);
-    let (world, report) = recover_for_serving_under(&store, &config.limits).map_err(|e| {
-        format!(
-            "cannot recover the data dir {}: {e}",
-            args.data_dir.display()
-        )
-    })?;
-    tracing::info!(
-        snapshot_seq = report.snapshot_seq,
-        records_replayed = report.records_replayed,
-        last_seq = report.last_seq,
-        "local store recovered"
-    );
     // The cluster's connection, lease and journal I/O; the journal writer
     // and the follower wait on it from their own threads.
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -229,22 +217,7 @@ pub fn run(
         .thread_name("cluster")
         .enable_all()
         .build()?;
-    describe_metrics();
-    let node = ClusterNode::join(
-        runtime.handle().clone(),
-        &settings,
-        args.data_dir.clone(),
-        world,
-        Box::new(store),
-        config.journal.clone(),
-    )
-    .map_err(|e| format!("cannot join the cluster: {e}"))?;
-    // A batch is one stream message: keep it well inside one (a batch may
-    // pass its limit by one record).
-    config.journal.batch_bytes_max = config
-        .journal
-        .batch_bytes_max
-        .min(node.max_batch_bytes() / 2);
+    let node = join(args, &settings, store, &mut config, &runtime)?;
     let status = node.status();
     let lease = node.lease();
     let (lead_tx, lead_rx) = tokio::sync::oneshot::channel();
@@ -253,30 +226,7 @@ pub fn run(
         .spawn(move || {
             let _ = lead_tx.send(node.follow_until_leader());
         })?;
-
-    // A standby until the follower hands over, or a signal.
-    let standby_listener = listener.try_clone()?;
-    standby_listener.set_nonblocking(true)?;
-    let handed = runtime.block_on(async {
-        let local = standby_listener.local_addr()?;
-        let standby_listener = tokio::net::TcpListener::from_std(standby_listener)?;
-        tracing::info!(addr = %local, node = %settings.node_id, "listening as a standby");
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(
-            axum::serve(standby_listener, standby_router(status.clone()))
-                .with_graceful_shutdown(async {
-                    let _ = stop_rx.await;
-                })
-                .into_future(),
-        );
-        let handed = tokio::select! {
-            handed = lead_rx => Some(handed),
-            () = shutdown_signal() => None,
-        };
-        let _ = stop_tx.send(());
-        let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
-        Ok::<_, std::io::Error>(handed)
-    })?;
+    let handed = runtime.block_on(serve_as_standby(&listener, &settings, &status, lead_rx))?;
     let leading = match handed {
         None => {
             tracing::info!("stopped as a standby");
@@ -353,6 +303,77 @@ pub fn run(
     served?;
     tracing::info!("stopped as the leader");
     Ok(ClusterExit::Stopped)
+}
+
+/// Recovers the local store and joins the cluster as a node (a standby
+/// until the lease makes it leader); fits the journal's batches to the
+/// stream's messages.
+fn join(
+    args: &ServeArgs,
+    settings: &ClusterSettings,
+    store: SledStore,
+    config: &mut EngineConfig,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<ClusterNode, crate::CliError> {
+    let (world, report) = recover_for_serving_under(&store, &config.limits).map_err(|e| {
+        format!(
+            "cannot recover the data dir {}: {e}",
+            args.data_dir.display()
+        )
+    })?;
+    tracing::info!(
+        snapshot_seq = report.snapshot_seq,
+        records_replayed = report.records_replayed,
+        last_seq = report.last_seq,
+        "local store recovered"
+    );
+    describe_metrics();
+    let node = ClusterNode::join(
+        runtime.handle().clone(),
+        settings,
+        args.data_dir.clone(),
+        world,
+        Box::new(store),
+        config.journal.clone(),
+    )
+    .map_err(|e| format!("cannot join the cluster: {e}"))?;
+    // A batch is one stream message: keep it well inside one (a batch may
+    // pass its limit by one record).
+    config.journal.batch_bytes_max = config
+        .journal
+        .batch_bytes_max
+        .min(node.max_batch_bytes() / 2);
+    Ok(node)
+}
+
+/// Answers as a standby on `listener` until the follower hands over
+/// (`Some`, what it handed) or a signal (`None`).
+async fn serve_as_standby<T>(
+    listener: &std::net::TcpListener,
+    settings: &ClusterSettings,
+    status: &Arc<ClusterStatus>,
+    handed: tokio::sync::oneshot::Receiver<T>,
+) -> std::io::Result<Option<Result<T, tokio::sync::oneshot::error::RecvError>>> {
+    let standby_listener = listener.try_clone()?;
+    standby_listener.set_nonblocking(true)?;
+    let local = standby_listener.local_addr()?;
+    let standby_listener = tokio::net::TcpListener::from_std(standby_listener)?;
+    tracing::info!(addr = %local, node = %settings.node_id, "listening as a standby");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        axum::serve(standby_listener, standby_router(status.clone()))
+            .with_graceful_shutdown(async {
+                let _ = stop_rx.await;
+            })
+            .into_future(),
+    );
+    let handed = tokio::select! {
+        handed = handed => Some(handed),
+        () = shutdown_signal() => None,
+    };
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    Ok(handed)
 }
 
 /// Starts this program again in this process, with its arguments and

@@ -351,20 +351,28 @@ pub(crate) async fn assert_holds(shop: &Shop, base: &str, acked: &Acked) {
     }
 }
 
-struct Setup {
-    nats: NatsCluster,
-    _dir: tempfile::TempDir,
-    a: Node,
-    b: Node,
-    shop: Shop,
+pub(crate) struct Setup {
+    pub(crate) nats: NatsCluster,
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) a: Node,
+    pub(crate) b: Node,
+    pub(crate) shop: Shop,
 }
 
 /// Three nats-servers; node a leads, node b follows.
 async fn setup() -> Setup {
+    setup_with(&[]).await
+}
+
+/// As [`setup`], both nodes started with `extra` flags too.
+pub(crate) async fn setup_with(extra: &[&str]) -> Setup {
     let nats = NatsCluster::start(3);
     let dir = tempfile::tempdir().expect("tempdir");
     let mut a = Node::new("a", dir.path(), nats.urls());
     let mut b = Node::new("b", dir.path(), nats.urls());
+    for node in [&mut a, &mut b] {
+        node.extra = extra.iter().map(|s| s.to_string()).collect();
+    }
     let client = reqwest::Client::new();
     a.start();
     wait_ready(&client, &a, "ready", Duration::from_secs(30)).await;
@@ -377,7 +385,7 @@ async fn setup() -> Setup {
     };
     Setup {
         nats,
-        _dir: dir,
+        dir,
         a,
         b,
         shop,

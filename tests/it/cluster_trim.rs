@@ -7,20 +7,21 @@
 //! stops at start and asks for a copy of a current node's data dir.
 
 use crate::cluster_engine::{
-    assert_holds, gauge, populate, start_load, wait_paid, wait_ready, Node, Shop,
+    assert_holds, gauge, populate, setup_with, start_load, wait_paid, wait_ready, Node, Setup, Shop,
 };
 use crate::cluster_support::NatsCluster;
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// The sentence a node that cannot follow a trimmed stream stops with.
 const NEEDS_COPY: &str = "needs a copy of a current node's data dir";
 
+const TRIM_EVERY_SECOND: [&str; 2] = ["--cluster-trim-secs", "1"];
+
 fn node(id: &'static str, dir: &std::path::Path, nats: &NatsCluster) -> Node {
     let mut node = Node::new(id, dir, nats.urls());
-    node.extra = vec!["--cluster-trim-secs".into(), "1".into()];
+    node.extra = TRIM_EVERY_SECOND.iter().map(|s| s.to_string()).collect();
     node
 }
 
@@ -142,20 +143,13 @@ fn forget(nats: &NatsCluster, id: &str) -> (bool, String) {
 async fn the_stream_is_trimmed_below_the_least_report_held_by_a_node_away_and_released_by_cluster_forget(
 ) {
     // proves under load: the stream's first sequence advances while both nodes keep up; a killed standby's report never exceeds its kept position and holds trimming there; restarted (its place found by a search of the trimmed stream) it catches up and trimming resumes; an empty node joining after a trim and a forgotten node whose store the stream passed stop with the sentence; cluster-forget refuses the leader and releases a departed node; every acknowledged effect is held by the leader that took over
-    let nats = NatsCluster::start(3);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut a = node("a", dir.path(), &nats);
-    let mut b = node("b", dir.path(), &nats);
-    let client = reqwest::Client::new();
-    a.start();
-    wait_ready(&client, &a, "ready", Duration::from_secs(30)).await;
-    b.start();
-    wait_ready(&client, &b, "standby", Duration::from_secs(30)).await;
-    let shop = Shop {
-        client,
-        bases: vec![a.base(), b.base()],
-        leader: Arc::new(AtomicUsize::new(0)),
-    };
+    let Setup {
+        nats,
+        dir,
+        mut a,
+        mut b,
+        shop,
+    } = setup_with(&TRIM_EVERY_SECOND).await;
     populate(&shop).await;
     let (stop, acked, task) = start_load(&shop);
     wait_paid(&acked, 30).await;
