@@ -31,6 +31,7 @@ fn small(workload: Workload) -> BenchArgs {
 
 #[test]
 fn every_workload_runs_on_sled_and_passes_its_invariant_check() {
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
     for workload in [
         Workload::Charge,
         Workload::OrderPay,
@@ -79,6 +80,7 @@ fn every_workload_runs_on_sled_and_passes_its_invariant_check() {
 /// sink down for the whole run leaves every paid order in the backlog.
 #[test]
 fn the_benchs_http_sink_takes_every_paid_order_and_the_report_says_so() {
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
     let args = BenchArgs {
         data_platform: SinkChoice::Http,
         ..small(Workload::OrderPay)
@@ -120,6 +122,7 @@ fn the_benchs_http_sink_takes_every_paid_order_and_the_report_says_so() {
 
 #[test]
 fn coupon_flash_stops_when_every_user_has_asked_once() {
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
     let args = BenchArgs {
         users: Some(300),
         duration_secs: 30.0,
@@ -135,6 +138,7 @@ fn coupon_flash_stops_when_every_user_has_asked_once() {
 
 #[test]
 fn the_memory_store_gives_the_same_checks() {
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
     let args = BenchArgs {
         store: StoreChoice::Memory,
         ..small(Workload::OrderPay)
@@ -146,6 +150,7 @@ fn the_memory_store_gives_the_same_checks() {
 
 #[test]
 fn workers_on_their_own_threads_give_the_same_checks() {
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
     for threads in [None, Some(2)] {
         let args = BenchArgs {
             clients_on: Some(ClientsOn::Own),
@@ -167,6 +172,7 @@ fn workers_on_their_own_threads_give_the_same_checks() {
 
 #[test]
 fn workers_on_the_engines_threads_need_the_embedded_engine() {
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
     let over_http = BenchArgs {
         url: Some("http://127.0.0.1:9".into()),
         clients_on: Some(ClientsOn::Engine),
@@ -185,7 +191,8 @@ fn workers_on_the_engines_threads_need_the_embedded_engine() {
 
 #[test]
 fn open_loop_sends_what_the_schedule_says() {
-    // 2,000/s over a 0.5 s window is 1,000 due operations, whatever the latency.
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
+                                         // 2,000/s over a 0.5 s window is 1,000 due operations, whatever the latency.
     let args = BenchArgs {
         rate: Some(2_000.0),
         duration_secs: 0.5,
@@ -276,6 +283,7 @@ fn paid(id: u64) -> SettledOrders {
 
 #[test]
 fn check_accepts_a_world_that_holds_every_acknowledgement() {
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
     let (fixture, tally) = tally_of_that_world();
     let v = check_world(&world_with_a_paid_order(), &fixture, &tally, &paid(1));
     assert!(v.is_empty(), "{v:?}");
@@ -283,6 +291,7 @@ fn check_accepts_a_world_that_holds_every_acknowledgement() {
 
 #[test]
 fn check_reports_an_acknowledged_charge_that_is_missing() {
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
     let (fixture, tally) = tally_of_that_world();
     tally.charged[0].fetch_add(100, Ordering::Relaxed);
     let v = check_world(&world_with_a_paid_order(), &fixture, &tally, &paid(1));
@@ -291,6 +300,7 @@ fn check_reports_an_acknowledged_charge_that_is_missing() {
 
 #[test]
 fn check_reports_an_acknowledged_payment_that_did_not_survive() {
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
     let (fixture, tally) = tally_of_that_world();
     let v = check_world(&world_with_a_paid_order(), &fixture, &tally, &paid(2));
     assert!(v.iter().any(|m| m.contains("order 2")), "{v:?}");
@@ -298,6 +308,7 @@ fn check_reports_an_acknowledged_payment_that_did_not_survive() {
 
 #[test]
 fn check_reports_broken_stock_conservation() {
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
     let (fixture, tally) = tally_of_that_world();
     let mut world = world_with_a_paid_order();
     world.products[0].stock += 1;
@@ -307,6 +318,7 @@ fn check_reports_broken_stock_conservation() {
 
 #[test]
 fn with_unknown_outcomes_more_than_acknowledged_is_accepted_but_less_is_not() {
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
     let (fixture, tally) = tally_of_that_world();
     tally.unknown.store(1, Ordering::Relaxed);
     tally.sold_units[0].store(0, Ordering::Relaxed);
@@ -318,7 +330,8 @@ fn with_unknown_outcomes_more_than_acknowledged_is_accepted_but_less_is_not() {
 
 #[test]
 fn check_reports_an_acknowledged_refund_that_did_not_survive() {
-    // proves the refund checks: money (charges - payments + refunds), stock and the order's status each catch a refund the world lacks
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
+                                         // proves the refund checks: money (charges - payments + refunds), stock and the order's status each catch a refund the world lacks
     let (fixture, tally) = tally_of_that_world();
     tally.refunded[0].store(1_000, Ordering::Relaxed);
     tally.refunded_units[0].store(1, Ordering::Relaxed);
@@ -334,7 +347,8 @@ fn check_reports_an_acknowledged_refund_that_did_not_survive() {
 
 #[test]
 fn a_refund_whose_answer_never_came_may_be_recovered_paid() {
-    // proves an unknown refund relaxes the order's status check: recovered paid is accepted
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
+                                         // proves an unknown refund relaxes the order's status check: recovered paid is accepted
     let (fixture, tally) = tally_of_that_world();
     tally.unknown.store(1, Ordering::Relaxed);
     tally.refund_unknown_units[0].store(1, Ordering::Relaxed);
@@ -349,7 +363,8 @@ fn a_refund_whose_answer_never_came_may_be_recovered_paid() {
 
 #[test]
 fn mixed_refunds_paid_orders_and_its_check_covers_them() {
-    // proves mixed's refund share: refunds succeed with a latency line of their own, and the recovered world matches money and stock with them
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
+                                         // proves mixed's refund share: refunds succeed with a latency line of their own, and the recovered world matches money and stock with them
     let args = BenchArgs {
         duration_secs: 0.5,
         ..small(Workload::Mixed)

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_over_http_times_each_request_and_passes_its_invariant_check() {
-    // proves the bench's HTTP client against the real server: ops succeed, each request is timed, the server's RSS is sampled, invariants hold
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
+                                         // proves the bench's HTTP client against the real server: ops succeed, each request is timed, the server's RSS is sampled, invariants hold
     let server = common_http::TestServer::start().await;
     for workload in [Workload::OrderPay, Workload::Mixed] {
         let args = BenchArgs {
@@ -88,7 +89,8 @@ async fn bench_over_http_times_each_request_and_passes_its_invariant_check() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_with_keys_sends_a_new_idempotency_key_on_every_change() {
-    // proves --keys: each change request carries a key of its own, so the server keeps one key per change and replays none
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
+                                         // proves --keys: each change request carries a key of its own, so the server keeps one key per change and replays none
     let server = common_http::TestServer::start().await;
     let args = BenchArgs {
         url: Some(server.base.clone()),
@@ -148,7 +150,8 @@ async fn paid_orders(client: &reqwest::Client, base: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_killed_mid_run_ends_the_bench_as_unreachable_not_violated() {
-    // proves the CLI: a SIGKILLed server stops a 60 s run within seconds, exit code 2, the report says unreachable and lists no violation
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
+                                         // proves the CLI: a SIGKILLed server stops a 60 s run within seconds, exit code 2, the report says unreachable and lists no violation
     let dir = tempfile::tempdir().expect("tmp");
     let addr = format!("127.0.0.1:{}", closed_port());
     let base = format!("http://{addr}");
@@ -233,7 +236,8 @@ async fn a_server_killed_mid_run_ends_the_bench_as_unreachable_not_violated() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checks_that_cannot_reach_the_server_are_unreachable_not_violations() {
-    // proves the remote check's classification: every read of a dead address is listed as unreachable (bounded), none as a violation
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
+                                         // proves the remote check's classification: every read of a dead address is listed as unreachable (bounded), none as a violation
     use commerce_engine::bench::check::{check_remote, SettledOrders};
     use commerce_engine::bench::target::{HttpTarget, Target};
     use commerce_engine::bench::workload::{Fixture, Tally};
@@ -265,7 +269,8 @@ async fn checks_that_cannot_reach_the_server_are_unreachable_not_violations() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bench_says_what_it_writes_and_refuses_a_dead_address_at_once() {
-    // proves the warning on stderr before any write (users, products), and a clear failure without setup against nothing
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
+                                         // proves the warning on stderr before any write (users, products), and a clear failure without setup against nothing
     let server = common_http::TestServer::start().await;
     let out = tokio::task::spawn_blocking({
         let url = server.base.clone();

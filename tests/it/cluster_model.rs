@@ -475,7 +475,8 @@ fn publish(w: &mut World, n: usize) {
 
 #[test]
 fn a_leader_that_renews_then_publishes_has_its_batch_acknowledged_where_the_stream_put_it() {
-    // Proves the plain path: acquire, marker, renew, append.
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
+                                         // Proves the plain path: acquire, marker, renew, append.
     let mut w = World::fair();
     lead(&mut w, A);
     w.run(&[Advance, Tick(A, Answered), Advance]);
@@ -486,7 +487,8 @@ fn a_leader_that_renews_then_publishes_has_its_batch_acknowledged_where_the_stre
 
 #[test]
 fn a_leader_whose_renewals_are_lost_stops_before_its_key_expires_and_never_sends_again() {
-    // Proves a node that cannot renew loses its permit at its deadline, before the TTL.
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
+                                         // Proves a node that cannot renew loses its permit at its deadline, before the TTL.
     let mut w = World::fair();
     lead(&mut w, A);
     w.run(&[Advance, Tick(A, RequestLost), Advance]);
@@ -503,7 +505,8 @@ fn a_leader_whose_renewals_are_lost_stops_before_its_key_expires_and_never_sends
 
 #[test]
 fn a_renewal_lost_on_the_way_back_is_adopted_on_the_next_refusal_and_leadership_goes_on() {
-    // Proves an unanswered but stored renewal does not cost the lease.
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
+                                         // Proves an unanswered but stored renewal does not cost the lease.
     let mut w = World::fair();
     lead(&mut w, A);
     w.run(&[Advance, Tick(A, ReplyLost), Nudge]);
@@ -519,7 +522,8 @@ fn a_renewal_lost_on_the_way_back_is_adopted_on_the_next_refusal_and_leadership_
 
 #[test]
 fn an_old_leader_paused_past_the_ttl_is_fenced_on_append_and_loses_the_lease_on_renewal() {
-    // Proves the pause scenario in both orders of the old leader's wake-up.
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
+                                         // Proves the pause scenario in both orders of the old leader's wake-up.
     for append_first in [true, false] {
         let mut w = World::fair();
         lead(&mut w, A);
@@ -552,7 +556,8 @@ fn an_old_leader_paused_past_the_ttl_is_fenced_on_append_and_loses_the_lease_on_
 
 #[test]
 fn an_old_leaders_append_landing_before_the_new_leaders_marker_is_kept_and_applied_first() {
-    // Proves a stray append is not lost: the new leader's marker is refused, it applies, then opens its term.
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
+                                         // Proves a stray append is not lost: the new leader's marker is refused, it applies, then opens its term.
     let mut w = World::fair();
     lead(&mut w, A);
     w.run(&[Prepare(A)]);
@@ -573,7 +578,8 @@ fn an_old_leaders_append_landing_before_the_new_leaders_marker_is_kept_and_appli
 
 #[test]
 fn two_nodes_racing_to_take_a_free_lease_end_with_exactly_one_leader() {
-    // Proves create is exclusive and the loser learns who won.
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
+                                         // Proves create is exclusive and the loser learns who won.
     for first in [A, B] {
         let second = 1 - first;
         let mut w = World::fair();
@@ -589,7 +595,8 @@ fn two_nodes_racing_to_take_a_free_lease_end_with_exactly_one_leader() {
 
 #[test]
 fn an_append_whose_ack_was_lost_is_sent_again_and_stored_once() {
-    // Proves resends under the same message id are deduplicated, before and after the stream moved on.
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
+                                         // Proves resends under the same message id are deduplicated, before and after the stream moved on.
     let mut w = World::fair();
     lead(&mut w, A);
     w.run(&[
@@ -611,7 +618,8 @@ fn an_append_whose_ack_was_lost_is_sent_again_and_stored_once() {
 
 #[test]
 fn a_send_in_doubt_when_the_lease_ends_is_reported_as_unknown_and_stored_at_most_once() {
-    // Proves an unanswered append is never counted as acknowledged after the permit ends.
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
+                                         // Proves an unanswered append is never counted as acknowledged after the permit ends.
     let mut w = World::fair();
     lead(&mut w, A);
     w.run(&[Prepare(A), Land(A, ReplyLost), Advance, Advance, Prepare(A)]);
@@ -637,7 +645,8 @@ fn exhaust(start: &World, alphabet: &[Event], depth: usize) -> u64 {
 
 #[test]
 fn every_schedule_of_six_steps_of_two_nodes_from_a_free_lease_keeps_the_invariants() {
-    // Proves safety over all orderings of acquire, marker, append and time from scratch.
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
+                                         // Proves safety over all orderings of acquire, marker, append and time from scratch.
     let alphabet = [
         Tick(A, Answered),
         Tick(B, Answered),
@@ -652,7 +661,8 @@ fn every_schedule_of_six_steps_of_two_nodes_from_a_free_lease_keeps_the_invarian
 
 #[test]
 fn every_schedule_of_six_steps_with_lost_replies_from_an_established_leader_keeps_the_invariants() {
-    // Proves safety over all orderings of renewals, lost replies, stray appends and takeover.
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
+                                         // Proves safety over all orderings of renewals, lost replies, stray appends and takeover.
     let mut start = World::fair();
     lead(&mut start, A);
     publish(&mut start, A);
@@ -673,7 +683,8 @@ fn every_schedule_of_six_steps_with_lost_replies_from_an_established_leader_keep
 
 #[test]
 fn every_schedule_of_six_steps_from_a_paused_leader_with_a_send_in_flight_keeps_the_invariants() {
-    // Proves safety when the old leader's append is in flight across the TTL.
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
+                                         // Proves safety when the old leader's append is in flight across the TTL.
     let mut start = World::fair();
     lead(&mut start, A);
     publish(&mut start, A);
@@ -736,7 +747,8 @@ fn random_schedules(
 
 #[test]
 fn random_schedules_with_clock_drift_and_server_skew_within_the_guard_keep_one_permit_at_a_time() {
-    // Proves exclusivity holds for node clocks 10% fast or slow and servers up to 500 ms ahead.
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
+                                         // Proves exclusivity holds for node clocks 10% fast or slow and servers up to 500 ms ahead.
     let (overlapped, acked) = random_schedules(
         |rng| {
             let clock = |rng: &mut Rng| NodeClock {
@@ -755,7 +767,8 @@ fn random_schedules_with_clock_drift_and_server_skew_within_the_guard_keep_one_p
 
 #[test]
 fn with_the_servers_clock_far_ahead_two_permits_overlap_yet_the_fence_loses_and_doubles_nothing() {
-    // Proves the fence, not the lease, is what keeps acknowledged batches safe.
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
+                                         // Proves the fence, not the lease, is what keeps acknowledged batches safe.
     let (overlapped, acked) = random_schedules(
         |_| {
             let c = NodeClock {

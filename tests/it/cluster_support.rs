@@ -33,36 +33,7 @@ pub struct NatsCluster {
     dir: tempfile::TempDir,
     servers: Vec<Server>,
     /// Dropped last, after the servers are gone.
-    one_at_a_time: Option<OneAtATime>,
-}
-
-/// One NATS cluster at a time in this test process: several clusters
-/// electing leaders at once on a 2-core machine, besides the other tests,
-/// miss their own timeouts. Held by a `NatsCluster` (and `Send`, unlike a
-/// mutex guard, for async tests).
-struct OneAtATime;
-
-static CLUSTER_RUNNING: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
-static CLUSTER_DONE: std::sync::Condvar = std::sync::Condvar::new();
-
-impl OneAtATime {
-    fn take() -> OneAtATime {
-        let mut running = CLUSTER_RUNNING.lock().unwrap_or_else(|e| e.into_inner());
-        while *running {
-            running = CLUSTER_DONE
-                .wait(running)
-                .unwrap_or_else(|e| e.into_inner());
-        }
-        *running = true;
-        OneAtATime
-    }
-}
-
-impl Drop for OneAtATime {
-    fn drop(&mut self) {
-        *CLUSTER_RUNNING.lock().unwrap_or_else(|e| e.into_inner()) = false;
-        CLUSTER_DONE.notify_one();
-    }
+    one_at_a_time: Option<crate::quiet::Exclusive>,
 }
 
 impl NatsCluster {
@@ -71,7 +42,8 @@ impl NatsCluster {
     /// bind (the server exits) makes a new start, on new ports, twice at most.
     pub fn start(n: usize) -> NatsCluster {
         assert!(n == 1 || n == 3, "1 or 3 servers");
-        let mut one_at_a_time = OneAtATime::take();
+        // One NATS cluster at a time, and no CPU-heavy test beside it (`quiet`).
+        let mut one_at_a_time = crate::quiet::exclusive();
         for attempt in 1.. {
             match NatsCluster::try_start(n, one_at_a_time) {
                 Ok(cluster) => return cluster,
@@ -85,7 +57,10 @@ impl NatsCluster {
         unreachable!("the loop returns or panics")
     }
 
-    fn try_start(n: usize, one_at_a_time: OneAtATime) -> Result<NatsCluster, (OneAtATime, String)> {
+    fn try_start(
+        n: usize,
+        one_at_a_time: crate::quiet::Exclusive,
+    ) -> Result<NatsCluster, (crate::quiet::Exclusive, String)> {
         let bin = nats_server_bin();
         let dir = tempfile::tempdir().expect("tempdir");
         let ports: Vec<(u16, u16, u16)> = (0..n)
@@ -131,7 +106,7 @@ impl NatsCluster {
     }
 
     /// Kills every server; hands back the guard for the next start.
-    fn stop_all(mut self) -> OneAtATime {
+    fn stop_all(mut self) -> crate::quiet::Exclusive {
         for i in 0..self.servers.len() {
             self.kill(i);
         }

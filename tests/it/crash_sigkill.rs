@@ -423,6 +423,7 @@ fn take_pending(rng: &mut Rng, s: &mut Shared) -> Option<OrderId> {
 #[test]
 #[ignore = "run in a child process by acknowledged_effects_survive_sigkill"]
 fn crash_worker() {
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
     let Ok(dir) = std::env::var("CRASH_DIR") else {
         return;
     };
@@ -1095,6 +1096,7 @@ fn run_round(dir: &Path, round: u32, seed: u64, rng: &mut Rng) -> Vec<String> {
 /// and every payment and refund reaches the data platform's sink.
 #[test]
 fn acknowledged_effects_survive_sigkill() {
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
     let seed = std::env::var("CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())

@@ -77,7 +77,8 @@ async fn order_and_pay(s: &TestServer, user: u64, product: u64, quantity: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_renders_the_engines_numbers_live_under_load_without_errors() {
-    // proves the page in Chromium shows paid orders, statuses, the top product, low stock and a campaign's remaining exactly as the engine has them after load put on it while open, its throughput chart drawn, with no script or console error
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
+                                         // proves the page in Chromium shows paid orders, statuses, the top product, low stock and a campaign's remaining exactly as the engine has them after load put on it while open, its throughput chart drawn, with no script or console error
     let started = Instant::now();
     let engine = common_http::start_engine(Box::new(MemoryStore::new()), Arc::new(SystemClock));
     let s = TestServer::start_on_engine_threads(engine, HttpSettings::new(TOKEN)).await;
@@ -244,7 +245,8 @@ async fn the_dashboard_renders_the_engines_numbers_live_under_load_without_error
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_asks_for_the_token_once_per_tab_and_says_when_it_is_refused() {
-    // proves the form: a wrong token is refused with a message, the right one opens the board and is kept across a reload of the tab, "Forget token" asks again
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
+                                         // proves the form: a wrong token is refused with a message, the right one opens the board and is kept across a reload of the tab, "Forget token" asks again
     let s = TestServer::start().await;
     let browser = Browser::launch();
     let mut page = browser.page().await;

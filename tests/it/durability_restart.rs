@@ -94,12 +94,14 @@ fn run_restart_round_trip(config: EngineConfig, store: impl Store + Clone) {
 /// histories, coupons, carts, orders, stock, ranking and keys.
 #[test]
 fn memory_store_restart_shows_identical_state() {
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
     run_restart_round_trip(config(), MemoryStore::new());
 }
 
 /// Same on sled, reopened from its directory.
 #[test]
 fn sled_restart_shows_identical_state() {
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
     let dir = tempfile::tempdir().unwrap();
     let config = config();
     let rt = runtime();
@@ -135,6 +137,7 @@ fn snapshotting_config() -> EngineConfig {
 /// a restart (snapshots plus the short journal tail) still shows the same state.
 #[test]
 fn frequent_snapshots_trim_the_journal_and_restart_identically() {
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
     let store = MemoryStore::new();
     let rt = runtime();
     let clock = manual_clock();
@@ -167,6 +170,7 @@ fn frequent_snapshots_trim_the_journal_and_restart_identically() {
 /// the reopened directory holds only the journal tail.
 #[test]
 fn sled_snapshots_trim_the_journal_and_restart_identically() {
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
     let clock = manual_clock();
@@ -217,6 +221,7 @@ fn sled_snapshots_trim_the_journal_and_restart_identically() {
 /// them, no shutdown snapshot) recovers to exactly what was acknowledged.
 #[test]
 fn recovery_replays_journal_records_written_after_the_last_snapshot() {
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
     let store = MemoryStore::new();
     let rt = runtime();
     let clock = manual_clock();
@@ -277,6 +282,7 @@ fn recovery_replays_journal_records_written_after_the_last_snapshot() {
 /// millisecond early, then expires on time, and its stock and coupon return.
 #[test]
 fn pending_orders_keep_their_expiry_across_a_restart() {
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
     let store = MemoryStore::new();
     let rt = runtime();
     let clock = manual_clock();
@@ -358,6 +364,7 @@ fn pending_orders_keep_their_expiry_across_a_restart() {
 /// the SIGKILL crash test in its second round.
 #[test]
 fn replayed_records_survive_the_first_snapshot_after_a_restart() {
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
     let store = MemoryStore::new();
     let rt = runtime();
     let clock = manual_clock();
@@ -423,6 +430,7 @@ fn last_refund(o: &commerce_engine::domain::order::Order) -> (usize, Krw) {
 /// history and stock then add up.
 #[test]
 fn refunds_in_flight_at_a_crash_are_whole_or_absent_and_a_keyed_retry_refunds_once() {
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
     let store = MemoryStore::new();
     let rt = runtime();
     let clock = manual_clock();

@@ -79,7 +79,8 @@ fn tally<T>(results: &[Result<T, Error>]) -> HashMap<&'static str, usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_users_racing_for_fifty_coupons_get_exactly_fifty() {
-    // proves: a campaign never issues more than its quantity, whatever the concurrency
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
+                                         // proves: a campaign never issues more than its quantity, whatever the concurrency
     let (engine, store) = engine();
     let ids = users(&engine, 200).await;
     let coupon = campaign(&engine, 50).await;
@@ -106,7 +107,8 @@ async fn two_hundred_users_racing_for_fifty_coupons_get_exactly_fifty() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_user_asking_fifty_times_at_once_gets_exactly_one_coupon() {
-    // proves: one coupon per user per campaign under concurrency
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
+                                         // proves: one coupon per user per campaign under concurrency
     let (engine, store) = engine();
     let user = users(&engine, 1).await[0];
     let coupon = campaign(&engine, 100).await;
@@ -131,7 +133,8 @@ async fn one_user_asking_fifty_times_at_once_gets_exactly_one_coupon() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hundred_orders_on_stock_of_one_hundred_place_exactly_one_hundred() {
-    // proves: stock is never oversold and never negative under a race on one product
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
+                                         // proves: stock is never oversold and never negative under a race on one product
     let (engine, store) = engine();
     let ids = users(&engine, 300).await;
     let product = engine
@@ -154,7 +157,8 @@ async fn three_hundred_orders_on_stock_of_one_hundred_place_exactly_one_hundred(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_hundred_payments_on_a_balance_for_ten_pay_exactly_ten() {
-    // proves: a balance never goes negative; refused payments fail their order and return stock
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
+                                         // proves: a balance never goes negative; refused payments fail their order and return stock
     let (engine, store) = engine();
     let user = users(&engine, 1).await[0];
     let product = engine
@@ -204,8 +208,9 @@ struct Acked {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mixed_storm_conserves_stock_money_and_coupons() {
-    // proves: under seconds of concurrent charges, orders, payments, cancels, restocks and
-    // coupon issues over 50 users and 10 products, every conservation law holds exactly
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
+                                         // proves: under seconds of concurrent charges, orders, payments, cancels, restocks and
+                                         // coupon issues over 50 users and 10 products, every conservation law holds exactly
     const USERS: usize = 50;
     const PRODUCTS: usize = 10;
     const STOCK: u64 = 200;
@@ -398,8 +403,9 @@ impl commerce_engine::store::Store for SlowStore {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_journal_queue_answers_overloaded_and_changes_nothing() {
-    // proves DESIGN guarantee 7 at the engine: the journal queue is bounded, and a
-    // request refused for it is OVERLOADED and leaves no trace (only acknowledged charges count)
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
+                                         // proves DESIGN guarantee 7 at the engine: the journal queue is bounded, and a
+                                         // request refused for it is OVERLOADED and leaves no trace (only acknowledged charges count)
     let mut config = commerce_engine::engine::EngineConfig::default();
     config.journal.queue_records_max = 4;
     let store = SlowStore(commerce_engine::store::MemoryStore::new());
@@ -430,10 +436,11 @@ async fn a_full_journal_queue_answers_overloaded_and_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_product_read_right_after_an_answer_sees_exactly_what_it_changed() {
-    // proves: product reads (served from the actor's published shelf) see every
-    // change an earlier answer made, including stock given back by news the
-    // coordinator sends to the product after the fact (cancel, a refused
-    // payment, an abandoned hold), while eight products are busy at once
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
+                                         // proves: product reads (served from the actor's published shelf) see every
+                                         // change an earlier answer made, including stock given back by news the
+                                         // coordinator sends to the product after the fact (cancel, a refused
+                                         // payment, an abandoned hold), while eight products are busy at once
     let (engine, store) = engine();
     let empty = engine
         .create_product("sold out", Krw(10), 0, None)
@@ -503,8 +510,9 @@ async fn a_product_read_right_after_an_answer_sees_exactly_what_it_changed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cart_changes_racing_orders_from_the_cart_leave_the_cart_recovery_finds() {
-    // regression: a placed order's cart removal was applied before a cart change
-    // journaled ahead of it, so the live cart could differ from the recovered one
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
+                                         // regression: a placed order's cart removal was applied before a cart change
+                                         // journaled ahead of it, so the live cart could differ from the recovered one
     let (engine, store) = engine();
     let buyers = users(&engine, 8).await;
     let mut products = Vec::new();

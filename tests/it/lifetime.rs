@@ -261,6 +261,7 @@ fn key_tables(dir: &Path) -> usize {
 
 #[test]
 fn three_weeks_of_trade_keep_state_exact_memory_bounded_and_replay_short() {
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let clock = manual_clock();

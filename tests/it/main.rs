@@ -9,6 +9,7 @@ mod durability_support;
 mod engine_support;
 mod model_reference;
 mod platform_sink;
+mod quiet;
 
 mod bench_embedded;
 mod bench_http;

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 #[test]
 fn a_seeded_flash_sale_passes_every_check() {
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
     let args = SimulateArgs {
         users: 300,
         products: 8,
@@ -32,6 +33,7 @@ fn a_seeded_flash_sale_passes_every_check() {
 
 #[test]
 fn when_coupons_outnumber_askers_everyone_who_asked_gets_one() {
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
     let args = SimulateArgs {
         users: 100,
         products: 4,
@@ -47,6 +49,7 @@ fn when_coupons_outnumber_askers_everyone_who_asked_gets_one() {
 
 #[test]
 fn ranking_check_wants_most_units_first_and_ties_by_lower_id() {
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
     let sold: BTreeMap<ProductId, u64> = [(ProductId(3), 5), (ProductId(1), 5), (ProductId(2), 9)]
         .into_iter()
         .collect();

@@ -75,6 +75,7 @@ fn order(id: u64, user: u64, product: u64, coupon: Option<u64>, at: Timestamp) -
 /// gives back the same campaigns, products and archive sums.
 #[test]
 fn a_large_history_snapshots_under_a_64_kib_value_limit_and_recovers_whole() {
+    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
     let users = 150_000u64;
     let products = 3_000u64;
     let mut h = History {
