@@ -41,9 +41,11 @@
 //! [`Replicator::on_applied`]. When [`LeaseHandle::permit`] makes it the
 //! leader, it reads to the stream's end, opens its term with
 //! [`Replicator::begin_term`] (on `Behind`: apply what is new and begin
-//! again), and only then serves. Snapshots name the stream sequence they
-//! cover. A term marker (an empty message) holds no records: appliers
-//! skip it.
+//! again), and only then serves. Each node keeps the stream sequence its
+//! local store holds (`cluster-position`, with the record sequence), and
+//! the leader trims the stream below the least one the nodes report
+//! ([`trim`]). A term marker (an empty message) holds no records:
+//! appliers skip it.
 //!
 //! Stream sequences are not the journal's record sequences: a batch is one
 //! stream message and many records. The engine keeps both (the record
@@ -175,11 +177,11 @@ pub const JOIN_WITHIN: Duration = Duration::from_secs(30);
 const BIND_RETRY: Duration = Duration::from_millis(500);
 
 impl Cluster {
-    /// Connects to any of `urls` and binds (or creates) the journal stream,
-    /// the lease bucket and the node report bucket, with [`replicas_for`] replicas. A bind that
-    /// times out or finds JetStream not ready yet (a cluster electing its
-    /// leaders) is tried again, for [`JOIN_WITHIN`] in all; any other
-    /// failure is final at once.
+    /// Connects to any of `urls` and binds (or creates) the journal
+    /// stream, the lease bucket and the node report bucket, with
+    /// [`replicas_for`] replicas. A bind that times out or finds JetStream
+    /// not ready yet (a cluster electing its leaders) is tried again, for
+    /// [`JOIN_WITHIN`] in all; any other failure is final at once.
     pub async fn join(
         urls: &[String],
         name: &ClusterName,
