@@ -260,32 +260,15 @@ pub fn run(
         auth: crate::http::serve::auth_verifier(args)?,
         ..HttpSettings::new(admin_token)
     };
-    let signalled = Arc::new(AtomicBool::new(false));
-    let served = runtime.block_on(async {
-        tracing::info!(term, "serving as the leader");
-        let (stopping, flag, down) = (engine.clone(), signalled.clone(), status.clone());
-        let stop = async move {
-            tokio::select! {
-                () = shutdown_signal() => {
-                    flag.store(true, Ordering::Release);
-                    stopping.begin_stopping();
-                }
-                () = down.stepped_down() => {}
-            }
-        };
-        let serving = serve_on_engine_threads(engine.clone(), listener, http, stop);
-        let seeding = async {
-            if seed {
-                match demo::seed(&engine).await {
-                    Ok(_) => engine.set_starting(false),
-                    Err(e) => tracing::error!(error = %e, "the demo catalogue could not be seeded"),
-                }
-            }
-        };
-        let (served, ()) = tokio::join!(serving, seeding);
-        served
-    });
-    if !signalled.load(Ordering::Acquire) {
+    tracing::info!(term, "serving as the leader");
+    let (served, signalled) = runtime.block_on(serve_as_leader(
+        engine.clone(),
+        listener,
+        http,
+        status,
+        seed,
+    ));
+    if !signalled {
         // Stopped leading: whatever is in memory may hold a batch the
         // stream never took; the program starts again from its disk.
         // The runtime is left running until the program is replaced: the
@@ -303,6 +286,39 @@ pub fn run(
     served?;
     tracing::info!("stopped as the leader");
     Ok(ClusterExit::Stopped)
+}
+
+/// Serves as the leader until a signal (`true`) or until it stops
+/// leading (`false`), seeding the demo catalogue meanwhile if `seed`.
+async fn serve_as_leader(
+    engine: Engine,
+    listener: std::net::TcpListener,
+    http: HttpSettings,
+    status: Arc<ClusterStatus>,
+    seed: bool,
+) -> (std::io::Result<()>, bool) {
+    let signalled = Arc::new(AtomicBool::new(false));
+    let (stopping, flag) = (engine.clone(), signalled.clone());
+    let stop = async move {
+        tokio::select! {
+            () = shutdown_signal() => {
+                flag.store(true, Ordering::Release);
+                stopping.begin_stopping();
+            }
+            () = status.stepped_down() => {}
+        }
+    };
+    let serving = serve_on_engine_threads(engine.clone(), listener, http, stop);
+    let seeding = async {
+        if seed {
+            match demo::seed(&engine).await {
+                Ok(_) => engine.set_starting(false),
+                Err(e) => tracing::error!(error = %e, "the demo catalogue could not be seeded"),
+            }
+        }
+    };
+    let (served, ()) = tokio::join!(serving, seeding);
+    (served, signalled.load(Ordering::Acquire))
 }
 
 /// Recovers the local store and joins the cluster as a node (a standby
