@@ -107,6 +107,11 @@ impl Node {
             .is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
+    /// Whether any thread of the node panicked (its whole log, across restarts).
+    pub(crate) fn panicked(&self) -> bool {
+        std::fs::read_to_string(&self.log).is_ok_and(|text| text.contains("panicked at"))
+    }
+
     pub(crate) fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
@@ -522,6 +527,11 @@ async fn a_paused_leader_loses_nothing_acknowledged_after_the_takeover_and_ends_
     );
     let acked = std::mem::take(&mut *acked.lock().unwrap());
     assert_holds(&s.shop, &s.b.base(), &acked).await;
+    assert!(
+        !s.a.panicked(),
+        "its step-down panics no thread:\n{}",
+        s.a.log_tail()
+    );
 }
 
 /// Waits until the standby `node` has applied the whole stream.
@@ -653,6 +663,13 @@ async fn killing_the_journal_streams_leader_server_under_the_engine_stops_writes
     }
     let leader = leader.expect("a node leads");
     assert_holds(&s.shop, &leader, &acked).await;
+    for node in [&s.a, &s.b] {
+        assert!(
+            !node.panicked(),
+            "a step-down panics no thread:\n{}",
+            node.log_tail()
+        );
+    }
 }
 
 #[test]
