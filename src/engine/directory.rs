@@ -28,7 +28,8 @@ use tokio::sync::oneshot;
 
 pub struct Directory {
     registry: Arc<Registry>,
-    journal: JournalHandle,
+    /// Shared with the users' actors it starts ([`UserActor`]).
+    journal: Arc<JournalHandle>,
     limits: Arc<Limits>,
     user_coupon_ids: Arc<AtomicU64>,
     queue: CommitQueue<Created>,
@@ -57,7 +58,7 @@ impl Directory {
         );
         Directory {
             registry,
-            journal,
+            journal: Arc::new(journal),
             limits,
             user_coupon_ids,
             queue: CommitQueue::default(),
@@ -108,8 +109,12 @@ impl Journaled for Directory {
             Created::Product(product, reply) => {
                 let _ = reply.send(ok.map(|()| {
                     let (id, view) = (product.id.0, ProductView::from(&product));
-                    let product =
-                        ProductActor::launch(product, reg.arbiter_for(id), journal, limits);
+                    let product = ProductActor::launch(
+                        product,
+                        reg.arbiter_for(id),
+                        (*journal).clone(),
+                        limits,
+                    );
                     reg.products.push(id, product);
                     view
                 }));
@@ -119,7 +124,7 @@ impl Journaled for Directory {
                 let _ = reply.send(ok.map(|()| {
                     let (id, view) = (campaign.id.0, CouponView::from(&campaign));
                     let addr = CampaignActor::start_in_arbiter(reg.arbiter_for(id), move |_| {
-                        CampaignActor::new(campaign, journal, ids)
+                        CampaignActor::new(campaign, (*journal).clone(), ids)
                     });
                     reg.campaigns.push(id, addr);
                     view

@@ -155,11 +155,12 @@ where
         limits: &Arc<Limits>,
         user_coupon_ids: &Arc<AtomicU64>,
     ) -> Registry {
+        let shared = Arc::new(journal.clone());
         let users = self
             .users
             .into_iter()
             .map(|u| {
-                let (j, l) = (journal.clone(), limits.clone());
+                let (j, l) = (shared.clone(), limits.clone());
                 UserActor::start_in_arbiter(&at(arbiters, u.id.0), move |_| UserActor::new(u, j, l))
             })
             .collect();
