@@ -53,20 +53,11 @@ impl LeaseBucket {
         ttl: Duration,
     ) -> Result<LeaseBucket, ClusterError> {
         let bucket = name.lease_bucket();
-        let kv = match js.get_key_value(&bucket).await {
-            Ok(kv) => kv,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: bucket.clone(),
-                    history: 1,
-                    max_age: ttl,
-                    storage: stream::StorageType::File,
-                    num_replicas: replicas,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| super::create_kv_error("lease bucket", e))?,
+        let config = kv::Config {
+            max_age: ttl,
+            ..super::bucket_config(&bucket, replicas)
         };
+        let kv = super::bucket_or_create(js, config, "lease bucket").await?;
         let status = kv.status().await.map_err(|e| {
             let why = format!("lease bucket: {e}");
             match e.kind() {

@@ -157,6 +157,34 @@ fn create_kv_error(
     }
 }
 
+/// The key-value bucket `config.bucket`, bound, or created with `config`
+/// when it does not exist; `what` names it in errors.
+async fn bucket_or_create(
+    js: &async_nats::jetstream::Context,
+    config: async_nats::jetstream::kv::Config,
+    what: &str,
+) -> Result<async_nats::jetstream::kv::Store, ClusterError> {
+    match js.get_key_value(&config.bucket).await {
+        Ok(kv) => Ok(kv),
+        Err(_) => js
+            .create_key_value(config)
+            .await
+            .map_err(|e| create_kv_error(what, e)),
+    }
+}
+
+/// How the cluster's buckets are kept: one value per key (history 1), on
+/// file, with `replicas` replicas.
+fn bucket_config(bucket: &str, replicas: usize) -> async_nats::jetstream::kv::Config {
+    async_nats::jetstream::kv::Config {
+        bucket: bucket.to_owned(),
+        history: 1,
+        storage: async_nats::jetstream::stream::StorageType::File,
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}
+
 /// A bucket's stream could not be bound: worth another try when the
 /// request itself failed.
 fn get_stream_error(what: &str, e: async_nats::jetstream::context::GetStreamError) -> ClusterError {

@@ -46,19 +46,8 @@ impl NodeReports {
         replicas: usize,
     ) -> Result<NodeReports, ClusterError> {
         let bucket = name.nodes_bucket();
-        let kv = match js.get_key_value(&bucket).await {
-            Ok(kv) => kv,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: bucket.clone(),
-                    history: 1,
-                    storage: stream::StorageType::File,
-                    num_replicas: replicas,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| super::create_kv_error("node report bucket", e))?,
-        };
+        let config = super::bucket_config(&bucket, replicas);
+        let kv = super::bucket_or_create(js, config, "node report bucket").await?;
         NodeReports::bind(js, kv, bucket).await
     }
 

@@ -294,34 +294,13 @@ impl ClusterNode {
             &settings.name,
             &settings.lease,
         ))?;
-        let bounds = runtime.block_on(cluster.journal.bounds())?;
-        // Everything before `first` was trimmed (a stream that holds no
-        // message never had one: purges keep the last).
-        let (first, stream_last) = bounds.unwrap_or((1, 0));
-        let position = place_store(
-            &runtime,
-            &cluster,
-            kept,
-            (first, stream_last),
-            &*store,
-            world.seq,
-        )?;
+        let (position, stream_last) = place_store(&runtime, &cluster, kept, &*store, world.seq)?;
         if kept != Some(position) {
             // What the node reports must be what its disk holds.
             position.save(&data_dir)?;
         }
         let reported = report_now(&runtime, &cluster, &settings.node_id, position);
-        let lease_task = {
-            let _inside = runtime.enter();
-            LeaseTask::start(
-                cluster.lease_bucket.clone(),
-                LeaseState::new(
-                    settings.lease.clone(),
-                    settings.node_id.clone(),
-                    settings.advertise_url.clone(),
-                ),
-            )
-        };
+        let lease_task = start_lease(&runtime, &cluster, settings);
         let lease = lease_task.handle();
         let replicator = Replicator::new(
             cluster.journal.clone(),
@@ -335,22 +314,9 @@ impl ClusterNode {
         status.stream_last_seq.store(stream_last, Ordering::Relaxed);
         status.publish_metrics();
         let keeper = PositionKeeper::start(data_dir, position);
-        {
-            let _inside = runtime.enter();
-            cluster_trim::start_reporter(
-                cluster.nodes.clone(),
-                settings.node_id.clone(),
-                keeper.kept.clone(),
-                reported,
-            );
-            cluster_trim::start_trimmer(
-                cluster.journal.clone(),
-                cluster.nodes.clone(),
-                status.clone(),
-                lease.clone(),
-                settings.trim_every,
-            );
-        }
+        start_trimming(
+            &runtime, &cluster, settings, &keeper, reported, &status, &lease,
+        );
         tracing::info!(
             node = %settings.node_id,
             stream_seq = position.stream_seq,
@@ -632,19 +598,22 @@ impl Replica for StreamReplica {
     }
 }
 
-/// Where the local store (ending at record `record_seq`) stands in a
-/// stream holding messages `first..=stream_last`: the position kept after
-/// a local flush when it fits, else one found by a search of the stream;
-/// refused when the stream was trimmed past what the store holds.
+/// Where the local store (ending at record `record_seq`) stands in the
+/// stream, and the stream's last message: the position kept after a local
+/// flush when it fits, else one found by a search of the stream; refused
+/// when the stream was trimmed past what the store holds.
 fn place_store(
     runtime: &Handle,
     cluster: &Cluster,
     kept: Option<StreamPosition>,
-    (first, stream_last): (u64, u64),
     store: &dyn Store,
     record_seq: u64,
-) -> Result<StreamPosition, NodeError> {
-    match kept {
+) -> Result<(StreamPosition, u64), NodeError> {
+    let bounds = runtime.block_on(cluster.journal.bounds())?;
+    // Everything before `first` was trimmed (a stream that holds no
+    // message never had one: purges keep the last).
+    let (first, stream_last) = bounds.unwrap_or((1, 0));
+    let position = match kept {
         // The fast path: the position kept after a local flush. It may
         // be older than the store (a longer read), never newer; the
         // stream must still hold the message after it.
@@ -653,12 +622,14 @@ fn place_store(
                 && p.stream_seq <= stream_last
                 && p.stream_seq.saturating_add(1) >= first =>
         {
-            Ok(p)
+            p
         }
-        _ if record_seq == 0 && first > 1 => Err(needs_copy(format!(
-            "this node's store is empty and the journal stream was trimmed (it starts at message {first})"
-        ))),
-        _ if record_seq == 0 => Ok(StreamPosition::default()),
+        _ if record_seq == 0 && first > 1 => {
+            return Err(needs_copy(format!(
+                "this node's store is empty and the journal stream was trimmed (it starts at message {first})"
+            )))
+        }
+        _ if record_seq == 0 => StreamPosition::default(),
         kept => {
             let found = locate_in_stream(runtime, cluster, store, record_seq)?;
             tracing::info!(
@@ -667,9 +638,52 @@ fn place_store(
                 stream_seq = found.stream_seq,
                 "the local store was placed in the journal stream by a search"
             );
-            Ok(found)
+            found
         }
-    }
+    };
+    Ok((position, stream_last))
+}
+
+/// Starts the lease's task on `runtime`: from now on this node takes the
+/// lease when it is free.
+fn start_lease(runtime: &Handle, cluster: &Cluster, settings: &ClusterSettings) -> LeaseTask {
+    let _inside = runtime.enter();
+    LeaseTask::start(
+        cluster.lease_bucket.clone(),
+        LeaseState::new(
+            settings.lease.clone(),
+            settings.node_id.clone(),
+            settings.advertise_url.clone(),
+        ),
+    )
+}
+
+/// Starts, on `runtime`, the report of what `keeper` has kept (`reported`
+/// once already) and the trim of the stream below the nodes' reports,
+/// which purges while this node leads ([`cluster_trim`]).
+fn start_trimming(
+    runtime: &Handle,
+    cluster: &Cluster,
+    settings: &ClusterSettings,
+    keeper: &PositionKeeper,
+    reported: Option<StreamPosition>,
+    status: &Arc<ClusterStatus>,
+    lease: &LeaseHandle,
+) {
+    let _inside = runtime.enter();
+    cluster_trim::start_reporter(
+        cluster.nodes.clone(),
+        settings.node_id.clone(),
+        keeper.kept.clone(),
+        reported,
+    );
+    cluster_trim::start_trimmer(
+        cluster.journal.clone(),
+        cluster.nodes.clone(),
+        status.clone(),
+        lease.clone(),
+        settings.trim_every,
+    );
 }
 
 /// Reports `position` before anything is read, so the stream keeps

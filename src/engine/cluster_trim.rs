@@ -12,7 +12,8 @@
 //!   that holds trimming back is told at warn once it lags
 //!   [`FAR_BEHIND_MESSAGES`] behind the stream's end, once a minute.
 
-use crate::cluster::trim::{floor, lags_far, purge_through, FloorError};
+use crate::cluster::nodes::ReadReport;
+use crate::cluster::trim::{floor, lags_far, purge_through, Floor, FloorError};
 use crate::cluster::{JournalStream, LeaseHandle, NodeReport, NodeReports};
 use crate::engine::cluster_node::ClusterStatus;
 use crate::store::replicated::StreamPosition;
@@ -80,74 +81,115 @@ pub fn start_trimmer(
     lease: LeaseHandle,
     every: Duration,
 ) {
+    let mut trimmer = Trimmer {
+        journal,
+        nodes,
+        status,
+        lease,
+        warned: None,
+    };
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut warned: Option<Instant> = None;
         loop {
             tick.tick().await;
-            let Ok(Ok(bounds)) = tokio::time::timeout(REQUEST_WITHIN, journal.bounds()).await
-            else {
-                continue;
-            };
-            if let Some((first, _)) = bounds {
-                metrics::gauge!("cluster_stream_first_seq").set(first as f64);
-            }
-            let reports = match tokio::time::timeout(REQUEST_WITHIN, nodes.all()).await {
-                Ok(Ok(reports)) => reports,
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "the node reports could not be read");
-                    continue;
-                }
-                Err(_) => continue,
-            };
-            let leading = status.is_leading() && lease.permit().is_some();
-            let least = match floor(&reports) {
-                Ok(least) => least,
-                Err(FloorError::NoReports) => continue,
-                Err(e @ FloorError::Unreadable { .. }) => {
-                    if leading {
-                        tracing::warn!(error = %e, "the journal stream is not trimmed");
-                    }
-                    continue;
-                }
-            };
-            metrics::gauge!("cluster_trim_floor_seq").set(least.stream_seq as f64);
-            if !leading {
-                continue;
-            }
-            let last = bounds.map_or(0, |b| b.1);
-            if lags_far(least.stream_seq, last, FAR_BEHIND_MESSAGES)
-                && warned.is_none_or(|at| at.elapsed() >= WARN_EVERY)
-            {
-                warned = Some(Instant::now());
-                tracing::warn!(
-                    node = %least.node,
-                    reported = least.stream_seq,
-                    stream_last = last,
-                    "node {} holds the journal stream's trimming back: its store stands {} messages behind the stream's end; if it is gone for good, remove its report with cluster-forget",
-                    least.node,
-                    last.saturating_sub(least.stream_seq)
-                );
-            }
-            let Some(through) = purge_through(least.stream_seq, bounds) else {
-                continue;
-            };
-            // The lease may have ended while the reports were read.
-            if lease.permit().is_none() || !status.is_leading() {
-                continue;
-            }
-            match tokio::time::timeout(REQUEST_WITHIN, journal.purge_up_to(through)).await {
-                Ok(Ok(purged)) => {
-                    metrics::counter!("cluster_stream_purged_total").increment(purged);
-                    metrics::gauge!("cluster_stream_first_seq").set((through + 1) as f64);
-                    tracing::debug!(purged, through, holder = %least.node, "trimmed the journal stream");
-                }
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "trimming the journal stream failed; again next round")
-                }
-                Err(_) => tracing::warn!("trimming the journal stream timed out; again next round"),
-            }
+            trimmer.round().await;
         }
     });
+}
+
+/// What [`start_trimmer`]'s task holds.
+struct Trimmer {
+    journal: JournalStream,
+    nodes: NodeReports,
+    status: Arc<ClusterStatus>,
+    lease: LeaseHandle,
+    /// When the far-behind warning was last given.
+    warned: Option<Instant>,
+}
+
+impl Trimmer {
+    /// One round; a request that fails or does not answer ends it.
+    async fn round(&mut self) {
+        let Ok(Ok(bounds)) = tokio::time::timeout(REQUEST_WITHIN, self.journal.bounds()).await
+        else {
+            return;
+        };
+        if let Some((first, _)) = bounds {
+            metrics::gauge!("cluster_stream_first_seq").set(first as f64);
+        }
+        let Some(reports) = self.reports().await else {
+            return;
+        };
+        let leading = self.status.is_leading() && self.lease.permit().is_some();
+        let least = match floor(&reports) {
+            Ok(least) => least,
+            Err(FloorError::NoReports) => return,
+            Err(e @ FloorError::Unreadable { .. }) => {
+                if leading {
+                    tracing::warn!(error = %e, "the journal stream is not trimmed");
+                }
+                return;
+            }
+        };
+        metrics::gauge!("cluster_trim_floor_seq").set(least.stream_seq as f64);
+        if !leading {
+            return;
+        }
+        let last = bounds.map_or(0, |b| b.1);
+        self.warn_if_far_behind(&least, last);
+        let Some(through) = purge_through(least.stream_seq, bounds) else {
+            return;
+        };
+        // The lease may have ended while the reports were read.
+        if self.lease.permit().is_none() || !self.status.is_leading() {
+            return;
+        }
+        self.purge(through, &least.node).await;
+    }
+
+    /// Every node's report; `None` when they could not be read.
+    async fn reports(&self) -> Option<Vec<(String, ReadReport)>> {
+        match tokio::time::timeout(REQUEST_WITHIN, self.nodes.all()).await {
+            Ok(Ok(reports)) => Some(reports),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "the node reports could not be read");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Names the node holding the trim back when it lags far behind the
+    /// stream's `last` message, at most once every [`WARN_EVERY`].
+    fn warn_if_far_behind(&mut self, least: &Floor, last: u64) {
+        if lags_far(least.stream_seq, last, FAR_BEHIND_MESSAGES)
+            && self.warned.is_none_or(|at| at.elapsed() >= WARN_EVERY)
+        {
+            self.warned = Some(Instant::now());
+            tracing::warn!(
+                node = %least.node,
+                reported = least.stream_seq,
+                stream_last = last,
+                "node {} holds the journal stream's trimming back: its store stands {} messages behind the stream's end; if it is gone for good, remove its report with cluster-forget",
+                least.node,
+                last.saturating_sub(least.stream_seq)
+            );
+        }
+    }
+
+    /// Purges the stream through message `through`, the report of `holder`.
+    async fn purge(&self, through: u64, holder: &str) {
+        match tokio::time::timeout(REQUEST_WITHIN, self.journal.purge_up_to(through)).await {
+            Ok(Ok(purged)) => {
+                metrics::counter!("cluster_stream_purged_total").increment(purged);
+                metrics::gauge!("cluster_stream_first_seq").set((through + 1) as f64);
+                tracing::debug!(purged, through, %holder, "trimmed the journal stream");
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "trimming the journal stream failed; again next round")
+            }
+            Err(_) => tracing::warn!("trimming the journal stream timed out; again next round"),
+        }
+    }
 }

@@ -18,7 +18,9 @@
 //! standby that catches up and follows the new leader.
 
 use crate::cluster::{ClusterName, LeaseConfig};
-use crate::engine::cluster_node::{describe_metrics, ClusterNode, ClusterSettings, ClusterStatus};
+use crate::engine::cluster_node::{
+    describe_metrics, ClusterNode, ClusterSettings, ClusterStatus, Leading,
+};
 use crate::engine::{Engine, EngineConfig, Readiness, SystemClock};
 use crate::http::demo;
 use crate::http::error::ApiError;
@@ -218,38 +220,16 @@ pub fn run(
         .enable_all()
         .build()?;
     let node = join(args, &settings, store, &mut config, &runtime)?;
-    let status = node.status();
-    let lease = node.lease();
-    let (lead_tx, lead_rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("cluster-follower".into())
-        .spawn(move || {
-            let _ = lead_tx.send(node.follow_until_leader());
-        })?;
-    let handed = runtime.block_on(serve_as_standby(&listener, &settings, &status, lead_rx))?;
-    let leading = match handed {
-        None => {
-            tracing::info!("stopped as a standby");
-            runtime.shutdown_timeout(Duration::from_secs(1));
-            return Ok(ClusterExit::Stopped);
-        }
-        Some(Err(_)) => return Err("the cluster follower stopped without an answer".into()),
-        Some(Ok(Err(e))) => return Err(format!("following the cluster failed: {e}").into()),
-        Some(Ok(Ok(leading))) => leading,
+    let (status, lease) = (node.status(), node.lease());
+    let Some(leading) = standby_until_leader(node, &listener, &settings, &runtime)? else {
+        tracing::info!("stopped as a standby");
+        runtime.shutdown_timeout(Duration::from_secs(1));
+        return Ok(ClusterExit::Stopped);
     };
 
     // The leader.
     let term = leading.term;
-    let engine = Engine::start_replicated(
-        config,
-        leading.store,
-        Arc::new(SystemClock),
-        leading.world,
-        Box::new(leading.replica),
-    )
-    .map_err(|e| format!("cannot start the engine as the leader: {e}"))?;
-    let seed = !args.empty && demo::is_new(&engine);
-    engine.set_starting(seed);
+    let (engine, seed) = start_engine_as_leader(args, config, leading)?;
     let http = HttpSettings {
         request_timeout_ms: args.request_timeout_secs.saturating_mul(1_000),
         cors,
@@ -286,6 +266,50 @@ pub fn run(
     served?;
     tracing::info!("stopped as the leader");
     Ok(ClusterExit::Stopped)
+}
+
+/// Follows the stream on a thread of its own while answering as a standby
+/// on `listener`, until this node leads (`Some`, what it starts from) or
+/// a signal (`None`).
+fn standby_until_leader(
+    node: ClusterNode,
+    listener: &std::net::TcpListener,
+    settings: &ClusterSettings,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<Option<Leading>, crate::CliError> {
+    let status = node.status();
+    let (lead_tx, lead_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("cluster-follower".into())
+        .spawn(move || {
+            let _ = lead_tx.send(node.follow_until_leader());
+        })?;
+    match runtime.block_on(serve_as_standby(listener, settings, &status, lead_rx))? {
+        None => Ok(None),
+        Some(Err(_)) => Err("the cluster follower stopped without an answer".into()),
+        Some(Ok(Err(e))) => Err(format!("following the cluster failed: {e}").into()),
+        Some(Ok(Ok(leading))) => Ok(Some(leading)),
+    }
+}
+
+/// The engine of a node that leads, started from what it followed, and
+/// whether it seeds the demo catalogue (a new store without `--empty`).
+fn start_engine_as_leader(
+    args: &ServeArgs,
+    config: EngineConfig,
+    leading: Leading,
+) -> Result<(Engine, bool), crate::CliError> {
+    let engine = Engine::start_replicated(
+        config,
+        leading.store,
+        Arc::new(SystemClock),
+        leading.world,
+        Box::new(leading.replica),
+    )
+    .map_err(|e| format!("cannot start the engine as the leader: {e}"))?;
+    let seed = !args.empty && demo::is_new(&engine);
+    engine.set_starting(seed);
+    Ok((engine, seed))
 }
 
 /// Serves as the leader until a signal (`true`) or until it stops

@@ -163,88 +163,134 @@ pub fn locate(
             "the local store holds records up to {record_seq} but the journal stream holds none"
         )));
     };
-    // The first batch at or after `seq` (up to `last`): (its stream
-    // sequence, first record, body).
-    let mut batch_from = |seq: u64| -> Result<Option<(u64, u64, bytes::Bytes)>, LocateError> {
-        for s in seq..=last {
-            let body = get(s)?;
-            if body.is_empty() {
-                continue; // a term marker
-            }
-            let (first_record, _) =
-                decode_batch(&body).map_err(|e| LocateError::NotHeld(e.to_string()))?;
-            return Ok(Some((s, first_record, body)));
+    let start = stream_start(record_seq, (first, last), get)?;
+    if start.first_record > record_seq {
+        // Trimmed up to the store's last record exactly: it reads on from
+        // the stream's first batch.
+        return Ok(Located::before(&start));
+    }
+    let holding = batch_holding(record_seq, start, (first, last), get)?;
+    place_at(record_seq, holding)
+}
+
+/// A batch message of the stream, as [`locate`] reads it.
+struct StreamBatch {
+    stream_seq: u64,
+    first_record: u64,
+    body: bytes::Bytes,
+}
+
+/// The first batch message at or after `from`, up to `last`; term markers
+/// (empty) are stepped over.
+fn first_batch_from(
+    from: u64,
+    last: u64,
+    get: &mut dyn FnMut(u64) -> Result<bytes::Bytes, LocateError>,
+) -> Result<Option<StreamBatch>, LocateError> {
+    for stream_seq in from..=last {
+        let body = get(stream_seq)?;
+        if body.is_empty() {
+            continue; // a term marker
         }
-        Ok(None)
-    };
-    let mut at = match batch_from(first)? {
-        Some(b) if b.1 <= record_seq => b,
-        // Trimmed up to the store's last record exactly: it reads on
-        // from the stream's first batch.
-        Some((seq, first_record, _)) if first_record.checked_sub(1) == Some(record_seq) => {
-            return Ok(Located {
-                position: StreamPosition {
-                    record_seq,
-                    stream_seq: seq - 1,
-                },
-                batch: None,
-            })
-        }
-        Some((_, first_record, _)) if first == 1 => {
-            return Err(LocateError::NotHeld(format!(
-                "the journal stream starts at record {first_record}, yet the local store ends at {record_seq}"
-            )))
-        }
-        Some((_, first_record, _)) => {
-            return Err(LocateError::Trimmed(format!(
-                "the journal stream was trimmed to record {first_record} (message {first}), past this store's last record {record_seq}"
-            )))
-        }
-        None => {
-            return Err(LocateError::NotHeld(format!(
-                "the local store holds records up to {record_seq} but the journal stream holds no batch"
-            )))
-        }
-    };
-    // The largest `s` whose first batch at or after it starts at or below
-    // `record_seq` (monotone in `s`); that batch is the message `s` itself.
+        let (first_record, _) =
+            decode_batch(&body).map_err(|e| LocateError::NotHeld(e.to_string()))?;
+        return Ok(Some(StreamBatch {
+            stream_seq,
+            first_record,
+            body,
+        }));
+    }
+    Ok(None)
+}
+
+/// The first batch of a stream holding messages `first..=last`, if the
+/// store's records reach it: it starts at or below `record_seq + 1`. A
+/// stream that starts later was trimmed past the store, or, when nothing
+/// was trimmed from it, never held the store's records.
+fn stream_start(
+    record_seq: u64,
+    (first, last): (u64, u64),
+    get: &mut dyn FnMut(u64) -> Result<bytes::Bytes, LocateError>,
+) -> Result<StreamBatch, LocateError> {
+    match first_batch_from(first, last, get)? {
+        Some(b) if b.first_record <= record_seq => Ok(b),
+        Some(b) if b.first_record.checked_sub(1) == Some(record_seq) => Ok(b),
+        Some(StreamBatch { first_record, .. }) if first == 1 => Err(LocateError::NotHeld(format!(
+            "the journal stream starts at record {first_record}, yet the local store ends at {record_seq}"
+        ))),
+        Some(StreamBatch { first_record, .. }) => Err(LocateError::Trimmed(format!(
+            "the journal stream was trimmed to record {first_record} (message {first}), past this store's last record {record_seq}"
+        ))),
+        None => Err(LocateError::NotHeld(format!(
+            "the local store holds records up to {record_seq} but the journal stream holds no batch"
+        ))),
+    }
+}
+
+/// The last batch that starts at or below `record_seq`, by a binary
+/// search from `start`, the stream's first batch, which does: the largest
+/// `s` whose first batch at or after it starts at or below `record_seq`
+/// (monotone in `s`); that batch is the message `s` itself.
+fn batch_holding(
+    record_seq: u64,
+    start: StreamBatch,
+    (first, last): (u64, u64),
+    get: &mut dyn FnMut(u64) -> Result<bytes::Bytes, LocateError>,
+) -> Result<StreamBatch, LocateError> {
+    let mut at = start;
     let (mut lo, mut hi) = (first, last);
     while lo < hi {
         let mid = lo + (hi - lo).div_ceil(2);
-        match batch_from(mid)? {
-            Some(b) if b.1 <= record_seq => {
+        match first_batch_from(mid, last, get)? {
+            Some(b) if b.first_record <= record_seq => {
                 lo = mid;
                 at = b;
             }
             _ => hi = mid - 1,
         }
     }
-    let (seq, first_record, body) = at;
-    let (_, frames) = decode_batch(&body).map_err(|e| LocateError::NotHeld(e.to_string()))?;
+    Ok(at)
+}
+
+/// Where a store ending at `record_seq` stands, given `holding`, the last
+/// batch that starts at or below it: after that batch when it ends at
+/// `record_seq`, before it when the store ends inside it; refused when it
+/// ends below `record_seq` (the stream holds less than the store).
+fn place_at(record_seq: u64, holding: StreamBatch) -> Result<Located, LocateError> {
+    let (stream_seq, first_record) = (holding.stream_seq, holding.first_record);
+    let (_, frames) =
+        decode_batch(&holding.body).map_err(|e| LocateError::NotHeld(e.to_string()))?;
     let count = crate::store::recovery::batch_records(frames)
-        .map_err(|e| LocateError::NotHeld(format!("stream message {seq}: {e}")))?;
+        .map_err(|e| LocateError::NotHeld(format!("stream message {stream_seq}: {e}")))?;
     let last_record = first_record + count.saturating_sub(1);
     if last_record < record_seq {
         return Err(LocateError::NotHeld(format!(
-            "the local store holds records up to {record_seq} but the journal stream only up to {last_record} (message {seq}): another or a reset NATS cluster"
+            "the local store holds records up to {record_seq} but the journal stream only up to {last_record} (message {stream_seq}): another or a reset NATS cluster"
         )));
     }
     if last_record == record_seq {
         return Ok(Located {
             position: StreamPosition {
                 record_seq,
-                stream_seq: seq,
+                stream_seq,
             },
-            batch: Some((first_record, body.slice(HEADER_BYTES..))),
+            batch: Some((first_record, holding.body.slice(HEADER_BYTES..))),
         });
     }
-    Ok(Located {
-        position: StreamPosition {
-            record_seq: first_record.saturating_sub(1),
-            stream_seq: seq - 1,
-        },
-        batch: None,
-    })
+    Ok(Located::before(&holding))
+}
+
+impl Located {
+    /// Just before `batch`: the store reads it (again) first.
+    fn before(batch: &StreamBatch) -> Located {
+        Located {
+            position: StreamPosition {
+                record_seq: batch.first_record.saturating_sub(1),
+                stream_seq: batch.stream_seq - 1,
+            },
+            batch: None,
+        }
+    }
 }
 
 /// Where a local store stands in the stream: the batch ending at record
