@@ -7,6 +7,9 @@
 //! hold exactly what was acknowledged (balances, paid orders, stock).
 
 use crate::cluster_support::NatsCluster;
+use commerce_engine::check::{Acknowledged, ApiView, Expect, Unread};
+use commerce_engine::domain::ids::{CouponId, OrderId, ProductId, UserId};
+use commerce_engine::domain::order::OrderStatus;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -237,26 +240,57 @@ impl Shop {
             tokio::time::sleep(Duration::from_millis(30)).await;
         }
     }
+}
 
-    async fn get(&self, base: &str, path: &str) -> Value {
-        let resp = self
-            .client
-            .get(format!("{base}{path}"))
-            .send()
-            .await
-            .expect("sent");
-        assert_eq!(resp.status(), StatusCode::OK, "{path}");
-        resp.json().await.expect("json")
+/// A node's API at `base` as the shared check reads it: plain GETs.
+struct AtNode<'a> {
+    shop: &'a Shop,
+    base: &'a str,
+}
+
+impl AtNode<'_> {
+    /// The `field` of what `path` answers.
+    async fn read(&self, path: &str, field: &str) -> Result<Value, Unread> {
+        let url = format!("{}{path}", self.base);
+        let resp = self.shop.client.get(url).send().await;
+        let resp = resp.map_err(|e| Unread::Unreachable(e.to_string()))?;
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        match status {
+            StatusCode::OK => Ok(body[field].clone()),
+            _ => Err(Unread::Refused(format!("{status}: {body}"))),
+        }
+    }
+
+    async fn number(&self, path: &str, field: &str) -> Result<u64, Unread> {
+        let v = self.read(path, field).await?;
+        v.as_u64()
+            .ok_or_else(|| Unread::Refused(format!("{field} {v}")))
     }
 }
 
-/// What the clients were told, definitively.
-#[derive(Default)]
-pub(crate) struct Acked {
-    /// KRW charged per user (index user id - 1).
-    charged: Vec<u64>,
-    /// Paid orders: (order id, user, product, pay amount).
-    paid: Vec<(u64, u64, u64, u64)>,
+impl ApiView for AtNode<'_> {
+    async fn balance(&self, user: UserId) -> Result<u64, Unread> {
+        self.number(&format!("/api/v1/users/{user}/balance"), "balance")
+            .await
+    }
+
+    async fn stock(&self, product: ProductId) -> Result<u64, Unread> {
+        self.number(&format!("/api/v1/products/{product}"), "stock")
+            .await
+    }
+
+    async fn coupon_remaining(&self, coupon: CouponId) -> Result<u64, Unread> {
+        self.number(&format!("/api/v1/coupons/{coupon}"), "remaining")
+            .await
+    }
+
+    async fn order_status(&self, order: OrderId) -> Result<OrderStatus, Unread> {
+        let v = self
+            .read(&format!("/api/v1/orders/{order}"), "status")
+            .await?;
+        serde_json::from_value(v).map_err(|e| Unread::Refused(e.to_string()))
+    }
 }
 
 /// Users with no balance and products with `STOCK` each, on the leader.
@@ -283,7 +317,7 @@ pub(crate) async fn populate(shop: &Shop) {
 
 /// One client per user until `stop`: charge, place an order of one unit,
 /// pay it; every definite answer recorded.
-async fn load(shop: Shop, stop: Arc<AtomicBool>, acked: Arc<Mutex<Acked>>) {
+async fn load(shop: Shop, stop: Arc<AtomicBool>, acked: Arc<Mutex<Acknowledged>>) {
     let mut clients = Vec::new();
     for u in 1..=USERS {
         let (shop, stop, acked) = (shop.clone(), stop.clone(), acked.clone());
@@ -300,7 +334,7 @@ async fn load(shop: Shop, stop: Arc<AtomicBool>, acked: Arc<Mutex<Acked>>) {
                     )
                     .await;
                 assert_eq!(st, StatusCode::OK, "charge {u}-{i}");
-                acked.lock().unwrap().charged[(u - 1) as usize] += CHARGE;
+                acked.lock().unwrap().user(UserId(u)).charged += CHARGE;
                 let product = 1 + (u + i) % PRODUCTS;
                 let (st, order) = shop
                     .send(
@@ -312,6 +346,7 @@ async fn load(shop: Shop, stop: Arc<AtomicBool>, acked: Arc<Mutex<Acked>>) {
                     .await;
                 assert_eq!(st, StatusCode::CREATED, "order {u}-{i}: {order}");
                 let id = order["id"].as_u64().expect("order id");
+                acked.lock().unwrap().product(ProductId(product)).placed += 1;
                 let (st, paid) = shop
                     .send(
                         &format!("/api/v1/orders/{id}/payment"),
@@ -322,7 +357,10 @@ async fn load(shop: Shop, stop: Arc<AtomicBool>, acked: Arc<Mutex<Acked>>) {
                     .await;
                 assert_eq!(st, StatusCode::OK, "payment of {id}: {paid}");
                 let amount = paid["pay_amount"].as_u64().expect("pay_amount");
-                acked.lock().unwrap().paid.push((id, u, product, amount));
+                let mut told = acked.lock().unwrap();
+                told.user(UserId(u)).paid += amount;
+                told.product(ProductId(product)).sold += 1;
+                told.order(OrderId(id), Expect::PAID);
             }
         }));
     }
@@ -331,29 +369,13 @@ async fn load(shop: Shop, stop: Arc<AtomicBool>, acked: Arc<Mutex<Acked>>) {
     }
 }
 
-/// The leader at `base` holds exactly what was acknowledged: each user's
-/// balance is what was charged minus what was paid, each acknowledged
-/// order is paid, and each product's stock is what was not sold.
-pub(crate) async fn assert_holds(shop: &Shop, base: &str, acked: &Acked) {
-    for u in 1..=USERS {
-        let paid: u64 = acked.paid.iter().filter(|p| p.1 == u).map(|p| p.3).sum();
-        let balance = shop.get(base, &format!("/api/v1/users/{u}/balance")).await;
-        assert_eq!(
-            balance["balance"].as_u64(),
-            Some(acked.charged[(u - 1) as usize] - paid),
-            "user {u}: charged {} minus paid {paid}",
-            acked.charged[(u - 1) as usize]
-        );
-    }
-    for &(id, ..) in &acked.paid {
-        let order = shop.get(base, &format!("/api/v1/orders/{id}")).await;
-        assert_eq!(order["status"], "paid", "order {id}");
-    }
-    for p in 1..=PRODUCTS {
-        let sold = acked.paid.iter().filter(|o| o.2 == p).count() as u64;
-        let product = shop.get(base, &format!("/api/v1/products/{p}")).await;
-        assert_eq!(product["stock"].as_u64(), Some(STOCK - sold), "product {p}");
-    }
+/// The leader at `base` holds exactly what was acknowledged, read through
+/// its API by the shared check: each user's balance is what was charged
+/// minus what was paid, each acknowledged order is paid, and each
+/// product's stock is what was not sold.
+pub(crate) async fn assert_holds(shop: &Shop, base: &str, acked: &Acknowledged) {
+    let found = acked.check_api(&AtNode { shop, base }, usize::MAX).await;
+    assert!(found.ok(), "{found:?}");
 }
 
 pub(crate) struct Setup {
@@ -402,23 +424,27 @@ pub(crate) fn start_load(
     shop: &Shop,
 ) -> (
     Arc<AtomicBool>,
-    Arc<Mutex<Acked>>,
+    Arc<Mutex<Acknowledged>>,
     tokio::task::JoinHandle<()>,
 ) {
     let stop = Arc::new(AtomicBool::new(false));
-    let acked = Arc::new(Mutex::new(Acked {
-        charged: vec![0; USERS as usize],
-        paid: Vec::new(),
-    }));
+    let mut acked = Acknowledged::default();
+    for u in 1..=USERS {
+        acked.user(UserId(u));
+    }
+    for p in 1..=PRODUCTS {
+        acked.product(ProductId(p)).stocked = STOCK;
+    }
+    let acked = Arc::new(Mutex::new(acked));
     let task = tokio::spawn(load(shop.clone(), stop.clone(), acked.clone()));
     (stop, acked, task)
 }
 
 /// Waits until the clients have `n` more paid orders than `from`.
-pub(crate) async fn wait_paid(acked: &Mutex<Acked>, n: usize) {
-    let from = acked.lock().unwrap().paid.len();
+pub(crate) async fn wait_paid(acked: &Mutex<Acknowledged>, n: usize) {
+    let from = paid(acked);
     let deadline = Instant::now() + Duration::from_secs(20);
-    while acked.lock().unwrap().paid.len() < from + n {
+    while paid(acked) < from + n {
         assert!(Instant::now() < deadline, "the load made no progress");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -613,8 +639,8 @@ async fn stream_leader(nats: &NatsCluster) -> usize {
 }
 
 /// Paid orders acknowledged so far.
-pub(crate) fn paid(acked: &Mutex<Acked>) -> usize {
-    acked.lock().unwrap().paid.len()
+pub(crate) fn paid(acked: &Mutex<Acknowledged>) -> usize {
+    acked.lock().unwrap().orders.len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
