@@ -46,13 +46,6 @@ pub struct ApiFindings {
     pub unreachable: Vec<String>,
 }
 
-impl ApiFindings {
-    /// Nothing violated, and nothing left unread.
-    pub fn ok(&self) -> bool {
-        self.violations.is_empty() && self.unreachable.is_empty()
-    }
-}
-
 /// One read's finding: `None` when it agrees.
 type Finding = Option<Result<String, String>>;
 
@@ -112,6 +105,11 @@ impl Acknowledged {
 }
 
 impl ApiFindings {
+    /// Nothing violated, and nothing left unread.
+    pub fn ok(&self) -> bool {
+        self.violations.is_empty() && self.unreachable.is_empty()
+    }
+
     async fn add(&mut self, findings: impl stream::Stream<Item = Finding>) {
         let mut findings = std::pin::pin!(findings);
         while let Some(f) = findings.next().await {

@@ -263,7 +263,7 @@ fn world_with_a_paid_order() -> World {
 }
 
 /// What that world's clients were told: the charge, the order placed and paid.
-fn acknowledged_of_that_world() -> Acknowledged {
+pub(crate) fn acknowledged_of_that_world() -> Acknowledged {
     let mut acked = Acknowledged::default();
     *acked.user(UserId(1)) = Wallet {
         charged: 10_000,

@@ -8,7 +8,7 @@
 use crate::common_http;
 use crate::http_serve::wait_ready;
 
-use commerce_engine::bench::workload::Workload;
+use commerce_engine::bench::workload::{Workload, STOCK};
 use commerce_engine::bench::{execute, BenchArgs};
 use commerce_engine::check::Expect;
 use serde_json::{json, Value};
@@ -330,54 +330,23 @@ async fn the_bench_says_what_it_writes_and_refuses_a_dead_address_at_once() {
     assert!(started.elapsed() < Duration::from_secs(10));
 }
 
-/// A real server holding one user charged 10,000 who paid an order of
-/// 1,000 (product 1, stock 10), read through the bench's HTTP client.
-async fn a_server_with_a_paid_order() -> (
-    common_http::TestServer,
-    commerce_engine::bench::target::Target,
-    commerce_engine::check::Acknowledged,
-) {
-    use commerce_engine::bench::target::{HttpTarget, Target};
-    use commerce_engine::check::{Acknowledged, Units, Wallet};
-    use commerce_engine::domain::ids::{OrderId, ProductId, UserId};
-    let server = common_http::TestServer::start().await;
-    let user = server.user("u", 10_000).await;
-    let product = server.product("p", 1_000, 10).await;
-    let body = json!({"user_id": user, "items": [{"product_id": product, "quantity": 1}]});
-    let (_, order) = server.post("/api/v1/orders", body).await;
-    let order = order["id"].as_u64().expect("an order");
-    let (st, _) = server
-        .post_empty(&format!("/api/v1/orders/{order}/payment"))
-        .await;
-    assert!(st.is_success(), "paid");
-    assert_eq!(
-        (user, product, order),
-        (1, 1, 1),
-        "a new server numbers from 1"
-    );
-    let token = Some(common_http::TOKEN.to_owned());
-    let target = Target::Http(HttpTarget::new(&server.base, token, false, None).expect("target"));
-    let mut acked = Acknowledged::default();
-    *acked.user(UserId(user)) = Wallet {
-        charged: 10_000,
-        paid: 1_000,
-        refunded: 0,
-    };
-    *acked.product(ProductId(product)) = Units {
-        stocked: 10,
-        placed: 1,
-        sold: 1,
-        ..Units::default()
-    };
-    acked.order(OrderId(order), Expect::PAID);
-    (server, target, acked)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_check_through_the_api_catches_each_acknowledgement_the_server_lacks() {
     // proves each rule over HTTP: a missing charge, a payment not recovered, stock off by one and a lost refund each give a violation, and the truth gives none
+    use commerce_engine::bench::target::{HttpTarget, Target};
     use commerce_engine::domain::ids::{OrderId, ProductId, UserId};
-    let (_server, target, acked) = a_server_with_a_paid_order().await;
+    // A real server holding what bench_embedded's world holds.
+    let server = common_http::TestServer::start().await;
+    let user = server.user("u", 10_000).await;
+    let product = server.product("p", 1_000, STOCK).await;
+    let body = json!({"user_id": user, "items": [{"product_id": product, "quantity": 1}]});
+    let (_, order) = server.post("/api/v1/orders", body).await;
+    let pay = format!("/api/v1/orders/{}/payment", order["id"]);
+    assert!(server.post_empty(&pay).await.0.is_success());
+    assert_eq!((user, product, order["id"].as_u64()), (1, 1, Some(1)));
+    let token = Some(common_http::TOKEN.to_owned());
+    let target = Target::Http(HttpTarget::new(&server.base, token, false, None).expect("target"));
+    let acked = crate::bench_embedded::acknowledged_of_that_world();
     let found = acked.check_api(&target, usize::MAX).await;
     assert!(found.ok(), "{found:?}");
 
