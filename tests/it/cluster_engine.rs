@@ -7,9 +7,9 @@
 //! hold exactly what was acknowledged (balances, paid orders, stock).
 
 use crate::cluster_support::NatsCluster;
-use commerce_engine::check::{Acknowledged, ApiView, Expect, Unread};
-use commerce_engine::domain::ids::{CouponId, OrderId, ProductId, UserId};
-use commerce_engine::domain::order::OrderStatus;
+use commerce_engine::bench::target::{HttpTarget, Target};
+use commerce_engine::check::{Acknowledged, Expect};
+use commerce_engine::domain::ids::{OrderId, ProductId, UserId};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -242,57 +242,6 @@ impl Shop {
     }
 }
 
-/// A node's API at `base` as the shared check reads it: plain GETs.
-struct AtNode<'a> {
-    shop: &'a Shop,
-    base: &'a str,
-}
-
-impl AtNode<'_> {
-    /// The `field` of what `path` answers.
-    async fn read(&self, path: &str, field: &str) -> Result<Value, Unread> {
-        let url = format!("{}{path}", self.base);
-        let resp = self.shop.client.get(url).send().await;
-        let resp = resp.map_err(|e| Unread::Unreachable(e.to_string()))?;
-        let status = resp.status();
-        let body: Value = resp.json().await.unwrap_or(Value::Null);
-        match status {
-            StatusCode::OK => Ok(body[field].clone()),
-            _ => Err(Unread::Refused(format!("{status}: {body}"))),
-        }
-    }
-
-    async fn number(&self, path: &str, field: &str) -> Result<u64, Unread> {
-        let v = self.read(path, field).await?;
-        v.as_u64()
-            .ok_or_else(|| Unread::Refused(format!("{field} {v}")))
-    }
-}
-
-impl ApiView for AtNode<'_> {
-    async fn balance(&self, user: UserId) -> Result<u64, Unread> {
-        self.number(&format!("/api/v1/users/{user}/balance"), "balance")
-            .await
-    }
-
-    async fn stock(&self, product: ProductId) -> Result<u64, Unread> {
-        self.number(&format!("/api/v1/products/{product}"), "stock")
-            .await
-    }
-
-    async fn coupon_remaining(&self, coupon: CouponId) -> Result<u64, Unread> {
-        self.number(&format!("/api/v1/coupons/{coupon}"), "remaining")
-            .await
-    }
-
-    async fn order_status(&self, order: OrderId) -> Result<OrderStatus, Unread> {
-        let v = self
-            .read(&format!("/api/v1/orders/{order}"), "status")
-            .await?;
-        serde_json::from_value(v).map_err(|e| Unread::Refused(e.to_string()))
-    }
-}
-
 /// Users with no balance and products with `STOCK` each, on the leader.
 pub(crate) async fn populate(shop: &Shop) {
     for u in 1..=USERS {
@@ -373,8 +322,9 @@ async fn load(shop: Shop, stop: Arc<AtomicBool>, acked: Arc<Mutex<Acknowledged>>
 /// its API by the shared check: each user's balance is what was charged
 /// minus what was paid, each acknowledged order is paid, and each
 /// product's stock is what was not sold.
-pub(crate) async fn assert_holds(shop: &Shop, base: &str, acked: &Acknowledged) {
-    let found = acked.check_api(&AtNode { shop, base }, usize::MAX).await;
+pub(crate) async fn assert_holds(base: &str, acked: &Acknowledged) {
+    let node = HttpTarget::new(base, Some(TOKEN.into()), false, None).expect("a client");
+    let found = acked.check_api(&Target::Http(node), usize::MAX).await;
     assert!(found.ok(), "{found:?}");
 }
 
@@ -506,7 +456,7 @@ async fn a_standby_takes_over_from_a_killed_leader_within_ten_seconds_with_every
     stop.store(true, Ordering::Relaxed);
     task.await.expect("load");
     let acked = std::mem::take(&mut *acked.lock().unwrap());
-    assert_holds(&s.shop, &s.b.base(), &acked).await;
+    assert_holds(&s.b.base(), &acked).await;
     assert_eq!(
         gauge(
             &s.shop.client,
@@ -522,7 +472,7 @@ async fn a_standby_takes_over_from_a_killed_leader_within_ten_seconds_with_every
     s.b.kill9();
     let took = wait_ready(&s.shop.client, &s.a, "ready", Duration::from_secs(10)).await;
     eprintln!("node a ready {took:?} after the second leader's kill -9");
-    assert_holds(&s.shop, &s.a.base(), &acked).await;
+    assert_holds(&s.a.base(), &acked).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -552,7 +502,7 @@ async fn a_paused_leader_loses_nothing_acknowledged_after_the_takeover_and_ends_
         Some("standby")
     );
     let acked = std::mem::take(&mut *acked.lock().unwrap());
-    assert_holds(&s.shop, &s.b.base(), &acked).await;
+    assert_holds(&s.b.base(), &acked).await;
     assert!(
         !s.a.panicked(),
         "its step-down panics no thread:\n{}",
@@ -613,12 +563,12 @@ async fn a_leader_killed_before_its_stream_position_is_kept_rejoins_as_a_standby
     stop.store(true, Ordering::Relaxed);
     task.await.expect("load");
     let acked = std::mem::take(&mut *acked.lock().unwrap());
-    assert_holds(&s.shop, &s.b.base(), &acked).await;
+    assert_holds(&s.b.base(), &acked).await;
     wait_caught_up(&s.shop.client, &s.a).await;
 
     s.b.kill9();
     wait_ready(&s.shop.client, &s.a, "ready", Duration::from_secs(10)).await;
-    assert_holds(&s.shop, &s.a.base(), &acked).await;
+    assert_holds(&s.a.base(), &acked).await;
 }
 
 /// The server that leads the journal stream's raft group (its index).
@@ -688,7 +638,7 @@ async fn killing_the_journal_streams_leader_server_under_the_engine_stops_writes
         }
     }
     let leader = leader.expect("a node leads");
-    assert_holds(&s.shop, &leader, &acked).await;
+    assert_holds(&leader, &acked).await;
     for node in [&s.a, &s.b] {
         assert!(
             !node.panicked(),
