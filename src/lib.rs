@@ -29,6 +29,8 @@
 //! - [`http`]: the axum API of `API.md`, with one error type mapped to the
 //!   documented codes.
 //! - [`bench`], [`simulate`], [`verify`]: the other subcommands of the binary.
+//! - [`check`]: what clients saw acknowledged, and the check that a
+//!   recovered world, or a server through its API, holds it.
 //!
 //! ## Why it is shaped this way
 //!
@@ -57,6 +59,7 @@
 //! ```
 
 pub mod bench;
+pub mod check;
 pub mod cluster;
 pub mod domain;
 pub mod engine;

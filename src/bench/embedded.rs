@@ -1,12 +1,11 @@
 //! The embedded engine a run loads: started on a store of the bench's
 //! choice, then shut down, recovered from its store and checked.
 
-use crate::bench::check::{self, SettledOrders};
 use crate::bench::options::{BenchArgs, SinkChoice, StoreChoice};
 use crate::bench::report::InvariantReport;
 use crate::bench::sink::BenchSink;
 use crate::bench::temp_dir;
-use crate::bench::workload::{Fixture, Tally};
+use crate::check::{Acknowledged, Expect};
 use crate::engine::{DataPlatform, Engine, EngineConfig, SystemClock};
 use crate::store::recovery::{recover_store, RecoveryError};
 use crate::store::{MemoryStore, SledStore, Store};
@@ -68,12 +67,7 @@ impl Embedded {
     }
 
     /// Shuts the engine down, recovers its store, and checks the result.
-    pub(crate) fn finish(
-        self,
-        fixture: &Fixture,
-        tally: &Tally,
-        orders: &SettledOrders,
-    ) -> InvariantReport {
+    pub(crate) fn finish(self, acked: &Acknowledged) -> InvariantReport {
         self.engine.shutdown();
         drop(self.engine);
         let recovered = match &self.memory {
@@ -83,14 +77,16 @@ impl Embedded {
                 Err(e) => Err(RecoveryError::Storage(e)),
             },
         };
+        let refunded = acked.orders.iter().filter(|o| o.1 == Expect::REFUNDED);
+        let refunded = refunded.count();
         let report = match recovered {
             Ok((world, r)) => InvariantReport {
                 checked: true,
-                violations: check::check_world(&world, fixture, tally, orders),
+                violations: acked.check_world(&world),
                 unreachable: Vec::new(),
                 summary: format!(
                     "recovered {} records after snapshot {}; every invariant and every acknowledged effect checked ({} paid orders, {} of them refunded)",
-                    r.records_replayed, r.snapshot_seq, orders.len(), orders.refunded.len()
+                    r.records_replayed, r.snapshot_seq, acked.orders.len(), refunded
                 ),
             },
             Err(RecoveryError::Invariants(v)) => InvariantReport {

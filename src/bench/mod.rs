@@ -5,7 +5,7 @@
 //! campaign (and charges users that will pay); it is not measured. *Warm-up*
 //! runs the workload without recording. *Measurement* records each
 //! operation's latency in a per-worker hdrhistogram and counts outcomes by
-//! error code. Afterwards the invariants are checked (see [`check`]), and a
+//! error code. Afterwards the invariants are checked (see [`crate::check`]), and a
 //! violation makes the command exit non-zero.
 //!
 //! Embedded, the workers run on the engine's own threads by default, shared
@@ -31,11 +31,10 @@
 //! operation), [`worker`] (the load's workers), [`runner`] (one run's
 //! phases), [`measure`] (CPU, memory, journal and data platform around the
 //! measured window), [`target`] (embedded engine or HTTP client),
-//! [`embedded`] (the engine a run starts and recovers), [`check`]
-//! (invariants), [`report`] (table, JSON), [`rng`] (a seeded PRNG shared
-//! with `simulate`), [`sink`] (the data platform of `--data-platform http`).
+//! [`embedded`] (the engine a run starts and recovers), [`report`] (table,
+//! JSON), [`rng`] (a seeded PRNG shared with `simulate`), [`sink`] (the
+//! data platform of `--data-platform http`).
 
-pub mod check;
 pub mod embedded;
 pub mod http_client;
 pub mod ids;
@@ -51,7 +50,6 @@ pub mod workload;
 
 pub use options::{BenchArgs, ClientsOn, SinkChoice, StoreChoice};
 
-use crate::bench::check::SettledOrders;
 use crate::bench::embedded::Embedded;
 use crate::bench::options::{clients_on, validate};
 use crate::bench::report::{merge, BenchReport, InvariantReport, KindReport, RssDrift};
@@ -59,11 +57,15 @@ use crate::bench::runner::{drive, Driven};
 use crate::bench::target::{HttpTarget, Target};
 use crate::bench::worker::{settled_orders, Run};
 use crate::bench::workload::OpKind;
+use crate::check::Acknowledged;
 use hdrhistogram::Histogram;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
+
+/// How many acknowledged orders a check over HTTP reads back at most.
+const ORDERS_READ_MAX: usize = 2_000;
 
 /// Exit code when the server could not be reached (an invariant violated exits 1).
 pub const EXIT_UNREACHABLE: u8 = 2;
@@ -121,11 +123,12 @@ pub fn execute(args: &BenchArgs) -> Result<BenchReport, crate::CliError> {
             return Err(e);
         }
     };
-    let settled = settled_orders(&driven.outs);
     let run = &driven.run;
+    let mut acked = run.tally.acknowledged(&run.fixture);
+    acked.orders = settled_orders(&driven.outs);
     let invariants = match embedded {
-        Some(emb) => emb.finish(&run.fixture, &run.tally, &settled),
-        None => rt.block_on(check_through_api(run, &settled)),
+        Some(emb) => emb.finish(&acked),
+        None => rt.block_on(check_through_api(run, &acked)),
     };
     Ok(build_report(
         args,
@@ -183,7 +186,7 @@ fn clients_runtime(
 }
 
 /// The check of a run over HTTP, unless the server is gone.
-async fn check_through_api(run: &Run, settled: &SettledOrders) -> InvariantReport {
+async fn check_through_api(run: &Run, acked: &Acknowledged) -> InvariantReport {
     if let Some(gone) = run.target.unreachable() {
         return InvariantReport {
             checked: false,
@@ -192,7 +195,7 @@ async fn check_through_api(run: &Run, settled: &SettledOrders) -> InvariantRepor
             summary: "the server could not be reached, so nothing could be checked".into(),
         };
     }
-    let checked = check::check_remote(&run.target, &run.fixture, &run.tally, settled).await;
+    let checked = acked.check_api(&run.target, ORDERS_READ_MAX).await;
     InvariantReport {
         checked: checked.unreachable.is_empty(),
         violations: checked.violations,

@@ -1,7 +1,6 @@
 //! The load's workers: each runs operations one after another (or as they
 //! fall due, open loop) and records their latencies and outcomes.
 
-use crate::bench::check::SettledOrders;
 use crate::bench::ids::IdLog;
 use crate::bench::options::ClientsOn;
 use crate::bench::rng::Rng;
@@ -9,6 +8,7 @@ use crate::bench::target::{OpError, Target};
 use crate::bench::workload::{
     self, pick, Fixture, OpKind, Outcome, Refundable, Settled, Tally, Workload,
 };
+use crate::check::Expect;
 use crate::domain::ids::OrderId;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use hdrhistogram::Histogram;
@@ -77,18 +77,16 @@ pub(crate) fn is_place_error(e: &OpError) -> bool {
 
 /// What the workers saw of the orders they paid: each worker refunds
 /// only orders it paid, so its refunded ids leave its paid ones.
-pub(crate) fn settled_orders(outs: &[WorkerOut]) -> SettledOrders {
-    let mut all = SettledOrders::default();
+pub(crate) fn settled_orders(outs: &[WorkerOut]) -> Vec<(OrderId, Expect)> {
+    let mut all = Vec::new();
     for o in outs {
         let refunded: HashSet<OrderId> = o.refunded.iter().collect();
         let unknown: HashSet<OrderId> = o.refund_unknown.iter().collect();
-        all.paid.extend(
-            o.paid
-                .iter()
-                .filter(|id| !refunded.contains(id) && !unknown.contains(id)),
-        );
-        all.refunded.extend(refunded);
-        all.refund_unknown.extend(unknown);
+        let paid = o.paid.iter();
+        let paid = paid.filter(|id| !refunded.contains(id) && !unknown.contains(id));
+        all.extend(paid.map(|id| (id, Expect::PAID)));
+        all.extend(refunded.into_iter().map(|id| (id, Expect::REFUNDED)));
+        all.extend(unknown.into_iter().map(|id| (id, Expect::PAID_OR_REFUNDED)));
     }
     all
 }

@@ -8,6 +8,7 @@
 
 use crate::bench::rng::Rng;
 use crate::bench::target::{OpError, OpResult, Target};
+use crate::check::{Acknowledged, Issued, Units, Wallet};
 use crate::domain::ids::{CouponId, OrderId, ProductId, UserId};
 use crate::domain::money::Krw;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
@@ -167,6 +168,40 @@ impl Tally {
             unknown: AtomicU64::new(0),
             coupon_cursor: AtomicUsize::new(0),
         }
+    }
+
+    /// What the run acknowledged, by id, for the check after it; its
+    /// orders come from the workers.
+    pub fn acknowledged(&self, fixture: &Fixture) -> Acknowledged {
+        let get = |v: &[AtomicU64], i: usize| v[i].load(Ordering::Relaxed);
+        let mut acked = Acknowledged {
+            unknown: self.unknown.load(Ordering::Relaxed),
+            ..Acknowledged::default()
+        };
+        for (i, id) in fixture.users.iter().enumerate() {
+            *acked.user(*id) = Wallet {
+                charged: get(&self.charged, i),
+                paid: get(&self.paid, i),
+                refunded: get(&self.refunded, i),
+            };
+        }
+        for (i, id) in fixture.products.iter().enumerate() {
+            *acked.product(*id) = Units {
+                stocked: STOCK,
+                placed: get(&self.placed_units, i),
+                returned: get(&self.returned_units, i),
+                sold: get(&self.sold_units, i),
+                refunded: get(&self.refunded_units, i),
+                refund_unknown: get(&self.refund_unknown_units, i),
+            };
+        }
+        if let Some((id, quantity)) = fixture.coupon {
+            *acked.coupon(id) = Issued {
+                quantity,
+                issued: self.issued.load(Ordering::Relaxed),
+            };
+        }
+        acked
     }
 
     fn note<T>(&self, r: &OpResult<T>) {

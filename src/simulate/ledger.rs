@@ -1,7 +1,9 @@
 //! What the simulation saw acknowledged.
 
+use crate::check::{Acknowledged, Expect, Units, Wallet};
 use crate::domain::ids::{OrderId, ProductId, UserCouponId, UserId};
 use crate::domain::order::{LineRequest, Order, OrderStatus};
+use crate::domain::world::World;
 use std::collections::{BTreeMap, HashMap};
 
 /// What the simulation saw acknowledged; the recovered state must match it.
@@ -21,6 +23,45 @@ pub(crate) struct Ledger {
 }
 
 impl Ledger {
+    /// The ledger as the shared check takes it, over every user and
+    /// product of `world` (each made with `stock`). Every order has ended:
+    /// none is left reserved, and one left pending has expired. Units sold
+    /// are kept net of refunds, so they count as placed and paid, none
+    /// refunded.
+    pub(crate) fn acknowledged(&self, world: &World, stock: u64) -> Acknowledged {
+        let mut acked = Acknowledged::default();
+        for id in world.users.iter().map(|u| u.id) {
+            let of = |m: &HashMap<UserId, u64>| m.get(&id).copied().unwrap_or(0);
+            *acked.user(id) = Wallet {
+                charged: of(&self.charged),
+                paid: of(&self.paid),
+                refunded: of(&self.refunded),
+            };
+        }
+        for id in world.products.iter().map(|p| p.id) {
+            let sold = self.sold.get(&id).copied().unwrap_or(0);
+            *acked.product(id) = Units {
+                stocked: stock,
+                placed: sold,
+                sold,
+                ..Units::default()
+            };
+        }
+        for (id, status) in &self.status {
+            let expect = match status {
+                OrderStatus::Pending => Expect(&[OrderStatus::Expired]),
+                OrderStatus::Paid => Expect(&[OrderStatus::Paid]),
+                OrderStatus::Failed => Expect(&[OrderStatus::Failed]),
+                OrderStatus::Cancelled => Expect(&[OrderStatus::Cancelled]),
+                OrderStatus::Expired => Expect(&[OrderStatus::Expired]),
+                OrderStatus::PartiallyRefunded => Expect(&[OrderStatus::PartiallyRefunded]),
+                OrderStatus::Refunded => Expect(&[OrderStatus::Refunded]),
+            };
+            acked.order(*id, expect);
+        }
+        acked
+    }
+
     /// Units of `product` that `user` holds in orders answered pending,
     /// paid or partially refunded (refunded units freed).
     pub(crate) fn held(&self, user: UserId, product: ProductId) -> u64 {

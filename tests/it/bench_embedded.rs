@@ -2,9 +2,9 @@
 //! check catches what it claims to catch. Small and short: speed lives in
 //! the benchmark itself, not here.
 
-use commerce_engine::bench::check::{check_world, SettledOrders};
-use commerce_engine::bench::workload::{Fixture, Tally, Workload, STOCK};
+use commerce_engine::bench::workload::{Workload, STOCK};
 use commerce_engine::bench::{execute, BenchArgs, ClientsOn, SinkChoice, StoreChoice};
+use commerce_engine::check::{Acknowledged, Expect, Units, Wallet};
 use commerce_engine::domain::event::{Event, Record};
 use commerce_engine::domain::ids::{OrderId, ProductId, UserId};
 use commerce_engine::domain::money::Krw;
@@ -12,7 +12,6 @@ use commerce_engine::domain::order::{Order, OrderLine, OrderStatus};
 use commerce_engine::domain::time::Timestamp;
 use commerce_engine::domain::world::World;
 use commerce_engine::store::writer::Step;
-use std::sync::atomic::Ordering;
 
 fn small(workload: Workload) -> BenchArgs {
     BenchArgs {
@@ -263,83 +262,79 @@ fn world_with_a_paid_order() -> World {
     world
 }
 
-fn tally_of_that_world() -> (Fixture, Tally) {
-    let fixture = Fixture {
-        users: vec![UserId(1)],
-        products: vec![ProductId(1)],
-        coupon: None,
+/// What that world's clients were told: the charge, the order placed and paid.
+pub(crate) fn acknowledged_of_that_world() -> Acknowledged {
+    let mut acked = Acknowledged::default();
+    *acked.user(UserId(1)) = Wallet {
+        charged: 10_000,
+        paid: 1_000,
+        refunded: 0,
     };
-    let tally = Tally::new(1, 1);
-    tally.charged[0].store(10_000, Ordering::Relaxed);
-    tally.paid[0].store(1_000, Ordering::Relaxed);
-    tally.placed_units[0].store(1, Ordering::Relaxed);
-    tally.sold_units[0].store(1, Ordering::Relaxed);
-    (fixture, tally)
-}
-
-fn paid(id: u64) -> SettledOrders {
-    SettledOrders::paid(vec![OrderId(id)])
+    *acked.product(ProductId(1)) = Units {
+        stocked: STOCK,
+        placed: 1,
+        sold: 1,
+        ..Units::default()
+    };
+    acked.order(OrderId(1), Expect::PAID);
+    acked
 }
 
 #[test]
 fn check_accepts_a_world_that_holds_every_acknowledgement() {
-    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
-    let (fixture, tally) = tally_of_that_world();
-    let v = check_world(&world_with_a_paid_order(), &fixture, &tally, &paid(1));
+    // proves the check passes a world that holds exactly what was acknowledged
+    let v = acknowledged_of_that_world().check_world(&world_with_a_paid_order());
     assert!(v.is_empty(), "{v:?}");
 }
 
 #[test]
 fn check_reports_an_acknowledged_charge_that_is_missing() {
-    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
-    let (fixture, tally) = tally_of_that_world();
-    tally.charged[0].fetch_add(100, Ordering::Relaxed);
-    let v = check_world(&world_with_a_paid_order(), &fixture, &tally, &paid(1));
+    // proves the balance rule: a charge acknowledged and not recovered is a violation
+    let mut acked = acknowledged_of_that_world();
+    acked.user(UserId(1)).charged += 100;
+    let v = acked.check_world(&world_with_a_paid_order());
     assert!(v.iter().any(|m| m.contains("balance")), "{v:?}");
 }
 
 #[test]
 fn check_reports_an_acknowledged_payment_that_did_not_survive() {
-    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
-    let (fixture, tally) = tally_of_that_world();
-    let v = check_world(&world_with_a_paid_order(), &fixture, &tally, &paid(2));
+    // proves the order rule: an order acknowledged paid and not recovered paid is a violation
+    let mut acked = acknowledged_of_that_world();
+    acked.order(OrderId(2), Expect::PAID);
+    let v = acked.check_world(&world_with_a_paid_order());
     assert!(v.iter().any(|m| m.contains("order 2")), "{v:?}");
 }
 
 #[test]
 fn check_reports_broken_stock_conservation() {
-    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
-    let (fixture, tally) = tally_of_that_world();
+    // proves the stock rule: a unit more in stock than acknowledged is a violation
     let mut world = world_with_a_paid_order();
     world.products[0].stock += 1;
-    let v = check_world(&world, &fixture, &tally, &paid(1));
-    assert!(v.iter().any(|m| m.contains("product 1")), "{v:?}");
+    let v = acknowledged_of_that_world().check_world(&world);
+    assert!(v.iter().any(|m| m.contains("product 1: stock")), "{v:?}");
 }
 
 #[test]
 fn with_unknown_outcomes_more_than_acknowledged_is_accepted_but_less_is_not() {
-    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
-    let (fixture, tally) = tally_of_that_world();
-    tally.unknown.store(1, Ordering::Relaxed);
-    tally.sold_units[0].store(0, Ordering::Relaxed);
+    // proves "at least" with an unknown outcome: a sale with no answer is accepted, a sale acknowledged and missing is not
+    let mut acked = acknowledged_of_that_world();
+    acked.unknown = 1;
+    acked.product(ProductId(1)).sold = 0;
+    acked.orders.clear();
     let world = world_with_a_paid_order();
-    assert!(check_world(&world, &fixture, &tally, &SettledOrders::default()).is_empty());
-    tally.sold_units[0].store(2, Ordering::Relaxed);
-    assert!(!check_world(&world, &fixture, &tally, &SettledOrders::default()).is_empty());
+    assert_eq!(acked.check_world(&world), Vec::<String>::new());
+    acked.product(ProductId(1)).sold = 2;
+    assert!(!acked.check_world(&world).is_empty());
 }
 
 #[test]
 fn check_reports_an_acknowledged_refund_that_did_not_survive() {
-    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
-                                         // proves the refund checks: money (charges - payments + refunds), stock and the order's status each catch a refund the world lacks
-    let (fixture, tally) = tally_of_that_world();
-    tally.refunded[0].store(1_000, Ordering::Relaxed);
-    tally.refunded_units[0].store(1, Ordering::Relaxed);
-    let refunded = SettledOrders {
-        refunded: vec![OrderId(1)],
-        ..SettledOrders::default()
-    };
-    let v = check_world(&world_with_a_paid_order(), &fixture, &tally, &refunded);
+    // proves the refund checks: money (charges - payments + refunds), stock and the order's status each catch a refund the world lacks
+    let mut acked = acknowledged_of_that_world();
+    acked.user(UserId(1)).refunded = 1_000;
+    acked.product(ProductId(1)).refunded = 1;
+    acked.orders = vec![(OrderId(1), Expect::REFUNDED)];
+    let v = acked.check_world(&world_with_a_paid_order());
     for what in ["balance", "product 1", "order 1"] {
         assert!(v.iter().any(|m| m.contains(what)), "{what}: {v:?}");
     }
@@ -347,17 +342,12 @@ fn check_reports_an_acknowledged_refund_that_did_not_survive() {
 
 #[test]
 fn a_refund_whose_answer_never_came_may_be_recovered_paid() {
-    let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
-                                         // proves an unknown refund relaxes the order's status check: recovered paid is accepted
-    let (fixture, tally) = tally_of_that_world();
-    tally.unknown.store(1, Ordering::Relaxed);
-    tally.refund_unknown_units[0].store(1, Ordering::Relaxed);
-    let unsure = SettledOrders {
-        refund_unknown: vec![OrderId(1)],
-        ..SettledOrders::default()
-    };
-    let world = world_with_a_paid_order();
-    let v = check_world(&world, &fixture, &tally, &unsure);
+    // proves an unknown refund relaxes the order's status check: recovered paid is accepted
+    let mut acked = acknowledged_of_that_world();
+    acked.unknown = 1;
+    acked.product(ProductId(1)).refund_unknown = 1;
+    acked.orders = vec![(OrderId(1), Expect::PAID_OR_REFUNDED)];
+    let v = acked.check_world(&world_with_a_paid_order());
     assert!(v.is_empty(), "{v:?}");
 }
 

@@ -8,8 +8,9 @@
 use crate::common_http;
 use crate::http_serve::wait_ready;
 
-use commerce_engine::bench::workload::Workload;
+use commerce_engine::bench::workload::{Workload, STOCK};
 use commerce_engine::bench::{execute, BenchArgs};
+use commerce_engine::check::Expect;
 use serde_json::{json, Value};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -238,25 +239,22 @@ async fn a_server_killed_mid_run_ends_the_bench_as_unreachable_not_violated() {
 async fn checks_that_cannot_reach_the_server_are_unreachable_not_violations() {
     let _heavy = crate::quiet::shared(); // CPU-heavy: never beside a cluster test
                                          // proves the remote check's classification: every read of a dead address is listed as unreachable (bounded), none as a violation
-    use commerce_engine::bench::check::{check_remote, SettledOrders};
     use commerce_engine::bench::target::{HttpTarget, Target};
-    use commerce_engine::bench::workload::{Fixture, Tally};
+    use commerce_engine::check::Acknowledged;
     use commerce_engine::domain::ids::{CouponId, OrderId, ProductId, UserId};
     let url = format!("http://127.0.0.1:{}", closed_port());
     let target = Target::Http(HttpTarget::new(&url, None, false, None).expect("target"));
-    let fixture = Fixture {
-        users: (1..=30).map(UserId).collect(),
-        products: (1..=5).map(ProductId).collect(),
-        coupon: Some((CouponId(1), 10)),
-    };
-    let tally = Tally::new(30, 5);
-    let checked = check_remote(
-        &target,
-        &fixture,
-        &tally,
-        &SettledOrders::paid(vec![OrderId(1), OrderId(2)]),
-    )
-    .await;
+    let mut acked = Acknowledged::default();
+    for u in 1..=30 {
+        acked.user(UserId(u));
+    }
+    for p in 1..=5 {
+        acked.product(ProductId(p));
+    }
+    acked.coupon(CouponId(1)).quantity = 10;
+    acked.order(OrderId(1), Expect::PAID);
+    acked.order(OrderId(2), Expect::PAID);
+    let checked = acked.check_api(&target, usize::MAX).await;
     assert_eq!(checked.violations, Vec::<String>::new());
     // 30 + 5 + 1 + 2 reads: 20 listed, then how many more.
     assert_eq!(checked.unreachable.len(), 21, "{:?}", checked.unreachable);
@@ -330,4 +328,54 @@ async fn the_bench_says_what_it_writes_and_refuses_a_dead_address_at_once() {
     assert!(stderr.contains("cannot be reached"), "{stderr}");
     assert!(!stderr.contains("bench: writing into"), "{stderr}");
     assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_check_through_the_api_catches_each_acknowledgement_the_server_lacks() {
+    // proves each rule over HTTP: a missing charge, a payment not recovered, stock off by one and a lost refund each give a violation, and the truth gives none
+    use commerce_engine::bench::target::{HttpTarget, Target};
+    use commerce_engine::domain::ids::{OrderId, ProductId, UserId};
+    // A real server holding what bench_embedded's world holds.
+    let server = common_http::TestServer::start().await;
+    let user = server.user("u", 10_000).await;
+    let product = server.product("p", 1_000, STOCK).await;
+    let body = json!({"user_id": user, "items": [{"product_id": product, "quantity": 1}]});
+    let (_, order) = server.post("/api/v1/orders", body).await;
+    let pay = format!("/api/v1/orders/{}/payment", order["id"]);
+    assert!(server.post_empty(&pay).await.0.is_success());
+    assert_eq!((user, product, order["id"].as_u64()), (1, 1, Some(1)));
+    let token = Some(common_http::TOKEN.to_owned());
+    let target = Target::Http(HttpTarget::new(&server.base, token, false, None).expect("target"));
+    let acked = crate::bench_embedded::acknowledged_of_that_world();
+    let found = acked.check_api(&target, usize::MAX).await;
+    assert!(found.ok(), "{found:?}");
+
+    let mut charge = acked.clone();
+    charge.user(UserId(1)).charged += 100;
+    let mut payment = acked.clone();
+    payment.order(OrderId(2), Expect::PAID);
+    let mut stock = acked.clone();
+    stock.product(ProductId(1)).placed += 1;
+    let mut refund = acked.clone();
+    refund.user(UserId(1)).refunded = 1_000;
+    refund.product(ProductId(1)).refunded = 1;
+    refund.orders = vec![(OrderId(1), Expect::REFUNDED)];
+    for (broken, wanted) in [
+        (charge, vec!["user 1: balance"]),
+        (payment, vec!["order 2"]),
+        (stock, vec!["product 1: stock"]),
+        (
+            refund,
+            vec!["user 1: balance", "product 1: stock", "order 1"],
+        ),
+    ] {
+        let found = broken.check_api(&target, usize::MAX).await;
+        assert!(found.unreachable.is_empty(), "{found:?}");
+        for w in wanted {
+            assert!(
+                found.violations.iter().any(|v| v.contains(w)),
+                "{w}: {found:?}"
+            );
+        }
+    }
 }

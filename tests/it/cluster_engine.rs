@@ -7,6 +7,9 @@
 //! hold exactly what was acknowledged (balances, paid orders, stock).
 
 use crate::cluster_support::NatsCluster;
+use commerce_engine::bench::target::{HttpTarget, Target};
+use commerce_engine::check::{Acknowledged, Expect};
+use commerce_engine::domain::ids::{OrderId, ProductId, UserId};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -237,26 +240,6 @@ impl Shop {
             tokio::time::sleep(Duration::from_millis(30)).await;
         }
     }
-
-    async fn get(&self, base: &str, path: &str) -> Value {
-        let resp = self
-            .client
-            .get(format!("{base}{path}"))
-            .send()
-            .await
-            .expect("sent");
-        assert_eq!(resp.status(), StatusCode::OK, "{path}");
-        resp.json().await.expect("json")
-    }
-}
-
-/// What the clients were told, definitively.
-#[derive(Default)]
-pub(crate) struct Acked {
-    /// KRW charged per user (index user id - 1).
-    charged: Vec<u64>,
-    /// Paid orders: (order id, user, product, pay amount).
-    paid: Vec<(u64, u64, u64, u64)>,
 }
 
 /// Users with no balance and products with `STOCK` each, on the leader.
@@ -283,7 +266,7 @@ pub(crate) async fn populate(shop: &Shop) {
 
 /// One client per user until `stop`: charge, place an order of one unit,
 /// pay it; every definite answer recorded.
-async fn load(shop: Shop, stop: Arc<AtomicBool>, acked: Arc<Mutex<Acked>>) {
+async fn load(shop: Shop, stop: Arc<AtomicBool>, acked: Arc<Mutex<Acknowledged>>) {
     let mut clients = Vec::new();
     for u in 1..=USERS {
         let (shop, stop, acked) = (shop.clone(), stop.clone(), acked.clone());
@@ -300,7 +283,7 @@ async fn load(shop: Shop, stop: Arc<AtomicBool>, acked: Arc<Mutex<Acked>>) {
                     )
                     .await;
                 assert_eq!(st, StatusCode::OK, "charge {u}-{i}");
-                acked.lock().unwrap().charged[(u - 1) as usize] += CHARGE;
+                acked.lock().unwrap().user(UserId(u)).charged += CHARGE;
                 let product = 1 + (u + i) % PRODUCTS;
                 let (st, order) = shop
                     .send(
@@ -312,6 +295,7 @@ async fn load(shop: Shop, stop: Arc<AtomicBool>, acked: Arc<Mutex<Acked>>) {
                     .await;
                 assert_eq!(st, StatusCode::CREATED, "order {u}-{i}: {order}");
                 let id = order["id"].as_u64().expect("order id");
+                acked.lock().unwrap().product(ProductId(product)).placed += 1;
                 let (st, paid) = shop
                     .send(
                         &format!("/api/v1/orders/{id}/payment"),
@@ -322,7 +306,10 @@ async fn load(shop: Shop, stop: Arc<AtomicBool>, acked: Arc<Mutex<Acked>>) {
                     .await;
                 assert_eq!(st, StatusCode::OK, "payment of {id}: {paid}");
                 let amount = paid["pay_amount"].as_u64().expect("pay_amount");
-                acked.lock().unwrap().paid.push((id, u, product, amount));
+                let mut told = acked.lock().unwrap();
+                told.user(UserId(u)).paid += amount;
+                told.product(ProductId(product)).sold += 1;
+                told.order(OrderId(id), Expect::PAID);
             }
         }));
     }
@@ -331,29 +318,14 @@ async fn load(shop: Shop, stop: Arc<AtomicBool>, acked: Arc<Mutex<Acked>>) {
     }
 }
 
-/// The leader at `base` holds exactly what was acknowledged: each user's
-/// balance is what was charged minus what was paid, each acknowledged
-/// order is paid, and each product's stock is what was not sold.
-pub(crate) async fn assert_holds(shop: &Shop, base: &str, acked: &Acked) {
-    for u in 1..=USERS {
-        let paid: u64 = acked.paid.iter().filter(|p| p.1 == u).map(|p| p.3).sum();
-        let balance = shop.get(base, &format!("/api/v1/users/{u}/balance")).await;
-        assert_eq!(
-            balance["balance"].as_u64(),
-            Some(acked.charged[(u - 1) as usize] - paid),
-            "user {u}: charged {} minus paid {paid}",
-            acked.charged[(u - 1) as usize]
-        );
-    }
-    for &(id, ..) in &acked.paid {
-        let order = shop.get(base, &format!("/api/v1/orders/{id}")).await;
-        assert_eq!(order["status"], "paid", "order {id}");
-    }
-    for p in 1..=PRODUCTS {
-        let sold = acked.paid.iter().filter(|o| o.2 == p).count() as u64;
-        let product = shop.get(base, &format!("/api/v1/products/{p}")).await;
-        assert_eq!(product["stock"].as_u64(), Some(STOCK - sold), "product {p}");
-    }
+/// The leader at `base` holds exactly what was acknowledged, read through
+/// its API by the shared check: each user's balance is what was charged
+/// minus what was paid, each acknowledged order is paid, and each
+/// product's stock is what was not sold.
+pub(crate) async fn assert_holds(base: &str, acked: &Acknowledged) {
+    let node = HttpTarget::new(base, Some(TOKEN.into()), false, None).expect("a client");
+    let found = acked.check_api(&Target::Http(node), usize::MAX).await;
+    assert!(found.ok(), "{found:?}");
 }
 
 pub(crate) struct Setup {
@@ -402,23 +374,27 @@ pub(crate) fn start_load(
     shop: &Shop,
 ) -> (
     Arc<AtomicBool>,
-    Arc<Mutex<Acked>>,
+    Arc<Mutex<Acknowledged>>,
     tokio::task::JoinHandle<()>,
 ) {
     let stop = Arc::new(AtomicBool::new(false));
-    let acked = Arc::new(Mutex::new(Acked {
-        charged: vec![0; USERS as usize],
-        paid: Vec::new(),
-    }));
+    let mut acked = Acknowledged::default();
+    for u in 1..=USERS {
+        acked.user(UserId(u));
+    }
+    for p in 1..=PRODUCTS {
+        acked.product(ProductId(p)).stocked = STOCK;
+    }
+    let acked = Arc::new(Mutex::new(acked));
     let task = tokio::spawn(load(shop.clone(), stop.clone(), acked.clone()));
     (stop, acked, task)
 }
 
 /// Waits until the clients have `n` more paid orders than `from`.
-pub(crate) async fn wait_paid(acked: &Mutex<Acked>, n: usize) {
-    let from = acked.lock().unwrap().paid.len();
+pub(crate) async fn wait_paid(acked: &Mutex<Acknowledged>, n: usize) {
+    let from = paid(acked);
     let deadline = Instant::now() + Duration::from_secs(20);
-    while acked.lock().unwrap().paid.len() < from + n {
+    while paid(acked) < from + n {
         assert!(Instant::now() < deadline, "the load made no progress");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -480,7 +456,7 @@ async fn a_standby_takes_over_from_a_killed_leader_within_ten_seconds_with_every
     stop.store(true, Ordering::Relaxed);
     task.await.expect("load");
     let acked = std::mem::take(&mut *acked.lock().unwrap());
-    assert_holds(&s.shop, &s.b.base(), &acked).await;
+    assert_holds(&s.b.base(), &acked).await;
     assert_eq!(
         gauge(
             &s.shop.client,
@@ -496,7 +472,7 @@ async fn a_standby_takes_over_from_a_killed_leader_within_ten_seconds_with_every
     s.b.kill9();
     let took = wait_ready(&s.shop.client, &s.a, "ready", Duration::from_secs(10)).await;
     eprintln!("node a ready {took:?} after the second leader's kill -9");
-    assert_holds(&s.shop, &s.a.base(), &acked).await;
+    assert_holds(&s.a.base(), &acked).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -526,7 +502,7 @@ async fn a_paused_leader_loses_nothing_acknowledged_after_the_takeover_and_ends_
         Some("standby")
     );
     let acked = std::mem::take(&mut *acked.lock().unwrap());
-    assert_holds(&s.shop, &s.b.base(), &acked).await;
+    assert_holds(&s.b.base(), &acked).await;
     assert!(
         !s.a.panicked(),
         "its step-down panics no thread:\n{}",
@@ -587,12 +563,12 @@ async fn a_leader_killed_before_its_stream_position_is_kept_rejoins_as_a_standby
     stop.store(true, Ordering::Relaxed);
     task.await.expect("load");
     let acked = std::mem::take(&mut *acked.lock().unwrap());
-    assert_holds(&s.shop, &s.b.base(), &acked).await;
+    assert_holds(&s.b.base(), &acked).await;
     wait_caught_up(&s.shop.client, &s.a).await;
 
     s.b.kill9();
     wait_ready(&s.shop.client, &s.a, "ready", Duration::from_secs(10)).await;
-    assert_holds(&s.shop, &s.a.base(), &acked).await;
+    assert_holds(&s.a.base(), &acked).await;
 }
 
 /// The server that leads the journal stream's raft group (its index).
@@ -613,8 +589,8 @@ async fn stream_leader(nats: &NatsCluster) -> usize {
 }
 
 /// Paid orders acknowledged so far.
-pub(crate) fn paid(acked: &Mutex<Acked>) -> usize {
-    acked.lock().unwrap().paid.len()
+pub(crate) fn paid(acked: &Mutex<Acknowledged>) -> usize {
+    acked.lock().unwrap().orders.len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -662,7 +638,7 @@ async fn killing_the_journal_streams_leader_server_under_the_engine_stops_writes
         }
     }
     let leader = leader.expect("a node leads");
-    assert_holds(&s.shop, &leader, &acked).await;
+    assert_holds(&leader, &acked).await;
     for node in [&s.a, &s.b] {
         assert!(
             !node.panicked(),

@@ -274,7 +274,7 @@ async fn the_stream_is_trimmed_below_the_least_report_held_by_a_node_away_and_re
     stop.store(true, Ordering::Relaxed);
     task.await.expect("load");
     let acked = std::mem::take(&mut *acked.lock().unwrap());
-    assert_holds(&shop, &b.base(), &acked).await;
+    assert_holds(&b.base(), &acked).await;
 }
 
 #[test]

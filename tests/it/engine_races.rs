@@ -3,15 +3,16 @@
 
 use crate::engine_support;
 
+use commerce_engine::bench::target::Target;
+use commerce_engine::check::{Acknowledged, Expect};
 use commerce_engine::domain::coupon::Discount;
-use commerce_engine::domain::ids::{CouponId, OrderId, ProductId, UserId};
+use commerce_engine::domain::ids::{CouponId, ProductId, UserId};
 use commerce_engine::domain::money::Krw;
-use commerce_engine::domain::order::OrderStatus;
+use commerce_engine::domain::order::{Order, OrderStatus};
 use commerce_engine::engine::{Engine, Error, NewCoupon, OrderSource, PageRequest, PlaceOrder};
 use engine_support::*;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 async fn users(engine: &Engine, count: usize) -> Vec<UserId> {
@@ -198,12 +199,9 @@ async fn one_hundred_payments_on_a_balance_for_ten_pay_exactly_ten() {
     assert_eq!(world.users[0].balance, Krw(0));
 }
 
-/// What the storm's clients saw acknowledged.
-#[derive(Default)]
-struct Acked {
-    charged: Vec<AtomicU64>,
-    restocked: Vec<AtomicU64>,
-    issued: AtomicU64,
+/// The storm's acknowledgements, to add to (a panicked worker's lock still reads).
+fn told(acked: &Mutex<Acknowledged>) -> MutexGuard<'_, Acknowledged> {
+    acked.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -227,11 +225,16 @@ async fn a_mixed_storm_conserves_stock_money_and_coupons() {
         );
     }
     let coupon = campaign(&engine, 30).await;
-    let acked = Arc::new(Acked {
-        charged: (0..USERS).map(|_| AtomicU64::new(0)).collect(),
-        restocked: (0..PRODUCTS).map(|_| AtomicU64::new(0)).collect(),
-        issued: AtomicU64::new(0),
-    });
+    // What the storm's clients saw acknowledged.
+    let mut acked = Acknowledged::default();
+    for u in &users {
+        acked.user(*u);
+    }
+    for p in &products {
+        acked.product(*p).stocked = STOCK;
+    }
+    acked.coupon(coupon).quantity = 30;
+    let acked = Arc::new(Mutex::new(acked));
     let deadline = Instant::now() + Duration::from_secs(3);
     let mut tasks = Vec::new();
     for worker in 0..32u64 {
@@ -243,14 +246,14 @@ async fn a_mixed_storm_conserves_stock_money_and_coupons() {
         );
         tasks.push(tokio::spawn(async move {
             let mut rng = Rng(worker * 7919 + 1);
-            let mut mine: Vec<OrderId> = Vec::new();
+            let mut mine: Vec<Order> = Vec::new();
             while Instant::now() < deadline {
                 let u = rng.below(USERS as u64) as usize;
                 match rng.below(100) {
                     0..=14 => {
                         let amount = 1 + rng.below(20_000);
                         if engine.charge(users[u], Krw(amount), None).await.is_ok() {
-                            acked.charged[u].fetch_add(amount, Ordering::SeqCst);
+                            told(&acked).user(users[u]).charged += amount;
                         }
                     }
                     15..=49 => {
@@ -283,29 +286,53 @@ async fn a_mixed_storm_conserves_stock_money_and_coupons() {
                             )
                             .await
                         {
-                            mine.push(o.id);
+                            let mut t = told(&acked);
+                            o.quantities().for_each(|(p, q)| t.product(p).placed += q);
+                            mine.push(o);
                         }
                     }
                     50..=79 => {
                         if let Some(o) = mine.pop() {
-                            let _ = engine.pay_order(o, None).await;
+                            let paid = engine.pay_order(o.id, None).await;
+                            let mut t = told(&acked);
+                            // Refused (too little balance), it failed and gave its units back.
+                            let expect = match &paid {
+                                Ok(p) => {
+                                    t.user(p.user_id).paid += p.pay_amount.0;
+                                    Expect::PAID
+                                }
+                                Err(_) => Expect(&[OrderStatus::Failed]),
+                            };
+                            for (p, q) in o.quantities() {
+                                let units = t.product(p);
+                                if paid.is_ok() {
+                                    units.sold += q
+                                } else {
+                                    units.returned += q
+                                }
+                            }
+                            t.order(o.id, expect);
                         }
                     }
                     80..=89 => {
                         if let Some(o) = mine.pop() {
-                            let _ = engine.cancel_order(o, None).await;
+                            if engine.cancel_order(o.id, None).await.is_ok() {
+                                let mut t = told(&acked);
+                                o.quantities().for_each(|(p, q)| t.product(p).returned += q);
+                                t.order(o.id, Expect(&[OrderStatus::Cancelled]));
+                            }
                         }
                     }
                     90..=94 => {
                         if engine.issue_coupon(coupon, users[u], None).await.is_ok() {
-                            acked.issued.fetch_add(1, Ordering::SeqCst);
+                            told(&acked).coupon(coupon).issued += 1;
                         }
                     }
                     _ => {
                         let p = rng.below(PRODUCTS as u64) as usize;
                         let q = 1 + rng.below(10);
                         if engine.restock(products[p], q, None).await.is_ok() {
-                            acked.restocked[p].fetch_add(q, Ordering::SeqCst);
+                            told(&acked).product(products[p]).stocked += q;
                         }
                     }
                 }
@@ -315,59 +342,15 @@ async fn a_mixed_storm_conserves_stock_money_and_coupons() {
     for t in tasks {
         t.await.unwrap();
     }
-    // Live: for each user, charges acknowledged = balance + payments (from the history).
-    for (i, &u) in users.iter().enumerate() {
-        let balance = engine.balance(u).await.unwrap().balance.0;
-        let mut payments = 0;
-        let mut page = PageRequest::first(100);
-        loop {
-            let h = engine.history(u, page).await.unwrap();
-            payments += h
-                .items
-                .iter()
-                .filter(|e| e.order_id.is_some())
-                .map(|e| e.amount.0)
-                .sum::<u64>();
-            match h.next {
-                Some(n) => page.after = Some(n.parse().unwrap()),
-                None => break,
-            }
-        }
-        assert_eq!(
-            acked.charged[i].load(Ordering::SeqCst),
-            balance + payments,
-            "user {u}"
-        );
-    }
-    let issued = acked.issued.load(Ordering::SeqCst);
-    assert!(issued <= 30);
-    assert_eq!(engine.coupon(coupon).await.unwrap().remaining, 30 - issued);
-    // Recovered: stock + reserved + sold = stocked + restocks, per product.
+    // Live through the engine's reads, then recovered: money, stock,
+    // orders and coupons exactly as acknowledged.
+    let acked = told(&acked).clone();
+    let reads = Target::Embedded(engine.clone());
+    let live = acked.check_api(&reads, usize::MAX).await;
+    assert!(live.ok(), "{live:?}");
     let world = stop_and_recover(engine, &store).await;
-    for (i, p) in world.products.iter().enumerate() {
-        let restocks = acked.restocked[i].load(Ordering::SeqCst);
-        assert_eq!(
-            p.stock + p.reserved + p.sold,
-            STOCK + restocks,
-            "product {}",
-            p.id
-        );
-    }
-    for (i, u) in world.users.iter().enumerate() {
-        let payments: u64 = u
-            .history
-            .iter()
-            .filter(|e| e.order_id.is_some())
-            .map(|e| e.amount.0)
-            .sum();
-        assert_eq!(
-            acked.charged[i].load(Ordering::SeqCst),
-            u.balance.0 + payments
-        );
-    }
-    let held: usize = world.users.iter().map(|u| u.coupons.len()).sum();
-    assert_eq!(held as u64, issued);
-    assert_eq!(world.campaigns[0].issued.len() as u64, issued);
+    assert_eq!(acked.check_world(&world), Vec::<String>::new());
+    assert!(acked.coupons[&coupon].issued > 0 && acked.orders.len() > 100);
 }
 
 /// A store whose every append takes a while, so the journal queue fills up.

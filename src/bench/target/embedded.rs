@@ -1,10 +1,10 @@
 //! The operations on an engine in this process, through its facade.
 
-use super::{OpError, OpResult, Placed};
+use super::{OpResult, Placed};
 use crate::domain::coupon::Discount;
 use crate::domain::ids::{CouponId, OrderId, ProductId, UserId};
 use crate::domain::money::Krw;
-use crate::domain::order::LineRequest;
+use crate::domain::order::{LineRequest, OrderStatus};
 use crate::domain::refund::RefundRequest;
 use crate::engine::{Engine, NewCoupon, OrderSource, PlaceOrder};
 
@@ -95,8 +95,6 @@ pub(super) async fn refund(e: &Engine, order: OrderId) -> OpResult<()> {
         .map_err(Into::into)
 }
 
-pub(super) async fn order_status(e: &Engine, order: OrderId) -> OpResult<String> {
-    let o = e.order(order).await?;
-    let json = serde_json::to_value(o.status).map_err(|_| OpError::known("BAD_BODY"))?;
-    Ok(json.as_str().unwrap_or_default().to_owned())
+pub(super) async fn order_status(e: &Engine, order: OrderId) -> OpResult<OrderStatus> {
+    Ok(e.order(order).await?.status)
 }

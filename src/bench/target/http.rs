@@ -8,6 +8,7 @@ use super::{OpError, OpResult, Placed, TIMEOUT, TRANSPORT, UNREACHABLE};
 use crate::bench::http_client::{ExchangeError, HttpClient};
 use crate::domain::ids::{CouponId, OrderId, ProductId, UserId};
 use crate::domain::money::Krw;
+use crate::domain::order::OrderStatus;
 use axum::http::{Method, StatusCode};
 use hdrhistogram::Histogram;
 use serde::Deserialize;
@@ -70,7 +71,7 @@ struct OrderBody {
 
 #[derive(Deserialize)]
 struct StatusBody {
-    status: String,
+    status: OrderStatus,
 }
 
 #[derive(Deserialize)]
@@ -453,7 +454,7 @@ impl HttpTarget {
         Ok(())
     }
 
-    pub(super) async fn order_status(&self, order: OrderId) -> OpResult<String> {
+    pub(super) async fn order_status(&self, order: OrderId) -> OpResult<OrderStatus> {
         let b: StatusBody = self
             .call(Method::GET, &format!("/orders/{order}"), None, Who::Bench)
             .await?;

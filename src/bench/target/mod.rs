@@ -21,8 +21,10 @@ pub use error::{OpError, OpResult, TIMEOUT, TRANSPORT, UNREACHABLE};
 pub use http::HttpTarget;
 pub use reach::{UNREACHABLE_ATTEMPTS, UNREACHABLE_MS};
 
+use crate::check::{ApiView, Unread};
 use crate::domain::ids::{CouponId, OrderId, ProductId, UserId};
 use crate::domain::money::Krw;
+use crate::domain::order::OrderStatus;
 use crate::engine::Engine;
 use hdrhistogram::Histogram;
 use std::time::Instant;
@@ -190,11 +192,40 @@ impl Target {
         }
     }
 
-    /// An order's status as `API.md` spells it (`paid`, `pending`, ...).
-    pub async fn order_status(&self, order: OrderId) -> OpResult<String> {
+    pub async fn order_status(&self, order: OrderId) -> OpResult<OrderStatus> {
         match self {
             Target::Embedded(e) => embedded::order_status(e, order).await,
             Target::Http(h) => h.order_status(order).await,
         }
+    }
+}
+
+/// The invariant check reads a target as it reads any server's API.
+impl ApiView for Target {
+    async fn balance(&self, user: UserId) -> Result<u64, Unread> {
+        Target::balance(self, user)
+            .await
+            .map(|b| b.0)
+            .map_err(unread)
+    }
+
+    async fn stock(&self, product: ProductId) -> Result<u64, Unread> {
+        self.product_stock(product).await.map_err(unread)
+    }
+
+    async fn coupon_remaining(&self, coupon: CouponId) -> Result<u64, Unread> {
+        Target::coupon_remaining(self, coupon).await.map_err(unread)
+    }
+
+    async fn order_status(&self, order: OrderId) -> Result<OrderStatus, Unread> {
+        Target::order_status(self, order).await.map_err(unread)
+    }
+}
+
+fn unread(e: OpError) -> Unread {
+    if e.is_unreachable() {
+        Unread::Unreachable(e.to_string())
+    } else {
+        Unread::Refused(e.to_string())
     }
 }
