@@ -47,7 +47,7 @@ pub enum Created {
 impl Directory {
     pub fn new(
         registry: Arc<Registry>,
-        journal: JournalHandle,
+        journal: Arc<JournalHandle>,
         limits: Arc<Limits>,
         user_coupon_ids: Arc<AtomicU64>,
     ) -> Directory {
@@ -58,7 +58,7 @@ impl Directory {
         );
         Directory {
             registry,
-            journal: Arc::new(journal),
+            journal,
             limits,
             user_coupon_ids,
             queue: CommitQueue::default(),

@@ -85,7 +85,16 @@ fn start_actors(
         products,
         campaigns,
     };
-    let registry = Arc::new(entities.start(&arbiters, &journal, &limits, &user_coupon_ids));
+    // One handle for every user's actor, those started here and those the
+    // directory starts later ([`crate::engine::user_actor::UserActor`]).
+    let users_journal = Arc::new(journal.clone());
+    let registry = Arc::new(entities.start(
+        &arbiters,
+        &journal,
+        &users_journal,
+        &limits,
+        &user_coupon_ids,
+    ));
     let interval = config.stats_interval_ms;
     let stats_clock = clock.clone();
     let stats = StatsActor::start_in_arbiter(&at(&arbiters, 1), move |_| {
@@ -109,7 +118,7 @@ fn start_actors(
     });
     let dir_registry = registry.clone();
     let directory = Directory::start_in_arbiter(&at(&arbiters, 0), move |_| {
-        Directory::new(dir_registry, journal, limits, user_coupon_ids)
+        Directory::new(dir_registry, users_journal, limits, user_coupon_ids)
     });
     Actors {
         registry,
@@ -152,15 +161,15 @@ where
         self,
         arbiters: &[ArbiterHandle],
         journal: &JournalHandle,
+        users_journal: &Arc<JournalHandle>,
         limits: &Arc<Limits>,
         user_coupon_ids: &Arc<AtomicU64>,
     ) -> Registry {
-        let shared = Arc::new(journal.clone());
         let users = self
             .users
             .into_iter()
             .map(|u| {
-                let (j, l) = (shared.clone(), limits.clone());
+                let (j, l) = (users_journal.clone(), limits.clone());
                 UserActor::start_in_arbiter(&at(arbiters, u.id.0), move |_| UserActor::new(u, j, l))
             })
             .collect();
