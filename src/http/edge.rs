@@ -12,16 +12,11 @@
 //!    carries the id ([`crate::http::log_lines`]), and it gets one access
 //!    line when it is answered: method, route template, status, latency (at
 //!    info, for every status: a 5xx is counted in `/metrics` for alerts).
-//!    On HTTP mixed (64 clients, 2 cores, 8 rounds alternating, the
-//!    machine at a load of 9 to 12) the median was 24.7k requests/s with
-//!    the access line on against 26.0k with it filtered out (ranges
-//!    14.3k–27.1k and 23.7k–31.0k), and a profile puts the logging code at
-//!    about 3% of the server's CPU, half of it formatting the line's fields.
-//!    A tracing span per request holding the id, with tracing-subscriber's
-//!    fmt formatting, had cost about 28% (19.7k against 28.4k): every poll
-//!    entered and left the span, and its fields were formatted into an
-//!    allocation per request (docs/performance.md, "Request ids in a
-//!    task-local, not a span");
+//!    The line costs about 0.8 µs of the server's 55–75 µs per request
+//!    (`benches/logs.rs`); a tracing span per request holding the id had
+//!    cost about 28% of HTTP mixed: every poll entered and left the span,
+//!    and its fields were formatted into an allocation per request
+//!    (docs/performance.md, "Request ids in a task-local, not a span");
 //! 2. JSON errors: any error answer without a JSON body (axum's 405, a
 //!    timeout) gets the `{"code","message"}` of its status;
 //! 3. request metrics per method, route template and status
@@ -151,17 +146,16 @@ where
         shared
             .metrics
             .record(method, route, status.as_u16(), elapsed.as_secs_f64());
-        let latency_ms = elapsed.as_micros() as f64 / 1000.0;
-        tracing::info!(
-            method,
-            route,
-            status = status.as_u16(),
-            latency_ms,
-            "request"
-        );
+        log_access(method, route, status.as_u16(), elapsed);
         Ok(response)
     };
     log_lines::in_request(request_id, handled).await
+}
+
+/// The access line of a request answered after `elapsed` (at info; `benches/logs.rs` measures it).
+pub fn log_access(method: &str, route: &str, status: u16, elapsed: Duration) {
+    let latency_ms = elapsed.as_micros() as f64 / 1000.0;
+    tracing::info!(method, route, status, latency_ms, "request");
 }
 
 /// Admission, the declared body length and the timeout, around the route.

@@ -150,13 +150,7 @@ fn init_logs(json: bool) -> FlushOnDrop {
     let ansi = !json && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let lines = if json { Lines::json() } else { Lines::text() };
     // try_init: a subscriber set earlier (a test, an embedding) is kept.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .event_format(lines)
-        .with_writer(out)
-        .finish()
-        .try_init();
+    let _ = lines.subscriber(filter, ansi, out).try_init();
     guard
 }
 
