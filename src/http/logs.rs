@@ -7,9 +7,9 @@
 //! waits whenever the disk under stderr is busy (the journal's flushes).
 //! A line is only copied into a pending buffer under a short lock; the
 //! flusher thread takes the whole buffer and writes it out every
-//! [`FLUSH_EVERY`], or sooner once [`BATCH_BYTES`] are pending. Warnings
-//! and errors are written out at once by the thread that logs them, and
-//! what is pending when the [`FlushOnDrop`] guard of the command ends. If
+//! [`FLUSH_EVERY`], or sooner once [`BATCH_BYTES`] are pending. A warning
+//! or an error is written out at once by the thread that logs it, and
+//! whatever is pending when the command's [`FlushOnDrop`] guard ends. If
 //! the flusher falls behind (stderr blocked) and [`SPILL_BYTES`] are
 //! pending, the thread that logs writes them out itself: memory stays
 //! bounded, and logging slows down rather than losing lines.
