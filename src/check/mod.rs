@@ -80,6 +80,20 @@ impl Expect {
         OrderStatus::Refunded,
     ]);
 
+    /// Exactly `status`.
+    pub fn only(status: OrderStatus) -> Expect {
+        use OrderStatus::*;
+        Expect(match status {
+            Pending => &[Pending],
+            Paid => &[Paid],
+            Failed => &[Failed],
+            Cancelled => &[Cancelled],
+            Expired => &[Expired],
+            PartiallyRefunded => &[PartiallyRefunded],
+            Refunded => &[Refunded],
+        })
+    }
+
     pub fn allows(self, status: OrderStatus) -> bool {
         self.0.contains(&status)
     }
@@ -202,6 +216,26 @@ pub fn check_order(id: OrderId, expect: Expect, status: Option<OrderStatus>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_allows_its_one_status() {
+        // proves Expect::only maps each status to itself and nothing else
+        use OrderStatus::*;
+        let all = [
+            Pending,
+            Paid,
+            Failed,
+            Cancelled,
+            Expired,
+            PartiallyRefunded,
+            Refunded,
+        ];
+        for s in all {
+            for t in all {
+                assert_eq!(Expect::only(s).allows(t), s == t, "{s:?} / {t:?}");
+            }
+        }
+    }
 
     #[test]
     fn stock_is_exact_or_at_most_what_unknown_refunds_gave_back() {

@@ -49,13 +49,8 @@ impl Ledger {
         }
         for (id, status) in &self.status {
             let expect = match status {
-                OrderStatus::Pending => Expect(&[OrderStatus::Expired]),
-                OrderStatus::Paid => Expect(&[OrderStatus::Paid]),
-                OrderStatus::Failed => Expect(&[OrderStatus::Failed]),
-                OrderStatus::Cancelled => Expect(&[OrderStatus::Cancelled]),
-                OrderStatus::Expired => Expect(&[OrderStatus::Expired]),
-                OrderStatus::PartiallyRefunded => Expect(&[OrderStatus::PartiallyRefunded]),
-                OrderStatus::Refunded => Expect(&[OrderStatus::Refunded]),
+                OrderStatus::Pending => Expect::only(OrderStatus::Expired),
+                ended => Expect::only(*ended),
             };
             acked.order(*id, expect);
         }

@@ -588,10 +588,10 @@ impl Acks {
             }
             "payfail" => self
                 .acked
-                .order(OrderId(num("order")), Expect(&[OrderStatus::Failed])),
+                .order(OrderId(num("order")), Expect::only(OrderStatus::Failed)),
             "cancel" => self
                 .acked
-                .order(OrderId(num("order")), Expect(&[OrderStatus::Cancelled])),
+                .order(OrderId(num("order")), Expect::only(OrderStatus::Cancelled)),
             "issue" => {
                 let coupon = CouponId(num("coupon"));
                 // Issues of a campaign whose own answer a kill cut off are left out.

@@ -301,7 +301,7 @@ async fn a_mixed_storm_conserves_stock_money_and_coupons() {
                                     t.user(p.user_id).paid += p.pay_amount.0;
                                     Expect::PAID
                                 }
-                                Err(_) => Expect(&[OrderStatus::Failed]),
+                                Err(_) => Expect::only(OrderStatus::Failed),
                             };
                             for (p, q) in o.quantities() {
                                 let units = t.product(p);
@@ -319,7 +319,7 @@ async fn a_mixed_storm_conserves_stock_money_and_coupons() {
                             if engine.cancel_order(o.id, None).await.is_ok() {
                                 let mut t = told(&acked);
                                 o.quantities().for_each(|(p, q)| t.product(p).returned += q);
-                                t.order(o.id, Expect(&[OrderStatus::Cancelled]));
+                                t.order(o.id, Expect::only(OrderStatus::Cancelled));
                             }
                         }
                     }
