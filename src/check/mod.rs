@@ -220,18 +220,8 @@ mod tests {
     #[test]
     fn only_allows_its_one_status() {
         // proves Expect::only maps each status to itself and nothing else
-        use OrderStatus::*;
-        let all = [
-            Pending,
-            Paid,
-            Failed,
-            Cancelled,
-            Expired,
-            PartiallyRefunded,
-            Refunded,
-        ];
-        for s in all {
-            for t in all {
+        for s in OrderStatus::ALL {
+            for t in OrderStatus::ALL {
                 assert_eq!(Expect::only(s).allows(t), s == t, "{s:?} / {t:?}");
             }
         }

@@ -26,6 +26,17 @@ pub enum OrderStatus {
 }
 
 impl OrderStatus {
+    /// Every status, in declaration order.
+    pub const ALL: [OrderStatus; 7] = [
+        OrderStatus::Pending,
+        OrderStatus::Paid,
+        OrderStatus::Failed,
+        OrderStatus::Cancelled,
+        OrderStatus::Expired,
+        OrderStatus::PartiallyRefunded,
+        OrderStatus::Refunded,
+    ];
+
     /// Whether the order is no longer pending. A paid order may still be
     /// refunded ([`crate::domain::refund`]); nothing else changes a final one.
     pub fn is_final(self) -> bool {
@@ -310,6 +321,15 @@ mod tests {
             refunded_amount: Krw(0),
             refunds: Vec::new(),
         }
+    }
+
+    #[test]
+    fn all_lists_every_status_once_in_declaration_order() {
+        // proves ALL is complete: each status sits at its own discriminant, the last one included
+        for (i, s) in OrderStatus::ALL.into_iter().enumerate() {
+            assert_eq!(s as usize, i, "{s:?}");
+        }
+        assert_eq!(OrderStatus::ALL.len(), OrderStatus::Refunded as usize + 1);
     }
 
     #[test]

@@ -179,15 +179,8 @@ mod tests {
     #[test]
     fn every_status_has_its_own_bit() {
         // proves no two statuses share a bit, so a filter never reads another status's blocks
-        let all = [
-            OrderStatus::Pending,
-            OrderStatus::Paid,
-            OrderStatus::Failed,
-            OrderStatus::Cancelled,
-            OrderStatus::Expired,
-        ];
         let mut seen = 0u16;
-        for s in all {
+        for s in OrderStatus::ALL {
             assert_eq!(seen & status_bit(s), 0, "{s:?}");
             seen |= status_bit(s);
         }
