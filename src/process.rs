@@ -48,6 +48,72 @@ pub fn usage() -> Option<Usage> {
     })
 }
 
+/// CPU time of each of this process's threads so far, by thread id (Linux:
+/// `/proc/self/task/*/stat`); `None` where `/proc` does not say.
+#[derive(Clone, Debug, Default)]
+pub struct ThreadCpu(std::collections::HashMap<u32, (String, u64)>);
+
+/// Every thread's [`ThreadCpu`] now.
+pub fn thread_cpu() -> Option<ThreadCpu> {
+    let mut threads = std::collections::HashMap::new();
+    for entry in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let Some(tid) = entry.file_name().to_str().and_then(|t| t.parse().ok()) else {
+            continue;
+        };
+        // A thread that ended since the listing has no stat to read: skip it.
+        if let Some(stat) = std::fs::read_to_string(entry.path().join("stat"))
+            .ok()
+            .and_then(|text| thread_stat(&text))
+        {
+            threads.insert(tid, stat);
+        }
+    }
+    Some(ThreadCpu(threads))
+}
+
+impl ThreadCpu {
+    /// CPU seconds each family of threads used since `earlier` (a family is
+    /// a thread name without its number: `sled-io-3` counts as `sled-io`).
+    /// A thread started since counts whole; one that ended since is not
+    /// seen, so the families may sum to less than the process's time.
+    pub fn since(&self, earlier: &ThreadCpu) -> std::collections::BTreeMap<String, f64> {
+        // SAFETY: `sysconf` reads a constant of the system.
+        let ticks_per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let mut families = std::collections::BTreeMap::new();
+        for (tid, (name, ticks)) in &self.0 {
+            let before = earlier.0.get(tid).map_or(0, |(_, t)| *t);
+            *families.entry(family(name).to_owned()).or_insert(0.0) +=
+                ticks.saturating_sub(before) as f64 / ticks_per_sec;
+        }
+        families
+    }
+}
+
+/// A thread's name and CPU time (user + system, in clock ticks) from its
+/// `stat` text. The name is between the first `(` and the last `)`, and may
+/// hold spaces and parentheses itself.
+fn thread_stat(stat: &str) -> Option<(String, u64)> {
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let name = stat.get(open + 1..close)?.to_owned();
+    // After the name: state (field 3), ..., utime (14), stime (15).
+    let mut fields = stat.get(close + 1..)?.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some((name, user.checked_add(system)?))
+}
+
+/// A thread's name without the number that tells it from its siblings.
+fn family(name: &str) -> &str {
+    let trimmed = name.trim_end_matches(|c: char| c.is_ascii_digit());
+    if trimmed.len() == name.len() {
+        return name;
+    }
+    match trimmed.trim_end_matches(['-', '_', ':', ' ', '#']) {
+        "" => name,
+        family => family,
+    }
+}
+
 /// `write_bytes` of a `/proc/<pid>/io` text.
 fn write_bytes(io: &str) -> Option<u64> {
     let line = io.lines().find(|l| l.starts_with("write_bytes:"))?;
@@ -65,6 +131,73 @@ mod tests {
         assert_eq!(write_bytes(io), Some(8192));
         assert_eq!(write_bytes("cancelled_write_bytes: 5\n"), None);
         assert_eq!(write_bytes("write_bytes: many\n"), None);
+    }
+
+    #[test]
+    fn a_threads_stat_gives_its_name_and_cpu_ticks() {
+        // proves the name may hold spaces and parentheses, utime and stime are fields 14 and 15, and a short line is unknown
+        let stat = "4242 (actix-rt|system:0) S 1 2 3 4 5 6 7 8 9 10 120 35 0 0 20 0 1 0";
+        assert_eq!(
+            thread_stat(stat),
+            Some(("actix-rt|system:0".to_owned(), 155))
+        );
+        let odd = "7 (a (b) c) R 1 2 3 4 5 6 7 8 9 10 3 4 0 0";
+        assert_eq!(thread_stat(odd), Some(("a (b) c".to_owned(), 7)));
+        assert_eq!(thread_stat("7 (x) R 1 2 3"), None);
+        assert_eq!(thread_stat("no name here"), None);
+    }
+
+    #[test]
+    fn a_threads_family_is_its_name_without_its_number() {
+        // proves siblings share a family and a name that is only a number, or has none, stays whole
+        assert_eq!(family("sled-io-3"), "sled-io");
+        assert_eq!(family("actors-12"), "actors");
+        assert_eq!(family("actix-rt|system:0"), "actix-rt|system");
+        assert_eq!(family("journal-writer"), "journal-writer");
+        assert_eq!(family("1234"), "1234");
+        assert_eq!(family("commerce-engine"), "commerce-engine");
+    }
+
+    /// CPU time of the calling thread (s).
+    #[cfg(target_os = "linux")]
+    fn thread_cpu_secs() -> f64 {
+        // SAFETY: `clock_gettime` only writes the struct it is given.
+        let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+        assert_eq!(
+            unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) },
+            0
+        );
+        ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn thread_cpu_counts_a_busy_thread_in_its_family() {
+        // proves a thread started between two readings counts whole, under its family
+        let start = thread_cpu().expect("/proc/self/task");
+        std::thread::Builder::new()
+            .name("spinner-7".into())
+            .spawn(|| {
+                // Busy until this thread has used 200 ms of CPU, however
+                // loaded the machine is.
+                let mut x = 0u64;
+                while thread_cpu_secs() < 0.2 {
+                    for _ in 0..10_000 {
+                        x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(1));
+                    }
+                }
+                // Read before the thread ends, while its stat is listed.
+                thread_cpu().expect("/proc/self/task")
+            })
+            .expect("spawn")
+            .join()
+            .map(|end| {
+                let used = end.since(&start);
+                let spun = used.get("spinner").copied().unwrap_or(0.0);
+                assert!(spun >= 0.15, "{used:?}");
+                assert!(!used.contains_key("spinner-7"), "{used:?}");
+            })
+            .expect("join");
     }
 
     #[test]

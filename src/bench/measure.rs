@@ -8,15 +8,17 @@ use crate::bench::sink::BenchSink;
 use crate::bench::target::Target;
 use crate::engine::EngineMetrics;
 use crate::store::writer::Step;
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 /// The process at one moment of the run.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub(crate) struct Sample {
     pub(crate) at: Instant,
     /// Operations finished so far.
     pub(crate) completed: u64,
     pub(crate) usage: Option<crate::process::Usage>,
+    pub(crate) threads: Option<crate::process::ThreadCpu>,
 }
 
 /// What the process used between two samples.
@@ -34,10 +36,19 @@ pub(crate) fn process_delta(
         (Some(x), Some(y)) => Some(y.saturating_sub(x) as f64),
         _ => None,
     };
+    let by_thread = match (&a.threads, &b.threads) {
+        (Some(ta), Some(tb)) => tb
+            .since(ta)
+            .into_iter()
+            .map(|(family, cpu)| (family, cpu * 1e6 / ops as f64))
+            .collect(),
+        _ => BTreeMap::new(),
+    };
     Some(ProcessReport {
         cpu_percent: (user + system) / secs * 100.0,
         system_percent: system / secs * 100.0,
         cpu_us_per_op: (user + system) * 1e6 / ops as f64,
+        cpu_us_per_op_by_thread: by_thread,
         storage_write_mib_per_sec: written.map(|w| w / secs / (1024.0 * 1024.0)),
         storage_write_bytes_per_record: written
             .zip(journal)

@@ -90,6 +90,11 @@ pub struct ProcessReport {
     /// CPU time per operation finished in the window (µs; an order_pay
     /// operation is a place and its payment).
     pub cpu_us_per_op: f64,
+    /// That CPU time by family of threads (a thread name without its
+    /// number: `sled-io`, `actors`, `journal-writer`), in µs per operation
+    /// (Linux; empty elsewhere). Threads that ended within the window are
+    /// not counted, so the families may sum to a little less.
+    pub cpu_us_per_op_by_thread: BTreeMap<String, f64>,
     /// Bytes sent to storage (Linux), per second...
     pub storage_write_mib_per_sec: Option<f64>,
     /// ...and per journal record (embedded).
@@ -376,6 +381,15 @@ impl BenchReport {
                 let _ = write!(out, " ({b:.0} bytes per journal record)");
             }
             let _ = writeln!(out);
+            if !p.cpu_us_per_op_by_thread.is_empty() {
+                let mut threads: Vec<_> = p.cpu_us_per_op_by_thread.iter().collect();
+                threads.sort_by(|x, y| y.1.total_cmp(x.1));
+                let threads: Vec<String> = threads
+                    .iter()
+                    .map(|(family, us)| format!("{family} {us:.1}"))
+                    .collect();
+                let _ = writeln!(out, "  µs per operation by thread: {}", threads.join(", "));
+            }
         }
         if let Some(d) = &self.data_platform {
             let _ = write!(

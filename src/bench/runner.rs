@@ -134,6 +134,7 @@ fn sample(run: &Run) -> (Option<EngineMetrics>, Sample) {
         at: Instant::now(),
         completed: run.completed.load(Ordering::Relaxed),
         usage: crate::process::usage(),
+        threads: crate::process::thread_cpu(),
     };
     (engine, sample)
 }

@@ -63,6 +63,17 @@ fn every_workload_runs_on_sled_and_passes_its_invariant_check() {
         assert_eq!(w.len(), Step::ALL.len(), "{workload:?}: {journal:?}");
         assert!(w["writing"] > 0.0, "{workload:?}: {journal:?}");
         assert!(w.values().all(|p| *p >= 0.0), "{workload:?}: {journal:?}");
+        // The process's CPU by thread family: the writer is one of them,
+        // named without any number, and nothing used less than nothing.
+        let process = report.process.as_ref().expect("embedded runs report CPU");
+        if cfg!(target_os = "linux") {
+            let by = &process.cpu_us_per_op_by_thread;
+            assert!(by.contains_key("journal-writer"), "{workload:?}: {by:?}");
+            assert!(by
+                .keys()
+                .all(|f| !f.ends_with(|c: char| c.is_ascii_digit())));
+            assert!(by.values().all(|us| *us >= 0.0), "{workload:?}: {by:?}");
+        }
         // Only refusals the workload provokes on purpose are allowed.
         for code in report.errors.keys() {
             assert_eq!(
