@@ -76,12 +76,17 @@ impl ThreadCpu {
     /// a thread name without its number: `sled-io-3` counts as `sled-io`).
     /// A thread started since counts whole; one that ended since is not
     /// seen, so the families may sum to less than the process's time.
+    /// Linux caps a thread's name at 15 bytes (`journal-snapsho`).
     pub fn since(&self, earlier: &ThreadCpu) -> std::collections::BTreeMap<String, f64> {
         // SAFETY: `sysconf` reads a constant of the system.
         let ticks_per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
         let mut families = std::collections::BTreeMap::new();
         for (tid, (name, ticks)) in &self.0 {
-            let before = earlier.0.get(tid).map_or(0, |(_, t)| *t);
+            // An id the system gave again to a new thread counts from zero.
+            let before = match earlier.0.get(tid) {
+                Some((was, t)) if was == name => *t,
+                _ => 0,
+            };
             *families.entry(family(name).to_owned()).or_insert(0.0) +=
                 ticks.saturating_sub(before) as f64 / ticks_per_sec;
         }
@@ -145,6 +150,19 @@ mod tests {
         assert_eq!(thread_stat(odd), Some(("a (b) c".to_owned(), 7)));
         assert_eq!(thread_stat("7 (x) R 1 2 3"), None);
         assert_eq!(thread_stat("no name here"), None);
+    }
+
+    #[test]
+    fn a_thread_id_given_again_counts_from_zero() {
+        // proves a new thread under an ended one's id is not charged the old one's ticks
+        let ticks = |name: &str, t: u64| ThreadCpu([(9, (name.to_owned(), t))].into());
+        // SAFETY: `sysconf` reads a constant of the system.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let reused = ticks("sled-io-1", 40).since(&ticks("journal-writer", 500));
+        assert_eq!(reused.get("sled-io"), Some(&(40.0 / hz)));
+        assert_eq!(reused.get("journal-writer"), None);
+        let same = ticks("sled-io-1", 40).since(&ticks("sled-io-1", 30));
+        assert_eq!(same.get("sled-io"), Some(&(10.0 / hz)));
     }
 
     #[test]
