@@ -78,8 +78,7 @@ impl ThreadCpu {
     /// seen, so the families may sum to less than the process's time.
     /// Linux caps a thread's name at 15 bytes (`journal-snapsho`).
     pub fn since(&self, earlier: &ThreadCpu) -> std::collections::BTreeMap<String, f64> {
-        // SAFETY: `sysconf` reads a constant of the system.
-        let ticks_per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let ticks_per_sec = ticks_per_sec();
         let mut families = std::collections::BTreeMap::new();
         for (tid, (name, ticks)) in &self.0 {
             // An id the system gave again to a new thread counts from zero.
@@ -92,6 +91,12 @@ impl ThreadCpu {
         }
         families
     }
+}
+
+/// Clock ticks per second, the unit of a thread's CPU time in `/proc`.
+fn ticks_per_sec() -> f64 {
+    // SAFETY: `sysconf` reads a constant of the system.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64
 }
 
 /// A thread's name and CPU time (user + system, in clock ticks) from its
@@ -156,8 +161,7 @@ mod tests {
     fn a_thread_id_given_again_counts_from_zero() {
         // proves a new thread under an ended one's id is not charged the old one's ticks
         let ticks = |name: &str, t: u64| ThreadCpu([(9, (name.to_owned(), t))].into());
-        // SAFETY: `sysconf` reads a constant of the system.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let hz = ticks_per_sec();
         let reused = ticks("sled-io-1", 40).since(&ticks("journal-writer", 500));
         assert_eq!(reused.get("sled-io"), Some(&(40.0 / hz)));
         assert_eq!(reused.get("journal-writer"), None);
