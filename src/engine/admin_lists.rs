@@ -3,25 +3,34 @@
 //!
 //! Reads only. Campaigns are few and each has its actor: a page asks the
 //! `limit` actors from its cursor on. Orders are many and live in two
-//! places: those not yet archived in the coordinator shards' books (each
-//! keeps its ids by status), finished ones in the store's archive by block
-//! of ids, with a mask of the statuses each block holds
-//! ([`crate::store::archive_statuses`]). A page asks each shard for its
-//! first `limit + 1` ids above the cursor with the status, then reads the
-//! archive's blocks that have the status, from the cursor's block, until it
-//! has `limit + 1`: at most `limit + 1` block reads, however many orders
-//! there are. In that order, an order archived meanwhile is found in one or
-//! the other (a shard marks it in the masks before it lets go of it).
+//! places: those not yet archived in the coordinator shards' books, finished
+//! ones in the store's archive by block of ids, with a mask of the statuses
+//! each block holds ([`crate::store::archive_statuses`]). A page asks each
+//! shard for its first `limit + 1` orders above the cursor with the status,
+//! then reads the archive's blocks that have the status, from the cursor's
+//! block, until it has `limit + 1`: at most `limit + 1` block reads, however
+//! many orders there are. In that order, an order archived meanwhile is
+//! found in one or the other (a shard marks it in the masks before it lets
+//! go of it).
+//!
+//! A book keeps no index by status: one cost four B-tree updates on every
+//! order placed and paid, for a list an operator reads now and then. A shard
+//! scans its book by id from the cursor instead, [`SCAN_CHUNK`] orders per
+//! message, so a shard holding many orders of other statuses goes on with
+//! its payments between chunks. An order that leaves the book between two
+//! chunks is in the archive's masks by then, and the archive is read after
+//! every shard.
 
 use crate::domain::coupon::Campaign;
 use crate::domain::ids::OrderId;
 use crate::domain::order::{Order, OrderStatus};
 use crate::domain::views::{CouponView, Page};
 use crate::engine::actor::Read;
-use crate::engine::coordinator::OrderBook;
+use crate::engine::coordinator::{Coordinator, OrderBook};
 use crate::engine::error::{Error, Result};
 use crate::engine::facade::{blocking, Engine, PageRequest};
 use crate::store::archive_statuses::{archived_orders_after, status_bit};
+use actix::Addr;
 
 /// Which orders the admin list of orders shows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,6 +66,13 @@ impl OrderFilter {
             "status must be one of {}",
             ORDER_STATUSES.join(", ")
         )))
+    }
+
+    fn matches(self, status: OrderStatus) -> bool {
+        match self {
+            OrderFilter::All => true,
+            OrderFilter::Status(s) => s == status,
+        }
     }
 
     /// The status bits it matches (see `store::archive_statuses`).
@@ -105,11 +121,10 @@ impl Engine {
         let (_, placement, watch) = self.parts();
         let (after, want) = (page.after.unwrap_or(0), page.limit + 1);
         // The shards first, then the archive (see the module's docs).
-        let reads = placement.shards.iter().map(|shard| {
-            shard.send(Read::new(move |b: &OrderBook| {
-                held_after(b, filter, after, want)
-            }))
-        });
+        let reads = placement
+            .shards
+            .iter()
+            .map(|shard| held_in_shard(shard, filter, after, want));
         let mut found: Vec<Order> = Vec::new();
         for shard in futures_util::future::join_all(reads).await {
             found.extend(shard?);
@@ -178,33 +193,123 @@ impl Engine {
     }
 }
 
-/// A shard's first `want` orders above `after` that `filter` matches.
-fn held_after(book: &OrderBook, filter: OrderFilter, after: u64, want: usize) -> Vec<Order> {
-    let first = OrderId(after.saturating_add(1));
-    let ids: Vec<OrderId> = match filter {
-        OrderFilter::All => book
-            .orders
-            .range(first..)
-            .take(want)
-            .map(|(id, _)| *id)
-            .collect(),
-        OrderFilter::Status(s) => {
-            let bit = status_bit(s);
-            book.by_status
-                .range((bit, first)..=(bit, OrderId(u64::MAX)))
-                .take(want)
-                .map(|(_, id)| *id)
-                .collect()
+/// Book entries a shard scans per message of a list of orders: about
+/// 100 µs of the shard's time, however many orders its book holds.
+pub const SCAN_CHUNK: usize = 4_096;
+
+/// A shard's first `want` orders above `after` that `filter` matches, read
+/// [`SCAN_CHUNK`] entries of its book at a time.
+async fn held_in_shard(
+    shard: &Addr<Coordinator>,
+    filter: OrderFilter,
+    after: u64,
+    want: usize,
+) -> Result<Vec<Order>> {
+    gather(after, want, |after, left| async move {
+        let read = Read::new(move |b: &OrderBook| held_after(b, filter, after, left, SCAN_CHUNK));
+        Ok(shard.send(read).await?)
+    })
+    .await
+}
+
+/// The first `want` orders above `after`, a chunk at a time: `read(after,
+/// left)` answers up to `left` orders above `after`, and the last id it
+/// looked at if it stopped before the end.
+async fn gather<F, Fut>(mut after: u64, want: usize, mut read: F) -> Result<Vec<Order>>
+where
+    F: FnMut(u64, usize) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<Order>, Option<u64>)>>,
+{
+    let mut found = Vec::new();
+    loop {
+        let (mut orders, looked_to) = read(after, want - found.len()).await?;
+        found.append(&mut orders);
+        match looked_to {
+            Some(last) if found.len() < want => after = last,
+            _ => return Ok(found),
         }
-    };
-    ids.iter()
-        .filter_map(|id| book.orders.get(id).cloned())
-        .collect()
+    }
+}
+
+/// The first `want` orders above `after` that `filter` matches, looking at
+/// no more than `budget` entries; with the last id looked at when the
+/// budget ran out first (the orders above it are yet to be looked at).
+fn held_after(
+    book: &OrderBook,
+    filter: OrderFilter,
+    after: u64,
+    want: usize,
+    budget: usize,
+) -> (Vec<Order>, Option<u64>) {
+    debug_assert!(budget > 0);
+    let mut found = Vec::new();
+    let mut last = None;
+    let first = OrderId(after.saturating_add(1));
+    for (looked, (id, order)) in book.orders.range(first..).enumerate() {
+        if found.len() >= want {
+            return (found, None);
+        }
+        if looked == budget {
+            return (found, last);
+        }
+        if filter.matches(order.status) {
+            found.push(order.clone());
+        }
+        last = Some(id.0);
+    }
+    (found, None)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::order::sample_paid_order;
+
+    /// A book of orders 1..=60 whose statuses cycle through every status.
+    fn book() -> OrderBook {
+        OrderBook::from_orders((1..=60).map(|id| {
+            let mut o = sample_paid_order(id);
+            o.status = OrderStatus::ALL[id as usize % OrderStatus::ALL.len()];
+            o
+        }))
+    }
+
+    #[tokio::test]
+    async fn a_book_read_in_chunks_lists_what_one_read_lists() {
+        // proves the chunked scan finds exactly the first `want` matches above the cursor, whatever the chunk
+        let book = book();
+        let filters = OrderStatus::ALL
+            .iter()
+            .map(|&s| OrderFilter::Status(s))
+            .chain([OrderFilter::All]);
+        for filter in filters {
+            for after in [0, 1, 7, 33, 59, 60, 100] {
+                for want in [1, 2, 5, 61] {
+                    let expected: Vec<u64> = (after + 1..=60)
+                        .filter(|&id| filter.matches(book.orders[&OrderId(id)].status))
+                        .take(want)
+                        .collect();
+                    for budget in [1, 2, 3, 7, 4_096] {
+                        let mut reads = 0;
+                        let got = gather(after, want, |after, left| {
+                            reads += 1;
+                            let chunk = held_after(&book, filter, after, left, budget);
+                            assert!(chunk.0.len() <= left);
+                            std::future::ready(Ok(chunk))
+                        })
+                        .await
+                        .unwrap();
+                        let ids: Vec<u64> = got.iter().map(|o| o.id.0).collect();
+                        assert_eq!(
+                            ids, expected,
+                            "{filter:?} after {after} want {want} budget {budget}"
+                        );
+                        assert!(reads <= 60 / budget + 2, "{reads} reads of {budget}");
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn the_status_filter_takes_the_apis_statuses_and_names_the_field_otherwise() {

@@ -46,7 +46,6 @@ use crate::engine::refund::RefundsWaiting;
 use crate::engine::registry::Registry;
 use crate::engine::stats_actor::{Sold, StatsActor};
 use crate::engine::user_actor::{Debit, HoldForOrder, OrderNews, UserActor};
-use crate::store::archive_statuses::status_bit;
 use crate::store::writer::{Ack, ArchiveWatch, JournalHandle};
 use actix::prelude::*;
 use futures_util::future::join_all;
@@ -69,8 +68,6 @@ pub struct OrderBook {
     /// Ids of each user's orders in `orders`, ascending.
     pub by_user: IdMap<UserId, Vec<OrderId>>,
     pub due: BTreeSet<(Timestamp, OrderId)>,
-    /// Ids in `orders` by status (`status_bit`, id), for the admin list.
-    pub by_status: BTreeSet<(u16, OrderId)>,
     /// Finished orders, oldest first, each with the archive mark taken
     /// when it finished: it leaves `orders` once that is written.
     settled: VecDeque<(u64, OrderId)>,
@@ -109,6 +106,7 @@ impl OrderBook {
 
     /// Lets go of finished orders the archive holds now.
     fn let_go(&mut self, watch: &ArchiveWatch) {
+        let mut leaving: Vec<(OrderId, UserId, OrderStatus)> = Vec::new();
         while let Some(&(mark, id)) = self.settled.front() {
             if !watch.is_written(mark) {
                 break;
@@ -121,14 +119,22 @@ impl OrderBook {
                 }
                 None => {}
             }
-            let (user, status) = match self.orders.get(&id) {
-                Some(o) if o.status.is_final() => (o.user_id, o.status),
-                _ => continue,
-            };
-            // Marked before it leaves: a list reads the book, then the marks.
-            watch.statuses.mark([(id.0, status)]);
-            self.by_status.remove(&(status_bit(status), id));
-            self.orders.remove(&id);
+            if let Some(o) = self.orders.get(&id).filter(|o| o.status.is_final()) {
+                leaving.push((id, o.user_id, o.status));
+            }
+        }
+        if leaving.is_empty() {
+            return;
+        }
+        // Marked before they leave, all at once: a list reads the book,
+        // then the marks.
+        watch
+            .statuses
+            .mark(leaving.iter().map(|&(id, _, status)| (id.0, status)));
+        for (id, user, _) in leaving {
+            if self.orders.remove(&id).is_none() {
+                continue;
+            }
             if let Some(ids) = self.by_user.get_mut(&user) {
                 if let Ok(at) = ids.binary_search(&id) {
                     ids.remove(at);
@@ -144,7 +150,6 @@ impl OrderBook {
         if order.status == OrderStatus::Pending {
             self.due.insert((order.expires_at, order.id));
         }
-        self.by_status.insert((status_bit(order.status), order.id));
         let ids = self.by_user.entry(order.user_id).or_default();
         if ids.last().is_none_or(|last| *last < order.id) {
             ids.push(order.id);
@@ -152,12 +157,6 @@ impl OrderBook {
             ids.insert(pos, order.id);
         }
         self.orders.insert(order.id, order);
-    }
-
-    /// An order held here changed status from `from` to `to`.
-    pub(super) fn restatus(&mut self, id: OrderId, from: OrderStatus, to: OrderStatus) {
-        self.by_status.remove(&(status_bit(from), id));
-        self.by_status.insert((status_bit(to), id));
     }
 }
 
@@ -330,10 +329,8 @@ impl Journaled for Coordinator {
                         .get_mut(&order_id)
                         .ok_or(Rejection::OrderNotFound(order_id))?;
                     self.book.due.remove(&(order.expires_at, order_id));
-                    let before = order.status;
                     order.apply(event, at);
                     let order = order.clone();
-                    self.book.restatus(order_id, before, order.status);
                     self.book.settled(order_id, &self.journal.archive);
                     for (product, quantity) in self.products_of(&order) {
                         product.tell(StockNews::Durable(ProductEvent::Released(quantity), at));
@@ -810,10 +807,7 @@ impl Coordinator {
     fn paid(&mut self, paid: &Order, at: Timestamp) {
         if let Some(order) = self.book.orders.get_mut(&paid.id) {
             self.book.due.remove(&(order.expires_at, order.id));
-            let before = order.status;
             order.apply(OrderEvent::Paid, at);
-            let after = order.status;
-            self.book.restatus(paid.id, before, after);
             self.book.settled(paid.id, &self.journal.archive);
         }
         for (product, quantity) in self.products_of(paid) {

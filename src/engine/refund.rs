@@ -197,13 +197,11 @@ impl Coordinator {
         }
     }
 
-    /// A refund is durable: the order reads refunded (in the admin lists'
-    /// status index too), its units go back to stock and leave the
-    /// ranking, and it is archived again as it is now.
+    /// A refund is durable: the order reads refunded, its units go back to
+    /// stock and leave the ranking, and it is archived again as it is now.
     fn refunded(&mut self, after: &Order, refund: &Refund) {
         if let Some(order) = self.book.orders.get_mut(&after.id) {
-            let before = std::mem::replace(order, after.clone()).status;
-            self.book.restatus(after.id, before, after.status);
+            *order = after.clone();
         }
         self.book.resettled(after.id, &self.journal.archive);
         let paid_at = after.paid_at.unwrap_or_default();
