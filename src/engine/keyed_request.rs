@@ -17,6 +17,7 @@ use crate::domain::refund::RefundRequest;
 use crate::domain::time::Timestamp;
 use crate::engine::coordinator::OrderSource;
 use crate::engine::facade::PlaceOrder;
+use crate::engine::idempotency::IdempotencyKey;
 use std::fmt::{self, Write};
 
 /// A request that may carry an idempotency key.
@@ -69,6 +70,12 @@ pub enum KeyedRequest<'a> {
 }
 
 impl KeyedRequest<'_> {
+    /// The key with this request's fingerprint, taken only when there is a
+    /// key (a request without one runs as it comes).
+    pub fn under(&self, key: Option<IdempotencyKey>) -> Option<(IdempotencyKey, u64)> {
+        key.map(|key| (key, self.fingerprint()))
+    }
+
     /// FNV-1a of the request's canonical text: stable across builds and
     /// restarts (std's hasher is not promised to be).
     pub fn fingerprint(&self) -> u64 {

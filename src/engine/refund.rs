@@ -232,12 +232,12 @@ impl Engine {
         request: RefundRequest,
         key: Option<IdempotencyKey>,
     ) -> Result<Order> {
-        let fp = KeyedRequest::RefundOrder {
+        let keyed = KeyedRequest::RefundOrder {
             order: id,
             request: &request,
         }
-        .fingerprint();
-        self.keyed(key, fp, move |engine, tag| async move {
+        .under(key);
+        self.keyed(keyed, move |engine, tag| async move {
             validate_request(&request, engine.limits())?;
             let shard = engine.order_shard(id).clone();
             let asked = RefundOrder {

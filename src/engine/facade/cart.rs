@@ -40,7 +40,7 @@ impl Engine {
             product: product_id,
             quantity,
         };
-        self.keyed(key, request.fingerprint(), move |engine, tag| async move {
+        self.keyed(request.under(key), move |engine, tag| async move {
             let ProductView {
                 name,
                 price,

@@ -34,7 +34,7 @@ impl Engine {
             expires_at: new.expires_at,
             terms,
         };
-        self.keyed(key, request.fingerprint(), move |engine, tag| async move {
+        self.keyed(request.under(key), move |engine, tag| async move {
             let msg = CreateCampaign {
                 name,
                 discount,
@@ -68,7 +68,7 @@ impl Engine {
             coupon: coupon_id,
             user: user_id,
         };
-        self.keyed(key, request.fingerprint(), move |engine, tag| async move {
+        self.keyed(request.under(key), move |engine, tag| async move {
             campaign
                 .send(Issue {
                     user_id,

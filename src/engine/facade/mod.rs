@@ -245,13 +245,14 @@ impl Engine {
         self.inner.clock.now()
     }
 
-    /// Runs `op` under an idempotency key: the first answer is stored with
-    /// its record (a refusal in a record of its own); a retry with the same
-    /// request gets it back; another request with the same key is refused.
+    /// Runs `op` under an idempotency key and its request's fingerprint
+    /// ([`KeyedRequest::under`](crate::engine::keyed_request::KeyedRequest::under)):
+    /// the first answer is stored with its record (a refusal in a record of
+    /// its own); a retry with the same request gets it back; another
+    /// request with the same key is refused.
     pub(in crate::engine) async fn keyed<T, F, Fut>(
         &self,
-        key: Option<IdempotencyKey>,
-        fp: u64,
+        keyed: Option<(IdempotencyKey, u64)>,
         op: F,
     ) -> Result<T>
     where
@@ -259,7 +260,7 @@ impl Engine {
         F: FnOnce(Engine, Option<Tag>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T>> + Send + 'static,
     {
-        let Some(key) = key else {
+        let Some((key, fp)) = keyed else {
             return op(self.clone(), None).await;
         };
         let tag = loop {

@@ -19,12 +19,12 @@ impl Engine {
         order: PlaceOrder,
         key: Option<IdempotencyKey>,
     ) -> Result<Order> {
-        let fp = KeyedRequest::PlaceOrder(&order).fingerprint();
+        let keyed = KeyedRequest::PlaceOrder(&order).under(key);
         // The placing saga runs on the caller's task: it must not stop half-way.
         let engine = self.clone();
         to_the_end(async move {
             engine
-                .keyed(key, fp, move |engine, tag| async move {
+                .keyed(keyed, move |engine, tag| async move {
                     let placement = &engine.inner.placement;
                     placement
                         .place(order.user_id, order.source, order.user_coupon_id, tag)
@@ -141,7 +141,7 @@ impl Engine {
 
     pub async fn cancel_order(&self, id: OrderId, key: Option<IdempotencyKey>) -> Result<Order> {
         let request = KeyedRequest::CancelOrder(id);
-        self.keyed(key, request.fingerprint(), move |engine, tag| async move {
+        self.keyed(request.under(key), move |engine, tag| async move {
             let result = engine
                 .inner
                 .placement
@@ -157,7 +157,7 @@ impl Engine {
 
     pub async fn pay_order(&self, id: OrderId, key: Option<IdempotencyKey>) -> Result<Order> {
         let request = KeyedRequest::PayOrder(id);
-        self.keyed(key, request.fingerprint(), move |engine, tag| async move {
+        self.keyed(request.under(key), move |engine, tag| async move {
             let result = engine
                 .inner
                 .placement

@@ -50,7 +50,7 @@ impl Engine {
             stock,
             max_per_user,
         };
-        self.keyed(key, request.fingerprint(), move |engine, tag| async move {
+        self.keyed(request.under(key), move |engine, tag| async move {
             engine
                 .inner
                 .directory
@@ -80,12 +80,12 @@ impl Engine {
         }
         let patch = patch.validate(limits)?;
         let addr = self.product_ref(id)?.addr;
-        let fingerprint = KeyedRequest::UpdateProduct {
+        let keyed = KeyedRequest::UpdateProduct {
             product: id,
             patch: &patch,
         }
-        .fingerprint();
-        self.keyed(key, fingerprint, move |engine, tag| async move {
+        .under(key);
+        self.keyed(keyed, move |engine, tag| async move {
             addr.send(Update {
                 patch,
                 at: engine.now(),

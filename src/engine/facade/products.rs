@@ -66,7 +66,7 @@ impl Engine {
             product: id,
             quantity,
         };
-        self.keyed(key, request.fingerprint(), move |engine, tag| async move {
+        self.keyed(request.under(key), move |engine, tag| async move {
             addr.send(Restock {
                 quantity,
                 at: engine.now(),

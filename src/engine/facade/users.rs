@@ -16,7 +16,7 @@ impl Engine {
     pub async fn create_user(&self, name: &str, key: Option<IdempotencyKey>) -> Result<UserView> {
         let name = check_name("name", name, &self.inner.limits)?;
         let request = KeyedRequest::CreateUser { name: &name };
-        self.keyed(key, request.fingerprint(), move |engine, tag| async move {
+        self.keyed(request.under(key), move |engine, tag| async move {
             engine
                 .inner
                 .directory
@@ -50,7 +50,7 @@ impl Engine {
     ) -> Result<BalanceView> {
         let addr = self.user_addr(id)?;
         let request = KeyedRequest::Charge { user: id, amount };
-        self.keyed(key, request.fingerprint(), move |engine, tag| async move {
+        self.keyed(request.under(key), move |engine, tag| async move {
             addr.send(Charge {
                 amount,
                 at: engine.now(),
