@@ -208,11 +208,14 @@ impl Coordinator {
         }
     }
 
-    pub(super) fn products_of(&self, order: &Order) -> Vec<(ProductRef, u64)> {
-        order
-            .quantities()
-            .filter_map(|(p, q)| self.registry.products.get(p.0).map(|a| (a, q)))
-            .collect()
+    /// Tells each product of `order` the news of its line's units (without
+    /// cloning an address).
+    fn tell_products(&self, order: &Order, news: impl Fn(u64) -> StockNews) {
+        for (p, q) in order.quantities() {
+            self.registry
+                .products
+                .with(p.0, |product| product.tell(news(q)));
+        }
     }
 
     /// Journals the end of a pending order without payment; stock and
@@ -332,9 +335,9 @@ impl Journaled for Coordinator {
                     order.apply(event, at);
                     let order = order.clone();
                     self.book.settled(order_id, &self.journal.archive);
-                    for (product, quantity) in self.products_of(&order) {
-                        product.tell(StockNews::Durable(ProductEvent::Released(quantity), at));
-                    }
+                    self.tell_products(&order, |q| {
+                        StockNews::Durable(ProductEvent::Released(q), at)
+                    });
                     if let Some(user) = self.registry.users.get(order.user_id.0) {
                         if let Some(coupon) = order.user_coupon_id {
                             user.do_send(OrderNews::Durable(UserEvent::CouponRestored(coupon), at));
@@ -765,21 +768,21 @@ impl Coordinator {
         tag: Option<Tag>,
     ) -> ResponseActFuture<Self, Result<Order>> {
         let order = &self.book.orders[&order_id];
-        let Some(user) = self.registry.users.get(order.user_id.0) else {
-            return Box::pin(fut::ready(Err(
-                Rejection::UserNotFound(order.user_id).into()
-            )));
-        };
         // The order as the answer reads once paid.
         let mut paid = order.clone();
         paid.apply(OrderEvent::Paid, now);
-        self.busy.insert(order_id);
-        let debit = user.send(Debit {
+        let debit = Debit {
             order_id,
             amount: paid.pay_amount,
             at: now,
             keyed: tag.clone().map(|tag| (tag, Box::new(paid.clone()))),
-        });
+        };
+        let Some(debit) = self.registry.users.with(paid.user_id.0, |u| u.send(debit)) else {
+            return Box::pin(fut::ready(
+                Err(Rejection::UserNotFound(paid.user_id).into()),
+            ));
+        };
+        self.busy.insert(order_id);
         Box::pin(
             fut::wrap_future::<_, Self>(debit).then(move |res, act, ctx| {
                 match res.map_err(Error::from).and_then(|r| r) {
@@ -810,9 +813,7 @@ impl Coordinator {
             order.apply(OrderEvent::Paid, at);
             self.book.settled(paid.id, &self.journal.archive);
         }
-        for (product, quantity) in self.products_of(paid) {
-            product.tell(StockNews::Durable(ProductEvent::Sold(quantity), at));
-        }
+        self.tell_products(paid, |q| StockNews::Durable(ProductEvent::Sold(q), at));
         let lines = paid
             .items
             .iter()
