@@ -193,8 +193,8 @@ impl Engine {
     }
 }
 
-/// Book entries a shard scans per message of a list of orders: about
-/// 100 µs of the shard's time, however many orders its book holds.
+/// Book entries a shard scans per message of a list of orders: the most
+/// of its time one message takes, however many orders its book holds.
 pub const SCAN_CHUNK: usize = 4_096;
 
 /// A shard's first `want` orders above `after` that `filter` matches, read
