@@ -143,11 +143,7 @@ impl HeldUnits {
 
     /// Every entry, by product, each once.
     pub fn iter(&self) -> std::vec::IntoIter<(ProductId, u64)> {
-        if self.recent.is_empty() {
-            self.sorted.clone().into_iter()
-        } else {
-            self.merged().into_iter()
-        }
+        self.merged().into_iter()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -163,12 +159,10 @@ impl HeldUnits {
 
     /// Moves the units added in arrival order into the sorted entries.
     fn merge(&mut self) {
-        if self.recent.is_empty() {
-            return;
+        if !self.recent.is_empty() {
+            self.sorted = self.merged();
+            self.recent.clear();
         }
-        self.recent.sort_unstable_by_key(|e| e.0);
-        self.sorted = merge_sorted(&self.sorted, &self.recent);
-        self.recent.clear();
     }
 }
 

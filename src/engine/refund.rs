@@ -205,14 +205,15 @@ impl Coordinator {
         }
         self.book.resettled(after.id, &self.journal.archive);
         let paid_at = after.paid_at.unwrap_or_default();
+        let at = self.clock.now();
         for line in &refund.items {
-            if let Some(product) = self.registry.products.get(line.product_id.0) {
-                let event = ProductEvent::Refunded {
-                    quantity: line.quantity,
-                    paid_at,
-                };
-                product.tell(StockNews::Durable(event, self.clock.now()));
-            }
+            let event = ProductEvent::Refunded {
+                quantity: line.quantity,
+                paid_at,
+            };
+            self.registry.products.with(line.product_id.0, |product| {
+                product.tell(StockNews::Durable(event, at))
+            });
         }
         let lines = refund
             .items
