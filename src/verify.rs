@@ -57,6 +57,7 @@ pub struct Summary {
     pub products: usize,
     pub coupons: usize,
     pub coupons_issued: usize,
+    /// Every order, archived or not (verify loads the archive too).
     pub orders: usize,
     pub orders_by_status: BTreeMap<String, u64>,
     pub balances_total_krw: u64,
@@ -76,16 +77,10 @@ pub struct Summary {
 
 impl Summary {
     pub fn of(world: &World, report: &RecoveryReport, outbox: &OutboxSummary) -> Summary {
-        let mut orders_by_status = BTreeMap::new();
-        for status in [
-            OrderStatus::Pending,
-            OrderStatus::Paid,
-            OrderStatus::Failed,
-            OrderStatus::Cancelled,
-            OrderStatus::Expired,
-        ] {
-            orders_by_status.insert(status_name(status), 0);
-        }
+        let mut orders_by_status: BTreeMap<String, u64> = OrderStatus::ALL
+            .iter()
+            .map(|&status| (status_name(status), 0))
+            .collect();
         for o in world.orders.values() {
             *orders_by_status.entry(status_name(o.status)).or_default() += 1;
         }
@@ -167,8 +162,12 @@ impl Summary {
     }
 }
 
+/// A status as the API writes it (`partially_refunded`).
 fn status_name(s: OrderStatus) -> String {
-    format!("{s:?}").to_lowercase()
+    match serde_json::to_value(s) {
+        Ok(serde_json::Value::String(name)) => name,
+        _ => format!("{s:?}"),
+    }
 }
 
 const EXIT_VIOLATION: u8 = 1;

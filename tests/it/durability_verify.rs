@@ -51,7 +51,9 @@ fn populated_dir() -> tempfile::TempDir {
         SledStore::open(dir.path()).unwrap(),
         manual_clock(),
     );
-    rt.block_on(populate(&engine, "v"));
+    let p = rt.block_on(populate(&engine, "v"));
+    let refunded = rt.block_on(engine.refund_order(p.paid[0], RefundRequest::default(), None));
+    assert_eq!(refunded.unwrap().status, OrderStatus::Refunded);
     engine.shutdown();
     dir
 }
@@ -74,13 +76,36 @@ fn verify_summarises_a_good_data_dir_and_writes_nothing() {
     assert_eq!(s["coupons"], 2);
     assert_eq!(s["coupons_issued"], 3);
     assert_eq!(s["orders"], 6);
-    assert_eq!(s["orders_by_status"]["paid"], 2);
+    // Every status is named as the API names it, counted or not.
+    let names: Vec<&str> = s["orders_by_status"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "cancelled",
+            "expired",
+            "failed",
+            "paid",
+            "partially_refunded",
+            "pending",
+            "refunded"
+        ]
+    );
+    assert_eq!(s["orders_by_status"]["paid"], 1);
+    assert_eq!(s["orders_by_status"]["refunded"], 1);
+    assert_eq!(s["orders_by_status"]["partially_refunded"], 0);
     assert_eq!(s["orders_by_status"]["pending"], 2);
     assert_eq!(s["orders_by_status"]["cancelled"], 1);
     assert_eq!(s["orders_by_status"]["failed"], 1);
-    // 100,000 + 3,000 + 250,000 + 1,234 charged; 7,200 + 80,500 paid.
-    assert_eq!(s["balances_total_krw"], 266_534);
-    assert_eq!(s["outbox_pending"], 2);
+    // 100,000 + 3,000 + 250,000 + 1,234 charged; 7,200 + 80,500 paid;
+    // 7,200 refunded.
+    assert_eq!(s["balances_total_krw"], 273_734);
+    // Two payments and the refund, for the data platform.
+    assert_eq!(s["outbox_pending"], 3);
     assert!(s["violations"].as_array().unwrap().is_empty());
     assert_eq!(
         s["stock"]["available"].as_u64().unwrap()
@@ -232,4 +257,36 @@ fn verify_counts_a_refund_a_start_would_deliver_again() {
     );
     assert_eq!(engine.outbox_pending() as u64, before + 1);
     engine.shutdown();
+}
+
+/// verify loads the archive too: orders a snapshot archived (they left
+/// the engine's memory) are counted with the others, by status.
+#[test]
+fn verify_counts_archived_orders_with_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let engine = start(
+        config(),
+        SledStore::open(dir.path()).unwrap(),
+        manual_clock(),
+    );
+    rt.block_on(async {
+        populate(&engine, "a").await;
+        engine.snapshot().await.unwrap();
+        // Only the two pending orders stay in memory.
+        assert_eq!(engine.orders_in_memory().await.unwrap(), 2);
+    });
+    engine.shutdown();
+    let out = verify(dir.path(), true);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["orders"], 6, "{s}");
+    assert_eq!(s["orders_by_status"]["paid"], 2, "{s}");
+    assert_eq!(s["orders_by_status"]["pending"], 2, "{s}");
+    assert_eq!(s["orders_by_status"]["cancelled"], 1, "{s}");
+    assert_eq!(s["orders_by_status"]["failed"], 1, "{s}");
 }
