@@ -11,7 +11,9 @@
 //! block, until it has `limit + 1`: at most `limit + 1` block reads, however
 //! many orders there are. In that order, an order archived meanwhile is
 //! found in one or the other (a shard marks it in the masks before it lets
-//! go of it).
+//! go of it). An archived order a refund brings back into a book meanwhile
+//! is found too: of the archived orders read, those a book holds again are
+//! listed as the book holds them now, if they still match.
 //!
 //! A book keeps no index by status: one cost four B-tree updates on every
 //! order placed and paid, for a list an operator reads now and then. A shard
@@ -131,7 +133,7 @@ impl Engine {
         }
         let archive = self.archive()?;
         watch.statuses.scan(&archive).await?;
-        found.extend(self.archived_after(archive, bits, after, want).await?);
+        found.extend(self.archived_after(archive, filter, after, want).await?);
         // By id; of an id in both, the one from memory (pushed first, kept
         // first by the stable sort).
         found.sort_by_key(|o| o.id);
@@ -144,19 +146,22 @@ impl Engine {
 }
 
 impl Engine {
-    /// At least `want` archived orders above `after` with a status of
-    /// `bits` (fewer once the archive has no more), leaving out those a
-    /// shard's book holds again: a refund brings an archived order back,
-    /// and its archived copy keeps the status it had until the next
-    /// snapshot archives it again. The book's copy is the one listed.
+    /// At least `want` archived orders above `after` that `filter` matches
+    /// (fewer once the archive has no more). Of those a shard's book holds
+    /// again, the book's copy stands in for the archived one: a refund
+    /// brings an archived order back, and its archived copy keeps the
+    /// status it had until the next snapshot archives it again. The book's
+    /// copy is listed if it matches, as the shards' scan lists it; one the
+    /// book took back after its shard was scanned is not lost between the two.
     async fn archived_after(
         &self,
         archive: crate::store::ArchiveReader,
-        bits: u16,
+        filter: OrderFilter,
         mut after: u64,
         want: usize,
     ) -> Result<Vec<Order>> {
         let (_, placement, _) = self.parts();
+        let bits = filter.bits();
         let mut kept = Vec::new();
         loop {
             let engine = self.clone();
@@ -173,24 +178,39 @@ impl Engine {
             let ids: std::sync::Arc<[OrderId]> = read.iter().map(|o| o.id).collect();
             let asks = placement.shards.iter().map(|shard| {
                 let ids = ids.clone();
-                shard.send(Read::new(move |b: &OrderBook| {
-                    ids.iter()
-                        .filter(|id| b.orders.contains_key(id))
-                        .copied()
-                        .collect::<Vec<_>>()
-                }))
+                shard.send(Read::new(move |b: &OrderBook| held_again(b, &ids, filter)))
             });
-            let mut held = std::collections::HashSet::new();
+            let mut held = std::collections::HashMap::new();
             for shard in futures_util::future::join_all(asks).await {
                 held.extend(shard?);
             }
-            kept.extend(read.into_iter().filter(|o| !held.contains(&o.id)));
+            for order in read {
+                match held.remove(&order.id) {
+                    None => kept.push(order),
+                    Some(book_copy) => kept.extend(book_copy),
+                }
+            }
             if exhausted || kept.len() >= want {
                 return Ok(kept);
             }
             after = last;
         }
     }
+}
+
+/// Of `ids`, those the book holds (again), each with the book's copy if
+/// `filter` matches it.
+fn held_again(
+    book: &OrderBook,
+    ids: &[OrderId],
+    filter: OrderFilter,
+) -> Vec<(OrderId, Option<Order>)> {
+    ids.iter()
+        .filter_map(|id| {
+            let order = book.orders.get(id)?;
+            Some((*id, filter.matches(order.status).then(|| order.clone())))
+        })
+        .collect()
 }
 
 /// Book entries a shard scans per message of a list of orders: the most
@@ -309,6 +329,105 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_book_gives_its_own_copy_of_the_ids_it_holds_again_if_the_filter_matches() {
+        // proves held_again answers every id the book holds (whether or not it matches) and only matching copies
+        let book = book();
+        // Statuses cycle through ALL by id: 1 and 8 are paid, 2 failed; 61 is not held.
+        let ids = [OrderId(1), OrderId(2), OrderId(61), OrderId(8)];
+        let paid = OrderFilter::Status(OrderStatus::Paid);
+        let got: Vec<(u64, Option<u64>)> = held_again(&book, &ids, paid)
+            .into_iter()
+            .map(|(id, copy)| (id.0, copy.map(|o| o.id.0)))
+            .collect();
+        assert_eq!(book.orders[&OrderId(2)].status, OrderStatus::Failed);
+        assert_eq!(got, [(1, Some(1)), (2, None), (8, Some(8))]);
+        let all = held_again(&book, &ids, OrderFilter::All);
+        assert_eq!(all.len(), 3);
+        assert!(all
+            .iter()
+            .all(|(id, copy)| copy.as_ref().map(|o| o.id) == Some(*id)));
+    }
+
+    /// An order archived by a snapshot, then refunded: the book holds it
+    /// again (refunded), the archive still holds it as paid. Read from the
+    /// archive's side, as a list does after its shards (the book took it
+    /// back after the shards' scan), the book's copy stands in: listed when
+    /// its status now matches, and never lost from the list of every order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_archived_order_a_refund_brought_back_is_listed_as_the_book_holds_it() {
+        use crate::domain::ids::UserId;
+        use crate::domain::money::Krw;
+        use crate::domain::order::LineRequest;
+        use crate::domain::refund::RefundRequest;
+        use crate::engine::clock::SystemClock;
+        use crate::engine::coordinator::OrderSource;
+        use crate::engine::facade::PlaceOrder;
+        use crate::engine::EngineConfig;
+        use crate::store::MemoryStore;
+        use std::sync::Arc;
+
+        let engine = Engine::start(
+            EngineConfig::default(),
+            Box::new(MemoryStore::new()),
+            Arc::new(SystemClock),
+        )
+        .unwrap();
+        let user = engine.create_user("kim", None).await.unwrap().id;
+        let mug = engine
+            .create_product("mug", Krw(1_000), 10, None)
+            .await
+            .unwrap()
+            .id;
+        engine.charge(user, Krw(10_000), None).await.unwrap();
+        let place = |user_id: UserId| PlaceOrder {
+            user_id,
+            source: OrderSource::Items(vec![LineRequest {
+                product_id: mug,
+                quantity: 1,
+            }]),
+            user_coupon_id: None,
+        };
+        let refunded = engine.place_order(place(user), None).await.unwrap().id;
+        let paid = engine.place_order(place(user), None).await.unwrap().id;
+        for id in [refunded, paid] {
+            engine.pay_order(id, None).await.unwrap();
+        }
+        engine.snapshot().await.unwrap();
+        assert_eq!(engine.orders_in_memory().await.unwrap(), 0);
+        engine
+            .refund_order(refunded, RefundRequest::default(), None)
+            .await
+            .unwrap();
+        assert_eq!(engine.orders_in_memory().await.unwrap(), 1);
+
+        let (_, _, watch) = engine.parts();
+        let archive = engine.archive().unwrap();
+        watch.statuses.scan(&archive).await.unwrap();
+        let listed = |filter| {
+            let (engine, archive) = (engine.clone(), archive.clone());
+            async move {
+                let orders = engine.archived_after(archive, filter, 0, 10).await.unwrap();
+                orders.iter().map(|o| (o.id, o.status)).collect::<Vec<_>>()
+            }
+        };
+        let refunded_now = (refunded, OrderStatus::Refunded);
+        let paid_still = (paid, OrderStatus::Paid);
+        assert_eq!(listed(OrderFilter::All).await, [refunded_now, paid_still]);
+        let status = OrderFilter::Status;
+        assert_eq!(listed(status(OrderStatus::Refunded)).await, []);
+        assert_eq!(listed(status(OrderStatus::Paid)).await, [paid_still]);
+        // The whole list agrees: each order once, as it is now.
+        let page = PageRequest {
+            limit: 10,
+            after: None,
+        };
+        let all = engine.orders(OrderFilter::All, page).await.unwrap().items;
+        let all: Vec<_> = all.iter().map(|o| (o.id, o.status)).collect();
+        assert_eq!(all, [refunded_now, paid_still]);
+        engine.shutdown();
     }
 
     #[test]
