@@ -351,6 +351,47 @@ mod tests {
             .all(|(id, copy)| copy.as_ref().map(|o| o.id) == Some(*id)));
     }
 
+    use crate::domain::ids::{ProductId, UserId};
+    use crate::domain::money::Krw;
+    use crate::domain::order::LineRequest;
+    use crate::domain::refund::RefundRequest;
+    use crate::engine::clock::SystemClock;
+    use crate::engine::coordinator::OrderSource;
+    use crate::engine::facade::PlaceOrder;
+    use crate::engine::EngineConfig;
+    use crate::store::MemoryStore;
+    use std::sync::Arc;
+
+    /// An engine of `shards` coordinator shards on a fresh store, with a
+    /// user holding 10,000,000 KRW and a product of 10 KRW in stock 100,000.
+    async fn shop(shards: usize) -> (Engine, UserId, ProductId) {
+        let config = EngineConfig {
+            arbiter_count: shards,
+            ..EngineConfig::default()
+        };
+        let engine =
+            Engine::start(config, Box::new(MemoryStore::new()), Arc::new(SystemClock)).unwrap();
+        let user = engine.create_user("kim", None).await.unwrap().id;
+        let mug = engine
+            .create_product("mug", Krw(10), 100_000, None)
+            .await
+            .unwrap()
+            .id;
+        engine.charge(user, Krw(10_000_000), None).await.unwrap();
+        (engine, user, mug)
+    }
+
+    fn one_of(user_id: UserId, product_id: ProductId) -> PlaceOrder {
+        PlaceOrder {
+            user_id,
+            source: OrderSource::Items(vec![LineRequest {
+                product_id,
+                quantity: 1,
+            }]),
+            user_coupon_id: None,
+        }
+    }
+
     /// An order archived by a snapshot, then refunded: the book holds it
     /// again (refunded), the archive still holds it as paid. Read from the
     /// archive's side, as a list does after its shards (the book took it
@@ -358,38 +399,8 @@ mod tests {
     /// its status now matches, and never lost from the list of every order.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_archived_order_a_refund_brought_back_is_listed_as_the_book_holds_it() {
-        use crate::domain::ids::UserId;
-        use crate::domain::money::Krw;
-        use crate::domain::order::LineRequest;
-        use crate::domain::refund::RefundRequest;
-        use crate::engine::clock::SystemClock;
-        use crate::engine::coordinator::OrderSource;
-        use crate::engine::facade::PlaceOrder;
-        use crate::engine::EngineConfig;
-        use crate::store::MemoryStore;
-        use std::sync::Arc;
-
-        let engine = Engine::start(
-            EngineConfig::default(),
-            Box::new(MemoryStore::new()),
-            Arc::new(SystemClock),
-        )
-        .unwrap();
-        let user = engine.create_user("kim", None).await.unwrap().id;
-        let mug = engine
-            .create_product("mug", Krw(1_000), 10, None)
-            .await
-            .unwrap()
-            .id;
-        engine.charge(user, Krw(10_000), None).await.unwrap();
-        let place = |user_id: UserId| PlaceOrder {
-            user_id,
-            source: OrderSource::Items(vec![LineRequest {
-                product_id: mug,
-                quantity: 1,
-            }]),
-            user_coupon_id: None,
-        };
+        let (engine, user, mug) = shop(2).await;
+        let place = |user_id: UserId| one_of(user_id, mug);
         let refunded = engine.place_order(place(user), None).await.unwrap().id;
         let paid = engine.place_order(place(user), None).await.unwrap().id;
         for id in [refunded, paid] {
@@ -427,6 +438,81 @@ mod tests {
         let all = engine.orders(OrderFilter::All, page).await.unwrap().items;
         let all: Vec<_> = all.iter().map(|o| (o.id, o.status)).collect();
         assert_eq!(all, [refunded_now, paid_still]);
+        engine.shutdown();
+    }
+
+    /// One shard whose book holds more than a scan chunk: lists through
+    /// the shard's messages, chunk after chunk, page after page, list
+    /// exactly the orders of each status, each once, by id; a status whose
+    /// only orders lie past the first chunk, and one with none, too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_book_larger_than_a_scan_chunk_lists_exactly_through_its_shard() {
+        let (engine, user, mug) = shop(1).await;
+        let n = SCAN_CHUNK as u64 + 300;
+        let mut want: Vec<(OrderId, OrderStatus)> = Vec::new();
+        let ids: Vec<u64> = (1..=n).collect();
+        for batch in ids.chunks(256) {
+            let placed = futures_util::future::join_all(
+                batch
+                    .iter()
+                    .map(|_| engine.place_order(one_of(user, mug), None)),
+            )
+            .await;
+            for order in placed {
+                let id = order.unwrap().id;
+                // Every third paid; cancelled only past the first chunk.
+                let status = if id.0 % 3 == 0 {
+                    engine.pay_order(id, None).await.unwrap().status
+                } else if id.0 > SCAN_CHUNK as u64 + 100 && id.0 % 7 == 0 {
+                    engine.cancel_order(id, None).await.unwrap().status
+                } else {
+                    OrderStatus::Pending
+                };
+                want.push((id, status));
+            }
+        }
+        want.sort_by_key(|(id, _)| *id);
+        assert_eq!(engine.orders_in_memory().await.unwrap() as u64, n);
+        let filters = [
+            OrderStatus::Paid,
+            OrderStatus::Pending,
+            OrderStatus::Cancelled,
+            OrderStatus::Expired,
+        ]
+        .map(OrderFilter::Status);
+        for filter in filters.into_iter().chain([OrderFilter::All]) {
+            for limit in [100, 5_000] {
+                let mut listed = Vec::new();
+                let mut after = None;
+                loop {
+                    let page = PageRequest { limit, after };
+                    let page = engine.orders(filter, page).await.unwrap();
+                    assert!(page.items.len() <= limit);
+                    listed.extend(page.items.iter().map(|o| (o.id, o.status)));
+                    match page.next {
+                        Some(next) => after = Some(next.parse().unwrap()),
+                        None => break,
+                    }
+                }
+                let expected: Vec<_> = want
+                    .iter()
+                    .filter(|(_, status)| filter.matches(*status))
+                    .copied()
+                    .collect();
+                let first_difference = listed.iter().zip(&expected).position(|(a, b)| a != b);
+                assert!(
+                    listed == expected,
+                    "{filter:?}, pages of {limit}: {} listed, {} expected, first difference at {first_difference:?}",
+                    listed.len(),
+                    expected.len()
+                );
+            }
+        }
+        let cancelled = want
+            .iter()
+            .filter(|(_, s)| *s == OrderStatus::Cancelled)
+            .count();
+        assert!(cancelled > 0);
         engine.shutdown();
     }
 
