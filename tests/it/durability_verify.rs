@@ -26,6 +26,22 @@ fn verify(dir: &Path, json: bool) -> Output {
     cmd.output().expect("run the binary")
 }
 
+/// `verify --json` on `dir`, which must succeed: its summary.
+fn summary(dir: &Path) -> serde_json::Value {
+    let out = verify(dir, true);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// An engine on the sled store in `dir`, its clock stopped at `T0`.
+fn engine_on(dir: &Path) -> commerce_engine::engine::Engine {
+    start(config(), SledStore::open(dir).unwrap(), manual_clock())
+}
+
 /// Every file under `dir` with its bytes.
 fn contents(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     let mut out = BTreeMap::new();
@@ -46,11 +62,7 @@ fn contents(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
 fn populated_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
-    let engine = start(
-        config(),
-        SledStore::open(dir.path()).unwrap(),
-        manual_clock(),
-    );
+    let engine = engine_on(dir.path());
     let p = rt.block_on(populate(&engine, "v"));
     let refunded = rt.block_on(engine.refund_order(p.paid[0], RefundRequest::default(), None));
     assert_eq!(refunded.unwrap().status, OrderStatus::Refunded);
@@ -64,13 +76,7 @@ fn populated_dir() -> tempfile::TempDir {
 fn verify_summarises_a_good_data_dir_and_writes_nothing() {
     let dir = populated_dir();
     let before = contents(dir.path());
-    let out = verify(dir.path(), true);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = summary(dir.path());
     assert_eq!(s["users"], 4);
     assert_eq!(s["products"], 3);
     assert_eq!(s["coupons"], 2);
@@ -214,16 +220,7 @@ fn verify_fails_on_a_missing_data_dir_without_creating_it() {
 #[test]
 fn verify_counts_a_refund_a_start_would_deliver_again() {
     let dir = populated_dir();
-    let pending = |dir: &Path| -> u64 {
-        let out = verify(dir, true);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        s["outbox_pending"].as_u64().unwrap()
-    };
+    let pending = |dir: &Path| summary(dir)["outbox_pending"].as_u64().unwrap();
     let before = pending(dir.path());
     {
         let store = SledStore::open(dir.path()).unwrap();
@@ -250,11 +247,7 @@ fn verify_counts_a_refund_a_start_would_deliver_again() {
     }
     assert_eq!(pending(dir.path()), before + 1);
     // What a start finds pending, indeed.
-    let engine = start(
-        config(),
-        SledStore::open(dir.path()).unwrap(),
-        manual_clock(),
-    );
+    let engine = engine_on(dir.path());
     assert_eq!(engine.outbox_pending() as u64, before + 1);
     engine.shutdown();
 }
@@ -265,11 +258,7 @@ fn verify_counts_a_refund_a_start_would_deliver_again() {
 fn verify_counts_archived_orders_with_the_others() {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
-    let engine = start(
-        config(),
-        SledStore::open(dir.path()).unwrap(),
-        manual_clock(),
-    );
+    let engine = engine_on(dir.path());
     rt.block_on(async {
         populate(&engine, "a").await;
         engine.snapshot().await.unwrap();
@@ -277,13 +266,7 @@ fn verify_counts_archived_orders_with_the_others() {
         assert_eq!(engine.orders_in_memory().await.unwrap(), 2);
     });
     engine.shutdown();
-    let out = verify(dir.path(), true);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = summary(dir.path());
     assert_eq!(s["orders"], 6, "{s}");
     assert_eq!(s["orders_by_status"]["paid"], 2, "{s}");
     assert_eq!(s["orders_by_status"]["pending"], 2, "{s}");
