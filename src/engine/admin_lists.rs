@@ -283,7 +283,16 @@ fn held_after(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::order::sample_paid_order;
+    use crate::domain::ids::{ProductId, UserId};
+    use crate::domain::money::Krw;
+    use crate::domain::order::{sample_paid_order, LineRequest};
+    use crate::domain::refund::RefundRequest;
+    use crate::engine::clock::SystemClock;
+    use crate::engine::coordinator::OrderSource;
+    use crate::engine::facade::PlaceOrder;
+    use crate::engine::EngineConfig;
+    use crate::store::MemoryStore;
+    use std::sync::Arc;
 
     /// A book of orders 1..=60 whose statuses cycle through every status.
     fn book() -> OrderBook {
@@ -350,17 +359,6 @@ mod tests {
             .iter()
             .all(|(id, copy)| copy.as_ref().map(|o| o.id) == Some(*id)));
     }
-
-    use crate::domain::ids::{ProductId, UserId};
-    use crate::domain::money::Krw;
-    use crate::domain::order::LineRequest;
-    use crate::domain::refund::RefundRequest;
-    use crate::engine::clock::SystemClock;
-    use crate::engine::coordinator::OrderSource;
-    use crate::engine::facade::PlaceOrder;
-    use crate::engine::EngineConfig;
-    use crate::store::MemoryStore;
-    use std::sync::Arc;
 
     /// An engine of `shards` coordinator shards on a fresh store, with a
     /// user holding 10,000,000 KRW and a product of 10 KRW in stock 100,000.
