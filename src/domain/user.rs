@@ -136,8 +136,10 @@ pub enum UserEvent {
     /// `OrderPaid`: the wallet is debited.
     Paid { order_id: OrderId, amount: Krw },
     /// `CouponIssued`: the campaign's coupon, as the holder keeps it
-    /// ([`crate::domain::coupon::Campaign::coupon`]).
-    CouponIssued(UserCoupon),
+    /// ([`crate::domain::coupon::Campaign::coupon`]). Boxed: the largest
+    /// event by far, it would set the size of every other one (a payment's
+    /// included) that actors queue and move.
+    CouponIssued(Box<UserCoupon>),
     /// `OrderPlaced` with a coupon.
     CouponUsed {
         coupon: UserCouponId,
@@ -159,6 +161,11 @@ pub enum UserEvent {
     /// limit (money back is never refused).
     Refunded { order_id: OrderId, amount: Krw },
 }
+
+// Every payment's event is queued and moved by its user's actor: with the
+// coupon boxed no event is larger than this (it was 136 bytes).
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<UserEvent>() <= 48);
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct User {
@@ -284,7 +291,7 @@ impl User {
         match event {
             UserEvent::Charged { amount } => self.apply_charged(amount, at),
             UserEvent::Paid { order_id, amount } => self.apply_paid(order_id, amount, at),
-            UserEvent::CouponIssued(coupon) => self.apply_coupon_issued(coupon),
+            UserEvent::CouponIssued(coupon) => self.apply_coupon_issued(*coupon),
             UserEvent::CouponUsed { coupon, order_id } => self.apply_coupon_used(coupon, order_id),
             UserEvent::CouponRestored(coupon) => self.apply_coupon_restored(coupon),
             UserEvent::CartLineSet(line) => self.apply_cart_line_set(line),

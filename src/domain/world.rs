@@ -501,7 +501,7 @@ impl World {
             .issued
             .insert((coupon_id, IdBitmap::chunk_of(user_id.0)));
         self.user_mut(seq, user_id)?
-            .apply(UserEvent::CouponIssued(coupon), at);
+            .apply(UserEvent::CouponIssued(Box::new(coupon)), at);
         self.meta.user_coupon_count = self.meta.user_coupon_count.max(user_coupon_id.0);
         self.dirty.meta = true;
         Ok(())

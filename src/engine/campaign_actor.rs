@@ -71,7 +71,7 @@ impl Journaled for CampaignActor {
         if ok.is_ok() {
             self.campaign.apply(op.event, op.at);
             // Sent before the reply: a read of the user's coupons after it sees the coupon.
-            let issued = UserEvent::CouponIssued(op.coupon);
+            let issued = UserEvent::CouponIssued(Box::new(op.coupon));
             op.user.do_send(OrderNews::Durable(issued, op.at));
         }
         let _ = op.reply.send(ok.map(|()| op.view));

@@ -61,12 +61,12 @@ pub struct Tag {
 
 impl Tag {
     /// The entry that stores this key with `reply` in the record it guards.
-    pub fn entry(self, reply: Reply) -> crate::domain::event::IdempotencyEntry {
-        crate::domain::event::IdempotencyEntry {
+    pub fn entry(self, reply: Reply) -> Box<crate::domain::event::IdempotencyEntry> {
+        Box::new(crate::domain::event::IdempotencyEntry {
             key: self.key,
             fingerprint: self.fingerprint,
             reply,
-        }
+        })
     }
 }
 

@@ -641,11 +641,11 @@ mod tests {
 
     fn keyed(at: u64, event: Event, key: &str) -> Record {
         let mut r = Record::new(Timestamp(at), event);
-        r.idempotency = Some(IdempotencyEntry {
+        r.idempotency = Some(Box::new(IdempotencyEntry {
             key: key.into(),
             fingerprint: 7,
             reply: Reply::Rejected(Rejection::InvalidRequest(key.into())),
-        });
+        }));
         r
     }
 

@@ -276,7 +276,7 @@ fn record() -> impl Strategy<Value = Record> {
     (ts(), event(), prop::option::of(entry)).prop_map(|(at, event, idempotency)| Record {
         at,
         event,
-        idempotency,
+        idempotency: idempotency.map(Box::new),
     })
 }
 

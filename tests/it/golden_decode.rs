@@ -263,11 +263,11 @@ fn golden_records() -> Vec<(String, Record)> {
             Record {
                 at: T.plus_ms(i as u64),
                 event,
-                idempotency: Some(IdempotencyEntry {
+                idempotency: Some(Box::new(IdempotencyEntry {
                     key: format!("retry-{name}"),
                     fingerprint: 0xcbf2_9ce4_8422_2325 ^ i as u64,
                     reply: replies[i % replies.len()].clone(),
-                }),
+                })),
             },
         ));
     }
