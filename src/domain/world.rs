@@ -563,53 +563,62 @@ impl World {
         user_id: UserId,
         amount: Krw,
     ) -> Result<(), ApplyError> {
-        // Taken out while the products change, put back settled: no clone.
-        let mut order = self.take_pending(seq, order_id)?;
-        let fits = self.check_reserved(seq, &order).and_then(|()| {
-            let user = self.user_mut(seq, user_id)?;
-            if user.balance < amount || order.user_id != user_id {
-                return Err(unfit(
-                    seq,
-                    format!("user {user_id} cannot pay order {order_id}"),
-                ));
-            }
-            Ok(())
-        });
-        if let Err(e) = fits {
-            self.orders.insert(order.id, order);
-            return Err(e);
+        let (owner, lines) = self.pending_lines(seq, order_id)?;
+        self.check_reserved(seq, order_id, &lines)?;
+        let user = self.user_mut(seq, user_id)?;
+        if user.balance < amount || owner != user_id {
+            return Err(unfit(
+                seq,
+                format!("user {user_id} cannot pay order {order_id}"),
+            ));
         }
-        order.apply(OrderEvent::Paid, at);
-        for (product_id, quantity) in order.quantities() {
+        for &(product_id, quantity) in &lines {
             self.product_mut(seq, product_id)?
                 .apply(ProductEvent::Sold(quantity), at);
         }
-        self.orders.insert(order.id, order);
+        self.settle_pending(order_id, OrderEvent::Paid, at);
         self.user_mut(seq, user_id)?
             .apply(UserEvent::Paid { order_id, amount }, at);
         self.dirty.meta = true;
         Ok(())
     }
 
-    /// Removes a pending order from the map; the caller puts it back.
-    fn take_pending(&mut self, seq: u64, id: OrderId) -> Result<Order, ApplyError> {
-        if self.order_mut(seq, id)?.status != OrderStatus::Pending {
+    /// The owner and the lines (product, units) of a pending order, which
+    /// is marked as changing. The order stays in its place in the map: a
+    /// removal and a new insert would each shift a node's orders.
+    fn pending_lines(
+        &mut self,
+        seq: u64,
+        id: OrderId,
+    ) -> Result<(UserId, Vec<(ProductId, u64)>), ApplyError> {
+        let order = self.order_mut(seq, id)?;
+        if order.status != OrderStatus::Pending {
             return Err(unfit(seq, format!("order {id} is not pending")));
         }
-        Ok(self.orders.remove(&id).expect("the order was just found"))
+        distinct_lines(seq, order)?;
+        Ok((order.user_id, order.quantities().collect()))
+    }
+
+    /// Applies `event` to a pending order [`pending_lines`](World::pending_lines) checked.
+    fn settle_pending(&mut self, id: OrderId, event: OrderEvent, at: Timestamp) {
+        self.orders
+            .get_mut(&id)
+            .expect("the order was just checked pending")
+            .apply(event, at);
     }
 
     /// Every line of a pending order is still reserved on its product.
-    fn check_reserved(&mut self, seq: u64, order: &Order) -> Result<(), ApplyError> {
-        distinct_lines(seq, order)?;
-        for (product_id, quantity) in order.quantities() {
+    fn check_reserved(
+        &mut self,
+        seq: u64,
+        order_id: OrderId,
+        lines: &[(ProductId, u64)],
+    ) -> Result<(), ApplyError> {
+        for &(product_id, quantity) in lines {
             if self.product_mut(seq, product_id)?.reserved < quantity {
                 return Err(unfit(
                     seq,
-                    format!(
-                        "product {product_id} holds less than order {} reserved",
-                        order.id
-                    ),
+                    format!("product {product_id} holds less than order {order_id} reserved"),
                 ));
             }
         }
@@ -624,23 +633,19 @@ impl World {
         event: OrderEvent,
         at: Timestamp,
     ) -> Result<(), ApplyError> {
-        let mut order = self.take_pending(seq, order_id)?;
-        if let Err(e) = self.check_reserved(seq, &order) {
-            self.orders.insert(order.id, order);
-            return Err(e);
-        }
-        order.apply(event, at);
-        for (product_id, quantity) in order.quantities() {
+        let (user_id, lines) = self.pending_lines(seq, order_id)?;
+        self.check_reserved(seq, order_id, &lines)?;
+        for &(product_id, quantity) in &lines {
             self.product_mut(seq, product_id)?
                 .apply(ProductEvent::Released(quantity), at);
         }
-        let (user_id, coupon) = (order.user_id, order.user_coupon_id);
+        self.settle_pending(order_id, event, at);
+        let coupon = self.orders[&order_id].user_coupon_id;
         let user = self.user_mut(seq, user_id)?;
-        user.apply(UserEvent::UnitsReleased(order.quantities().collect()), at);
+        user.apply(UserEvent::UnitsReleased(lines), at);
         if let Some(coupon) = coupon {
             user.apply(UserEvent::CouponRestored(coupon), at);
         }
-        self.orders.insert(order.id, order);
         Ok(())
     }
 
