@@ -448,12 +448,10 @@ mod tests {
         let (engine, user, mug) = shop(1).await;
         let n = SCAN_CHUNK as u64 + 300;
         let mut want: Vec<(OrderId, OrderStatus)> = Vec::new();
-        let ids: Vec<u64> = (1..=n).collect();
-        for batch in ids.chunks(256) {
+        for start in (0..n).step_by(256) {
+            let batch = (n - start).min(256);
             let placed = futures_util::future::join_all(
-                batch
-                    .iter()
-                    .map(|_| engine.place_order(one_of(user, mug), None)),
+                (0..batch).map(|_| engine.place_order(one_of(user, mug), None)),
             )
             .await;
             for order in placed {
