@@ -9,11 +9,13 @@
 //! existing files are left as they are.
 
 use commerce_engine::domain::coupon::{Campaign, CampaignHeader, Discount};
+use commerce_engine::domain::coupon_terms::CouponTerms;
 use commerce_engine::domain::event::{Event, IdempotencyEntry, Record};
 use commerce_engine::domain::ids::{CouponId, OrderId, ProductId, UserCouponId, UserId};
 use commerce_engine::domain::money::Krw;
 use commerce_engine::domain::order::{Order, OrderLine, OrderStatus};
 use commerce_engine::domain::product::{Product, RecentSales};
+use commerce_engine::domain::refund::{Refund, RefundLine};
 use commerce_engine::domain::rejection::Rejection;
 use commerce_engine::domain::stats::{TopItem, TopProducts};
 use commerce_engine::domain::time::Timestamp;
@@ -549,6 +551,111 @@ fn golden_snapshots_v2() -> Vec<(&'static str, Kind, Check)> {
     ]
 }
 
+/// A user as version 3 stores it: a coupon with terms, and the units it
+/// holds of the products it bought (as a plain list of pairs).
+fn user_v3() -> User {
+    let mut u = user();
+    u.coupons[0].terms = coupon_terms();
+    for (product, units) in [(2, 3), (1, 2), (700, 1), (2, 1), (1_000_000, 9)] {
+        u.limited.add(ProductId(product), units);
+    }
+    u
+}
+
+fn coupon_terms() -> CouponTerms {
+    CouponTerms {
+        starts_at: Some(Timestamp(T.0 - 3_600_000)),
+        min_order_amount: Some(Krw(20_000)),
+        max_discount: Some(Krw(5_000)),
+    }
+}
+
+/// A product as version 3 stores it: limited per user.
+fn product_v3() -> Product {
+    Product {
+        max_per_user: Some(2),
+        counts_per_user: true,
+        ..product_v2()
+    }
+}
+
+/// A campaign header as version 3 stores it: with its terms.
+fn campaign_header_v3() -> CampaignHeader {
+    CampaignHeader {
+        terms: coupon_terms(),
+        ..campaign_header()
+    }
+}
+
+/// An order as version 3 stores it: partially refunded, line by line.
+fn refunded_order() -> Order {
+    Order {
+        status: OrderStatus::PartiallyRefunded,
+        refunded_amount: Krw(10_800),
+        refunds: vec![Refund {
+            items: vec![RefundLine {
+                product_id: ProductId(1),
+                quantity: 1,
+            }],
+            amount: Krw(10_800),
+            reason: Some("깨짐".into()),
+            at: T.plus_ms(60_000),
+        }],
+        ..paid_order()
+    }
+}
+
+/// The snapshot kinds whose layout changed in format version 3
+/// (`snapshots/golden/v3/`): users with their counted units and their
+/// coupons' terms, products limited per user, campaign headers with terms,
+/// orders with their refunds; and a journal batch.
+fn golden_snapshots_v3() -> Vec<(&'static str, Kind, Check)> {
+    vec![
+        (
+            "v3/user.bin",
+            Kind::User,
+            Box::new(|bytes| {
+                let frame = codec::open(bytes).unwrap();
+                let got = if frame.version < Kind::User.current_since() {
+                    legacy::user(frame).unwrap()
+                } else {
+                    codec::decode_frame(Kind::User, frame).unwrap()
+                };
+                assert_eq!(got, user_v3().without_history(), "version 3 user");
+                let units: Vec<(ProductId, u64)> = got.limited.iter().collect();
+                assert_eq!(
+                    units,
+                    [(1, 2), (2, 4), (700, 1), (1_000_000, 9)].map(|(p, n)| (ProductId(p), n))
+                );
+            }),
+        ),
+        (
+            "v3/product.bin",
+            Kind::Product,
+            Box::new(|bytes| {
+                let got: Product = codec::decode(Kind::Product, bytes).unwrap();
+                assert_eq!(got, product_v3(), "version 3 product");
+            }),
+        ),
+        (
+            "v3/campaign.bin",
+            Kind::Campaign,
+            Box::new(|bytes| {
+                let got: CampaignHeader = codec::decode(Kind::Campaign, bytes).unwrap();
+                assert_eq!(got, campaign_header_v3(), "version 3 campaign");
+            }),
+        ),
+        (
+            "v3/order.bin",
+            Kind::Order,
+            Box::new(|bytes| {
+                let got = legacy::order(codec::open(bytes).unwrap()).unwrap();
+                assert_eq!(got, refunded_order(), "version 3 order");
+            }),
+        ),
+    ]
+}
+
 /// A product as version 2 stores it: with the units it sold per day.
 fn product_v2() -> Product {
     Product {
@@ -733,6 +840,17 @@ fn golden_snapshot_frames_of_format_version_2_still_decode() {
     }
 }
 
+/// Every committed version 3 snapshot frame decodes to the value it was
+/// written from.
+#[test]
+fn golden_snapshot_frames_of_format_version_3_still_decode() {
+    for (name, kind, check) in golden_snapshots_v3() {
+        let bytes = read(name);
+        assert_golden_header(name, &bytes, kind, 3);
+        check(&bytes);
+    }
+}
+
 /// A committed journal batch decodes record by record and replays from an
 /// empty store to the state it describes, invariants included.
 #[test]
@@ -744,6 +862,12 @@ fn golden_journal_batch_still_decodes_and_replays() {
 #[test]
 fn golden_journal_batch_of_format_version_2_still_decodes_and_replays() {
     replays_as_described("v2/journal_batch.bin", 2);
+}
+
+/// And written in format version 3.
+#[test]
+fn golden_journal_batch_of_format_version_3_still_decodes_and_replays() {
+    replays_as_described("v3/journal_batch.bin", 3);
 }
 
 fn replays_as_described(name: &str, version: u8) {
@@ -817,16 +941,32 @@ fn generate_golden_files() {
         codec::encode_into(Kind::Record, &r, &mut batch).unwrap();
     }
     write_new("journal_batch.bin", &batch);
-    generate_version_2_files(&batch);
+    if FORMAT_VERSION == 2 {
+        generate_version_2_files(&batch);
+    }
+    if FORMAT_VERSION == 3 {
+        generate_version_3_files(&batch);
+    }
+}
+
+/// The version 3 files, written by a version 3 build.
+fn generate_version_3_files(batch: &[u8]) {
+    write_new(
+        "v3/user.bin",
+        &encode(Kind::User, &user_v3().without_history()),
+    );
+    write_new("v3/product.bin", &encode(Kind::Product, &product_v3()));
+    write_new(
+        "v3/campaign.bin",
+        &encode(Kind::Campaign, &campaign_header_v3()),
+    );
+    write_new("v3/order.bin", &encode(Kind::Order, &refunded_order()));
+    write_new("v3/journal_batch.bin", batch);
 }
 
 /// The version 2 files (written by the build that introduced version 2's
 /// layouts) and the version 1 tally, written from its version 1 layout.
 fn generate_version_2_files(batch: &[u8]) {
-    assert_eq!(
-        FORMAT_VERSION, 2,
-        "version 2 files are written by a version 2 build"
-    );
     write_new("v2/user.bin", &encode(Kind::User, &user()));
     write_new("v2/product.bin", &encode(Kind::Product, &product_v2()));
     write_new(
