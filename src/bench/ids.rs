@@ -7,6 +7,7 @@
 //! of workers, so as zigzag varint deltas they take one or two bytes each.
 
 use crate::domain::ids::OrderId;
+use crate::domain::varint;
 
 #[derive(Default)]
 pub struct IdLog {
@@ -18,16 +19,7 @@ pub struct IdLog {
 impl IdLog {
     pub fn push(&mut self, id: OrderId) {
         let delta = id.0.wrapping_sub(self.last) as i64;
-        let mut zigzag = ((delta << 1) ^ (delta >> 63)) as u64;
-        loop {
-            let low = (zigzag & 0x7f) as u8;
-            zigzag >>= 7;
-            if zigzag == 0 {
-                self.bytes.push(low);
-                break;
-            }
-            self.bytes.push(low | 0x80);
-        }
+        varint::push(&mut self.bytes, ((delta << 1) ^ (delta >> 63)) as u64);
         self.last = id.0;
         self.len += 1;
     }
@@ -45,17 +37,7 @@ impl IdLog {
         let mut at = 0;
         let mut last = 0u64;
         std::iter::from_fn(move || {
-            let mut zigzag = 0u64;
-            let mut shift = 0;
-            loop {
-                let byte = *self.bytes.get(at)?;
-                at += 1;
-                zigzag |= u64::from(byte & 0x7f) << shift;
-                shift += 7;
-                if byte & 0x80 == 0 {
-                    break;
-                }
-            }
+            let zigzag = varint::read(&self.bytes, &mut at)?;
             let delta = ((zigzag >> 1) as i64) ^ -((zigzag & 1) as i64);
             last = last.wrapping_add(delta as u64);
             Some(OrderId(last))

@@ -35,5 +35,6 @@ pub mod rejection;
 pub mod stats;
 pub mod time;
 pub mod user;
+pub mod varint;
 pub mod views;
 pub mod world;

@@ -22,6 +22,7 @@
 use crate::domain::ids::ProductId;
 use crate::domain::rejection::{Decision, Rejection};
 use crate::domain::user::User;
+use crate::domain::varint;
 use serde::{Deserialize, Serialize};
 
 /// Units per product, for the products that count; no entry holds zero.
@@ -34,9 +35,16 @@ use serde::{Deserialize, Serialize};
 /// [`HeldUnits::MERGE_AT`] or before a removal: most orders only add (every
 /// placed order counts its lines, and nothing but a limited line reads the
 /// count), and an add then touches the end of that list instead of a
-/// binary search and a shift of the user's entries. Stored as the plain
-/// sorted list (what the two lists hold together); a list stored unsorted
-/// is sorted as it is read. Two values are equal when they count alike.
+/// binary search and a shift of the user's entries. Two values are equal
+/// when they count alike.
+///
+/// Stored (since format version 4) as one byte string holding what the two
+/// lists hold together, by product: for each entry the step from the
+/// previous entry's product id (from 0) and the units, each a varint
+/// ([`crate::domain::varint`]). At a shop's scale that is two or three
+/// bytes an entry where pairs of `u64` took 16, and every user a snapshot
+/// writes carries its entries. Version 3 stored the pairs
+/// (`store::legacy` reads them through [`HeldUnits::from_entries`]).
 #[derive(Clone, Debug, Default)]
 pub struct HeldUnits {
     /// Sorted by product, each product once, none zero.
@@ -47,26 +55,79 @@ pub struct HeldUnits {
 
 impl Serialize for HeldUnits {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if self.recent.is_empty() {
-            self.sorted.serialize(s)
+        let bytes = if self.recent.is_empty() {
+            encode_entries(&self.sorted)
         } else {
-            self.merged().serialize(s)
-        }
+            encode_entries(&self.merged())
+        };
+        s.serialize_bytes(&bytes)
     }
 }
 
 impl<'de> Deserialize<'de> for HeldUnits {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let mut entries = Vec::<(ProductId, u64)>::deserialize(d)?;
-        if !entries.is_sorted_by_key(|e| e.0) {
-            entries.sort_by_key(|e| e.0);
+        struct Stored;
+        impl<'de> serde::de::Visitor<'de> for Stored {
+            type Value = HeldUnits;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a user's counted units as varint bytes")
+            }
+
+            fn visit_bytes<E: serde::de::Error>(self, bytes: &[u8]) -> Result<HeldUnits, E> {
+                decode_entries(bytes).map_err(E::custom)
+            }
+
+            /// Formats without a byte string (JSON) give the bytes as a list.
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<HeldUnits, A::Error> {
+                let mut bytes = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                while let Some(b) = seq.next_element::<u8>()? {
+                    bytes.push(b);
+                }
+                self.visit_bytes(&bytes)
+            }
         }
-        entries.retain(|e| e.1 != 0);
-        Ok(HeldUnits {
-            sorted: merge_sorted(&[], &entries),
-            recent: Vec::new(),
-        })
+        d.deserialize_bytes(Stored)
     }
+}
+
+/// Sorted entries (each product once, none zero) as their stored bytes.
+fn encode_entries(entries: &[(ProductId, u64)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(entries.len() * 3);
+    let mut last = 0;
+    for &(product, units) in entries {
+        debug_assert!(product.0 > last && units > 0, "sorted entries, none zero");
+        varint::push(&mut out, product.0 - last);
+        varint::push(&mut out, units);
+        last = product.0;
+    }
+    out
+}
+
+/// The stored bytes as counts; refused unless products strictly rise from
+/// 1 and no entry holds zero (what [`encode_entries`] writes).
+fn decode_entries(bytes: &[u8]) -> Result<HeldUnits, &'static str> {
+    let mut sorted = Vec::with_capacity(bytes.len() / 2);
+    let (mut at, mut last) = (0, 0u64);
+    while at < bytes.len() {
+        let step = varint::read(bytes, &mut at).ok_or("a product's step is cut short")?;
+        let units = varint::read(bytes, &mut at).ok_or("an entry's units are cut short")?;
+        if step == 0 {
+            return Err("counted units' products do not strictly rise");
+        }
+        if units == 0 {
+            return Err("an entry of counted units holds zero");
+        }
+        last = last.checked_add(step).ok_or("a product id past u64")?;
+        sorted.push((ProductId(last), units));
+    }
+    Ok(HeldUnits {
+        sorted,
+        recent: Vec::new(),
+    })
 }
 
 impl PartialEq for HeldUnits {
@@ -138,6 +199,19 @@ impl HeldUnits {
             } else {
                 self.sorted[i].1 = left;
             }
+        }
+    }
+
+    /// Counts from a list of entries in any order (repeats summed, zeros
+    /// dropped): how format version 3 stored them.
+    pub fn from_entries(mut entries: Vec<(ProductId, u64)>) -> HeldUnits {
+        if !entries.is_sorted_by_key(|e| e.0) {
+            entries.sort_by_key(|e| e.0);
+        }
+        entries.retain(|e| e.1 != 0);
+        HeldUnits {
+            sorted: merge_sorted(&[], &entries),
+            recent: Vec::new(),
         }
     }
 
@@ -260,7 +334,7 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn held_units_count_as_a_map_of_products_and_stay_sorted(
-            steps in proptest::collection::vec((0u64..40, 0u64..5, 0u8..32), 0..300)
+            steps in proptest::collection::vec((1u64..41, 0u64..5, 0u8..32), 0..300)
         ) {
             // proves add/remove/of agree with a map model, entries sorted, none zero
             // (mostly adds, so runs of them pass MERGE_AT between removals)
@@ -281,7 +355,7 @@ mod tests {
                         }
                     }
                 }
-                for q in 0..40 {
+                for q in 0..42 {
                     proptest::prop_assert_eq!(held.of(ProductId(q)), model.get(&q).copied().unwrap_or(0));
                 }
             }
@@ -291,10 +365,69 @@ mod tests {
             // stored as the sorted list, read back equal, whatever waits unmerged
             let bytes = bincode::serialize(&held).unwrap();
             let sorted: Vec<(ProductId, u64)> = expected.iter().map(|&(p, n)| (ProductId(p), n)).collect();
-            proptest::prop_assert_eq!(&bytes, &bincode::serialize(&sorted).unwrap());
+            let mut stored = (encode_entries(&sorted).len() as u64).to_le_bytes().to_vec();
+            stored.extend(encode_entries(&sorted));
+            proptest::prop_assert_eq!(&bytes, &stored);
             let back: HeldUnits = bincode::deserialize(&bytes).unwrap();
             proptest::prop_assert_eq!(&back, &held);
             proptest::prop_assert!(back.recent.is_empty());
+            proptest::prop_assert_eq!(HeldUnits::from_entries(sorted), held);
+        }
+
+        #[test]
+        fn any_bytes_read_as_counts_or_refused_never_a_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
+            // proves whatever is read is sorted, each product once, none zero, and written back alike
+            if let Ok(held) = decode_entries(&bytes) {
+                let entries: Vec<(ProductId, u64)> = held.iter().collect();
+                proptest::prop_assert!(entries.windows(2).all(|w| w[0].0 < w[1].0));
+                proptest::prop_assert!(entries.iter().all(|e| e.0 .0 > 0 && e.1 > 0));
+                let again = decode_entries(&encode_entries(&entries)).unwrap();
+                proptest::prop_assert_eq!(again, held);
+            }
+        }
+    }
+
+    #[test]
+    fn held_units_are_stored_as_steps_and_units_in_varints() {
+        // given products 3, 5 and 300, then the bytes are steps 3, 2, 295 and their units
+        let mut held = HeldUnits::default();
+        held.add(ProductId(300), 2);
+        held.add(ProductId(3), 1);
+        held.add(ProductId(5), 200);
+        let bytes = bincode::serialize(&held).unwrap();
+        let payload = [3, 1, 2, 0xc8, 0x01, 0xa7, 0x02, 2];
+        assert_eq!(bytes[..8], (payload.len() as u64).to_le_bytes());
+        assert_eq!(bytes[8..], payload);
+        // 8 bytes of length and 8 of entries, where pairs took 8 + 3 * 16
+        let pairs: Vec<(ProductId, u64)> = held.iter().collect();
+        assert_eq!(bincode::serialize(&pairs).unwrap().len(), 56);
+        assert_eq!(bincode::deserialize::<HeldUnits>(&bytes).unwrap(), held);
+        assert_eq!(
+            bincode::serialize(&HeldUnits::default()).unwrap(),
+            0u64.to_le_bytes()
+        );
+    }
+
+    #[test]
+    fn stored_units_out_of_order_zero_or_cut_are_refused() {
+        // given bytes a build never writes, when read, then an error (no panic, no wrong count)
+        let stored = |payload: &[u8]| {
+            let mut b = (payload.len() as u64).to_le_bytes().to_vec();
+            b.extend_from_slice(payload);
+            bincode::deserialize::<HeldUnits>(&b)
+        };
+        assert!(stored(&[3, 1, 2, 1]).is_ok());
+        for bad in [
+            &[3, 1, 0, 1][..], // the same product twice
+            &[0, 1][..],       // product 0
+            &[3, 0][..],       // zero units
+            &[3][..],          // units missing
+            &[3, 0x80][..],    // units cut inside a varint
+            &[
+                0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 1, 1, 1,
+            ][..], // past u64
+        ] {
+            assert!(stored(bad).is_err(), "{bad:?}");
         }
     }
 
@@ -306,12 +439,12 @@ mod tests {
             (ProductId(3), 1),
             (ProductId(9), 1),
             (ProductId(5), 4),
+            (ProductId(4), 0),
         ];
-        let bytes = bincode::serialize(&stored).unwrap();
-        let held: HeldUnits = bincode::deserialize(&bytes).unwrap();
+        let held = HeldUnits::from_entries(stored);
         let entries: Vec<(u64, u64)> = held.iter().map(|(p, n)| (p.0, n)).collect();
         assert_eq!(entries, vec![(3, 1), (5, 4), (9, 3)]);
-        assert_eq!(bincode::serialize(&held).unwrap().len(), bytes.len() - 16);
+        assert!(held.recent.is_empty());
     }
 
     #[test]

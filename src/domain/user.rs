@@ -176,8 +176,8 @@ pub struct User {
     pub history: Vec<BalanceEntry>,
     pub coupons: Vec<UserCoupon>,
     pub cart: Vec<CartLine>,
-    /// Units held in live orders of products limited per user (since
-    /// format version 3; see [`crate::domain::purchase_limit`]).
+    /// Units held in live orders, of every product (since format version
+    /// 3, stored as varints since 4; see [`crate::domain::purchase_limit`]).
     pub limited: HeldUnits,
     /// Such units taken by orders being placed (holds, not yet durable).
     #[serde(skip)]

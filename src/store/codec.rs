@@ -11,10 +11,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub const MAGIC: [u8; 2] = *b"CE";
-/// The version every frame is written with. Version 1 and 2 frames are
+/// The version every frame is written with. Frames of versions 1 to 3 are
 /// still read: of the kinds whose layout changed since ([`Kind::current_since`]),
 /// through [`crate::store::legacy`].
-pub const FORMAT_VERSION: u8 = 3;
+pub const FORMAT_VERSION: u8 = 4;
 pub const HEADER_LEN: usize = 12;
 /// No frame is larger than this (a record is a few KiB at most).
 pub const PAYLOAD_LEN_MAX: usize = 16 * 1024 * 1024;
@@ -71,12 +71,14 @@ impl Kind {
     /// [`crate::store::legacy`], never by [`decode`]).
     pub fn current_since(self) -> u8 {
         match self {
+            // Version 4: users store their counted units as varints.
+            Kind::User => 4,
             // Version 3: products carry their per-user limit, campaigns and
             // held coupons their terms, users the units they hold of
             // limited products; orders hold their refunds (values holding an
             // order, such as records, keys and platform events, read an older
             // frame's order in its layout: see `legacy`).
-            Kind::User | Kind::Product | Kind::Campaign | Kind::Order => 3,
+            Kind::Product | Kind::Campaign | Kind::Order => 3,
             // Version 2: products carry their recent sales; campaigns are a
             // header plus issued chunks; the meta lost the sales window;
             // the tally is counts plus sold chunks.

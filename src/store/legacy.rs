@@ -15,6 +15,10 @@
 //! user, product or campaign of version 1 or 2 is decoded here with the
 //! new fields empty (users' layout did not change from 1 to 2).
 //!
+//! Format version 4 stores a user's counted units compactly (a byte string
+//! of varints, see [`HeldUnits`]); a version 3 user, whose units are a
+//! list of pairs, is decoded here as [`UserV3`].
+//!
 //! Version 3 also added the refunds to an order (`refunded_amount`,
 //! `refunds`). An order is also part of other values (a placed order's
 //! record, an idempotent answer, a paid order's platform event), so the
@@ -179,6 +183,18 @@ struct UserV2 {
     cart: Vec<CartLine>,
 }
 
+/// A user of version 3: its counted units as a list of pairs.
+#[derive(Deserialize)]
+struct UserV3 {
+    id: UserId,
+    name: String,
+    balance: Krw,
+    history: Vec<BalanceEntry>,
+    coupons: Vec<UserCoupon>,
+    cart: Vec<CartLine>,
+    limited: Vec<(ProductId, u64)>,
+}
+
 /// A campaign with its whole issued set inline.
 #[derive(Deserialize)]
 struct CampaignV1 {
@@ -318,9 +334,19 @@ pub fn campaign_header(frame: Frame<'_>) -> Result<CampaignHeader, CodecError> {
     })
 }
 
-/// A user of version 1 or 2.
+/// A user of version 1, 2 or 3.
 pub fn user(frame: Frame<'_>) -> Result<User, CodecError> {
-    check_in(&frame, Kind::User, 1..=2)?;
+    check_in(&frame, Kind::User, 1..=3)?;
+    if frame.version == 3 {
+        let u: UserV3 = decoding(3, || codec::decode_payload(frame.payload))?;
+        let mut user = User::new(u.id, u.name);
+        user.balance = u.balance;
+        user.history = u.history;
+        user.coupons = u.coupons;
+        user.cart = u.cart;
+        user.limited = HeldUnits::from_entries(u.limited);
+        return Ok(user);
+    }
     let u: UserV2 = codec::decode_payload(frame.payload)?;
     let mut user = User::new(u.id, u.name);
     user.balance = u.balance;
