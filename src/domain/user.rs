@@ -195,8 +195,37 @@ pub struct User {
     pub history_base: u64,
 }
 
+/// A user as a snapshot stores it, borrowed: the fields of [`User`] in its
+/// order, the balance history empty (snapshots store it in chunks), so its
+/// bytes are those of [`User::without_history`] and writing a user copies
+/// nothing of it.
+#[derive(Serialize)]
+pub struct StoredUser<'a> {
+    id: UserId,
+    name: &'a str,
+    balance: Krw,
+    history: &'a [BalanceEntry],
+    coupons: &'a [UserCoupon],
+    cart: &'a [CartLine],
+    limited: &'a HeldUnits,
+}
+
 impl User {
     /// A copy without the balance history (snapshots store it in chunks).
+    /// What a snapshot stores of this user ([`StoredUser`]).
+    pub fn stored(&self) -> StoredUser<'_> {
+        StoredUser {
+            id: self.id,
+            name: &self.name,
+            balance: self.balance,
+            history: &[],
+            coupons: &self.coupons,
+            cart: &self.cart,
+            limited: &self.limited,
+        }
+    }
+
+    /// A copy without the balance history: the value [`User::stored`] writes.
     pub fn without_history(&self) -> User {
         User {
             id: self.id,
@@ -747,6 +776,32 @@ mod tests {
             terms: CouponTerms::default(),
         });
         u
+    }
+
+    #[test]
+    fn a_stored_user_writes_the_bytes_of_the_user_without_its_history() {
+        // given a user with history, a coupon, a cart line and counted units (some unmerged),
+        // then what a snapshot writes equals the copy without history, and reads back as it
+        let mut u = with_coupon(Some(Timestamp(9)));
+        u.apply_charged(Krw(5_000), Timestamp(1));
+        u.apply_paid(OrderId(4), Krw(1_000), Timestamp(2));
+        u.apply_cart_line_set(CartLine {
+            product_id: ProductId(2),
+            name: "tea".into(),
+            price: Krw(4_500),
+            quantity: 3,
+        });
+        u.apply_units_placed(&[(ProductId(9), 2), (ProductId(2), 1)]);
+        u.limited_pending.add(ProductId(5), 1);
+        let bytes = bincode::serialize(&u.stored()).unwrap();
+        assert_eq!(bytes, bincode::serialize(&u.without_history()).unwrap());
+        let back: User = bincode::deserialize(&bytes).unwrap();
+        assert!(back.history.is_empty());
+        assert_eq!(
+            (back.balance, back.limited.of(ProductId(9))),
+            (Krw(4_000), 2)
+        );
+        assert_eq!((&back.coupons, &back.cart), (&u.coupons, &u.cart));
     }
 
     #[test]

@@ -457,7 +457,7 @@ fn encode_user(
     out: &mut SnapshotEntries,
 ) -> Result<(), CodecError> {
     let id = u.id.0;
-    out.push_frame(SnapshotKey::User(id), Kind::User, &u.without_history())?;
+    out.push_frame(SnapshotKey::User(id), Kind::User, &u.stored())?;
     let chunk = HISTORY_CHUNK as u64;
     let (base, len) = (u.history_base, u.history_len());
     let whole = len / chunk * chunk;
