@@ -18,7 +18,10 @@
 //!   history entries, so a whole history chunk and the order go to the
 //!   archive): encoding its cut (what the journal writer does between
 //!   batches), and writing it to a fresh [`SledStore`] (what the snapshot
-//!   thread does: the archive, packs, and the merge into a first base).
+//!   thread does: the archive, packs, and the merge into a first base);
+//!   and encoding the cut of 10,000 users who each count units of 48 of
+//!   1,000 products, as order_pay leaves them (it prints the bytes of the
+//!   users' values).
 //!
 //! `cargo bench --bench journal -- --warm-up-time 1 --measurement-time 5`
 
@@ -33,7 +36,7 @@ use commerce_engine::store::outbox::OutboxLive;
 use commerce_engine::store::recent_keys::RecentKeys;
 use commerce_engine::store::recovery::{cut_step, recover};
 use commerce_engine::store::writer::{JournalConfig, JournalHandle, JournalWriter};
-use commerce_engine::store::{Loaded, SledStore, SnapshotEntries, Store};
+use commerce_engine::store::{Loaded, SledStore, SnapshotEntries, SnapshotKey, Store};
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::sync::Arc;
@@ -173,12 +176,17 @@ fn journal_durable(c: &mut Criterion) {
 
 /// An order of one mug (100 KRW) by `user`, placed and paid.
 fn placed_and_paid(id: OrderId, user: UserId) -> [Record; 2] {
+    placed_and_paid_of(id, user, ProductId(1))
+}
+
+/// [`placed_and_paid`] of one unit of `product`.
+fn placed_and_paid_of(id: OrderId, user: UserId, product: ProductId) -> [Record; 2] {
     let order = Order {
         id,
         user_id: user,
         status: OrderStatus::Pending,
         items: vec![OrderLine {
-            product_id: ProductId(1),
+            product_id: product,
             name: "mug".into(),
             unit_price: Krw(100),
             quantity: 1,
@@ -345,6 +353,46 @@ fn snapshot_world(users: u64) -> World {
     world
 }
 
+/// A world as a run of `order_pay` leaves it: 1,000 products and `users`
+/// users, each of whom paid for `per_user` of them (so each user counts
+/// units of `per_user` products), every user changed since the last
+/// snapshot.
+fn counted_world(users: u64, per_user: u64) -> World {
+    assert!(per_user <= 50, "distinct products per user");
+    let mut all = registered(users);
+    all.extend((2..=1_000).map(|p| {
+        Record::new(
+            T,
+            Event::ProductCreated {
+                product_id: ProductId(p),
+                name: "mug".into(),
+                price: Krw(100),
+                stock: 1_000_000_000,
+            },
+        )
+    }));
+    let mut order = 0;
+    for u in 1..=users {
+        all.push(Record::new(
+            T,
+            Event::BalanceCharged {
+                user_id: UserId(u),
+                amount: Krw(100 * per_user),
+            },
+        ));
+        for k in 0..per_user {
+            order += 1;
+            let product = ProductId((u * 7 + k * 20) % 1_000 + 1);
+            all.extend(placed_and_paid_of(OrderId(order), UserId(u), product));
+        }
+    }
+    let mut world = World::default();
+    for (i, r) in all.iter().enumerate() {
+        world.apply(i as u64 + 1, r).unwrap();
+    }
+    world
+}
+
 /// Encodes a whole cut of `world`.
 fn encoded_cut(world: &mut World) -> SnapshotEntries {
     world.begin_cut();
@@ -386,5 +434,38 @@ fn snapshot(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, journal_durable, journal_replay, flush, snapshot);
+/// A cut of 10,000 users who each count units of 48 products (and the
+/// 480,000 paid orders they placed, which the cut moves to the archive).
+fn snapshot_counted(c: &mut Criterion) {
+    let world = counted_world(10_000, 48);
+    let entries = encoded_cut(&mut world.clone());
+    let users: usize = entries
+        .iter()
+        .filter(|(k, _)| matches!(k, SnapshotKey::User(_)))
+        .map(|(_, v)| v.map_or(0, <[u8]>::len))
+        .sum();
+    eprintln!(
+        "  snapshot_counted: {} entries, users' values {users} bytes",
+        entries.len()
+    );
+    let mut group = c.benchmark_group("snapshot");
+    group.sample_size(10);
+    group.bench_function("encode_cut_10k_users_48_products", |b| {
+        b.iter_batched(
+            || world.clone(),
+            |mut w| encoded_cut(&mut w),
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    journal_durable,
+    journal_replay,
+    flush,
+    snapshot,
+    snapshot_counted
+);
 criterion_main!(benches);
