@@ -37,7 +37,10 @@ use commerce_engine::store::recent_keys::RecentKeys;
 use commerce_engine::store::recovery::{cut_step, recover};
 use commerce_engine::store::writer::{JournalConfig, JournalHandle, JournalWriter};
 use commerce_engine::store::{Loaded, SledStore, SnapshotEntries, SnapshotKey, Store};
-use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{
+    criterion_group, criterion_main, BatchSize, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
+};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -401,6 +404,18 @@ fn encoded_cut(world: &mut World) -> SnapshotEntries {
     out
 }
 
+/// Times encoding a whole cut of a fresh copy of `world` (what the
+/// journal writer does between batches).
+fn bench_cut(group: &mut BenchmarkGroup<'_, WallTime>, name: &str, world: &World) {
+    group.bench_function(name, |b| {
+        b.iter_batched(
+            || world.clone(),
+            |mut w| encoded_cut(&mut w),
+            BatchSize::PerIteration,
+        )
+    });
+}
+
 fn snapshot(c: &mut Criterion) {
     const USERS: u64 = 100_000;
     let world = snapshot_world(USERS);
@@ -410,13 +425,7 @@ fn snapshot(c: &mut Criterion) {
     let mut group = c.benchmark_group("snapshot");
     group.throughput(Throughput::Elements(entries as u64));
     group.sample_size(10);
-    group.bench_function("encode_cut_100k_users", |b| {
-        b.iter_batched(
-            || world.clone(),
-            |mut w| encoded_cut(&mut w),
-            BatchSize::PerIteration,
-        )
-    });
+    bench_cut(&mut group, "encode_cut_100k_users", &world);
     group.bench_function("write_100k_users", |b| {
         b.iter_batched(
             || {
@@ -450,13 +459,7 @@ fn snapshot_counted(c: &mut Criterion) {
     );
     let mut group = c.benchmark_group("snapshot");
     group.sample_size(10);
-    group.bench_function("encode_cut_10k_users_48_products", |b| {
-        b.iter_batched(
-            || world.clone(),
-            |mut w| encoded_cut(&mut w),
-            BatchSize::PerIteration,
-        )
-    });
+    bench_cut(&mut group, "encode_cut_10k_users_48_products", &world);
     group.finish();
 }
 
