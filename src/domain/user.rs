@@ -211,7 +211,6 @@ pub struct StoredUser<'a> {
 }
 
 impl User {
-    /// A copy without the balance history (snapshots store it in chunks).
     /// What a snapshot stores of this user ([`StoredUser`]).
     pub fn stored(&self) -> StoredUser<'_> {
         StoredUser {
