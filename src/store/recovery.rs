@@ -616,6 +616,30 @@ mod tests {
         Ok(out)
     }
 
+    #[test]
+    fn a_user_of_format_version_3_loads_with_its_counts_and_is_written_again_in_the_current_layout()
+    {
+        // given the golden version 3 user (its counted units as pairs), when recovery loads it,
+        // then its counts are summed per product, and a snapshot writes it in the current version
+        let bytes = include_bytes!("../../snapshots/golden/v3/user.bin");
+        assert_eq!(codec::open(bytes).unwrap().version, 3);
+        let mut world = World::default();
+        assert!(load_user(&mut world, 1, bytes).is_ok());
+        let user = world.users[0].clone();
+        let counts: Vec<(u64, u64)> = user.limited.iter().map(|(p, n)| (p.0, n)).collect();
+        assert_eq!(counts, [(1, 2), (2, 4), (700, 1), (1_000_000, 9)]);
+        let mut out = SnapshotEntries::new();
+        encode_user(&user, &mut Archiving::default(), &mut out).unwrap();
+        let (_, written) = out
+            .iter()
+            .find(|(k, _)| **k == SnapshotKey::User(1))
+            .expect("the user is written");
+        let frame = codec::open(written.unwrap()).unwrap();
+        assert_eq!(frame.version, codec::FORMAT_VERSION);
+        let back: User = codec::decode_frame(Kind::User, frame).unwrap();
+        assert_eq!(back, user.without_history());
+    }
+
     fn order(id: u64, user: u64, product: u64) -> Order {
         Order {
             id: OrderId(id),

@@ -615,12 +615,7 @@ fn golden_snapshots_v3() -> Vec<(&'static str, Kind, Check)> {
             "v3/user.bin",
             Kind::User,
             Box::new(|bytes| {
-                let frame = codec::open(bytes).unwrap();
-                let got = if frame.version < Kind::User.current_since() {
-                    legacy::user(frame).unwrap()
-                } else {
-                    codec::decode_frame(Kind::User, frame).unwrap()
-                };
+                let got = legacy::user(codec::open(bytes).unwrap()).unwrap();
                 assert_eq!(got, user_v3().without_history(), "version 3 user");
                 let units: Vec<(ProductId, u64)> = got.limited.iter().collect();
                 assert_eq!(
