@@ -599,12 +599,15 @@ impl World {
         Ok((order.user_id, order.quantities().collect()))
     }
 
-    /// Applies `event` to a pending order [`pending_lines`](World::pending_lines) checked.
-    fn settle_pending(&mut self, id: OrderId, event: OrderEvent, at: Timestamp) {
-        self.orders
+    /// Applies `event` to a pending order [`pending_lines`](World::pending_lines)
+    /// checked, and gives it back as it is now.
+    fn settle_pending(&mut self, id: OrderId, event: OrderEvent, at: Timestamp) -> &Order {
+        let order = self
+            .orders
             .get_mut(&id)
-            .expect("the order was just checked pending")
-            .apply(event, at);
+            .expect("the order was just checked pending");
+        order.apply(event, at);
+        order
     }
 
     /// Every line of a pending order is still reserved on its product.
@@ -639,8 +642,7 @@ impl World {
             self.product_mut(seq, product_id)?
                 .apply(ProductEvent::Released(quantity), at);
         }
-        self.settle_pending(order_id, event, at);
-        let coupon = self.orders[&order_id].user_coupon_id;
+        let coupon = self.settle_pending(order_id, event, at).user_coupon_id;
         let user = self.user_mut(seq, user_id)?;
         user.apply(UserEvent::UnitsReleased(lines), at);
         if let Some(coupon) = coupon {
