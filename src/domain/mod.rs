@@ -28,6 +28,7 @@ pub mod limits;
 pub mod money;
 pub mod order;
 pub mod platform;
+pub mod platform_json;
 pub mod product;
 pub mod purchase_limit;
 pub mod refund;

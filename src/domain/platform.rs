@@ -4,7 +4,7 @@
 //! Two forms of the same event: [`PlatformEvent`] as the outbox stores it
 //! (through the codec, so bincode's field order is its layout: variants and
 //! fields are only ever added at the end), and the JSON of `API.md`
-//! written by [`PlatformEvent::write_json`]:
+//! written by [`PlatformEvent::write_json`] (through [`platform_json`]):
 //! `{"event_id","type":"order_paid","order","at"}` and
 //! `{"event_id","type":"order_refunded","order_id","amount","items","at"}`.
 
@@ -12,6 +12,7 @@ use crate::domain::event::{Event, Record};
 use crate::domain::ids::OrderId;
 use crate::domain::money::Krw;
 use crate::domain::order::Order;
+use crate::domain::platform_json;
 use crate::domain::refund::RefundLine;
 use crate::domain::time::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -66,28 +67,6 @@ pub fn order_refunded_id(id: OrderId, number: u32) -> String {
     format!("order-refunded-{id}-{number}")
 }
 
-/// The JSON `API.md` gives the data platform (field order as documented).
-#[derive(Serialize)]
-struct Wire<'a> {
-    event_id: String,
-    #[serde(rename = "type")]
-    kind: &'static str,
-    order: &'a Order,
-    at: Timestamp,
-}
-
-/// The JSON of a refund.
-#[derive(Serialize)]
-struct RefundWire<'a> {
-    event_id: String,
-    #[serde(rename = "type")]
-    kind: &'static str,
-    order_id: OrderId,
-    amount: Krw,
-    items: &'a [RefundLine],
-    at: Timestamp,
-}
-
 impl PlatformEvent {
     /// Stable across redeliveries and restarts.
     pub fn event_id(&self) -> String {
@@ -116,37 +95,16 @@ impl PlatformEvent {
 
     /// Appends the event's JSON (one object, no newline) to `out`.
     pub fn write_json(&self, out: &mut Vec<u8>) {
-        // Serializing plain data into a Vec cannot fail: no map has
-        // non-string keys and the writer never errs.
-        let written = match self {
-            PlatformEvent::OrderPaid { order, at } => serde_json::to_writer(
-                out,
-                &Wire {
-                    event_id: self.event_id(),
-                    kind: ORDER_PAID,
-                    order,
-                    at: *at,
-                },
-            ),
+        match self {
+            PlatformEvent::OrderPaid { order, at } => platform_json::order_paid(out, order, *at),
             PlatformEvent::OrderRefunded {
                 order_id,
+                number,
                 amount,
                 items,
                 at,
-                ..
-            } => serde_json::to_writer(
-                out,
-                &RefundWire {
-                    event_id: self.event_id(),
-                    kind: ORDER_REFUNDED,
-                    order_id: *order_id,
-                    amount: *amount,
-                    items,
-                    at: *at,
-                },
-            ),
-        };
-        written.expect("an event serializes to JSON");
+            } => platform_json::order_refunded(out, *order_id, *number, *amount, items, *at),
+        }
     }
 
     /// The event's JSON as a value (for views that embed it).

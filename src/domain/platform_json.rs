@@ -1,0 +1,374 @@
+//! The data platform's JSON, written directly into the outgoing buffer.
+//!
+//! Every paid order becomes one event, so this is the delivery thread's
+//! main work. Going through serde, each of an event's thirty or so keys
+//! and strings was scanned for characters to escape and each time was
+//! formatted into a `String` of its own. Here the keys are literals, the
+//! numbers and times are written by hand, and only text a client chose
+//! (product names, refund reasons) goes through `serde_json`'s escaping.
+//!
+//! The bytes are exactly those of `serde_json` over the types' `Serialize`
+//! impls (the HTTP API's order JSON), field for field: the tests compare
+//! both over arbitrary orders and refunds, and every struct is destructured
+//! without `..`, so a new field fails to compile until it is written here.
+
+use crate::domain::ids::OrderId;
+use crate::domain::money::Krw;
+use crate::domain::order::{Order, OrderLine, OrderStatus};
+use crate::domain::refund::{Refund, RefundLine};
+use crate::domain::time::Timestamp;
+
+/// `{"event_id","type":"order_paid","order","at"}`.
+pub fn order_paid(out: &mut Vec<u8>, order: &Order, at: Timestamp) {
+    raw(out, r#"{"event_id":"order-paid-"#);
+    number(out, order.id.0);
+    raw(out, r#"","type":"order_paid","order":"#);
+    self::order(out, order);
+    raw(out, r#","at":"#);
+    time(out, at);
+    out.push(b'}');
+}
+
+/// `{"event_id","type":"order_refunded","order_id","amount","items","at"}`.
+pub fn order_refunded(
+    out: &mut Vec<u8>,
+    order_id: OrderId,
+    number_of_refund: u32,
+    amount: Krw,
+    items: &[RefundLine],
+    at: Timestamp,
+) {
+    raw(out, r#"{"event_id":"order-refunded-"#);
+    number(out, order_id.0);
+    out.push(b'-');
+    number(out, u64::from(number_of_refund));
+    raw(out, r#"","type":"order_refunded","order_id":"#);
+    number(out, order_id.0);
+    raw(out, r#","amount":"#);
+    number(out, amount.0);
+    raw(out, r#","items":"#);
+    refund_lines(out, items);
+    raw(out, r#","at":"#);
+    time(out, at);
+    out.push(b'}');
+}
+
+/// An order as the HTTP API answers it.
+pub fn order(out: &mut Vec<u8>, order: &Order) {
+    let Order {
+        id,
+        user_id,
+        status,
+        items,
+        total_amount,
+        discount_amount,
+        pay_amount,
+        user_coupon_id,
+        created_at,
+        expires_at,
+        paid_at,
+        refunded_amount,
+        refunds,
+    } = order;
+    raw(out, r#"{"id":"#);
+    number(out, id.0);
+    raw(out, r#","user_id":"#);
+    number(out, user_id.0);
+    raw(out, r#","status":""#);
+    raw(out, status_name(*status));
+    raw(out, r#"","items":["#);
+    for (i, line) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        order_line(out, line);
+    }
+    raw(out, r#"],"total_amount":"#);
+    number(out, total_amount.0);
+    raw(out, r#","discount_amount":"#);
+    number(out, discount_amount.0);
+    raw(out, r#","pay_amount":"#);
+    number(out, pay_amount.0);
+    raw(out, r#","user_coupon_id":"#);
+    match user_coupon_id {
+        Some(id) => number(out, id.0),
+        None => raw(out, "null"),
+    }
+    raw(out, r#","created_at":"#);
+    time(out, *created_at);
+    raw(out, r#","expires_at":"#);
+    time(out, *expires_at);
+    raw(out, r#","paid_at":"#);
+    match paid_at {
+        Some(at) => time(out, *at),
+        None => raw(out, "null"),
+    }
+    raw(out, r#","refunded_amount":"#);
+    number(out, refunded_amount.0);
+    raw(out, r#","refunds":["#);
+    for (i, one) in refunds.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        refund(out, one);
+    }
+    raw(out, "]}");
+}
+
+fn order_line(out: &mut Vec<u8>, line: &OrderLine) {
+    let OrderLine {
+        product_id,
+        name,
+        unit_price,
+        quantity,
+    } = line;
+    raw(out, r#"{"product_id":"#);
+    number(out, product_id.0);
+    raw(out, r#","name":"#);
+    text(out, name);
+    raw(out, r#","unit_price":"#);
+    number(out, unit_price.0);
+    raw(out, r#","quantity":"#);
+    number(out, *quantity);
+    out.push(b'}');
+}
+
+fn refund(out: &mut Vec<u8>, refund: &Refund) {
+    let Refund {
+        items,
+        amount,
+        reason,
+        at,
+    } = refund;
+    raw(out, r#"{"items":"#);
+    refund_lines(out, items);
+    raw(out, r#","amount":"#);
+    number(out, amount.0);
+    raw(out, r#","reason":"#);
+    match reason {
+        Some(reason) => text(out, reason),
+        None => raw(out, "null"),
+    }
+    raw(out, r#","at":"#);
+    time(out, *at);
+    out.push(b'}');
+}
+
+fn refund_lines(out: &mut Vec<u8>, lines: &[RefundLine]) {
+    out.push(b'[');
+    for (i, line) in lines.iter().enumerate() {
+        let RefundLine {
+            product_id,
+            quantity,
+        } = line;
+        if i > 0 {
+            out.push(b',');
+        }
+        raw(out, r#"{"product_id":"#);
+        number(out, product_id.0);
+        raw(out, r#","quantity":"#);
+        number(out, *quantity);
+        out.push(b'}');
+    }
+    out.push(b']');
+}
+
+/// The status as its `Serialize` impl names it (`snake_case`).
+fn status_name(status: OrderStatus) -> &'static str {
+    match status {
+        OrderStatus::Pending => "pending",
+        OrderStatus::Paid => "paid",
+        OrderStatus::Failed => "failed",
+        OrderStatus::Cancelled => "cancelled",
+        OrderStatus::Expired => "expired",
+        OrderStatus::PartiallyRefunded => "partially_refunded",
+        OrderStatus::Refunded => "refunded",
+    }
+}
+
+fn raw(out: &mut Vec<u8>, json: &str) {
+    out.extend_from_slice(json.as_bytes());
+}
+
+fn number(out: &mut Vec<u8>, value: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    let mut rest = value;
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[start..]);
+}
+
+fn time(out: &mut Vec<u8>, at: Timestamp) {
+    out.push(b'"');
+    at.write_rfc3339(out);
+    out.push(b'"');
+}
+
+/// A string a client chose, escaped as `serde_json` escapes it.
+fn text(out: &mut Vec<u8>, value: &str) {
+    // Writing a string into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, value);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::ids::{ProductId, UserCouponId, UserId};
+    use proptest::prelude::*;
+    use serde::Serialize;
+
+    /// The event shapes of API.md through serde: what this module must equal.
+    #[derive(Serialize)]
+    struct PaidWire<'a> {
+        event_id: String,
+        #[serde(rename = "type")]
+        kind: &'static str,
+        order: &'a Order,
+        at: Timestamp,
+    }
+
+    #[derive(Serialize)]
+    struct RefundWire<'a> {
+        event_id: String,
+        #[serde(rename = "type")]
+        kind: &'static str,
+        order_id: OrderId,
+        amount: Krw,
+        items: &'a [RefundLine],
+        at: Timestamp,
+    }
+
+    fn any_text() -> impl Strategy<Value = String> {
+        // quotes, backslashes, control characters, non-ASCII
+        prop_oneof![
+            "[a-z -]{0,12}",
+            any::<String>(),
+            Just("\"\\/\u{0}\u{1f}\n\t\u{7f}\u{2028}한글".to_string()),
+        ]
+    }
+
+    fn any_time() -> impl Strategy<Value = Timestamp> {
+        prop_oneof![
+            (0u64..4_102_444_800_000).prop_map(Timestamp),
+            any::<u64>().prop_map(Timestamp),
+        ]
+    }
+
+    fn any_refund_lines() -> impl Strategy<Value = Vec<RefundLine>> {
+        prop::collection::vec(
+            (any::<u64>(), any::<u64>()).prop_map(|(p, quantity)| RefundLine {
+                product_id: ProductId(p),
+                quantity,
+            }),
+            0..4,
+        )
+    }
+
+    prop_compose! {
+        fn any_order()(
+            ids in any::<(u64, u64)>(),
+            status in prop::sample::select(OrderStatus::ALL.to_vec()),
+            items in prop::collection::vec(
+                (any::<u64>(), any_text(), any::<u64>(), any::<u64>()),
+                0..4,
+            ),
+            amounts in any::<(u64, u64, u64, u64)>(),
+            coupon in any::<Option<u64>>(),
+            times in (any_time(), any_time(), prop::option::of(any_time())),
+            refunds in prop::collection::vec(
+                (any_refund_lines(), any::<u64>(), prop::option::of(any_text()), any_time()),
+                0..3,
+            ),
+        ) -> Order {
+            Order {
+                id: OrderId(ids.0),
+                user_id: UserId(ids.1),
+                status,
+                items: items
+                    .into_iter()
+                    .map(|(p, name, price, quantity)| OrderLine {
+                        product_id: ProductId(p),
+                        name,
+                        unit_price: Krw(price),
+                        quantity,
+                    })
+                    .collect(),
+                total_amount: Krw(amounts.0),
+                discount_amount: Krw(amounts.1),
+                pay_amount: Krw(amounts.2),
+                user_coupon_id: coupon.map(UserCouponId),
+                created_at: times.0,
+                expires_at: times.1,
+                paid_at: times.2,
+                refunded_amount: Krw(amounts.3),
+                refunds: refunds
+                    .into_iter()
+                    .map(|(items, amount, reason, at)| Refund {
+                        items,
+                        amount: Krw(amount),
+                        reason,
+                        at,
+                    })
+                    .collect(),
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn an_order_paid_event_is_serde_jsons_byte_for_byte(order in any_order(), at in any_time()) {
+            let mut written = b"[".to_vec();
+            order_paid(&mut written, &order, at);
+            let expected = serde_json::to_vec(&PaidWire {
+                event_id: format!("order-paid-{}", order.id),
+                kind: "order_paid",
+                order: &order,
+                at,
+            })
+            .unwrap();
+            prop_assert_eq!(&written[1..], &expected[..]);
+            let mut alone = Vec::new();
+            self::order(&mut alone, &order);
+            prop_assert_eq!(alone, serde_json::to_vec(&order).unwrap());
+        }
+
+        #[test]
+        fn an_order_refunded_event_is_serde_jsons_byte_for_byte(
+            order_id: u64,
+            number_of_refund: u32,
+            amount: u64,
+            items in any_refund_lines(),
+            at in any_time(),
+        ) {
+            let mut written = Vec::new();
+            order_refunded(&mut written, OrderId(order_id), number_of_refund, Krw(amount), &items, at);
+            let expected = serde_json::to_vec(&RefundWire {
+                event_id: format!("order-refunded-{order_id}-{number_of_refund}"),
+                kind: "order_refunded",
+                order_id: OrderId(order_id),
+                amount: Krw(amount),
+                items: &items,
+                at,
+            })
+            .unwrap();
+            prop_assert_eq!(written, expected);
+        }
+    }
+
+    #[test]
+    fn numbers_are_written_whole() {
+        // proves the edges of the hand-written decimal
+        for value in [0, 9, 10, 99, 100, 1_000_000_007, u64::MAX] {
+            let mut out = Vec::new();
+            number(&mut out, value);
+            assert_eq!(out, value.to_string().into_bytes());
+        }
+    }
+}
