@@ -20,12 +20,10 @@ use crate::domain::time::Timestamp;
 
 /// `{"event_id","type":"order_paid","order","at"}`.
 pub fn order_paid(out: &mut Vec<u8>, order: &Order, at: Timestamp) {
-    raw(out, r#"{"event_id":"order-paid-"#);
-    number(out, order.id.0);
+    field(out, r#"{"event_id":"order-paid-"#, order.id.0);
     raw(out, r#"","type":"order_paid","order":"#);
     self::order(out, order);
-    raw(out, r#","at":"#);
-    time(out, at);
+    time_field(out, r#","at":"#, at);
     out.push(b'}');
 }
 
@@ -38,18 +36,14 @@ pub fn order_refunded(
     items: &[RefundLine],
     at: Timestamp,
 ) {
-    raw(out, r#"{"event_id":"order-refunded-"#);
-    number(out, order_id.0);
+    field(out, r#"{"event_id":"order-refunded-"#, order_id.0);
     out.push(b'-');
     number(out, u64::from(number_of_refund));
-    raw(out, r#"","type":"order_refunded","order_id":"#);
-    number(out, order_id.0);
-    raw(out, r#","amount":"#);
-    number(out, amount.0);
+    field(out, r#"","type":"order_refunded","order_id":"#, order_id.0);
+    field(out, r#","amount":"#, amount.0);
     raw(out, r#","items":"#);
     refund_lines(out, items);
-    raw(out, r#","at":"#);
-    time(out, at);
+    time_field(out, r#","at":"#, at);
     out.push(b'}');
 }
 
@@ -70,49 +64,25 @@ pub fn order(out: &mut Vec<u8>, order: &Order) {
         refunded_amount,
         refunds,
     } = order;
-    raw(out, r#"{"id":"#);
-    number(out, id.0);
-    raw(out, r#","user_id":"#);
-    number(out, user_id.0);
+    field(out, r#"{"id":"#, id.0);
+    field(out, r#","user_id":"#, user_id.0);
     raw(out, r#","status":""#);
     raw(out, status_name(*status));
-    raw(out, r#"","items":["#);
-    for (i, line) in items.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        order_line(out, line);
-    }
-    raw(out, r#"],"total_amount":"#);
-    number(out, total_amount.0);
-    raw(out, r#","discount_amount":"#);
-    number(out, discount_amount.0);
-    raw(out, r#","pay_amount":"#);
-    number(out, pay_amount.0);
+    raw(out, r#"","items":"#);
+    list(out, items, order_line);
+    field(out, r#","total_amount":"#, total_amount.0);
+    field(out, r#","discount_amount":"#, discount_amount.0);
+    field(out, r#","pay_amount":"#, pay_amount.0);
     raw(out, r#","user_coupon_id":"#);
-    match user_coupon_id {
-        Some(id) => number(out, id.0),
-        None => raw(out, "null"),
-    }
-    raw(out, r#","created_at":"#);
-    time(out, *created_at);
-    raw(out, r#","expires_at":"#);
-    time(out, *expires_at);
+    or_null(out, user_coupon_id.as_ref(), |out, id| number(out, id.0));
+    time_field(out, r#","created_at":"#, *created_at);
+    time_field(out, r#","expires_at":"#, *expires_at);
     raw(out, r#","paid_at":"#);
-    match paid_at {
-        Some(at) => time(out, *at),
-        None => raw(out, "null"),
-    }
-    raw(out, r#","refunded_amount":"#);
-    number(out, refunded_amount.0);
-    raw(out, r#","refunds":["#);
-    for (i, one) in refunds.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        refund(out, one);
-    }
-    raw(out, "]}");
+    or_null(out, paid_at.as_ref(), |out, at| time(out, *at));
+    field(out, r#","refunded_amount":"#, refunded_amount.0);
+    raw(out, r#","refunds":"#);
+    list(out, refunds, refund);
+    out.push(b'}');
 }
 
 fn order_line(out: &mut Vec<u8>, line: &OrderLine) {
@@ -122,14 +92,11 @@ fn order_line(out: &mut Vec<u8>, line: &OrderLine) {
         unit_price,
         quantity,
     } = line;
-    raw(out, r#"{"product_id":"#);
-    number(out, product_id.0);
+    field(out, r#"{"product_id":"#, product_id.0);
     raw(out, r#","name":"#);
     text(out, name);
-    raw(out, r#","unit_price":"#);
-    number(out, unit_price.0);
-    raw(out, r#","quantity":"#);
-    number(out, *quantity);
+    field(out, r#","unit_price":"#, unit_price.0);
+    field(out, r#","quantity":"#, *quantity);
     out.push(b'}');
 }
 
@@ -142,35 +109,45 @@ fn refund(out: &mut Vec<u8>, refund: &Refund) {
     } = refund;
     raw(out, r#"{"items":"#);
     refund_lines(out, items);
-    raw(out, r#","amount":"#);
-    number(out, amount.0);
+    field(out, r#","amount":"#, amount.0);
     raw(out, r#","reason":"#);
-    match reason {
-        Some(reason) => text(out, reason),
-        None => raw(out, "null"),
-    }
-    raw(out, r#","at":"#);
-    time(out, *at);
+    or_null(out, reason.as_deref(), text);
+    time_field(out, r#","at":"#, *at);
     out.push(b'}');
 }
 
 fn refund_lines(out: &mut Vec<u8>, lines: &[RefundLine]) {
+    list(out, lines, refund_line);
+}
+
+fn refund_line(out: &mut Vec<u8>, line: &RefundLine) {
+    let RefundLine {
+        product_id,
+        quantity,
+    } = line;
+    field(out, r#"{"product_id":"#, product_id.0);
+    field(out, r#","quantity":"#, *quantity);
+    out.push(b'}');
+}
+
+/// `[` each of `items` written by `write`, comma-separated, `]`.
+fn list<T>(out: &mut Vec<u8>, items: &[T], write: fn(&mut Vec<u8>, &T)) {
     out.push(b'[');
-    for (i, line) in lines.iter().enumerate() {
-        let RefundLine {
-            product_id,
-            quantity,
-        } = line;
+    for (i, item) in items.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        raw(out, r#"{"product_id":"#);
-        number(out, product_id.0);
-        raw(out, r#","quantity":"#);
-        number(out, *quantity);
-        out.push(b'}');
+        write(out, item);
     }
     out.push(b']');
+}
+
+/// `value` written by `write`, or `null`.
+fn or_null<T: ?Sized>(out: &mut Vec<u8>, value: Option<&T>, write: fn(&mut Vec<u8>, &T)) {
+    match value {
+        Some(value) => write(out, value),
+        None => raw(out, "null"),
+    }
 }
 
 /// The status as its `Serialize` impl names it (`snake_case`).
@@ -188,6 +165,18 @@ fn status_name(status: OrderStatus) -> &'static str {
 
 fn raw(out: &mut Vec<u8>, json: &str) {
     out.extend_from_slice(json.as_bytes());
+}
+
+/// `key` (the JSON before a number: a key, or the text of an id) and `value`.
+fn field(out: &mut Vec<u8>, key: &str, value: u64) {
+    raw(out, key);
+    number(out, value);
+}
+
+/// `key` and the time `at`.
+fn time_field(out: &mut Vec<u8>, key: &str, at: Timestamp) {
+    raw(out, key);
+    time(out, at);
 }
 
 fn number(out: &mut Vec<u8>, value: u64) {
