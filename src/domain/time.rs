@@ -43,29 +43,18 @@ impl Timestamp {
             bytes: [0; RFC3339_MAX_LEN],
             len: 0,
         };
-        if self.0 >= RFC3339_END_MS {
+        let Some(date) = date_and_time(self.0 / MS_PER_SEC) else {
             text.push_u64(self.0);
             return text;
-        }
-        let (year, month, day) = civil_from_days(self.0 / MS_PER_DAY);
-        let in_day = self.0 % MS_PER_DAY;
-        let (secs, ms) = (in_day / MS_PER_SEC, in_day % MS_PER_SEC);
-        text.push_digits(year, 4);
-        text.push(b'-');
-        text.push_digits(month, 2);
-        text.push(b'-');
-        text.push_digits(day, 2);
-        text.push(b'T');
-        text.push_digits(secs / 3_600, 2);
-        text.push(b':');
-        text.push_digits(secs / 60 % 60, 2);
-        text.push(b':');
-        text.push_digits(secs % 60, 2);
+        };
+        text.bytes[..date.len()].copy_from_slice(&date);
+        text.len = date.len();
+        let ms = self.0 % MS_PER_SEC;
         if ms != 0 {
             text.push(b'.');
-            if ms % 100 == 0 {
+            if ms.is_multiple_of(100) {
                 text.push_digits(ms / 100, 1);
-            } else if ms % 10 == 0 {
+            } else if ms.is_multiple_of(10) {
                 text.push_digits(ms / 10, 2);
             } else {
                 text.push_digits(ms, 3);
@@ -112,17 +101,48 @@ impl Rfc3339 {
     }
 
     /// `value`'s last `width` decimal digits, zero-padded.
-    fn push_digits(&mut self, mut value: u64, width: usize) {
-        for slot in self.bytes[self.len..self.len + width].iter_mut().rev() {
-            *slot = b'0' + (value % 10) as u8;
-            value /= 10;
-        }
+    fn push_digits(&mut self, value: u64, width: usize) {
+        put_digits(&mut self.bytes[self.len..self.len + width], value);
         self.len += width;
     }
 
     fn push_u64(&mut self, value: u64) {
         let width = value.checked_ilog10().map_or(1, |log| log as usize + 1);
         self.push_digits(value, width);
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS`: the date and time of day, in UTC, `secs` after
+/// the epoch; `None` past year 9999, which RFC 3339 cannot write.
+pub fn date_and_time(secs: u64) -> Option<[u8; 19]> {
+    if secs >= RFC3339_END_MS / MS_PER_SEC {
+        return None;
+    }
+    let (year, month, day) = civil_from_days(secs / 86_400);
+    let in_day = secs % 86_400;
+    let mut out = [0u8; 19];
+    let parts = [
+        (0, 4, year),
+        (5, 2, month),
+        (8, 2, day),
+        (11, 2, in_day / 3_600),
+        (14, 2, in_day / 60 % 60),
+        (17, 2, in_day % 60),
+    ];
+    for (start, width, value) in parts {
+        put_digits(&mut out[start..start + width], value);
+    }
+    for (i, separator) in [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':')] {
+        out[i] = separator;
+    }
+    Some(out)
+}
+
+/// `value`'s last `slots.len()` decimal digits into `slots`, zero-padded.
+fn put_digits(slots: &mut [u8], mut value: u64) {
+    for slot in slots.iter_mut().rev() {
+        *slot = b'0' + (value % 10) as u8;
+        value /= 10;
     }
 }
 

@@ -316,32 +316,10 @@ pub(crate) fn write_timestamp(w: &mut impl Write, at: SystemTime) -> fmt::Result
     write!(w, ".{:06}Z", since.subsec_micros())
 }
 
-/// `YYYY-MM-DDTHH:MM:SS` of `secs` since the epoch, in UTC.
+/// `YYYY-MM-DDTHH:MM:SS` of `secs` since the epoch, in UTC (the epoch's
+/// past year 9999).
 fn date_and_time(secs: u64) -> [u8; 19] {
-    let at = i64::try_from(secs)
-        .ok()
-        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    let mut out = [0u8; 19];
-    let year = at.year().clamp(0, 9999) as u32;
-    let parts = [
-        (0, 4, year),
-        (5, 2, u32::from(u8::from(at.month()))),
-        (8, 2, u32::from(at.day())),
-        (11, 2, u32::from(at.hour())),
-        (14, 2, u32::from(at.minute())),
-        (17, 2, u32::from(at.second())),
-    ];
-    for (start, width, mut n) in parts {
-        for i in (start..start + width).rev() {
-            out[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-        }
-    }
-    for (i, sep) in [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':')] {
-        out[i] = sep;
-    }
-    out
+    crate::domain::time::date_and_time(secs).unwrap_or(*b"1970-01-01T00:00:00")
 }
 
 /// Lines formatted by [`Lines`] into memory, for tests.
