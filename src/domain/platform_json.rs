@@ -180,18 +180,8 @@ fn time_field(out: &mut Vec<u8>, key: &str, at: Timestamp) {
 }
 
 fn number(out: &mut Vec<u8>, value: u64) {
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
-    let mut rest = value;
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[start..]);
+    // serde_json writes an integer with `itoa`; into a Vec it cannot fail.
+    let _ = serde_json::to_writer(&mut *out, &value);
 }
 
 fn time(out: &mut Vec<u8>, at: Timestamp) {
