@@ -4,8 +4,9 @@
 //! main work. Going through serde, each of an event's thirty or so keys
 //! and strings was scanned for characters to escape and each time was
 //! formatted into a `String` of its own. Here the keys are literals, the
-//! numbers and times are written by hand, and only text a client chose
-//! (product names, refund reasons) goes through `serde_json`'s escaping.
+//! times are written on the stack (`Timestamp::write_rfc3339`), numbers go
+//! through `serde_json`'s integer writer and only text a client chose
+//! (product names, refund reasons) through its escaping.
 //!
 //! The bytes are exactly those of `serde_json` over the types' `Serialize`
 //! impls (the HTTP API's order JSON), field for field: the tests compare
