@@ -439,7 +439,11 @@ async fn hold_all(
     if coupon.is_none() && held.counted.iter().all(|l| l.max_per_user.is_none()) {
         return Ok(held);
     }
-    hold_on_user(held, coupon, at).await
+    // Boxed: awaited in place, the user's hold would set the size of this
+    // future and of every one enclosing it (the placing saga, the keyed
+    // request), which each order moves whole, the many with no coupon
+    // and no limit included.
+    Box::pin(hold_on_user(held, coupon, at)).await
 }
 
 /// The lines an order asks for, and whether they are the user's cart

@@ -12,6 +12,7 @@ use crate::engine::idempotency::IdempotencyKey;
 use crate::engine::keyed_request::KeyedRequest;
 use crate::store::StorageError;
 use actix::Addr;
+use futures_util::future::Either;
 
 impl Engine {
     pub async fn place_order(
@@ -64,15 +65,28 @@ impl Engine {
 
     /// A pay or cancel of an order the shard does not hold: an archived
     /// order is finished, so it is refused as `finished`, not as not found.
-    async fn unless_archived(&self, result: Result<Order>, finished: Rejection) -> Result<Order> {
+    ///
+    /// Only that refusal reads the archive, in a boxed future: any other
+    /// answer is ready as it is, so the read does not set the size of
+    /// every pay's and cancel's future.
+    fn unless_archived(
+        &self,
+        result: Result<Order>,
+        finished: Rejection,
+    ) -> impl std::future::Future<Output = Result<Order>> + Send + '_ {
         match result {
             Err(Error::Rejected(Rejection::OrderNotFound(id))) => {
-                match self.archived_order(id).await? {
-                    Some(_) => Err(finished.into()),
-                    None => Err(Rejection::OrderNotFound(id).into()),
-                }
+                Either::Right(Box::pin(self.finished_unless_missing(id, finished)))
             }
-            other => other,
+            other => Either::Left(std::future::ready(other)),
+        }
+    }
+
+    /// `finished` if the archive holds order `id`, otherwise not found.
+    async fn finished_unless_missing(&self, id: OrderId, finished: Rejection) -> Result<Order> {
+        match self.archived_order(id).await? {
+            Some(_) => Err(finished.into()),
+            None => Err(Rejection::OrderNotFound(id).into()),
         }
     }
 
@@ -184,5 +198,44 @@ impl Engine {
             expired += swept?;
         }
         Ok(expired)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::domain::ids::{OrderId, UserId};
+    use crate::engine::coordinator::OrderSource;
+    use crate::engine::{Engine, EngineConfig, SystemClock};
+    use crate::store::memory::MemoryStore;
+    use std::sync::Arc;
+
+    /// Every order moves its placing and paying futures whole (into their
+    /// task, and each into the one that awaits it), so a step only some
+    /// orders take (a user's hold, an archive read) is boxed where it is
+    /// awaited instead of setting the size of every one. These bounds keep
+    /// it so.
+    #[tokio::test]
+    async fn the_order_flows_futures_stay_small() {
+        let engine = Engine::start(
+            EngineConfig::default(),
+            Box::new(MemoryStore::new()),
+            Arc::new(SystemClock),
+        )
+        .unwrap();
+        let placing =
+            engine
+                .inner
+                .placement
+                .place(UserId(1), OrderSource::Items(Vec::new()), None, None);
+        let paying = engine.pay_order(OrderId(1), None);
+        let cancelling = engine.cancel_order(OrderId(1), None);
+        let sizes = [
+            std::mem::size_of_val(&placing),
+            std::mem::size_of_val(&paying),
+            std::mem::size_of_val(&cancelling),
+        ];
+        assert!(sizes[0] <= 1024, "placing: {} bytes", sizes[0]);
+        assert!(sizes[1] <= 768, "paying: {} bytes", sizes[1]);
+        assert!(sizes[2] <= 768, "cancelling: {} bytes", sizes[2]);
     }
 }
