@@ -250,19 +250,33 @@ impl Engine {
     /// the first answer is stored with its record (a refusal in a record of
     /// its own); a retry with the same request gets it back; another
     /// request with the same key is refused.
-    pub(in crate::engine) async fn keyed<T, F, Fut>(
+    ///
+    /// With no key the future is `op`'s alone: awaited inside the keyed
+    /// path's future, it would also carry that path's state, and most
+    /// requests come without a key.
+    pub(in crate::engine) fn keyed<T, F, Fut>(
         &self,
         keyed: Option<(IdempotencyKey, u64)>,
         op: F,
-    ) -> Result<T>
+    ) -> impl Future<Output = Result<T>> + Send + '_
     where
         T: Replied + Send + 'static,
         F: FnOnce(Engine, Option<Tag>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T>> + Send + 'static,
     {
-        let Some((key, fp)) = keyed else {
-            return op(self.clone(), None).await;
-        };
+        match keyed {
+            None => futures_util::future::Either::Left(op(self.clone(), None)),
+            Some((key, fp)) => futures_util::future::Either::Right(self.run_keyed(key, fp, op)),
+        }
+    }
+
+    /// [`Engine::keyed`] under a key.
+    async fn run_keyed<T, F, Fut>(&self, key: IdempotencyKey, fp: u64, op: F) -> Result<T>
+    where
+        T: Replied + Send + 'static,
+        F: FnOnce(Engine, Option<Tag>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T>> + Send + 'static,
+    {
         let tag = loop {
             match self.inner.keys.begin(&key, fp)? {
                 Begin::Check(tag) => {
