@@ -603,12 +603,37 @@ impl Placement {
         coupon: Option<UserCouponId>,
         tag: Option<Tag>,
     ) -> Result<Order> {
+        let at = self.clock.now();
+        let (held, order, record) = self
+            .held_and_priced(user_id, source, coupon, tag, at)
+            .await?;
+        let seq = match self.journal_placed(record).await {
+            Ok(seq) => seq,
+            Err(e) => {
+                held.abandon();
+                return Err(e);
+            }
+        };
+        self.announce_placed(&held, &order, seq, at);
+        Ok(order)
+    }
+
+    /// The holds an order takes, the pending order they make and its
+    /// `OrderPlaced` record. A step of its own so that its state and that
+    /// of the wait for the record share the placing future's bytes.
+    async fn held_and_priced(
+        &self,
+        user_id: UserId,
+        source: OrderSource,
+        coupon: Option<UserCouponId>,
+        tag: Option<Tag>,
+        at: Timestamp,
+    ) -> Result<(Held, Order, Record)> {
         let user = self
             .registry
             .users
             .get(user_id.0)
             .ok_or(Rejection::UserNotFound(user_id))?;
-        let at = self.clock.now();
         let held = hold_all(
             self.registry.clone(),
             self.limits.clone(),
@@ -634,15 +659,7 @@ impl Placement {
             event,
             idempotency: tag.map(|t| t.entry(Reply::Order(Box::new(order.clone())))),
         };
-        let seq = match self.journal_placed(record).await {
-            Ok(seq) => seq,
-            Err(e) => {
-                held.abandon();
-                return Err(e);
-            }
-        };
-        self.announce_placed(&held, &order, seq, at);
-        Ok(order)
+        Ok((held, order, record))
     }
 
     /// The pending order the holds make, priced, under the next order id

@@ -235,7 +235,7 @@ mod tests {
             std::mem::size_of_val(&paying),
             std::mem::size_of_val(&cancelling),
         ];
-        assert!(sizes[0] <= 1024, "placing: {} bytes", sizes[0]);
+        assert!(sizes[0] <= 768, "placing: {} bytes", sizes[0]);
         assert!(sizes[1] <= 640, "paying: {} bytes", sizes[1]);
         assert!(sizes[2] <= 640, "cancelling: {} bytes", sizes[2]);
     }
