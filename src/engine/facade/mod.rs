@@ -50,6 +50,7 @@ use crate::store::writer::{
 };
 use crate::store::{ArchiveReader, StorageError};
 use actix::prelude::*;
+use futures_util::future::Either;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
@@ -265,8 +266,8 @@ impl Engine {
         Fut: Future<Output = Result<T>> + Send + 'static,
     {
         match keyed {
-            None => futures_util::future::Either::Left(op(self.clone(), None)),
-            Some((key, fp)) => futures_util::future::Either::Right(self.run_keyed(key, fp, op)),
+            None => Either::Left(op(self.clone(), None)),
+            Some((key, fp)) => Either::Right(self.run_keyed(key, fp, op)),
         }
     }
 

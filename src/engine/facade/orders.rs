@@ -13,6 +13,7 @@ use crate::engine::keyed_request::KeyedRequest;
 use crate::store::StorageError;
 use actix::Addr;
 use futures_util::future::Either;
+use std::future::Future;
 
 impl Engine {
     pub async fn place_order(
@@ -73,7 +74,7 @@ impl Engine {
         &self,
         result: Result<Order>,
         finished: Rejection,
-    ) -> impl std::future::Future<Output = Result<Order>> + Send + '_ {
+    ) -> impl Future<Output = Result<Order>> + Send + '_ {
         match result {
             Err(Error::Rejected(Rejection::OrderNotFound(id))) => {
                 Either::Right(Box::pin(self.finished_unless_missing(id, finished)))
@@ -210,11 +211,11 @@ mod tests {
     use std::sync::Arc;
 
     /// Every order moves its placing and paying futures whole (into their
-    /// task, and each into the one that awaits it), so a step only some
+    /// task, and each into the one that awaits it). So a step only some
     /// orders take (a user's hold, an archive read) is boxed where it is
-    /// awaited, and a request without an idempotency key does not carry
-    /// the keyed path's state, instead of each setting the size of every
-    /// one. These bounds keep it so.
+    /// awaited, and a request without an idempotency key carries none of
+    /// the keyed path's state: neither sets the size of every order's
+    /// futures. These bounds keep it so.
     #[tokio::test]
     async fn the_order_flows_futures_stay_small() {
         let engine = Engine::start(
