@@ -7,6 +7,7 @@ use commerce_engine::domain::event::{Event, Record};
 use commerce_engine::domain::ids::{OrderId, ProductId, UserId};
 use commerce_engine::domain::money::Krw;
 use commerce_engine::domain::order::{Order, OrderLine, OrderStatus};
+use commerce_engine::domain::refund::Refunds;
 use commerce_engine::domain::time::Timestamp;
 use commerce_engine::store::codec::{self, Kind};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -46,8 +47,7 @@ fn order_placed(id: u64) -> Record {
                 created_at: T,
                 expires_at: T.plus_ms(600_000),
                 paid_at: None,
-                refunded_amount: Krw(0),
-                refunds: Vec::new(),
+                refunds: Refunds::NONE,
             }),
             from_cart: false,
         },

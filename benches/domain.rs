@@ -13,6 +13,7 @@ use commerce_engine::domain::limits::Limits;
 use commerce_engine::domain::money::Krw;
 use commerce_engine::domain::order::{price, Order, OrderLine, OrderStatus};
 use commerce_engine::domain::product::{Product, ProductCommand};
+use commerce_engine::domain::refund::Refunds;
 use commerce_engine::domain::time::Timestamp;
 use commerce_engine::domain::user::{User, UserCommand, UserEvent};
 use commerce_engine::domain::world::World;
@@ -46,8 +47,7 @@ fn order(id: u64, items: Vec<OrderLine>) -> Order {
         created_at: T,
         expires_at: T.plus_ms(600_000),
         paid_at: None,
-        refunded_amount: Krw(0),
-        refunds: Vec::new(),
+        refunds: Refunds::NONE,
     }
 }
 

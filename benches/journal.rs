@@ -29,6 +29,7 @@ use commerce_engine::domain::event::{Event, Record};
 use commerce_engine::domain::ids::{OrderId, ProductId, UserId};
 use commerce_engine::domain::money::Krw;
 use commerce_engine::domain::order::{Order, OrderLine, OrderStatus};
+use commerce_engine::domain::refund::Refunds;
 use commerce_engine::domain::time::Timestamp;
 use commerce_engine::domain::world::World;
 use commerce_engine::store::codec::{self, Kind};
@@ -201,8 +202,7 @@ fn placed_and_paid_of(id: OrderId, user: UserId, product: ProductId) -> [Record;
         created_at: T,
         expires_at: T.plus_ms(600_000),
         paid_at: None,
-        refunded_amount: Krw(0),
-        refunds: Vec::new(),
+        refunds: Refunds::NONE,
     };
     [
         Record::new(

@@ -8,9 +8,10 @@ use crate::domain::coupon_terms::Offer;
 use crate::domain::ids::{OrderId, ProductId, UserCouponId, UserId};
 use crate::domain::limits::Limits;
 use crate::domain::money::Krw;
-use crate::domain::refund::Refund;
+use crate::domain::refund::{Refund, Refunds};
 use crate::domain::rejection::{Decision, Rejection};
 use crate::domain::time::Timestamp;
+use serde::ser::SerializeStruct;
 use serde::{Deserialize, Serialize, Serializer};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
@@ -52,12 +53,10 @@ pub struct OrderLine {
     pub quantity: u64,
 }
 
-// Stored layout (bincode: field order): `refunded_amount` and `refunds`
-// came in format version 3; older frames hold the version 2 layout, which
-// `store::legacy` reads (its `Deserialize` impl picks the layout of the
-// frame being decoded).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(remote = "Self")]
+/// An order. Its JSON and stored (bincode) shape is `OrderFields`: the
+/// refunds are two fields there, `refunded_amount` and `refunds`, and one
+/// out-of-line value here ([`Refunds`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Order {
     pub id: OrderId,
     pub user_id: UserId,
@@ -66,23 +65,108 @@ pub struct Order {
     pub total_amount: Krw,
     pub discount_amount: Krw,
     pub pay_amount: Krw,
-    /// Always present; null when none.
-    #[schema(required = true)]
     pub user_coupon_id: Option<UserCouponId>,
     pub created_at: Timestamp,
     pub expires_at: Timestamp,
-    /// Always present; null when none.
-    #[schema(required = true)]
     pub paid_at: Option<Timestamp>,
-    /// KRW returned by refunds so far.
-    pub refunded_amount: Krw,
-    /// Refunds so far, oldest first.
-    pub refunds: Vec<Refund>,
+    pub refunds: Refunds,
 }
 
+impl Order {
+    /// KRW returned by refunds so far.
+    pub fn refunded_amount(&self) -> Krw {
+        self.refunds.amount()
+    }
+}
+
+// Stored layout (bincode: field order): `refunded_amount` and `refunds`
+// came in format version 3; older frames hold the version 2 layout, which
+// `store::legacy` reads (its `Deserialize` impl for `Order` picks the
+// layout of the frame being decoded, and reads this one from version 3).
+// An order as JSON and the store see it (the OpenAPI schema `Order`; a
+// doc comment here would become the schema's description).
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = Order)]
+pub(crate) struct OrderFields {
+    id: OrderId,
+    user_id: UserId,
+    status: OrderStatus,
+    items: Vec<OrderLine>,
+    total_amount: Krw,
+    discount_amount: Krw,
+    pay_amount: Krw,
+    /// Always present; null when none.
+    #[schema(required = true)]
+    user_coupon_id: Option<UserCouponId>,
+    created_at: Timestamp,
+    expires_at: Timestamp,
+    /// Always present; null when none.
+    #[schema(required = true)]
+    paid_at: Option<Timestamp>,
+    /// KRW returned by refunds so far.
+    refunded_amount: Krw,
+    /// Refunds so far, oldest first.
+    refunds: Vec<Refund>,
+}
+
+impl From<OrderFields> for Order {
+    fn from(o: OrderFields) -> Order {
+        Order {
+            id: o.id,
+            user_id: o.user_id,
+            status: o.status,
+            items: o.items,
+            total_amount: o.total_amount,
+            discount_amount: o.discount_amount,
+            pay_amount: o.pay_amount,
+            user_coupon_id: o.user_coupon_id,
+            created_at: o.created_at,
+            expires_at: o.expires_at,
+            paid_at: o.paid_at,
+            refunds: Refunds::from_parts(o.refunded_amount, o.refunds),
+        }
+    }
+}
+
+/// Written field by field in [`OrderFields`]' order, without copying the order.
 impl Serialize for Order {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        Order::serialize(self, s)
+        let mut st = s.serialize_struct("Order", 13)?;
+        st.serialize_field("id", &self.id)?;
+        st.serialize_field("user_id", &self.user_id)?;
+        st.serialize_field("status", &self.status)?;
+        st.serialize_field("items", &self.items)?;
+        st.serialize_field("total_amount", &self.total_amount)?;
+        st.serialize_field("discount_amount", &self.discount_amount)?;
+        st.serialize_field("pay_amount", &self.pay_amount)?;
+        st.serialize_field("user_coupon_id", &self.user_coupon_id)?;
+        st.serialize_field("created_at", &self.created_at)?;
+        st.serialize_field("expires_at", &self.expires_at)?;
+        st.serialize_field("paid_at", &self.paid_at)?;
+        st.serialize_field("refunded_amount", &self.refunded_amount())?;
+        st.serialize_field("refunds", &*self.refunds)?;
+        st.end()
+    }
+}
+
+impl utoipa::PartialSchema for Order {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        <OrderFields as utoipa::PartialSchema>::schema()
+    }
+}
+
+impl utoipa::ToSchema for Order {
+    fn name() -> std::borrow::Cow<'static, str> {
+        <OrderFields as utoipa::ToSchema>::name()
+    }
+
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        <OrderFields as utoipa::ToSchema>::schemas(schemas)
     }
 }
 
@@ -258,8 +342,7 @@ pub(crate) fn sample_paid_order(id: u64) -> Order {
         created_at: Timestamp(1_000),
         expires_at: Timestamp(601_000),
         paid_at: Some(Timestamp(2_000)),
-        refunded_amount: Krw(0),
-        refunds: Vec::new(),
+        refunds: Refunds::NONE,
     }
 }
 
@@ -287,8 +370,7 @@ pub(crate) fn sample_pending_order(lines: &[(u64, u64)]) -> Order {
         created_at: Timestamp(1),
         expires_at: Timestamp(100),
         paid_at: None,
-        refunded_amount: Krw(0),
-        refunds: Vec::new(),
+        refunds: Refunds::NONE,
     }
 }
 
@@ -318,9 +400,19 @@ mod tests {
             created_at: Timestamp(0),
             expires_at: Timestamp(1000),
             paid_at: None,
-            refunded_amount: Krw(0),
-            refunds: Vec::new(),
+            refunds: Refunds::NONE,
         }
+    }
+
+    #[test]
+    fn an_order_keeps_its_refunds_behind_one_pointer() {
+        // proves the refunds stay out of line: an order is 128 bytes (152 with a sum and a vector inline)
+        assert_eq!(std::mem::size_of::<Refunds>(), 8);
+        assert!(
+            std::mem::size_of::<Order>() <= 128,
+            "{} bytes",
+            std::mem::size_of::<Order>()
+        );
     }
 
     #[test]

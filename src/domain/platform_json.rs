@@ -62,7 +62,6 @@ pub fn order(out: &mut Vec<u8>, order: &Order) {
         created_at,
         expires_at,
         paid_at,
-        refunded_amount,
         refunds,
     } = order;
     field(out, r#"{"id":"#, id.0);
@@ -80,7 +79,7 @@ pub fn order(out: &mut Vec<u8>, order: &Order) {
     time_field(out, r#","expires_at":"#, *expires_at);
     raw(out, r#","paid_at":"#);
     or_null(out, paid_at.as_ref(), |out, at| time(out, *at));
-    field(out, r#","refunded_amount":"#, refunded_amount.0);
+    field(out, r#","refunded_amount":"#, refunds.amount().0);
     raw(out, r#","refunds":"#);
     list(out, refunds, refund);
     out.push(b'}');
@@ -201,6 +200,7 @@ fn text(out: &mut Vec<u8>, value: &str) {
 mod tests {
     use super::*;
     use crate::domain::ids::{ProductId, UserCouponId, UserId};
+    use crate::domain::refund::Refunds;
     use proptest::prelude::*;
     use serde::Serialize;
 
@@ -287,16 +287,18 @@ mod tests {
                 created_at: times.0,
                 expires_at: times.1,
                 paid_at: times.2,
-                refunded_amount: Krw(amounts.3),
-                refunds: refunds
-                    .into_iter()
-                    .map(|(items, amount, reason, at)| Refund {
-                        items,
-                        amount: Krw(amount),
-                        reason,
-                        at,
-                    })
-                    .collect(),
+                refunds: Refunds::from_parts(
+                    Krw(amounts.3),
+                    refunds
+                        .into_iter()
+                        .map(|(items, amount, reason, at)| Refund {
+                            items,
+                            amount: Krw(amount),
+                            reason,
+                            at,
+                        })
+                        .collect(),
+                ),
             }
         }
     }

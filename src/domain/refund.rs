@@ -40,6 +40,73 @@ pub struct Refund {
     pub at: Timestamp,
 }
 
+/// An order's refunds, oldest first, and what they returned in all.
+///
+/// Kept out of line: most orders are never refunded, and every order in
+/// memory (the order book, the durable world, each record and answer that
+/// carries one) holds one pointer for them instead of a sum and a vector.
+/// That keeps an order as small as it was before refunds (128 bytes, not
+/// 152), which each copy of an order and each node of the order book pays.
+/// It serializes as the two fields it stands for (see [`Order`]'s serde).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Refunds(Option<Box<RefundLog>>);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct RefundLog {
+    amount: Krw,
+    list: Vec<Refund>,
+}
+
+impl Refunds {
+    /// An order with no refund.
+    pub const NONE: Refunds = Refunds(None);
+
+    /// As stored: the refunded sum and the refunds, both kept as they are.
+    pub fn from_parts(amount: Krw, list: Vec<Refund>) -> Refunds {
+        if amount == Krw::ZERO && list.is_empty() {
+            return Refunds::NONE;
+        }
+        Refunds(Some(Box::new(RefundLog { amount, list })))
+    }
+
+    /// KRW returned by the refunds so far.
+    pub fn amount(&self) -> Krw {
+        self.0.as_ref().map_or(Krw::ZERO, |log| log.amount)
+    }
+
+    /// Adds a refund and its amount; `None` (nothing changed) if the sum
+    /// would overflow.
+    fn push(&mut self, refund: Refund) -> Option<()> {
+        let amount = self.amount().checked_add(refund.amount)?;
+        let log = self.0.get_or_insert_with(|| {
+            Box::new(RefundLog {
+                amount: Krw::ZERO,
+                list: Vec::new(),
+            })
+        });
+        log.amount = amount;
+        log.list.push(refund);
+        Some(())
+    }
+}
+
+impl<'a> IntoIterator for &'a Refunds {
+    type Item = &'a Refund;
+    type IntoIter = std::slice::Iter<'a, Refund>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl std::ops::Deref for Refunds {
+    type Target = [Refund];
+
+    fn deref(&self) -> &[Refund] {
+        self.0.as_ref().map_or(&[], |log| &log.list)
+    }
+}
+
 /// What an operator asks: some units (`items`) or, without them, all that is left.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RefundRequest {
@@ -164,7 +231,7 @@ impl Order {
         }
         let amount = if is_last {
             self.pay_amount
-                .checked_sub(self.refunded_amount)
+                .checked_sub(self.refunded_amount())
                 .ok_or_else(|| exceeds(self.id, "it has refunded more than it paid".into()))?
         } else {
             self.share_of(&items)
@@ -201,11 +268,9 @@ impl Order {
     /// Applies a decided refund: it joins the order's refunds, its amount
     /// the refunded sum; the order is `refunded` once no unit is left.
     pub fn apply_refund(&mut self, refund: Refund) {
-        self.refunded_amount = self
-            .refunded_amount
-            .checked_add(refund.amount)
+        self.refunds
+            .push(refund)
             .expect("refunds never add up to more than was paid");
-        self.refunds.push(refund);
         let any_left = self.units_left().iter().any(|l| l.quantity > 0);
         self.status = if any_left {
             OrderStatus::PartiallyRefunded
@@ -218,8 +283,7 @@ impl Order {
     pub fn after_refunds(&self, count: usize) -> Order {
         let mut order = Order {
             status: OrderStatus::Paid,
-            refunded_amount: Krw::ZERO,
-            refunds: Vec::new(),
+            refunds: Refunds::NONE,
             ..self.clone()
         };
         for refund in self.refunds.iter().take(count) {
@@ -259,6 +323,26 @@ mod tests {
     use crate::domain::ids::UserId;
     use crate::domain::order::OrderLine;
     use proptest::prelude::*;
+
+    #[test]
+    fn refunds_keep_their_sum_and_refuse_one_that_would_overflow_it() {
+        // given two refunds kept, when a third would overflow the sum, then it is refused and nothing changes
+        let refund = |amount| Refund {
+            items: Vec::new(),
+            amount: Krw(amount),
+            reason: None,
+            at: Timestamp(0),
+        };
+        let mut refunds = Refunds::NONE;
+        assert_eq!((refunds.amount(), refunds.len()), (Krw::ZERO, 0));
+        refunds.push(refund(300)).unwrap();
+        refunds.push(refund(200)).unwrap();
+        assert_eq!(refunds.push(refund(u64::MAX)), None);
+        assert_eq!((refunds.amount(), refunds.len()), (Krw(500), 2));
+        let amounts: Vec<Krw> = (&refunds).into_iter().map(|r| r.amount).collect();
+        assert_eq!(amounts, [Krw(300), Krw(200)]);
+        assert_eq!(Refunds::from_parts(Krw::ZERO, Vec::new()), Refunds::NONE);
+    }
 
     fn order(lines: &[(u64, u64, u64)], pay: u64) -> Order {
         let items: Vec<OrderLine> = lines
@@ -341,7 +425,7 @@ mod tests {
         assert_eq!(rest.amount, Krw(2_500 - 2_500 * 999 / 2_999));
         o.apply_refund(rest);
         assert_eq!(o.status, OrderStatus::Refunded);
-        assert_eq!(o.refunded_amount, o.pay_amount);
+        assert_eq!(o.refunded_amount(), o.pay_amount);
     }
 
     #[test]
@@ -405,7 +489,7 @@ mod tests {
         let last = o.decide_refund(&some(&[(1, 11)]), Timestamp(1)).unwrap();
         o.apply_refund(last);
         assert_eq!(o.status, OrderStatus::Refunded);
-        assert_eq!(o.refunded_amount, Krw(300));
+        assert_eq!(o.refunded_amount(), Krw(300));
     }
 
     #[test]
@@ -471,14 +555,14 @@ mod tests {
                 if let Ok(r) = o.decide_refund(&req, Timestamp(1)) {
                     o.apply_refund(r);
                 }
-                prop_assert!(o.refunded_amount <= o.pay_amount);
+                prop_assert!(o.refunded_amount() <= o.pay_amount);
             }
             if o.is_refundable() {
                 let rest = o.decide_refund(&RefundRequest::default(), Timestamp(2)).unwrap();
                 o.apply_refund(rest);
             }
             prop_assert_eq!(o.status, OrderStatus::Refunded);
-            prop_assert_eq!(o.refunded_amount, o.pay_amount);
+            prop_assert_eq!(o.refunded_amount(), o.pay_amount);
             let sum: u64 = o.refunds.iter().map(|r| r.amount.0).sum();
             prop_assert_eq!(sum, pay);
         }

@@ -688,8 +688,7 @@ impl Placement {
             created_at: at,
             expires_at: at.plus_ms(self.order_ttl_ms),
             paid_at: None,
-            refunded_amount: crate::domain::money::Krw::ZERO,
-            refunds: Vec::new(),
+            refunds: crate::domain::refund::Refunds::NONE,
         })
     }
 

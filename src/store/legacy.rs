@@ -36,9 +36,10 @@ use crate::domain::coupon::{Campaign, CampaignHeader, Discount};
 use crate::domain::coupon_terms::CouponTerms;
 use crate::domain::ids::{CouponId, IdMap, IdSet, OrderId, ProductId, UserCouponId, UserId};
 use crate::domain::money::Krw;
-use crate::domain::order::{Order, OrderLine, OrderStatus};
+use crate::domain::order::{Order, OrderFields, OrderLine, OrderStatus};
 use crate::domain::product::{Product, RecentSales};
 use crate::domain::purchase_limit::HeldUnits;
+use crate::domain::refund::Refunds;
 use crate::domain::time::Timestamp;
 use crate::domain::user::{BalanceEntry, CartLine, CouponUse, User, UserCoupon};
 use crate::domain::world::{ArchiveTally, Meta};
@@ -82,7 +83,7 @@ struct OrderV2 {
 impl<'de> Deserialize<'de> for Order {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Order, D::Error> {
         if DECODING.with(Cell::get) >= 3 {
-            return Order::deserialize(d);
+            return OrderFields::deserialize(d).map(Order::from);
         }
         let o = OrderV2::deserialize(d)?;
         Ok(Order {
@@ -97,8 +98,7 @@ impl<'de> Deserialize<'de> for Order {
             created_at: o.created_at,
             expires_at: o.expires_at,
             paid_at: o.paid_at,
-            refunded_amount: Krw::ZERO,
-            refunds: Vec::new(),
+            refunds: Refunds::NONE,
         })
     }
 }

@@ -601,6 +601,7 @@ mod tests {
     use crate::domain::ids::{CouponId, OrderId, ProductId, UserCouponId, UserId};
     use crate::domain::money::Krw;
     use crate::domain::order::{OrderLine, OrderStatus};
+    use crate::domain::refund::Refunds;
     use crate::domain::rejection::Rejection;
     use crate::domain::time::Timestamp;
     use crate::domain::views::Reply;
@@ -658,8 +659,7 @@ mod tests {
             created_at: Timestamp(1),
             expires_at: Timestamp(1_000),
             paid_at: None,
-            refunded_amount: Krw(0),
-            refunds: Vec::new(),
+            refunds: Refunds::NONE,
         }
     }
 

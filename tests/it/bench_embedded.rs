@@ -9,6 +9,7 @@ use commerce_engine::domain::event::{Event, Record};
 use commerce_engine::domain::ids::{OrderId, ProductId, UserId};
 use commerce_engine::domain::money::Krw;
 use commerce_engine::domain::order::{Order, OrderLine, OrderStatus};
+use commerce_engine::domain::refund::Refunds;
 use commerce_engine::domain::time::Timestamp;
 use commerce_engine::domain::world::World;
 use commerce_engine::store::writer::Step;
@@ -238,8 +239,7 @@ fn world_with_a_paid_order() -> World {
         created_at: at,
         expires_at: at.plus_ms(600_000),
         paid_at: None,
-        refunded_amount: Krw(0),
-        refunds: Vec::new(),
+        refunds: Refunds::NONE,
     };
     let events = [
         Event::UserRegistered {

@@ -739,7 +739,7 @@ fn check_refunds(w: &World) {
             o.id
         );
         let sum: u64 = amounts.iter().sum();
-        assert_eq!(o.refunded_amount.0, sum, "order {} refunded amount", o.id);
+        assert_eq!(o.refunded_amount().0, sum, "order {} refunded amount", o.id);
         assert!(
             sum <= o.pay_amount.0,
             "order {} refunded {sum} of {} paid",

@@ -8,6 +8,7 @@ use commerce_engine::domain::event::{Event, IdempotencyEntry, Record};
 use commerce_engine::domain::ids::{CouponId, OrderId, ProductId, UserCouponId, UserId};
 use commerce_engine::domain::money::Krw;
 use commerce_engine::domain::order::{Order, OrderLine, OrderStatus};
+use commerce_engine::domain::refund::Refunds;
 use commerce_engine::domain::rejection::Rejection;
 use commerce_engine::domain::stats::{TopItem, TopProducts};
 use commerce_engine::domain::time::Timestamp;
@@ -81,8 +82,7 @@ fn order() -> impl Strategy<Value = Order> {
                 created_at: c,
                 expires_at: e,
                 paid_at: paid,
-                refunded_amount: Krw(0),
-                refunds: Vec::new(),
+                refunds: Refunds::NONE,
             },
         )
 }

@@ -534,8 +534,8 @@ fn refunds_in_flight_at_a_crash_are_whole_or_absent_and_a_keyed_retry_refunds_on
                 "order {}: each refund is answered by exactly one key",
                 o.id
             );
-            assert!(now.refunded_amount <= now.pay_amount);
-            refunded_total = refunded_total.checked_add(now.refunded_amount).unwrap();
+            assert!(now.refunded_amount() <= now.pay_amount);
+            refunded_total = refunded_total.checked_add(now.refunded_amount()).unwrap();
             refunds_total += now.refunds.len();
         }
         assert!(refunds_total >= in_image);

@@ -378,7 +378,7 @@ fn show_order(o: Order) -> String {
 
 fn show_refunded(o: Order) -> String {
     let amount = o.refunds.last().map_or(0, |r| r.amount.0);
-    show_refund(o.id.0, o.status, amount, o.refunded_amount.0)
+    show_refund(o.id.0, o.status, amount, o.refunded_amount().0)
 }
 
 impl Sut {
@@ -659,7 +659,8 @@ impl StateMachineTest for EngineMatchesModel {
             let m = &model.orders[id.0 as usize - 1];
             assert_eq!(w.status, m.status, "status of order {id}");
             assert_eq!(
-                w.refunded_amount.0, m.refunded_amount,
+                w.refunded_amount().0,
+                m.refunded_amount,
                 "refunded of order {id}"
             );
             assert_eq!(w.refunds.len(), m.refunds, "refunds of order {id}");

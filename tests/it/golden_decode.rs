@@ -15,7 +15,7 @@ use commerce_engine::domain::ids::{CouponId, OrderId, ProductId, UserCouponId, U
 use commerce_engine::domain::money::Krw;
 use commerce_engine::domain::order::{Order, OrderLine, OrderStatus};
 use commerce_engine::domain::product::{Product, RecentSales};
-use commerce_engine::domain::refund::{Refund, RefundLine};
+use commerce_engine::domain::refund::{Refund, RefundLine, Refunds};
 use commerce_engine::domain::rejection::Rejection;
 use commerce_engine::domain::stats::{TopItem, TopProducts};
 use commerce_engine::domain::time::Timestamp;
@@ -113,8 +113,7 @@ fn order() -> Order {
         created_at: T,
         expires_at: T.plus_ms(600_000),
         paid_at: None,
-        refunded_amount: Krw(0),
-        refunds: Vec::new(),
+        refunds: Refunds::NONE,
     }
 }
 
@@ -356,8 +355,7 @@ fn paid_order() -> Order {
     Order {
         status: OrderStatus::Paid,
         paid_at: Some(T.plus_ms(1)),
-        refunded_amount: Krw(0),
-        refunds: Vec::new(),
+        refunds: Refunds::NONE,
         ..order()
     }
 }
@@ -591,16 +589,18 @@ fn campaign_header_v3() -> CampaignHeader {
 fn refunded_order() -> Order {
     Order {
         status: OrderStatus::PartiallyRefunded,
-        refunded_amount: Krw(10_800),
-        refunds: vec![Refund {
-            items: vec![RefundLine {
-                product_id: ProductId(1),
-                quantity: 1,
+        refunds: Refunds::from_parts(
+            Krw(10_800),
+            vec![Refund {
+                items: vec![RefundLine {
+                    product_id: ProductId(1),
+                    quantity: 1,
+                }],
+                amount: Krw(10_800),
+                reason: Some("깨짐".into()),
+                at: T.plus_ms(60_000),
             }],
-            amount: Krw(10_800),
-            reason: Some("깨짐".into()),
-            at: T.plus_ms(60_000),
-        }],
+        ),
         ..paid_order()
     }
 }
@@ -646,6 +646,13 @@ fn golden_snapshots_v3() -> Vec<(&'static str, Kind, Check)> {
             Box::new(|bytes| {
                 let got = legacy::order(codec::open(bytes).unwrap()).unwrap();
                 assert_eq!(got, refunded_order(), "version 3 order");
+                // The order is still written in this layout, byte for byte.
+                let again = codec::encode(Kind::Order, &got).unwrap();
+                assert_eq!(
+                    codec::open(&again).unwrap().payload,
+                    codec::open(bytes).unwrap().payload,
+                    "the order written again"
+                );
             }),
         ),
     ]

@@ -106,7 +106,7 @@ async fn a_refund_credits_the_share_paid_returns_stock_and_leaves_the_ranking() 
         .unwrap();
     assert_eq!(r1.status, OrderStatus::PartiallyRefunded);
     assert_eq!(
-        (r1.refunded_amount, r1.refunds[0].amount),
+        (r1.refunded_amount(), r1.refunds[0].amount),
         (Krw(900), Krw(900))
     );
     assert_eq!(stock(&engine, mug).await, 8);
@@ -135,7 +135,7 @@ async fn a_refund_credits_the_share_paid_returns_stock_and_leaves_the_ranking() 
         .unwrap();
     assert_eq!(r2.status, OrderStatus::Refunded);
     assert_eq!(r2.refunds[1].amount, Krw(3_300 - 900));
-    assert_eq!(r2.refunded_amount, r2.pay_amount);
+    assert_eq!(r2.refunded_amount(), r2.pay_amount);
     assert_eq!(
         engine.balance(user).await.unwrap().balance,
         Krw(balance_paid.0 + 3_300)
@@ -230,7 +230,7 @@ async fn an_archived_order_is_refunded_brought_back_and_archived_again() {
         .unwrap();
     assert_eq!(mine.items, vec![b1.clone(), a2.clone()]);
     let paid_total = a.pay_amount.0 + b.pay_amount.0;
-    let refunded = a2.refunded_amount.0 + b1.refunded_amount.0;
+    let refunded = a2.refunded_amount().0 + b1.refunded_amount().0;
     assert_eq!(
         engine.balance(user).await.unwrap().balance,
         Krw(100_000 - paid_total + refunded)
@@ -250,7 +250,7 @@ async fn an_archived_order_is_refunded_brought_back_and_archived_again() {
         .refund_order(a.id, RefundRequest::default(), None)
         .await
         .unwrap();
-    assert_eq!(a3.refunded_amount, a.pay_amount);
+    assert_eq!(a3.refunded_amount(), a.pay_amount);
     let world = stop_and_recover(engine, &store).await;
     assert_eq!(world.orders[&a.id], a3);
     assert_eq!(world.products[mug.index()].sold, 0);
@@ -368,7 +368,10 @@ async fn concurrent_partial_refunds_never_refund_more_than_was_paid() {
     let last = engine.order(o.id).await.unwrap();
     assert_eq!(last.status, OrderStatus::Refunded);
     let sum: u64 = last.refunds.iter().map(|r| r.amount.0).sum();
-    assert_eq!((sum, last.refunded_amount), (o.pay_amount.0, o.pay_amount));
+    assert_eq!(
+        (sum, last.refunded_amount()),
+        (o.pay_amount.0, o.pay_amount)
+    );
     assert_eq!(engine.balance(user).await.unwrap().balance, Krw(100_000));
     stop_and_recover(engine, &store).await;
 }

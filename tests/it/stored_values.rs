@@ -8,6 +8,7 @@ use commerce_engine::domain::event::{Event, Record};
 use commerce_engine::domain::ids::{CouponId, OrderId, ProductId, UserCouponId, UserId};
 use commerce_engine::domain::money::Krw;
 use commerce_engine::domain::order::{Order, OrderLine, OrderStatus};
+use commerce_engine::domain::refund::Refunds;
 use commerce_engine::domain::time::{Timestamp, MS_PER_DAY};
 use commerce_engine::domain::world::World;
 use commerce_engine::store::recovery::{cut_step, recover_for_serving, recover_store};
@@ -64,8 +65,7 @@ fn order(id: u64, user: u64, product: u64, coupon: Option<u64>, at: Timestamp) -
         created_at: at,
         expires_at: at.plus_ms(600_000),
         paid_at: None,
-        refunded_amount: Krw(0),
-        refunds: Vec::new(),
+        refunds: Refunds::NONE,
     }
 }
 

@@ -6,6 +6,7 @@ use super::snapshot_keys::*;
 use super::snapshot_write::*;
 use super::*;
 use crate::domain::order::OrderStatus;
+use crate::domain::refund::Refunds;
 use crate::store::archive_statuses::status_bit;
 use crate::store::legacy::store_layouts::chunk_key;
 use crate::store::SnapshotKey;
@@ -30,8 +31,7 @@ fn finished_order(id: u64, user: u64, status: OrderStatus) -> crate::domain::ord
         created_at: Timestamp(1),
         expires_at: Timestamp(2),
         paid_at: (status == OrderStatus::Paid).then_some(Timestamp(1)),
-        refunded_amount: Krw(0),
-        refunds: Vec::new(),
+        refunds: Refunds::NONE,
     }
 }
 
